@@ -1,0 +1,45 @@
+# medassist: every set-up step lives here. `make demo` runs the main job, `make test` the tests.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED ?= $(abspath ../shared/data)
+STAMP := $(VENV)/.installed
+
+.PHONY: setup lint test test-fast demo bench clean lock
+
+setup: $(STAMP)
+
+# The lock pins every package (torch 2.13.0+cpu comes from the local wheel directory that pip
+# is configured with on these machines). --no-deps: nothing outside the lock is installed.
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: setup lint
+	MEDASSIST_SHARED_DATA=$(SHARED) $(BIN)/python -m pytest -q
+
+test-fast: setup
+	MEDASSIST_SHARED_DATA=$(SHARED) $(BIN)/python -m pytest -q -m "not slow" -x
+
+demo: setup
+	$(BIN)/medassist ingest $(SHARED)/ct/lung-pet-ct-dx/Lung_Dx-A0001
+	$(BIN)/medassist volume $(SHARED)/ct/lung-pet-ct-dx/Lung_Dx-A0001 --out out/demo/A0001.nii.gz
+
+bench: setup
+	$(BIN)/python bench/ingest.py
+
+# Regenerate the lock from the current venv (after deliberately adding a dependency).
+lock:
+	$(BIN)/python -m pip freeze --all --exclude-editable | grep -vE '^(medassist|pip)==' > requirements.lock
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

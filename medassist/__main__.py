@@ -1,0 +1,5 @@
+import sys
+
+from medassist.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""ui: the Gradio clinician review app (see the UI issue)."""
