@@ -89,6 +89,7 @@ _STRUCT_HH = struct.Struct("<HH")
 _STRUCT_HHL = struct.Struct("<HHL")
 _STRUCT_H = struct.Struct("<H")
 _STRUCT_L = struct.Struct("<L")
+_STRUCT_EXPLICIT = struct.Struct("<HH2sH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,37 +219,46 @@ class _Walker:
              stop_group: int | None = None) -> int:
         """Walk elements from ``pos`` to ``end``; return the position after the last one.
 
-        Inside an undefined-length item the walk ends at the item delimiter.
+        Inside an undefined-length item the walk ends at the item delimiter.  With
+        ``stop_group`` the walk returns at the first element of another group.
         """
         buf = self.buf
         wanted = _WANTED
+        found = self.found
+        bufend = self.end
+        unpack_hhl = _STRUCT_HHL.unpack_from
+        unpack_exp = _STRUCT_EXPLICIT.unpack_from
+        unpack_l = _STRUCT_L.unpack_from
+        long_vrs = _LONG_VRS
         while pos < end:
-            if pos + 8 > self.end:
+            if pos + 8 > bufend:
                 raise self._need()
-            group, elem = _STRUCT_HH.unpack_from(buf, pos)
-            tag = (group << 16) | elem
-            if stop_group is not None and group != stop_group:
-                return pos
-            if tag == _ITEM_DELIM:
-                return pos + 8
-            if tag in (_ITEM, _SEQ_DELIM):
-                raise self.fail(f"unexpected item tag at byte {pos}")
             if explicit:
-                vr = buf[pos + 4:pos + 6]
-                if vr in _LONG_VRS:
-                    if pos + 12 > self.end:
+                group, elem, vr, length = unpack_exp(buf, pos)
+                if stop_group is not None and group != stop_group:
+                    return pos
+                if group == 0xFFFE:  # item tags carry no VR
+                    length = unpack_l(buf, pos + 4)[0]
+                    vr = b""
+                    pos += 8
+                elif vr in long_vrs:
+                    if pos + 12 > bufend:
                         raise self._need()
-                    length = _STRUCT_L.unpack_from(buf, pos + 8)[0]
+                    length = unpack_l(buf, pos + 8)[0]
                     pos += 12
                 else:
                     if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
                         raise self.fail(f"invalid VR {vr!r} for tag ({group:04X},{elem:04X})")
-                    length = _STRUCT_H.unpack_from(buf, pos + 6)[0]
                     pos += 8
             else:
-                vr = b"SQ" if tag not in wanted else b"  "
-                length = _STRUCT_L.unpack_from(buf, pos + 4)[0]
+                group, elem, length = unpack_hhl(buf, pos)
+                vr = b""
                 pos += 8
+            tag = (group << 16) | elem
+            if group == 0xFFFE:
+                if tag == _ITEM_DELIM:
+                    return pos
+                raise self.fail(f"unexpected item tag at byte {pos - 8}")
             if tag == _PIXEL_DATA and top:
                 self.pixel_offset = pos
                 self.pixel_length = None if length == _UNDEFINED else length
@@ -257,26 +267,24 @@ class _Walker:
                         f"PixelData declares {length} bytes but the file ends after "
                         f"{self.file_size - pos}"
                     )
-                return self.end
+                return bufend
             if length == _UNDEFINED:
                 if explicit and vr not in (b"SQ", b"UN", b"OB", b"OW"):
                     raise self.fail(f"undefined length on VR {vr!r} at byte {pos}")
                 # An undefined-length UN value is an implicit VR sequence (PS3.5 6.2.2).
-                inner_explicit = explicit and vr == b"SQ"
-                pos = self._skip_sequence(pos, inner_explicit, depth + 1)
+                pos = self._skip_sequence(pos, explicit and vr == b"SQ", depth + 1)
                 continue
-            if pos + length > self.end:
-                if self.end < self.file_size:
+            if pos + length > bufend:
+                if bufend < self.file_size:
                     raise _NeedMore()
                 raise self.fail(
                     f"element ({group:04X},{elem:04X}) declares {length} bytes but the file "
-                    f"ends after {self.end - pos}"
+                    f"ends after {bufend - pos}"
                 )
-            if top:
-                spec = wanted.get(tag)
-                if spec is not None and spec[0] not in self.found:
-                    self.found[spec[0]] = _convert(spec[0], spec[1], buf[pos:pos + length],
-                                                   self.path)
+            if top and tag in wanted:
+                kw, want_vr = wanted[tag]
+                if kw not in found:
+                    found[kw] = _convert(kw, want_vr, buf[pos:pos + length], self.path)
             pos += length
         return pos
 

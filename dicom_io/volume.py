@@ -252,50 +252,47 @@ def _decode_file(path: str, member: str | None) -> npt.NDArray[Any]:
     return np.asarray(arr)
 
 
-def _read_native(h: Header, frames: list[int], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-    rows, cols = int(h.rows or 0), int(h.columns or 0)
-    frame_bytes = rows * cols * dtype.itemsize
+def _read_native(h: Header, targets: list[tuple[int, int]], stack: npt.NDArray[Any]) -> None:
+    """Read uncompressed frames straight into ``stack[n]`` for each ``(n, frame)``."""
+    rows, cols = stack.shape[1], stack.shape[2]
+    frame_bytes = rows * cols * stack.dtype.itemsize
     need = frame_bytes * h.number_of_frames
     if h.pixel_length is None or h.pixel_offset is None or h.pixel_length < need:
         raise PixelDataError(
             f"PixelData holds {h.pixel_length} bytes, {need} expected for "
             f"{h.number_of_frames} frame(s) of {rows}x{cols}", path=h.source)
-    out = np.empty((len(frames), rows, cols), dtype=dtype)
     try:
         if h.member is None:
-            with open(h.path, "rb") as fh:
-                for n, f in enumerate(frames):
+            with open(h.path, "rb", buffering=0) as fh:
+                for n, f in targets:
                     fh.seek(h.pixel_offset + f * frame_bytes)
-                    got = fh.readinto(memoryview(out[n]).cast("B"))
+                    got = fh.readinto(memoryview(stack[n]).cast("B"))
                     if got != frame_bytes:
                         raise PixelDataError("file ends inside PixelData", path=h.source)
         else:
             with zipfile.ZipFile(h.path) as zf:
                 data = zf.read(h.member)
-            for n, f in enumerate(frames):
+            for n, f in targets:
                 start = h.pixel_offset + f * frame_bytes
-                out[n] = np.frombuffer(data, dtype=dtype, count=rows * cols,
-                                       offset=start).reshape(rows, cols)
+                stack[n] = np.frombuffer(data, dtype=stack.dtype, count=rows * cols,
+                                         offset=start).reshape(rows, cols)
     except OSError as exc:
         raise UnreadableFileError(f"cannot read pixel data ({exc.strerror})",
                                   path=h.source) from None
-    return out
 
 
-def _fix_bits(stack: npt.NDArray[Any], h: Header) -> npt.NDArray[Any]:
-    """Mask or sign-extend values stored in fewer bits than allocated, as pydicom does."""
-    bits = h.bits_stored or h.bits_allocated or 16
-    alloc = h.bits_allocated or 16
+def _fix_bits(stack: npt.NDArray[Any], bits: int, alloc: int, signed: bool) -> None:
+    """Mask or sign-extend, in place, values stored in fewer bits than allocated (as pydicom)."""
     if bits >= alloc:
-        return stack
-    if h.pixel_representation == 1:
+        return
+    if signed:
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         if stack.min() < lo or stack.max() > hi:
             shift = alloc - bits
-            stack = (stack << shift) >> shift
+            np.left_shift(stack, shift, out=stack)
+            np.right_shift(stack, shift, out=stack)
     elif stack.max() >= (1 << bits):
-        stack = stack & ((1 << bits) - 1)
-    return stack
+        np.bitwise_and(stack, (1 << bits) - 1, out=stack)
 
 
 def _read_all(slices: list[_Slice], cfg: AssemblyConfig) -> npt.NDArray[Any]:
@@ -310,15 +307,26 @@ def _read_all(slices: list[_Slice], cfg: AssemblyConfig) -> npt.NDArray[Any]:
     stack = np.empty((len(slices), rows, cols), dtype=dtype)
     # Group the planes by file so each file is opened (and decoded) once.
     by_file: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
+    headers: dict[tuple[str, str | None], Header] = {}
     for n, sl in enumerate(slices):
-        by_file.setdefault((sl.header.path, sl.header.member), []).append((n, sl.frame))
-    headers = {(sl.header.path, sl.header.member): sl.header for sl in slices}
+        key = (sl.header.path, sl.header.member)
+        by_file.setdefault(key, []).append((n, sl.frame))
+        headers[key] = sl.header
     compressed = [k for k in by_file if not headers[k].is_native]
+    native_bits: dict[int, list[int]] = {}
     for key, items in by_file.items():
         h = headers[key]
         if h.is_native:
-            stack[[n for n, _ in items]] = _fix_bits(
-                _read_native(h, [f for _, f in items], dtype), h)
+            _read_native(h, items, stack)
+            bits = h.bits_stored or h.bits_allocated or 16
+            native_bits.setdefault(bits, []).extend(n for n, _ in items)
+    alloc = dtype.itemsize * 8
+    for bits, idx in native_bits.items():
+        if bits < alloc:
+            part = stack if len(idx) == len(slices) else stack[idx]
+            _fix_bits(part, bits, alloc, dtype.kind == "i")
+            if part is not stack:
+                stack[idx] = part
     if compressed:
         workers = min(cfg.decode_workers, len(compressed))
         if workers > 1:
@@ -329,7 +337,7 @@ def _read_all(slices: list[_Slice], cfg: AssemblyConfig) -> npt.NDArray[Any]:
             decoded = [_decode_file(p, m) for p, m in compressed]
         for key, arr in zip(compressed, decoded, strict=True):
             h = headers[key]
-            arr = arr.reshape((-1, rows, cols)) if arr.ndim == 2 or arr.ndim == 3 else arr
+            arr = arr.reshape((-1, rows, cols)) if arr.ndim in (2, 3) else arr
             if arr.shape[1:] != (rows, cols) or arr.shape[0] != h.number_of_frames:
                 raise PixelDataError(
                     f"decoded pixel data has shape {arr.shape}, expected "

@@ -150,3 +150,34 @@ def test_logs_hold_no_phi(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     assert caplog.records, "expected some log output"
     for phi in ("Zzyzx", "Planted", "MRN-PLANTED-991", "ACC-PLANTED-7", "19220202"):
         assert phi.lower() not in text.lower()
+
+
+def test_deid_cli_keeps_the_volume_and_removes_identity(a0001: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    import pydicom
+
+    key = tmp_path / "deid.key"
+    out = tmp_path / "out"
+    assert main(["deid", str(a0001), str(out), "--key-file", str(key)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["written"] == 64 and report["counts"]["skipped"] == 0
+    assert key.stat().st_mode & 0o077 == 0
+    original = load_volume(a0001)
+    deid = load_volume(out)
+    assert np.array_equal(original.array, deid.array)
+    assert np.allclose(original.affine, deid.affine)
+    src = pydicom.dcmread(next(a0001.glob("*.dcm")), stop_before_pixels=True)
+    files = list(out.rglob("*.dcm"))
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert first.PatientIdentityRemoved == "YES"
+    assert first.PatientID != src.PatientID and first.StudyInstanceUID != src.StudyInstanceUID
+    # Same key, same pseudonyms.
+    assert main(["deid", str(a0001), str(tmp_path / "again"), "--key-file", str(key)]) == 0
+    capsys.readouterr()
+    again = pydicom.dcmread(next((tmp_path / "again").rglob("*.dcm")), stop_before_pixels=True)
+    assert again.StudyInstanceUID == first.StudyInstanceUID
+    assert again.PatientID == first.PatientID
+    # No key: a clear usage error.
+    assert main(["deid", str(a0001), str(tmp_path / "x")]) == 2
+    assert "--key-file" in capsys.readouterr().err

@@ -79,7 +79,7 @@ def test_left_lung_mass_is_on_patient_left_in_nifti(vol: Volume, a0001: Path,
         lps = ipp + col * ps[1] * np.array([1.0, 0, 0]) + row * ps[0] * np.array([0, 1.0, 0])
         ras = lps * np.array([-1, -1, 1])
         ijk = inv @ np.append(ras, 1)
-        i, j, k = (int(round(v)) for v in ijk[:3])
+        i, j, k = (round(v) for v in ijk[:3])
         assert (i, j) == (col, row)
         assert data[i, j, k] == vol.array[k, j, i]
         # Patient's left is -x in RAS.
