@@ -7,10 +7,14 @@ no file stops the scan.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
+import threading
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -274,11 +278,45 @@ def _dicomdir_files(path: Path) -> list[Path]:
     return out
 
 
-def scan(path: str | Path) -> DicomIndex:
+#: Folders with at least this many files are indexed by worker processes.
+PARALLEL_MIN_FILES = 64
+
+
+def _read_one(path: str) -> Header | RejectedFile:
+    try:
+        return read_header(path)
+    except DicomIOError as exc:
+        return RejectedFile(path, type(exc).__name__, exc.reason)
+
+
+def _read_chunk(paths: list[str]) -> list[Header | RejectedFile]:
+    return [_read_one(p) for p in paths]
+
+
+def _read_many(paths: list[str], workers: int) -> list[Header | RejectedFile]:
+    """Read headers, in ``workers`` forked processes for large folders.
+
+    Forking is used only from a single-threaded process (forking a threaded one can
+    deadlock); otherwise, and if the pool breaks, the files are read here, in order.
+    """
+    if (workers > 1 and len(paths) >= PARALLEL_MIN_FILES and threading.active_count() == 1
+            and "fork" in mp.get_all_start_methods()):
+        n = workers * 2
+        size = -(-len(paths) // n)
+        chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
+        try:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+                return [r for chunk in pool.map(_read_chunk, chunks) for r in chunk]
+        except BrokenProcessPool:
+            log.warning("header worker pool failed; indexing in this process")
+    return _read_chunk(paths)
+
+
+def scan(path: str | Path, *, workers: int = 2) -> DicomIndex:
     """Index ``path``: a folder (recursive), a zip file, a DICOMDIR, or a single DICOM file.
 
     Unreadable files are listed in :attr:`DicomIndex.rejected` with a reason; they never stop
-    the scan.
+    the scan.  ``workers`` processes read the headers of large folders.
 
     Raises:
         UnreadableFileError: ``path`` does not exist.
@@ -290,33 +328,27 @@ def scan(path: str | Path) -> DicomIndex:
     headers: list[Header] = []
     dicomdirs: list[str] = []
 
-    def add_file(p: Path) -> None:
-        try:
-            h = read_header(p)
-        except DicomIOError as exc:
-            rejected.append(RejectedFile(str(p), type(exc).__name__, exc.reason))
-            return
-        if h.is_dicomdir:
-            dicomdirs.append(str(p))
-            return
-        headers.append(h)
+    def add_files(paths: list[str]) -> None:
+        for r in _read_many(paths, workers):
+            if isinstance(r, RejectedFile):
+                rejected.append(r)
+            elif r.is_dicomdir:
+                dicomdirs.append(r.path)
+            else:
+                headers.append(r)
 
     if root.is_dir():
-        for p in _iter_folder(root):
-            add_file(p)
+        add_files([str(p) for p in _iter_folder(root)])
     elif zipfile.is_zipfile(root):
         headers.extend(_headers_from_zip(root, rejected))
     else:
-        try:
-            first = read_header(root)
-        except DicomIOError as exc:
-            rejected.append(RejectedFile(str(root), type(exc).__name__, exc.reason))
-            first = None
-        if first is not None and first.is_dicomdir:
+        first = _read_one(str(root))
+        if isinstance(first, RejectedFile):
+            rejected.append(first)
+        elif first.is_dicomdir:
             dicomdirs.append(str(root))
-            for p in _dicomdir_files(root):
-                add_file(p)
-        elif first is not None:
+            add_files([str(p) for p in _dicomdir_files(root)])
+        else:
             headers.append(first)
     return _group(str(root), headers, rejected, dicomdirs)
 

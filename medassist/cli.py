@@ -91,7 +91,7 @@ def cmd_volume(args: argparse.Namespace) -> int:
     nib.save(vol.to_nifti(), str(out))
     summary = vol.summary()
     summary["nifti"] = str(out)
-    summary["nifti_affine_ras"] = [[round(float(v), 6) for v in row]
+    summary["nifti_affine_ras"] = [[round(float(v), 6) + 0.0 for v in row]
                                    for row in vol.nifti_affine()]
     _print_json(summary)
     return 0

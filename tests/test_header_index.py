@@ -190,3 +190,12 @@ def test_unreadable_files_never_stop_the_scan(a0001: Path, tmp_path: Path) -> No
     names = {Path(r.path).name for r in idx.rejected}
     assert names == {"empty.dcm", "junk.dcm"}
     assert all(r.reason for r in idx.rejected)
+
+
+def test_parallel_scan_equals_serial_scan(shared_data: Path) -> None:
+    folder = shared_data / "ct"
+    serial = scan(folder, workers=1)
+    parallel = scan(folder, workers=2)
+    assert serial.to_dict() == parallel.to_dict()
+    assert [h for s in serial.all_series() for h in s.instances] == [
+        h for s in parallel.all_series() for h in s.instances]
