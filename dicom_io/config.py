@@ -99,6 +99,8 @@ class AssemblyConfig:
     pad_hu: float = -1024.0
     #: Worker processes for compressed decoding (1 disables the pool).
     decode_workers: int = 2
+    #: Largest Rows or Columns accepted (a guard against absurd allocations).
+    max_matrix: int = 4096
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tilt", TiltPolicy(self.tilt))
@@ -113,6 +115,8 @@ class AssemblyConfig:
             raise ConfigError("assembly.tilt_tol_deg must be in [0, 45)")
         if self.decode_workers < 1:
             raise ConfigError("assembly.decode_workers must be >= 1")
+        if not 16 <= self.max_matrix <= 65535:
+            raise ConfigError("assembly.max_matrix must be in [16, 65535]")
 
 
 @dataclass(frozen=True)

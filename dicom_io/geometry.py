@@ -101,6 +101,9 @@ def plan_geometry(
         if sl.pixel_spacing is None:
             raise MissingGeometryError("slice has no PixelSpacing", series_uid=series_uid,
                                        path=sl.source)
+        if min(sl.pixel_spacing) <= 0:
+            raise InconsistentGeometryError(f"PixelSpacing {sl.pixel_spacing} is not positive",
+                                            series_uid=series_uid, path=sl.source)
     first = slices[0]
     iop0 = np.asarray(first.orientation, dtype=np.float64)
     for sl in slices[1:]:
@@ -157,9 +160,11 @@ def plan_geometry(
     n_unique = len(unique)
     if n_unique == 1:
         stack_dir = normal
-        spacing = fallback_spacing if fallback_spacing and fallback_spacing > 0 else 1.0
-        flags.append(Flag("single_slice", f"one image plane; slice spacing {spacing} mm taken "
-                                          "from the header"))
+        from_header = fallback_spacing is not None and 0 < fallback_spacing < 1000
+        spacing = float(fallback_spacing) if from_header else 1.0  # type: ignore[arg-type]
+        flags.append(Flag("single_slice", f"one image plane; slice spacing {spacing} mm "
+                                          + ("taken from the header" if from_header else
+                                             "assumed: the header gives none")))
         return GeometryPlan(order, duplicates, row_dir, col_dir, normal, stack_dir, origin,
                             np.zeros(1), row_spacing, col_spacing, float(spacing), 0.0, False,
                             flags)

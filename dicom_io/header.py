@@ -15,6 +15,7 @@ without bound.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -368,6 +369,11 @@ def _from_pydicom(ds: Dataset) -> dict[str, Any]:
     return out
 
 
+_CRITICAL_NUMBERS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+                     "RescaleSlope", "RescaleIntercept")
+_OPTIONAL_NUMBERS = ("SliceThickness", "SpacingBetweenSlices", "GantryDetectorTilt", "KVP")
+
+
 def _build(found: dict[str, Any], path: str, member: str | None,
            pixel_offset: int | None, pixel_length: int | None) -> Header:
     def s(kw: str) -> str:
@@ -391,8 +397,20 @@ def _build(found: dict[str, Any], path: str, member: str | None,
                                       path=f"{path}!{member}" if member else path)
         return v
 
+    source = f"{path}!{member}" if member else path
+    for kw in _CRITICAL_NUMBERS:
+        v = found.get(kw)
+        nums = v if isinstance(v, tuple) else (v,) if isinstance(v, float) else ()
+        if any(not math.isfinite(x) for x in nums):
+            raise UnreadableFileError(f"{kw} holds a non-finite number", path=source)
+    for kw in _OPTIONAL_NUMBERS:
+        v = found.get(kw)
+        if isinstance(v, float) and not math.isfinite(v):
+            found[kw] = None
     slope = found.get("RescaleSlope")
     intercept = found.get("RescaleIntercept")
+    if slope == 0.0:
+        raise UnreadableFileError("RescaleSlope is 0", path=source)
     frames = found.get("NumberOfFrames")
     return Header(
         path=path,
@@ -477,9 +495,9 @@ def _parse_with_pydicom(buf: bytes, path: str, member: str | None) -> Header:
         found = _from_pydicom(ds)
     except InvalidDicomError as exc:
         raise UnreadableFileError(f"not a DICOM file ({exc})", path=name) from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
-            OverflowError, NotImplementedError, struct.error, RecursionError,
-            MemoryError) as exc:
+    except UnreadableFileError:
+        raise
+    except Exception as exc:  # pydicom raises many types (zlib.error, BytesLengthException, …)
         raise UnreadableFileError(f"malformed DICOM ({type(exc).__name__}: {exc})",
                                   path=name) from None
     if not found.get("SOPClassUID") and not found.get("MediaStorageSOPClassUID"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import pydicom
 
 from dicom_io.config import AssemblyConfig, DicomIOConfig
 from dicom_io.errors import (
+    DicomIOError,
     DuplicateSliceError,
     MissingGeometryError,
     NotCTImageError,
@@ -172,23 +174,45 @@ def _enhanced_slices(h: Header) -> list[_Slice]:
                 return s[0][attr].value
         return None
 
+    def floats(v: Any, n: int, what: str, f: int) -> Any:
+        if v is None:
+            return None
+        try:
+            seq = v if isinstance(v, list | tuple | pydicom.multival.MultiValue) else [v]
+            vals = tuple(float(x) for x in seq)
+        except (TypeError, ValueError):
+            raise UnreadableFileError(f"frame {f + 1}: {what} is not numeric",
+                                      path=h.source) from None
+        if len(vals) != n or not all(math.isfinite(x) for x in vals):
+            raise UnreadableFileError(f"frame {f + 1}: {what} must be {n} finite number(s)",
+                                      path=h.source)
+        return vals
+
     out = []
-    for f, item in enumerate(per_frame):
-        ipp = pick(item, "PlanePositionSequence", "ImagePositionPatient")
-        iop = pick(item, "PlaneOrientationSequence", "ImageOrientationPatient")
-        ps = pick(item, "PixelMeasuresSequence", "PixelSpacing")
-        slope = pick(item, "PixelValueTransformationSequence", "RescaleSlope")
-        intercept = pick(item, "PixelValueTransformationSequence", "RescaleIntercept")
-        geom = SliceGeom(
-            h.source, h.sop_instance_uid, f + 1,
-            tuple(float(v) for v in ipp) if ipp is not None and len(ipp) == 3 else None,  # type: ignore[arg-type]
-            tuple(float(v) for v in iop) if iop is not None and len(iop) == 6 else None,  # type: ignore[arg-type]
-            tuple(float(v) for v in ps) if ps is not None and len(ps) == 2 else None,  # type: ignore[arg-type]
-            h.rows or 0, h.columns or 0,
-        )
-        out.append(_Slice(h, f, geom,
-                          float(slope) if slope is not None else h.rescale_slope,
-                          float(intercept) if intercept is not None else h.rescale_intercept))
+    try:
+        for f, item in enumerate(per_frame):
+            ipp = floats(pick(item, "PlanePositionSequence", "ImagePositionPatient"), 3,
+                         "ImagePositionPatient", f)
+            iop = floats(pick(item, "PlaneOrientationSequence", "ImageOrientationPatient"), 6,
+                         "ImageOrientationPatient", f)
+            ps = floats(pick(item, "PixelMeasuresSequence", "PixelSpacing"), 2,
+                        "PixelSpacing", f)
+            slope = floats(pick(item, "PixelValueTransformationSequence", "RescaleSlope"), 1,
+                           "RescaleSlope", f)
+            intercept = floats(pick(item, "PixelValueTransformationSequence",
+                                    "RescaleIntercept"), 1, "RescaleIntercept", f)
+            if slope is not None and slope[0] == 0.0:
+                raise UnreadableFileError(f"frame {f + 1}: RescaleSlope is 0", path=h.source)
+            geom = SliceGeom(h.source, h.sop_instance_uid, f + 1, ipp, iop, ps,
+                             h.rows or 0, h.columns or 0)
+            out.append(_Slice(h, f, geom,
+                              slope[0] if slope is not None else h.rescale_slope,
+                              intercept[0] if intercept is not None else h.rescale_intercept))
+    except DicomIOError:
+        raise
+    except Exception as exc:  # pydicom converts deferred values lazily and raises many types
+        raise UnreadableFileError(f"invalid functional group value ({type(exc).__name__}: "
+                                  f"{exc})", path=h.source) from None
     return out
 
 
@@ -304,7 +328,16 @@ def _read_all(slices: list[_Slice], cfg: AssemblyConfig) -> npt.NDArray[Any]:
             raise PixelDataError("BitsAllocated/PixelRepresentation differ within the series",
                                  path=sl.header.source)
     rows, cols = int(first.rows or 0), int(first.columns or 0)
-    stack = np.empty((len(slices), rows, cols), dtype=dtype)
+    if max(rows, cols) > cfg.max_matrix:
+        raise PixelDataError(f"matrix {rows}x{cols} exceeds assembly.max_matrix "
+                             f"({cfg.max_matrix})", path=first.source)
+    frame_bytes = rows * cols * dtype.itemsize
+    for sl in slices:
+        h = sl.header
+        if h.is_native and (h.pixel_length or 0) < frame_bytes * h.number_of_frames:
+            raise PixelDataError(
+                f"PixelData holds {h.pixel_length} bytes, {frame_bytes * h.number_of_frames} "
+                f"expected for {h.number_of_frames} frame(s) of {rows}x{cols}", path=h.source)
     # Group the planes by file so each file is opened (and decoded) once.
     by_file: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
     headers: dict[tuple[str, str | None], Header] = {}
@@ -313,6 +346,7 @@ def _read_all(slices: list[_Slice], cfg: AssemblyConfig) -> npt.NDArray[Any]:
         by_file.setdefault(key, []).append((n, sl.frame))
         headers[key] = sl.header
     compressed = [k for k in by_file if not headers[k].is_native]
+    stack = np.empty((len(slices), rows, cols), dtype=dtype)
     native_bits: dict[int, list[int]] = {}
     for key, items in by_file.items():
         h = headers[key]
@@ -366,6 +400,8 @@ def _to_hu(stack: npt.NDArray[Any], slopes: npt.NDArray[np.float64],
     out = stack.astype(np.float32)
     out *= slopes.astype(np.float32)[:, None, None]
     out += intercepts.astype(np.float32)[:, None, None]
+    if not np.isfinite(out).all():
+        raise PixelDataError("RescaleSlope/RescaleIntercept give values outside float32 range")
     return out
 
 
