@@ -129,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_volume)
 
     from medassist import deid_cli
+    from medassist.synth import cli as synth_cli
 
     deid_cli.add_parser(sub)
+    synth_cli.add_parser(sub)
     return p
 
 
