@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SHARED ?= $(abspath ../shared/data)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-fast demo bench clean lock
+.PHONY: setup lint test test-fast demo bench clean lock services
 
 setup: $(STAMP)
 
@@ -24,8 +24,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: setup lint
+test: setup services lint
 	MEDASSIST_SHARED_DATA=$(SHARED) $(BIN)/python -m pytest -q
+
+# Debian packages the tests need (PostgreSQL 15: the core tests start a throwaway server).
+services:
+	command -v /usr/lib/postgresql/15/bin/initdb >/dev/null || (apt-get update && apt-get install -y postgresql)
 
 test-fast: setup
 	MEDASSIST_SHARED_DATA=$(SHARED) $(BIN)/python -m pytest -q -m "not slow" -x

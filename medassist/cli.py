@@ -128,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     dicom_opts(sp)
     sp.set_defaults(func=cmd_volume)
 
-    from medassist import deid_cli
+    from medassist import admin_cli, deid_cli
     from medassist.synth import cli as synth_cli
 
     deid_cli.add_parser(sub)
     synth_cli.add_parser(sub)
+    admin_cli.add_parser(sub)
     return p
 
 

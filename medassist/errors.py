@@ -39,3 +39,85 @@ def from_dicom_io(exc: DicomIOError) -> InputError:
     err = InputError(f"{type(exc).__name__}: {exc}", path=exc.path, kind=type(exc).__name__)
     err.__cause__ = exc
     return err
+
+
+# --- application core: drafts, storage, audit, lifecycle, export (issue 5) -----------------
+
+
+class DraftError(MedAssistError):
+    """A report draft (the model's JSON) does not match the contract; ``field`` names where."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        super().__init__(f"invalid report draft at {field!r}: {message}")
+
+
+class StorageError(MedAssistError):
+    """The database is unreachable, unmigrated or inconsistent; the message says what to do."""
+
+
+class MigrationError(StorageError):
+    """A schema migration failed or the database is at an unknown revision."""
+
+
+class NotFoundError(StorageError):
+    """A referenced row (report, user, study) does not exist."""
+
+
+class RefusalError(MedAssistError):
+    """An operation was refused and the refusal was written to the audit trail.
+
+    The session still holds that audit event: commit it (``storage.unit_of_work`` does) so
+    the refusal is kept even though the operation did not happen.
+    """
+
+
+class AuthenticationError(RefusalError):
+    """Wrong user name or password, or a disabled account."""
+
+
+class PermissionDeniedError(RefusalError):
+    """The user's role does not allow the operation."""
+
+
+class IllegalTransitionError(RefusalError):
+    """A report lifecycle transition that the state machine does not allow."""
+
+    def __init__(self, message: str, *, report_id: int, state: str, action: str) -> None:
+        self.report_id = report_id
+        self.state = state
+        self.action = action
+        super().__init__(message)
+
+
+class ImmutableReportError(MedAssistError):
+    """A signed or rejected report was changed behind the lifecycle's back (ORM guard)."""
+
+
+class ConflictError(MedAssistError):
+    """Optimistic-locking conflict: someone else changed the report since it was read."""
+
+    def __init__(self, message: str, *, report_id: int, expected: int | None,
+                 actual: int | None) -> None:
+        self.report_id = report_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message)
+
+
+class SignatureError(MedAssistError):
+    """An electronic signature does not verify against the stored content."""
+
+
+class AuditError(MedAssistError):
+    """The audit trail cannot be written or read."""
+
+
+class ExportError(MedAssistError):
+    """A report cannot be exported in the requested format; the message says why."""
+
+
+class ReportValidationError(MedAssistError):
+    """A lifecycle request is incomplete (e.g. a rejection without a reason, empty text)."""

@@ -1,0 +1,84 @@
+"""The coded vocabulary of findings (configs/finding_codes.yaml), as frozen dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dicom_io.config import read_yaml
+from dicom_io.errors import DicomIOError
+from medassist.errors import ExportError
+
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "configs" / "finding_codes.yaml"
+SCHEMES = ("SCT", "RADLEX", "DCM", "LN", "UCUM", "99MEDASSIST")
+FHIR_SYSTEMS = {"SCT": "http://snomed.info/sct", "LN": "http://loinc.org",
+                "DCM": "http://dicom.nema.org/resources/ontology/DCM",
+                "UCUM": "http://unitsofmeasure.org", "RADLEX": "http://radlex.org"}
+
+
+@dataclass(frozen=True)
+class Code:
+    value: str
+    scheme: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        if not self.value or not self.meaning:
+            raise ExportError("a code needs a value and a meaning")
+        if self.scheme not in SCHEMES:
+            raise ExportError(f"unknown coding scheme {self.scheme!r}; use one of {SCHEMES}")
+
+    @property
+    def fhir_system(self) -> str:
+        return FHIR_SYSTEMS.get(self.scheme, "urn:medassist:codes")
+
+
+@dataclass(frozen=True)
+class FindingCode:
+    finding: Code
+    site: Code | None
+    radlex: str | None
+
+
+@dataclass(frozen=True)
+class FindingCodes:
+    findings: Mapping[str, FindingCode]
+    locations: Mapping[str, Code]
+    lateralities: Mapping[str, Code]
+
+    def for_label(self, label: str) -> FindingCode:
+        if label not in self.findings:
+            raise ExportError(f"finding label {label!r} has no code in finding_codes.yaml; "
+                              "add one (finding, site) there")
+        return self.findings[label]
+
+
+def _code(d: Any, where: str) -> Code:
+    if not isinstance(d, Mapping) or set(d) != {"value", "scheme", "meaning"}:
+        raise ExportError(f"{where}: expected {{value, scheme, meaning}}")
+    return Code(str(d["value"]), str(d["scheme"]), str(d["meaning"]))
+
+
+def load_codes(path: str | Path | None = None) -> FindingCodes:
+    p = Path(path) if path is not None else DEFAULT_PATH
+    try:
+        data = read_yaml(p)
+    except DicomIOError as exc:
+        raise ExportError(f"cannot read finding codes {p}: {exc}") from exc
+    findings: dict[str, FindingCode] = {}
+    for label, entry in (data.get("findings") or {}).items():
+        if not isinstance(entry, Mapping) or "finding" not in entry:
+            raise ExportError(f"{p}: findings.{label} needs a 'finding' code")
+        site = entry.get("site")
+        findings[str(label)] = FindingCode(
+            finding=_code(entry["finding"], f"findings.{label}.finding"),
+            site=None if site is None else _code(site, f"findings.{label}.site"),
+            radlex=entry.get("radlex"))
+    return FindingCodes(
+        findings=findings,
+        locations={str(k): _code(v, f"locations.{k}")
+                   for k, v in (data.get("locations") or {}).items()},
+        lateralities={str(k): _code(v, f"lateralities.{k}")
+                      for k, v in (data.get("lateralities") or {}).items()})

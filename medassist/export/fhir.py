@@ -1,0 +1,102 @@
+"""FHIR DiagnosticReport of a stored report, built and validated with fhir.resources.
+
+fhir.resources 8 ships R5 (default), R4B and STU3 models; R4B (4.3) is the one closest to R4
+and its DiagnosticReport, Observation and ImagingStudy are R4-compatible, so it is used here.
+The findings are contained Observations (SNOMED CT codes, UCUM quantities); the study is a
+contained ImagingStudy identified by its StudyInstanceUID; the patient is referenced by the
+pseudonymous ID only.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from pydantic import ValidationError
+
+from medassist.draft import Finding
+from medassist.errors import ExportError
+from medassist.export.codes import Code, FindingCodes, load_codes
+from medassist.reports import ReportView
+
+PSEUDONYM_SYSTEM = "urn:medassist:pseudonym"
+PRESENT = Code("52101004", "SCT", "Present")
+ABSENT = Code("2667000", "SCT", "Absent")
+
+
+def _concept(code: Code) -> dict[str, Any]:
+    return {"coding": [{"system": code.fhir_system, "code": code.value,
+                        "display": code.meaning}], "text": code.meaning}
+
+
+def _observation(i: int, f: Finding, codes_: FindingCodes, status: str,
+                 subject: dict[str, Any]) -> dict[str, Any]:
+    fc = codes_.for_label(f.label)
+    obs: dict[str, Any] = {
+        "resourceType": "Observation", "id": f"finding-{i + 1}", "status": status,
+        "code": _concept(fc.finding), "subject": subject,
+        "valueCodeableConcept": _concept(PRESENT if f.present else ABSENT),
+        "component": [{"code": {"text": "AI probability of presence"},
+                       "valueQuantity": {"value": f.probability, "unit": "1",
+                                         "system": "http://unitsofmeasure.org", "code": "1"}}],
+        "note": [{"text": f.sentence}] if f.sentence else None,
+    }
+    if f.size_mm is not None:
+        obs["component"].append({
+            "code": _concept(Code("81827009", "SCT", "Diameter")),
+            "valueQuantity": {"value": f.size_mm, "unit": "mm",
+                              "system": "http://unitsofmeasure.org", "code": "mm"}})
+    site = codes_.locations.get(f.location) if f.location else None
+    site = site or fc.site
+    if site is not None:
+        obs["bodySite"] = _concept(site)
+    return {k: v for k, v in obs.items() if v is not None}
+
+
+def build_fhir(view: ReportView, *, codes_: FindingCodes | None = None) -> DiagnosticReport:
+    codes_ = codes_ or load_codes()
+    signed = view.status == "SIGNED" and view.signature is not None
+    status = "final" if signed else "preliminary"
+    subject = {"identifier": {"system": PSEUDONYM_SYSTEM, "value": view.patient_pseudo_id}}
+    observations = [_observation(i, f, codes_, status, subject)
+                    for i, f in enumerate(view.draft.findings)]
+    study = {"resourceType": "ImagingStudy", "id": "study", "status": "available",
+             "subject": subject,
+             "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{view.study_uid}"}]}
+    data: dict[str, Any] = {
+        "resourceType": "DiagnosticReport", "id": f"medassist-report-{view.report_id}",
+        "contained": [study, *observations], "status": status,
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                                  "code": "RAD", "display": "Radiology"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "24627-2",
+                             "display": "CT Chest"}]},
+        "subject": subject,
+        "result": [{"reference": f"#{o['id']}"} for o in observations],
+        "imagingStudy": [{"reference": "#study"}],
+        "conclusion": view.draft.sections.impression if not signed else _impression(view),
+        "presentedForm": [{"contentType": "text/plain; charset=utf-8", "language": "en",
+                           "title": f"CT report {view.report_id}" + ("" if signed else
+                                                                     " (DRAFT)"),
+                           "data": base64.b64encode(view.text.encode("utf-8")).decode()}],
+    }
+    if signed and view.signature is not None:
+        data["issued"] = view.signature.signed_at
+        data["resultsInterpreter"] = [{"display": view.signature.signer_name}]
+    try:
+        return DiagnosticReport.model_validate(data)
+    except ValidationError as exc:
+        raise ExportError(f"FHIR DiagnosticReport does not validate: {exc}") from exc
+
+
+def _impression(view: ReportView) -> str:
+    """The impression section of the (possibly edited) signed text, else the draft's."""
+    text = view.text
+    marker = "IMPRESSION:"
+    if marker in text:
+        return text.split(marker, 1)[1].strip()
+    return view.draft.sections.impression
+
+
+def to_json(view: ReportView, *, codes_: FindingCodes | None = None) -> str:
+    return build_fhir(view, codes_=codes_).model_dump_json(indent=2, exclude_none=True) + "\n"

@@ -1,0 +1,184 @@
+"""DICOM Comprehensive 3D SR (TID 1500 Measurement Report) built with highdicom.
+
+Each finding becomes a TID 1501 measurement group: finding type and site (SNOMED CT), a
+qualitative evaluation (present/absent), laterality, the size (UCUM mm) and the AI
+probability as measurements, the source CT instances of its evidence slices, and the
+algorithm identification. Drafts are UNVERIFIED; signed reports VERIFIED with the verifying
+observer (the signer).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from medassist.draft import Finding
+from medassist.errors import ExportError
+from medassist.export.codes import Code, FindingCodes, load_codes
+from medassist.reports import ReportView
+
+PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
+ABSENT = hd.sr.CodedConcept("2667000", "SCT", "Absent")
+LATERALITY = hd.sr.CodedConcept("272741003", "SCT", "Laterality")
+DIAMETER = hd.sr.CodedConcept("81827009", "SCT", "Diameter")
+MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+PROBABILITY = hd.sr.CodedConcept("MA-PROB", "99MEDASSIST", "AI probability of presence")
+CT_CHEST = hd.sr.CodedConcept("24627-2", "LN", "CT Chest")
+
+
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _cc(code: Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def load_sources(sources: Sequence[Dataset | str | Path]) -> list[Dataset]:
+    """Source CT headers (pixel data not needed), sorted along the slice axis.
+
+    Sorting is by ImagePositionPatient projected on the slice normal (InstanceNumber when
+    geometry is missing), which is the order the draft's slice indices refer to.
+    """
+    out: list[Dataset] = []
+    for s in sources:
+        ds = copy.deepcopy(s) if isinstance(s, Dataset) else \
+            pydicom.dcmread(s, stop_before_pixels=True)
+        for kw in TYPE2_COPIED:  # highdicom copies these into the SR; type 2 may be empty
+            if kw not in ds:
+                setattr(ds, kw, "")
+        for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            if kw not in ds:
+                raise ExportError(f"source instance lacks {kw}; pass the CT series' files")
+        out.append(ds)
+    if not out:
+        raise ExportError("the SR needs the source CT instances: pass the series' files")
+
+    def key(ds: Dataset) -> tuple[float, int]:
+        inst = int(getattr(ds, "InstanceNumber", 0) or 0)
+        ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+        if ipp is None or iop is None:
+            return (float(inst), inst)
+        r, c = [float(v) for v in iop[:3]], [float(v) for v in iop[3:]]
+        n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+        return (sum(float(p) * q for p, q in zip(ipp, n, strict=True)), inst)
+
+    out.sort(key=key)
+    studies = {ds.StudyInstanceUID for ds in out}
+    if len(studies) != 1:
+        raise ExportError(f"source instances come from {len(studies)} studies; pass one series")
+    return out
+
+
+def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
+           algo: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    fc = codes_.for_label(f.label)
+    lat = codes_.lateralities.get(f.laterality) if f.laterality else None
+    site_code = codes_.locations.get(f.location) if f.location else None
+    sites = []
+    if site_code is not None or fc.site is not None:
+        anat = site_code if site_code is not None else fc.site
+        if anat is not None:
+            sites.append(hd.sr.FindingSite(_cc(anat), laterality=_cc(lat) if lat else None))
+    refs: list[hd.sr.SourceImageForMeasurementGroup] = []
+    for k in f.evidence.slices:
+        if k >= len(sources):
+            raise ExportError(f"finding {i} ({f.label}) cites slice {k} but the series has "
+                              f"{len(sources)} instances; pass the series the draft was made on")
+        ds = sources[k]
+        refs.append(hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID))
+    measurements = [hd.sr.Measurement(name=PROBABILITY, value=f.probability, unit=NO_UNITS,
+                                      algorithm_id=algo)]
+    if f.size_mm is not None:
+        measurements.append(hd.sr.Measurement(name=DIAMETER, value=f.size_mm, unit=MM,
+                                              algorithm_id=algo))
+    evaluations = [hd.sr.QualitativeEvaluation(_cc(fc.finding), PRESENT if f.present else ABSENT)]
+    if lat is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(LATERALITY, _cc(lat)))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
+                                                     identifier=f"finding {i + 1}: {f.label}"),
+        finding_type=_cc(fc.finding), algorithm_id=algo, finding_sites=sites or None,
+        measurements=measurements, qualitative_evaluations=evaluations,
+        source_images=refs or None)
+
+
+def build_sr(view: ReportView, sources: Sequence[Dataset | str | Path], *,
+             codes_: FindingCodes | None = None, institution: str = "medassist",
+             series_number: int = 9901) -> hd.sr.Comprehensive3DSR:
+    """The SR of a stored report; ``sources``: the CT series' datasets or file paths."""
+    codes_ = codes_ or load_codes()
+    src = load_sources(sources)
+    if src[0].StudyInstanceUID != view.study_uid:
+        raise ExportError(f"source instances belong to study {src[0].StudyInstanceUID}, the "
+                          f"report to {view.study_uid}")
+    d = view.draft
+    algo = hd.sr.AlgorithmIdentification(name=d.model.name, version=d.model.version,
+                                         parameters=[f"checkpoint_sha256={d.model.checkpoint_sha256}"])
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=["medassist-model", d.model.name, d.model.version,
+                                           d.model.checkpoint_sha256]),
+            name=d.model.name, model_name=d.model.version, manufacturer_name="medassist"))
+    person = None
+    signed = view.status == "SIGNED" and view.signature is not None
+    if signed and view.signature is not None:
+        person = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Person,
+            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+                name=_pn(view.signature.signer_name)))
+    context = hd.sr.ObservationContext(observer_person_context=person,
+                                       observer_device_context=device)
+    groups = [_group(i, f, codes_, src, algo) for i, f in enumerate(d.findings)]
+    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=CT_CHEST,
+                                     imaging_measurements=groups)
+    ident = ["medassist-sr", str(view.report_id), str(view.version_id), view.status]
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=src, content=report[0],
+        series_instance_uid=generate_uid(entropy_srcs=[*ident, "series"]),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(entropy_srcs=[*ident, "instance"]),
+        instance_number=1, manufacturer="medassist", institution_name=institution,
+        is_complete=True, is_final=signed, is_verified=signed,
+        verifying_observer_name=_pn(view.signature.signer_name) if signed and view.signature
+        else None,
+        verifying_organization=institution if signed else None)
+    sr.SeriesDescription = "medassist AI report" + ("" if signed else " (DRAFT)")
+    return sr
+
+
+def _pn(name: str) -> str:
+    """A display name as a DICOM PN (family^given) without titles."""
+    parts = [p for p in name.replace(",", " ").split() if not p.endswith(".")]
+    if not parts:
+        return name
+    return parts[-1] if len(parts) == 1 else f"{parts[-1]}^{' '.join(parts[:-1])}"
+
+
+def write_sr(sr: hd.sr.Comprehensive3DSR, out: str | Path) -> Path:
+    p = Path(out)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    sr.save_as(p, enforce_file_format=True)
+    return p
+
+
+def check_sr(path: str | Path) -> hd.sr.Comprehensive3DSR:
+    """Read back with pydicom and highdicom; raise ExportError on a problem."""
+    ds = pydicom.dcmread(path)
+    for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+               "ContentSequence", "VerificationFlag", "CompletionFlag", "ConceptNameCodeSequence",
+               "CurrentRequestedProcedureEvidenceSequence", "Modality"):
+        if kw not in ds:
+            raise ExportError(f"SR {path} lacks required attribute {kw}")
+    if ds.SOPClassUID != "1.2.840.10008.5.1.4.1.1.88.34":
+        raise ExportError(f"SR {path} is not a Comprehensive 3D SR")
+    return hd.sr.Comprehensive3DSR.from_dataset(ds)

@@ -1,0 +1,84 @@
+"""The draft contract: validation naming the field, round trip, canonical hash."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from medassist.draft import ReportDraft, canonical_json
+from medassist.errors import DraftError
+
+from .factories import DRAFT, draft_dict
+
+LABELS = {"lung_nodule", "pleural_effusion", "pneumothorax"}
+
+
+def test_round_trip_and_hash() -> None:
+    d = ReportDraft.from_dict(DRAFT, labels=LABELS)
+    assert d.to_dict() == DRAFT
+    assert ReportDraft.from_json(json.dumps(DRAFT)).content_hash() == d.content_hash()
+    assert len(d.content_hash()) == 64
+    # key order and whitespace do not change the canonical form; content does
+    shuffled = json.loads(json.dumps(DRAFT, indent=3, sort_keys=True))
+    assert ReportDraft.from_dict(shuffled).canonical_json() == d.canonical_json()
+    changed = draft_dict()
+    changed["findings"][0]["probability"] = 0.9
+    assert ReportDraft.from_dict(changed).content_hash() != d.content_hash()
+    assert d.findings[0].evidence.box_voxels == (40, 100, 150, 42, 112, 162)
+    assert "IMPRESSION:" in d.render_text()
+
+
+def test_canonical_json_is_stable() -> None:
+    assert canonical_json({"b": 1, "a": [1.5, "é"]}) == '{"a":[1.5,"é"],"b":1}'
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
+
+
+def _set(path: str, value: Any) -> dict[str, Any]:
+    d = draft_dict()
+    node: Any = d
+    keys: list[Any] = [int(k) if k.isdigit() else k for k in path.split(".")]
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    return d
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    ("status", "SIGNED", "status"),
+    ("disclaimer", "", "disclaimer"),
+    ("sections.impression", None, "sections.impression"),
+    ("findings.0.probability", 1.5, "findings[0].probability"),
+    ("findings.0.probability", "high", "findings[0].probability"),
+    ("findings.1.laterality", "upper", "findings[1].laterality"),
+    ("findings.0.size_mm", -3, "findings[0].size_mm"),
+    ("findings.0.present", 1, "findings[0].present"),
+    ("findings.0.evidence.z_mm", [1.0], "findings[0].evidence.z_mm"),
+    ("findings.0.evidence.box_voxels", [5, 0, 0, 1, 1, 1], "findings[0].evidence.box_voxels"),
+    ("findings.0.evidence.emr_spans", [[5, 2]], "findings[0].evidence.emr_spans[0]"),
+    ("findings.0.evidence.slices", [1, 2.5], "findings[0].evidence.slices[1]"),
+    ("findings.2.label", "unicorn", "findings[2].label"),
+    ("modality_weights.ct", float("inf"), "modality_weights.ct"),
+    ("model.checkpoint_sha256", "xyz", "model.checkpoint_sha256"),
+    ("inputs.series_uid", "1.2.abc", "inputs.series_uid"),
+])
+def test_invalid_fields_are_named(path: str, value: Any, field: str) -> None:
+    with pytest.raises(DraftError) as info:
+        ReportDraft.from_dict(_set(path, value), labels=LABELS)
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+def test_missing_and_unknown_keys() -> None:
+    d = draft_dict()
+    del d["findings"][0]["evidence"]
+    with pytest.raises(DraftError, match="missing") as info:
+        ReportDraft.from_dict(d)
+    assert info.value.field == "findings[0]"
+    with pytest.raises(DraftError, match="unknown key") as info:
+        ReportDraft.from_dict(draft_dict(extra=1))
+    assert info.value.field == "$"
+    with pytest.raises(DraftError, match="not JSON"):
+        ReportDraft.from_json("{")

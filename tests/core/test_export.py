@@ -1,0 +1,167 @@
+# mypy: disable-error-code="union-attr,attr-defined,index"
+"""Exports: DICOM SR (TID 1500) read back with highdicom and pydicom, FHIR validated with
+fhir.resources, text and PDF with the DRAFT watermark and the signature manifestation."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+import yaml
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from sqlalchemy import select
+
+from medassist import reports
+from medassist.audit import Actor
+from medassist.draft import ReportDraft
+from medassist.errors import ExportError
+from medassist.export import export_report
+from medassist.export.codes import load_codes
+from medassist.export.sr import check_sr
+from medassist.storage import AuditEvent
+from tests.dicom_factory import axial_positions, write_series
+
+from .conftest import REPO_ROOT, Db
+from .factories import DRAFT, PASSWORD, SERIES_UID, STUDY_UID, add_user
+
+
+def _walk(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    out = []
+    for item in ds.get("ContentSequence", []):
+        out.append(item)
+        out.extend(_walk(item))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ct_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("ct")
+    return write_series(out, axial_positions(64, 2.0), rows=8, cols=8, study_uid=STUDY_UID,
+                        series_uid=SERIES_UID)
+
+
+def _stored(db: Db, signed: bool) -> tuple[int, Actor]:
+    with db.factory.begin() as s:
+        doc = add_user(s, "carol", display_name="Dr. Carol Chen")
+        rid = reports.store_draft(s, ReportDraft.from_dict(DRAFT), study_uid=STUDY_UID,
+                                  patient_pseudo_id="PSEUDO-0002").id
+        if signed:
+            reports.submit_for_review(s, rid, doc, 1)
+            reports.sign_report(s, rid, doc, PASSWORD, 2)
+    return rid, doc
+
+
+def test_every_label_has_codes() -> None:
+    vocab = yaml.safe_load((REPO_ROOT / "configs" / "findings.yaml").read_text())["findings"]
+    codes = load_codes()
+    assert set(vocab) <= set(codes.findings), set(vocab) - set(codes.findings)
+    assert all(c.finding.scheme == "SCT" for c in codes.findings.values())
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_sr_round_trip(db: Db, tmp_path: Path, ct_files: list[Path], signed: bool) -> None:
+    rid, doc = _stored(db, signed)
+    out = tmp_path / "report.dcm"
+    with db.factory.begin() as s:
+        export_report(s, rid, doc, "sr", out, sources=[str(p) for p in ct_files])
+    sr = check_sr(out)
+    ds = pydicom.dcmread(out)
+    assert ds.VerificationFlag == ("VERIFIED" if signed else "UNVERIFIED")
+    assert ds.CompletionFlag == "COMPLETE"
+    if signed:
+        assert ds.VerifyingObserverSequence[0].VerifyingObserverName == "Chen^Carol"
+    assert ds.StudyInstanceUID == STUDY_UID
+    assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    sr2 = hd.sr.srread(out)
+    assert sr2.SOPInstanceUID == sr.SOPInstanceUID
+    report = hd.sr.MeasurementReport.from_sequence([ds])
+    mgroups = report.get_image_measurement_groups()
+    assert len(mgroups) == 3
+    g0 = mgroups[0]
+    assert g0.finding_type is not None and g0.finding_type.value == "786838002"
+    algo = [i.TextValue for i in _walk(ds) if i.ConceptNameCodeSequence[0].CodeValue == "111001"]
+    assert algo and set(algo) == {"medassist-fusion"}  # Algorithm Name
+    sizes = [m for m in g0.get_measurements() if m.name.value == "81827009"]
+    assert sizes and sizes[0].value == 9.0
+    assert sizes[0].unit.value == "mm"
+    evals = {e.name.value: e.value.value for e in g0.get_qualitative_evaluations()}
+    assert evals["786838002"] == "52101004"  # present
+    assert evals["272741003"] == "24028007"  # right
+    absent = mgroups[2].get_qualitative_evaluations()[0]
+    assert absent.value.value == "2667000"
+    # image references point at the evidence slices' instances
+    sop_by_index = [pydicom.dcmread(p).SOPInstanceUID for p in ct_files]
+    refs = [r.referenced_sop_instance_uid for r in g0.source_images]
+    assert refs == [sop_by_index[k] for k in (40, 41, 42)]
+    ev = {i.ReferencedSOPInstanceUID for e in ds.CurrentRequestedProcedureEvidenceSequence
+          for se in e.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+    assert set(refs) <= ev
+
+
+def test_sr_refuses_wrong_series(db: Db, tmp_path: Path) -> None:
+    rid, doc = _stored(db, False)
+    few = write_series(tmp_path / "few", axial_positions(5, 2.0), rows=4, cols=4,
+                       study_uid=STUDY_UID)
+    with pytest.raises(ExportError, match="cites slice 40"), db.factory.begin() as s:
+        export_report(s, rid, doc, "sr", tmp_path / "x.dcm", sources=few)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_fhir(db: Db, tmp_path: Path, signed: bool) -> None:
+    rid, doc = _stored(db, signed)
+    out = tmp_path / "r.json"
+    with db.factory.begin() as s:
+        export_report(s, rid, doc, "fhir", out)
+    data = json.loads(out.read_text())
+    dr = DiagnosticReport.model_validate(data)
+    assert dr.status == ("final" if signed else "preliminary")
+    assert "Right upper lobe nodule" in (dr.conclusion or "")
+    contained = {c.id: c for c in dr.contained or []}
+    assert contained["study"].get_resource_type() == "ImagingStudy"
+    assert [r.reference for r in dr.imagingStudy or []] == ["#study"]
+    obs = contained["finding-1"]
+    assert obs.code.coding[0].system == "http://snomed.info/sct"
+    assert obs.code.coding[0].code == "786838002"
+    assert len(dr.result or []) == 3
+    text = base64.b64decode(data["presentedForm"][0]["data"]).decode()
+    assert "IMPRESSION:" in text
+    assert dr.subject is not None and dr.subject.identifier.value == "PSEUDO-0002"
+    if signed:
+        assert dr.resultsInterpreter[0].display == "Dr. Carol Chen"
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_text_and_pdf(db: Db, tmp_path: Path, signed: bool) -> None:
+    rid, doc = _stored(db, signed)
+    with db.factory.begin() as s:
+        txt = export_report(s, rid, doc, "txt", tmp_path / "r.txt").read_text()
+        pdf = export_report(s, rid, doc, "pdf", tmp_path / "r.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF")
+    if signed:
+        assert "DRAFT" not in txt
+        assert "Signer:  Dr. Carol Chen" in txt and "Meaning: reviewed and approved" in txt
+        assert "(UTC)" in txt
+    else:
+        assert txt.startswith("*** DRAFT") and "Signer:" not in txt
+    # the watermark and manifestation are in the (uncompressed) page content
+    from medassist.export.text import render_pdf
+
+    with db.factory() as s:
+        view = reports.report_view(s, reports.get_report(s, rid))
+    raw = render_pdf(view, tmp_path / "raw.pdf", compress=False).read_bytes()
+    assert (b"(DRAFT) Tj" in raw) is not signed
+    assert (b"Signer:  Dr. Carol Chen" in raw) is signed
+    with db.factory() as s:
+        exports = s.scalars(select(AuditEvent.detail)
+                            .where(AuditEvent.event_type == "EXPORT")).all()
+    assert exports == ["format=txt", "format=pdf"]
+
+
+def test_unknown_format(db: Db, tmp_path: Path) -> None:
+    rid, doc = _stored(db, False)
+    with pytest.raises(ExportError, match="unknown export format"), db.factory.begin() as s:
+        export_report(s, rid, doc, "docx", tmp_path / "r")
