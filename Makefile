@@ -30,6 +30,7 @@ test: setup services lint
 # Debian packages the tests need (PostgreSQL 15: the core tests start a throwaway server).
 services:
 	command -v /usr/lib/postgresql/15/bin/initdb >/dev/null || (apt-get update && apt-get install -y postgresql)
+	command -v Orthanc >/dev/null || (apt-get update && apt-get install -y orthanc orthanc-dicomweb)
 
 test-fast: setup
 	MEDASSIST_SHARED_DATA=$(SHARED) $(BIN)/python -m pytest -q -m "not slow" -x

@@ -129,11 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_volume)
 
     from medassist import admin_cli, deid_cli
+    from medassist.pacs import cli as pacs_cli
     from medassist.synth import cli as synth_cli
 
     deid_cli.add_parser(sub)
     synth_cli.add_parser(sub)
     admin_cli.add_parser(sub)
+    pacs_cli.add_parser(sub)
     return p
 
 

@@ -121,3 +121,26 @@ class ExportError(MedAssistError):
 
 class ReportValidationError(MedAssistError):
     """A lifecycle request is incomplete (e.g. a rejection without a reason, empty text)."""
+
+
+# --- PACS integration: Orthanc/DICOMweb, ingest queue, send-back, C-STORE SCP (issue 7) -----
+
+
+class PacsError(MedAssistError):
+    """A PACS operation (DICOMweb, DIMSE, ingest queue) failed; the message says what to do."""
+
+
+class PacsUnavailableError(PacsError):
+    """The PACS could not be reached or answered 5xx/timeout: transient, retried with backoff."""
+
+
+class PacsProtocolError(PacsError):
+    """The PACS answered something unusable (4xx, malformed JSON, wrong study): not retried."""
+
+
+class QueueStateError(PacsError):
+    """An ingest or outbox row is not in the state the operation needs (e.g. a lost lease)."""
+
+
+class ListenerConfigError(UsageError):
+    """The C-STORE listener configuration is invalid (allow-list entry, port, limits)."""
