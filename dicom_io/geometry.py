@@ -105,22 +105,27 @@ def plan_geometry(
             raise InconsistentGeometryError(f"PixelSpacing {sl.pixel_spacing} is not positive",
                                             series_uid=series_uid, path=sl.source)
     first = slices[0]
-    iop0 = np.asarray(first.orientation, dtype=np.float64)
-    for sl in slices[1:]:
-        if np.max(np.abs(np.asarray(sl.orientation) - iop0)) > cfg.orientation_tol:
-            raise InconsistentOrientationError(
-                f"ImageOrientationPatient {list(sl.orientation or ())} differs from "
-                f"{list(iop0)} of the first slice; split the series or fix the headers",
-                series_uid=series_uid, path=sl.source,
-            )
-        if (sl.rows, sl.columns) != (first.rows, first.columns) or np.max(
-            np.abs(np.asarray(sl.pixel_spacing) - np.asarray(first.pixel_spacing))
-        ) > 1e-4:
-            raise InconsistentGeometryError(
-                f"matrix {sl.rows}x{sl.columns} / PixelSpacing {sl.pixel_spacing} differs from "
-                f"{first.rows}x{first.columns} / {first.pixel_spacing} of the first slice",
-                series_uid=series_uid, path=sl.source,
-            )
+    iops = np.asarray([sl.orientation for sl in slices], dtype=np.float64)  # (n, 6)
+    iop0 = iops[0]
+    bad_iop = np.nonzero(np.abs(iops - iop0).max(axis=1) > cfg.orientation_tol)[0]
+    if bad_iop.size:
+        sl = slices[int(bad_iop[0])]
+        raise InconsistentOrientationError(
+            f"ImageOrientationPatient {list(sl.orientation or ())} differs from "
+            f"{list(iop0)} of the first slice; split the series or fix the headers",
+            series_uid=series_uid, path=sl.source,
+        )
+    spacings = np.asarray([sl.pixel_spacing for sl in slices], dtype=np.float64)  # (n, 2)
+    matrices = np.asarray([(sl.rows, sl.columns) for sl in slices])  # (n, 2)
+    bad_geom = np.nonzero((np.abs(spacings - spacings[0]).max(axis=1) > 1e-4)
+                          | (matrices != matrices[0]).any(axis=1))[0]
+    if bad_geom.size:
+        sl = slices[int(bad_geom[0])]
+        raise InconsistentGeometryError(
+            f"matrix {sl.rows}x{sl.columns} / PixelSpacing {sl.pixel_spacing} differs from "
+            f"{first.rows}x{first.columns} / {first.pixel_spacing} of the first slice",
+            series_uid=series_uid, path=sl.source,
+        )
     row_dir = _unit(iop0[:3])
     col_dir = _unit(iop0[3:])
     if abs(float(row_dir @ col_dir)) > 1e-3 or np.linalg.norm(iop0[:3]) < 0.5:

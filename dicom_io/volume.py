@@ -305,18 +305,25 @@ def _read_native(h: Header, targets: list[tuple[int, int]], stack: npt.NDArray[A
                                   path=h.source) from None
 
 
-def _fix_bits(stack: npt.NDArray[Any], bits: int, alloc: int, signed: bool) -> None:
-    """Mask or sign-extend, in place, values stored in fewer bits than allocated (as pydicom)."""
+def _fix_bits(stack: npt.NDArray[Any], bits: int, alloc: int, signed: bool,
+              lo: int, hi: int) -> bool:
+    """Mask or sign-extend, in place, values stored in fewer bits than allocated (as pydicom).
+
+    ``lo``/``hi`` are the stack's extremes; returns True if anything was changed.
+    """
     if bits >= alloc:
-        return
+        return False
     if signed:
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        if stack.min() < lo or stack.max() > hi:
-            shift = alloc - bits
-            np.left_shift(stack, shift, out=stack)
-            np.right_shift(stack, shift, out=stack)
-    elif stack.max() >= (1 << bits):
-        np.bitwise_and(stack, (1 << bits) - 1, out=stack)
+        if -(1 << (bits - 1)) <= lo and hi <= (1 << (bits - 1)) - 1:
+            return False
+        shift = alloc - bits
+        np.left_shift(stack, shift, out=stack)
+        np.right_shift(stack, shift, out=stack)
+        return True
+    if hi < (1 << bits):
+        return False
+    np.bitwise_and(stack, (1 << bits) - 1, out=stack)
+    return True
 
 
 def _read_all(slices: list[_Slice], cfg: AssemblyConfig) -> npt.NDArray[Any]:
@@ -355,11 +362,12 @@ def _read_all(slices: list[_Slice], cfg: AssemblyConfig) -> npt.NDArray[Any]:
             bits = h.bits_stored or h.bits_allocated or 16
             native_bits.setdefault(bits, []).extend(n for n, _ in items)
     alloc = dtype.itemsize * 8
-    for bits, idx in native_bits.items():
-        if bits < alloc:
+    short = {b: idx for b, idx in native_bits.items() if b < alloc}
+    if short:
+        lo, hi = int(stack.min()), int(stack.max())
+        for bits, idx in short.items():
             part = stack if len(idx) == len(slices) else stack[idx]
-            _fix_bits(part, bits, alloc, dtype.kind == "i")
-            if part is not stack:
+            if _fix_bits(part, bits, alloc, dtype.kind == "i", lo, hi) and part is not stack:
                 stack[idx] = part
     if compressed:
         workers = min(cfg.decode_workers, len(compressed))
@@ -385,10 +393,11 @@ def _to_hu(stack: npt.NDArray[Any], slopes: npt.NDArray[np.float64],
            intercepts: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
     """Apply RescaleSlope/Intercept once, vectorised; int16 when exact, float32 otherwise."""
     if np.all(slopes == 1.0) and np.all(intercepts == np.rint(intercepts)):
-        lo = int(stack.min()) + int(intercepts.min())
-        hi = int(stack.max()) + int(intercepts.max())
+        smin, smax = int(stack.min()), int(stack.max())
+        lo = smin + int(intercepts.min())
+        hi = smax + int(intercepts.max())
         if lo >= -32768 and hi <= 32767:
-            if stack.dtype == np.int16 or (stack.dtype == np.uint16 and int(stack.max()) < 32768):
+            if stack.dtype == np.int16 or (stack.dtype == np.uint16 and smax < 32768):
                 hu = stack.view(np.int16)
             else:
                 hu = stack.astype(np.int16)
