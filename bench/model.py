@@ -1,0 +1,201 @@
+"""Model benchmarks (issue 4, "Performance"): ratios side by side, JSON on stdout.
+
+    .venv/bin/python bench/model.py [--checkpoint models/demo] [--quick]
+
+* study-to-draft latency (excluding the DICOM read): forward + greedy report, fp32 vs
+  dynamic int8 (torch.ao dynamic quantization of nn.Linear);
+* KV-cache decoding vs recomputation for 256 tokens;
+* long EMR at 16K tokens: memory-token recurrence vs the same model with full attention over
+  all EMR tokens (both through scaled_dot_product_attention): time, peak RSS (separate
+  processes), EMR tokens handed to fusion / decoder;
+* training throughput (cases/s) on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _model(checkpoint: str | None) -> tuple[Any, Any]:
+    from multimodal.checkpoint import load_checkpoint
+    from multimodal.config import load_model_config
+    from multimodal.model import FusionModel
+
+    if checkpoint and (Path(checkpoint) / "model.safetensors").is_file():
+        model, cfg, _k, _t, _m = load_checkpoint(checkpoint)
+        return model, cfg
+    cfg = load_model_config(ROOT / "configs/model/demo.yaml")
+    torch.manual_seed(0)
+    return FusionModel(cfg).eval(), cfg
+
+
+def _input(cfg: Any, t: int, b: int = 1) -> Any:
+    from multimodal.outputs import ModelInput
+
+    g = torch.Generator().manual_seed(0)
+    return ModelInput(ct_present=torch.ones(b, dtype=torch.bool),
+                      emr_present=torch.ones(b, dtype=torch.bool),
+                      ct=torch.rand((b, len(cfg.ct.windows), *cfg.ct.grid_shape), generator=g),
+                      emr_ids=torch.randint(5, 500, (b, t), generator=g),
+                      emr_mask=torch.ones(b, t, dtype=torch.bool))
+
+
+def _time(fn: Any, reps: int) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def latency(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
+    x = _input(cfg, 400)
+
+    def draft(m: Any) -> None:
+        with torch.no_grad():
+            out = m(x)
+            m.generate(out, max_new=cfg.decoder.max_len - 1)
+
+    fp32 = _time(lambda: draft(model), reps)
+    q = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    int8 = _time(lambda: draft(q), reps)
+    with torch.no_grad():
+        a, b = model(x), q(x)
+    return {"fp32_s": round(fp32, 4), "int8_s": round(int8, 4),
+            "int8_speedup": round(fp32 / int8, 3),
+            "int8_max_prob_diff": round(float((a.presence_prob - b.presence_prob).abs().max()),
+                                        4)}
+
+
+def kv_cache(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
+    with torch.no_grad():
+        out = model(_input(cfg, 100))
+    mem, mask = out.memory, out.memory_mask
+    dec = model.decoder
+    n = min(256, cfg.decoder.max_len - 1)
+
+    def run(cache: bool) -> Any:
+        # force exactly n steps: decode from the memory without stopping at EOS
+        from multimodal.tokenizer import BOS
+
+        with torch.no_grad():
+            ids = torch.full((1, 1), BOS, dtype=torch.long)
+            st = dec.start(mem, mask) if cache else None
+            for _ in range(n):
+                lg = dec.step(ids[:, -1:], st) if st is not None else dec(ids, mem, mask)[:, -1]
+                ids = torch.cat([ids, lg.argmax(-1, keepdim=True)], 1)
+            return ids
+
+    same = bool(torch.equal(run(True), run(False)))
+    c = _time(lambda: run(True), reps)
+    r = _time(lambda: run(False), reps)
+    return {"tokens": n, "cache_s": round(c, 4), "recompute_s": round(r, 4),
+            "speedup": round(r / c, 2), "identical_tokens": same}
+
+
+def long_emr_child(mode: str, tokens: int, checkpoint: str | None) -> dict[str, Any]:
+    model, cfg = _model(checkpoint)
+    if mode == "full":
+        cfg = dataclasses.replace(cfg, long_emr=dataclasses.replace(cfg.long_emr,
+                                                                    full_attention=True))
+        m2 = type(model)(cfg)
+        m2.load_state_dict(model.state_dict())
+        model = m2.eval()
+    x = _input(cfg, tokens)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model(x)
+        ids = model.generate(out, max_new=cfg.decoder.max_len - 1)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n_q = len(cfg.heads.labels) + cfg.fusion.n_extra_queries
+    emr_tokens = out.memory.shape[1] - n_q - cfg.ct.n_patches
+    return {"seconds": round(dt, 3), "peak_rss_mb": round(peak / 1024, 1),
+            "rss_increase_mb": round((peak - base) / 1024, 1),
+            "emr_tokens_to_fusion": int(emr_tokens),
+            "presence": [round(float(v), 4) for v in out.presence_prob[0]],
+            "report_ids": ids[0].tolist()}
+
+
+def long_emr(tokens: int, checkpoint: str | None) -> dict[str, Any]:
+    res = {}
+    for mode in ("memory", "full"):
+        cmd = [sys.executable, __file__, "--child", mode, "--tokens", str(tokens)]
+        if checkpoint:
+            cmd += ["--checkpoint", checkpoint]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        res[mode] = json.loads(out.stdout)
+    m, f = res["memory"], res["full"]
+    return {
+        "tokens": tokens,
+        "memory": {k: v for k, v in m.items() if k not in ("presence", "report_ids")},
+        "full": {k: v for k, v in f.items() if k not in ("presence", "report_ids")},
+        "time_ratio": round(m["seconds"] / f["seconds"], 3),
+        "rss_increase_ratio": round(m["rss_increase_mb"] / max(f["rss_increase_mb"], 1e-6), 3),
+        "token_ratio": round(m["emr_tokens_to_fusion"] / f["emr_tokens_to_fusion"], 4),
+        "same_findings": [p > 0.5 for p in m["presence"]] == [p > 0.5 for p in f["presence"]],
+        "same_report": m["report_ids"] == f["report_ids"],
+    }
+
+
+def throughput(cfg: Any, steps: int) -> dict[str, Any]:
+    from multimodal.losses import Targets, compute_losses
+    from multimodal.model import FusionModel
+
+    torch.manual_seed(0)
+    model = FusionModel(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    b, f = 8, len(cfg.heads.labels)
+    x = dataclasses.replace(_input(cfg, 600, b), report_ids=torch.randint(5, 500, (b, 160)))
+    tg = Targets(present=torch.zeros(b, f), laterality=torch.full((b, f), -100),
+                 location=torch.full((b, f), -100), size_mm=torch.full((b, f), float("nan")),
+                 report_targets=torch.randint(5, 500, (b, 160)))
+
+    def step() -> None:
+        opt.zero_grad()
+        compute_losses(model(x), tg, cfg)["total"].backward()
+        opt.step()
+
+    dt = _time(step, steps)
+    return {"device": "cpu", "batch": b, "emr_tokens": 600, "step_s": round(dt, 3),
+            "cases_per_s": round(b / dt, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default=str(ROOT / "models/demo"))
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, 4K-token EMR")
+    ap.add_argument("--child", choices=("memory", "full"))
+    ap.add_argument("--tokens", type=int, default=16384)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(long_emr_child(args.child, args.tokens, args.checkpoint)))
+        return
+    torch.set_num_threads(2)
+    model, cfg = _model(args.checkpoint)
+    reps = 1 if args.quick else 3
+    res = {"threads": torch.get_num_threads(),
+           "checkpoint": args.checkpoint if (Path(args.checkpoint) / "model.safetensors")
+           .is_file() else "random init (configs/model/demo.yaml)",
+           "latency": latency(model, cfg, reps), "kv_cache": kv_cache(model, cfg, reps),
+           "long_emr": long_emr(4096 if args.quick else args.tokens, args.checkpoint),
+           "train_throughput": throughput(cfg, 2 if args.quick else 4)}
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

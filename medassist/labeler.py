@@ -1,0 +1,103 @@
+"""Rule-based report labeler: a finding lexicon plus negation detection.
+
+Used as the consistency guard of the drafts (a generated sentence that contradicts the findings
+head is flagged, never shown as fact) and to score generated text (clinical-efficacy F1).
+Each sentence gets, per finding label it mentions, ``True`` (affirmed) or ``False`` (negated
+or stated normal); labels it does not mention are absent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+LEXICON: dict[str, tuple[str, ...]] = {
+    "lung_nodule": (r"\bnodules?\b",),
+    "lung_mass": (r"\bmass(?:es)?\b",),
+    "consolidation": (r"\bconsolidation\b", r"\bpneumonia\b"),
+    "pleural_effusion": (r"\bpleural effusions?\b",),
+    "pneumothorax": (r"\bpneumothora(?:x|ces)\b",),
+    "emphysema": (r"\bemphysema\b",),
+    "mediastinal_lymphadenopathy": (r"\blymphadenopathy\b", r"\blymph nodes?\b"),
+    "pericardial_effusion": (r"\bpericardial effusion\b",),
+    "cardiomegaly": (r"\bcardiomegaly\b", r"\bheart is enlarged\b", r"\benlarged heart\b"),
+    "liver_lesion": (r"\b(?:liver|hepatic)\b[^.]*\blesions?\b",
+                     r"\blesions?\b[^.]*\b(?:liver|hepatic)\b"),
+    "rib_fracture": (r"\brib fractures?\b", r"\bfracture of the\b[^.]*\brib\b"),
+}
+#: statements of normality that negate a label without a negation word
+NORMAL: dict[str, tuple[str, ...]] = {
+    "cardiomegaly": (r"\bheart size is normal\b", r"\bheart is normal in size\b"),
+    "liver_lesion": (r"\bupper abdomen is unremarkable\b",),
+    "rib_fracture": (r"\bno acute osseous abnormality\b", r"\bno acute fracture\b"),
+    "mediastinal_lymphadenopathy": (r"\bno enlarged mediastinal lymph nodes?\b",),
+}
+NEGATION = re.compile(r"\b(?:no|without|negative for|free of|not|absent|resolved)\b")
+_SENT = re.compile(r"[^.\n;]+[.\n;]?")
+
+
+@dataclass(frozen=True)
+class SentenceLabels:
+    text: str
+    start: int
+    labels: dict[str, bool]
+
+
+def label_sentence(sentence: str) -> dict[str, bool]:
+    """Label -> affirmed (True) / negated (False) for the labels a sentence mentions."""
+    s = sentence.lower()
+    out: dict[str, bool] = {}
+    for label, pats in NORMAL.items():
+        if any(re.search(p, s) for p in pats):
+            out[label] = False
+    for label, pats in LEXICON.items():
+        if label in out:
+            continue
+        for p in pats:
+            m = re.search(p, s)
+            if m:
+                out[label] = NEGATION.search(s[: m.start()]) is None
+                break
+    # "lymph node" mentions affirm lymphadenopathy only when enlarged
+    if out.get("mediastinal_lymphadenopathy") and "lymphadenopathy" not in s \
+            and "enlarged" not in s:
+        del out["mediastinal_lymphadenopathy"]
+    return out
+
+
+def label_text(text: str) -> list[SentenceLabels]:
+    res = []
+    for m in _SENT.finditer(text):
+        sent = m.group(0).strip()
+        if sent:
+            res.append(SentenceLabels(sent, m.start(), label_sentence(sent)))
+    return res
+
+
+def text_findings(text: str, labels: Iterable[str]) -> dict[str, bool]:
+    """Report-level presence: a label is present if any sentence affirms it."""
+    found = {lab: False for lab in labels}
+    for s in label_text(text):
+        for lab, pos in s.labels.items():
+            if pos and lab in found:
+                found[lab] = True
+    return found
+
+
+def guard(text: str, head: Mapping[str, bool]) -> tuple[str, set[str]]:
+    """Flag sentences that contradict the findings head.
+
+    Returns the text with each contradicting sentence prefixed by ``[UNVERIFIED: ...]`` and
+    the set of labels that were contradicted."""
+    out: list[str] = []
+    bad: set[str] = set()
+    for s in label_text(text):
+        clash = sorted(lab for lab, pos in s.labels.items() if lab in head and pos != head[lab])
+        if clash:
+            bad.update(clash)
+            out.append(f"[UNVERIFIED: contradicts the findings head ({', '.join(clash)})] "
+                       f"{s.text}")
+        else:
+            out.append(s.text)
+    return " ".join(out), bad

@@ -1,0 +1,64 @@
+"""Collate per-case samples (numpy) into a :class:`ModelInput` batch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from multimodal.errors import ShapeError
+from multimodal.outputs import ModelInput
+from multimodal.tokenizer import PAD
+
+
+def _pad(seqs: Sequence[Any], value: int) -> tuple[Tensor, Tensor]:
+    n = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), n), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        mask[i, : len(s)] = True
+    return ids, mask
+
+
+def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[ModelInput, Tensor | None]:
+    """Samples hold ``ct`` ((C, Z, Y, X) float array or None), ``emr_ids`` ((T,) ints or
+    None), optional ``ct_quality`` and ``report_ids`` ((L,) BOS ... EOS).
+
+    Returns the batch and the next-token report targets (B, L - 1) (or None).  A missing
+    modality's slot is filled only to keep the batch rectangular and is masked by
+    ``*_present``; samples are not modified."""
+    if not samples:
+        raise ShapeError("cannot collate an empty batch")
+    ct_present = torch.tensor([s.get("ct") is not None for s in samples])
+    emr_present = torch.tensor([s.get("emr_ids") is not None and len(s["emr_ids"]) > 0
+                                for s in samples])
+    ct = None
+    if bool(ct_present.any()):
+        shape = next(np.shape(s["ct"]) for s in samples if s.get("ct") is not None)
+        vols = []
+        for s in samples:
+            if s.get("ct") is None:
+                vols.append(torch.zeros(shape, dtype=torch.float32))
+            else:
+                if np.shape(s["ct"]) != shape:
+                    raise ShapeError("CT volumes of a batch must share one shape")
+                vols.append(torch.as_tensor(np.asarray(s["ct"], dtype=np.float32)))
+        ct = torch.stack(vols)
+    emr_ids = emr_mask = None
+    if bool(emr_present.any()):
+        emr_ids, emr_mask = _pad([s.get("emr_ids") if p else () for s, p in
+                                  zip(samples, emr_present.tolist(), strict=True)], PAD)
+    quality = None
+    if any(s.get("ct_quality") is not None for s in samples):
+        quality = torch.tensor([float(s.get("ct_quality") or 0.0) for s in samples])
+    rep_in = rep_tgt = None
+    if all(s.get("report_ids") is not None for s in samples):
+        full, _m = _pad([s["report_ids"] for s in samples], PAD)
+        rep_in, rep_tgt = full[:, :-1], full[:, 1:]
+    batch = ModelInput(ct_present=ct_present, emr_present=emr_present, ct=ct, emr_ids=emr_ids,
+                       emr_mask=emr_mask, ct_quality=quality, report_ids=rep_in)
+    return batch, rep_tgt

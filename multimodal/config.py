@@ -1,0 +1,278 @@
+"""Frozen, validated configuration dataclasses of the fusion model (YAML in configs/model/)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from multimodal.errors import ModelConfigError
+
+LATERALITY: tuple[str, ...] = ("none", "left", "right", "bilateral")
+
+
+def _pos(name: str, *values: float) -> None:
+    if any(v <= 0 for v in values):
+        raise ModelConfigError(f"{name} must be > 0, got {values}")
+
+
+@dataclass(frozen=True)
+class CTStemConfig:
+    """CT input grid (z, y, x), HU windows and the 3D patch embedding."""
+
+    grid_shape: tuple[int, int, int] = (32, 64, 64)
+    spacing_mm: tuple[float, float, float] = (10.0, 7.0, 7.0)
+    patch: tuple[int, int, int] = (4, 8, 8)
+    #: (centre, width) HU windows -> channels: lung, soft tissue, bone
+    windows: tuple[tuple[float, float], ...] = ((-600.0, 1500.0), (40.0, 400.0),
+                                                (400.0, 1800.0))
+    pad_hu: float = -1024.0
+    abs_pos: str = "learned"  # "learned" | "sinusoidal"
+    rel_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.grid_shape) != 3 or len(self.patch) != 3 or len(self.spacing_mm) != 3:
+            raise ModelConfigError("ct.grid_shape, ct.patch and ct.spacing_mm need 3 values")
+        _pos("ct.grid_shape", *self.grid_shape)
+        _pos("ct.patch", *self.patch)
+        _pos("ct.spacing_mm", *self.spacing_mm)
+        if any(g % p for g, p in zip(self.grid_shape, self.patch, strict=True)):
+            raise ModelConfigError("ct.grid_shape must be divisible by ct.patch")
+        if not self.windows or any(len(w) != 2 or w[1] <= 0 for w in self.windows):
+            raise ModelConfigError("ct.windows must be (centre, width > 0) pairs")
+        if self.abs_pos not in ("learned", "sinusoidal"):
+            raise ModelConfigError("ct.abs_pos must be 'learned' or 'sinusoidal'")
+
+    @property
+    def patch_grid(self) -> tuple[int, int, int]:
+        g, p = self.grid_shape, self.patch
+        return (g[0] // p[0], g[1] // p[1], g[2] // p[2])
+
+    @property
+    def n_patches(self) -> int:
+        a, b, c = self.patch_grid
+        return a * b * c
+
+
+@dataclass(frozen=True)
+class EMRStemConfig:
+    """Token embedding of the EMR (and of the report decoder: one shared vocabulary)."""
+
+    vocab_size: int = 4000
+    max_tokens: int = 32768
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 8:
+            raise ModelConfigError("emr.vocab_size must be >= 8")
+        _pos("emr.max_tokens", self.max_tokens)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The shared (all-modality) shallow Transformer encoder."""
+
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _pos("encoder.depth/heads/mlp_ratio", self.depth, self.heads, self.mlp_ratio)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ModelConfigError("encoder.dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LongEMRConfig:
+    """Segment-recurrent EMR encoding with sliding-window attention and memory tokens."""
+
+    segment_len: int = 512
+    window: int = 128
+    n_memory: int = 16
+    #: bench only: one pass of full attention over all tokens, all tokens handed to fusion
+    full_attention: bool = False
+
+    def __post_init__(self) -> None:
+        _pos("long_emr.segment_len/window/n_memory", self.segment_len, self.window,
+             self.n_memory)
+        if self.window > self.segment_len:
+            raise ModelConfigError("long_emr.window must be <= long_emr.segment_len")
+
+
+@dataclass(frozen=True)
+class GatingConfig:
+    hidden: int = 64
+    #: probability per training case that EMR (resp. CT) is dropped when both are present
+    drop_emr: float = 0.3
+    drop_ct: float = 0.0
+
+    def __post_init__(self) -> None:
+        _pos("gating.hidden", self.hidden)
+        if not (0 <= self.drop_emr < 1 and 0 <= self.drop_ct < 1
+                and self.drop_emr + self.drop_ct < 1):
+            raise ModelConfigError("gating.drop_emr/drop_ct must be in [0, 1) with sum < 1")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Deep fusion: joint attention + DeepSeekMoE (or dense) feed-forward."""
+
+    depth: int = 2
+    heads: int = 4
+    n_extra_queries: int = 4
+    moe: bool = True
+    n_shared: int = 1
+    n_routed: int = 8
+    top_k: int = 2
+    expert_hidden: int = 64
+    dense_hidden: int = 256
+    balance_coef: float = 0.01
+
+    def __post_init__(self) -> None:
+        _pos("fusion.depth/heads/expert_hidden/dense_hidden", self.depth, self.heads,
+             self.expert_hidden, self.dense_hidden)
+        if self.n_extra_queries < 0 or self.n_shared < 0 or self.balance_coef < 0:
+            raise ModelConfigError("fusion.n_extra_queries/n_shared/balance_coef must be >= 0")
+        if self.moe and not 1 <= self.top_k <= self.n_routed:
+            raise ModelConfigError("fusion.top_k must be in [1, n_routed]")
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Finding heads: one query per label (labels come from configs/findings.yaml)."""
+
+    labels: tuple[str, ...] = ()
+    locations: tuple[str, ...] = ("none", "other")
+    size_max_mm: float = 200.0
+    n_emr_spans: int = 3
+    #: localisation: patches with map >= rel_threshold * max form the evidence box
+    rel_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ModelConfigError("heads.labels must be a non-empty list of unique labels")
+        if len(self.locations) < 2 or self.locations[0] != "none":
+            raise ModelConfigError("heads.locations must start with 'none' and have >= 2")
+        _pos("heads.size_max_mm", self.size_max_mm)
+        if self.n_emr_spans < 0 or not 0 < self.rel_threshold <= 1:
+            raise ModelConfigError("heads.n_emr_spans >= 0 and rel_threshold in (0, 1]")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    max_len: int = 256
+
+    def __post_init__(self) -> None:
+        _pos("decoder.depth/heads/mlp_ratio/max_len", self.depth, self.heads, self.mlp_ratio,
+             self.max_len)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "medassist-deepseek-mm"
+    dim: int = 64
+    ct: CTStemConfig = field(default_factory=CTStemConfig)
+    emr: EMRStemConfig = field(default_factory=EMRStemConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    long_emr: LongEMRConfig = field(default_factory=LongEMRConfig)
+    gating: GatingConfig = field(default_factory=GatingConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    heads: HeadsConfig = field(default_factory=lambda: HeadsConfig(labels=("finding",)))
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    align_temperature: float = 0.07
+    align_weight: float = 0.1
+    loc_weight: float = 0.5
+    lm_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _pos("dim", self.dim)
+        _pos("align_temperature", self.align_temperature)
+        for h, what in ((self.encoder.heads, "encoder"), (self.fusion.heads, "fusion"),
+                        (self.decoder.heads, "decoder")):
+            if self.dim % h:
+                raise ModelConfigError(f"dim {self.dim} not divisible by {what}.heads {h}")
+        if min(self.align_weight, self.loc_weight, self.lm_weight) < 0:
+            raise ModelConfigError("loss weights must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+T = TypeVar("T")
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise ModelConfigError(f"{where} must be a mapping")
+        return from_mapping(tp, value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ModelConfigError(f"{where} must be a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise ModelConfigError(f"{where} needs {len(args)} values")
+        return tuple(_convert(a, v, where) for a, v in zip(args, value, strict=True))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ModelConfigError(f"{where} must be true/false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModelConfigError(f"{where} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ModelConfigError(f"{where} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ModelConfigError(f"{where} must be a string")
+        return value
+    raise ModelConfigError(f"{where}: unsupported type {tp}")
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "model") -> T:
+    """Build dataclass ``cls`` from a nested mapping; unknown keys are errors."""
+    if not dataclasses.is_dataclass(cls):
+        raise ModelConfigError(f"{cls} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ModelConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ModelConfigError(f"{where}: {exc}") from exc
+
+
+def load_model_config(path: str | Path, labels: tuple[str, ...] | None = None) -> ModelConfig:
+    """Read a YAML model config (top-level key ``model``); ``labels`` override heads.labels."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelConfigError(f"cannot read model config {path}: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise ModelConfigError(f"{path}: expected a mapping")
+    body = raw.get("model", raw)
+    if not isinstance(body, Mapping):
+        raise ModelConfigError(f"{path}: 'model' must be a mapping")
+    body = dict(body)
+    if labels is not None:
+        heads = dict(body.get("heads") or {})
+        heads["labels"] = list(labels)
+        body["heads"] = heads
+    return from_mapping(ModelConfig, body)

@@ -1,0 +1,162 @@
+"""Report decoder: autoregressive Transformer with cross-attention to the fused memory,
+a KV cache, greedy and beam decoding, batched generation."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from multimodal.config import DecoderConfig
+from multimodal.errors import ShapeError
+from multimodal.layers import Attention, Mlp, attn_bias
+from multimodal.tokenizer import BOS, EOS, PAD
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.n1 = nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, heads)
+        self.n2 = nn.LayerNorm(dim)
+        self.cross = Attention(dim, heads)
+        self.n3 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+
+@dataclass
+class DecodeState:
+    cross_kv: list[tuple[Tensor, Tensor]]  # per layer (B, H, M, Dh) x 2
+    mem_bias: Tensor  # (B, 1, 1, M) float
+    self_kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (B, H, t, Dh) x 2
+    length: int = 0
+
+    def reorder(self, idx: Tensor) -> None:
+        self.cross_kv = [(k[idx], v[idx]) for k, v in self.cross_kv]
+        self.self_kv = [(k[idx], v[idx]) for k, v in self.self_kv]
+        self.mem_bias = self.mem_bias[idx]
+
+
+class ReportDecoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig, dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.zeros(1, cfg.max_len, dim))
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.layers = nn.ModuleList(DecoderLayer(dim, cfg.heads, cfg.mlp_ratio)
+                                    for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def logits(self, h: Tensor) -> Tensor:
+        out: Tensor = self.norm(h) @ self.tok.weight.t()  # tied output embedding: (B, L, V)
+        return out
+
+    def _layers(self) -> list[DecoderLayer]:
+        return typing.cast(list[DecoderLayer], list(self.layers))
+
+    def forward(self, ids: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
+        """Teacher forcing: ids (B, L), memory (B, M, D), memory_mask (B, M) -> (B, L, V)."""
+        if ids.ndim != 2 or ids.shape[1] > self.cfg.max_len or ids.shape[0] != memory.shape[0]:
+            raise ShapeError(f"ids must be (B, <= {self.cfg.max_len}) matching the memory batch")
+        x = self.tok(ids) + self.pos[:, : ids.shape[1]]
+        mb = attn_bias(memory_mask[:, None, None, :], None)
+        for layer in self._layers():
+            x = x + layer.self_attn(layer.n1(x), is_causal=True)
+            x = x + layer.cross(layer.n2(x), kv=memory, mask=mb)
+            x = x + layer.mlp(layer.n3(x))
+        return self.logits(x)
+
+    def start(self, memory: Tensor, memory_mask: Tensor) -> DecodeState:
+        kv = [layer.cross.project_kv(memory) for layer in self._layers()]
+        mb = attn_bias(memory_mask[:, None, None, :], None)
+        if mb is None:  # pragma: no cover - mask is never None here
+            raise ShapeError("memory mask required")
+        return DecodeState(kv, mb)
+
+    def step(self, ids: Tensor, state: DecodeState) -> Tensor:
+        """One step with the KV cache: ids (B, 1) -> next-token logits (B, V)."""
+        t = state.length
+        if t >= self.cfg.max_len:
+            raise ShapeError("decoder max_len exceeded")
+        x = self.tok(ids) + self.pos[:, t: t + 1]
+        new_kv = []
+        for li, layer in enumerate(self._layers()):
+            h = layer.n1(x)
+            k, v = layer.self_attn.project_kv(h)
+            if state.self_kv:
+                pk, pv = state.self_kv[li]
+                k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+            new_kv.append((k, v))
+            x = x + layer.self_attn.attend(h, k, v)
+            ck, cv = state.cross_kv[li]
+            x = x + layer.cross.attend(layer.n2(x), ck, cv, state.mem_bias)
+            x = x + layer.mlp(layer.n3(x))
+        state.self_kv = new_kv
+        state.length = t + 1
+        out: Tensor = self.logits(x)[:, -1]
+        return out
+
+    @torch.no_grad()
+    def greedy(self, memory: Tensor, memory_mask: Tensor, max_new: int,
+               use_cache: bool = True) -> Tensor:
+        """Batched greedy decoding -> (B, <= max_new) ids (EOS kept, PAD after EOS)."""
+        b = memory.shape[0]
+        max_new = min(max_new, self.cfg.max_len - 1)
+        ids = torch.full((b, 1), BOS, dtype=torch.long, device=memory.device)
+        done = torch.zeros(b, dtype=torch.bool, device=memory.device)
+        state = self.start(memory, memory_mask) if use_cache else None
+        for _ in range(max_new):
+            if state is not None:
+                lg = self.step(ids[:, -1:], state)
+            else:
+                lg = self.forward(ids, memory, memory_mask)[:, -1]
+            nxt = lg.argmax(-1).masked_fill(done, PAD)
+            ids = torch.cat([ids, nxt[:, None]], 1)
+            done |= nxt == EOS
+            if bool(done.all()):
+                break
+        return ids[:, 1:]
+
+    @torch.no_grad()
+    def beam(self, memory: Tensor, memory_mask: Tensor, max_new: int, beam_size: int = 4,
+             length_penalty: float = 1.0) -> Tensor:
+        """Batched beam search (KV cache reordered per step) -> (B, L) best ids."""
+        b, m, d = memory.shape
+        k = beam_size
+        max_new = min(max_new, self.cfg.max_len - 1)
+        mem = memory[:, None].expand(b, k, m, d).reshape(b * k, m, d)
+        mmask = memory_mask[:, None].expand(b, k, m).reshape(b * k, m)
+        state = self.start(mem, mmask)
+        seqs = torch.full((b * k, 1), BOS, dtype=torch.long, device=memory.device)
+        scores = torch.zeros(b, k, device=memory.device)
+        scores[:, 1:] = float("-inf")  # all beams start identical: keep one
+        done = torch.zeros(b * k, dtype=torch.bool, device=memory.device)
+        lengths = torch.zeros(b * k, device=memory.device)
+        for _ in range(max_new):
+            lp = F.log_softmax(self.step(seqs[:, -1:], state), -1)  # (B*k, V)
+            v = lp.shape[-1]
+            # finished beams only extend with PAD at no cost
+            fin = torch.full_like(lp, float("-inf"))
+            fin[:, PAD] = 0.0
+            lp = torch.where(done[:, None], fin, lp)
+            cand = (scores.reshape(-1, 1) + lp).reshape(b, k * v)
+            top, idx = cand.topk(k, dim=-1)  # (B, k)
+            src = (idx // v) + torch.arange(b, device=memory.device)[:, None] * k
+            tok = (idx % v).reshape(-1)
+            src = src.reshape(-1)
+            state.reorder(src)
+            seqs = torch.cat([seqs[src], tok[:, None]], 1)
+            prev_done = done[src]
+            lengths = lengths[src] + (~prev_done).float()
+            done = prev_done | (tok == EOS)
+            scores = top
+            if bool(done.all()):
+                break
+        norm = scores / lengths.reshape(b, k).clamp_min(1.0) ** length_penalty
+        best = norm.argmax(-1) + torch.arange(b, device=memory.device) * k
+        return seqs[best, 1:]

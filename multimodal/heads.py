@@ -1,0 +1,121 @@
+"""Findings head (presence, laterality, location, size, localisation, EMR attribution) and
+its post-processing into :class:`FindingPrediction`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from multimodal.config import LATERALITY, CTStemConfig, HeadsConfig
+from multimodal.outputs import FindingPrediction, ModelOutput
+
+
+class FindingsHead(nn.Module):
+    """Reads one fused query per finding type."""
+
+    def __init__(self, cfg: HeadsConfig, dim: int) -> None:
+        super().__init__()
+        n = len(cfg.labels)
+        self.cfg = cfg
+        self.norm = nn.LayerNorm(dim)
+        self.presence_w = nn.Parameter(torch.randn(n, dim) * 0.02)
+        self.presence_b = nn.Parameter(torch.zeros(n))
+        self.laterality = nn.Linear(dim, len(LATERALITY))
+        self.location = nn.Linear(dim, len(cfg.locations))
+        self.size = nn.Linear(dim, 1)
+        self.loc_q = nn.Linear(dim, dim)
+        self.loc_k = nn.Linear(dim, dim)
+        self.emr_q = nn.Linear(dim, dim)
+        self.emr_k = nn.Linear(dim, dim)
+        #: evidence pooling: CT features under the localisation map feed every sub-head
+        self.pool_v = nn.Linear(dim, dim)
+        #: presence temperature (calibration, fitted after training)
+        self.register_buffer("temperature", torch.ones(()))
+
+    def forward(self, q: Tensor, ct_tok: Tensor | None, ct_valid: Tensor | None,
+                emr_tok: Tensor | None, emr_valid: Tensor | None,
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """q (B, F, D); ct_tok (B, N, D); emr_tok (B, T, D) -> presence (B, F), laterality
+        (B, F, 4), location (B, F, C), size_log (B, F), loc_logits (B, F, N), attr (B, F, T)."""
+        h = self.norm(q)
+        scale = 1.0 / math.sqrt(h.shape[-1])
+        loc_logits = None
+        if ct_tok is not None and ct_valid is not None:
+            raw = torch.einsum("bfd,bnd->bfn", self.loc_q(h), self.loc_k(ct_tok)) * scale
+            # pooled evidence (finite fill: no NaN gradient for cases without CT)
+            a = torch.softmax(raw.masked_fill(~ct_valid[:, None, :], -1e4), -1)
+            a = a * ct_valid.any(-1).to(a.dtype)[:, None, None]
+            h = h + torch.einsum("bfn,bnd->bfd", a, self.pool_v(ct_tok))
+            loc_logits = raw.masked_fill(~ct_valid[:, None, :], float("-inf"))
+        temp = self.get_buffer("temperature")
+        pres = ((h * self.presence_w).sum(-1) + self.presence_b) / temp
+        lat = self.laterality(h)
+        loc = self.location(h)
+        size = self.size(h)[..., 0]
+        attr = None
+        if emr_tok is not None and emr_valid is not None and emr_tok.shape[1] > 0:
+            a = torch.einsum("bfd,btd->bft", self.emr_q(h), self.emr_k(emr_tok)) * scale
+            a = a.masked_fill(~emr_valid[:, None, :], float("-inf"))
+            attr = torch.nan_to_num(torch.softmax(a, -1), nan=0.0)
+        return pres, lat, loc, size, loc_logits, attr
+
+
+def _box(mask: Tensor, patch: tuple[int, int, int]) -> tuple[int, int, int, int, int, int]:
+    """Bounding box (inclusive voxels) of True patches of a (gz, gy, gx) mask."""
+    idx = mask.nonzero()
+    lo = idx.min(0).values.tolist()
+    hi = idx.max(0).values.tolist()
+    return (lo[0] * patch[0], lo[1] * patch[1], lo[2] * patch[2],
+            (hi[0] + 1) * patch[0] - 1, (hi[1] + 1) * patch[1] - 1, (hi[2] + 1) * patch[2] - 1)
+
+
+def _spans(attr: Tensor, n: int) -> tuple[tuple[int, int], ...]:
+    """Top-n tokens by attribution, merged into contiguous [t0, t1) spans."""
+    if n == 0 or attr.numel() == 0 or float(attr.sum()) <= 0:
+        return ()
+    top = sorted(attr.topk(min(n, attr.numel())).indices.tolist())
+    spans: list[list[int]] = []
+    for t in top:
+        if spans and t == spans[-1][1]:
+            spans[-1][1] = t + 1
+        else:
+            spans.append([t, t + 1])
+    return tuple((a, b) for a, b in spans)
+
+
+def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
+                     threshold: float = 0.5) -> list[list[FindingPrediction]]:
+    """Post-process a batch: per case, one :class:`FindingPrediction` per label.
+
+    Without CT for a case the image findings abstain: ``present`` False, no laterality /
+    location / size / evidence (the probability is still reported)."""
+    prob = out.presence_prob.detach().float().cpu()
+    lat = out.laterality_logits.argmax(-1).cpu()
+    loc = out.location_logits.argmax(-1).cpu()
+    size = out.size_mm.detach().float().cpu()
+    grid = ct.patch_grid
+    res: list[list[FindingPrediction]] = []
+    for b in range(prob.shape[0]):
+        has_ct = bool(out.ct_used[b])
+        case = []
+        for f, label in enumerate(heads.labels):
+            p = float(prob[b, f])
+            present = has_ct and p >= threshold
+            slices = box = None
+            if present and out.loc_logits is not None:
+                m = torch.softmax(out.loc_logits[b, f].float(), -1).reshape(grid).cpu()
+                box = _box(m >= heads.rel_threshold * m.max(), ct.patch)
+                slices = (box[0], box[3])
+            spans: tuple[tuple[int, int], ...] = ()
+            if present and out.emr_attr is not None and bool(out.emr_used[b]):
+                spans = _spans(out.emr_attr[b, f].detach().cpu(), heads.n_emr_spans)
+            case.append(FindingPrediction(
+                label=label, present=present, probability=p,
+                laterality=LATERALITY[int(lat[b, f])] if present else None,
+                location=heads.locations[int(loc[b, f])] if present else None,
+                size_mm=round(float(size[b, f]), 1) if present else None,
+                slices=slices, box_voxels=box, emr_token_spans=spans))
+        res.append(case)
+    return res

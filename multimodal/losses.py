@@ -1,0 +1,68 @@
+"""Training losses of the fusion model (and of the late-fusion baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from multimodal.config import ModelConfig
+from multimodal.outputs import ModelOutput
+from multimodal.tokenizer import PAD
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Targets:
+    present: Tensor  # (B, F) float 0/1
+    laterality: Tensor  # (B, F) int64 index into LATERALITY; -100 where absent
+    location: Tensor  # (B, F) int64 index into heads.locations; -100 where absent
+    size_mm: Tensor  # (B, F) float; NaN where absent
+    loc_map: Tensor | None = None  # (B, F, N_ct) patch occupancy of the finding (0 if none)
+    report_targets: Tensor | None = None  # (B, L) next-token ids (PAD = ignore)
+
+
+def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, Tensor]:
+    """Per-term losses and ``total``.  Image-finding and report terms skip cases without CT
+    (after modality dropout): without CT the model abstains, it is not taught to guess."""
+    ct = out.ct_used.float()[:, None]  # (B, 1)
+    n_ct = ct.sum().clamp_min(1.0) * t.present.shape[1]
+    bce = F.binary_cross_entropy_with_logits(out.presence_logits, t.present, reduction="none")
+    losses: dict[str, Tensor] = {"presence": (bce * ct).sum() / n_ct}
+    keep = out.ct_used[:, None].expand_as(t.laterality)
+    lat_t = t.laterality.masked_fill(~keep, IGNORE)
+    loc_t = t.location.masked_fill(~keep, IGNORE)
+    zero = out.presence_logits.sum() * 0.0
+    losses["laterality"] = F.cross_entropy(out.laterality_logits.flatten(0, 1), lat_t.flatten(),
+                                           ignore_index=IGNORE) if bool((lat_t >= 0).any()) \
+        else zero
+    losses["location"] = F.cross_entropy(out.location_logits.flatten(0, 1), loc_t.flatten(),
+                                         ignore_index=IGNORE) if bool((loc_t >= 0).any()) \
+        else zero
+    sz = ~torch.isnan(t.size_mm) & keep
+    losses["size"] = F.smooth_l1_loss(out.size_log[sz], torch.log1p(t.size_mm[sz]), beta=0.1) \
+        if bool(sz.any()) else zero
+    losses["loc"] = zero
+    if t.loc_map is not None and out.loc_logits is not None:
+        mass = t.loc_map.sum(-1)  # (B, F)
+        ok = (mass > 0) & keep
+        if bool(ok.any()):
+            target = t.loc_map[ok] / mass[ok][:, None]
+            logp = torch.log_softmax(out.loc_logits[ok], -1).clamp_min(-1e4)
+            losses["loc"] = -(target * logp).sum(-1).mean()
+    losses["lm"] = zero
+    if t.report_targets is not None and out.lm_logits is not None:
+        tgt = t.report_targets.masked_fill(~out.ct_used[:, None], PAD)
+        if bool((tgt != PAD).any()):
+            losses["lm"] = F.cross_entropy(out.lm_logits.flatten(0, 1), tgt.flatten(),
+                                           ignore_index=PAD)
+    losses["align"] = out.align_loss
+    losses["moe_balance"] = out.aux_loss
+    losses["total"] = (losses["presence"] + losses["laterality"] + losses["location"]
+                       + losses["size"] + cfg.loc_weight * losses["loc"]
+                       + cfg.lm_weight * losses["lm"] + cfg.align_weight * losses["align"]
+                       + cfg.fusion.balance_coef * losses["moe_balance"])
+    return losses

@@ -1,0 +1,149 @@
+"""The DeepSeek-MM fusion model: stems -> shared encoder (align shallow) -> gating ->
+deep fusion with MoE (fuse deep) -> findings head + report decoder."""
+
+from __future__ import annotations
+
+import typing
+
+import torch
+from torch import Tensor, nn
+
+from multimodal.config import ModelConfig
+from multimodal.decoder import ReportDecoder
+from multimodal.encoder import (
+    MODALITIES,
+    LongEMREncoder,
+    SharedEncoder,
+    info_nce,
+    log_quality,
+    masked_mean,
+)
+from multimodal.fusion import (
+    FusionBlock,
+    ModalityGate,
+    load_report,
+    modality_key_bias,
+    total_aux,
+)
+from multimodal.heads import FindingsHead
+from multimodal.outputs import ModelInput, ModelOutput
+from multimodal.stems import CTStem, EMRStem
+
+
+def modality_dropout(ct: Tensor, emr: Tensor, p_emr: float, p_ct: float
+                     ) -> tuple[Tensor, Tensor]:
+    """Training-time modality dropout on cases that have both (never drops both)."""
+    both = ct & emr
+    r = torch.rand(ct.shape[0], device=ct.device)
+    drop_emr = both & (r < p_emr)
+    drop_ct = both & (r >= p_emr) & (r < p_emr + p_ct)
+    return ct & ~drop_ct, emr & ~drop_emr
+
+
+class FusionModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.stems = nn.ModuleDict({
+            "ct": CTStem(cfg.ct, d, cfg.encoder.heads),
+            "emr": EMRStem(cfg.emr, d, cfg.long_emr.segment_len)})
+        self.encoder = SharedEncoder(cfg.encoder, d)
+        self.long_emr = LongEMREncoder(cfg.long_emr, d)
+        self.align = nn.ModuleDict({m: nn.Linear(d, d) for m in MODALITIES})
+        self.gate = ModalityGate(cfg.gating, d, MODALITIES)
+        self.n_labels = len(cfg.heads.labels)
+        self.queries = nn.Parameter(
+            torch.randn(1, self.n_labels + cfg.fusion.n_extra_queries, d) * 0.02)
+        self.fusion = nn.ModuleList(FusionBlock(cfg.fusion, d) for _ in range(cfg.fusion.depth))
+        self.fusion_norm = nn.LayerNorm(d)
+        self.findings = FindingsHead(cfg.heads, d)
+        self.decoder = ReportDecoder(cfg.decoder, d, cfg.emr.vocab_size)
+
+    def encode_ct(self, ct: Tensor) -> Tensor:
+        """(B, C, Z, Y, X) -> (B, N, D) CT tokens after the shared encoder."""
+        stem = typing.cast(CTStem, self.stems["ct"])
+        tok = stem(ct)
+        out: Tensor = self.encoder(tok, "ct", None, stem.bias())
+        return out
+
+    def forward(self, x: ModelInput) -> ModelOutput:
+        x.validate(self.cfg)
+        b = x.batch_size
+        d = self.cfg.dim
+        dev = x.ct_present.device
+        ct_tok = emr_mem = emr_tok = emr_valid = emr_mem_valid = None
+        if x.ct is not None:
+            ct_tok = self.encode_ct(x.ct)
+        if x.emr_ids is not None and x.emr_mask is not None:
+            enc = self.long_emr(self.stems["emr"], self.encoder, x.emr_ids, x.emr_mask,
+                                x.emr_present)
+            emr_mem, emr_tok, emr_valid = enc.memory, enc.tokens, enc.token_mask
+            emr_mem_valid = enc.memory_mask
+        ct_used, emr_used = x.ct_present.clone(), x.emr_present.clone()
+        if self.training:
+            ct_used, emr_used = modality_dropout(ct_used, emr_used, self.cfg.gating.drop_emr,
+                                                 self.cfg.gating.drop_ct)
+        zeros = torch.zeros(b, d, device=dev)
+        ct_sum = masked_mean(ct_tok, ct_used[:, None].expand(-1, ct_tok.shape[1])) \
+            if ct_tok is not None else zeros
+        emr_sum = masked_mean(emr_mem, emr_mem_valid) \
+            if emr_mem is not None and emr_mem_valid is not None else zeros
+        # alignment: cases that have both modalities (before dropout)
+        align = torch.zeros((), device=dev)
+        both = x.ct_present & x.emr_present
+        if int(both.sum()) >= 2 and ct_tok is not None:
+            ct_all = masked_mean(ct_tok, x.ct_present[:, None].expand(-1, ct_tok.shape[1]))
+            align = info_nce(self.align["ct"](ct_all[both]), self.align["emr"](emr_sum[both]),
+                             self.cfg.align_temperature)
+        ct_q = x.ct_quality if x.ct_quality is not None else torch.ones(b, device=dev)
+        n_tok = x.emr_mask.sum(1) if x.emr_mask is not None else torch.zeros(b, device=dev)
+        log_w = self.gate({"ct": ct_sum, "emr": emr_sum}, {"ct": ct_used, "emr": emr_used},
+                            {"ct": ct_q, "emr": log_quality(n_tok)})  # (B, 2)
+        weights = log_w.exp()
+        q = self.queries.expand(b, -1, -1)
+        parts, segs = [q], []
+        n_ct = 0
+        ct_valid = None
+        if ct_tok is not None:
+            n_ct = ct_tok.shape[1]
+            ct_valid = ct_used[:, None].expand(-1, n_ct)
+            parts.append(ct_tok)
+            segs.append((n_ct, ct_valid))
+        else:
+            segs.append((0, torch.zeros(b, 0, dtype=torch.bool, device=dev)))
+        if emr_mem is not None and emr_mem_valid is not None:
+            parts.append(emr_mem)
+            segs.append((emr_mem.shape[1], emr_mem_valid & emr_used[:, None]))
+        else:
+            segs.append((0, torch.zeros(b, 0, dtype=torch.bool, device=dev)))
+        h = torch.cat(parts, 1)  # (B, Q + N_ct + M, D)
+        bias, valid = modality_key_bias(log_w, segs, q.shape[1])
+        stats = []
+        for blk in self.fusion:
+            h, st = blk(h, bias, valid)
+            stats.append(st)
+        h = self.fusion_norm(h)
+        nq = q.shape[1]
+        fused_ct = h[:, nq: nq + n_ct] if ct_tok is not None else None
+        tok_valid = None
+        if emr_valid is not None:
+            tok_valid = emr_valid & emr_used[:, None]
+        pres, lat, loc, size, loc_logits, attr = self.findings(
+            h[:, : self.n_labels], fused_ct, ct_valid, emr_tok, tok_valid)
+        lm = None
+        if x.report_ids is not None:
+            lm = self.decoder(x.report_ids, h, valid)
+        return ModelOutput(
+            presence_logits=pres, laterality_logits=lat, location_logits=loc, size_log=size,
+            loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
+            emr_used=emr_used, align_loss=align, aux_loss=total_aux(stats),
+            expert_load=load_report(stats), memory=h, memory_mask=valid, lm_logits=lm)
+
+    @torch.no_grad()
+    def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,
+                 use_cache: bool = True) -> Tensor:
+        """Report token ids (B, L) from the fused memory of ``out``."""
+        if beam_size > 1:
+            return self.decoder.beam(out.memory, out.memory_mask, max_new, beam_size)
+        return self.decoder.greedy(out.memory, out.memory_mask, max_new, use_cache)

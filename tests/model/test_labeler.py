@@ -1,0 +1,61 @@
+"""Rule-based labeler (lexicon + negation) and the consistency guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medassist.labeler import guard, label_sentence, text_findings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("sentence", "expected"), [
+    ("A 6 mm solid nodule with smooth margins is seen in the right upper lobe.",
+     {"lung_nodule": True}),
+    ("No suspicious pulmonary nodule or mass.", {"lung_nodule": False, "lung_mass": False}),
+    ("No pleural effusion.", {"pleural_effusion": False}),
+    ("There is a small left pleural effusion, layering dependently.",
+     {"pleural_effusion": True}),
+    ("No pericardial effusion.", {"pericardial_effusion": False}),
+    ("The heart is normal in size.", {"cardiomegaly": False}),
+    ("Cardiomegaly, with a cardiothoracic ratio of about 0.60.", {"cardiomegaly": True}),
+    ("No enlarged mediastinal lymph nodes.", {"mediastinal_lymphadenopathy": False}),
+    ("Enlarged subcarinal (station 7) lymph node measuring 14 mm in short axis.",
+     {"mediastinal_lymphadenopathy": True}),
+    ("There is an acute posterior left 9th rib fracture.", {"rib_fracture": True}),
+    ("No acute osseous abnormality.", {"rib_fracture": False}),
+    ("There is a hypoattenuating lesion in the right hepatic lobe measuring 12 mm.",
+     {"liver_lesion": True}),
+    ("The imaged upper abdomen is unremarkable.", {"liver_lesion": False}),
+])
+def test_label_sentence(sentence: str, expected: dict[str, bool]) -> None:
+    assert label_sentence(sentence) == expected
+
+
+def test_labeler_agrees_with_generator_reports() -> None:
+    from medassist.model_cli import finding_labels
+    from medassist.synth.case import make_case
+    from medassist.synth.config import load_config
+    from medassist.synth.findings import load_vocabulary
+
+    cfg = load_config(ROOT / "configs/synth/small.yaml")
+    vocab = load_vocabulary(cfg.findings.vocabulary_path())
+    labels = finding_labels(ROOT / "configs/findings.yaml")
+    n_abnormal = 0
+    for i in range(40):
+        case = make_case(cfg, vocab, 21, i, "val")
+        want = {lab: any(f.kind == lab for f in case.findings) for lab in labels}
+        n_abnormal += any(want.values())
+        assert text_findings(case.report.findings, labels) == want, case.report.findings
+    assert n_abnormal >= 10
+
+
+def test_guard_flags_contradicting_sentences() -> None:
+    text = "No pleural effusion. A 5 mm nodule in the left lower lobe. Heart size is normal."
+    out, bad = guard(text, {"pleural_effusion": True, "lung_nodule": True,
+                            "cardiomegaly": False})
+    assert bad == {"pleural_effusion"}
+    assert out.startswith("[UNVERIFIED") and "A 5 mm nodule" in out
+    assert out.count("UNVERIFIED") == 1

@@ -1,0 +1,221 @@
+"""Overfit, exact resume, checkpoints, and the train / eval / report commands."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from medassist.model_cli import (
+    TrainConfig,
+    add_parser,
+    build_tokenizer,
+    evaluate,
+    make_report,
+    record_sample,
+    train,
+)
+from multimodal.checkpoint import WEIGHTS, load_checkpoint
+from multimodal.config import ModelConfig
+from multimodal.model import FusionModel
+from multimodal.training import OptimConfig, predict, train_loop
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tc(out: Path, **optim: Any) -> TrainConfig:
+    base = {"seed": 0, "steps": 6, "batch_size": 4, "grad_accum": 2, "lr": 3e-3,
+            "warmup_steps": 2, "checkpoint_every": 3, "log_every": 100}
+    base.update(optim)
+    return TrainConfig(model_config=str(ROOT / "configs/model/tiny.yaml"),
+                       synth_config=str(ROOT / "configs/synth/small.yaml"), data_seed=3,
+                       train_cases=6, max_emr_tokens=256, out=str(out), optim=base)
+
+
+@pytest.mark.slow
+def test_overfit_eight_cases_to_f1_one(tiny_cfg: ModelConfig, tiny_records: list[Any],
+                                       tmp_path: Path) -> None:
+    tok = build_tokenizer(tiny_records, tiny_cfg.emr.vocab_size)
+    samples = [record_sample(r, tiny_cfg, tok, 512) for r in tiny_records]
+    assert sum(s["present"].sum() for s in samples) >= 4  # not all normal
+    torch.manual_seed(0)
+    model = FusionModel(tiny_cfg)
+    oc = OptimConfig(seed=0, steps=300, batch_size=8, lr=0.01, weight_decay=0.0,
+                     warmup_steps=10, checkpoint_every=10_000)
+    res = train_loop(model, tiny_cfg, "fusion", tok, samples, oc, tmp_path / "ck")
+    assert res["history"][-1]["presence"] < res["history"][0]["presence"] / 5
+    ev = evaluate(model, tiny_cfg, samples)
+    assert ev["full"]["micro_f1"] == 1.0 and ev["full"]["macro_f1"] == 1.0
+    assert ev["full"]["laterality_acc_tp"] == 1.0
+    # without CT the model abstains on every image finding
+    assert ev["ct_removed"]["n_predicted_present"] == 0
+
+
+def test_resume_is_identical(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    train(_tc(tmp_path / "a"))
+    train(_tc(tmp_path / "b"), stop_after=3)
+    meta_b = json.loads((tmp_path / "b" / "meta.json").read_text())
+    assert meta_b["step"] == 3
+    train(_tc(tmp_path / "b"), resume=True)
+    wa, wb = load_file(str(tmp_path / "a" / WEIGHTS)), load_file(str(tmp_path / "b" / WEIGHTS))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    oa = load_file(str(tmp_path / "a" / "optim.safetensors"))
+    ob = load_file(str(tmp_path / "b" / "optim.safetensors"))
+    assert all(torch.equal(oa[k], ob[k]) for k in oa)
+    # ... and training did change the weights
+    torch.manual_seed(0)
+    init = FusionModel(load_checkpoint(tmp_path / "a")[1]).state_dict()
+    assert not all(torch.equal(init[k], wa[k]) for k in wa if k in init)
+
+
+def test_checkpoint_roundtrip_and_cli_train(tmp_path: Path, tiny_records: list[Any]) -> None:
+    cfg_path = tmp_path / "train.yaml"
+    out = tmp_path / "ck"
+    cfg_path.write_text(json.dumps({"train": {
+        "model_config": str(ROOT / "configs/model/tiny.yaml"),
+        "synth_config": str(ROOT / "configs/synth/small.yaml"), "train_cases": 4,
+        "val_cases": 3, "data_seed": 3, "out": str(out),
+        "optim": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}}}))
+    ap = argparse.ArgumentParser()
+    add_parser(ap.add_subparsers(dest="cmd", required=True))
+    args = ap.parse_args(["train", "--config", str(cfg_path), "--device", "cpu"])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert args.func(args) == 0
+    summary = json.loads(buf.getvalue())
+    assert summary["params"] > 0 and summary["final"]["step"] == 2
+    for name in ("model.safetensors", "config.json", "vocab.json", "meta.json",
+                 "optim.safetensors"):
+        assert (out / name).is_file()
+    model, cfg, kind, tok, meta = load_checkpoint(out)
+    assert kind == "fusion" and meta["seed"] == 0 and meta["data"]["data_seed"] == 3
+    cal = meta["calibration"]
+    assert cal["n_cases"] == 3 and cal["nll_after"] <= cal["nll_before"]
+    assert float(model.get_submodule("findings").get_buffer("temperature")) == pytest.approx(
+        cal["temperature"], abs=1e-4)
+    samples = [record_sample(r, cfg, tok) for r in tiny_records[:3]]
+    a = predict(model, samples)[0]
+    b = predict(load_checkpoint(out)[0], samples)[0]
+    assert torch.equal(a.presence_logits, b.presence_logits)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {optim: {stepz: 3}}\n")
+    with pytest.raises(Exception, match="unknown"):
+        train(__import__("medassist.model_cli", fromlist=["x"]).load_train_config(bad))
+
+
+@pytest.fixture(scope="module")
+def synth_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medassist.synth.case import make_case
+    from medassist.synth.config import load_config
+    from medassist.synth.findings import load_vocabulary
+    from medassist.synth.writer import write_case
+
+    cfg = load_config(ROOT / "configs/synth/small.yaml")
+    vocab = load_vocabulary(cfg.findings.vocabulary_path())
+    root = tmp_path_factory.mktemp("synth")
+    for i in (2, 3):
+        write_case(make_case(cfg, vocab, 3, i, "test"), cfg, root / "test" / f"case_{i:05d}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ck")
+    train(_tc(out, steps=4, checkpoint_every=4))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning",
+                            "ignore:torch.quantize_per_tensor:UserWarning")
+def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: Path) -> None:
+    ap = argparse.ArgumentParser()
+    add_parser(ap.add_subparsers(dest="cmd", required=True))
+    args = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
+                          str(synth_folder), "--json"])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert args.func(args) == 0
+    ev = json.loads(buf.getvalue())
+    for k in ("full", "emr_removed", "ct_removed"):
+        assert 0.0 <= ev[k]["micro_f1"] <= 1.0 and 0.0 <= ev[k]["ece"] <= 1.0
+        assert set(ev[k]["per_finding"]) >= {"lung_nodule", "rib_fracture"}
+    assert ev["ct_removed"]["n_predicted_present"] == 0
+    case = synth_folder / "test" / "case_00003"
+    rep = make_report(case / "dicom", case / "emr.txt", tiny_checkpoint, threshold=0.0)
+    _check_contract(rep)
+    truth = json.loads((case / "truth.json").read_text())
+    assert rep["inputs"]["series_uid"] == truth["study"]["main_series_instance_uid"]
+    assert "kVp" in rep["sections"]["technique"]
+    f0 = rep["findings"][0]
+    assert f0["present"] and f0["evidence"]["box_mm"] is not None  # threshold 0: all present
+    z0, z1 = f0["evidence"]["z_mm"]
+    assert z0 <= z1
+    assert f0["evidence"]["slices"] == list(range(f0["evidence"]["box_voxels"][0],
+                                                  f0["evidence"]["box_voxels"][3] + 1))
+    q = make_report(case / "dicom", case / "emr.txt", tiny_checkpoint, threshold=0.0, int8=True)
+    _check_contract(q)
+    diffs = [abs(a["probability"] - b["probability"])
+             for a, b in zip(rep["findings"], q["findings"], strict=True)]
+    assert max(diffs) < 0.05 and q["model"]["name"].endswith("+int8")
+    no_emr = make_report(case / "dicom", None, tiny_checkpoint)
+    assert no_emr["modality_weights"]["emr"] == 0.0 and no_emr["inputs"]["emr_sha256"] is None
+
+
+def _check_contract(rep: dict[str, Any]) -> None:
+    assert set(rep) == {"status", "disclaimer", "sections", "findings", "modality_weights",
+                        "model", "inputs"}
+    assert rep["status"] == "DRAFT" and isinstance(rep["disclaimer"], str)
+    assert set(rep["sections"]) == {"indication", "technique", "findings", "impression"}
+    assert all(isinstance(v, str) for v in rep["sections"].values())
+    assert set(rep["model"]) == {"name", "version", "checkpoint_sha256"}
+    assert len(rep["model"]["checkpoint_sha256"]) == 64
+    assert set(rep["inputs"]) == {"series_uid", "dicom_sha256", "emr_sha256"}
+    w = rep["modality_weights"]
+    assert set(w) == {"ct", "emr"} and abs(w["ct"] + w["emr"] - 1) < 1e-3
+    for f in rep["findings"]:
+        assert set(f) == {"label", "present", "probability", "laterality", "location",
+                          "size_mm", "sentence", "evidence", "flags"}
+        assert isinstance(f["present"], bool) and 0 <= f["probability"] <= 1
+        assert f["laterality"] in ("left", "right", "bilateral", "none", None)
+        assert set(f["evidence"]) == {"slices", "z_mm", "box_voxels", "box_mm", "emr_spans"}
+        for s in f["evidence"]["emr_spans"]:
+            assert 0 <= s[0] < s[1]
+    json.dumps(rep)
+
+
+def test_report_on_real_ct(a0001: Path, tiny_checkpoint: Path) -> None:
+    rep = make_report(a0001, None, tiny_checkpoint, threshold=0.0)
+    _check_contract(rep)
+    f0 = rep["findings"][0]
+    z = np.asarray(f0["evidence"]["z_mm"])
+    from dicom_io.volume import load_volume
+
+    vol = load_volume(a0001)
+    zs = vol.index_to_lps([[0, 0, 0], [vol.shape[0] - 1, 0, 0]])[:, 2]
+    # the evidence box lies inside the scanned slab and maps to the same slices
+    assert zs.min() - 1e-3 <= z[0] <= z[1] <= zs.max() + 1e-3
+    k = f0["evidence"]["slices"]
+    kz = sorted(vol.index_to_lps([[k[0], 0, 0], [k[-1], 0, 0]])[:, 2])
+    assert np.allclose(kz, z, atol=1e-2)
+    assert rep["sections"]["technique"].startswith("CT of the chest")
+
+
+def test_train_late_fusion_baseline(tmp_path: Path) -> None:
+    import dataclasses
+
+    tc = dataclasses.replace(_tc(tmp_path / "late", steps=2, checkpoint_every=2),
+                             model_kind="late", train_cases=4)
+    res = train(tc)
+    model, _cfg, kind, _tok, _meta = load_checkpoint(tmp_path / "late")
+    assert kind == "late" and type(model).__name__ == "LateFusionModel"
+    assert res["final"]["step"] == 2 and res["final"]["moe_balance"] == 0.0
