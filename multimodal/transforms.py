@@ -9,6 +9,7 @@ mutated (every transform returns a new dict / array).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -98,7 +99,7 @@ class TokenizeText:
                 np.asarray(spans, dtype=np.int64).reshape(-1, 2))
 
 
-class MapTransformd:
+class MapTransformd(ABC):
     """Base of the dictionary transforms: applies to ``keys``; handles missing keys."""
 
     def __init__(self, keys: Sequence[str], allow_missing_keys: bool = False) -> None:
@@ -119,8 +120,9 @@ class MapTransformd:
                 out.update(self.apply(k, data))
         return out
 
+    @abstractmethod
     def apply(self, key: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The new entries for ``key`` (computed from ``data``, never mutating it)."""
 
 
 class ResampleToGridd(MapTransformd):
