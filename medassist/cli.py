@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     dicom_opts(sp)
     sp.set_defaults(func=cmd_volume)
 
-    from medassist import admin_cli, deid_cli, model_cli
+    from medassist import admin_cli, batch_cli, deid_cli, model_cli
     from medassist.pacs import cli as pacs_cli
     from medassist.synth import cli as synth_cli
 
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cli.add_parser(sub)
     pacs_cli.add_parser(sub)
     model_cli.add_parser(sub)
+    batch_cli.add_parser(sub)
     return p
 
 

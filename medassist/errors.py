@@ -144,3 +144,27 @@ class QueueStateError(PacsError):
 
 class ListenerConfigError(UsageError):
     """The C-STORE listener configuration is invalid (allow-list entry, port, limits)."""
+
+
+# --- report pipeline and batch (issue 5, section 2 and 6) -----------------------------------
+
+
+class PipelineError(InputError):
+    """A study failed in one pipeline stage; ``stage`` names it, the message says why.
+
+    The message starts with the stage (``build_volume: PixelDataError: ...``) so the ingest
+    queue's ``reason`` column keeps both.  Never PHI in the message.
+    """
+
+    def __init__(self, message: str, *, stage: str, path: str | None = None,
+                 kind: str = "") -> None:
+        self.stage = stage
+        super().__init__(f"{stage}: {message}", path=path, kind=kind)
+
+
+class IdentityMismatchError(RefusalError, PipelineError):
+    """The EMR names another patient (MRN) or accession than the DICOM study: refused, and the
+    refusal is audited (committed by ``storage.unit_of_work``); only hashes were compared."""
+
+    def __init__(self, message: str, *, stage: str = "cross_check_identity") -> None:
+        super().__init__(message, stage=stage, kind="IdentityMismatch")

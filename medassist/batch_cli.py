@@ -1,0 +1,281 @@
+"""``medassist batch INPUT [--emr-dir D] [--db URL] [--workers N] [--limit N] [--checkpoint CK]``.
+
+Drafts reports for every study under INPUT through the ingest queue shared with ``pacs watch``
+and ``pacs listen`` (source ``batch``): one row per StudyInstanceUID, claimed under a lease and
+finished in the same transaction as the stored draft, so a killed run restarts where it stopped
+with no duplicate and no lost report (a dead worker's claim is taken back at once on the same
+host).  A study that fails is recorded with its stage and reason and the batch goes on.
+
+Study folders: every ``dicom/`` folder under INPUT (``medassist synth`` output, the EMR note is
+the ``emr.txt`` beside it), else every sub-folder of INPUT (else INPUT itself).  EMR notes in
+``--emr-dir D`` are ``D/<StudyInstanceUID>.txt`` or ``D/<case folder>.txt``.
+
+Exit status: 0 when every study is done (or skipped: no diagnostic CT), 1 when some failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from medassist.errors import InputError, UsageError
+from medassist.pacs.models import IngestItem, IngestState
+
+SKIPPED_STATES = (IngestState.NO_DIAGNOSTIC_CT.value,)
+FINAL_STATES = (IngestState.DONE.value, IngestState.FAILED.value,
+                IngestState.NO_DIAGNOSTIC_CT.value)
+
+
+@dataclass(frozen=True)
+class StudyFolder:
+    path: Path
+    study_uid: str | None
+    reason: str | None = None  # why no UID could be read (not queued)
+
+
+def study_folders(root: Path) -> list[Path]:
+    """The study folders under ``root`` (sorted)."""
+    if not root.is_dir():
+        raise InputError(f"batch input {root} is not a folder", path=str(root))
+    dicom = sorted(p for p in root.rglob("dicom") if p.is_dir())
+    if dicom:
+        return dicom
+    subs = sorted(p for p in root.iterdir() if p.is_dir())
+    return subs or [root]
+
+
+def read_study_uid(folder: Path) -> StudyFolder:
+    """The StudyInstanceUID of the first readable DICOM file (headers only)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "emr.txt")
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True,
+                                 specific_tags=["StudyInstanceUID"])
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+            continue
+        uid = ds.get("StudyInstanceUID")
+        if uid:
+            return StudyFolder(folder, str(uid))
+    return StudyFolder(folder, None, "enumerate: no readable DICOM file with a "
+                                     "StudyInstanceUID")
+
+
+def _factory(db: str | None) -> sessionmaker[Session]:
+    from medassist.storage import make_engine, resolve_db_url, session_factory, upgrade
+
+    engine = make_engine(resolve_db_url(db))
+    upgrade(engine)
+    return session_factory(engine)
+
+
+def enqueue_all(factory: sessionmaker[Session], folders: Sequence[StudyFolder]) -> int:
+    """Queue every study (source ``batch``) in one transaction; returns how many were new."""
+    from medassist.pacs import queue
+    from medassist.storage import unit_of_work
+
+    new = 0
+    with unit_of_work(factory) as s:
+        for f in folders:
+            if f.study_uid is not None:
+                _, created = queue.enqueue(s, f.study_uid, source="batch",
+                                           location=str(f.path.resolve()))
+                new += int(created)
+    return new
+
+
+def worker_loop(db: str | None, checkpoint: str, emr_dir: str | None,
+                max_studies: int | None = None) -> int:
+    """Claim and process ``batch`` studies until none is due; returns how many it handled."""
+    from medassist.pacs.watch import process_one
+    from medassist.pipeline import PipelineProcessor
+
+    factory = _factory(db)
+    proc = PipelineProcessor(Path(checkpoint), emr_dir=Path(emr_dir) if emr_dir else None)
+    n = 0
+    while max_studies is None or n < max_studies:
+        if process_one(factory, None, proc, sources=("batch",)) is None:
+            break
+        n += 1
+    return n
+
+
+def _worker_main(db: str | None, checkpoint: str, emr_dir: str | None) -> None:
+    worker_loop(db, checkpoint, emr_dir)
+
+
+def _rows(factory: sessionmaker[Session], uids: Sequence[str]) -> dict[str, IngestItem]:
+    from medassist.storage import unit_of_work
+
+    out: dict[str, IngestItem] = {}
+    with unit_of_work(factory) as s:
+        for i in range(0, len(uids), 500):
+            for r in s.scalars(select(IngestItem).where(IngestItem.study_uid.in_(
+                    uids[i:i + 500]))):
+                s.expunge(r)
+                out[r.study_uid] = r
+    return out
+
+
+def _progress(out: TextIO, finished: int, total: int, done_now: int, t0: float,
+              final: bool = False) -> None:
+    """``[####....] 3/20 studies  0.42 studies/s  ETA 40 s`` (redrawn in place on a TTY)."""
+    tty = bool(getattr(out, "isatty", lambda: False)())
+    dt = max(time.monotonic() - t0, 1e-6)
+    rate = done_now / dt
+    left = total - finished
+    eta = f"{left / rate:5.0f} s" if rate > 0 else "    ? s"
+    width = 24
+    fill = int(width * finished / total) if total else width
+    line = (f"[{'#' * fill}{'.' * (width - fill)}] {finished}/{total} studies  "
+            f"{rate:5.2f} studies/s  ETA {eta}")
+    out.write(f"\r{line}" + ("\n" if final else "") if tty else f"{line}\n")
+    out.flush()
+
+
+def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str | None = None,
+              workers: int = 1, limit: int | None = None, err: TextIO = sys.stderr,
+              out: TextIO = sys.stdout) -> dict[str, Any]:
+    """Enumerate, enqueue, process, summarise; returns the summary."""
+    from medassist.pipeline import PipelineProcessor
+
+    if workers < 1:
+        raise UsageError("--workers must be >= 1")
+    if limit is not None and limit < 1:
+        raise UsageError("--limit must be >= 1")
+    PipelineProcessor(Path(checkpoint))  # fail fast on a bad checkpoint, before any work
+    folders = study_folders(input_dir)
+    if limit is not None:
+        folders = folders[:limit]
+    found = [read_study_uid(f) for f in folders]
+    factory = _factory(db)
+    enqueue_all(factory, found)
+    uids = sorted({f.study_uid for f in found if f.study_uid is not None})
+
+    def finished_count() -> int:
+        return sum(r.state in FINAL_STATES for r in _rows(factory, uids).values())
+
+    start_finished = finished_count()
+    t0 = time.monotonic()
+    _progress(err, start_finished, len(uids), 0, t0)
+    if workers == 1:
+        from medassist.pacs.watch import process_one
+
+        proc = PipelineProcessor(Path(checkpoint), emr_dir=Path(emr_dir) if emr_dir else None)
+        while process_one(factory, None, proc, sources=("batch",)) is not None:
+            f = finished_count()
+            _progress(err, f, len(uids), f - start_finished, t0)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_worker_main, args=(db, checkpoint, emr_dir))
+                 for _ in range(workers)]
+        for p in procs:
+            p.start()
+        last = start_finished
+        while any(p.is_alive() for p in procs):
+            time.sleep(0.5)
+            f = finished_count()
+            if f != last:
+                _progress(err, f, len(uids), f - start_finished, t0)
+                last = f
+        for p in procs:
+            p.join()
+    f = finished_count()
+    _progress(err, f, len(uids), f - start_finished, t0, final=True)
+    summary = summarise(_rows(factory, uids), found)
+    write_table(summary, out)
+    return summary
+
+
+def summarise(rows: dict[str, IngestItem], found: Sequence[StudyFolder]) -> dict[str, Any]:
+    """done / skipped / failed / pending, with the reasons of the ones not done."""
+    res: dict[str, Any] = {"done": 0, "skipped": 0, "failed": 0, "pending": 0, "studies": []}
+    for f in found:
+        if f.study_uid is None:
+            res["failed"] += 1
+            res["studies"].append({"folder": str(f.path), "study_uid": None,
+                                   "state": "failed", "reason": f.reason})
+            continue
+        r = rows.get(f.study_uid)
+        state = r.state if r is not None else "missing"
+        key = ("done" if state == IngestState.DONE.value else
+               "skipped" if state in SKIPPED_STATES else
+               "failed" if state == IngestState.FAILED.value else "pending")
+        res[key] += 1
+        res["studies"].append({"folder": str(f.path), "study_uid": f.study_uid,
+                               "state": state, "reason": r.reason if r is not None and
+                               key != "done" else None})
+    return res
+
+
+def write_table(summary: dict[str, Any], out: TextIO) -> None:
+    out.write(f"{'result':<10}{'studies':>8}\n")
+    for k in ("done", "skipped", "failed", "pending"):
+        out.write(f"{k:<10}{summary[k]:>8}\n")
+    rest = [s for s in summary["studies"] if s["state"] != IngestState.DONE.value]
+    if rest:
+        out.write("\nnot done:\n")
+        for s in rest:
+            reason = (s["reason"] or "").replace("\n", " ")
+            out.write(f"  {s['state']:<17} {s['folder']}\n      {reason[:300]}\n")
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    summary = run_batch(Path(args.input), db=args.db, checkpoint=args.checkpoint,
+                        emr_dir=args.emr_dir, workers=args.workers, limit=args.limit)
+    return 0 if summary["failed"] == 0 and summary["pending"] == 0 else 1
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``batch`` on an argparse subparsers object."""
+    from medassist.model_cli import DEFAULT_CHECKPOINT
+
+    p = sub.add_parser("batch", help="draft reports for every study under a folder "
+                                     "(resumable, through the ingest queue)")
+    p.add_argument("input", help="folder with one sub-folder per study (or medassist synth "
+                                 "output: its dicom/ folders)")
+    p.add_argument("--emr-dir", default=None,
+                   help="EMR notes as <StudyInstanceUID>.txt or <case folder>.txt")
+    p.add_argument("--db", default=None, help="database URL (default: $MEDASSIST_DB_URL, "
+                                              "else the local SQLite file)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--limit", type=int, default=None, help="at most N studies")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.set_defaults(func=cmd_batch)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point (until ``add_parser`` is wired into ``medassist.cli``)."""
+    import logging
+
+    from dicom_io.errors import DicomIOError
+    from medassist.errors import MedAssistError
+
+    ap = argparse.ArgumentParser(prog="medassist-batch")
+    add_parser(ap.add_subparsers(dest="command", required=True))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except MedAssistError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except DicomIOError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

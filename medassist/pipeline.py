@@ -1,0 +1,403 @@
+"""The report pipeline: study → select series → volume → hash inputs → identity check → model
+draft → store (issue 5, section 2).
+
+Each stage is a small typed function; a failure raises :class:`PipelineError` whose ``stage``
+names where it failed (the ingest queue keeps ``"<stage>: <reason>"``).  A study without a
+diagnostic CT series raises dicom_io's :class:`NoDiagnosticSeriesError` unchanged, so the
+queue records it as ``no_diagnostic_ct``.
+
+Idempotency: :func:`hash_inputs` gives a key over the instance files, the EMR bytes and the
+model checkpoint; :func:`store` records it as the ``jobs.input_key`` of the stored report, and
+the same key returns the same report (no duplicate).
+
+:class:`PipelineProcessor` implements :class:`medassist.pacs.watch.StudyProcessor`:
+``medassist pacs watch --processor medassist.pipeline:default_processor`` plugs it in
+(checkpoint from ``$MEDASSIST_CHECKPOINT``, else ``models/demo``; EMR notes from
+``$MEDASSIST_EMR_DIR``).  Functions take a Session and never commit.  No PHI is logged: the
+patient is stored under a pseudonym (HMAC-SHA-256 of the PatientID with
+``$MEDASSIST_PSEUDONYM_KEY``, or a plain salted SHA-256 without it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_io.errors import DicomIOError, NoDiagnosticSeriesError
+from dicom_io.index import SeriesIndex
+from dicom_io.volume import Volume
+from medassist import audit
+from medassist.audit import Actor, ObjectType
+from medassist.draft import ReportDraft
+from medassist.errors import (
+    DraftError,
+    IdentityMismatchError,
+    MedAssistError,
+    PipelineError,
+    RefusalError,
+    StorageError,
+    UsageError,
+)
+from medassist.pacs.watch import ProcessResult
+from medassist.storage.models import Job, JobStatus, Report
+
+log = logging.getLogger("medassist.pipeline")
+
+STAGES = ("select_series", "build_volume", "find_emr", "hash_inputs", "cross_check_identity",
+          "draft", "store")
+PSEUDONYM_KEY_ENV = "MEDASSIST_PSEUDONYM_KEY"
+CHECKPOINT_ENV = "MEDASSIST_CHECKPOINT"
+EMR_DIR_ENV = "MEDASSIST_EMR_DIR"
+
+# The EMR header line (``MRN: 12345678``); "MRN 123" without a colon in the body (prior
+# studies filed under another MRN) is not the patient's identity and is not matched.
+_MRN_RE = re.compile(r"\bMRN\s*[:#]\s*([A-Za-z0-9][A-Za-z0-9\-]*)")
+_ACC_RE = re.compile(r"\b(?:Accession(?:\s*(?:No\.?|Number|#))?|Acc\.?\s*(?:No\.?|#)?)\s*:\s*"
+                     r"([A-Za-z0-9][A-Za-z0-9\-]*)", re.I)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def select_series(study_dir: Path, study_uid: str | None = None) -> SeriesIndex:
+    """Index ``study_dir`` and choose its diagnostic CT series (``dicom_io.select_single``).
+
+    Raises :class:`NoDiagnosticSeriesError` unchanged (the queue's ``no_diagnostic_ct``) and
+    :class:`PipelineError` (stage ``select_series``) for anything else, including a study UID
+    that differs from the one queued.
+    """
+    from dicom_io.index import scan
+    from dicom_io.select import select_single
+
+    try:
+        series = select_single(scan(study_dir, workers=1))
+    except NoDiagnosticSeriesError:
+        raise
+    except DicomIOError as exc:
+        raise PipelineError(f"{type(exc).__name__}: {exc}", stage="select_series",
+                            path=exc.path, kind=type(exc).__name__) from exc
+    if study_uid is not None and series.study_uid != study_uid:
+        raise PipelineError(f"the files hold study {series.study_uid}, not the queued study "
+                            f"{study_uid}", stage="select_series", kind="StudyMismatch")
+    return series
+
+
+def build_volume(series: SeriesIndex) -> Volume:
+    """Assemble the HU volume (``dicom_io.assemble``): truncated or inconsistent files fail here."""
+    from dicom_io.volume import assemble
+
+    try:
+        return assemble(series)
+    except DicomIOError as exc:
+        raise PipelineError(f"{type(exc).__name__}: {exc}", stage="build_volume",
+                            path=exc.path, kind=type(exc).__name__) from exc
+
+
+def series_files(series: SeriesIndex) -> list[Path]:
+    """The instance files of the series (sorted, unique)."""
+    return sorted({Path(h.path) for h in series.instances})
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_inputs(files: Sequence[Path], emr_text: str | None, checkpoint_sha256: str) -> str:
+    """The idempotency key: SHA-256 over the sorted per-file SHA-256 digests of the instances,
+    the EMR bytes (UTF-8) and the model checkpoint hash, each part length-delimited."""
+    try:
+        digests = sorted(_file_sha256(Path(f)) for f in files)
+    except OSError as exc:
+        raise PipelineError(f"cannot read an instance file: {type(exc).__name__}",
+                            stage="hash_inputs", kind=type(exc).__name__) from exc
+    h = hashlib.sha256(b"medassist-pipeline-inputs/1\n")
+    h.update(f"files {len(digests)}\n".encode())
+    for d in digests:
+        h.update(d.encode() + b"\n")
+    emr = emr_text.encode("utf-8") if emr_text is not None else b""
+    h.update(f"emr {len(emr) if emr_text is not None else -1}\n".encode())
+    h.update(emr)
+    h.update(f"\ncheckpoint {checkpoint_sha256}\n".encode())
+    return h.hexdigest()
+
+
+def _norm_hash(value: str) -> str:
+    return hashlib.sha256(value.strip().upper().encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class EmrIdentity:
+    """What the EMR states about whom it describes (None = not stated)."""
+
+    mrn: str | None
+    accession: str | None
+
+
+def emr_identity(emr_text: str) -> EmrIdentity:
+    """The patient MRN (``MRN: ...``, first occurrence) and accession the note states."""
+    m = _MRN_RE.search(emr_text)
+    a = _ACC_RE.search(emr_text)
+    return EmrIdentity(mrn=m.group(1) if m else None, accession=a.group(1) if a else None)
+
+
+def cross_check_identity(session: Session, series: SeriesIndex, emr_text: str | None, *,
+                         study_uid: str, actor: Actor = audit.SYSTEM) -> None:
+    """Refuse (audited) when the EMR's MRN / accession differs from the DICOM PatientID /
+    AccessionNumber.  Only SHA-256 hashes of normalised values are compared; neither the
+    values nor their hashes reach the message, the log or the audit row."""
+    from medassist.auth import refuse
+
+    if emr_text is None:
+        return
+    ident = emr_identity(emr_text)
+    checks = (("patient ID (MRN)", ident.mrn, {h.patient_id for h in series.instances}),
+              ("accession number", ident.accession,
+               {h.accession_number for h in series.instances}))
+    for what, stated, dicom_values in checks:
+        if stated is None:
+            continue
+        dicom_hashes = {_norm_hash(v) for v in dicom_values if v and v.strip()}
+        if not dicom_hashes:
+            continue  # the DICOM does not carry it (e.g. de-identified): nothing to compare
+        if dicom_hashes != {_norm_hash(stated)}:
+            reason = f"EMR {what} does not match the DICOM {what}"
+            log.warning("study %s: identity cross-check failed (%s)", study_uid, what)
+            raise refuse(session, actor, ObjectType.STUDY, study_uid, reason,
+                         IdentityMismatchError,
+                         message=f"{reason}; refusing to draft (audited)")
+
+
+def patient_pseudonym(patient_id: str, key: bytes | None = None) -> str:
+    """A pseudonymous patient ID: ``p`` + 40 hex of HMAC-SHA-256 (with ``key``) or of a salted
+    SHA-256 (without; a small ID space can then be enumerated: set a key in production)."""
+    raw = patient_id.strip().encode("utf-8")
+    if key:
+        digest = hmac.new(key, raw, hashlib.sha256).hexdigest()
+    else:
+        digest = hashlib.sha256(b"medassist-patient/1:" + raw).hexdigest()
+    return "p" + digest[:40]
+
+
+def _env_key() -> bytes | None:
+    v = os.environ.get(PSEUDONYM_KEY_ENV)
+    return v.encode("utf-8") if v else None
+
+
+def draft(study_dir: Path, emr_path: Path | None, checkpoint: Path, *,
+          series_uid: str | None = None, checkpoint_sha256: str | None = None,
+          emr_sha256: str | None = None) -> ReportDraft:
+    """Run the model (``medassist.model_cli.make_report``) and validate the draft contract.
+
+    Checks that the draft describes the selected series, the same EMR bytes and the same
+    checkpoint that were hashed (a file changed in between would break idempotency)."""
+    from medassist.model_cli import ModelCLIError, finding_labels, make_report
+    from multimodal.errors import MultimodalError
+
+    try:
+        data = make_report(study_dir, emr_path, checkpoint)
+        d = ReportDraft.from_dict(data, labels=finding_labels())
+    except DraftError as exc:
+        raise PipelineError(f"DraftError: {exc}", stage="draft", kind="DraftError") from exc
+    except (ModelCLIError, MultimodalError, DicomIOError) as exc:
+        raise PipelineError(f"{type(exc).__name__}: {exc}", stage="draft",
+                            kind=type(exc).__name__) from exc
+    for what, want, got in (("series", series_uid, d.inputs.series_uid),
+                            ("checkpoint", checkpoint_sha256, d.model.checkpoint_sha256),
+                            ("EMR", emr_sha256, d.inputs.emr_sha256)):
+        if want is not None and want != got:
+            raise PipelineError(f"the {what} changed while the study was processed",
+                                stage="draft", kind="InputChanged")
+    return d
+
+
+@dataclass(frozen=True)
+class Stored:
+    report_id: int
+    job_id: int
+    created: bool
+
+
+def existing_report(session: Session, input_key: str) -> Report | None:
+    """The report already drafted from exactly these inputs and this model, if any."""
+    job = session.scalar(select(Job).where(Job.input_key == input_key))
+    if job is None or job.status != JobStatus.DONE.value:
+        return None
+    return session.scalar(select(Report).where(Report.job_id == job.id)
+                          .order_by(Report.id).limit(1))
+
+
+def store(session: Session, d: ReportDraft, *, study_uid: str, patient_pseudo_id: str,
+          input_key: str, n_images: int | None = None,
+          actor: Actor = audit.SYSTEM) -> Stored:
+    """Store the draft as a DRAFT report (``reports.store_draft``: version 1 = the AI draft,
+    audited) with its inputs and model version under the job ``input_key``.
+
+    The same ``input_key`` returns the existing report: nothing new is written."""
+    from medassist.reports import store_draft
+    from medassist.storage.models import utcnow
+
+    job = session.scalar(select(Job).where(Job.input_key == input_key))
+    if job is not None and job.status == JobStatus.DONE.value:
+        rep = existing_report(session, input_key)
+        if rep is not None:
+            return Stored(rep.id, job.id, created=False)
+    if job is None:
+        job = Job(input_key=input_key, status=JobStatus.RUNNING.value, stage="store")
+        session.add(job)
+        session.flush()
+    job.model_version = f"{d.model.name}:{d.model.version}"[:64]
+    report = store_draft(session, d, study_uid=study_uid, patient_pseudo_id=patient_pseudo_id,
+                         actor=actor, n_images=n_images, job_id=job.id)
+    created = report.job_id == job.id
+    if report.job_id is None:
+        report.job_id = job.id
+    job.study_id = report.study_id
+    job.status = JobStatus.DONE.value
+    job.stage = "store"
+    job.reason = None
+    job.updated_at = utcnow()
+    session.flush()
+    return Stored(report.id, job.id, created=created)
+
+
+# --------------------------------------------------------------------------- EMR lookup
+
+
+def find_emr(study_dir: Path, study_uid: str, emr_dir: Path | None = None) -> Path | None:
+    """The EMR note of a study: ``<emr_dir>/<study_uid>.txt`` or ``<emr_dir>/<case>.txt``
+    (``case`` = the study folder, or its parent for a ``dicom/`` folder written by
+    ``medassist synth``), else ``emr.txt`` next to or above the ``dicom/`` folder."""
+    case = study_dir.parent if study_dir.name == "dicom" else study_dir
+    candidates: list[Path] = []
+    if emr_dir is not None:
+        candidates += [emr_dir / f"{study_uid}.txt", emr_dir / f"{case.name}.txt"]
+    candidates += [study_dir / "emr.txt", case / "emr.txt"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+# --------------------------------------------------------------------------- processor
+
+
+@dataclass
+class PipelineProcessor:
+    """:class:`medassist.pacs.watch.StudyProcessor` running every stage on one study.
+
+    ``require_emr``: the draft contract needs an EMR hash, so a study without a note fails at
+    stage ``find_emr`` with a clear reason.
+    """
+
+    checkpoint: Path
+    emr_dir: Path | None = None
+    actor: Actor = audit.SYSTEM
+    pseudonym_key: bytes | None = None
+    require_emr: bool = True
+
+    def __post_init__(self) -> None:
+        from multimodal.checkpoint import WEIGHTS, sha256_file
+
+        self.checkpoint = Path(self.checkpoint)
+        weights = self.checkpoint / WEIGHTS
+        if not weights.is_file():
+            raise UsageError(f"checkpoint {self.checkpoint}: no {WEIGHTS} (train one with "
+                             "`medassist train` or pass --checkpoint)")
+        self.checkpoint_sha256 = sha256_file(weights)
+        if self.pseudonym_key is None:
+            self.pseudonym_key = _env_key()
+
+    def run(self, study_dir: Path, study_uid: str | None, session: Session, *,
+            emr_path: Path | None = None) -> tuple[Stored, str]:
+        """All stages; returns (stored, input_key).  ``study_uid`` None: the study found in
+        ``study_dir``; ``emr_path`` None: looked up with :func:`find_emr`."""
+        study_dir = Path(study_dir)
+        series = select_series(study_dir, study_uid)
+        study_uid = series.study_uid
+        build_volume(series)
+        if emr_path is None:
+            emr_path = find_emr(study_dir, study_uid, self.emr_dir)
+        if emr_path is None and self.require_emr:
+            raise PipelineError("no EMR note found for the study (emr.txt next to the DICOM "
+                                "folder or --emr-dir); the draft contract needs one",
+                                stage="find_emr", kind="MissingEMR")
+        try:
+            emr_text = emr_path.read_text(encoding="utf-8") if emr_path is not None else None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PipelineError(f"cannot read the EMR note: {type(exc).__name__}",
+                                stage="find_emr", kind=type(exc).__name__) from exc
+        files = series_files(series)
+        key = hash_inputs(files, emr_text, self.checkpoint_sha256)
+        cross_check_identity(session, series, emr_text, study_uid=study_uid, actor=self.actor)
+        pids = {h.patient_id.strip() for h in series.instances if h.patient_id.strip()}
+        if len(pids) != 1:
+            raise PipelineError(f"the series carries {len(pids)} distinct patient IDs; "
+                                "expected exactly one", stage="cross_check_identity",
+                                kind="PatientID")
+        # the model runs before any write: on SQLite the write lock is not held meanwhile
+        d = draft(study_dir, emr_path, self.checkpoint, series_uid=series.series_uid,
+                  checkpoint_sha256=self.checkpoint_sha256,
+                  emr_sha256=hashlib.sha256(emr_text.encode("utf-8")).hexdigest()
+                  if emr_text is not None else None)
+        try:
+            stored = store(session, d, study_uid=study_uid,
+                           patient_pseudo_id=patient_pseudonym(pids.pop(), self.pseudonym_key),
+                           input_key=key, n_images=series.n_images, actor=self.actor)
+        except (PipelineError, StorageError, RefusalError):
+            raise  # already staged / transient (retried) / audited refusal
+        except MedAssistError as exc:  # e.g. the study is stored for another patient
+            raise PipelineError(f"{type(exc).__name__}: {exc}", stage="store",
+                                kind=type(exc).__name__) from exc
+        return stored, key
+
+    def __call__(self, study_dir: Path, study_uid: str, session: Session) -> ProcessResult:
+        stored, key = self.run(study_dir, study_uid, session)
+        log.info("study %s: report %d (%s)", study_uid, stored.report_id,
+                 "stored" if stored.created else "already stored")
+        summary: Mapping[str, Any] = {"kind": "draft", "report_id": stored.report_id,
+                                      "job_id": stored.job_id, "input_key": key,
+                                      "created": stored.created}
+        return ProcessResult(summary=summary, report_id=stored.report_id)
+
+
+def store_study(session: Session, study_dir: Path, *, checkpoint: Path,
+                emr_path: Path | None = None, actor: Actor = audit.SYSTEM) -> Stored:
+    """One study through every stage, stored (for ``medassist report --db``): same inputs and
+    model, same report.  The caller commits (``storage.unit_of_work``)."""
+    stored, _ = PipelineProcessor(checkpoint, actor=actor).run(study_dir, None, session,
+                                                                emr_path=emr_path)
+    return stored
+
+
+def default_processor(study_dir: Path, study_uid: str, session: Session) -> ProcessResult:
+    """``--processor medassist.pipeline:default_processor`` for ``pacs watch``: a
+    :class:`PipelineProcessor` with ``$MEDASSIST_CHECKPOINT`` (else ``models/demo``) and
+    ``$MEDASSIST_EMR_DIR``; built on first use."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        emr = os.environ.get(EMR_DIR_ENV)
+        _DEFAULT = PipelineProcessor(Path(os.environ.get(CHECKPOINT_ENV, "models/demo")),
+                                     emr_dir=Path(emr) if emr else None)
+    return _DEFAULT(study_dir, study_uid, session)
+
+
+_DEFAULT: PipelineProcessor | None = None
+
+__all__ = ["STAGES", "EmrIdentity", "PipelineProcessor", "Stored", "build_volume",
+           "cross_check_identity", "default_processor", "draft", "emr_identity",
+           "existing_report", "find_emr", "hash_inputs", "patient_pseudonym", "select_series",
+           "series_files", "store", "store_study"]

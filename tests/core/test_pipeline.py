@@ -1,0 +1,287 @@
+"""The report pipeline and ``medassist batch`` on generated studies (SQLite).
+
+Three generated cases plus one corrupt study (a truncated instance file) go through the batch:
+three DRAFT reports, one failure with its stage and reason; a rerun adds nothing; an EMR whose
+MRN differs from the DICOM PatientID is refused and audited; a batch SIGKILLed after its first
+study finishes on a rerun with the same final set of reports.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from medassist.batch_cli import run_batch
+from medassist.errors import IdentityMismatchError
+from medassist.model_cli import TrainConfig, train
+from medassist.pacs import queue
+from medassist.pacs.models import IngestItem
+from medassist.pipeline import (
+    PipelineProcessor,
+    emr_identity,
+    hash_inputs,
+    select_series,
+    series_files,
+)
+from medassist.storage import (
+    AuditEvent,
+    Job,
+    Report,
+    ReportVersion,
+    make_engine,
+    session_factory,
+    unit_of_work,
+    upgrade,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+N_CASES = 3
+
+
+def _write_cases(root: Path, indices: list[int]) -> list[Path]:
+    from medassist.synth.case import make_case
+    from medassist.synth.config import load_config
+    from medassist.synth.findings import load_vocabulary
+    from medassist.synth.writer import write_case
+
+    cfg = load_config(ROOT / "configs/synth/small.yaml")
+    vocab = load_vocabulary(cfg.findings.vocabulary_path())
+    out = []
+    for i in indices:
+        folder = root / f"case_{i:05d}"
+        write_case(make_case(cfg, vocab, 11, i, "test"), cfg, folder)
+        out.append(folder)
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """good/: 3 cases; bad/: 1 case with a truncated instance; mismatch/: 1 case whose EMR
+    names another MRN."""
+    base = tmp_path_factory.mktemp("pipeline")
+    _write_cases(base / "good", list(range(N_CASES)))
+    (bad,) = _write_cases(base / "bad", [N_CASES])
+    files = sorted((bad / "dicom").rglob("*.dcm")) or sorted(
+        p for p in (bad / "dicom").rglob("*") if p.is_file())
+    victim = files[len(files) // 2]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    (mm,) = _write_cases(base / "mismatch", [N_CASES + 1])
+    emr = (mm / "emr.txt").read_text(encoding="utf-8")
+    mrn = emr_identity(emr).mrn
+    assert mrn is not None
+    other = "9" + mrn[1:] if mrn[0] != "9" else "1" + mrn[1:]
+    (mm / "emr.txt").write_text(emr.replace(f"MRN: {mrn}", f"MRN: {other}", 1),
+                                encoding="utf-8")
+    return {"base": base, "good": base / "good", "bad": base / "bad",
+            "mismatch": base / "mismatch"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained in seconds (the approach of tests/model/test_training.py)."""
+    out = tmp_path_factory.mktemp("ck")
+    optim = {"seed": 0, "steps": 2, "batch_size": 2, "grad_accum": 1, "lr": 3e-3,
+             "warmup_steps": 1, "checkpoint_every": 2, "log_every": 100}
+    train(TrainConfig(model_config=str(ROOT / "configs/model/tiny.yaml"),
+                      synth_config=str(ROOT / "configs/synth/small.yaml"), data_seed=3,
+                      train_cases=2, max_emr_tokens=256, out=str(out), optim=optim))
+    return out
+
+
+def emr_name(case: Path) -> list[str]:
+    """The patient's family and given names from the EMR header (``Pt: FAMILY, Given``)."""
+    import re
+
+    m = re.search(r"Pt: ([^,]+), (\S+)", (case / "emr.txt").read_text(encoding="utf-8"))
+    assert m is not None
+    return [m.group(1), m.group(2)]
+
+
+def _db(tmp_path: Path) -> tuple[str, sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path / 'batch.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    return url, session_factory(engine)
+
+
+def _input(tmp_path: Path, corpus: dict[str, Path], *parts: str) -> Path:
+    """A batch input folder made of links to the corpus case folders."""
+    inp = tmp_path / "input"
+    inp.mkdir()
+    for part in parts:
+        for case in sorted(corpus[part].iterdir()):
+            (inp / f"{part}_{case.name}").symlink_to(case, target_is_directory=True)
+    return inp
+
+
+def _reports(factory: sessionmaker[Session]) -> list[tuple[int, str, str]]:
+    with unit_of_work(factory) as s:
+        return [(r.id, r.study.study_uid, r.status) for r in
+                s.scalars(select(Report).order_by(Report.id))]
+
+
+def test_batch_done_failed_and_idempotent(tmp_path: Path, corpus: dict[str, Path],
+                                          checkpoint: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    url, factory = _db(tmp_path)
+    inp = _input(tmp_path, corpus, "good", "bad")
+    err, out = io.StringIO(), io.StringIO()
+    caplog.set_level("DEBUG")
+    summary = run_batch(inp, db=url, checkpoint=str(checkpoint), err=err, out=out)
+    # no PHI (PatientID = MRN, patient name) in the logs, the progress or the summary
+    for case in sorted(corpus["good"].iterdir()):
+        h = select_series(case / "dicom").first
+        for phi in (h.patient_id, *emr_name(case)):
+            for text in (caplog.text, err.getvalue(), out.getvalue()):
+                assert phi not in text
+    assert (summary["done"], summary["failed"], summary["skipped"]) == (N_CASES, 1, 0)
+    assert "studies/s" in err.getvalue() and "ETA" in err.getvalue()
+    assert "failed" in out.getvalue()
+    failed = [s for s in summary["studies"] if s["state"] == "failed"]
+    assert "bad_case" in failed[0]["folder"]
+    assert failed[0]["reason"].startswith("PipelineError: build_volume: "), failed[0]["reason"]
+    reps = _reports(factory)
+    assert len(reps) == N_CASES and {r[2] for r in reps} == {"DRAFT"}
+    assert len({r[1] for r in reps}) == N_CASES
+    with unit_of_work(factory) as s:
+        # version 1 = the AI draft; inputs, model version and the job's input key stored
+        assert s.scalar(select(func.count()).select_from(ReportVersion)) == N_CASES
+        for rep in s.scalars(select(Report)):
+            assert rep.model_version and rep.checkpoint_sha256 and rep.emr_sha256
+            job = s.get(Job, rep.job_id)
+            assert job is not None and job.status == "done" and len(job.input_key) == 64
+        n_audit = s.scalar(select(func.count()).select_from(AuditEvent))
+
+    # rerun: nothing new (the queue rows are done)
+    summary2 = run_batch(inp, db=url, checkpoint=str(checkpoint), err=io.StringIO(),
+                         out=io.StringIO())
+    assert (summary2["done"], summary2["failed"]) == (N_CASES, 1)
+    assert _reports(factory) == reps
+
+    # requeued on purpose: the same inputs + model return the same report (input key)
+    uid = reps[0][1]
+    with unit_of_work(factory) as s:
+        queue.requeue(s, uid)
+    run_batch(inp, db=url, checkpoint=str(checkpoint), err=io.StringIO(), out=io.StringIO())
+    assert _reports(factory) == reps
+    with unit_of_work(factory) as s:
+        row = s.scalars(select(IngestItem).where(IngestItem.study_uid == uid)).one()
+        assert row.state == "done" and '"created": false' in (row.result_json or "")
+        assert s.scalar(select(func.count()).select_from(AuditEvent)) == n_audit
+
+
+def test_hash_inputs_is_order_free_and_sensitive(corpus: dict[str, Path]) -> None:
+    series = select_series(corpus["good"] / "case_00000" / "dicom")
+    files = series_files(series)
+    k = hash_inputs(files, "note", "a" * 64)
+    assert k == hash_inputs(list(reversed(files)), "note", "a" * 64)
+    assert k != hash_inputs(files, "note.", "a" * 64)
+    assert k != hash_inputs(files, "note", "b" * 64)
+    assert k != hash_inputs(files[:-1], "note", "a" * 64)
+
+
+def test_identity_mismatch_refused_and_audited(tmp_path: Path, corpus: dict[str, Path],
+                                               checkpoint: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    url, factory = _db(tmp_path)
+    case = next(iter(sorted(corpus["mismatch"].iterdir())))
+    emr = (case / "emr.txt").read_text(encoding="utf-8")
+    series = select_series(case / "dicom")
+    proc = PipelineProcessor(checkpoint)
+    with pytest.raises(IdentityMismatchError) as ei, unit_of_work(factory) as s:
+        proc(case / "dicom", series.study_uid, s)
+    assert ei.value.stage == "cross_check_identity"
+    stated = emr_identity(emr).mrn
+    dicom_pid = series.first.patient_id
+    assert stated and dicom_pid and stated != dicom_pid
+    with unit_of_work(factory) as s:
+        ev = s.scalars(select(AuditEvent).where(AuditEvent.event_type == "REFUSAL")).all()
+        assert len(ev) == 1
+        assert ev[0].object_id == series.study_uid
+        row_text = " ".join(str(getattr(ev[0], c.key)) for c in AuditEvent.__table__.columns)
+        assert stated not in row_text and dicom_pid not in row_text
+        assert s.scalar(select(func.count()).select_from(Report)) == 0
+    for text in (str(ei.value), caplog.text):
+        assert stated not in text and dicom_pid not in text
+
+    # through the batch: failed with the stage, not retried, refusal kept
+    inp = _input(tmp_path, corpus, "mismatch")
+    summary = run_batch(inp, db=url, checkpoint=str(checkpoint), err=io.StringIO(),
+                        out=io.StringIO())
+    assert summary["failed"] == 1
+    assert "cross_check_identity" in summary["studies"][0]["reason"]
+    assert stated not in summary["studies"][0]["reason"]
+    with unit_of_work(factory) as s:
+        assert len(s.scalars(select(AuditEvent).where(
+            AuditEvent.event_type == "REFUSAL")).all()) == 2
+
+
+def test_sigkill_mid_batch_then_resume(tmp_path: Path, corpus: dict[str, Path],
+                                       checkpoint: Path) -> None:
+    url, factory = _db(tmp_path)
+    inp = _input(tmp_path, corpus, "good")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "medassist.batch_cli", "batch", str(inp),
+                             "--db", url, "--checkpoint", str(checkpoint)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with unit_of_work(factory) as s:
+                done = s.scalar(select(func.count()).select_from(IngestItem)
+                                .where(IngestItem.state == "done")) or 0
+            if done >= 1 or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the batch ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_reports = _reports(factory)
+    assert 1 <= len(killed_reports) < N_CASES
+    summary = run_batch(inp, db=url, checkpoint=str(checkpoint), err=io.StringIO(),
+                        out=io.StringIO())
+    assert summary["done"] == N_CASES and summary["failed"] == 0
+    reps = _reports(factory)
+    assert len(reps) == N_CASES and len({r[1] for r in reps}) == N_CASES
+    assert killed_reports == reps[: len(killed_reports)]
+
+
+def test_two_workers_and_store_study(tmp_path: Path, corpus: dict[str, Path],
+                                     checkpoint: Path) -> None:
+    from medassist.pipeline import store_study
+
+    url, factory = _db(tmp_path)
+    inp = _input(tmp_path, corpus, "good")
+    summary = run_batch(inp, db=url, checkpoint=str(checkpoint), workers=2,
+                        err=io.StringIO(), out=io.StringIO())
+    assert summary["done"] == N_CASES
+    reps = _reports(factory)
+    assert len(reps) == N_CASES and len({r[1] for r in reps}) == N_CASES
+    # `medassist report --db`: one study, stored once whatever the number of calls
+    case = corpus["good"] / "case_00001"
+    with unit_of_work(factory) as s:
+        st = store_study(s, case / "dicom", checkpoint=checkpoint, emr_path=case / "emr.txt")
+    assert not st.created and st.report_id in {r[0] for r in reps}
+    assert _reports(factory) == reps
+
+
+def test_missing_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
+    from medassist.errors import UsageError
+
+    with pytest.raises(UsageError, match="checkpoint"):
+        PipelineProcessor(tmp_path / "nope")
+    shutil.rmtree(tmp_path, ignore_errors=True)
