@@ -312,11 +312,13 @@ def _read_many(paths: list[str], workers: int) -> list[Header | RejectedFile]:
     return _read_chunk(paths)
 
 
-def scan(path: str | Path, *, workers: int = 2) -> DicomIndex:
+def scan(path: str | Path, *, workers: int = 1) -> DicomIndex:
     """Index ``path``: a folder (recursive), a zip file, a DICOMDIR, or a single DICOM file.
 
     Unreadable files are listed in :attr:`DicomIndex.rejected` with a reason; they never stop
-    the scan.  ``workers`` processes read the headers of large folders.
+    the scan.  With ``workers`` > 1, forked processes read the headers of large folders; the
+    default is 1 because the gain measured here is small (300 files: 82 ms vs 94 ms in a
+    light process) and forking a process that holds a model is slower than it saves.
 
     Raises:
         UnreadableFileError: ``path`` does not exist.
