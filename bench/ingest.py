@@ -3,6 +3,7 @@
 Usage::
 
     python bench/ingest.py [--rounds 5] [--json out.json] [--skip-monai]
+                           [--slices 300] [--no-profile]
 
 Series (nothing is written into the repository; generated series live in a temp folder):
 
@@ -11,12 +12,16 @@ Series (nothing is written into the repository; generated series live in a temp 
 * ``synth300``: 300 uncompressed 512 x 512 slices at 1 mm, generated at run time from the real
   slices by ``bench/_gen_series.py`` (deterministic UIDs, uniform positions).
 * ``j2k64``: the real slices re-encoded JPEG 2000 lossless at run time; medassist with
-  ``decode_workers=1`` vs ``2`` (naive pydicom as a reference).
+  ``decode_workers=1`` vs ``2``, with the naive loop and a bare 2-process decode pool as
+  references, and a pure-CPU 2-process check of what this machine's cores allow.
 
 Method: one untimed pass reads every file (warm page cache) and runs every loader once (its
 output is used for the exactness checks); then ``--rounds`` rounds time each loader once per
 round, round-robin, starting at a different loader each round.  Median and min wall time are
-reported, and the multiple of the raw-bytes floor's median.
+reported, and the multiple of the raw-bytes floor's median.  Then (a) is timed stage by
+stage (scan / select / assemble) and profiled with cProfile (3 loads; the median one is
+summarised).  Exactness checks run on the warm-up outputs; the script exits 1 if a required
+equality fails.
 """
 
 from __future__ import annotations
