@@ -11,12 +11,12 @@ from torch import Tensor, nn
 
 from multimodal.config import ModelConfig
 from multimodal.decoder import ReportDecoder
-from multimodal.encoder import MODALITIES, LongEMREncoder, SharedEncoder, masked_mean
+from multimodal.encoder import MODALITIES, masked_mean
 from multimodal.fusion import FusionBlock
 from multimodal.heads import FindingsHead
-from multimodal.model import modality_dropout
+from multimodal.model import build_unimodal, modality_dropout
 from multimodal.outputs import ModelInput, ModelOutput
-from multimodal.stems import CTStem, EMRStem
+from multimodal.stems import CTStem
 
 
 def fusion_param_count(cfg: ModelConfig) -> int:
@@ -31,11 +31,7 @@ class LateFusionModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.stems = nn.ModuleDict({
-            "ct": CTStem(cfg.ct, d, cfg.encoder.heads),
-            "emr": EMRStem(cfg.emr, d, cfg.long_emr.segment_len)})
-        self.encoder = SharedEncoder(cfg.encoder, d)
-        self.long_emr = LongEMREncoder(cfg.long_emr, d)
+        self.stems, self.encoder, self.long_emr = build_unimodal(cfg)
         self.n_labels = len(cfg.heads.labels)
         hidden = max(d, fusion_param_count(cfg) // (3 * d + 1))
         self.mlp = nn.Sequential(nn.Linear(2 * d, hidden), nn.GELU(), nn.Linear(hidden, d))

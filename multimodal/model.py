@@ -40,16 +40,25 @@ def modality_dropout(ct: Tensor, emr: Tensor, p_emr: float, p_ct: float
     return ct & ~drop_ct, emr & ~drop_emr
 
 
+def build_unimodal(cfg: ModelConfig) -> tuple[nn.ModuleDict, SharedEncoder, LongEMREncoder]:
+    """The modality stems, the shared encoder and the long-EMR encoder.
+
+    The fusion model and the late-fusion baseline build these the same way, so that the
+    baseline differs only in how it fuses.
+    """
+    d = cfg.dim
+    stems = nn.ModuleDict({
+        "ct": CTStem(cfg.ct, d, cfg.encoder.heads),
+        "emr": EMRStem(cfg.emr, d, cfg.long_emr.segment_len)})
+    return stems, SharedEncoder(cfg.encoder, d), LongEMREncoder(cfg.long_emr, d)
+
+
 class FusionModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.stems = nn.ModuleDict({
-            "ct": CTStem(cfg.ct, d, cfg.encoder.heads),
-            "emr": EMRStem(cfg.emr, d, cfg.long_emr.segment_len)})
-        self.encoder = SharedEncoder(cfg.encoder, d)
-        self.long_emr = LongEMREncoder(cfg.long_emr, d)
+        self.stems, self.encoder, self.long_emr = build_unimodal(cfg)
         self.align = nn.ModuleDict({m: nn.Linear(d, d) for m in MODALITIES})
         self.gate = ModalityGate(cfg.gating, d, MODALITIES)
         self.n_labels = len(cfg.heads.labels)
