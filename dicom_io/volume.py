@@ -326,8 +326,12 @@ def _fix_bits(stack: npt.NDArray[Any], bits: int, alloc: int, signed: bool,
     return True
 
 
-def _read_all(slices: list[_Slice], cfg: AssemblyConfig) -> npt.NDArray[Any]:
-    """Stored values for every slice, in the order given: shape (n, rows, cols)."""
+def _read_all(slices: list[_Slice], cfg: AssemblyConfig
+              ) -> tuple[npt.NDArray[Any], tuple[int, int] | None]:
+    """Stored values for every slice, in the order given: shape (n, rows, cols).
+
+    Also returns the stack's (min, max), or None if bit fixing changed the values.
+    """
     first = slices[0].header
     dtype = _check_pixel_format(first)
     for sl in slices[1:]:
@@ -361,14 +365,6 @@ def _read_all(slices: list[_Slice], cfg: AssemblyConfig) -> npt.NDArray[Any]:
             _read_native(h, items, stack)
             bits = h.bits_stored or h.bits_allocated or 16
             native_bits.setdefault(bits, []).extend(n for n, _ in items)
-    alloc = dtype.itemsize * 8
-    short = {b: idx for b, idx in native_bits.items() if b < alloc}
-    if short:
-        lo, hi = int(stack.min()), int(stack.max())
-        for bits, idx in short.items():
-            part = stack if len(idx) == len(slices) else stack[idx]
-            if _fix_bits(part, bits, alloc, dtype.kind == "i", lo, hi) and part is not stack:
-                stack[idx] = part
     if compressed:
         workers = min(cfg.decode_workers, len(compressed))
         if workers > 1:
@@ -386,14 +382,29 @@ def _read_all(slices: list[_Slice], cfg: AssemblyConfig) -> npt.NDArray[Any]:
                     f"{h.number_of_frames}x{rows}x{cols}", path=h.source)
             for n, f in by_file[key]:
                 stack[n] = arr[f].astype(dtype, copy=False)
-    return stack
+    # One min/max pass serves the bit check here and the rescale after (when nothing changed).
+    extremes: tuple[int, int] | None = (int(stack.min()), int(stack.max()))
+    alloc = dtype.itemsize * 8
+    for bits, idx in native_bits.items():
+        if bits >= alloc or extremes is None:
+            continue
+        part = stack if len(idx) == len(slices) else stack[idx]
+        if _fix_bits(part, bits, alloc, dtype.kind == "i", *extremes):
+            if part is not stack:
+                stack[idx] = part
+            extremes = None  # values changed: let the rescale measure them again
+    return stack, extremes
 
 
 def _to_hu(stack: npt.NDArray[Any], slopes: npt.NDArray[np.float64],
-           intercepts: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
-    """Apply RescaleSlope/Intercept once, vectorised; int16 when exact, float32 otherwise."""
+           intercepts: npt.NDArray[np.float64],
+           extremes: tuple[int, int] | None = None) -> npt.NDArray[Any]:
+    """Apply RescaleSlope/Intercept once, vectorised; int16 when exact, float32 otherwise.
+
+    ``extremes`` is the stack's (min, max) if already known.
+    """
     if np.all(slopes == 1.0) and np.all(intercepts == np.rint(intercepts)):
-        smin, smax = int(stack.min()), int(stack.max())
+        smin, smax = extremes if extremes is not None else (int(stack.min()), int(stack.max()))
         lo = smin + int(intercepts.min())
         hi = smax + int(intercepts.max())
         if lo >= -32768 and hi <= 32767:
@@ -445,10 +456,10 @@ def assemble(series: SeriesIndex, config: DicomIOConfig | None = None) -> Volume
     fallback = h0.spacing_between_slices or h0.slice_thickness
     plan = plan_geometry([s.geom for s in slices], cfg, series.series_uid, fallback)
     ordered = [slices[i] for i in plan.order]
-    raw = _read_all(ordered, cfg)
+    raw, extremes = _read_all(ordered, cfg)
     slopes = np.asarray([s.slope for s in ordered], dtype=np.float64)
     intercepts = np.asarray([s.intercept for s in ordered], dtype=np.float64)
-    hu = _to_hu(raw, slopes, intercepts)
+    hu = _to_hu(raw, slopes, intercepts, extremes)
     if plan.duplicates:
         # Compared in HU: equal stored values with different rescale are different images.
         keep = _merge_duplicates(hu, plan, slices, series.series_uid)
