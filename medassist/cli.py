@@ -138,7 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     pacs_cli.add_parser(sub)
     model_cli.add_parser(sub)
     batch_cli.add_parser(sub)
+    add_plugin_commands(sub)
     return p
+
+
+PLUGIN_GROUP = "medassist.commands"
+
+
+def add_plugin_commands(sub: Any) -> None:
+    """Sub-commands registered by packages that sit above medassist (the clinician UI's
+    `serve`), through the `medassist.commands` entry-point group, so that medassist never
+    imports them. Each entry point names an `add_parser(sub)` function."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        ep.load()(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
