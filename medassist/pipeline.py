@@ -204,7 +204,8 @@ def draft(study_dir: Path, emr_path: Path | None, checkpoint: Path, *,
 
     Checks that the draft describes the selected series, the same EMR bytes and the same
     checkpoint that were hashed (a file changed in between would break idempotency)."""
-    from medassist.model_cli import ModelCLIError, finding_labels, make_report
+    from medassist.drafting import ModelCLIError, make_report
+    from medassist.model_cli import finding_labels
     from multimodal.errors import MultimodalError
 
     try:
