@@ -39,6 +39,7 @@ from dicom_io.volume import Volume
 from medassist import audit
 from medassist.audit import Actor, ObjectType
 from medassist.draft import ReportDraft
+from medassist.drafting import LoadedModel
 from medassist.errors import (
     DraftError,
     IdentityMismatchError,
@@ -199,17 +200,21 @@ def _env_key() -> bytes | None:
 
 def draft(study_dir: Path, emr_path: Path | None, checkpoint: Path, *,
           series_uid: str | None = None, checkpoint_sha256: str | None = None,
-          emr_sha256: str | None = None) -> ReportDraft:
-    """Run the model (``medassist.model_cli.make_report``) and validate the draft contract.
+          emr_sha256: str | None = None, model: LoadedModel | None = None) -> ReportDraft:
+    """Run the model (``model``, loaded once by the caller, else ``checkpoint`` is loaded for
+    this call) and validate the draft contract.
 
     Checks that the draft describes the selected series, the same EMR bytes and the same
     checkpoint that were hashed (a file changed in between would break idempotency)."""
-    from medassist.drafting import ModelCLIError, make_report
+    from medassist.drafting import ModelCLIError, infer, make_report, prepare
     from medassist.model_cli import finding_labels
     from multimodal.errors import MultimodalError
 
     try:
-        data = make_report(study_dir, emr_path, checkpoint)
+        if model is None:
+            data = make_report(study_dir, emr_path, checkpoint)
+        else:
+            data = infer(model, [prepare(study_dir, emr_path, model.cfg)])[0]
         d = ReportDraft.from_dict(data, labels=finding_labels())
     except DraftError as exc:
         raise PipelineError(f"DraftError: {exc}", stage="draft", kind="DraftError") from exc
@@ -321,6 +326,23 @@ class PipelineProcessor:
         self.checkpoint_sha256 = sha256_file(weights)
         if self.pseudonym_key is None:
             self.pseudonym_key = _env_key()
+        self._model: LoadedModel | None = None
+
+    def model(self) -> LoadedModel:
+        """The checkpoint, loaded on first use and kept for every later study."""
+        if self._model is None:
+            from medassist.drafting import ModelCLIError, load_model
+            from multimodal.errors import MultimodalError
+
+            try:
+                self._model = load_model(self.checkpoint)
+            except (ModelCLIError, MultimodalError, OSError) as exc:
+                raise PipelineError(f"cannot load the checkpoint: {type(exc).__name__}: {exc}",
+                                    stage="draft", kind=type(exc).__name__) from exc
+            if self._model.checkpoint_sha256 != self.checkpoint_sha256:
+                raise PipelineError("the checkpoint changed after the processor was built",
+                                    stage="draft", kind="InputChanged")
+        return self._model
 
     def run(self, study_dir: Path, study_uid: str | None, session: Session, *,
             emr_path: Path | None = None) -> tuple[Stored, str]:
@@ -353,7 +375,7 @@ class PipelineProcessor:
         d = draft(study_dir, emr_path, self.checkpoint, series_uid=series.series_uid,
                   checkpoint_sha256=self.checkpoint_sha256,
                   emr_sha256=hashlib.sha256(emr_text.encode("utf-8")).hexdigest()
-                  if emr_text is not None else None)
+                  if emr_text is not None else None, model=self.model())
         try:
             stored = store(session, d, study_uid=study_uid,
                            patient_pseudo_id=patient_pseudonym(pids.pop(), self.pseudonym_key),

@@ -43,6 +43,7 @@ from medassist.storage import (
     unit_of_work,
     upgrade,
 )
+from tests.core.conftest import Db
 
 ROOT = Path(__file__).resolve().parents[2]
 N_CASES = 3
@@ -132,9 +133,10 @@ def _reports(factory: sessionmaker[Session]) -> list[tuple[int, str, str]]:
 
 
 def test_batch_done_failed_and_idempotent(tmp_path: Path, corpus: dict[str, Path],
-                                          checkpoint: Path,
-                                          caplog: pytest.LogCaptureFixture) -> None:
-    url, factory = _db(tmp_path)
+                                          checkpoint: Path, caplog: pytest.LogCaptureFixture,
+                                          db: Db) -> None:
+    """On both backends (SQLite and the real PostgreSQL, as the application role)."""
+    url, factory = db.url, db.factory
     inp = _input(tmp_path, corpus, "good", "bad")
     err, out = io.StringIO(), io.StringIO()
     caplog.set_level("DEBUG")
@@ -261,10 +263,10 @@ def test_sigkill_mid_batch_then_resume(tmp_path: Path, corpus: dict[str, Path],
 
 
 def test_two_workers_and_store_study(tmp_path: Path, corpus: dict[str, Path],
-                                     checkpoint: Path) -> None:
+                                     checkpoint: Path, db: Db) -> None:
     from medassist.pipeline import store_study
 
-    url, factory = _db(tmp_path)
+    url, factory = db.url, db.factory
     inp = _input(tmp_path, corpus, "good")
     summary = run_batch(inp, db=url, checkpoint=str(checkpoint), workers=2,
                         err=io.StringIO(), out=io.StringIO())
