@@ -52,6 +52,9 @@ class TrainConfig:
     val_cases: int = 0
     max_emr_tokens: int = 2048
     out: str = "runs/model"
+    #: folder for generated cases (HU as int16 + label maps + JSON), keyed by generator
+    #: config, seed, split, count and model grid; empty = no cache (regenerate each run)
+    cache_dir: str = ""
     optim: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -239,9 +242,53 @@ def record_sample(r: CaseRecord, cfg: Any, tok: Any, max_emr_tokens: int | None 
         max_emr_tokens=max_emr_tokens)
 
 
+CACHE_CHUNK = 200
+
+
+def cached_synth_records(cache_dir: str | Path, synth_config: str, model_cfg: Any, seed: int,
+                         n: int, split: str = "train", shift: bool = False) -> list[CaseRecord]:
+    """:func:`synth_records`, stored in ``cache_dir`` in chunks of :data:`CACHE_CHUNK` cases
+    on first use (the same cases, HU rounded to int16)."""
+    out: list[CaseRecord] = []
+    for start in range(0, n, CACHE_CHUNK):
+        out += _cached_chunk(cache_dir, synth_config, model_cfg, seed, start,
+                             min(CACHE_CHUNK, n - start), split, shift)
+    return out
+
+
+def _cached_chunk(cache_dir: str | Path, synth_config: str, model_cfg: Any, seed: int,
+                  start: int, n: int, split: str, shift: bool) -> list[CaseRecord]:
+    import hashlib
+
+    key = json.dumps([Path(synth_config).read_text(encoding="utf-8"), seed, split, shift,
+                      model_cfg.ct.grid_shape, model_cfg.ct.spacing_mm, model_cfg.ct.pad_hu])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{split}-{digest}-{start:06d}-{n}.npz"
+    if not path.is_file():
+        recs = list(synth_records(synth_config, model_cfg, seed, n, split, shift, start))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = [{"case_id": r.case_id, "findings": r.findings, "emr": r.emr,
+                 "report_text": r.report_text, "meta": r.meta} for r in recs]
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, hu=np.stack([np.round(np.asarray(r.hu)).astype(np.int16) for r in recs]),
+                 lab=np.stack([np.asarray(r.label_map, np.uint8) for r in recs]),
+                 meta=np.asarray(json.dumps(meta)))
+        tmp.replace(path)
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        hu, lab = z["hu"], z["lab"]
+        return [CaseRecord(case_id=m["case_id"], hu=hu[i].astype(np.float32),
+                           label_map=lab[i], findings=m["findings"], emr=m["emr"],
+                           report_text=m["report_text"], meta=m["meta"])
+                for i, m in enumerate(meta)]
+
+
 def load_records(tc: TrainConfig, cfg: Any) -> list[CaseRecord]:
     if tc.data_dir:
         return list(folder_records(tc.data_dir, cfg))[: tc.train_cases]
+    if tc.cache_dir:
+        return cached_synth_records(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
+                                    tc.train_cases)
     return list(synth_records(tc.synth_config, cfg, tc.data_seed, tc.train_cases))
 
 
@@ -378,6 +425,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- report
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.db:  # through every pipeline stage, stored (idempotent: same inputs, same report)
+        return _report_to_db(args)
     rep = make_report(args.study, args.emr, args.checkpoint, int8=args.int8)
     if args.json:
         print(json.dumps(rep, indent=1))
@@ -386,6 +435,33 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"[{rep['status']}] {rep['disclaimer']}\n\nINDICATION: {s['indication']}\n\n"
               f"TECHNIQUE: {s['technique']}\n\nFINDINGS:\n{s['findings']}\n\n"
               f"IMPRESSION:\n{s['impression']}")
+    return 0
+
+
+def _report_to_db(args: argparse.Namespace) -> int:
+    from medassist.errors import UsageError
+    from medassist.pipeline import store_study
+    from medassist.reports import get_report
+    from medassist.storage.engine import make_engine, resolve_db_url, session_factory, unit_of_work
+    from medassist.storage.migrate import upgrade
+
+    if args.int8:
+        raise UsageError("--int8 drafts are not stored (the stored draft names the fp32 "
+                         "checkpoint); drop --int8 or --db")
+    engine = make_engine(resolve_db_url(args.db))
+    try:
+        upgrade(engine)
+        with unit_of_work(session_factory(engine)) as s:
+            st = store_study(s, Path(args.study), checkpoint=Path(args.checkpoint),
+                             emr_path=Path(args.emr) if args.emr else None)
+            report = get_report(s, st.report_id)
+            out = {"report_id": st.report_id, "job_id": st.job_id, "created": st.created,
+                   "status": str(report.status)}
+    finally:
+        engine.dispose()
+    print(json.dumps(out) if args.json else
+          f"report {out['report_id']} ({'stored' if st.created else 'already stored'}), "
+          f"status {out['status']}")
     return 0
 
 
@@ -414,6 +490,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--emr", default=None, help="EMR note (plain text)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (CPU)")
+    p.add_argument("--db", help="store the draft (every pipeline stage, idempotent) in this "
+                   "database URL; prints the report id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 

@@ -287,3 +287,24 @@ def test_missing_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="checkpoint"):
         PipelineProcessor(tmp_path / "nope")
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_report_command_stores_the_draft_once(tmp_path: Path, corpus: dict[str, Path],
+                                              checkpoint: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from medassist.cli import main
+
+    url, factory = _db(tmp_path)
+    case = corpus["good"] / "case_00000"
+    argv = ["report", str(case / "dicom"), "--emr", str(case / "emr.txt"), "--checkpoint",
+            str(checkpoint), "--db", url, "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(argv) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert (first["created"], second["created"]) == (True, False)
+    assert first["report_id"] == second["report_id"] and first["status"] == "DRAFT"
+    assert [r[0] for r in _reports(factory)] == [first["report_id"]]
+    assert main([*argv, "--int8"]) == 2  # a usage error, not a stored int8 draft
