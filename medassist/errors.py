@@ -142,6 +142,11 @@ class QueueStateError(PacsError):
     """An ingest or outbox row is not in the state the operation needs (e.g. a lost lease)."""
 
 
+class SourcesUnavailableError(PacsError):
+    """The source CT headers an SR needs cannot be had now (study folder gone, PACS down); the
+    SR stays pending and ``medassist pacs send`` retries it."""
+
+
 class ListenerConfigError(UsageError):
     """The C-STORE listener configuration is invalid (allow-list entry, port, limits)."""
 
@@ -168,3 +173,16 @@ class IdentityMismatchError(RefusalError, PipelineError):
 
     def __init__(self, message: str, *, stage: str = "cross_check_identity") -> None:
         super().__init__(message, stage=stage, kind="IdentityMismatch")
+
+
+# --- batch engines (issue 8) ----------------------------------------------------------------
+
+
+class EngineUnavailableError(UsageError):
+    """A batch engine was asked for whose optional dependency is not installed
+    (``--engine ray`` without Ray); the message says how to install it."""
+
+    def __init__(self, message: str, *, engine: str, install: str) -> None:
+        self.engine = engine
+        self.install = install
+        super().__init__(message)

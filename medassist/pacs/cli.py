@@ -32,7 +32,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     w.add_argument("--processor", help="module:callable StudyProcessor (default: config)")
     w.add_argument("--workdir", help="folder for downloaded studies (default: system temp)")
     w.add_argument("--config", help="PACS YAML (default: configs/pacs.yaml)")
+    w.add_argument("--from-now", action="store_true",
+                   help="on first start (no stored cursor), skip the studies already in the "
+                   "PACS; a stored cursor always wins")
     w.set_defaults(func=cmd_watch)
+
+    sd = psub.add_parser("send", help="send signed reports' SRs back to the PACS (STOW-RS), "
+                         "retrying until delivered")
+    sd.add_argument("--orthanc", help="Orthanc base URL (default: configs/pacs.yaml)")
+    sd.add_argument("--user", help=f"HTTP user (default: ${ENV_USER})")
+    sd.add_argument("--password", help=f"HTTP password (prefer ${ENV_PASSWORD})")
+    sd.add_argument("--db", help="database URL")
+    sd.add_argument("--once", action="store_true", help="one round, then exit")
+    sd.add_argument("--interval", type=float, default=None,
+                    help="seconds between rounds (default: config send.interval_s or 10)")
+    sd.add_argument("--retry-now", action="store_true",
+                    help="make every undelivered item due now (after the PACS is back)")
+    sd.add_argument("--config", help="PACS YAML (default: configs/pacs.yaml)")
+    sd.set_defaults(func=cmd_send)
 
     ln = psub.add_parser("listen", help="hardened C-STORE SCP feeding the ingest queue")
     ln.add_argument("--aet", help="our AE title")
@@ -70,20 +87,56 @@ def load_processor(spec: str) -> Any:
     return fn
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
-    from medassist.pacs import config, queue
+def _client(args: argparse.Namespace, sec: dict[str, Any]) -> Any:
     from medassist.pacs.dicomweb import PacsClient
-    from medassist.pacs.watch import Watcher
 
-    sec = config.section(config.load(args.config), "watch")
     url = args.orthanc or sec.get("orthanc")
     if not url:
         raise UsageError("pass --orthanc URL (or set pacs.watch.orthanc in the config)")
     user = args.user or os.environ.get(ENV_USER)
     password = args.password or os.environ.get(ENV_PASSWORD)
-    client = PacsClient(url, user=user, password=password,
-                        dicomweb_root=str(sec.get("dicomweb_root", "/dicom-web")),
-                        timeout_s=float(sec.get("timeout_s", 30)))
+    return PacsClient(url, user=user, password=password,
+                      dicomweb_root=str(sec.get("dicomweb_root", "/dicom-web")),
+                      timeout_s=float(sec.get("timeout_s", 30)))
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from medassist.pacs import config, outbox
+    from medassist.pacs.sendback import PacsSources, chain, local_sources, send_round
+    from medassist.storage.engine import unit_of_work
+
+    cfg = config.load(args.config)
+    client = _client(args, {**config.section(cfg, "watch"), **config.section(cfg, "send")})
+    factory = _factory(args.db)
+    if args.retry_now:
+        with unit_of_work(factory) as s:
+            print(f"{outbox.retry_now(s)} item(s) due now", flush=True)
+    resolver = chain(local_sources, PacsSources(client))
+    interval = float(args.interval if args.interval is not None
+                     else config.section(cfg, "send").get("interval_s", 10))
+    stop = threading.Event()
+    if not args.once:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while True:
+        rec, d = send_round(factory, resolver, client.store_bytes)
+        if args.once or rec.queued or d.sent or d.failed or rec.pending:
+            print(f"queued {rec.queued} SR(s), {rec.pending} pending; sent {d.sent}, "
+                  f"failed {d.failed}", flush=True)
+        if args.once:
+            return 0 if not (d.failed or rec.pending) else 1
+        try:
+            if stop.wait(interval):
+                return 0
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from medassist.pacs import config, queue
+    from medassist.pacs.watch import Watcher, start_from_now
+
+    sec = config.section(config.load(args.config), "watch")
+    client = _client(args, sec)
     b = sec.get("backoff", {})
     watcher = Watcher(
         factory=_factory(args.db), client=client,
@@ -94,6 +147,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         lease_s=float(sec.get("lease_s", 1800)),
         backoff=queue.Backoff(float(b.get("base_s", 5)), float(b.get("cap_s", 3600)),
                               int(b.get("max_attempts", 8))))
+    if args.from_now:
+        start_from_now(watcher.factory, client)
     if args.once:
         for o in watcher.run_once():
             print(f"{o.study_uid}\t{o.state}\t{o.reason or ''}")

@@ -239,6 +239,22 @@ class PacsClient:
 
         self.store([pydicom.dcmread(BytesIO(payload))], study_uid)
 
+    def series_metadata(self, study_uid: str, series_uid: str) -> list[Any]:
+        """WADO-RS ``.../series/{uid}/metadata``: the instances' headers as pydicom Datasets
+        (no pixel data; bulk data left out)."""
+        from pydicom.dataset import Dataset
+
+        st = validate_uid(study_uid, what="StudyInstanceUID")
+        se = validate_uid(series_uid, what="SeriesInstanceUID")
+        found = self._call("WADO-RS metadata",
+                           lambda: self._dw.retrieve_series_metadata(st, se))
+        out = []
+        for item in found:
+            kept = {k: v for k, v in item.items()
+                    if isinstance(v, dict) and "BulkDataURI" not in v}
+            out.append(Dataset.from_json(kept))
+        return out
+
     def search_instances(self, study_uid: str, series_uid: str | None = None) -> list[str]:
         """QIDO-RS SOPInstanceUIDs of a study (optionally one series)."""
         st = validate_uid(study_uid, what="StudyInstanceUID")

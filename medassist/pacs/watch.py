@@ -99,6 +99,20 @@ def set_cursor(session: Session, name: str, seq: int) -> None:
     session.flush()
 
 
+def start_from_now(factory: sessionmaker[Session], client: PacsClient) -> bool:
+    """``watch --from-now``: a watcher without a cursor starts at Orthanc's latest change, so
+    the archive already in the PACS is not drafted. A stored cursor is kept (a restart never
+    skips studies); returns whether the cursor was set."""
+    name = cursor_name(client.base_url)
+    last = client.last_seq()  # network outside any transaction
+    with unit_of_work(factory) as s:
+        if s.get(PacsCursor, name) is not None:
+            return False
+        set_cursor(s, name, last)
+    log.info("watch: starting from change %d (--from-now)", last)
+    return True
+
+
 def poll_changes(factory: sessionmaker[Session], client: PacsClient, *, page: int = 100) -> int:
     """Consume ``/changes`` up to the end; returns the number of studies newly queued.
 
