@@ -28,11 +28,12 @@ test: setup services lint
 	MEDASSIST_SHARED_DATA=$(SHARED) $(BIN)/python -m pytest -q
 
 # Debian packages the tests need: PostgreSQL 15 and Orthanc (started by the tests on loopback),
-# Chromium (driven headless by Playwright in the UI tests).
+# Chromium (driven headless by Playwright in the UI tests), dicom3tools (dciodvfy checks the SR).
 services:
 	command -v /usr/lib/postgresql/15/bin/initdb >/dev/null || (apt-get update && apt-get install -y postgresql)
 	command -v Orthanc >/dev/null || (apt-get update && apt-get install -y orthanc orthanc-dicomweb)
 	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+	command -v dciodvfy >/dev/null || (apt-get update && apt-get install -y dicom3tools)
 
 test-fast: setup
 	MEDASSIST_SHARED_DATA=$(SHARED) $(BIN)/python -m pytest -q -m "not slow" -x

@@ -100,6 +100,21 @@ def test_sr_round_trip(db: Db, tmp_path: Path, ct_files: list[Path], signed: boo
     ev = {i.ReferencedSOPInstanceUID for e in ds.CurrentRequestedProcedureEvidenceSequence
           for se in e.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
     assert set(refs) <= ev
+    _dciodvfy_clean(out)
+
+
+def _dciodvfy_clean(path: Path) -> None:
+    """dicom3tools' dciodvfy (installed by `make test`): no IOD errors."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("dciodvfy")
+    assert exe, "dciodvfy missing: `make services` installs the Debian package dicom3tools"
+    res = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, timeout=60,
+                         check=False)
+    report = res.stdout + res.stderr
+    errors = [ln for ln in report.splitlines() if ln.startswith("Error")]
+    assert not errors, report
 
 
 def test_sr_refuses_wrong_series(db: Db, tmp_path: Path) -> None:

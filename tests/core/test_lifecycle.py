@@ -167,11 +167,53 @@ def test_signing_requires_password(db: Db) -> None:
         reports.sign_report(s, rid, doc, PASSWORD, 2)
 
 
+def _drop_immutability_triggers(db: Db) -> None:
+    with db.admin_engine().begin() as conn:
+        if db.backend == "postgresql":
+            for table in ("reports", "signatures", "report_versions"):
+                conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+        else:
+            for name in ("reports_signed_immutable", "signatures_no_update"):
+                conn.execute(text(f"DROP TRIGGER {name}"))
+
+
+def test_signed_rows_refused_in_sql(db: Db) -> None:
+    """Migration 0004: signed content, signatures and versions cannot be changed or deleted
+    in SQL, not even by the owner; unsigned drafts stay editable."""
+    rid, doc = _setup(db)
+    _bring_to(db, rid, doc, "SIGNED")
+    for engine in (db.engine, db.admin_engine()):
+        for sql in ("UPDATE reports SET status = 'DRAFT' WHERE id = :i",
+                    "UPDATE reports SET draft_json = '{}' WHERE id = :i",
+                    "DELETE FROM reports WHERE id = :i",
+                    "UPDATE signatures SET signer_name = 'Dr. Mallory' WHERE report_id = :i",
+                    "DELETE FROM signatures WHERE report_id = :i",
+                    "UPDATE report_versions SET text = 'x' WHERE report_id = :i",
+                    "DELETE FROM report_versions WHERE report_id = :i"):
+            with pytest.raises(Exception, match=r"immutable|permission denied"), \
+                    engine.begin() as conn:
+                conn.execute(text(sql), {"i": rid})
+    with db.factory() as s:
+        assert reports.verify_signature(s, rid).ok
+    with db.factory.begin() as s:
+        other = reports.amend_report(s, rid, doc, "corrected text").id
+    with db.admin_engine().begin() as conn:  # the unsigned amendment is not guarded
+        conn.execute(text("UPDATE reports SET text = 'corrected again' WHERE id = :i"),
+                     {"i": other})
+
+
 def test_signed_text_changed_in_sql_fails_verification(db: Db) -> None:
     rid, doc = _setup(db)
     _bring_to(db, rid, doc, "SIGNED")
     with db.factory() as s:
         assert reports.verify_signature(s, rid).ok
+    # the database refuses it, for the application role and for the owner (migration 0004)
+    for engine in (db.engine, db.admin_engine()):
+        with pytest.raises(Exception, match="immutable"), engine.begin() as conn:
+            conn.execute(text("UPDATE reports SET text = text || ' tampered' WHERE id = :i"),
+                         {"i": rid})
+    # an attacker with owner rights drops the guard first: the signature check still catches it
+    _drop_immutability_triggers(db)
     with db.admin_engine().begin() as conn:
         conn.execute(text("UPDATE reports SET text = text || ' tampered' WHERE id = :i"),
                      {"i": rid})

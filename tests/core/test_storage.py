@@ -33,10 +33,10 @@ def test_upgrade_from_empty_creates_all_tables(empty_url: str) -> None:
         assert current_revision(engine) is None
         with pytest.raises(MigrationError, match="medassist db upgrade"):
             require_current(engine)
-        assert upgrade(engine) == head_revision() == "0003"
+        assert upgrade(engine) == head_revision() == "0004"
         assert set(inspect(engine).get_table_names()) >= TABLES
         require_current(engine)
-        assert upgrade(engine) == "0003"  # idempotent
+        assert upgrade(engine) == "0004"  # idempotent
     finally:
         engine.dispose()
 
@@ -48,7 +48,7 @@ def test_upgrade_from_previous_revision_keeps_data(empty_url: str) -> None:
         f = session_factory(engine)
         with f.begin() as s:
             s.add(Patient(pseudo_id="P-0001"))
-        assert upgrade(engine) == "0003"
+        assert upgrade(engine) == "0004"
         with f() as s:
             assert s.scalars(select(Patient.pseudo_id)).all() == ["P-0001"]
         # 0002 added the append-only trigger: a raw UPDATE of an audit event is refused
