@@ -103,9 +103,11 @@ def enqueue(session: Session, study_uid: str, *, source: str,
                               "next_attempt_at": now, "created_at": now, "updated_at": now}
     ins = (pg_insert(IngestItem) if backend(session) == "postgresql"
            else sqlite_insert(IngestItem))
+    # RETURNING tells whether this statement inserted the row (rowcount is not reliable for
+    # ON CONFLICT DO NOTHING on every driver: psycopg 3 reported 1 for a skipped insert)
     result = session.execute(ins.values(**values).on_conflict_do_nothing(
-        index_elements=["study_uid"]))
-    created = bool(getattr(result, "rowcount", 0))
+        index_elements=["study_uid"]).returning(IngestItem.id))
+    created = result.first() is not None
     row = session.scalars(select(IngestItem).where(IngestItem.study_uid == uid)
                           .execution_options(populate_existing=True)).one()
     if not created and row.location is None and location is not None:
