@@ -20,6 +20,7 @@ patient is stored under a pseudonym (HMAC-SHA-256 of the PatientID with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -409,16 +410,15 @@ def store_study(session: Session, study_dir: Path, *, checkpoint: Path,
 def default_processor(study_dir: Path, study_uid: str, session: Session) -> ProcessResult:
     """``--processor medassist.pipeline:default_processor`` for ``pacs watch``: a
     :class:`PipelineProcessor` with ``$MEDASSIST_CHECKPOINT`` (else ``models/demo``) and
-    ``$MEDASSIST_EMR_DIR``; built on first use."""
-    global _DEFAULT
-    if _DEFAULT is None:
-        emr = os.environ.get(EMR_DIR_ENV)
-        _DEFAULT = PipelineProcessor(Path(os.environ.get(CHECKPOINT_ENV, "models/demo")),
-                                     emr_dir=Path(emr) if emr else None)
-    return _DEFAULT(study_dir, study_uid, session)
+    ``$MEDASSIST_EMR_DIR``; built on first use and kept (the checkpoint is loaded once)."""
+    emr = os.environ.get(EMR_DIR_ENV)
+    proc = _processor_for(os.environ.get(CHECKPOINT_ENV, "models/demo"), emr or None)
+    return proc(study_dir, study_uid, session)
 
 
-_DEFAULT: PipelineProcessor | None = None
+@functools.lru_cache(maxsize=4)
+def _processor_for(checkpoint: str, emr_dir: str | None) -> PipelineProcessor:
+    return PipelineProcessor(Path(checkpoint), emr_dir=Path(emr_dir) if emr_dir else None)
 
 __all__ = ["STAGES", "EmrIdentity", "PipelineProcessor", "Stored", "build_volume",
            "cross_check_identity", "default_processor", "draft", "emr_identity",
