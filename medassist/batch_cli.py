@@ -1,4 +1,6 @@
-"""``medassist batch INPUT [--emr-dir D] [--db URL] [--workers N] [--limit N] [--checkpoint CK]``.
+"""``medassist batch INPUT [--emr-dir D] [--db URL] [--workers N] [--limit N] [--checkpoint CK]
+[--engine inprocess|ray] [--address auto|HOST:PORT] [--actors N] [--gpus-per-actor G]
+[--batch-size B] [--job-log FILE]``.
 
 Drafts reports for every study under INPUT through the ingest queue shared with ``pacs watch``
 and ``pacs listen`` (source ``batch``): one row per StudyInstanceUID, claimed under a lease and
@@ -10,12 +12,20 @@ Study folders: every ``dicom/`` folder under INPUT (``medassist synth`` output, 
 the ``emr.txt`` beside it), else every sub-folder of INPUT (else INPUT itself).  EMR notes in
 ``--emr-dir D`` are ``D/<StudyInstanceUID>.txt`` or ``D/<case folder>.txt``.
 
+Engines (docs/scale.md): ``inprocess`` (default) runs ``--workers`` processes on this machine,
+each loading the checkpoint once (``PipelineProcessor``); ``ray`` runs the same stages on a Ray
+cluster (decode in CPU tasks, batched inference in ``--actors`` actors holding the model),
+through the same queue and storage, so a retried task never duplicates a report.  Ray is an
+optional extra (``pip install 'medassist[ray]'``).
+
 Exit status: 0 when every study is done (or skipped: no diagnostic CT), 1 when some failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import multiprocessing
 import sys
 import time
@@ -29,6 +39,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medassist.errors import InputError, UsageError
 from medassist.pacs.models import IngestItem, IngestState
+
+ENGINES = ("inprocess", "ray")
 
 SKIPPED_STATES = (IngestState.NO_DIAGNOSTIC_CT.value,)
 FINAL_STATES = (IngestState.DONE.value, IngestState.FAILED.value,
@@ -102,6 +114,7 @@ def worker_loop(db: str | None, checkpoint: str, emr_dir: str | None,
     from medassist.pipeline import PipelineProcessor
 
     factory = _factory(db)
+    # the processor loads the checkpoint once, on its first study
     proc = PipelineProcessor(Path(checkpoint), emr_dir=Path(emr_dir) if emr_dir else None)
     n = 0
     while max_studies is None or n < max_studies:
@@ -146,14 +159,29 @@ def _progress(out: TextIO, finished: int, total: int, done_now: int, t0: float,
 
 def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str | None = None,
               workers: int = 1, limit: int | None = None, err: TextIO = sys.stderr,
-              out: TextIO = sys.stdout) -> dict[str, Any]:
-    """Enumerate, enqueue, process, summarise; returns the summary."""
-    from medassist.pipeline import PipelineProcessor
+              out: TextIO = sys.stdout, engine: str = "inprocess",
+              ray_config: Any = None, job_log: TextIO | None = None) -> dict[str, Any]:
+    """Enumerate, enqueue, process, summarise; returns the summary.
 
+    ``engine="ray"`` runs the studies on Ray (``ray_config``: a
+    :class:`medassist.scale.ray_engine.RayConfig`); the summary then has ``events`` (the job
+    log) and ``ray`` (start-up and processing seconds, cluster size)."""
+    from medassist.pipeline import PipelineProcessor
+    from medassist.scale.stages import JobLog
+
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if workers < 1:
         raise UsageError("--workers must be >= 1")
     if limit is not None and limit < 1:
         raise UsageError("--limit must be >= 1")
+    ray_mod: Any = None
+    if engine == "ray":
+        from medassist.scale import ray_engine as ray_mod
+
+        ray_mod.require_ray()  # a clear error before any work when Ray is missing
+        if ray_config is None:
+            ray_config = ray_mod.RayConfig()
     PipelineProcessor(Path(checkpoint))  # fail fast on a bad checkpoint, before any work
     folders = study_folders(input_dir)
     if limit is not None:
@@ -169,7 +197,27 @@ def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str 
     start_finished = finished_count()
     t0 = time.monotonic()
     _progress(err, start_finished, len(uids), 0, t0)
-    if workers == 1:
+    extra: dict[str, Any] = {}
+    jl = JobLog(out=job_log)
+    jl.emit("start", engine=engine, studies=len(uids), already_finished=start_finished,
+            workers=workers if engine == "inprocess" else None)
+    if engine == "ray":
+        from medassist.storage import resolve_db_url
+
+        ctx = ray_mod.make_context(resolve_db_url(db), Path(checkpoint),
+                                   Path(emr_dir) if emr_dir else None, ray_config)
+        count = [start_finished]
+
+        def on_row(r: dict[str, Any]) -> None:
+            if r["state"] in FINAL_STATES:
+                count[0] += 1
+                _progress(err, count[0], len(uids), count[0] - start_finished, t0)
+
+        run = ray_mod.run_ray(factory, uids, ctx, ray_config, joblog=jl, on_row=on_row)
+        extra = {"ray": {"startup_s": run.startup_s, "process_s": run.process_s,
+                         "first_row_s": run.first_row_s, "actor_busy_s": run.actor_busy_s,
+                         **run.cluster}}
+    elif workers == 1:
         from medassist.pacs.watch import process_one
 
         proc = PipelineProcessor(Path(checkpoint), emr_dir=Path(emr_dir) if emr_dir else None)
@@ -177,8 +225,8 @@ def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str 
             f = finished_count()
             _progress(err, f, len(uids), f - start_finished, t0)
     else:
-        ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker_main, args=(db, checkpoint, emr_dir))
+        ctx_mp = multiprocessing.get_context("spawn")
+        procs = [ctx_mp.Process(target=_worker_main, args=(db, checkpoint, emr_dir))
                  for _ in range(workers)]
         for p in procs:
             p.start()
@@ -194,6 +242,16 @@ def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str 
     f = finished_count()
     _progress(err, f, len(uids), f - start_finished, t0, final=True)
     summary = summarise(_rows(factory, uids), found)
+    summary.update(extra)
+    summary["seconds"] = time.monotonic() - t0
+    if engine == "inprocess":  # the Ray engine logged these as its rows came back
+        for st in summary["studies"]:
+            if st["state"] != IngestState.DONE.value:
+                jl.emit("study_not_done", logging.WARNING, study_uid=st["study_uid"],
+                        state=st["state"], reason=(st["reason"] or "")[:300])
+    jl.emit("finish", **{k: summary[k] for k in ("done", "skipped", "failed", "pending")},
+            seconds=round(summary["seconds"], 3))
+    summary["events"] = jl.events
     write_table(summary, out)
     return summary
 
@@ -231,9 +289,41 @@ def write_table(summary: dict[str, Any], out: TextIO) -> None:
             out.write(f"  {s['state']:<17} {s['folder']}\n      {reason[:300]}\n")
 
 
+def _ray_config(args: argparse.Namespace) -> Any:
+    from medassist.scale.ray_engine import RayConfig
+
+    return RayConfig(address=args.address, actors=args.actors,
+                     gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+                     batch_size=args.batch_size)
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
-    summary = run_batch(Path(args.input), db=args.db, checkpoint=args.checkpoint,
-                        emr_dir=args.emr_dir, workers=args.workers, limit=args.limit)
+    ray_opts = {"--address": args.address is not None, "--actors": args.actors is not None,
+                "--gpus-per-actor": args.gpus_per_actor is not None,
+                "--cpus-per-actor": args.cpus_per_actor is not None,
+                "--batch-size": args.batch_size is not None}
+    if args.engine != "ray":
+        given = [k for k, v in ray_opts.items() if v]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply to --engine ray")
+        ray_config = None
+    else:
+        if args.workers != 1:
+            raise UsageError("--workers applies to --engine inprocess; use --actors with ray")
+        from medassist.scale.ray_engine import require_ray
+
+        require_ray()
+        args.actors = 1 if args.actors is None else args.actors
+        args.gpus_per_actor = 0.0 if args.gpus_per_actor is None else args.gpus_per_actor
+        args.cpus_per_actor = 1.0 if args.cpus_per_actor is None else args.cpus_per_actor
+        args.batch_size = 4 if args.batch_size is None else args.batch_size
+        ray_config = _ray_config(args)
+    with contextlib.ExitStack() as stack:
+        log_fh = (stack.enter_context(Path(args.job_log).open("a", encoding="utf-8"))
+                  if args.job_log else None)
+        summary = run_batch(Path(args.input), db=args.db, checkpoint=args.checkpoint,
+                            emr_dir=args.emr_dir, workers=args.workers, limit=args.limit,
+                            engine=args.engine, ray_config=ray_config, job_log=log_fh)
     return 0 if summary["failed"] == 0 and summary["pending"] == 0 else 1
 
 
@@ -252,6 +342,22 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--limit", type=int, default=None, help="at most N studies")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--engine", choices=ENGINES, default="inprocess",
+                   help="inprocess (default: --workers processes here) or ray (a Ray "
+                        "cluster; pip install 'medassist[ray]')")
+    p.add_argument("--address", default=None,
+                   help="ray: 'auto' or HOST:PORT of a running cluster (default: start a "
+                        "private local Ray)")
+    p.add_argument("--actors", type=int, default=None,
+                   help="ray: model actors, each loading the checkpoint once (default 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=None,
+                   help="ray: GPUs reserved per actor (default 0)")
+    p.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="ray: CPUs reserved per actor (default 1)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="ray: studies per model forward pass (default 4)")
+    p.add_argument("--job-log", default=None,
+                   help="append the run's job log (JSON lines) to FILE")
     p.set_defaults(func=cmd_batch)
 
 

@@ -171,21 +171,32 @@ class LoadedModel:
     name: str
     checkpoint_sha256: str
     int8: bool = False
+    device: str = "cpu"
 
 
-def load_model(checkpoint: str | Path = DEFAULT_CHECKPOINT, *, int8: bool = False) -> LoadedModel:
+def load_model(checkpoint: str | Path = DEFAULT_CHECKPOINT, *, int8: bool = False,
+               device: str = "cpu") -> LoadedModel:
+    """Load a checkpoint for inference on ``device`` ("cpu", "cuda", "cuda:1"); int8 is CPU
+    only."""
     import torch
 
     from multimodal.checkpoint import WEIGHTS, load_checkpoint, sha256_file
 
+    dev = torch.device(device)
+    if int8 and dev.type != "cpu":
+        raise ModelCLIError("--int8 (dynamic quantisation) runs on the CPU only; drop --int8 "
+                            f"or use device cpu (got {device})")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelCLIError(f"device {device} requested but CUDA is not available here")
     ck = Path(checkpoint)
     model, cfg, _kind, tok, _meta = load_checkpoint(ck)
     if int8:  # dynamic int8 (CPU inference): nn.Linear weights quantised
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
                                                        dtype=torch.qint8)  # type: ignore[no-untyped-call]
-    model.eval()
+    model.eval().to(dev)
     return LoadedModel(model=model, cfg=cfg, tok=tok, name=cfg.name + ("+int8" if int8 else ""),
-                       checkpoint_sha256=sha256_file(ck / WEIGHTS), int8=int8)
+                       checkpoint_sha256=sha256_file(ck / WEIGHTS), int8=int8,
+                       device=str(dev))
 
 
 @dataclass
@@ -224,9 +235,17 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float = 0.5
     cfg, tok = lm.cfg, lm.tok
     samples = [make_sample(cfg, tok, hu=p.study.hu, emr=p.emr) for p in batch]
     x, _ = collate(samples)
+    if lm.device != "cpu":
+        from multimodal.training import to_device
+
+        x = to_device(x, torch.device(lm.device))
     with torch.no_grad():
         out = lm.model(x)
         ids = generate(lm.model, out, cfg.decoder.max_len - 1)
+    if lm.device != "cpu":
+        from multimodal.training import to_device
+
+        out, ids = to_device(out, torch.device("cpu")), ids.cpu()
     all_preds = predict_findings(out, cfg.heads, cfg.ct, threshold)
     return [_draft(lm, p, s, tok.decode(ids[b].tolist()), all_preds[b],
                    out.modality_weights[b])
