@@ -38,9 +38,12 @@ services:
 test-fast: setup
 	MEDASSIST_SHARED_DATA=$(SHARED) $(BIN)/python -m pytest -q -m "not slow" -x
 
+# The clinician review app on SQLite (out/demo/medassist.db): a few generated studies drafted by
+# the shipped demo model, demo users (passwords printed, kept in out/demo/credentials.txt), then
+# `medassist serve` on http://127.0.0.1:7860 (docs/ui.md).
 demo: setup
-	$(BIN)/medassist ingest $(SHARED)/ct/lung-pet-ct-dx/Lung_Dx-A0001
-	$(BIN)/medassist volume $(SHARED)/ct/lung-pet-ct-dx/Lung_Dx-A0001 --out out/demo/A0001.nii.gz
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/medassist serve --demo out/demo \
+		--checkpoint models/demo --cases 4 --host 127.0.0.1 --port 7860
 
 bench: setup
 	$(BIN)/python bench/ingest.py

@@ -74,12 +74,14 @@ def build_fhir(view: ReportView, *, codes_: FindingCodes | None = None) -> Diagn
         "subject": subject,
         "result": [{"reference": f"#{o['id']}"} for o in observations],
         "imagingStudy": [{"reference": "#study"}],
-        "conclusion": view.draft.sections.impression if not signed else _impression(view),
         "presentedForm": [{"contentType": "text/plain; charset=utf-8", "language": "en",
                            "title": f"CT report {view.report_id}" + ("" if signed else
                                                                      " (DRAFT)"),
                            "data": base64.b64encode(view.text.encode("utf-8")).decode()}],
     }
+    conclusion = (view.draft.sections.impression if not signed else _impression(view)).strip()
+    if conclusion:  # FHIR strings must not be empty: an empty impression is left out
+        data["conclusion"] = conclusion
     if signed and view.signature is not None:
         data["issued"] = view.signature.signed_at
         data["resultsInterpreter"] = [{"display": view.signature.signer_name}]

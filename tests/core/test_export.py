@@ -150,6 +150,31 @@ def test_fhir(db: Db, tmp_path: Path, signed: bool) -> None:
 
 
 @pytest.mark.parametrize("signed", [False, True])
+def test_fhir_with_an_empty_impression(db: Db, tmp_path: Path, signed: bool) -> None:
+    """A model may write no impression: the DiagnosticReport leaves `conclusion` out (FHIR
+    strings must not be empty) instead of failing validation."""
+    import copy
+
+    draft = copy.deepcopy(DRAFT)
+    draft["sections"]["impression"] = ""
+    with db.factory.begin() as s:
+        doc = add_user(s, "carol", display_name="Dr. Carol Chen")
+        rid = reports.store_draft(s, ReportDraft.from_dict(draft), study_uid=STUDY_UID,
+                                  patient_pseudo_id="PSEUDO-0002").id
+        if signed:
+            text = reports.get_report(s, rid).text
+            reports.edit_report(s, rid, doc, text.split("IMPRESSION:")[0] + "IMPRESSION:\n", 1)
+            reports.submit_for_review(s, rid, doc, 2)
+            reports.sign_report(s, rid, doc, PASSWORD, 3)
+    out = tmp_path / "r.json"
+    with db.factory.begin() as s:
+        export_report(s, rid, doc, "fhir", out)
+    dr = DiagnosticReport.model_validate(json.loads(out.read_text()))
+    assert dr.conclusion is None
+    assert dr.status == ("final" if signed else "preliminary")
+
+
+@pytest.mark.parametrize("signed", [False, True])
 def test_text_and_pdf(db: Db, tmp_path: Path, signed: bool) -> None:
     rid, doc = _stored(db, signed)
     with db.factory.begin() as s:

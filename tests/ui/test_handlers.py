@@ -1,0 +1,426 @@
+"""Every handler of the review app as a plain function, on a copy of the seeded SQLite DB."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from medassist import audit
+from medassist.errors import (
+    AuthenticationError,
+    IllegalTransitionError,
+    NotFoundError,
+    PermissionDeniedError,
+    ReportValidationError,
+)
+from medassist.storage import (
+    AuditEvent,
+    Report,
+    ReportVersion,
+    make_engine,
+    session_factory,
+    unit_of_work,
+)
+from tests.ui.conftest import USERS, XSS, Seeded, copy_db
+from ui.config import UIConfig, load_config
+from ui.errors import LockedOutError, NotLoggedInError, SessionExpiredError, UIConfigError, UIError
+from ui.handlers import ClientInfo, Handlers, emr_segments, make_services, priority
+from ui.imaging import PRESETS, StudyImages, window_volume
+from ui.report_text import compose, reviews_from_text, split_findings, split_text
+from ui.sessions import SessionStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _handlers(seeded: Seeded, tmp_path: Path, **cfg: object) -> Handlers:
+    url = copy_db(seeded, tmp_path / "ui.db")
+    engine = make_engine(url)
+    config = UIConfig(**{"lockout_failures": 3, **cfg})  # type: ignore[arg-type]
+    return Handlers(make_services(session_factory(engine), config, tmp_path / "exports"))
+
+
+@pytest.fixture()
+def h(seeded: Seeded, tmp_path: Path) -> Handlers:
+    return _handlers(seeded, tmp_path)
+
+
+def _login(h: Handlers, user: str) -> str:
+    return h.login(user, USERS[user][2]).token
+
+
+def _events(h: Handlers, event_type: str, object_id: str | None = None) -> list[AuditEvent]:
+    with unit_of_work(h.s.factory) as s:
+        q = select(AuditEvent).where(AuditEvent.event_type == event_type)
+        if object_id is not None:
+            q = q.where(AuditEvent.object_id == object_id)
+        return list(s.scalars(q.order_by(AuditEvent.seq)))
+
+
+def _report(h: Handlers, rid: int) -> Report:
+    with unit_of_work(h.s.factory) as s:
+        r = s.get(Report, rid)
+        assert r is not None
+        s.expunge(r)
+        return r
+
+
+# --------------------------------------------------------------------------- login
+
+
+def test_login_logout_and_audit(h: Handlers) -> None:
+    r = h.login("dr.alice", USERS["dr.alice"][2])
+    assert r.role == "clinician" and r.display_name == "Dr Alice Able" and len(r.token) > 30
+    assert h.alive(r.token) and h.whoami(r.token).role == "clinician"
+    h.logout(r.token)
+    assert not h.alive(r.token)
+    with pytest.raises(NotLoggedInError):
+        h.worklist(r.token)
+    assert [e.outcome for e in _events(h, "LOGIN", "dr.alice")] == [0]
+    assert len(_events(h, "LOGOUT", "dr.alice")) == 1
+
+
+def test_wrong_password_and_lockout_from_audit(h: Handlers) -> None:
+    for _ in range(3):
+        with pytest.raises(AuthenticationError):
+            h.login("dr.bob", "wrong-password")
+    # locked now, even with the right password; the refusal is audited
+    with pytest.raises(LockedOutError, match="locked"):
+        h.login("dr.bob", USERS["dr.bob"][2])
+    assert any(e.detail == "login while locked out" for e in _events(h, "REFUSAL", "dr.bob"))
+    # other users are not affected
+    assert h.login("dr.alice", USERS["dr.alice"][2]).token
+
+
+def test_lockout_expires_and_success_resets(seeded: Seeded, tmp_path: Path) -> None:
+    h = _handlers(seeded, tmp_path, lockout_s=0.5)
+    with pytest.raises(AuthenticationError):
+        h.login("dr.bob", "wrong")
+    h.login("dr.bob", USERS["dr.bob"][2])  # one failure then success: not locked
+    for _ in range(3):
+        with pytest.raises(AuthenticationError):
+            h.login("dr.bob", "wrong")
+    with pytest.raises(LockedOutError):
+        h.login("dr.bob", USERS["dr.bob"][2])
+    import time
+
+    time.sleep(0.6)
+    assert h.login("dr.bob", USERS["dr.bob"][2]).role == "clinician"
+
+
+def test_inactivity_logoff() -> None:
+    now = [0.0]
+    store = SessionStore(idle_s=60, clock=lambda: now[0])
+    s = store.create(1, "u", "U", "clinician")
+    now[0] = 59
+    assert store.get(s.token).username == "u"  # activity refreshes the session
+    now[0] = 118
+    store.get(s.token, touch=False)
+    now[0] = 120
+    with pytest.raises(SessionExpiredError):
+        store.get(s.token)
+    with pytest.raises(NotLoggedInError):
+        store.get(s.token)
+    with pytest.raises(NotLoggedInError):
+        store.get(None)
+
+
+def test_sso_header_only_from_trusted_proxy(seeded: Seeded, tmp_path: Path) -> None:
+    h = _handlers(seeded, tmp_path, sso_user_header="X-Remote-User",
+                  trusted_proxies=("10.1.0.0/16",))
+    pw = USERS["dr.alice"][2]
+    ok = ClientInfo("10.1.2.3", {"x-remote-user": "dr.alice"})
+    assert h.login("dr.alice", pw, ok).username == "dr.alice"
+    for client in (ClientInfo("10.2.0.1", {"x-remote-user": "dr.alice"}),  # not a proxy
+                   ClientInfo("10.1.2.3", {"x-remote-user": "dr.bob"}),    # other SSO user
+                   ClientInfo("10.1.2.3", {}), None):
+        with pytest.raises(AuthenticationError, match="single sign-on"):
+            h.login("dr.alice", pw, client)
+    # without sso_user_header the header means nothing
+    h2 = _handlers(seeded, tmp_path / "2") if (tmp_path / "2").mkdir() is None else None
+    assert h2 is not None
+    assert h2.login("dr.alice", pw, ClientInfo("1.2.3.4", {"x-remote-user": "x"})).token
+
+
+def test_config_precedence_and_validation(tmp_path: Path) -> None:
+    f = tmp_path / "ui.yaml"
+    f.write_text("ui:\n  session_idle_s: 100\n  lockout_failures: 7\n"
+                 "  trusted_proxies: [127.0.0.1, 10.0.0.0/8]\n", encoding="utf-8")
+    c = load_config(f, environ={"MEDASSIST_UI_LOCKOUT_FAILURES": "4"},
+                    overrides={"session_idle_s": 30.0, "concurrency": None})
+    assert (c.session_idle_s, c.lockout_failures, c.concurrency) == (30.0, 4, 8)
+    assert c.is_trusted_proxy("10.9.9.9") and not c.is_trusted_proxy("11.0.0.1")
+    assert not UIConfig().is_trusted_proxy("127.0.0.1")  # nothing trusted by default
+    assert load_config(environ={}).session_idle_s == 900.0  # configs/ui.yaml
+    for bad in ("ui:\n  nope: 1\n", "ui:\n  session_idle_s: abc\n",
+                "ui:\n  trusted_proxies: [not-an-ip]\n", "ui:\n  sso_user_header: 'a b'\n"):
+        f.write_text(bad, encoding="utf-8")
+        with pytest.raises(UIConfigError):
+            load_config(f, environ={})
+    with pytest.raises(UIConfigError):
+        load_config(tmp_path / "missing.yaml")
+
+
+# --------------------------------------------------------------------------- worklist
+
+
+def test_worklist_filter_search_and_roles(h: Handlers, seeded: Seeded) -> None:
+    tok = _login(h, "dr.alice")
+    rows = h.worklist(tok)
+    assert {r.report_id for r in rows} == set(seeded.reports.values())
+    assert all(r.status == "DRAFT" for r in rows)
+    truth = next(r for r in rows if r.report_id == seeded.reports["truth"])
+    assert truth.priority == "high" and rows[0] == truth  # present finding first
+    assert {r.priority for r in rows} >= {"high", "check"}
+    assert h.worklist(tok, "SIGNED") == []
+    one = rows[1]
+    assert [r.report_id for r in h.worklist(tok, "all", one.pseudo_id[:12])] == [one.report_id]
+    assert one.accession
+    assert [r.report_id for r in h.worklist(tok, "all", one.accession)] == [one.report_id]
+    with pytest.raises(UIError):
+        h.worklist(tok, "BOGUS")
+    aud = _login(h, "aud.ann")
+    with pytest.raises(PermissionDeniedError):
+        h.worklist(aud)
+    assert any("may not open the worklist" in e.detail for e in _events(h, "REFUSAL"))
+    with pytest.raises(NotLoggedInError):
+        h.worklist(None)
+
+
+# --------------------------------------------------------------------------- study
+
+
+def test_open_study_view_emr_and_audit(h: Handlers, seeded: Seeded) -> None:
+    tok = _login(h, "dr.alice")
+    v = h.open_study(tok, seeded.reports["truth"])
+    assert v.status == "DRAFT" and not v.read_only and v.n_slices > 20
+    assert set(v.weights) == {"CT", "EMR"} and abs(sum(v.weights.values()) - 1) < 1e-3
+    present = [r for r in v.reviews if r.present]
+    assert len(present) == 1 and present[0].slices
+    assert present[0].slices[0] <= v.start_slice <= present[0].slices[-1]
+    assert v.emr.available
+    marked = [t for t, lab in v.emr.segments if lab]
+    assert len(marked) == 1 and len(marked[0]) == 40
+    assert "".join(t for t, _ in v.emr.segments) == \
+        (seeded.cases["truth"] / "emr.txt").read_text(encoding="utf-8")
+    assert len(_events(h, "PHI_READ", str(v.report_id))) == 1
+    x = h.open_study(tok, seeded.reports["xss"])
+    assert XSS in "".join(t for t, _ in x.emr.segments)  # plain text pieces, as written
+    with pytest.raises(NotFoundError):
+        h.open_study(tok, 9999)
+    with pytest.raises(PermissionDeniedError):
+        h.open_study(_login(h, "adm.adam"), v.report_id)
+
+
+def test_changed_emr_is_not_shown(h: Handlers, seeded: Seeded, tmp_path: Path) -> None:
+    from medassist.pacs.models import IngestItem
+
+    case = tmp_path / "case"
+    shutil.copytree(seeded.cases["model0"], case)
+    (case / "emr.txt").write_text("another note", encoding="utf-8")
+    with unit_of_work(h.s.factory) as s:
+        row = s.scalars(select(IngestItem).where(
+            IngestItem.study_uid == seeded.study_uids["model0"])).one()
+        row.location = str(case / "dicom")
+    v = h.open_study(_login(h, "dr.alice"), seeded.reports["model0"])
+    assert not v.emr.available and "changed" in v.emr.message and v.emr.segments == []
+
+
+def test_render_windows_overlay_and_cache(h: Handlers, seeded: Seeded) -> None:
+    tok = _login(h, "dr.alice")
+    rid = seeded.reports["truth"]
+    v = h.open_study(tok, rid)
+    k = v.start_slice
+    plain = np.asarray(h.render(tok, rid, k, *PRESETS["lung"], False))
+    boxed = np.asarray(h.render(tok, rid, k, *PRESETS["lung"], True))
+    assert plain.ndim == 2 and min(plain.shape) >= 256
+    assert boxed.ndim == 3 and (boxed[..., 0] != boxed[..., 1]).any()  # coloured box
+    far = next(i for i in range(v.n_slices) if i not in v.reviews[0].slices and
+               all(i not in r.slices for r in v.reviews))
+    assert np.asarray(h.render(tok, rid, far, *PRESETS["lung"], True)).ndim == 2
+    bone = np.asarray(h.render(tok, rid, k, *PRESETS["bone"], False))
+    assert not np.array_equal(plain, bone)
+    assert h.finding_slice(tok, v.reviews, [r.present for r in v.reviews].index(True)) \
+        == v.start_slice
+    assert h.finding_slice(tok, v.reviews, 1 if not v.reviews[1].present else 2) is None
+    with pytest.raises(UIError, match="outside"):
+        h.render(tok, rid, v.n_slices, *PRESETS["lung"], False)
+    with pytest.raises(UIError, match="width"):
+        h.render(tok, rid, k, 0, 40, False)
+    with pytest.raises(UIError):
+        h.preset("brain")
+    with pytest.raises(PermissionDeniedError):
+        h.render(_login(h, "aud.ann"), rid, k, 400, 40, False)
+    assert len(h.s.images._items) == 1
+
+
+def test_window_volume_and_study_images() -> None:
+    hu = np.array([[[-1000, -600, 150]]], dtype=np.int16)
+    assert window_volume(hu, 1500, -600).tolist() == [[[59, 127, 255]]]  # (HU + 1350) * 255 / 1500
+    si = StudyImages(np.zeros((3, 4, 4), dtype=np.int16), max_windows=1)
+    si.render(0, 400, 40)
+    si.render(0, 1500, -600)
+    assert len(si._windows) == 1
+
+
+# --------------------------------------------------------------------------- editing
+
+
+def test_report_text_round_trip(seeded: Seeded, h: Handlers) -> None:
+    with unit_of_work(h.s.factory) as s:
+        rep = s.get(Report, seeded.reports["truth"])
+        assert rep is not None
+        from medassist.draft import ReportDraft
+
+        d = ReportDraft.from_json(rep.draft_json)
+        ai = rep.ai_text
+    revs = reviews_from_text(d, ai)
+    assert compose(split_text(ai), revs) == ai  # nothing decided: the AI text unchanged
+    revs[0] = replace(revs[0], decision="edited", side="left", size_mm=12.5, text="a | b")
+    revs[1] = replace(revs[1], decision="rejected")
+    text = compose(split_text(ai), revs)
+    back = reviews_from_text(d, text)
+    assert (back[0].decision, back[0].side, back[0].size_mm, back[0].text) == \
+        ("edited", "left", 12.5, "a | b")
+    assert back[1].decision == "rejected" and back[2].decision == "pending"
+    assert compose(split_text(text), back) == text
+    assert split_findings(split_text(text)["findings"])[0] == split_text(ai)["findings"]
+
+
+def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> None:
+    a, b = _login(h, "dr.alice"), _login(h, "dr.bob")
+    rid = seeded.reports["truth"]
+    va, vb = h.open_study(a, rid), h.open_study(b, rid)
+    i = [r.present for r in va.reviews].index(True)
+    revs = h.apply_finding(a, va.reviews, i, "edited", "left", 25, "Left upper lobe nodule.")
+    with pytest.raises(UIError):
+        h.apply_finding(a, va.reviews, i, "maybe", "", None, "")
+    with pytest.raises(UIError):
+        h.apply_finding(a, va.reviews, i, "edited", "up", None, "")
+    with pytest.raises(UIError):
+        h.apply_finding(a, va.reviews, i, "edited", "", -3, "")
+    with pytest.raises(UIError):
+        h.apply_finding(a, va.reviews, 99, "accepted", "", None, "")
+    r1 = h.save(a, rid, va.version, va.sections, revs)
+    assert r1.saved and r1.version == va.version + 1 and "size=25 mm" in r1.text
+    assert h.save(a, rid, r1.version, va.sections, revs).message == "No change to save."
+    # Bob edited the version Alice started from: conflict, nothing overwritten
+    mine = dict(vb.sections, impression="Bob's impression.")
+    r2 = h.save(b, rid, vb.version, mine, vb.reviews)
+    assert not r2.saved and r2.conflict is not None
+    assert "Dr Alice Able saved this report first" in r2.conflict.message
+    assert r2.conflict.their_text == r1.text and "Bob's impression." in r2.conflict.their_diff
+    assert _report(h, rid).text == r1.text
+    # Bob reloads and applies his change again: both edits are kept in the versions
+    vb2 = h.open_study(b, rid)
+    r3 = h.save(b, rid, vb2.version, dict(vb2.sections, impression="Bob's impression."),
+                vb2.reviews)
+    assert r3.saved and "size=25 mm" in r3.text and "Bob's impression." in r3.text
+    with unit_of_work(h.s.factory) as s:
+        texts = [v.text for v in s.scalars(select(ReportVersion).where(
+            ReportVersion.report_id == rid).order_by(ReportVersion.number))]
+    assert texts[1:] == [r1.text, r3.text]
+    # signing: wrong password refused (audited), the report stays a draft
+    with pytest.raises(AuthenticationError):
+        h.sign(a, rid, r3.version, "not-my-password")
+    assert _report(h, rid).status == "DRAFT"
+    assert any(e.outcome == 4 for e in _events(h, "REPORT_SIGN", str(rid)))
+    with pytest.raises(Exception, match="changed by someone else"):
+        h.sign(a, rid, r1.version, USERS["dr.alice"][2])
+    sig = h.sign(a, rid, r3.version, USERS["dr.alice"][2])
+    assert (sig.signer_name, sig.meaning) == ("Dr Alice Able", "reviewed and approved")
+    assert sig.signed_at.endswith("Z")
+    assert Path(sig.exports["fhir"]).is_file() and Path(sig.exports["sr"]).is_file()
+    fhir = json.loads(Path(sig.exports["fhir"]).read_text(encoding="utf-8"))
+    assert fhir["status"] == "final"
+    v = h.open_study(a, rid)
+    assert v.read_only and v.signature is not None and v.status == "SIGNED"
+    with pytest.raises(IllegalTransitionError):
+        h.save(a, rid, v.version, dict(v.sections, impression="late"), v.reviews)
+    new = h.amend(a, rid)
+    nv = h.open_study(a, new)
+    assert nv.status == "IN_REVIEW" and nv.amends_report_id == rid and not nv.read_only
+    assert _report(h, rid).status == "SIGNED"
+    with pytest.raises(PermissionDeniedError):
+        h.sign(_login(h, "adm.adam"), new, nv.version, USERS["adm.adam"][2])
+
+
+def test_reject_needs_reason(h: Handlers, seeded: Seeded) -> None:
+    tok = _login(h, "dr.alice")
+    rid = seeded.reports["model0"]
+    v = h.open_study(tok, rid)
+    with pytest.raises(ReportValidationError, match="reason"):
+        h.reject(tok, rid, v.version, "   ")
+    assert _report(h, rid).status == "DRAFT"
+    assert h.reject(tok, rid, v.version, "Wrong patient series.") == "REJECTED"
+    rep = _report(h, rid)
+    assert rep.status == "REJECTED" and rep.rejection_reason == "Wrong patient series."
+    assert h.open_study(tok, rid).read_only
+
+
+# --------------------------------------------------------------------------- audit, batch
+
+
+def test_audit_view_roles_and_verify(h: Handlers, seeded: Seeded) -> None:
+    c = _login(h, "dr.alice")
+    rid = seeded.reports["truth"]
+    h.open_study(c, rid)
+    with pytest.raises(PermissionDeniedError):
+        h.audit_view(c, str(rid))
+    for user in ("aud.ann", "adm.adam"):
+        a = h.audit_view(_login(h, user), seeded.study_uids["truth"])
+        assert a.verify_ok and "intact" in a.verify_message
+        kinds = [r[2] for r in a.rows]
+        assert "DRAFT_CREATE" in kinds and "PHI_READ" in kinds
+    assert h.audit_view(_login(h, "aud.ann"), str(rid)).rows == a.rows
+    with pytest.raises(NotFoundError):
+        h.audit_view(_login(h, "aud.ann"), "1.2.3")
+    assert len(_events(h, "AUDIT_VERIFY")) == 3
+    with unit_of_work(h.s.factory) as s:
+        assert audit.verify(s).ok
+
+
+def test_batch_status_shows_failures(h: Handlers) -> None:
+    b = h.batch_status(_login(h, "aud.ann"))
+    assert b.counts.get("done") == 5 and b.queue.get("done") == 5 and b.queue.get("failed") == 1
+    assert len(b.failures) == 1 and "build_volume" in b.failures[0][3]
+    with pytest.raises(NotLoggedInError):
+        h.batch_status("forged-token")
+
+
+def test_helpers() -> None:
+    assert emr_segments("abcdef", [((1, 3), "x"), ((2, 4), "y")]) == \
+        [("a", None), ("bc", "x"), ("d", "y"), ("ef", None)]
+    assert emr_segments("", []) == []
+
+
+def test_import_loads_nothing_and_app_builds(h: Handlers) -> None:
+    code = "import sys, ui.app, ui.cli, ui.handlers; print('gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
+    from ui.app import build_app
+
+    app = build_app(h)
+    fns = app.config["dependencies"]  # type: ignore[index]
+    assert all(d["api_visibility"] == "private" for d in fns)
+
+
+def test_priority_from_draft(h: Handlers, seeded: Seeded) -> None:
+    from medassist.draft import ReportDraft
+
+    with unit_of_work(h.s.factory) as s:
+        drafts = {k: ReportDraft.from_json(s.get(Report, rid).draft_json)  # type: ignore[union-attr]
+                  for k, rid in seeded.reports.items()}
+    assert priority(drafts["truth"]) == "high"
+    assert priority(drafts["model0"]) == "check"  # low-confidence findings, none present
+    calm = replace(drafts["model0"], findings=tuple(
+        replace(f, flags=()) for f in drafts["model0"].findings))
+    assert priority(calm) == "routine"
