@@ -43,6 +43,7 @@ FINDING_HEADERS = ["#", "finding", "AI says", "probability", "marks", "decision"
 AUDIT_HEADERS = ["seq", "time (UTC)", "event", "action", "outcome", "user", "role", "object",
                  "detail"]
 BATCH_HEADERS = ["study / job", "state", "attempts", "reason", "updated (UTC)"]
+SEND_HEADERS = ["result", "state", "attempts", "last error", "next attempt (UTC)"]
 SIGN_MEANING = "reviewed and approved"
 #: every event: hidden from the API page and the client libraries (still role-checked inside,
 #: since the page itself calls them), and no progress overlay (errors come as toasts)
@@ -210,6 +211,9 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
                     batch_table = gr.Dataframe(headers=BATCH_HEADERS, interactive=False,
                                                elem_id="batch-failures", datatype="str",
                                                wrap=True, label="Failures")
+                    sends_table = gr.Dataframe(headers=SEND_HEADERS, interactive=False,
+                                               elem_id="batch-sends", datatype="str",
+                                               wrap=True, label="Results not yet in the PACS")
                 with gr.Tab("Audit", id="audit", elem_id="tab-audit",
                             visible=False) as audit_tab:
                     with gr.Row():
@@ -462,10 +466,10 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
             b = h.batch_status(tok)
             jobs = ", ".join(f"{k}: {v}" for k, v in sorted(b.counts.items())) or "none"
             q = ", ".join(f"{k}: {v}" for k, v in sorted(b.queue.items())) or "empty"
-            return f"jobs: {jobs} | ingest queue: {q}", b.failures
+            return f"jobs: {jobs} | ingest queue: {q}", b.failures, b.sends
 
-        batch_btn.click(do_batch, [token], [batch_counts, batch_table], api_name="batch",
-                        **EV)
+        batch_btn.click(do_batch, [token], [batch_counts, batch_table, sends_table],
+                        api_name="batch", **EV)
 
         @_guard
         def do_audit(tok: str | None, target: str) -> Any:

@@ -13,7 +13,7 @@ import difflib
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,9 @@ class BatchView:
     counts: dict[str, int]
     queue: dict[str, int]
     failures: list[list[str]]
+    #: results not yet delivered to the PACS: outbox items not sent (state, attempts, last
+    #: error) and signed reports whose SR is not in the outbox yet (``medassist pacs send``)
+    sends: list[list[str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -700,7 +703,22 @@ class Handlers:
                        j.updated_at.strftime("%Y-%m-%d %H:%M")]
                       for j in s.scalars(select(Job).where(Job.status == "failed")
                                          .order_by(Job.id.desc()).limit(200))]
-        return BatchView(counts, q, fails)
+            sends = self._pending_sends(s)
+        return BatchView(counts, q, fails, sends)
+
+    @staticmethod
+    def _pending_sends(s: Session) -> list[list[str]]:
+        from medassist.pacs import outbox
+        from medassist.pacs.sendback import unsent_signed
+
+        rows = [[f"report {i.report_id} {i.kind.upper()}" if i.report_id else
+                 f"{i.kind.upper()} {i.sop_instance_uid}", i.state, str(i.attempts),
+                 (i.last_error or "")[:500], i.next_attempt_at.strftime("%Y-%m-%d %H:%M")]
+                for i in outbox.pending(s)[:200]]
+        rows += [[f"report {rid} SR", "not queued", "0",
+                  "signed; its SR is built and sent by `medassist pacs send`", "-"]
+                 for rid in unsent_signed(s)[:200]]
+        return rows
 
 
 def findings_narrative(sections: dict[str, str]) -> str:

@@ -391,6 +391,24 @@ def test_batch_status_shows_failures(h: Handlers) -> None:
     b = h.batch_status(_login(h, "aud.ann"))
     assert b.counts.get("done") == 5 and b.queue.get("done") == 5 and b.queue.get("failed") == 1
     assert len(b.failures) == 1 and "build_volume" in b.failures[0][3]
+    # results not yet in the PACS: a queued send that failed, with its error, and every signed
+    # report whose SR is not queued yet
+    from io import BytesIO
+
+    from medassist.pacs import outbox
+    from medassist.pacs.sendback import unsent_signed
+    from tests.pacs.helpers import text_sr
+
+    buf = BytesIO()
+    text_sr().save_as(buf, enforce_file_format=True)
+    with unit_of_work(h.s.factory) as s:
+        item = outbox.add(s, buf.getvalue(), kind="sr")
+        item.state, item.attempts, item.last_error = "retrying", 2, "PacsUnavailableError: down"
+        signed = unsent_signed(s)
+    sends = h.batch_status(_login(h, "aud.ann")).sends
+    assert sends[0][1:4] == ["retrying", "2", "PacsUnavailableError: down"]
+    assert [r[0] for r in sends[1:]] == [f"report {rid} SR" for rid in signed]
+    assert all(r[1] == "not queued" for r in sends[1:])
     with pytest.raises(NotLoggedInError):
         h.batch_status("forged-token")
 
