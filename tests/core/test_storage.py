@@ -69,6 +69,34 @@ def test_upgrade_from_previous_revision_keeps_data(empty_url: str) -> None:
         engine.dispose()
 
 
+REVISIONS = ["0001", "0002", "0003", "0004"]
+
+
+@pytest.mark.parametrize("rev", REVISIONS[1:])
+def test_each_migration_from_its_previous_revision(empty_url: str, rev: str) -> None:
+    """Every revision upgrades from the one before it with data in place, and downgrades
+    back to it (and the chain ends at the head)."""
+    assert REVISIONS[-1] == head_revision()
+    prev = REVISIONS[REVISIONS.index(rev) - 1]
+    engine = make_engine(empty_url)
+    try:
+        assert upgrade(engine, prev) == prev
+        f = session_factory(engine)
+        with f.begin() as s:
+            s.add(Patient(pseudo_id=f"P-{prev}"))
+        tables_before = set(inspect(engine).get_table_names())
+        assert upgrade(engine, rev) == rev
+        with f() as s:
+            assert s.scalars(select(Patient.pseudo_id)).all() == [f"P-{prev}"]
+        assert tables_before <= set(inspect(engine).get_table_names())
+        assert downgrade(engine, prev) == prev
+        assert set(inspect(engine).get_table_names()) == tables_before
+        with f() as s:
+            assert s.scalars(select(Patient.pseudo_id)).all() == [f"P-{prev}"]
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_wal_and_foreign_keys(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'x' / 'm.db'}")
     try:
