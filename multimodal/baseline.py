@@ -64,8 +64,9 @@ class LateFusionModel(nn.Module):
             emr_tok, tok_valid = enc.tokens, enc.token_mask & emr_used[:, None]
         fused: Tensor = self.mlp(torch.cat([ct_vec, emr_vec], -1))  # (B, D)
         q = fused[:, None] + self.label_embed  # (B, F, D)
+        patch, mil = self.findings.patch_logits(ct_tok, ct_valid)
         pres, lat, loc, size, loc_logits, attr = self.findings(q, ct_tok, ct_valid, emr_tok,
-                                                               tok_valid)
+                                                               tok_valid, mil)
         memory = torch.stack([self.to_memory["ct"](ct_vec), self.to_memory["emr"](emr_vec)],
                              1)  # (B, 2, D)
         mmask = torch.ones(b, 2, dtype=torch.bool, device=dev)
@@ -77,7 +78,7 @@ class LateFusionModel(nn.Module):
             presence_logits=pres, laterality_logits=lat, location_logits=loc, size_log=size,
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
             emr_used=emr_used, align_loss=zero, aux_loss=zero, expert_load=None,
-            memory=memory, memory_mask=mmask, lm_logits=lm)
+            memory=memory, memory_mask=mmask, lm_logits=lm, patch_logits=patch)
 
     @torch.no_grad()
     def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,

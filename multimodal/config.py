@@ -32,6 +32,9 @@ class CTStemConfig:
     pad_hu: float = -1024.0
     abs_pos: str = "learned"  # "learned" | "sinusoidal"
     rel_bias: bool = True
+    #: channels of the strided Conv3d + GroupNorm + GELU layers before the patch embedding
+    #: (each halves every axis whose remaining patch factor is even); () = linear patchify
+    conv_stem: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.grid_shape) != 3 or len(self.patch) != 3 or len(self.spacing_mm) != 3:
@@ -45,6 +48,18 @@ class CTStemConfig:
             raise ModelConfigError("ct.windows must be (centre, width > 0) pairs")
         if self.abs_pos not in ("learned", "sinusoidal"):
             raise ModelConfigError("ct.abs_pos must be 'learned' or 'sinusoidal'")
+        if any(c < 1 for c in self.conv_stem):
+            raise ModelConfigError("ct.conv_stem channels must be >= 1")
+
+    def stem_strides(self) -> list[tuple[int, int, int]]:
+        """Stride of each conv-stem layer; the patch embedding takes the remaining factor."""
+        rem = list(self.patch)
+        out = []
+        for _ in self.conv_stem:
+            st = tuple(2 if r % 2 == 0 else 1 for r in rem)
+            rem = [r // s for r, s in zip(rem, st, strict=True)]
+            out.append((st[0], st[1], st[2]))
+        return out
 
     @property
     def patch_grid(self) -> tuple[int, int, int]:
@@ -150,6 +165,9 @@ class HeadsConfig:
     n_emr_spans: int = 3
     #: localisation: patches with map >= rel_threshold * max form the evidence box
     rel_threshold: float = 0.5
+    #: multiple-instance presence: per-patch logits (trained on the label map), pooled by
+    #: logsumexp into a per-finding score that is added to the query's presence logit
+    mil: bool = False
 
     def __post_init__(self) -> None:
         if not self.labels or len(set(self.labels)) != len(self.labels):
@@ -189,6 +207,12 @@ class ModelConfig:
     align_weight: float = 0.1
     loc_weight: float = 0.5
     lm_weight: float = 1.0
+    #: weight of the laterality, location and size losses (averaged over few positives)
+    attr_weight: float = 1.0
+    #: weight of the per-patch (MIL) loss against the label map (heads.mil only)
+    patch_weight: float = 1.0
+    #: positive-class weight of that per-patch BCE (abnormal patches are rare)
+    patch_pos_weight: float = 1.0
 
     def __post_init__(self) -> None:
         _pos("dim", self.dim)
@@ -197,7 +221,8 @@ class ModelConfig:
                         (self.decoder.heads, "decoder")):
             if self.dim % h:
                 raise ModelConfigError(f"dim {self.dim} not divisible by {what}.heads {h}")
-        if min(self.align_weight, self.loc_weight, self.lm_weight) < 0:
+        if min(self.align_weight, self.loc_weight, self.lm_weight, self.attr_weight,
+               self.patch_weight, self.patch_pos_weight) < 0:
             raise ModelConfigError("loss weights must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:

@@ -60,11 +60,14 @@ class LongEMREncoder(nn.Module):
         tokens see memory and valid tokens within +-window."""
         b, s = tok_valid.shape
         m = self.cfg.n_memory
-        i = torch.arange(s, device=tok_valid.device)
-        local = (i[:, None] - i[None, :]).abs() <= self.cfg.window  # (S, S)
-        keep = torch.ones(b, m + s, m + s, dtype=torch.bool, device=tok_valid.device)
-        keep[:, :, m:] = tok_valid[:, None, :]
-        keep[:, m:, m:] &= local[None]
+        dev = tok_valid.device
+        i = torch.arange(m + s, device=dev)
+        is_tok = i >= m
+        # token-token pairs are limited to the window (no in-place ops: ONNX-exportable)
+        allowed = ~(is_tok[:, None] & is_tok[None, :]) | (
+            (i[:, None] - i[None, :]).abs() <= self.cfg.window)  # (M+S, M+S)
+        cols = torch.cat([torch.ones(b, m, dtype=torch.bool, device=dev), tok_valid], 1)
+        keep = cols[:, None, :] & allowed[None]
         return keep[:, None]
 
     def forward(self, stem: EMRStem, encoder: SharedEncoder, ids: Tensor, valid: Tensor,

@@ -33,12 +33,35 @@ class FindingsHead(nn.Module):
         self.pool_v = nn.Linear(dim, dim)
         #: presence temperature (calibration, fitted after training)
         self.register_buffer("temperature", torch.ones(()))
+        self.patch: nn.Module | None = None
+        if cfg.mil:
+            lin = nn.Linear(dim, n)
+            nn.init.constant_(lin.bias, -4.0)  # patches are rarely abnormal
+            self.patch = nn.Sequential(nn.LayerNorm(dim), lin)
+            self.mil_scale = nn.Parameter(torch.ones(n))
+            self.mil_bias = nn.Parameter(torch.full((n,), -6.0))
+
+    def patch_logits(self, ct_patch: Tensor | None, ct_valid: Tensor | None
+                     ) -> tuple[Tensor | None, Tensor | None]:
+        """Per-patch finding logits (B, F, N) (-1e4 where masked) and their logsumexp-pooled
+        (multiple-instance) presence score (B, F); (None, None) without MIL or CT."""
+        if self.patch is None or ct_patch is None or ct_valid is None:
+            return None, None
+        logits = self.patch(ct_patch).transpose(1, 2)  # (B, F, N)
+        logits = logits.masked_fill(~ct_valid[:, None, :], -1e4)
+        pooled = torch.logsumexp(logits, -1) * self.mil_scale + self.mil_bias
+        # a case without CT gets no image evidence from this path
+        pooled = pooled * ct_valid.any(-1).to(pooled.dtype)[:, None]
+        return logits, pooled
 
     def forward(self, q: Tensor, ct_tok: Tensor | None, ct_valid: Tensor | None,
                 emr_tok: Tensor | None, emr_valid: Tensor | None,
+                mil: Tensor | None = None,
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """q (B, F, D); ct_tok (B, N, D); emr_tok (B, T, D) -> presence (B, F), laterality
-        (B, F, 4), location (B, F, C), size_log (B, F), loc_logits (B, F, N), attr (B, F, T)."""
+        (B, F, 4), location (B, F, C), size_log (B, F), loc_logits (B, F, N), attr (B, F, T).
+        ``mil`` (B, F): pooled multiple-instance score added to presence (see
+        :meth:`patch_logits`)."""
         h = self.norm(q)
         scale = 1.0 / math.sqrt(h.shape[-1])
         loc_logits = None
@@ -50,7 +73,10 @@ class FindingsHead(nn.Module):
             h = h + torch.einsum("bfn,bnd->bfd", a, self.pool_v(ct_tok))
             loc_logits = raw.masked_fill(~ct_valid[:, None, :], float("-inf"))
         temp = self.get_buffer("temperature")
-        pres = ((h * self.presence_w).sum(-1) + self.presence_b) / temp
+        pres = (h * self.presence_w).sum(-1) + self.presence_b
+        if mil is not None:
+            pres = pres + mil
+        pres = pres / temp
         lat = self.laterality(h)
         loc = self.location(h)
         size = self.size(h)[..., 0]
@@ -104,7 +130,13 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
             p = float(prob[b, f])
             present = has_ct and p >= threshold
             slices = box = None
-            if present and out.loc_logits is not None:
+            if present and out.patch_logits is not None:
+                m = torch.sigmoid(out.patch_logits[b, f].float()).reshape(grid).cpu()
+                sel = m >= 0.5
+                box = _box(sel if bool(sel.any()) else m >= heads.rel_threshold * m.max(),
+                           ct.patch)
+                slices = (box[0], box[3])
+            elif present and out.loc_logits is not None:
                 m = torch.softmax(out.loc_logits[b, f].float(), -1).reshape(grid).cpu()
                 box = _box(m >= heads.rel_threshold * m.max(), ct.patch)
                 slices = (box[0], box[3])

@@ -59,10 +59,19 @@ def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, 
         if bool((tgt != PAD).any()):
             losses["lm"] = F.cross_entropy(out.lm_logits.flatten(0, 1), tgt.flatten(),
                                            ignore_index=PAD)
+    losses["patch"] = zero
+    if t.loc_map is not None and out.patch_logits is not None:
+        sel = out.ct_used
+        if bool(sel.any()):
+            ptgt = (t.loc_map[sel] > 0).to(out.patch_logits.dtype)
+            pw = torch.tensor(cfg.patch_pos_weight, device=ptgt.device, dtype=ptgt.dtype)
+            losses["patch"] = F.binary_cross_entropy_with_logits(out.patch_logits[sel], ptgt,
+                                                                 pos_weight=pw)
     losses["align"] = out.align_loss
     losses["moe_balance"] = out.aux_loss
-    losses["total"] = (losses["presence"] + losses["laterality"] + losses["location"]
-                       + losses["size"] + cfg.loc_weight * losses["loc"]
+    attr = losses["laterality"] + losses["location"] + losses["size"]
+    losses["total"] = (losses["presence"] + cfg.attr_weight * attr
+                       + cfg.patch_weight * losses["patch"] + cfg.loc_weight * losses["loc"]
                        + cfg.lm_weight * losses["lm"] + cfg.align_weight * losses["align"]
                        + cfg.fusion.balance_coef * losses["moe_balance"])
     return losses

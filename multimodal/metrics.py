@@ -34,13 +34,33 @@ def ece(prob: Arr, truth: Arr, bins: int = 10) -> float:
     return float(total)
 
 
+def auroc(prob: Arr, truth: Arr) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes."""
+    p = np.asarray(prob, np.float64).ravel()
+    y = np.asarray(truth, bool).ravel()
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return None
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(p.size, np.float64)
+    sp = p[order]
+    i = 0
+    while i < p.size:  # average ranks over ties
+        j = i
+        while j + 1 < p.size and sp[j + 1] == sp[i]:
+            j += 1
+        ranks[order[i: j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
                      lat_pred: Arr, lat_true: Arr, size_pred: Arr, size_true: Arr,
                      size_labels: Sequence[str] = ("lung_nodule", "lung_mass")) -> dict[str, Any]:
     """All arrays (N, F).  lat_true < 0 / size_true NaN where absent."""
     pred = np.asarray(pred, bool)
     truth = np.asarray(truth, bool)
-    per: dict[str, dict[str, float]] = {}
+    per: dict[str, dict[str, Any]] = {}
     tps = fps = fns = 0
     for f, lab in enumerate(labels):
         tp = int((pred[:, f] & truth[:, f]).sum())
@@ -48,8 +68,10 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
         fn = int((~pred[:, f] & truth[:, f]).sum())
         tps, fps, fns = tps + tp, fps + fp, fns + fn
         per[lab] = {"f1": f1(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn,
-                    "support": int(truth[:, f].sum())}
+                    "support": int(truth[:, f].sum()),
+                    "auroc": auroc(np.asarray(prob)[:, f], truth[:, f])}
     supported = [v["f1"] for v in per.values() if v["support"] > 0]
+    aucs = [v["auroc"] for v in per.values() if v["auroc"] is not None]
     tp_mask = pred & truth
     lat_ok = (np.asarray(lat_pred) == np.asarray(lat_true))[tp_mask]
     sel = np.zeros_like(tp_mask)
@@ -63,6 +85,7 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
     return {
         "micro_f1": f1(tps, fps, fns),
         "macro_f1": float(np.mean(supported)) if supported else 1.0,
+        "macro_auroc": float(np.mean(aucs)) if aucs else None,
         "per_finding": per,
         "laterality_acc_tp": float(lat_ok.mean()) if lat_ok.size else None,
         "size_mae_mm_nodule_mass": float(size_err.mean()) if size_err.size else None,

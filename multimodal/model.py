@@ -138,8 +138,11 @@ class FusionModel(nn.Module):
         tok_valid = None
         if emr_valid is not None:
             tok_valid = emr_valid & emr_used[:, None]
+        # MIL path: per-patch logits on the CT encoder tokens (image evidence only: the
+        # note cannot switch an image finding on through this path)
+        patch, mil = self.findings.patch_logits(ct_tok, ct_valid)
         pres, lat, loc, size, loc_logits, attr = self.findings(
-            h[:, : self.n_labels], fused_ct, ct_valid, emr_tok, tok_valid)
+            h[:, : self.n_labels], fused_ct, ct_valid, emr_tok, tok_valid, mil)
         lm = None
         if x.report_ids is not None:
             lm = self.decoder(x.report_ids, h, valid)
@@ -147,7 +150,8 @@ class FusionModel(nn.Module):
             presence_logits=pres, laterality_logits=lat, location_logits=loc, size_log=size,
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
             emr_used=emr_used, align_loss=align, aux_loss=total_aux(stats),
-            expert_load=load_report(stats), memory=h, memory_mask=valid, lm_logits=lm)
+            expert_load=load_report(stats), memory=h, memory_mask=valid, lm_logits=lm,
+            patch_logits=patch)
 
     @torch.no_grad()
     def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,

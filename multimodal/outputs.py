@@ -75,6 +75,7 @@ class ModelOutput:
     memory: Tensor  # (B, L, D) fused memory for the decoder
     memory_mask: Tensor  # (B, L) bool
     lm_logits: Tensor | None = None  # (B, L_r, V) when report_ids were given
+    patch_logits: Tensor | None = None  # (B, F, N_ct) per-patch finding logits (heads.mil)
 
     @property
     def presence_prob(self) -> Tensor:

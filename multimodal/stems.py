@@ -32,13 +32,31 @@ class RelPosBias3D(nn.Module):
         return out
 
 
+def _groups(ch: int) -> int:
+    return next(g for g in (8, 4, 2, 1) if ch % g == 0)
+
+
 class CTStem(nn.Module):
-    """(B, C, Z, Y, X) windowed CT -> (B, N, D) patch tokens (+ absolute 3D position)."""
+    """(B, C, Z, Y, X) windowed CT -> (B, N, D) patch tokens (+ absolute 3D position).
+
+    With ``cfg.conv_stem`` the patch embedding is preceded by strided 3 x 3 x 3 Conv3d +
+    GroupNorm + GELU layers (a convolutional stem: local texture and density features before
+    patchify); the patch grid is the same either way."""
 
     def __init__(self, cfg: CTStemConfig, dim: int, heads: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Conv3d(len(cfg.windows), dim, kernel_size=cfg.patch, stride=cfg.patch)
+        layers: list[nn.Module] = []
+        cin = len(cfg.windows)
+        rem = list(cfg.patch)
+        for ch, st in zip(cfg.conv_stem, cfg.stem_strides(), strict=True):
+            layers += [nn.Conv3d(cin, ch, 3, stride=st, padding=1),
+                       nn.GroupNorm(_groups(ch), ch), nn.GELU()]
+            cin = ch
+            rem = [r // s for r, s in zip(rem, st, strict=True)]
+        self.conv = nn.Sequential(*layers)
+        k = (rem[0], rem[1], rem[2])
+        self.embed = nn.Conv3d(cin, dim, kernel_size=k, stride=k)
         gz, gy, gx = cfg.patch_grid
         if cfg.abs_pos == "learned":
             self.pos = nn.Parameter(torch.zeros(1, cfg.n_patches, dim))
@@ -58,7 +76,7 @@ class CTStem(nn.Module):
         exp = (len(self.cfg.windows), *self.cfg.grid_shape)
         if ct.ndim != 5 or tuple(ct.shape[1:]) != exp:
             raise ShapeError(f"CT must be (B, {exp}), got {tuple(ct.shape)}")
-        x: Tensor = self.embed(ct).flatten(2).transpose(1, 2)  # (B, N, D)
+        x: Tensor = self.embed(self.conv(ct)).flatten(2).transpose(1, 2)  # (B, N, D)
         pos = typing.cast(Tensor, self.pos)
         return x + pos
 

@@ -12,6 +12,7 @@ and MiniLM weights, about 440 MB.)
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -65,16 +66,19 @@ class WordTokenizer:
         return cls(base + ranked[: max_size - len(base)])
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False,
+               max_tokens: int | None = None,
                ) -> tuple[list[int], list[tuple[int, int]]]:
-        """Token ids and their ``(start, end)`` character spans (BOS/EOS get ``(0, 0)``)."""
+        """Token ids and their ``(start, end)`` character spans (BOS/EOS get ``(0, 0)``);
+        with ``max_tokens`` only the first ``max_tokens`` text tokens are read."""
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
         if bos:
             ids.append(BOS)
             spans.append((0, 0))
-        for tok, s, e in self.split(text):
-            ids.append(self._stoi.get(tok, UNK))
-            spans.append((s, e))
+        low = text.lower()
+        for m in itertools.islice(_TOKEN.finditer(low), max_tokens):
+            ids.append(self._stoi.get(m.group(0), UNK))
+            spans.append((m.start(), m.end()))
         if eos:
             ids.append(EOS)
             spans.append((len(text), len(text)))

@@ -65,8 +65,8 @@ def make_sample(cfg: ModelConfig, tok: WordTokenizer, *, hu: npt.NDArray[Any] | 
         s["ct"] = MultiWindow(cfg.ct.windows)(hu)
         s["ct_quality"] = 1.0 if ct_quality is None else ct_quality
     if emr:
-        ids, spans = tok.encode(emr)
         n = min(max_emr_tokens or cfg.emr.max_tokens, cfg.emr.max_tokens)
+        ids, spans = tok.encode(emr, max_tokens=n)
         if ids:
             s["emr_ids"] = np.asarray(ids[:n], np.int64)
             s["emr_spans"] = np.asarray(spans[:n], np.int64).reshape(-1, 2)
@@ -171,7 +171,7 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
         history.append(agg)
         if log is not None and ((step + 1) % oc.log_every == 0 or step == start):
             log(json.dumps({k: round(v, 4) for k, v in agg.items()}))
-        if (step + 1) % oc.checkpoint_every == 0 or step + 1 == oc.steps:
+        if (step + 1) % oc.checkpoint_every == 0 or step + 1 in (oc.steps, stop_after):
             meta = {"step": step + 1, "seed": oc.seed, "optim": asdict(oc), **extra_meta}
             save_checkpoint(out, model, cfg, kind, tok, meta, opt)
     dt = time.perf_counter() - t0

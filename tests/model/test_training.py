@@ -150,6 +150,10 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
         assert 0.0 <= ev[k]["micro_f1"] <= 1.0 and 0.0 <= ev[k]["ece"] <= 1.0
         assert set(ev[k]["per_finding"]) >= {"lung_nodule", "rib_fracture"}
     assert ev["ct_removed"]["n_predicted_present"] == 0
+    full = ev["full"]
+    assert 0.0 <= full["bleu4"] <= 100.0 and 0.0 <= full["rouge_l"] <= 1.0
+    assert 0.0 <= full["injection_identical"]["cases"] <= full["injection_identical"][
+        "labels"] <= 1.0
     case = synth_folder / "test" / "case_00003"
     rep = make_report(case / "dicom", case / "emr.txt", tiny_checkpoint, threshold=0.0)
     _check_contract(rep)

@@ -1,0 +1,111 @@
+"""Convolutional CT stem, multiple-instance (per-patch) presence, attribute-loss weight,
+AUROC."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from multimodal.config import ModelConfig
+from multimodal.errors import ModelConfigError
+from multimodal.heads import predict_findings
+from multimodal.losses import Targets, compute_losses
+from multimodal.metrics import auroc, findings_metrics
+from multimodal.model import FusionModel
+from multimodal.outputs import ModelInput
+from multimodal.stems import CTStem
+
+
+def _mil_cfg(cfg: ModelConfig) -> ModelConfig:
+    return dataclasses.replace(
+        cfg, ct=dataclasses.replace(cfg.ct, conv_stem=(4, 8)),
+        heads=dataclasses.replace(cfg.heads, mil=True), attr_weight=0.1)
+
+
+def test_conv_stem_keeps_the_patch_grid(tiny_cfg: ModelConfig) -> None:
+    cfg = _mil_cfg(tiny_cfg)
+    assert cfg.ct.stem_strides() == [(2, 2, 2), (2, 2, 2)]
+    stem = CTStem(cfg.ct, cfg.dim, 2)
+    out = stem(torch.rand(2, 3, *cfg.ct.grid_shape))
+    assert out.shape == (2, cfg.ct.n_patches, cfg.dim)
+    assert len(stem.conv) == 6  # (conv, norm, GELU) x 2
+    with pytest.raises(ModelConfigError):
+        dataclasses.replace(cfg.ct, conv_stem=(0,))
+
+
+def test_mil_patch_logits_shapes_masking_and_evidence(
+        tiny_cfg: ModelConfig, make_batch: Callable[..., ModelInput]) -> None:
+    cfg = _mil_cfg(tiny_cfg)
+    torch.manual_seed(0)
+    model = FusionModel(cfg).eval()
+    x = make_batch(b=3, ct=(True, False, True))
+    out = model(x)
+    n_f, n = len(cfg.heads.labels), cfg.ct.n_patches
+    assert out.patch_logits is not None and out.patch_logits.shape == (3, n_f, n)
+    # no CT: the MIL path contributes nothing and the head abstains
+    assert bool((out.patch_logits[1] <= -1e4 + 1).all())
+    # the case without CT is the same whatever its (masked) CT slot holds
+    ct2 = x.ct.clone() if x.ct is not None else None
+    assert ct2 is not None
+    ct2[1] = torch.rand_like(ct2[1])
+    out2 = model(dataclasses.replace(x, ct=ct2))
+    torch.testing.assert_close(out2.presence_logits[1], out.presence_logits[1])
+    # evidence comes from the per-patch map when a finding is called present
+    with torch.no_grad():
+        head = model.findings
+        assert head.patch is not None
+        lin = head.patch[1]
+        assert isinstance(lin, torch.nn.Linear)
+        lin.weight.zero_()
+        lin.bias.fill_(-8.0)
+        head.mil_bias.fill_(0.0)
+    out3 = model(x)
+    assert out3.patch_logits is not None
+    # make patch 0 of label 0 strongly positive for case 0 and read the box back
+    out3.patch_logits[0, 0, 0] = 8.0
+    out3.presence_logits[0, 0] = 8.0
+    preds = predict_findings(out3, cfg.heads, cfg.ct)
+    p = preds[0][0]
+    assert p.present and p.box_voxels == (0, 0, 0, *(s - 1 for s in cfg.ct.patch))
+    assert not any(fp.present for fp in preds[1])
+
+
+def test_patch_loss_and_attribute_weight(tiny_cfg: ModelConfig,
+                                         make_batch: Callable[..., ModelInput]) -> None:
+    cfg = _mil_cfg(tiny_cfg)
+    torch.manual_seed(0)
+    model = FusionModel(cfg).eval()
+    out = model(make_batch(b=2))
+    n_f, n = len(cfg.heads.labels), cfg.ct.n_patches
+    loc = torch.zeros(2, n_f, n)
+    loc[0, 3, :5] = 1.0
+    t = Targets(present=torch.zeros(2, n_f), laterality=torch.full((2, n_f), -100),
+                location=torch.full((2, n_f), -100), size_mm=torch.full((2, n_f), float("nan")),
+                loc_map=loc)
+    t.present[0, 3] = 1.0
+    t.laterality[0, 3] = 1
+    t.location[0, 3] = 1
+    t.size_mm[0, 3] = 20.0
+    lo = compute_losses(out, t, cfg)
+    assert float(lo["patch"].detach()) > 0
+    attr = lo["laterality"] + lo["location"] + lo["size"]
+    expected = (lo["presence"] + 0.1 * attr + cfg.patch_weight * lo["patch"]
+                + cfg.loc_weight * lo["loc"] + cfg.lm_weight * lo["lm"]
+                + cfg.align_weight * lo["align"] + cfg.fusion.balance_coef * lo["moe_balance"])
+    torch.testing.assert_close(lo["total"], expected)
+
+
+def test_auroc() -> None:
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert auroc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+    assert auroc(np.array([0.2, 0.3]), np.array([1, 1])) is None
+    prob = np.array([[0.9, 0.1], [0.2, 0.1]])
+    truth = np.array([[1, 0], [0, 0]], bool)
+    m = findings_metrics(["a", "b"], prob, prob > 0.5, truth, np.zeros((2, 2)),
+                         np.full((2, 2), -100), np.zeros((2, 2)), np.full((2, 2), np.nan))
+    assert m["per_finding"]["a"]["auroc"] == 1.0 and m["per_finding"]["b"]["auroc"] is None
+    assert m["macro_auroc"] == 1.0
