@@ -50,8 +50,10 @@ class FindingsHead(nn.Module):
         logits = self.patch(ct_patch).transpose(1, 2)  # (B, F, N)
         logits = logits.masked_fill(~ct_valid[:, None, :], -1e4)
         pooled = torch.logsumexp(logits, -1) * self.mil_scale + self.mil_bias
-        # a case without CT gets no image evidence from this path
-        pooled = pooled * ct_valid.any(-1).to(pooled.dtype)[:, None]
+        # a case without CT gets no image evidence from this path: only the learned bias (the
+        # score of "no abnormal patch"), so its presence stays on the calibrated scale
+        has_ct = ct_valid.any(-1)[:, None]
+        pooled = torch.where(has_ct, pooled, self.mil_bias.expand_as(pooled))
         return logits, pooled
 
     def forward(self, q: Tensor, ct_tok: Tensor | None, ct_valid: Tensor | None,

@@ -54,6 +54,13 @@ def test_mil_patch_logits_shapes_masking_and_evidence(
     ct2[1] = torch.rand_like(ct2[1])
     out2 = model(dataclasses.replace(x, ct=ct2))
     torch.testing.assert_close(out2.presence_logits[1], out.presence_logits[1])
+    # without CT the MIL path adds its bias only (the score of "no abnormal patch"), so the
+    # presence of a case without CT stays on the scale the head was calibrated on
+    with torch.no_grad():
+        model.findings.mil_bias.sub_(50.0)
+        out_b = model(x)
+        model.findings.mil_bias.add_(50.0)
+    torch.testing.assert_close(out_b.presence_logits[1], out.presence_logits[1] - 50.0)
     # evidence comes from the per-patch map when a finding is called present
     with torch.no_grad():
         head = model.findings
