@@ -401,7 +401,11 @@ def _restarted_actors(ray: ModuleType, seen: dict[str, set[int]], since_ms: int
 
         job = ray.get_runtime_context().get_job_id()
         for aid, info in ray_state.actors().items():
-            if (info.get("JobID") == job and "DraftActor" in str(info.get("ActorClassName"))
+            # Ray Data wraps the actor class (``_MapWorker``): match by the actor ids seen in
+            # the rows, or by class name
+            cls = str(info.get("ActorClassName"))
+            ours = aid in seen or "DraftActor" in cls or "MapWorker" in cls
+            if (info.get("JobID") == job and ours
                     and int(info.get("StartTime") or 0) >= since_ms
                     and int(info.get("NumRestarts") or 0)):
                 out[aid] = {"actor_id": aid, "restarts": int(info["NumRestarts"]),
