@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medassist.batch_cli import run_batch
 from medassist.errors import IdentityMismatchError
-from medassist.model_cli import TrainConfig, train
 from medassist.pacs import queue
 from medassist.pacs.models import IngestItem
 from medassist.pipeline import (
@@ -44,6 +43,7 @@ from medassist.storage import (
     upgrade,
 )
 from tests.core.conftest import Db
+from tests.tiny_model import train_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 N_CASES = 3
@@ -91,13 +91,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained in seconds (the approach of tests/model/test_training.py)."""
-    out = tmp_path_factory.mktemp("ck")
-    optim = {"seed": 0, "steps": 2, "batch_size": 2, "grad_accum": 1, "lr": 3e-3,
-             "warmup_steps": 1, "checkpoint_every": 2, "log_every": 100}
-    train(TrainConfig(model_config=str(ROOT / "configs/model/tiny.yaml"),
-                      synth_config=str(ROOT / "configs/synth/small.yaml"), data_seed=3,
-                      train_cases=2, max_emr_tokens=256, out=str(out), optim=optim))
-    return out
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("ck"))
 
 
 def emr_name(case: Path) -> list[str]:

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medassist import audit
 from medassist.auth import actor_of, create_user
-from medassist.model_cli import TrainConfig, train
 from medassist.pacs import outbox, queue
 from medassist.pacs.dicomweb import PacsClient
 from medassist.pacs.models import IngestItem, OutboxItem
@@ -35,21 +34,15 @@ from medassist.storage.engine import unit_of_work
 from medassist.storage.models import Report
 from tests.pacs.conftest import OrthancServer, c_store, case_dirs, read_series
 from tests.pacs.helpers import restamp
+from tests.tiny_model import train_tiny_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained in seconds: the pipeline needs real weights, not a mock."""
-    out = tmp_path_factory.mktemp("ck")
-    optim = {"seed": 0, "steps": 2, "batch_size": 2, "grad_accum": 1, "lr": 3e-3,
-             "warmup_steps": 1, "checkpoint_every": 2, "log_every": 100}
-    train(TrainConfig(model_config=str(ROOT / "configs/model/tiny.yaml"),
-                      synth_config=str(ROOT / "configs/synth/small.yaml"), data_seed=3,
-                      train_cases=2, max_emr_tokens=256, out=str(out), optim=optim))
-    return out
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("ck"))
 
 
 def _upload(orthanc: OrthancServer, case: Path, emr_dir: Path) -> str:
