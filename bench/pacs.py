@@ -132,14 +132,9 @@ def receive_bench(series: list[pydicom.Dataset], rounds: int, tmp: Path) -> dict
 
 
 def _tiny_checkpoint(out: Path) -> Path:
-    from medassist.model_cli import TrainConfig, train
+    from tests.tiny_model import train_tiny_checkpoint  # the tests' tiny model
 
-    optim = {"seed": 0, "steps": 2, "batch_size": 2, "grad_accum": 1, "lr": 3e-3,
-             "warmup_steps": 1, "checkpoint_every": 2, "log_every": 100}
-    train(TrainConfig(model_config=str(REPO / "configs/model/tiny.yaml"),
-                      synth_config=str(REPO / "configs/synth/small.yaml"), data_seed=3,
-                      train_cases=2, max_emr_tokens=256, out=str(out), optim=optim))
-    return out
+    return train_tiny_checkpoint(out)
 
 
 def stable_to_draft(files: list[Path], checkpoint: Path, tmp: Path) -> dict[str, Any]:

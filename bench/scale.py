@@ -39,18 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def generate(out: Path, n: int) -> Path:
-    from medassist.synth.case import make_case
-    from medassist.synth.config import load_config
-    from medassist.synth.findings import load_vocabulary
-    from medassist.synth.writer import write_case
-
-    cfg = load_config(ROOT / "configs/synth/small.yaml")
-    vocab = load_vocabulary(cfg.findings.vocabulary_path())
-    for i in range(n):
-        write_case(make_case(cfg, vocab, 11, i, "test"), cfg, out / f"case_{i:05d}")
-    return out
+from bench.batch import generate  # noqa: E402  (the same generated studies as bench/batch.py)
 
 
 def split(studies: Path, checkpoint: Path, batch: int, n: int) -> dict[str, float]:
