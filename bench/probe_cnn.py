@@ -9,7 +9,7 @@ does not find it within its step budget".
     .venv/bin/python bench/probe_cnn.py [--cases 1200] [--val 192] [--minutes 16]
                                         [--lr 2e-3] [--cache runs/cache]
 
-Cases come from ``medassist.model_cli.cached_synth_records`` (configs/synth/small.yaml,
+Cases come from ``medassist.model_data.cached_synth_records`` (configs/synth/small.yaml,
 seed 7): the first run generates and caches them (~8 cases/s on an idle machine).
 """
 
@@ -29,7 +29,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medassist.model_cli import cached_synth_records, label_targets  # noqa: E402
+from medassist.model_data import cached_synth_records, label_targets  # noqa: E402
 from multimodal.config import load_model_config  # noqa: E402
 from multimodal.metrics import auroc  # noqa: E402
 from multimodal.transforms import MultiWindow  # noqa: E402

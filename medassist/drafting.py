@@ -214,14 +214,14 @@ def prepare(study_path: str | Path, emr_path: str | Path | None, cfg: Any) -> Pr
 
 
 def make_report(study_path: str | Path, emr_path: str | Path | None = None,
-                checkpoint: str | Path = DEFAULT_CHECKPOINT, threshold: float = 0.5,
+                checkpoint: str | Path = DEFAULT_CHECKPOINT, threshold: float | None = None,
                 int8: bool = False) -> dict[str, Any]:
     """The draft report JSON (contract in docs/model.md) for one study."""
     lm = load_model(checkpoint, int8=int8)
     return infer(lm, [prepare(study_path, emr_path, lm.cfg)], threshold=threshold)[0]
 
 
-def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float = 0.5
+def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = None
           ) -> list[dict[str, Any]]:
     """Draft reports for a batch of prepared studies (one forward pass, batched decoding)."""
     import torch

@@ -208,7 +208,7 @@ def draft(study_dir: Path, emr_path: Path | None, checkpoint: Path, *,
     Checks that the draft describes the selected series, the same EMR bytes and the same
     checkpoint that were hashed (a file changed in between would break idempotency)."""
     from medassist.drafting import ModelCLIError, infer, make_report, prepare
-    from medassist.model_cli import finding_labels
+    from medassist.model_data import finding_labels
     from multimodal.errors import MultimodalError
 
     try:

@@ -13,7 +13,7 @@ from multimodal.config import ModelConfig
 from multimodal.decoder import ReportDecoder
 from multimodal.encoder import MODALITIES, masked_mean
 from multimodal.fusion import FusionBlock
-from multimodal.heads import FindingsHead
+from multimodal.heads import FindingsHead, body_midline_x
 from multimodal.model import build_unimodal, modality_dropout
 from multimodal.outputs import ModelInput, ModelOutput
 from multimodal.stems import CTStem
@@ -78,7 +78,9 @@ class LateFusionModel(nn.Module):
             presence_logits=pres, laterality_logits=lat, location_logits=loc, size_log=size,
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
             emr_used=emr_used, align_loss=zero, aux_loss=zero, expert_load=None,
-            memory=memory, memory_mask=mmask, lm_logits=lm, patch_logits=patch)
+            memory=memory, memory_mask=mmask, lm_logits=lm, patch_logits=patch,
+            ct_midline=None if x.ct is None else body_midline_x(x.ct, self.cfg.ct),
+            thresholds=self.findings.get_buffer("thresholds"))
 
     @torch.no_grad()
     def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,

@@ -24,9 +24,19 @@ def _pad(seqs: Sequence[Any], value: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+def ct_float(ct: Any) -> Tensor:
+    """A sample's windowed CT as float32; uint8 (training storage, ``value * 255`` rounded)
+    is scaled back to [0, 1]."""
+    a = np.asarray(ct)
+    if a.dtype == np.uint8:
+        return torch.from_numpy(a).float().div_(255.0)
+    return torch.as_tensor(a, dtype=torch.float32)
+
+
 def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[ModelInput, Tensor | None]:
-    """Samples hold ``ct`` ((C, Z, Y, X) float array or None), ``emr_ids`` ((T,) ints or
-    None), optional ``ct_quality`` and ``report_ids`` ((L,) BOS ... EOS).
+    """Samples hold ``ct`` ((C, Z, Y, X) float array in [0, 1], or uint8 scaled by 255, or
+    None), ``emr_ids`` ((T,) ints or None), optional ``ct_quality`` and ``report_ids``
+    ((L,) BOS ... EOS).
 
     Returns the batch and the next-token report targets (B, L - 1) (or None).  A missing
     modality's slot is filled only to keep the batch rectangular and is masked by
@@ -46,7 +56,7 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[ModelInput, Tensor | 
             else:
                 if np.shape(s["ct"]) != shape:
                     raise ShapeError("CT volumes of a batch must share one shape")
-                vols.append(torch.as_tensor(np.asarray(s["ct"], dtype=np.float32)))
+                vols.append(ct_float(s["ct"]))
         ct = torch.stack(vols)
     emr_ids = emr_mask = None
     if bool(emr_present.any()):

@@ -90,8 +90,11 @@ def load_checkpoint(folder: str | Path) -> tuple[nn.Module, ModelConfig, str, Wo
     if len(tok) > cfg.emr.vocab_size:
         raise CheckpointError("vocabulary larger than the model's emr.vocab_size")
     model = build_model(cfg, kind)
+    state = load_file(str(src / WEIGHTS))
+    # checkpoints written before per-label thresholds existed decide at 0.5
+    state.setdefault("findings.thresholds", torch.full((len(cfg.heads.labels),), 0.5))
     try:
-        model.load_state_dict(load_file(str(src / WEIGHTS)))
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {src} does not match its config: {exc}") from exc
     model.eval()

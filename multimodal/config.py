@@ -35,6 +35,12 @@ class CTStemConfig:
     #: channels of the strided Conv3d + GroupNorm + GELU layers before the patch embedding
     #: (each halves every axis whose remaining patch factor is even); () = linear patchify
     conv_stem: tuple[int, ...] = ()
+    #: fixed reduction of the input grid before the conv stem: non-overlapping blocks of this
+    #: size, each summarised by ``pool_stats`` per window channel ("mean" keeps density,
+    #: "max" keeps small dense things such as nodules, "min" small lucencies such as
+    #: emphysema), so the network sees a fine grid at the cost of a coarse one; (1, 1, 1) = off
+    pre_pool: tuple[int, int, int] = (1, 1, 1)
+    pool_stats: tuple[str, ...] = ("mean",)
 
     def __post_init__(self) -> None:
         if len(self.grid_shape) != 3 or len(self.patch) != 3 or len(self.spacing_mm) != 3:
@@ -50,10 +56,34 @@ class CTStemConfig:
             raise ModelConfigError("ct.abs_pos must be 'learned' or 'sinusoidal'")
         if any(c < 1 for c in self.conv_stem):
             raise ModelConfigError("ct.conv_stem channels must be >= 1")
+        _pos("ct.pre_pool", *self.pre_pool)
+        if len(self.pre_pool) != 3 or any(p % q for p, q in zip(self.patch, self.pre_pool,
+                                                                 strict=True)):
+            raise ModelConfigError(f"ct.patch {self.patch} must be divisible by ct.pre_pool "
+                                   f"{self.pre_pool}")
+        if not self.pool_stats or len(set(self.pool_stats)) != len(self.pool_stats) or \
+                any(st not in ("mean", "max", "min") for st in self.pool_stats):
+            raise ModelConfigError("ct.pool_stats must be distinct values of mean, max, min; "
+                                   f"got {self.pool_stats}")
+
+    @property
+    def pooled_shape(self) -> tuple[int, int, int]:
+        """The grid after ``pre_pool``."""
+        g, k = self.grid_shape, self.pre_pool
+        return (g[0] // k[0], g[1] // k[1], g[2] // k[2])
+
+    @property
+    def pooled(self) -> bool:
+        return self.pre_pool != (1, 1, 1) or self.pool_stats != ("mean",)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels after the pre-pool: one per (window, statistic)."""
+        return len(self.windows) * len(self.pool_stats)
 
     def stem_strides(self) -> list[tuple[int, int, int]]:
         """Stride of each conv-stem layer; the patch embedding takes the remaining factor."""
-        rem = list(self.patch)
+        rem = [p // q for p, q in zip(self.patch, self.pre_pool, strict=True)]
         out = []
         for _ in self.conv_stem:
             st = tuple(2 if r % 2 == 0 else 1 for r in rem)
@@ -168,6 +198,9 @@ class HeadsConfig:
     #: multiple-instance presence: per-patch logits (trained on the label map), pooled by
     #: logsumexp into a per-finding score that is added to the query's presence logit
     mil: bool = False
+    #: a sided finding (the laterality head says left, right or bilateral) takes its side from
+    #: where its evidence lies relative to the body midline instead of from the head
+    side_from_evidence: bool = False
 
     def __post_init__(self) -> None:
         if not self.labels or len(set(self.labels)) != len(self.labels):

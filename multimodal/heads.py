@@ -33,6 +33,9 @@ class FindingsHead(nn.Module):
         self.pool_v = nn.Linear(dim, dim)
         #: presence temperature (calibration, fitted after training)
         self.register_buffer("temperature", torch.ones(()))
+        #: per-label decision thresholds on the calibrated probability (fitted on the
+        #: validation cases after training; 0.5 until then)
+        self.register_buffer("thresholds", torch.full((n,), 0.5))
         self.patch: nn.Module | None = None
         if cfg.mil:
             lin = nn.Linear(dim, n)
@@ -113,41 +116,101 @@ def _spans(attr: Tensor, n: int) -> tuple[tuple[int, int], ...]:
     return tuple((a, b) for a, b in spans)
 
 
+def body_midline_x(ct: Tensor, cfg: CTStemConfig) -> Tensor:
+    """(B, C, Z, Y, X) windowed CT (full grid, or pre-pooled) -> (B,) x voxel index of the
+    model grid at the body's centroid (voxels denser than -500 HU in the first window
+    channel, its mean statistic when pooled); the grid centre where nothing is."""
+    c, w = cfg.windows[0]
+    thr = min(max((-500.0 - (c - w / 2)) / w, 0.05), 0.95)
+    m = (ct[:, 0] > thr).float()  # (B, Z, Y, X)
+    col = m.sum((1, 2))  # (B, X)
+    xs = torch.arange(col.shape[1], device=ct.device, dtype=col.dtype)
+    tot = col.sum(1)
+    mid = (col * xs).sum(1) / tot.clamp_min(1.0)
+    mid = torch.where(tot > 0, mid, torch.full_like(mid, (col.shape[1] - 1) / 2))
+    f = cfg.grid_shape[2] // col.shape[1]  # 1, or the pre-pool factor along x
+    return mid * f + (f - 1) / 2
+
+
+def side_from_map(weights: Tensor, midline_x: float, patch_x: int,
+                  margin: float = 0.25) -> str:
+    """Laterality of the evidence: ``weights`` (gz, gy, gx) over the patch grid; a patch
+    column's share left of the body midline (+x is the patient's left, DICOM LPS) counts as
+    left.  Share >= 1 - margin: left; <= margin: right; between: bilateral."""
+    col = weights.sum((0, 1))  # (gx,)
+    tot = float(col.sum())
+    if tot <= 0:
+        return "none"
+    j = torch.arange(col.shape[0], dtype=torch.float32)
+    # voxel extent of column j: [j * px - 0.5, (j + 1) * px - 0.5)
+    left_frac = (((j + 1) * patch_x - 0.5 - midline_x) / patch_x).clamp(0.0, 1.0)
+    share = float((col.float() * left_frac).sum()) / tot
+    if share >= 1 - margin:
+        return "left"
+    if share <= margin:
+        return "right"
+    return "bilateral"
+
+
 def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
-                     threshold: float = 0.5) -> list[list[FindingPrediction]]:
+                     threshold: float | None = None, side_from_evidence: bool | None = None,
+                     ) -> list[list[FindingPrediction]]:
     """Post-process a batch: per case, one :class:`FindingPrediction` per label.
 
-    Without CT for a case the image findings abstain: ``present`` False, no laterality /
-    location / size / evidence (the probability is still reported)."""
+    ``threshold`` None uses the model's fitted per-label thresholds (``out.thresholds``),
+    else one threshold for every label.  Without CT for a case the image findings abstain:
+    ``present`` False, no laterality / location / size / evidence (the probability is still
+    reported).  With ``heads.side_from_evidence`` (or ``side_from_evidence`` True), a sided
+    finding (the laterality head says left, right or bilateral) takes its side from where its
+    evidence lies relative to the body midline (:func:`side_from_map`): the side is read off
+    the image evidence that the draft shows."""
+    by_evidence = heads.side_from_evidence if side_from_evidence is None else side_from_evidence
     prob = out.presence_prob.detach().float().cpu()
     lat = out.laterality_logits.argmax(-1).cpu()
     loc = out.location_logits.argmax(-1).cpu()
     size = out.size_mm.detach().float().cpu()
+    n = prob.shape[1]
+    if threshold is not None:
+        thr = [float(threshold)] * n
+    elif out.thresholds is not None:
+        thr = [float(t) for t in out.thresholds.detach().float().cpu()]
+    else:
+        thr = [0.5] * n
     grid = ct.patch_grid
     res: list[list[FindingPrediction]] = []
     for b in range(prob.shape[0]):
         has_ct = bool(out.ct_used[b])
+        mid = float(out.ct_midline[b]) if out.ct_midline is not None else \
+            (ct.grid_shape[2] - 1) / 2
         case = []
         for f, label in enumerate(heads.labels):
             p = float(prob[b, f])
-            present = has_ct and p >= threshold
+            present = has_ct and p >= thr[f]
             slices = box = None
+            weights = None
             if present and out.patch_logits is not None:
-                m = torch.sigmoid(out.patch_logits[b, f].float()).reshape(grid).cpu()
+                m = torch.sigmoid(out.patch_logits[b, f].detach().float()).reshape(grid).cpu()
                 sel = m >= 0.5
-                box = _box(sel if bool(sel.any()) else m >= heads.rel_threshold * m.max(),
-                           ct.patch)
+                if not bool(sel.any()):
+                    sel = m >= heads.rel_threshold * m.max()
+                box = _box(sel, ct.patch)
                 slices = (box[0], box[3])
+                weights = m * sel
             elif present and out.loc_logits is not None:
-                m = torch.softmax(out.loc_logits[b, f].float(), -1).reshape(grid).cpu()
-                box = _box(m >= heads.rel_threshold * m.max(), ct.patch)
+                m = torch.softmax(out.loc_logits[b, f].detach().float(), -1).reshape(grid).cpu()
+                sel = m >= heads.rel_threshold * m.max()
+                box = _box(sel, ct.patch)
                 slices = (box[0], box[3])
+                weights = m * sel
+            side = LATERALITY[int(lat[b, f])]
+            if by_evidence and present and side != "none" and weights is not None:
+                side = side_from_map(weights, mid, ct.patch[2])
             spans: tuple[tuple[int, int], ...] = ()
             if present and out.emr_attr is not None and bool(out.emr_used[b]):
                 spans = _spans(out.emr_attr[b, f].detach().cpu(), heads.n_emr_spans)
             case.append(FindingPrediction(
                 label=label, present=present, probability=p,
-                laterality=LATERALITY[int(lat[b, f])] if present else None,
+                laterality=side if present else None,
                 location=heads.locations[int(loc[b, f])] if present else None,
                 size_mm=round(float(size[b, f]), 1) if present else None,
                 slices=slices, box_voxels=box, emr_token_spans=spans))

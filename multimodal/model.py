@@ -25,7 +25,7 @@ from multimodal.fusion import (
     modality_key_bias,
     total_aux,
 )
-from multimodal.heads import FindingsHead
+from multimodal.heads import FindingsHead, body_midline_x
 from multimodal.outputs import ModelInput, ModelOutput
 from multimodal.stems import CTStem, EMRStem
 
@@ -151,7 +151,9 @@ class FusionModel(nn.Module):
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
             emr_used=emr_used, align_loss=align, aux_loss=total_aux(stats),
             expert_load=load_report(stats), memory=h, memory_mask=valid, lm_logits=lm,
-            patch_logits=patch)
+            patch_logits=patch,
+            ct_midline=None if x.ct is None else body_midline_x(x.ct, self.cfg.ct),
+            thresholds=self.findings.get_buffer("thresholds"))
 
     @torch.no_grad()
     def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,

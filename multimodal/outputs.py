@@ -38,8 +38,11 @@ class ModelInput:
             raise ModalityError("ct_present is set but no CT tensor was given")
         if self.ct is not None:
             exp = (b, len(cfg.ct.windows), *cfg.ct.grid_shape)
-            if tuple(self.ct.shape) != exp or not self.ct.is_floating_point():
-                raise ShapeError(f"ct must be float {exp}, got {tuple(self.ct.shape)}")
+            pooled = (b, cfg.ct.in_channels, *cfg.ct.pooled_shape)
+            ok = tuple(self.ct.shape) == exp or (cfg.ct.pooled and tuple(self.ct.shape) == pooled)
+            if not ok or not self.ct.is_floating_point():
+                also = f" (or pre-pooled {pooled})" if cfg.ct.pooled else ""
+                raise ShapeError(f"ct must be float {exp}{also}, got {tuple(self.ct.shape)}")
         if self.emr_ids is None:
             if bool(self.emr_present.any()):
                 raise ModalityError("emr_present is set but no EMR ids were given")
@@ -76,6 +79,8 @@ class ModelOutput:
     memory_mask: Tensor  # (B, L) bool
     lm_logits: Tensor | None = None  # (B, L_r, V) when report_ids were given
     patch_logits: Tensor | None = None  # (B, F, N_ct) per-patch finding logits (heads.mil)
+    ct_midline: Tensor | None = None  # (B,) body midline, x voxel index of the model grid
+    thresholds: Tensor | None = None  # (F,) fitted decision thresholds on presence_prob
 
     @property
     def presence_prob(self) -> Tensor:

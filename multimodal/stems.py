@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multimodal.config import CTStemConfig, EMRStemConfig
@@ -47,8 +48,8 @@ class CTStem(nn.Module):
         super().__init__()
         self.cfg = cfg
         layers: list[nn.Module] = []
-        cin = len(cfg.windows)
-        rem = list(cfg.patch)
+        cin = cfg.in_channels
+        rem = [p // q for p, q in zip(cfg.patch, cfg.pre_pool, strict=True)]
         for ch, st in zip(cfg.conv_stem, cfg.stem_strides(), strict=True):
             layers += [nn.Conv3d(cin, ch, 3, stride=st, padding=1),
                        nn.GroupNorm(_groups(ch), ch), nn.GELU()]
@@ -74,11 +75,27 @@ class CTStem(nn.Module):
 
     def forward(self, ct: Tensor) -> Tensor:
         exp = (len(self.cfg.windows), *self.cfg.grid_shape)
-        if ct.ndim != 5 or tuple(ct.shape[1:]) != exp:
+        pooled = (self.cfg.in_channels, *self.cfg.pooled_shape)
+        if ct.ndim == 5 and self.cfg.pooled and tuple(ct.shape[1:]) == pooled:
+            pass  # already reduced (training stores the pooled volume: BlockPool)
+        elif ct.ndim != 5 or tuple(ct.shape[1:]) != exp:
             raise ShapeError(f"CT must be (B, {exp}), got {tuple(ct.shape)}")
+        else:
+            ct = self.pool(ct)
         x: Tensor = self.embed(self.conv(ct)).flatten(2).transpose(1, 2)  # (B, N, D)
         pos = typing.cast(Tensor, self.pos)
         return x + pos
+
+    def pool(self, ct: Tensor) -> Tensor:
+        """(B, C, Z, Y, X) -> (B, C * len(pool_stats), Z/pz, Y/py, X/px): block statistics
+        (window-major channel order); identity when ``pre_pool`` is (1, 1, 1)."""
+        k = self.cfg.pre_pool
+        if not self.cfg.pooled:
+            return ct
+        parts = {"mean": lambda: F.avg_pool3d(ct, k), "max": lambda: F.max_pool3d(ct, k),
+                 "min": lambda: -F.max_pool3d(-ct, k)}
+        stats = [parts[s]() for s in self.cfg.pool_stats]  # each (B, C, z, y, x)
+        return torch.stack(stats, 2).flatten(1, 2)
 
     def bias(self) -> Tensor | None:
         """Relative position bias (H, N, N) for the shared encoder, or None."""

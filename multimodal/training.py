@@ -19,6 +19,17 @@ from torch import nn
 from multimodal.batching import collate
 from multimodal.checkpoint import load_checkpoint, load_optimizer, save_checkpoint
 from multimodal.config import ModelConfig
+from multimodal.distributed import (
+    check_batch,
+    current_world,
+    from_rank0,
+    mean_over_ranks,
+    no_sync,
+    rank_digests,
+    shard,
+    step_seed,
+    wrap,
+)
 from multimodal.errors import CheckpointError, ShapeError
 from multimodal.losses import Targets, compute_losses
 from multimodal.outputs import ModelOutput
@@ -118,6 +129,19 @@ def step_indices(step: int, micro: int, oc: OptimConfig, n: int) -> list[int]:
     return out
 
 
+class WithLoss(nn.Module):
+    """The model and its losses in one forward: DistributedDataParallel then looks for unused
+    parameters from the losses (parameters feeding only outputs without a loss term, e.g. the
+    EMR attribution, or routed experts no token chose, get no gradient)."""
+
+    def __init__(self, model: nn.Module, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, x: Any, tg: Targets) -> dict[str, torch.Tensor]:
+        return compute_losses(self.model(x), tg, self.cfg)
+
+
 def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer,
                samples: Sequence[Mapping[str, Any]], oc: OptimConfig, out: str | Path, *,
                device: str = "cpu", resume: bool = False, stop_after: int | None = None,
@@ -126,7 +150,13 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
                ) -> dict[str, Any]:
     """Train; checkpoints go to ``out`` (latest only).  ``stop_after`` stops early (tests).
     With ``calibration`` samples, the presence temperature is fitted on them once training is
-    complete and the final checkpoint is written again with it."""
+    complete and the final checkpoint is written again with it.
+
+    In a joined process group (torchrun, :mod:`multimodal.distributed`) every rank trains a
+    DistributedDataParallel copy on its share of each step's global batch; rank 0 alone logs,
+    calibrates and writes checkpoints."""
+    world = current_world()
+    check_batch(oc.batch_size, world)
     dev = torch.device(device)
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
@@ -139,6 +169,8 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
         model.load_state_dict(m2.state_dict())
         load_optimizer(ck, opt)
         start = int(meta["step"])
+    net = wrap(WithLoss(model, cfg), dev) if world.distributed else WithLoss(model, cfg)
+    dist_meta = {"world_size": world.size} if world.distributed else {}
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     n_seen = 0
@@ -146,53 +178,87 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
     for step in range(start, oc.steps):
         if stop_after is not None and step >= stop_after:
             break
-        torch.manual_seed(oc.seed * 1_000_003 + step)
-        model.train()
+        torch.manual_seed(step_seed(oc.seed, step, world))
+        net.train()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, oc)
         opt.zero_grad(set_to_none=True)
         agg: dict[str, float] = {}
         for micro in range(oc.grad_accum):
-            batch = [samples[i] for i in step_indices(step, micro, oc, len(samples))]
+            idx = shard(step_indices(step, micro, oc, len(samples)), world)
+            batch = [samples[i] for i in idx]
             x, rep = collate(batch)
             tg = collate_targets(batch, rep)
             x, tg = to_device(x, dev), to_device(tg, dev)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                o = model(x)
-                losses = compute_losses(o, tg, cfg)
-            (losses["total"] / oc.grad_accum).backward()  # type: ignore[no-untyped-call]
+            with no_sync(net, micro < oc.grad_accum - 1):
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    losses: dict[str, torch.Tensor] = net(x, tg)
+                (losses["total"] / oc.grad_accum).backward()  # type: ignore[no-untyped-call]
             for k, v in losses.items():
                 agg[k] = agg.get(k, 0.0) + float(v.detach()) / oc.grad_accum
             n_seen += len(batch)
         if oc.clip_norm > 0:
             nn.utils.clip_grad_norm_(model.parameters(), oc.clip_norm)
         opt.step()
+        if world.distributed:  # the mean of the ranks' losses is what the step optimised
+            agg = mean_over_ranks(agg, dev)
         agg["step"] = step + 1
         history.append(agg)
-        if log is not None and ((step + 1) % oc.log_every == 0 or step == start):
+        if log is not None and world.is_main and ((step + 1) % oc.log_every == 0
+                                                  or step == start):
             log(json.dumps({k: round(v, 4) for k, v in agg.items()}))
-        if (step + 1) % oc.checkpoint_every == 0 or step + 1 in (oc.steps, stop_after):
-            meta = {"step": step + 1, "seed": oc.seed, "optim": asdict(oc), **extra_meta}
+        if world.is_main and ((step + 1) % oc.checkpoint_every == 0
+                              or step + 1 in (oc.steps, stop_after)):
+            meta = {"step": step + 1, "seed": oc.seed, "optim": asdict(oc), **extra_meta,
+                    **dist_meta}
             save_checkpoint(out, model, cfg, kind, tok, meta, opt)
     dt = time.perf_counter() - t0
     res: dict[str, Any] = {"history": history, "seconds": dt,
-                           "cases_per_s": n_seen / dt if dt > 0 else 0.0}
+                           "cases_per_s": n_seen * world.size / dt if dt > 0 else 0.0}
     done = stop_after is None or stop_after >= oc.steps
     if calibration and done:
-        cal = fit_temperature(model, calibration)
-        meta = {"step": oc.steps, "seed": oc.seed, "optim": asdict(oc), **extra_meta,
-                "calibration": cal}
-        save_checkpoint(out, model, cfg, kind, tok, meta, opt)
+        # rank 0 fits on the raw module (no collectives); the others take its buffers
+        cal = fit_temperature(model, calibration) if world.is_main else {}
+        if world.distributed:
+            cal = from_rank0(model, cal)
+        if world.is_main:
+            meta = {"step": oc.steps, "seed": oc.seed, "optim": asdict(oc), **extra_meta,
+                    **dist_meta, "calibration": cal}
+            save_checkpoint(out, model, cfg, kind, tok, meta, opt)
         res["calibration"] = cal
+    if world.distributed:
+        res.update(dist_meta, cases_this_rank=n_seen,
+                   rank_digests=rank_digests(model))
     return res
+
+
+def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: float = 0.8,
+                   min_pos: int = 3) -> torch.Tensor:
+    """(N, F) calibrated probabilities and 0/1 truth -> (F,) thresholds: per label, the one
+    of 0.20, 0.25, ..., 0.80 with the best F1 on these cases (ties: the closest to 0.5).
+    Labels with fewer than ``min_pos`` positives keep 0.5 (too few to fit)."""
+    cands = [round(lo + 0.05 * i, 2) for i in range(round((hi - lo) / 0.05) + 1)]
+    out = torch.full((prob.shape[1],), 0.5)
+    for f in range(prob.shape[1]):
+        truth = y[:, f] > 0.5
+        if int(truth.sum()) < min_pos:
+            continue
+        scores = []
+        for t in cands:
+            pred = prob[:, f] >= t
+            den = int(pred.sum()) + int(truth.sum())
+            scores.append((2 * int((pred & truth).sum()) / den if den else 0.0, -abs(t - 0.5), t))
+        out[f] = max(scores)[2]
+    return out
 
 
 @torch.no_grad()
 def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
                     grid: Sequence[float] = tuple(0.25 * 1.02 ** i for i in range(141)),
-                    ) -> dict[str, float]:
+                    ) -> dict[str, Any]:
     """Temperature scaling of the presence logits (grid search of the NLL on ``samples``,
-    cases with CT only); sets ``model.findings.temperature``."""
+    cases with CT only), then per-label decision thresholds (:func:`fit_thresholds`); sets
+    ``model.findings.temperature`` and ``model.findings.thresholds``."""
     import torch.nn.functional as F
 
     head = model.get_submodule("findings")
@@ -209,8 +275,11 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
 
     best = min(grid, key=nll)
     temp.fill_(best)
+    thr = fit_thresholds(torch.sigmoid(logits / best), y)
+    head.get_buffer("thresholds").copy_(thr)
     return {"temperature": round(best, 4), "nll_before": round(nll(old), 5),
-            "nll_after": round(nll(best), 5), "n_cases": int(has_ct.sum())}
+            "nll_after": round(nll(best), 5), "n_cases": int(has_ct.sum()),
+            "thresholds": [round(float(t), 3) for t in thr]}
 
 
 @torch.no_grad()

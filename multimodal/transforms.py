@@ -83,6 +83,37 @@ class MultiWindow:
         return np.stack(chans).astype(np.float32)
 
 
+class BlockPool:
+    """(C, Z, Y, X) -> (C * S, Z/bz, Y/by, X/bx) float32: each non-overlapping block summarised
+    by the statistics ``stats`` ("mean", "max", "min"), window-major channel order; the same
+    reduction as :meth:`multimodal.stems.CTStem.pool`, done once per case in numpy (training
+    stores the pooled volume instead of pooling it again at every step)."""
+
+    def __init__(self, block: tuple[int, int, int], stats: Sequence[str]) -> None:
+        if any(b < 1 for b in block) or not stats or \
+                any(st not in ("mean", "max", "min") for st in stats):
+            raise ShapeError(f"bad block {block} or statistics {tuple(stats)}")
+        self.block, self.stats = block, tuple(stats)
+
+    def __call__(self, ct: npt.ArrayLike) -> F32:
+        a = np.asarray(ct, dtype=np.float32)
+        bz, by, bx = self.block
+        if a.ndim != 4 or a.shape[1] % bz or a.shape[2] % by or a.shape[3] % bx:
+            raise ShapeError(f"expected (C, Z, Y, X) divisible by {self.block}, got {a.shape}")
+        c, z, y, x = a.shape
+        ufunc = {"mean": np.add, "max": np.maximum, "min": np.minimum}
+        outs = []
+        for st in self.stats:
+            v = a
+            for ax, b in ((1, bz), (2, by), (3, bx)):
+                # reduce each block along one axis: the strided slices i, i + b, ...
+                sl = [v[(slice(None),) * ax + (slice(i, None, b),)] for i in range(b)]
+                v = ufunc[st].reduce(sl) if b > 1 else v
+            outs.append(v / np.float32(bz * by * bx) if st == "mean" else v)
+        out = np.stack(outs, 1)  # (C, S, z, y, x)
+        return out.reshape(c * len(self.stats), z // bz, y // by, x // bx).astype(np.float32)
+
+
 class TokenizeText:
     """str -> (ids int64 (T,), spans int64 (T, 2)), truncated to ``max_tokens``."""
 

@@ -84,7 +84,7 @@ class RayConfig:
     #: system's temp folder, removed afterwards)
     temp_dir: str | None = None
     lease_s: float = 1800.0
-    threshold: float = 0.5
+    threshold: float | None = None
     max_rounds: int = 3
     #: memory reserved per decode task (MiB): a CT series decoded and resampled
     task_memory_mb: int = 512
@@ -122,7 +122,7 @@ class RunContext:
     labels: tuple[str, ...]
     model_cfg: Any
     lease_s: float = 1800.0
-    threshold: float = 0.5
+    threshold: float | None = None
     require_emr: bool = True
     pseudonym_key: bytes | None = None
 
@@ -307,7 +307,7 @@ def _model_cfg(checkpoint: Path) -> Any:
 
 def make_context(db_url: str, checkpoint: Path, emr_dir: Path | None, cfg: RayConfig,
                  require_emr: bool = True) -> RunContext:
-    from medassist.model_cli import finding_labels
+    from medassist.model_data import finding_labels
     from medassist.pacs.queue import worker_id
     from medassist.pipeline import PipelineProcessor
 

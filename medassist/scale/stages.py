@@ -111,7 +111,7 @@ def prepare_study(study_dir: Path, study_uid: str | None, model_cfg: Any,
                          emr_sha256=emr_sha, prepared=Prepared(study=prep.study, emr=emr_text))
 
 
-def draft_batch(lm: LoadedModel, batch: Sequence[PreparedStudy], threshold: float = 0.5
+def draft_batch(lm: LoadedModel, batch: Sequence[PreparedStudy], threshold: float | None = None
                 ) -> list[dict[str, Any] | PipelineError]:
     """The model on a batch (one forward pass).  When the batch fails as a whole, each study
     is retried alone so that one bad study fails alone (stage ``draft``)."""

@@ -38,7 +38,7 @@ def make_batch(tiny_cfg: ModelConfig) -> Callable[..., ModelInput]:
 
 @pytest.fixture(scope="session")
 def tiny_records(tiny_cfg: ModelConfig) -> list[Any]:
-    from medassist.model_cli import synth_records
+    from medassist.model_data import synth_records
 
     return list(synth_records(str(ROOT / "configs" / "synth" / "small.yaml"), tiny_cfg,
                               seed=3, n=8))

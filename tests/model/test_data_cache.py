@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medassist.model_cli import INJECTION, cached_synth_records, synth_records, text_scores
+from medassist.model_data import cached_synth_records, synth_records
+from medassist.model_eval import INJECTION, text_scores
 from multimodal.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,7 +17,7 @@ SMALL = str(ROOT / "configs" / "synth" / "small.yaml")
 
 def test_cache_returns_the_generated_cases(tiny_cfg: ModelConfig, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import medassist.model_cli as mc
+    import medassist.model_data as mc
 
     monkeypatch.setattr(mc, "CACHE_CHUNK", 2)
     direct = list(synth_records(SMALL, tiny_cfg, 3, 3, split="val"))

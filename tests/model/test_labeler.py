@@ -35,7 +35,7 @@ def test_label_sentence(sentence: str, expected: dict[str, bool]) -> None:
 
 
 def test_labeler_agrees_with_generator_reports() -> None:
-    from medassist.model_cli import finding_labels
+    from medassist.model_data import finding_labels
     from medassist.synth.case import make_case
     from medassist.synth.config import load_config
     from medassist.synth.findings import load_vocabulary

@@ -13,15 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from medassist.model_cli import (
-    TrainConfig,
-    add_parser,
-    build_tokenizer,
-    evaluate,
-    make_report,
-    record_sample,
-    train,
-)
+from medassist.model_cli import TrainConfig, add_parser, make_report, train
+from medassist.model_data import build_tokenizer, record_sample
+from medassist.model_eval import evaluate
 from multimodal.checkpoint import WEIGHTS, load_checkpoint
 from multimodal.config import ModelConfig
 from multimodal.model import FusionModel

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medassist.model_cli import build_tokenizer, record_sample
+from medassist.model_data import build_tokenizer, record_sample
 from multimodal.config import ModelConfig
 
 

@@ -1,0 +1,148 @@
+"""Pre-pooled CT stem (mean / max / min blocks), evidence-based laterality, fitted thresholds
+and the uint8 training storage."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from multimodal.batching import collate
+from multimodal.checkpoint import build_model
+from multimodal.config import CTStemConfig, ModelConfig
+from multimodal.errors import ModelConfigError, ShapeError
+from multimodal.heads import body_midline_x, predict_findings, side_from_map
+from multimodal.outputs import ModelInput
+from multimodal.training import fit_thresholds
+from multimodal.transforms import BlockPool
+
+
+def pooled_cfg(tiny_cfg: ModelConfig) -> ModelConfig:
+    ct = dataclasses.replace(tiny_cfg.ct, pre_pool=(2, 2, 2), pool_stats=("mean", "max", "min"),
+                             conv_stem=(8,))
+    return dataclasses.replace(tiny_cfg, ct=ct)
+
+
+def test_pool_config_validation() -> None:
+    with pytest.raises(ModelConfigError, match=r"divisible by ct\.pre_pool"):
+        CTStemConfig(grid_shape=(16, 32, 32), patch=(4, 8, 8), pre_pool=(3, 1, 1))
+    with pytest.raises(ModelConfigError, match="pool_stats"):
+        CTStemConfig(grid_shape=(16, 32, 32), patch=(4, 8, 8), pool_stats=("median",))
+    c = CTStemConfig(grid_shape=(16, 32, 32), patch=(4, 8, 8), pre_pool=(2, 2, 2),
+                     pool_stats=("mean", "max", "min"))
+    assert c.in_channels == 9 and c.pooled_shape == (8, 16, 16) and c.pooled
+    assert not CTStemConfig(grid_shape=(16, 32, 32), patch=(4, 8, 8)).pooled
+
+
+def test_block_pool_matches_the_stem_and_keeps_small_dense_things(
+        tiny_cfg: ModelConfig) -> None:
+    cfg = pooled_cfg(tiny_cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, "fusion").eval()
+    ct = np.random.default_rng(0).random((2, 3, *cfg.ct.grid_shape)).astype(np.float32)
+    ct[0, 0, 5, 9, 9] = 1.0  # one bright voxel: survives "max", diluted by "mean"
+    ct[0, 0, 5, 9, 9 + 1:] *= 0.1
+    pool = BlockPool(cfg.ct.pre_pool, cfg.ct.pool_stats)
+    pooled = np.stack([pool(a) for a in ct])
+    assert pooled.shape == (2, 9, *cfg.ct.pooled_shape)
+    stem_pool = model.stems["ct"].pool(torch.from_numpy(ct))  # type: ignore[operator]
+    np.testing.assert_allclose(stem_pool.numpy(), pooled, rtol=1e-6, atol=1e-6)
+    assert pooled[0, 1, 2, 4, 4] == 1.0  # window 0, "max", the block holding (5, 9, 9)
+    assert pooled[0, 2].min() <= pooled[0, 0].min()  # "min" <= "mean"
+    x_full = ModelInput(ct_present=torch.ones(2, dtype=torch.bool),
+                        emr_present=torch.zeros(2, dtype=torch.bool), ct=torch.from_numpy(ct))
+    x_pool = dataclasses.replace(x_full, ct=torch.from_numpy(pooled))
+    with torch.no_grad():
+        a, b = model(x_full), model(x_pool)
+    torch.testing.assert_close(a.presence_logits, b.presence_logits, atol=1e-5, rtol=1e-5)
+    assert a.ct_midline is not None and b.ct_midline is not None
+    torch.testing.assert_close(a.ct_midline, b.ct_midline, atol=1.0, rtol=0.0)
+    # any other shape is refused
+    bad = dataclasses.replace(x_full, ct=torch.rand(2, 9, *cfg.ct.grid_shape))
+    with pytest.raises(ShapeError):
+        model(bad)
+    with pytest.raises(ShapeError):
+        BlockPool((2, 2, 2), ("mean",))(np.zeros((3, 5, 4, 4)))
+
+
+def test_body_midline_and_side_from_map(tiny_cfg: ModelConfig) -> None:
+    cfg = tiny_cfg.ct
+    z, y, x = cfg.grid_shape
+    ct = torch.zeros(2, 3, z, y, x)  # air
+    ct[0, 0, :, 8:24, 4:12] = 1.0  # body in x 4..11 -> centroid 7.5
+    mid = body_midline_x(ct, cfg)
+    assert float(mid[0]) == pytest.approx(7.5)
+    assert float(mid[1]) == pytest.approx((x - 1) / 2)  # nothing there: the grid centre
+    px = cfg.patch[2]
+    gz, gy, gx = cfg.patch_grid
+    w = torch.zeros(gz, gy, gx)
+    w[1, 1, 0] = 0.9  # column 0: voxels 0..7, all right of a midline at 15.5 (+x = left)
+    assert side_from_map(w, 15.5, px) == "right"
+    w2 = torch.zeros(gz, gy, gx)
+    w2[1, 1, gx - 1] = 0.9
+    assert side_from_map(w2, 15.5, px) == "left"
+    assert side_from_map(w + w2, 15.5, px) == "bilateral"
+    # the same column is "left" of a midline far to the right of it
+    assert side_from_map(w, -1.0, px) == "left"
+    assert side_from_map(torch.zeros(gz, gy, gx), 15.5, px) == "none"
+
+
+def test_predict_findings_uses_fitted_thresholds_and_evidence_side(
+        tiny_cfg: ModelConfig) -> None:
+    cfg = dataclasses.replace(tiny_cfg, heads=dataclasses.replace(tiny_cfg.heads, mil=True))
+    torch.manual_seed(0)
+    model = build_model(cfg, "fusion").eval()
+    z, y, x = cfg.ct.grid_shape
+    ct = torch.zeros(1, 3, z, y, x)
+    ct[0, 0, :, 4:28, 2:30] = 1.0  # body centred at x 15.5
+    inp = ModelInput(ct_present=torch.ones(1, dtype=torch.bool),
+                     emr_present=torch.zeros(1, dtype=torch.bool), ct=ct)
+    with torch.no_grad():
+        out = model(inp)
+    assert out.patch_logits is not None and out.thresholds is not None
+    out.presence_logits[0, 0] = 0.0  # p = 0.5 exactly
+    out.laterality_logits[0, 0] = torch.tensor([0.0, 0.0, 5.0, 0.0])  # head says "right"
+    out.patch_logits[0, 0] = -8.0
+    _gz, gy, gx = cfg.ct.patch_grid
+    out.patch_logits[0, 0, (1 * gy + 1) * gx + (gx - 1)] = 8.0  # evidence in the last column
+    model.findings.thresholds[0] = 0.6
+    p = predict_findings(out, cfg.heads, cfg.ct)[0][0]
+    assert not p.present  # 0.5 < fitted 0.6
+    model.findings.thresholds[0] = 0.4
+    p = predict_findings(out, cfg.heads, cfg.ct)[0][0]
+    assert p.present and p.laterality == "right"  # the head's side (side_from_evidence off)
+    p = predict_findings(out, cfg.heads, cfg.ct, side_from_evidence=True)[0][0]
+    assert p.present and p.laterality == "left"  # the evidence lies left of the midline
+    p1 = predict_findings(out, cfg.heads, cfg.ct, threshold=0.7)[0][0]
+    assert not p1.present  # an explicit threshold overrides the fitted ones
+    out.laterality_logits[0, 0] = torch.tensor([5.0, 0.0, 0.0, 0.0])
+    assert predict_findings(out, cfg.heads, cfg.ct, side_from_evidence=True)[0][0] \
+        .laterality == "none"  # not a sided finding: the evidence does not make it one
+    out.laterality_logits[0, 0] = torch.tensor([0.0, 0.0, 5.0, 0.0])
+    ev_heads = dataclasses.replace(cfg.heads, side_from_evidence=True)  # the config switch
+    assert predict_findings(out, ev_heads, cfg.ct)[0][0].laterality == "left"
+
+
+def test_fit_thresholds() -> None:
+    prob = torch.tensor([[0.3, 0.9], [0.35, 0.1], [0.32, 0.2], [0.1, 0.8], [0.05, 0.1],
+                         [0.31, 0.1]])
+    y = torch.tensor([[1, 1], [1, 0], [1, 0], [0, 0], [0, 0], [1, 0]]).float()
+    t = fit_thresholds(prob, y)
+    assert float(t[0]) == pytest.approx(0.3)  # all four positives are 0.30..0.35
+    assert float(t[1]) == 0.5  # one positive: too few to fit, stays 0.5
+
+
+def test_uint8_storage_round_trips_within_one_step(tiny_cfg: ModelConfig) -> None:
+    from medassist.model_data import compact
+
+    ct = np.random.default_rng(1).random((3, *tiny_cfg.ct.grid_shape)).astype(np.float32)
+    s = compact({"ct": ct.copy(), "emr_ids": None})
+    assert s["ct"].dtype == np.uint8
+    x, _ = collate([s])
+    assert x.ct is not None
+    assert float((x.ct[0] - torch.from_numpy(ct)).abs().max()) <= 0.5 / 255 + 1e-6
+    pcfg = pooled_cfg(tiny_cfg)
+    sp = compact({"ct": ct.copy(), "emr_ids": None}, pcfg)
+    assert sp["ct"].shape == (9, *pcfg.ct.pooled_shape) and sp["ct"].dtype == np.uint8
