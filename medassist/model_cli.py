@@ -198,11 +198,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from multimodal.checkpoint import load_checkpoint
 
     model, cfg, kind, tok, _meta = load_checkpoint(args.checkpoint)
+    if args.int8:  # the same dynamic int8 as `report --int8`
+        import torch
+
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
+                                                       dtype=torch.qint8)
     records = list(folder_records(args.data, cfg))
     samples = [record_sample(r, cfg, tok, with_report=False) for r in records]
     res = evaluate(model, cfg, samples, tok=tok, records=records)
     res["checkpoint"] = str(args.checkpoint)
     res["model_kind"] = kind
+    res["int8"] = bool(args.int8)
     if args.json:
         print(json.dumps(res, indent=1, sort_keys=True))
     else:
@@ -280,6 +286,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on cases written by medassist synth")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--data", required=True)
+    p.add_argument("--int8", action="store_true",
+                   help="evaluate the dynamic int8 model (CPU), as `report --int8` runs it")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("report", help="draft a report for one CT study (+ EMR)")

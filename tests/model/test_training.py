@@ -148,6 +148,15 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
     assert 0.0 <= full["bleu4"] <= 100.0 and 0.0 <= full["rouge_l"] <= 1.0
     assert 0.0 <= full["injection_identical"]["cases"] <= full["injection_identical"][
         "labels"] <= 1.0
+    assert ev["int8"] is False
+    # the int8 model is evaluated as `report --int8` runs it
+    args8 = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
+                           str(synth_folder), "--json", "--int8"])
+    buf8 = io.StringIO()
+    with contextlib.redirect_stdout(buf8):
+        assert args8.func(args8) == 0
+    ev8 = json.loads(buf8.getvalue())
+    assert ev8["int8"] is True and ev8["full"]["n_cases"] == full["n_cases"]
     case = synth_folder / "test" / "case_00003"
     rep = make_report(case / "dicom", case / "emr.txt", tiny_checkpoint, threshold=0.0)
     _check_contract(rep)
