@@ -201,8 +201,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.int8:  # the same dynamic int8 as `report --int8`
         import torch
 
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
-                                                       dtype=torch.qint8)
+        model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+            model, {torch.nn.Linear}, dtype=torch.qint8)
     records = list(folder_records(args.data, cfg))
     samples = [record_sample(r, cfg, tok, with_report=False) for r in records]
     res = evaluate(model, cfg, samples, tok=tok, records=records)
