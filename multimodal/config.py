@@ -19,6 +19,10 @@ def _pos(name: str, *values: float) -> None:
         raise ModelConfigError(f"{name} must be > 0, got {values}")
 
 
+def _div3(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
+    return (a[0] // b[0], a[1] // b[1], a[2] // b[2])
+
+
 @dataclass(frozen=True)
 class CTStemConfig:
     """CT input grid (z, y, x), HU windows and the 3D patch embedding."""
@@ -69,8 +73,12 @@ class CTStemConfig:
     @property
     def pooled_shape(self) -> tuple[int, int, int]:
         """The grid after ``pre_pool``."""
-        g, k = self.grid_shape, self.pre_pool
-        return (g[0] // k[0], g[1] // k[1], g[2] // k[2])
+        return _div3(self.grid_shape, self.pre_pool)
+
+    @property
+    def stem_patch(self) -> tuple[int, int, int]:
+        """The patch in voxels of the pre-pooled grid (what the conv stem + embedding span)."""
+        return _div3(self.patch, self.pre_pool)
 
     @property
     def pooled(self) -> bool:
@@ -83,7 +91,7 @@ class CTStemConfig:
 
     def stem_strides(self) -> list[tuple[int, int, int]]:
         """Stride of each conv-stem layer; the patch embedding takes the remaining factor."""
-        rem = [p // q for p, q in zip(self.patch, self.pre_pool, strict=True)]
+        rem = list(self.stem_patch)
         out = []
         for _ in self.conv_stem:
             st = tuple(2 if r % 2 == 0 else 1 for r in rem)
@@ -93,8 +101,7 @@ class CTStemConfig:
 
     @property
     def patch_grid(self) -> tuple[int, int, int]:
-        g, p = self.grid_shape, self.patch
-        return (g[0] // p[0], g[1] // p[1], g[2] // p[2])
+        return _div3(self.grid_shape, self.patch)
 
     @property
     def n_patches(self) -> int:

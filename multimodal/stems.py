@@ -49,7 +49,7 @@ class CTStem(nn.Module):
         self.cfg = cfg
         layers: list[nn.Module] = []
         cin = cfg.in_channels
-        rem = [p // q for p, q in zip(cfg.patch, cfg.pre_pool, strict=True)]
+        rem = list(cfg.stem_patch)
         for ch, st in zip(cfg.conv_stem, cfg.stem_strides(), strict=True):
             layers += [nn.Conv3d(cin, ch, 3, stride=st, padding=1),
                        nn.GroupNorm(_groups(ch), ch), nn.GELU()]
