@@ -18,6 +18,14 @@ EMR_DEPENDENT = {"metastatic_disease_suspected": "metastatic",
                  "pneumonia": "pneumonia", "effusion_cardiogenic": "cardiogenic"}
 
 
+def side_indices(cases: Sequence[Sequence[Any]]) -> npt.NDArray[np.int64]:
+    """(N, F) index into LATERALITY of each prediction's stated side (0 where none)."""
+    from multimodal.config import LATERALITY
+
+    return np.array([[LATERALITY.index(fp.laterality) if fp.laterality else 0
+                      for fp in case] for case in cases], np.int64)
+
+
 def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
              threshold: float | None = None, tok: Any = None,
              records: Sequence[CaseRecord] | None = None) -> dict[str, Any]:
@@ -27,7 +35,6 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
     import torch
 
     from medassist.labeler import text_findings
-    from multimodal.config import LATERALITY
     from multimodal.heads import predict_findings
     from multimodal.metrics import findings_metrics
     from multimodal.training import predict
@@ -41,23 +48,20 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             continue
         outs = predict(model, samples, drop=mode)
         prob = torch.cat([o.presence_prob for o in outs]).numpy()
-        preds = [p for o in outs for p in predict_findings(o, cfg.heads, cfg.ct, threshold)]
+        # both ways of stating the side (presence does not depend on it); the draft uses the
+        # configured one
+        by_side = {ev: [p for o in outs for p in predict_findings(
+            o, cfg.heads, cfg.ct, threshold, side_from_evidence=ev)] for ev in (False, True)}
+        preds = by_side[cfg.heads.side_from_evidence]
         pred = np.array([[fp.present for fp in case] for case in preds], bool)
-        # the laterality the draft states (findings_metrics scores it on true positives)
-        lat = np.array([[LATERALITY.index(fp.laterality) if fp.laterality else 0
-                         for fp in case] for case in preds], np.int64)
         size = torch.cat([o.size_mm for o in outs]).numpy()
+        lat = side_indices(preds)  # the laterality the draft states (scored on TPs)
         m = findings_metrics(cfg.heads.labels, prob, pred, truth, lat, lat_true, size,
                              size_true)
-        # both ways of stating the side, whichever the config uses
         for name, ev in (("head", False), ("evidence", True)):
-            alt = [p for o in outs for p in predict_findings(o, cfg.heads, cfg.ct, threshold,
-                                                              side_from_evidence=ev)]
-            alat = np.array([[LATERALITY.index(fp.laterality) if fp.laterality else 0
-                              for fp in case] for case in alt], np.int64)
             m[f"laterality_acc_tp_{name}"] = findings_metrics(
-                cfg.heads.labels, prob, pred, truth, alat, lat_true, size,
-                size_true)["laterality_acc_tp"]
+                cfg.heads.labels, prob, pred, truth, side_indices(by_side[ev]), lat_true,
+                size, size_true)["laterality_acc_tp"]
         w = torch.cat([o.modality_weights for o in outs]).numpy()
         m["mean_modality_weights"] = {"ct": float(w[:, 0].mean()), "emr": float(w[:, 1].mean())}
         if tok is not None and records is not None:

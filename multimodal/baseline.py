@@ -79,7 +79,8 @@ class LateFusionModel(nn.Module):
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
             emr_used=emr_used, align_loss=zero, aux_loss=zero, expert_load=None,
             memory=memory, memory_mask=mmask, lm_logits=lm, patch_logits=patch,
-            ct_midline=None if x.ct is None else body_midline_x(x.ct, self.cfg.ct),
+            ct_midline=None if x.ct is None or self.training  # only post-processing reads it
+            else body_midline_x(x.ct, self.cfg.ct),
             thresholds=self.findings.get_buffer("thresholds"))
 
     @torch.no_grad()

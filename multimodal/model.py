@@ -152,7 +152,8 @@ class FusionModel(nn.Module):
             emr_used=emr_used, align_loss=align, aux_loss=total_aux(stats),
             expert_load=load_report(stats), memory=h, memory_mask=valid, lm_logits=lm,
             patch_logits=patch,
-            ct_midline=None if x.ct is None else body_midline_x(x.ct, self.cfg.ct),
+            ct_midline=None if x.ct is None or self.training  # only post-processing reads it
+            else body_midline_x(x.ct, self.cfg.ct),
             thresholds=self.findings.get_buffer("thresholds"))
 
     @torch.no_grad()
