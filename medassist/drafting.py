@@ -241,12 +241,12 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
         x = to_device(x, torch.device(lm.device))
     with torch.no_grad():
         out = lm.model(x)
-        ids = generate(lm.model, out, cfg.decoder.max_len - 1)
+        all_preds = predict_findings(out, cfg.heads, cfg.ct, threshold)
+        ids = generate(lm.model, out, cfg.decoder.max_len - 1, all_preds)
     if lm.device != "cpu":
         from multimodal.training import to_device
 
         out, ids = to_device(out, torch.device("cpu")), ids.cpu()
-    all_preds = predict_findings(out, cfg.heads, cfg.ct, threshold)
     return [_draft(lm, p, s, tok.decode(ids[b].tolist()), all_preds[b],
                    out.modality_weights[b])
             for b, (p, s) in enumerate(zip(batch, samples, strict=True))]
@@ -317,13 +317,14 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
 
 
 
-def generate(model: Any, out: Any, max_new: int) -> Any:
-    """Greedy report ids (B, L) of a FusionModel / LateFusionModel output."""
+def generate(model: Any, out: Any, max_new: int, findings: Any = None) -> Any:
+    """Greedy report ids (B, L) of a FusionModel / LateFusionModel output; ``findings`` (the
+    post-processed predictions of the batch) condition the text where the model does."""
     from multimodal.baseline import LateFusionModel
     from multimodal.model import FusionModel
 
     if not isinstance(model, FusionModel | LateFusionModel):
         raise ModelCLIError(f"cannot generate with {type(model).__name__}")
-    return model.generate(out, max_new=max_new)
+    return model.generate(out, max_new=max_new, findings=findings)
 
 

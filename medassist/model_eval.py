@@ -50,8 +50,10 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
         prob = torch.cat([o.presence_prob for o in outs]).numpy()
         # both ways of stating the side (presence does not depend on it); the draft uses the
         # configured one
-        by_side = {ev: [p for o in outs for p in predict_findings(
-            o, cfg.heads, cfg.ct, threshold, side_from_evidence=ev)] for ev in (False, True)}
+        per_batch = {ev: [predict_findings(o, cfg.heads, cfg.ct, threshold,
+                                           side_from_evidence=ev) for o in outs]
+                     for ev in (False, True)}
+        by_side = {ev: [p for b in per_batch[ev] for p in b] for ev in (False, True)}
         preds = by_side[cfg.heads.side_from_evidence]
         pred = np.array([[fp.present for fp in case] for case in preds], bool)
         size = torch.cat([o.size_mm for o in outs]).numpy()
@@ -65,8 +67,9 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
         w = torch.cat([o.modality_weights for o in outs]).numpy()
         m["mean_modality_weights"] = {"ct": float(w[:, 0].mean()), "emr": float(w[:, 1].mean())}
         if tok is not None and records is not None:
-            texts = [tok.decode(row.tolist()) for o in outs
-                     for row in generate(model, o, cfg.decoder.max_len - 1)]
+            texts = [tok.decode(row.tolist()) for o, fb in zip(
+                outs, per_batch[cfg.heads.side_from_evidence], strict=True)
+                     for row in generate(model, o, cfg.decoder.max_len - 1, fb)]
             tpred = np.array([[text_findings(split_sections(t)[0], cfg.heads.labels)[lab]
                                for lab in cfg.heads.labels] for t in texts], bool)
             tm = findings_metrics(cfg.heads.labels, prob, tpred, truth, lat, lat_true, size,

@@ -81,11 +81,13 @@ class LateFusionModel(nn.Module):
             memory=memory, memory_mask=mmask, lm_logits=lm, patch_logits=patch,
             ct_midline=None if x.ct is None or self.training  # only post-processing reads it
             else body_midline_x(x.ct, self.cfg.ct),
-            thresholds=self.findings.get_buffer("thresholds"))
+            **self.findings.decision_fields())
 
     @torch.no_grad()
     def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,
-                 use_cache: bool = True) -> Tensor:
+                 use_cache: bool = True, findings: object = None) -> Tensor:
+        """Report token ids (B, L); ``findings`` is accepted for the fusion model's interface
+        and not used (the baseline's decoder is not conditioned)."""
         if beam_size > 1:
             return self.decoder.beam(out.memory, out.memory_mask, max_new, beam_size)
         return self.decoder.greedy(out.memory, out.memory_mask, max_new, use_cache)

@@ -69,6 +69,13 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[ModelInput, Tensor | 
     if all(s.get("report_ids") is not None for s in samples):
         full, _m = _pad([s["report_ids"] for s in samples], PAD)
         rep_in, rep_tgt = full[:, :-1], full[:, 1:]
+    cond_p = cond_s = None
+    if rep_in is not None and all("present" in s and "laterality" in s for s in samples):
+        # decoder conditioning, teacher-forced with the true findings (training)
+        cond_p = torch.as_tensor(np.stack([np.asarray(s["present"]) for s in samples]) > 0.5)
+        cond_s = torch.as_tensor(np.stack([np.asarray(s["laterality"], np.int64)
+                                           for s in samples])).clamp_min(0)
     batch = ModelInput(ct_present=ct_present, emr_present=emr_present, ct=ct, emr_ids=emr_ids,
-                       emr_mask=emr_mask, ct_quality=quality, report_ids=rep_in)
+                       emr_mask=emr_mask, ct_quality=quality, report_ids=rep_in,
+                       cond_present=cond_p, cond_side=cond_s)
     return batch, rep_tgt

@@ -205,9 +205,14 @@ class HeadsConfig:
     #: multiple-instance presence: per-patch logits (trained on the label map), pooled by
     #: logsumexp into a per-finding score that is added to the query's presence logit
     mil: bool = False
-    #: a sided finding (the laterality head says left, right or bilateral) takes its side from
-    #: where its evidence lies relative to the body midline instead of from the head
+    #: a sided finding takes its side from where its image evidence lies relative to the body
+    #: midline instead of from the laterality head (with MIL: the per-side pooled patch scores)
     side_from_evidence: bool = False
+    #: the labels that rule applies to (their side is always read off the image); empty: every
+    #: finding that the laterality head calls left, right or bilateral
+    evidence_side_labels: tuple[str, ...] = ()
+    #: with MIL, a finding is bilateral when both sides' pooled probabilities reach this
+    bilateral_min_prob: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.labels or len(set(self.labels)) != len(self.labels):
@@ -217,6 +222,12 @@ class HeadsConfig:
         _pos("heads.size_max_mm", self.size_max_mm)
         if self.n_emr_spans < 0 or not 0 < self.rel_threshold <= 1:
             raise ModelConfigError("heads.n_emr_spans >= 0 and rel_threshold in (0, 1]")
+        unknown = sorted(set(self.evidence_side_labels) - set(self.labels))
+        if unknown:
+            raise ModelConfigError(f"heads.evidence_side_labels {unknown} are not in "
+                                   "heads.labels; list only labels the model predicts")
+        if not 0 < self.bilateral_min_prob < 1:
+            raise ModelConfigError("heads.bilateral_min_prob must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -225,6 +236,10 @@ class DecoderConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     max_len: int = 256
+    #: the decoder also attends to one token per finding type that states the findings
+    #: head's decision (present or absent, and side): the text follows the head.  Training
+    #: teacher-forces it with the true findings
+    condition: bool = False
 
     def __post_init__(self) -> None:
         _pos("decoder.depth/heads/mlp_ratio/max_len", self.depth, self.heads, self.mlp_ratio,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multimodal.config import DecoderConfig
+from multimodal.config import LATERALITY, DecoderConfig
 from multimodal.errors import ShapeError
 from multimodal.layers import Attention, Mlp, attn_bias
 from multimodal.tokenizer import BOS, EOS, PAD
@@ -25,6 +25,28 @@ class DecoderLayer(nn.Module):
         self.cross = Attention(dim, heads)
         self.n3 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+
+class FindingConditioner(nn.Module):
+    """One memory token per finding type stating a decision: label + present/absent + side
+    embeddings (decoder.condition)."""
+
+    def __init__(self, n_labels: int, dim: int) -> None:
+        super().__init__()
+        self.label = nn.Parameter(torch.randn(n_labels, dim) * 0.02)
+        self.present = nn.Embedding(2, dim)
+        self.side = nn.Embedding(len(LATERALITY), dim)
+        nn.init.normal_(self.present.weight, std=0.02)
+        nn.init.normal_(self.side.weight, std=0.02)
+
+    def forward(self, present: Tensor, side: Tensor) -> Tensor:
+        """present (B, F) bool, side (B, F) int (LATERALITY index; < 0 means none)
+        -> (B, F, D)."""
+        if present.shape != side.shape or present.shape[-1] != self.label.shape[0]:
+            raise ShapeError(f"present and side must be (B, {self.label.shape[0]})")
+        side = side.clamp_min(0) * present.long()  # an absent finding has no side
+        out: Tensor = self.label + self.present(present.long()) + self.side(side)
+        return out
 
 
 @dataclass

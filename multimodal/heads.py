@@ -4,6 +4,7 @@ its post-processing into :class:`FindingPrediction`."""
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +44,12 @@ class FindingsHead(nn.Module):
             self.patch = nn.Sequential(nn.LayerNorm(dim), lin)
             self.mil_scale = nn.Parameter(torch.ones(n))
             self.mil_bias = nn.Parameter(torch.full((n,), -6.0))
+
+    def decision_fields(self) -> dict[str, typing.Any]:
+        """The :class:`ModelOutput` fields that post-processing reads from the head: fitted
+        thresholds and the MIL pooling affine."""
+        aff = (self.mil_scale, self.mil_bias) if self.patch is not None else None
+        return {"thresholds": self.get_buffer("thresholds"), "mil_affine": aff}
 
     def patch_logits(self, ct_patch: Tensor | None, ct_valid: Tensor | None
                      ) -> tuple[Tensor | None, Tensor | None]:
@@ -152,6 +159,51 @@ def side_from_map(weights: Tensor, midline_x: float, patch_x: int,
     return "bilateral"
 
 
+def side_probs(patch_logits: Tensor, mil_scale: Tensor, mil_bias: Tensor, midline_x: float,
+               patch_x: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-side multiple-instance presence of each finding.
+
+    ``patch_logits`` (F, gz, gy, gx) of one case -> (left (F,), right (F,), left_columns
+    (gx,) bool): the logsumexp over the patches of one side of the body midline, scaled and
+    shifted like the whole-volume MIL score, as a probability.  A patch column whose centre
+    lies at larger x than the midline is on the patient's left (DICOM LPS); a side with no
+    column scores 0."""
+    gx = patch_logits.shape[-1]
+    centre = (torch.arange(gx, dtype=torch.float32) + 0.5) * patch_x - 0.5
+    left_cols = centre > midline_x
+
+    def pooled(cols: Tensor) -> Tensor:
+        if not bool(cols.any()):
+            return torch.zeros(patch_logits.shape[0])
+        lse = torch.logsumexp(patch_logits[..., cols].flatten(1), -1)  # (F,)
+        return torch.sigmoid(lse * mil_scale + mil_bias)
+
+    return pooled(left_cols), pooled(~left_cols), left_cols
+
+
+def side_from_probs(left: float, right: float, bilateral_min: float) -> str:
+    """``bilateral`` when both sides reach ``bilateral_min``, else the stronger side."""
+    if left >= bilateral_min and right >= bilateral_min:
+        return "bilateral"
+    return "left" if left > right else "right"
+
+
+_LOBE_SIDE = {"RUL": "right", "RML": "right", "RLL": "right", "LUL": "left", "LLL": "left"}
+
+
+def _location(logits: Tensor, locations: tuple[str, ...], side: str | None) -> str:
+    """The most likely location; a lobe on the other side than the finding's stated side
+    (left or right) is not chosen while a lobe of that side is a candidate."""
+    order: list[int] = logits.argsort(descending=True).tolist()
+    best = locations[order[0]]
+    if side not in ("left", "right") or _LOBE_SIDE.get(best, side) == side:
+        return best
+    for i in order:
+        if _LOBE_SIDE.get(locations[i]) == side:
+            return locations[i]
+    return best
+
+
 def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                      threshold: float | None = None, side_from_evidence: bool | None = None,
                      ) -> list[list[FindingPrediction]]:
@@ -163,11 +215,13 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
     reported).  With ``heads.side_from_evidence`` (or ``side_from_evidence`` True), a sided
     finding (the laterality head says left, right or bilateral) takes its side from where its
     evidence lies relative to the body midline (:func:`side_from_map`): the side is read off
-    the image evidence that the draft shows."""
+    the image evidence that the draft shows; with MIL, from the per-side pooled patch scores
+    (:func:`side_probs`), and the evidence box keeps that side's patches.  A lobe location
+    agrees with the stated side (:func:`_location`)."""
     by_evidence = heads.side_from_evidence if side_from_evidence is None else side_from_evidence
     prob = out.presence_prob.detach().float().cpu()
     lat = out.laterality_logits.argmax(-1).cpu()
-    loc = out.location_logits.argmax(-1).cpu()
+    loc_all = out.location_logits.detach().float().cpu()
     size = out.size_mm.detach().float().cpu()
     n = prob.shape[1]
     if threshold is not None:
@@ -182,17 +236,34 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
         has_ct = bool(out.ct_used[b])
         mid = float(out.ct_midline[b]) if out.ct_midline is not None else \
             (ct.grid_shape[2] - 1) / 2
+        sides = None
+        if by_evidence and has_ct and out.patch_logits is not None \
+                and out.mil_affine is not None:
+            sides = side_probs(out.patch_logits[b].detach().float().cpu().reshape(-1, *grid),
+                               out.mil_affine[0].detach().float().cpu(),
+                               out.mil_affine[1].detach().float().cpu(), mid, ct.patch[2])
         case = []
         for f, label in enumerate(heads.labels):
             p = float(prob[b, f])
             present = has_ct and p >= thr[f]
+            side = LATERALITY[int(lat[b, f])]
+            fixed = label in heads.evidence_side_labels
+            use_ev = by_evidence and present and (
+                fixed or (not heads.evidence_side_labels and side != "none"))
             slices = box = None
             weights = None
             if present and out.patch_logits is not None:
                 m = torch.sigmoid(out.patch_logits[b, f].detach().float()).reshape(grid).cpu()
-                sel = m >= 0.5
+                keep = torch.ones(grid, dtype=torch.bool)
+                if use_ev and sides is not None:
+                    side = side_from_probs(float(sides[0][f]), float(sides[1][f]),
+                                           heads.bilateral_min_prob)
+                    if side != "bilateral":  # the box shows the stated side's evidence
+                        cols = sides[2] if side == "left" else ~sides[2]
+                        keep = keep & cols.view(1, 1, -1)
+                sel = (m >= 0.5) & keep
                 if not bool(sel.any()):
-                    sel = m >= heads.rel_threshold * m.max()
+                    sel = (m >= heads.rel_threshold * (m * keep).max()) & keep
                 box = _box(sel, ct.patch)
                 slices = (box[0], box[3])
                 weights = m * sel
@@ -202,8 +273,7 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 box = _box(sel, ct.patch)
                 slices = (box[0], box[3])
                 weights = m * sel
-            side = LATERALITY[int(lat[b, f])]
-            if by_evidence and present and side != "none" and weights is not None:
+            if use_ev and sides is None and weights is not None:
                 side = side_from_map(weights, mid, ct.patch[2])
             spans: tuple[tuple[int, int], ...] = ()
             if present and out.emr_attr is not None and bool(out.emr_used[b]):
@@ -211,8 +281,30 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
             case.append(FindingPrediction(
                 label=label, present=present, probability=p,
                 laterality=side if present else None,
-                location=heads.locations[int(loc[b, f])] if present else None,
+                location=_location(loc_all[b, f], heads.locations, side) if present else None,
                 size_mm=round(float(size[b, f]), 1) if present else None,
                 slices=slices, box_voxels=box, emr_token_spans=spans))
         res.append(case)
     return res
+
+
+def head_decisions(presence_logits: Tensor, laterality_logits: Tensor, ct_used: Tensor,
+                   thresholds: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The head's raw decisions: present (B, F) bool (probability >= the fitted threshold,
+    CT present) and side (B, F) int64 (laterality argmax)."""
+    thr = thresholds if thresholds is not None else torch.full_like(presence_logits[0], 0.5)
+    present = (torch.sigmoid(presence_logits.detach()) >= thr) & ct_used[:, None]
+    return present, laterality_logits.detach().argmax(-1)
+
+
+def stated_decisions(findings: list[list[FindingPrediction]], labels: tuple[str, ...]
+                     ) -> tuple[Tensor, Tensor]:
+    """Post-processed findings (per case, one per label in ``labels`` order) -> present
+    (B, F) bool and side (B, F) int64."""
+    for case in findings:
+        if [p.label for p in case] != list(labels):
+            raise ValueError(f"findings must list the labels {list(labels)} in order")
+    present = torch.tensor([[p.present for p in case] for case in findings], dtype=torch.bool)
+    side = torch.tensor([[LATERALITY.index(p.laterality) if p.laterality else 0 for p in case]
+                         for case in findings], dtype=torch.long)
+    return present, side

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from multimodal.config import ModelConfig
-from multimodal.decoder import ReportDecoder
+from multimodal.decoder import FindingConditioner, ReportDecoder
 from multimodal.encoder import (
     MODALITIES,
     LongEMREncoder,
@@ -25,8 +25,8 @@ from multimodal.fusion import (
     modality_key_bias,
     total_aux,
 )
-from multimodal.heads import FindingsHead, body_midline_x
-from multimodal.outputs import ModelInput, ModelOutput
+from multimodal.heads import FindingsHead, body_midline_x, head_decisions, stated_decisions
+from multimodal.outputs import FindingPrediction, ModelInput, ModelOutput
 from multimodal.stems import CTStem, EMRStem
 
 
@@ -68,6 +68,18 @@ class FusionModel(nn.Module):
         self.fusion_norm = nn.LayerNorm(d)
         self.findings = FindingsHead(cfg.heads, d)
         self.decoder = ReportDecoder(cfg.decoder, d, cfg.emr.vocab_size)
+        self.condition = FindingConditioner(self.n_labels, d) if cfg.decoder.condition else None
+
+    def decoder_memory(self, memory: Tensor, mask: Tensor, present: Tensor, side: Tensor
+                       ) -> tuple[Tensor, Tensor]:
+        """The fused memory (B, M, D) plus, with decoder.condition, one token per finding type
+        stating ``present`` / ``side`` (B, F) -> (B, M [+ F], D) and its mask."""
+        if self.condition is None:
+            return memory, mask
+        tok = self.condition(present.to(memory.device), side.to(memory.device))  # (B, F, D)
+        return (torch.cat([memory, tok], 1),
+                torch.cat([mask, torch.ones(present.shape, dtype=torch.bool,
+                                            device=mask.device)], 1))
 
     def encode_ct(self, ct: Tensor) -> Tensor:
         """(B, C, Z, Y, X) -> (B, N, D) CT tokens after the shared encoder."""
@@ -145,7 +157,11 @@ class FusionModel(nn.Module):
             h[:, : self.n_labels], fused_ct, ct_valid, emr_tok, tok_valid, mil)
         lm = None
         if x.report_ids is not None:
-            lm = self.decoder(x.report_ids, h, valid)
+            if x.cond_present is not None and x.cond_side is not None:
+                cond = (x.cond_present, x.cond_side)  # teacher forcing: the true findings
+            else:
+                cond = head_decisions(pres, lat, ct_used, self.findings.get_buffer("thresholds"))
+            lm = self.decoder(x.report_ids, *self.decoder_memory(h, valid, *cond))
         return ModelOutput(
             presence_logits=pres, laterality_logits=lat, location_logits=loc, size_log=size,
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
@@ -154,12 +170,21 @@ class FusionModel(nn.Module):
             patch_logits=patch,
             ct_midline=None if x.ct is None or self.training  # only post-processing reads it
             else body_midline_x(x.ct, self.cfg.ct),
-            thresholds=self.findings.get_buffer("thresholds"))
+            **self.findings.decision_fields())
 
     @torch.no_grad()
     def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,
-                 use_cache: bool = True) -> Tensor:
-        """Report token ids (B, L) from the fused memory of ``out``."""
+                 use_cache: bool = True,
+                 findings: list[list[FindingPrediction]] | None = None) -> Tensor:
+        """Report token ids (B, L) from the fused memory of ``out``.  With decoder.condition
+        the text is conditioned on ``findings`` (the post-processed decisions the draft
+        states), else on the head's raw decisions."""
+        if findings is not None:
+            cond = stated_decisions(findings, self.cfg.heads.labels)
+        else:
+            cond = head_decisions(out.presence_logits, out.laterality_logits, out.ct_used,
+                                  out.thresholds)
+        mem, mask = self.decoder_memory(out.memory, out.memory_mask, *cond)
         if beam_size > 1:
-            return self.decoder.beam(out.memory, out.memory_mask, max_new, beam_size)
-        return self.decoder.greedy(out.memory, out.memory_mask, max_new, use_cache)
+            return self.decoder.beam(mem, mask, max_new, beam_size)
+        return self.decoder.greedy(mem, mask, max_new, use_cache)

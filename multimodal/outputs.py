@@ -24,6 +24,9 @@ class ModelInput:
     emr_mask: Tensor | None = None  # (B, T) bool: real (non-padding) tokens
     ct_quality: Tensor | None = None  # (B,) float in [0, 1]; default 1
     report_ids: Tensor | None = None  # (B, L) int64 decoder input (BOS ...), teacher forcing
+    #: decoder conditioning (decoder.condition), teacher forcing: the true findings
+    cond_present: Tensor | None = None  # (B, F) bool
+    cond_side: Tensor | None = None  # (B, F) int64 index into LATERALITY
 
     @property
     def batch_size(self) -> int:
@@ -56,6 +59,13 @@ class ModelInput:
                 raise ShapeError("emr_mask must be a bool tensor shaped like emr_ids")
         if self.ct_quality is not None and self.ct_quality.shape != (b,):
             raise ShapeError("ct_quality must be (B,)")
+        n = len(cfg.heads.labels)
+        if (self.cond_present is None) != (self.cond_side is None):
+            raise ShapeError("cond_present and cond_side are given together or not at all")
+        if self.cond_present is not None and self.cond_side is not None and (
+                self.cond_present.shape != (b, n) or self.cond_present.dtype != torch.bool
+                or self.cond_side.shape != (b, n) or self.cond_side.is_floating_point()):
+            raise ShapeError(f"cond_present must be (B, {n}) bool and cond_side (B, {n}) int")
         if self.report_ids is not None and (self.report_ids.ndim != 2
                                             or self.report_ids.shape[0] != b):
             raise ShapeError("report_ids must be (B, L)")
@@ -81,6 +91,8 @@ class ModelOutput:
     patch_logits: Tensor | None = None  # (B, F, N_ct) per-patch finding logits (heads.mil)
     ct_midline: Tensor | None = None  # (B,) body midline, x voxel index of the model grid
     thresholds: Tensor | None = None  # (F,) fitted decision thresholds on presence_prob
+    #: (scale (F,), bias (F,)) of the MIL pooling (heads.mil): per-side presence
+    mil_affine: tuple[Tensor, Tensor] | None = None
 
     @property
     def presence_prob(self) -> Tensor:

@@ -16,7 +16,8 @@ Guarantees (the same as one machine):
   back at once (other hosts: when the lease runs out);
 * a failing study is recorded with its stage and reason (``PipelineError: build_volume: …``)
   and the others go on; an actor or worker process that dies is restarted by Ray and its
-  batch retried; the run's job log records it (``actor_restarted``).
+  batch retried; the run's job log records it (``actor_restarted``, or ``actor_replaced``
+  when Ray Data started a new actor in its place).
 
 Ray is optional (``pip install 'medassist[ray]'``); :func:`require_ray` raises
 :class:`~medassist.errors.EngineUnavailableError` without it.  Nothing here is imported by the
@@ -391,24 +392,63 @@ def _due(factory: sessionmaker[Session], uids: Sequence[str]) -> list[dict[str, 
     return sorted(out, key=lambda r: r["study_uid"])
 
 
-def _restarted_actors(ray: ModuleType, seen: dict[str, set[int]], since_ms: int
-                      ) -> list[dict[str, Any]]:
-    """This run's actors that Ray restarted (GCS actor table: actors of this job started
-    since ``since_ms``), else those seen with more than one process id in the rows."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _our_actors(ray: ModuleType, seen: dict[str, set[int]], since_ms: int
+                ) -> dict[str, dict[str, Any]]:
+    """GCS actor-table rows of this run's draft actors (Ray's private state API)."""
+    from ray._private import state as ray_state
+
+    job = ray.get_runtime_context().get_job_id()
+    out: dict[str, dict[str, Any]] = {}
+    for aid, info in ray_state.actors().items():
+        # Ray Data wraps the actor class (``_MapWorker``): match by the actor ids seen in the
+        # rows, or by class name
+        cls = str(info.get("ActorClassName"))
+        ours = aid in seen or "DraftActor" in cls or "MapWorker" in cls
+        if info.get("JobID") == job and ours and int(info.get("StartTime") or 0) >= since_ms:
+            out[aid] = info
+    return out
+
+
+def _lagging(ray: ModuleType, table: dict[str, dict[str, Any]]) -> bool:
+    """An actor on this node that the table still shows ALIVE although its process is gone:
+    the table has not caught up with a death yet (it takes a few hundred ms)."""
+    node = ray.get_runtime_context().get_node_id()
+    return any(i.get("State") == "ALIVE" and (i.get("Address") or {}).get("NodeID") == node
+               and int(i.get("Pid") or 0) > 0 and not _pid_alive(int(i["Pid"]))
+               for i in table.values())
+
+
+def _restarted_actors(ray: ModuleType, seen: dict[str, set[int]], since_ms: int,
+                      settle_s: float = 5.0) -> list[dict[str, Any]]:
+    """This run's actors whose process died: restarted by Ray (``restarts`` >= 1), or dead
+    and replaced (``restarts`` 0, ``replaced`` True); else those seen with more than one
+    process id in the rows.
+
+    The actor table lags a death by a few hundred ms, so while an actor of this node is
+    shown ALIVE with its process gone, the table is read again (up to ``settle_s``)."""
     out: dict[str, dict[str, Any]] = {}
     try:
-        from ray._private import state as ray_state
-
-        job = ray.get_runtime_context().get_job_id()
-        for aid, info in ray_state.actors().items():
-            # Ray Data wraps the actor class (``_MapWorker``): match by the actor ids seen in
-            # the rows, or by class name
-            cls = str(info.get("ActorClassName"))
-            ours = aid in seen or "DraftActor" in cls or "MapWorker" in cls
-            if (info.get("JobID") == job and ours
-                    and int(info.get("StartTime") or 0) >= since_ms
-                    and int(info.get("NumRestarts") or 0)):
-                out[aid] = {"actor_id": aid, "restarts": int(info["NumRestarts"]),
+        deadline = time.monotonic() + settle_s
+        table = _our_actors(ray, seen, since_ms)
+        while _lagging(ray, table) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            table = _our_actors(ray, seen, since_ms)
+        for aid, info in table.items():
+            restarts = int(info.get("NumRestarts") or 0)
+            died = info.get("State") == "DEAD" and "worker process has died" in str(
+                info.get("DeathCause") or "")
+            if restarts or died:
+                out[aid] = {"actor_id": aid, "restarts": restarts, "replaced": died,
                             "pid_now": int(info.get("Pid") or 0),
                             "pids_seen": sorted(seen.get(aid, ()))}
     except Exception as exc:  # internal API: fall back on what the rows showed
@@ -462,8 +502,13 @@ def run_ray(factory: sessionmaker[Session], uids: Sequence[str], ctx: RunContext
                     on_row(r)
         process = time.monotonic() - t1
         for a in _restarted_actors(ray, seen, since_ms):
-            jl.emit("actor_restarted", logging.WARNING, **a,
-                    detail="an actor process died; Ray restarted it and retried its batch")
+            if a.get("restarts"):
+                jl.emit("actor_restarted", logging.WARNING, **a,
+                        detail="an actor process died; Ray restarted it and retried its batch")
+            else:
+                jl.emit("actor_replaced", logging.WARNING, **a,
+                        detail="an actor process died; Ray Data replaced the actor and "
+                        "retried its batch")
         return RayRun(rows=rows, log=jl, startup_s=startup, process_s=process,
                       cluster=cluster, first_row_s=first_row)
     finally:

@@ -13,7 +13,13 @@ from multimodal.batching import collate
 from multimodal.checkpoint import build_model
 from multimodal.config import CTStemConfig, ModelConfig
 from multimodal.errors import ModelConfigError, ShapeError
-from multimodal.heads import body_midline_x, predict_findings, side_from_map
+from multimodal.heads import (
+    body_midline_x,
+    predict_findings,
+    side_from_map,
+    side_from_probs,
+    side_probs,
+)
 from multimodal.outputs import ModelInput
 from multimodal.training import fit_thresholds
 from multimodal.transforms import BlockPool
@@ -123,6 +129,63 @@ def test_predict_findings_uses_fitted_thresholds_and_evidence_side(
     out.laterality_logits[0, 0] = torch.tensor([0.0, 0.0, 5.0, 0.0])
     ev_heads = dataclasses.replace(cfg.heads, side_from_evidence=True)  # the config switch
     assert predict_findings(out, ev_heads, cfg.ct)[0][0].laterality == "left"
+
+
+def test_side_probs_split_at_the_midline() -> None:
+    f, gz, gy, gx, px = 2, 2, 2, 4, 8
+    logits = torch.full((f, gz, gy, gx), -8.0)
+    logits[0, 1, 0, 3] = 6.0  # finding 0: evidence in the last column (largest x: left)
+    logits[1, 0, 1, 0] = 6.0  # finding 1: both sides
+    logits[1, 0, 1, 3] = 6.0
+    left, right, cols = side_probs(logits, torch.ones(f), torch.zeros(f), 15.5, px)
+    assert cols.tolist() == [False, False, True, True]  # centres 3.5, 11.5 | 19.5, 27.5
+    assert float(left[0]) > 0.99 and float(right[0]) < 0.01
+    assert side_from_probs(float(left[0]), float(right[0]), 0.5) == "left"
+    assert side_from_probs(float(left[1]), float(right[1]), 0.5) == "bilateral"
+    assert side_from_probs(0.2, 0.3, 0.5) == "right"  # neither side strong: the stronger one
+    # a midline beyond the grid: every column on one side, the other side scores 0
+    left, right, cols = side_probs(logits, torch.ones(f), torch.zeros(f), 100.0, px)
+    assert not bool(cols.any()) and float(left.max()) == 0.0
+
+
+def test_evidence_side_labels_box_and_lobe(tiny_cfg: ModelConfig) -> None:
+    """A label in ``evidence_side_labels`` takes its side from the per-side MIL scores even
+    when the laterality head says "none"; the box keeps that side's patches; a lobe on the
+    other side is not stated."""
+    heads = dataclasses.replace(tiny_cfg.heads, mil=True, side_from_evidence=True,
+                                evidence_side_labels=("lung_nodule",))
+    cfg = dataclasses.replace(tiny_cfg, heads=heads)
+    torch.manual_seed(0)
+    model = build_model(cfg, "fusion").eval()
+    z, y, x = cfg.ct.grid_shape
+    ct = torch.zeros(1, 3, z, y, x)
+    ct[0, 0, :, 4:28, 2:30] = 1.0  # body centred at x 15.5
+    inp = ModelInput(ct_present=torch.ones(1, dtype=torch.bool),
+                     emr_present=torch.zeros(1, dtype=torch.bool), ct=ct)
+    with torch.no_grad():
+        out = model(inp)
+    assert out.mil_affine is not None
+    _gz, gy, gx = cfg.ct.patch_grid
+    out.presence_logits[0, :2] = 5.0
+    for f in (0, 1):
+        out.laterality_logits[0, f] = torch.tensor([5.0, 0.0, 0.0, 0.0])  # head: "none"
+        out.patch_logits[0, f] = -8.0
+        out.patch_logits[0, f, (1 * gy + 1) * gx + (gx - 1)] = 12.0  # strong, left column
+        out.patch_logits[0, f, (1 * gy + 1) * gx + 0] = 2.0  # weaker, right column
+    locs = cfg.heads.locations
+    out.location_logits[0, 0] = 0.0
+    out.location_logits[0, 0, locs.index("RUL")] = 3.0  # the head's lobe is on the right
+    out.location_logits[0, 0, locs.index("LLL")] = 2.0
+    nod, mass = predict_findings(out, cfg.heads, cfg.ct)[0][:2]
+    assert nod.laterality == "left" and nod.location == "LLL"
+    assert nod.box_voxels is not None and nod.box_voxels[2] == (gx - 1) * cfg.ct.patch[2]
+    assert mass.laterality == "none"  # not listed, and the head says none
+    off = predict_findings(out, cfg.heads, cfg.ct, side_from_evidence=False)[0][0]
+    assert off.laterality == "none" and off.location == "RUL"  # the head's answers
+    with pytest.raises(ModelConfigError, match="evidence_side_labels"):
+        dataclasses.replace(heads, evidence_side_labels=("spleen",))
+    with pytest.raises(ModelConfigError, match="bilateral_min_prob"):
+        dataclasses.replace(heads, bilateral_min_prob=1.0)
 
 
 def test_fit_thresholds() -> None:
