@@ -258,7 +258,8 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
 
     study, emr = prep.study, prep.emr
     findings_text, impression = split_sections(text)
-    findings_text, contradicted = guard(findings_text, {p.label: p.present for p in preds})
+    findings_text, contradicted = guard(findings_text, {p.label: p.present for p in preds},
+                                        {p.label: p.laterality for p in preds if p.present})
     spans_chr = sample.get("emr_spans")
     items = []
     for p in preds:

@@ -85,19 +85,42 @@ def text_findings(text: str, labels: Iterable[str]) -> dict[str, bool]:
     return found
 
 
-def guard(text: str, head: Mapping[str, bool]) -> tuple[str, set[str]]:
+_SIDE_WORDS = {"left": re.compile(r"\bleft\b|\bL[UL]L\b"),
+               "right": re.compile(r"\bright\b|\bR[UML]L\b")}
+
+
+def _side_clash(sentence: str, side: str | None) -> bool:
+    """The sentence names only the other side than ``side`` (left / right)."""
+    if side not in _SIDE_WORDS:
+        return False
+    other = "right" if side == "left" else "left"
+    return bool(_SIDE_WORDS[other].search(sentence)) and not _SIDE_WORDS[side].search(sentence)
+
+
+def guard(text: str, head: Mapping[str, bool],
+          sides: Mapping[str, str | None] | None = None) -> tuple[str, set[str]]:
     """Flag sentences that contradict the findings head.
 
-    Returns the text with each contradicting sentence prefixed by ``[UNVERIFIED: ...]`` and
-    the set of labels that were contradicted."""
+    A sentence contradicts the head when it affirms a finding the head calls absent or
+    negates one it calls present; with ``sides`` (label -> the stated laterality), also when
+    it affirms exactly one finding that the head places on one side and names only the other
+    side.  Returns the text with each contradicting sentence prefixed by
+    ``[UNVERIFIED: ...]`` and the set of labels that were contradicted."""
     out: list[str] = []
     bad: set[str] = set()
     for s in label_text(text):
         clash = sorted(lab for lab, pos in s.labels.items() if lab in head and pos != head[lab])
-        if clash:
-            bad.update(clash)
-            out.append(f"[UNVERIFIED: contradicts the findings head ({', '.join(clash)})] "
-                       f"{s.text}")
+        affirmed = [lab for lab, pos in s.labels.items() if pos]
+        side_clash = []
+        if sides is not None and len(affirmed) == 1 and affirmed[0] not in clash \
+                and _side_clash(s.text, sides.get(affirmed[0])):
+            side_clash = affirmed
+        if clash or side_clash:
+            bad.update(clash + side_clash)
+            why = [f"contradicts the findings head ({', '.join(clash)})"] if clash else []
+            why += [f"names the other side than the findings head ({side_clash[0]})"] \
+                if side_clash else []
+            out.append(f"[UNVERIFIED: {'; '.join(why)}] {s.text}")
         else:
             out.append(s.text)
     return " ".join(out), bad

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from multimodal.config import LATERALITY, DecoderConfig
 from multimodal.errors import ShapeError
 from multimodal.layers import Attention, Mlp, attn_bias
+from multimodal.outputs import FindingPrediction
 from multimodal.tokenizer import BOS, EOS, PAD
 
 
@@ -47,6 +48,28 @@ class FindingConditioner(nn.Module):
         side = side.clamp_min(0) * present.long()  # an absent finding has no side
         out: Tensor = self.label + self.present(present.long()) + self.side(side)
         return out
+
+
+def head_decisions(presence_logits: Tensor, laterality_logits: Tensor, ct_used: Tensor,
+                   thresholds: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The head's raw decisions: present (B, F) bool (probability >= the fitted threshold,
+    CT present) and side (B, F) int64 (laterality argmax)."""
+    thr = thresholds if thresholds is not None else torch.full_like(presence_logits[0], 0.5)
+    present = (torch.sigmoid(presence_logits.detach()) >= thr) & ct_used[:, None]
+    return present, laterality_logits.detach().argmax(-1)
+
+
+def stated_decisions(findings: list[list[FindingPrediction]], labels: tuple[str, ...]
+                     ) -> tuple[Tensor, Tensor]:
+    """Post-processed findings (per case, one per label in ``labels`` order) -> present
+    (B, F) bool and side (B, F) int64."""
+    for case in findings:
+        if [p.label for p in case] != list(labels):
+            raise ValueError(f"findings must list the labels {list(labels)} in order")
+    present = torch.tensor([[p.present for p in case] for case in findings], dtype=torch.bool)
+    side = torch.tensor([[LATERALITY.index(p.laterality) if p.laterality else 0 for p in case]
+                         for case in findings], dtype=torch.long)
+    return present, side
 
 
 @dataclass

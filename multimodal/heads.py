@@ -287,24 +287,3 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
         res.append(case)
     return res
 
-
-def head_decisions(presence_logits: Tensor, laterality_logits: Tensor, ct_used: Tensor,
-                   thresholds: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The head's raw decisions: present (B, F) bool (probability >= the fitted threshold,
-    CT present) and side (B, F) int64 (laterality argmax)."""
-    thr = thresholds if thresholds is not None else torch.full_like(presence_logits[0], 0.5)
-    present = (torch.sigmoid(presence_logits.detach()) >= thr) & ct_used[:, None]
-    return present, laterality_logits.detach().argmax(-1)
-
-
-def stated_decisions(findings: list[list[FindingPrediction]], labels: tuple[str, ...]
-                     ) -> tuple[Tensor, Tensor]:
-    """Post-processed findings (per case, one per label in ``labels`` order) -> present
-    (B, F) bool and side (B, F) int64."""
-    for case in findings:
-        if [p.label for p in case] != list(labels):
-            raise ValueError(f"findings must list the labels {list(labels)} in order")
-    present = torch.tensor([[p.present for p in case] for case in findings], dtype=torch.bool)
-    side = torch.tensor([[LATERALITY.index(p.laterality) if p.laterality else 0 for p in case]
-                         for case in findings], dtype=torch.long)
-    return present, side

@@ -9,7 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from multimodal.config import ModelConfig
-from multimodal.decoder import FindingConditioner, ReportDecoder
+from multimodal.decoder import (
+    FindingConditioner,
+    ReportDecoder,
+    head_decisions,
+    stated_decisions,
+)
 from multimodal.encoder import (
     MODALITIES,
     LongEMREncoder,
@@ -25,7 +30,7 @@ from multimodal.fusion import (
     modality_key_bias,
     total_aux,
 )
-from multimodal.heads import FindingsHead, body_midline_x, head_decisions, stated_decisions
+from multimodal.heads import FindingsHead, body_midline_x
 from multimodal.outputs import FindingPrediction, ModelInput, ModelOutput
 from multimodal.stems import CTStem, EMRStem
 

@@ -13,8 +13,9 @@ import torch
 
 from multimodal.batching import collate
 from multimodal.config import ModelConfig
+from multimodal.decoder import head_decisions, stated_decisions
 from multimodal.errors import ShapeError
-from multimodal.heads import head_decisions, predict_findings, stated_decisions
+from multimodal.heads import predict_findings
 from multimodal.model import FusionModel
 from multimodal.outputs import FindingPrediction, ModelInput
 

@@ -59,3 +59,18 @@ def test_guard_flags_contradicting_sentences() -> None:
     assert bad == {"pleural_effusion"}
     assert out.startswith("[UNVERIFIED") and "A 5 mm nodule" in out
     assert out.count("UNVERIFIED") == 1
+
+
+def test_guard_flags_the_other_side() -> None:
+    text = ("A 5 mm nodule in the right upper lobe. Small left pleural effusion. "
+            "Consolidation in the RLL. There is no pneumothorax on the left.")
+    head = {"lung_nodule": True, "pleural_effusion": True, "consolidation": True,
+            "pneumothorax": False}
+    sides = {"lung_nodule": "left", "pleural_effusion": "left", "consolidation": "left"}
+    out, bad = guard(text, head, sides)
+    assert bad == {"lung_nodule", "consolidation"}  # right upper lobe; RLL
+    assert out.count("names the other side") == 2 and out.count("UNVERIFIED") == 2
+    assert "right upper lobe. Small left pleural effusion. [UNVERIFIED" in out  # not flagged
+    # a bilateral finding, or no sides given: nothing about sides is flagged
+    assert guard(text, head, {"lung_nodule": "bilateral"})[1] == set()
+    assert guard(text, head)[1] == set()
