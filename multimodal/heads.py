@@ -286,4 +286,3 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 slices=slices, box_voxels=box, emr_token_spans=spans))
         res.append(case)
     return res
-
