@@ -27,6 +27,7 @@ from medassist.model_data import (
     compact,
     finding_labels,
     folder_records,
+    iter_cached_chunks,
     record_sample,
     synth_records,
 )
@@ -109,6 +110,24 @@ def load_records(tc: TrainConfig, cfg: Any) -> list[CaseRecord]:
     return list(synth_records(tc.synth_config, cfg, tc.data_seed, tc.train_cases))
 
 
+def training_samples(tc: TrainConfig, cfg: Any, tok: Any,
+                     records: list[CaseRecord] | None) -> list[dict[str, Any]]:
+    """Compact training samples of ``records`` (consumed: each record is dropped as its
+    sample is built), or with None of the case cache, one chunk of volumes at a time."""
+    samples: list[dict[str, Any]] = []
+    if records is None:
+        for chunk in iter_cached_chunks(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
+                                        tc.train_cases):
+            samples += [compact(record_sample(r, cfg, tok, tc.max_emr_tokens), cfg)
+                        for r in chunk]
+        return samples
+    records.reverse()
+    while records:
+        samples.append(compact(record_sample(records.pop(), cfg, tok, tc.max_emr_tokens),
+                               cfg))
+    return samples
+
+
 # --------------------------------------------------------------------------- train
 
 def train(tc: TrainConfig, *, device: str = "cpu", resume: bool = False,
@@ -150,19 +169,23 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
     finished = False
     if resume and (out / "meta.json").is_file():
         finished = int(json.loads((out / "meta.json").read_text())["step"]) >= oc.steps
-    # a finished run resumed (e.g. to calibrate) needs no training data
-    records = [] if finished else load_records(tc, cfg)
+    # a finished run resumed (e.g. to calibrate) needs no training data; from the case cache
+    # the first pass reads the notes and reports only (the tokenizer's corpus), and the
+    # samples are then built one chunk of volumes at a time
+    chunked = bool(tc.cache_dir) and not tc.data_dir
+    if finished:
+        records: list[CaseRecord] = []
+    elif chunked:
+        records = cached_synth_records(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
+                                       tc.train_cases, images=False)
+    else:
+        records = load_records(tc, cfg)
     t_data = time.perf_counter() - t0
     if resume:
         tok = WordTokenizer.load(out / VOCAB)
     else:
         tok = build_tokenizer(records, cfg.emr.vocab_size)
-    # one case at a time, so the records' memory is freed as the samples are built
-    records.reverse()
-    samples = []
-    while records:
-        samples.append(compact(record_sample(records.pop(), cfg, tok, tc.max_emr_tokens),
-                               cfg))
+    samples = training_samples(tc, cfg, tok, None if chunked and not finished else records)
     torch_seed(oc.seed)
     model = build_model(cfg, tc.model_kind)
     cal = None

@@ -163,18 +163,29 @@ CACHE_CHUNK = 200
 
 
 def cached_synth_records(cache_dir: str | Path, synth_config: str, model_cfg: Any, seed: int,
-                         n: int, split: str = "train", shift: bool = False) -> list[CaseRecord]:
+                         n: int, split: str = "train", shift: bool = False,
+                         images: bool = True) -> list[CaseRecord]:
     """:func:`synth_records`, stored in ``cache_dir`` in chunks of :data:`CACHE_CHUNK` cases
-    on first use (the same cases, HU rounded to int16 and returned as int16)."""
-    out: list[CaseRecord] = []
+    on first use (the same cases, HU rounded to int16 and returned as int16).  With
+    ``images`` False the records carry no HU or label map (notes, reports and findings only:
+    the cache is filled, but nothing large is kept)."""
+    return [r for chunk in iter_cached_chunks(cache_dir, synth_config, model_cfg, seed, n,
+                                              split, shift, images) for r in chunk]
+
+
+def iter_cached_chunks(cache_dir: str | Path, synth_config: str, model_cfg: Any, seed: int,
+                       n: int, split: str = "train", shift: bool = False,
+                       images: bool = True) -> Iterator[list[CaseRecord]]:
+    """The cases of :func:`cached_synth_records`, one chunk at a time (a consumer that keeps
+    only what it derives from a chunk holds one chunk's volumes at most)."""
     for start in range(0, n, CACHE_CHUNK):
-        out += _cached_chunk(cache_dir, synth_config, model_cfg, seed, start,
-                             min(CACHE_CHUNK, n - start), split, shift)
-    return out
+        yield _cached_chunk(cache_dir, synth_config, model_cfg, seed, start,
+                            min(CACHE_CHUNK, n - start), split, shift, images)
 
 
 def _cached_chunk(cache_dir: str | Path, synth_config: str, model_cfg: Any, seed: int,
-                  start: int, n: int, split: str, shift: bool) -> list[CaseRecord]:
+                  start: int, n: int, split: str, shift: bool, images: bool = True
+                  ) -> list[CaseRecord]:
     import hashlib
 
     key = json.dumps([Path(synth_config).read_text(encoding="utf-8"), seed, split, shift,
@@ -191,12 +202,12 @@ def _cached_chunk(cache_dir: str | Path, synth_config: str, model_cfg: Any, seed
                  lab=np.stack([np.asarray(r.label_map, np.uint8) for r in recs]),
                  meta=np.asarray(json.dumps(meta)))
         tmp.replace(path)
-    with np.load(path) as z:
+    with np.load(path) as z:  # members are read on access: no volumes without ``images``
         meta = json.loads(str(z["meta"]))
-        hu, lab = z["hu"], z["lab"]
-        return [CaseRecord(case_id=m["case_id"], hu=hu[i],
-                           label_map=lab[i], findings=m["findings"], emr=m["emr"],
-                           report_text=m["report_text"], meta=m["meta"])
+        hu, lab = (z["hu"], z["lab"]) if images else (None, None)
+        return [CaseRecord(case_id=m["case_id"], hu=None if hu is None else hu[i],
+                           label_map=None if lab is None else lab[i], findings=m["findings"],
+                           emr=m["emr"], report_text=m["report_text"], meta=m["meta"])
                 for i, m in enumerate(meta)]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medassist.model_data import cached_synth_records, synth_records
+from medassist.model_data import cached_synth_records, iter_cached_chunks, synth_records
 from medassist.model_eval import INJECTION, text_scores
 from multimodal.config import ModelConfig
 
@@ -30,6 +30,17 @@ def test_cache_returns_the_generated_cases(tiny_cfg: ModelConfig, tmp_path: Path
         assert a.hu is not None and c.hu is not None and a.label_map is not None
         assert np.abs(a.hu - c.hu).max() <= 0.5  # HU stored as int16
         assert np.array_equal(a.label_map, c.label_map)
+    # text-only records (the trainer's tokenizer pass): the same cases without volumes
+    texts = cached_synth_records(tmp_path, SMALL, tiny_cfg, 3, 3, "val", images=False)
+    assert [(t.case_id, t.emr, t.report_text, t.findings) for t in texts] == \
+        [(c.case_id, c.emr, c.report_text, c.findings) for c in again]
+    assert all(t.hu is None and t.label_map is None for t in texts)
+    # chunk by chunk (the trainer builds samples one chunk of volumes at a time)
+    chunks = list(iter_cached_chunks(tmp_path, SMALL, tiny_cfg, 3, 3, "val"))
+    assert [len(c) for c in chunks] == [2, 1]
+    assert [r.case_id for c in chunks for r in c] == [r.case_id for r in again]
+    assert chunks[1][0].hu is not None and again[2].hu is not None
+    assert np.array_equal(chunks[1][0].hu, again[2].hu)
     # another seed is another key, not a stale hit
     other = cached_synth_records(tmp_path, SMALL, tiny_cfg, 4, 1, "val")
     assert other[0].hu is not None and direct[0].hu is not None

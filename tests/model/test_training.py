@@ -226,3 +226,31 @@ def test_train_late_fusion_baseline(tmp_path: Path) -> None:
     model, _cfg, kind, _tok, _meta = load_checkpoint(tmp_path / "late")
     assert kind == "late" and type(model).__name__ == "LateFusionModel"
     assert res["final"]["step"] == 2 and res["final"]["moe_balance"] == 0.0
+
+
+def test_chunked_samples_equal_the_whole_cache(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training from the case cache builds its samples one chunk of volumes at a time; they
+    equal the samples of all records loaded at once."""
+    import dataclasses
+
+    import medassist.model_data as md
+    from medassist.model_cli import load_records, training_samples
+    from multimodal.config import load_model_config
+
+    monkeypatch.setattr(md, "CACHE_CHUNK", 2)
+    tc = dataclasses.replace(_tc(tmp_path / "o"), train_cases=5, cache_dir=str(tmp_path / "c"))
+    cfg = load_model_config(tc.model_config)
+    texts = md.cached_synth_records(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
+                                    tc.train_cases, images=False)  # fills the cache
+    tok = build_tokenizer(texts, cfg.emr.vocab_size)
+    whole = load_records(tc, cfg)
+    assert tok.vocab == build_tokenizer(whole, cfg.emr.vocab_size).vocab
+    a = training_samples(tc, cfg, tok, None)
+    b = training_samples(tc, cfg, tok, whole)
+    assert not whole and len(a) == len(b) == 5  # the records were consumed
+    for sa, sb in zip(a, b, strict=True):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            same = np.array_equal(sa[k], sb[k], equal_nan=True) if sa[k] is not None else None
+            assert (sa[k] is None and sb[k] is None) or same, k
