@@ -4,6 +4,7 @@ and the uint8 training storage."""
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ from multimodal.heads import (
     side_from_probs,
     side_probs,
 )
-from multimodal.outputs import ModelInput
+from multimodal.model import FusionModel
+from multimodal.outputs import ModelInput, ModelOutput
 from multimodal.training import fit_thresholds
 from multimodal.transforms import BlockPool
 
@@ -95,9 +97,9 @@ def test_body_midline_and_side_from_map(tiny_cfg: ModelConfig) -> None:
     assert side_from_map(torch.zeros(gz, gy, gx), 15.5, px) == "none"
 
 
-def test_predict_findings_uses_fitted_thresholds_and_evidence_side(
-        tiny_cfg: ModelConfig) -> None:
-    cfg = dataclasses.replace(tiny_cfg, heads=dataclasses.replace(tiny_cfg.heads, mil=True))
+def _body_output(cfg: ModelConfig) -> tuple[FusionModel, ModelOutput]:
+    """A fresh model (seed 0) and its eval output for one CT whose body is centred at x 15.5
+    (no EMR)."""
     torch.manual_seed(0)
     model = build_model(cfg, "fusion").eval()
     z, y, x = cfg.ct.grid_shape
@@ -107,6 +109,13 @@ def test_predict_findings_uses_fitted_thresholds_and_evidence_side(
                      emr_present=torch.zeros(1, dtype=torch.bool), ct=ct)
     with torch.no_grad():
         out = model(inp)
+    return typing.cast(FusionModel, model), out
+
+
+def test_predict_findings_uses_fitted_thresholds_and_evidence_side(
+        tiny_cfg: ModelConfig) -> None:
+    cfg = dataclasses.replace(tiny_cfg, heads=dataclasses.replace(tiny_cfg.heads, mil=True))
+    model, out = _body_output(cfg)
     assert out.patch_logits is not None and out.thresholds is not None
     out.presence_logits[0, 0] = 0.0  # p = 0.5 exactly
     out.laterality_logits[0, 0] = torch.tensor([0.0, 0.0, 5.0, 0.0])  # head says "right"
@@ -155,15 +164,7 @@ def test_evidence_side_labels_box_and_lobe(tiny_cfg: ModelConfig) -> None:
     heads = dataclasses.replace(tiny_cfg.heads, mil=True, side_from_evidence=True,
                                 evidence_side_labels=("lung_nodule",))
     cfg = dataclasses.replace(tiny_cfg, heads=heads)
-    torch.manual_seed(0)
-    model = build_model(cfg, "fusion").eval()
-    z, y, x = cfg.ct.grid_shape
-    ct = torch.zeros(1, 3, z, y, x)
-    ct[0, 0, :, 4:28, 2:30] = 1.0  # body centred at x 15.5
-    inp = ModelInput(ct_present=torch.ones(1, dtype=torch.bool),
-                     emr_present=torch.zeros(1, dtype=torch.bool), ct=ct)
-    with torch.no_grad():
-        out = model(inp)
+    _model, out = _body_output(cfg)
     assert out.mil_affine is not None
     _gz, gy, gx = cfg.ct.patch_grid
     out.presence_logits[0, :2] = 5.0
