@@ -162,11 +162,15 @@ class FusionModel(nn.Module):
             h[:, : self.n_labels], fused_ct, ct_valid, emr_tok, tok_valid, mil)
         lm = None
         if x.report_ids is not None:
-            if x.cond_present is not None and x.cond_side is not None:
-                cond = (x.cond_present, x.cond_side)  # teacher forcing: the true findings
-            else:
-                cond = head_decisions(pres, lat, ct_used, self.findings.get_buffer("thresholds"))
-            lm = self.decoder(x.report_ids, *self.decoder_memory(h, valid, *cond))
+            mem, mask = h, valid
+            if self.condition is not None:
+                if x.cond_present is not None and x.cond_side is not None:
+                    cond = (x.cond_present, x.cond_side)  # teacher forcing: the true findings
+                else:
+                    cond = head_decisions(pres, lat, ct_used,
+                                          self.findings.get_buffer("thresholds"))
+                mem, mask = self.decoder_memory(h, valid, *cond)
+            lm = self.decoder(x.report_ids, mem, mask)
         return ModelOutput(
             presence_logits=pres, laterality_logits=lat, location_logits=loc, size_log=size,
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
