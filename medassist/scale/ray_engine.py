@@ -16,8 +16,10 @@ Guarantees (the same as one machine):
   back at once (other hosts: when the lease runs out);
 * a failing study is recorded with its stage and reason (``PipelineError: build_volume: …``)
   and the others go on; an actor or worker process that dies is restarted by Ray and its
-  batch retried; the run's job log records it (``actor_restarted``, or ``actor_replaced``
-  when Ray Data started a new actor in its place).
+  batch retried; the run's job log records the death (``worker_died``, with the process id
+  and Ray's exit type, from Ray's worker table) and, when Ray's actor table shows it in time,
+  the restart (``actor_restarted``, or ``actor_replaced`` when Ray Data started a new actor
+  in its place).
 
 Ray is optional (``pip install 'medassist[ray]'``); :func:`require_ray` raises
 :class:`~medassist.errors.EngineUnavailableError` without it.  Nothing here is imported by the
@@ -459,6 +461,47 @@ def _restarted_actors(ray: ModuleType, seen: dict[str, set[int]], since_ms: int,
     return list(out.values())
 
 
+#: worker exit types that mean a process died without being asked to (Ray's WorkerExitType)
+_UNEXPECTED_EXITS = ("SYSTEM_ERROR", "NODE_OUT_OF_MEMORY")
+
+
+def _dead_workers(ray: ModuleType, since_ms: int, settle_s: float = 5.0
+                  ) -> list[dict[str, Any]]:
+    """Worker processes of this job that died unexpectedly (killed, crashed, out of memory)
+    after ``since_ms``, from Ray's worker table (GCS; private API).
+
+    Unlike the actor table this records every death, whether or not Ray restarted the actor
+    before the run ended.  A local worker whose process is gone but which the table still
+    shows alive (the raylet reports a death within ~100 ms) makes it read again, up to
+    ``settle_s``."""
+    import importlib
+
+    from ray._private import state as ray_state
+
+    # generated protobuf modules (no type information)
+    common_pb2: Any = importlib.import_module("ray.core.generated.common_pb2")
+    gcs_pb2: Any = importlib.import_module("ray.core.generated.gcs_pb2")
+    job = str(ray.get_runtime_context().get_job_id())
+    deadline = time.monotonic() + settle_s
+    while True:
+        rows = [gcs_pb2.WorkerTableData.FromString(raw) for raw in
+                ray_state.state._connect_and_get_accessor().get_worker_table()]
+        lagging = [w for w in rows if w.is_alive and w.pid > 0 and w.start_time_ms >= since_ms
+                   and w.worker_type == common_pb2.WORKER and not _pid_alive(w.pid)]
+        if not lagging or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    out = []
+    for w in rows:
+        exit_type = common_pb2.WorkerExitType.Name(w.exit_type)
+        if (not w.is_alive and w.job_id.hex() == job and w.end_time_ms >= since_ms
+                and exit_type in _UNEXPECTED_EXITS):
+            out.append({"pid": int(w.pid), "exit_type": exit_type,
+                        "exit_detail": w.exit_detail[:200],
+                        "node_ip": w.worker_address.ip_address})
+    return sorted(out, key=lambda d: (d["node_ip"], d["pid"]))
+
+
 def run_ray(factory: sessionmaker[Session], uids: Sequence[str], ctx: RunContext,
             cfg: RayConfig, *, joblog: JobLog | None = None,
             on_row: Callable[[dict[str, Any]], None] | None = None) -> RayRun:
@@ -509,6 +552,19 @@ def run_ray(factory: sessionmaker[Session], uids: Sequence[str], ctx: RunContext
                 jl.emit("actor_replaced", logging.WARNING, **a,
                         detail="an actor process died; Ray Data replaced the actor and "
                         "retried its batch")
+        try:
+            dead = _dead_workers(ray, since_ms)
+        except Exception as exc:  # internal API: the actor events above still stand
+            log.debug("worker table unavailable: %s", exc)
+            dead = []
+        actor_of = {(r["node_id"], int(r["pid"])): r["actor_id"] for r in rows}
+        ip_of = {str(n.get("NodeID")): str(n.get("NodeManagerAddress")) for n in ray.nodes()}
+        by_ip_pid = {(ip_of.get(node, ""), pid): aid for (node, pid), aid in actor_of.items()}
+        for d in dead:
+            jl.emit("worker_died", logging.WARNING, **d,
+                    actor_id=by_ip_pid.get((d["node_ip"], d["pid"]), ""),
+                    detail="a Ray worker process of this run died; its task or batch was "
+                    "retried elsewhere")
         return RayRun(rows=rows, log=jl, startup_s=startup, process_s=process,
                       cluster=cluster, first_row_s=first_row)
     finally:
