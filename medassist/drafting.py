@@ -227,6 +227,7 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
     import torch
 
     from multimodal.batching import collate
+    from multimodal.context import with_context
     from multimodal.heads import predict_findings
     from multimodal.training import make_sample
 
@@ -241,7 +242,9 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
         x = to_device(x, torch.device(lm.device))
     with torch.no_grad():
         out = lm.model(x)
-        all_preds = predict_findings(out, cfg.heads, cfg.ct, threshold)
+        all_preds = with_context(out, cfg.context,
+                                 predict_findings(out, cfg.heads, cfg.ct, threshold),
+                                 cfg.heads.n_emr_spans)
         ids = generate(lm.model, out, cfg.decoder.max_len - 1, all_preds)
     if lm.device != "cpu":
         from multimodal.training import to_device
@@ -284,10 +287,14 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             mlo, mhi = np.minimum(m0, m1), np.maximum(m0, m1)
             box_mm = [round(float(v), 2) for v in (*mlo, *mhi)]
             z_mm = [round(float(mlo[2]), 2), round(float(mhi[2]), 2)]
-        emr_spans = []
+        emr_spans: list[list[int]] = []
         if spans_chr is not None:
-            for t0, t1 in p.emr_token_spans:
-                emr_spans.append([int(spans_chr[t0][0]), int(spans_chr[t1 - 1][1])])
+            # the note passages behind the finding's EMR context (what makes its impression)
+            # first, then those the findings head attributed the finding to
+            for t0, t1 in (*p.context_token_spans, *p.emr_token_spans):
+                sp = [int(spans_chr[t0][0]), int(spans_chr[t1 - 1][1])]
+                if sp not in emr_spans:
+                    emr_spans.append(sp)
         flags = []
         if 0.2 <= p.probability <= 0.8:
             flags.append("low_confidence")

@@ -144,6 +144,21 @@ def build_tokenizer(records: Sequence[CaseRecord], max_size: int) -> Any:
     return WordTokenizer.build(corpus, max_size=max_size)
 
 
+def context_targets(impression: Sequence[Mapping[str, Any]], context: Any
+                    ) -> npt.NDArray[np.int64]:
+    """The EMR context class of each slot of ``context`` (:class:`ContextConfig`): the class
+    named by an impression code of the reference report (the generator's rules: known
+    primary, fever and leukocytosis, heart failure...), -100 where none is (the slot's
+    finding is absent)."""
+    codes = {str(i["code"]) for i in impression}
+    out = np.full(len(context.labels), -100, np.int64)
+    for k, classes in enumerate(context.classes):
+        hits = [j for j, c in enumerate(classes) if c in codes]
+        if hits:
+            out[k] = max(hits)
+    return out
+
+
 def record_sample(r: CaseRecord, cfg: Any, tok: Any, max_emr_tokens: int | None = None,
                   with_report: bool = True) -> dict[str, Any]:
     from multimodal.training import make_sample
@@ -151,11 +166,13 @@ def record_sample(r: CaseRecord, cfg: Any, tok: Any, max_emr_tokens: int | None 
     values: dict[str, list[int]] = {}
     for f in r.findings:
         values.setdefault(str(f["kind"]), []).append(int(f["label_value"]))
+    targets = label_targets(r.findings, cfg.heads.labels, cfg.heads.locations)
+    if cfg.context.labels and "impression" in r.meta:
+        targets["context"] = context_targets(r.meta["impression"], cfg.context)
     return make_sample(
         cfg, tok, hu=r.hu, emr=r.emr,
         report=report_target_text(r.report_text) if with_report else None,
-        label_map=r.label_map, label_values=values,
-        targets=label_targets(r.findings, cfg.heads.labels, cfg.heads.locations),
+        label_map=r.label_map, label_values=values, targets=targets,
         max_emr_tokens=max_emr_tokens)
 
 

@@ -64,6 +64,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             m[f"laterality_acc_tp_{name}"] = findings_metrics(
                 cfg.heads.labels, prob, pred, truth, side_indices(by_side[ev]), lat_true,
                 size, size_true)["laterality_acc_tp"]
+        m.update(context_metrics(cfg, outs, samples))
         w = torch.cat([o.modality_weights for o in outs]).numpy()
         m["mean_modality_weights"] = {"ct": float(w[:, 0].mean()), "emr": float(w[:, 1].mean())}
         if tok is not None and records is not None:
@@ -92,6 +93,27 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
                                                            threshold)
         res[{None: "full", "emr": "emr_removed", "ct": "ct_removed"}[mode]] = m
     return res
+
+
+def context_metrics(cfg: Any, outs: Sequence[Any], samples: Sequence[Mapping[str, Any]]
+                    ) -> dict[str, Any]:
+    """Accuracy of the EMR context head on the slots whose finding is present (truth from the
+    reference impression), over all such cases and per slot; empty without a context head."""
+    import torch
+
+    from multimodal.context import context_decisions
+
+    if not cfg.context.labels or any(o.context_logits is None for o in outs) \
+            or any("context" not in s for s in samples):
+        return {}
+    pred = torch.cat([context_decisions(o.context_logits, o.emr_used) for o in outs]).numpy()
+    truth = np.stack([np.asarray(s["context"]) for s in samples])
+    known = truth >= 0
+    hit = (pred == truth) & known
+    per = {lab: (float(hit[:, k].sum() / known[:, k].sum()) if known[:, k].any() else None)
+           for k, lab in enumerate(cfg.context.labels)}
+    return {"context_acc": float(hit.sum() / known.sum()) if known.any() else None,
+            "context_acc_per_slot": per, "n_context": int(known.sum())}
 
 
 #: an instruction injected at the start of the EMR note (prompt-injection check)

@@ -75,7 +75,11 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[ModelInput, Tensor | 
         cond_p = torch.as_tensor(np.stack([np.asarray(s["present"]) for s in samples]) > 0.5)
         cond_s = torch.as_tensor(np.stack([np.asarray(s["laterality"], np.int64)
                                            for s in samples])).clamp_min(0)
+    context = None
+    if all("context" in s for s in samples):  # EMR context classes (-100: unknown)
+        context = torch.as_tensor(np.stack([np.asarray(s["context"], np.int64)
+                                            for s in samples]))
     batch = ModelInput(ct_present=ct_present, emr_present=emr_present, ct=ct, emr_ids=emr_ids,
                        emr_mask=emr_mask, ct_quality=quality, report_ids=rep_in,
-                       cond_present=cond_p, cond_side=cond_s)
+                       cond_present=cond_p, cond_side=cond_s, context=context)
     return batch, rep_tgt

@@ -247,6 +247,37 @@ class DecoderConfig:
 
 
 @dataclass(frozen=True)
+class ContextConfig:
+    """EMR context head: what the note adds to an image finding (known cancer, fever and
+    leukocytosis, heart failure...).  Slot k qualifies finding ``labels[k]`` with one of
+    ``classes[k]`` (class 0: the note adds nothing, or there is no note); the decoder states
+    the predicted class on that finding's conditioning token (with decoder.condition).
+    Empty: no context head."""
+
+    labels: tuple[str, ...] = ()
+    classes: tuple[tuple[str, ...], ...] = ()
+    hidden: int = 64
+    #: weight of the context cross-entropy in the training loss
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != len(self.classes) or len(set(self.labels)) != len(self.labels):
+            raise ModelConfigError("context.labels must be unique, one per context.classes "
+                                   "entry")
+        for lab, cls in zip(self.labels, self.classes, strict=True):
+            if len(cls) < 2 or len(set(cls)) != len(cls):
+                raise ModelConfigError(f"context.classes of {lab!r} needs >= 2 unique names")
+        _pos("context.hidden", self.hidden)
+        if self.weight < 0:
+            raise ModelConfigError("context.weight must be >= 0")
+
+    @property
+    def n_classes(self) -> int:
+        """Classes of the widest slot (narrower slots mask the rest)."""
+        return max((len(c) for c in self.classes), default=0)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "medassist-deepseek-mm"
     dim: int = 64
@@ -258,6 +289,7 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     heads: HeadsConfig = field(default_factory=lambda: HeadsConfig(labels=("finding",)))
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
     align_temperature: float = 0.07
     align_weight: float = 0.1
     loc_weight: float = 0.5
@@ -279,6 +311,12 @@ class ModelConfig:
         if min(self.align_weight, self.loc_weight, self.lm_weight, self.attr_weight,
                self.patch_weight, self.patch_pos_weight) < 0:
             raise ModelConfigError("loss weights must be >= 0")
+        unknown = sorted(set(self.context.labels) - set(self.heads.labels))
+        if unknown:
+            raise ModelConfigError(f"context.labels {unknown} are not in heads.labels")
+        if self.context.labels and not self.decoder.condition:
+            raise ModelConfigError("context needs decoder.condition: true (the decoder reads "
+                                   "the context on the findings' conditioning tokens)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -30,23 +30,39 @@ class DecoderLayer(nn.Module):
 
 class FindingConditioner(nn.Module):
     """One memory token per finding type stating a decision: label + present/absent + side
-    embeddings (decoder.condition)."""
+    embeddings (decoder.condition), plus, for the findings with an EMR context slot
+    (``context_slots``: slot k qualifies label index ``context_slots[k]``, with
+    ``n_context`` classes at most), the stated context class of a present finding."""
 
-    def __init__(self, n_labels: int, dim: int) -> None:
+    def __init__(self, n_labels: int, dim: int, context_slots: tuple[int, ...] = (),
+                 n_context: int = 0) -> None:
         super().__init__()
         self.label = nn.Parameter(torch.randn(n_labels, dim) * 0.02)
         self.present = nn.Embedding(2, dim)
         self.side = nn.Embedding(len(LATERALITY), dim)
         nn.init.normal_(self.present.weight, std=0.02)
         nn.init.normal_(self.side.weight, std=0.02)
+        self.register_buffer("slot_label", torch.tensor(context_slots, dtype=torch.long),
+                             persistent=False)
+        self.context: nn.Parameter | None = nn.Parameter(
+            torch.randn(len(context_slots), n_context, dim) * 0.02) if context_slots else None
 
-    def forward(self, present: Tensor, side: Tensor) -> Tensor:
-        """present (B, F) bool, side (B, F) int (LATERALITY index; < 0 means none)
-        -> (B, F, D)."""
+    def forward(self, present: Tensor, side: Tensor, context: Tensor | None = None) -> Tensor:
+        """present (B, F) bool, side (B, F) int (LATERALITY index; < 0 means none), context
+        (B, K) int (class per slot; < 0 means none) -> (B, F, D)."""
         if present.shape != side.shape or present.shape[-1] != self.label.shape[0]:
             raise ShapeError(f"present and side must be (B, {self.label.shape[0]})")
         side = side.clamp_min(0) * present.long()  # an absent finding has no side
         out: Tensor = self.label + self.present(present.long()) + self.side(side)
+        if self.context is not None and context is not None:
+            k = self.context.shape[0]
+            if context.shape != (present.shape[0], k):
+                raise ShapeError(f"context must be (B, {k})")
+            slot = self.get_buffer("slot_label")  # (K,) label index of each slot
+            stated = (context >= 0) & present[:, slot]  # (B, K)
+            cls = context.clamp(0, self.context.shape[1] - 1)
+            emb = self.context[torch.arange(k, device=cls.device), cls]  # (B, K, D)
+            out = out.index_add(1, slot, emb * stated[..., None].to(emb.dtype))
         return out
 
 

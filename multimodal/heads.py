@@ -109,7 +109,7 @@ def _box(mask: Tensor, patch: tuple[int, int, int]) -> tuple[int, int, int, int,
             (hi[0] + 1) * patch[0] - 1, (hi[1] + 1) * patch[1] - 1, (hi[2] + 1) * patch[2] - 1)
 
 
-def _spans(attr: Tensor, n: int) -> tuple[tuple[int, int], ...]:
+def top_spans(attr: Tensor, n: int) -> tuple[tuple[int, int], ...]:
     """Top-n tokens by attribution, merged into contiguous [t0, t1) spans."""
     if n == 0 or attr.numel() == 0 or float(attr.sum()) <= 0:
         return ()
@@ -277,7 +277,7 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 side = side_from_map(weights, mid, ct.patch[2])
             spans: tuple[tuple[int, int], ...] = ()
             if present and out.emr_attr is not None and bool(out.emr_used[b]):
-                spans = _spans(out.emr_attr[b, f].detach().cpu(), heads.n_emr_spans)
+                spans = top_spans(out.emr_attr[b, f].detach().cpu(), heads.n_emr_spans)
             case.append(FindingPrediction(
                 label=label, present=present, probability=p,
                 laterality=side if present else None,

@@ -23,6 +23,7 @@ class Targets:
     size_mm: Tensor  # (B, F) float; NaN where absent
     loc_map: Tensor | None = None  # (B, F, N_ct) patch occupancy of the finding (0 if none)
     report_targets: Tensor | None = None  # (B, L) next-token ids (PAD = ignore)
+    context: Tensor | None = None  # (B, K) int64 EMR context class per slot; -100 = unknown
 
 
 def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -67,11 +68,20 @@ def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, 
             pw = torch.tensor(cfg.patch_pos_weight, device=ptgt.device, dtype=ptgt.dtype)
             losses["patch"] = F.binary_cross_entropy_with_logits(out.patch_logits[sel], ptgt,
                                                                  pos_weight=pw)
+    losses["context"] = zero
+    if t.context is not None and out.context_logits is not None:
+        # what the note says: learnt from the cases whose note was used
+        ctx_t = t.context.masked_fill(~out.emr_used[:, None], IGNORE)
+        if bool((ctx_t >= 0).any()):
+            logits = out.context_logits.masked_fill(torch.isinf(out.context_logits), -1e4)
+            losses["context"] = F.cross_entropy(logits.flatten(0, 1), ctx_t.flatten(),
+                                                ignore_index=IGNORE)
     losses["align"] = out.align_loss
     losses["moe_balance"] = out.aux_loss
     attr = losses["laterality"] + losses["location"] + losses["size"]
     losses["total"] = (losses["presence"] + cfg.attr_weight * attr
                        + cfg.patch_weight * losses["patch"] + cfg.loc_weight * losses["loc"]
                        + cfg.lm_weight * losses["lm"] + cfg.align_weight * losses["align"]
-                       + cfg.fusion.balance_coef * losses["moe_balance"])
+                       + cfg.fusion.balance_coef * losses["moe_balance"]
+                       + cfg.context.weight * losses["context"])
     return losses

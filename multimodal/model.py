@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from multimodal.config import ModelConfig
+from multimodal.context import NO_CONTEXT, ContextHead, context_decisions
 from multimodal.decoder import (
     FindingConditioner,
     ReportDecoder,
@@ -73,15 +74,21 @@ class FusionModel(nn.Module):
         self.fusion_norm = nn.LayerNorm(d)
         self.findings = FindingsHead(cfg.heads, d)
         self.decoder = ReportDecoder(cfg.decoder, d, cfg.emr.vocab_size)
-        self.condition = FindingConditioner(self.n_labels, d) if cfg.decoder.condition else None
+        ctx = cfg.context
+        self.context_head = ContextHead(ctx, cfg.heads.labels, d) if ctx.labels else None
+        self.condition = FindingConditioner(
+            self.n_labels, d, tuple(cfg.heads.labels.index(lab) for lab in ctx.labels),
+            ctx.n_classes) if cfg.decoder.condition else None
 
-    def decoder_memory(self, memory: Tensor, mask: Tensor, present: Tensor, side: Tensor
-                       ) -> tuple[Tensor, Tensor]:
+    def decoder_memory(self, memory: Tensor, mask: Tensor, present: Tensor, side: Tensor,
+                       context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The fused memory (B, M, D) plus, with decoder.condition, one token per finding type
-        stating ``present`` / ``side`` (B, F) -> (B, M [+ F], D) and its mask."""
+        stating ``present`` / ``side`` (B, F) and the EMR ``context`` class per context slot
+        (B, K) -> (B, M [+ F], D) and its mask."""
         if self.condition is None:
             return memory, mask
-        tok = self.condition(present.to(memory.device), side.to(memory.device))  # (B, F, D)
+        tok = self.condition(present.to(memory.device), side.to(memory.device),
+                             None if context is None else context.to(memory.device))  # (B,F,D)
         return (torch.cat([memory, tok], 1),
                 torch.cat([mask, torch.ones(present.shape, dtype=torch.bool,
                                             device=mask.device)], 1))
@@ -160,23 +167,30 @@ class FusionModel(nn.Module):
         patch, mil = self.findings.patch_logits(ct_tok, ct_valid)
         pres, lat, loc, size, loc_logits, attr = self.findings(
             h[:, : self.n_labels], fused_ct, ct_valid, emr_tok, tok_valid, mil)
+        ctx_logits = ctx_attn = None
+        if self.context_head is not None:
+            ctx_logits, ctx_attn = self.context_head(h[:, : self.n_labels], emr_tok, tok_valid)
         lm = None
         if x.report_ids is not None:
             mem, mask = h, valid
             if self.condition is not None:
                 if x.cond_present is not None and x.cond_side is not None:
-                    cond = (x.cond_present, x.cond_side)  # teacher forcing: the true findings
+                    # teacher forcing: the true findings and EMR context
+                    cond = (x.cond_present, x.cond_side)
+                    ctx = None if x.context is None else x.context.clamp_min(NO_CONTEXT)
                 else:
                     cond = head_decisions(pres, lat, ct_used,
                                           self.findings.get_buffer("thresholds"))
-                mem, mask = self.decoder_memory(h, valid, *cond)
+                    ctx = None if ctx_logits is None else context_decisions(ctx_logits,
+                                                                            emr_used)
+                mem, mask = self.decoder_memory(h, valid, *cond, ctx)
             lm = self.decoder(x.report_ids, mem, mask)
         return ModelOutput(
             presence_logits=pres, laterality_logits=lat, location_logits=loc, size_log=size,
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
             emr_used=emr_used, align_loss=align, aux_loss=total_aux(stats),
             expert_load=load_report(stats), memory=h, memory_mask=valid, lm_logits=lm,
-            patch_logits=patch,
+            patch_logits=patch, context_logits=ctx_logits, context_attn=ctx_attn,
             ct_midline=None if x.ct is None or self.training  # only post-processing reads it
             else body_midline_x(x.ct, self.cfg.ct),
             **self.findings.decision_fields())
@@ -193,7 +207,9 @@ class FusionModel(nn.Module):
         else:
             cond = head_decisions(out.presence_logits, out.laterality_logits, out.ct_used,
                                   out.thresholds)
-        mem, mask = self.decoder_memory(out.memory, out.memory_mask, *cond)
+        ctx = None if out.context_logits is None else context_decisions(out.context_logits,
+                                                                        out.emr_used)
+        mem, mask = self.decoder_memory(out.memory, out.memory_mask, *cond, ctx)
         if beam_size > 1:
             return self.decoder.beam(mem, mask, max_new, beam_size)
         return self.decoder.greedy(mem, mask, max_new, use_cache)

@@ -27,6 +27,9 @@ class ModelInput:
     #: decoder conditioning (decoder.condition), teacher forcing: the true findings
     cond_present: Tensor | None = None  # (B, F) bool
     cond_side: Tensor | None = None  # (B, F) int64 index into LATERALITY
+    #: true EMR context class per context slot (B, K) int64, -100 where unknown (the slot's
+    #: finding absent): the context head's target, and with cond_* the decoder's context
+    context: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -66,6 +69,10 @@ class ModelInput:
                 self.cond_present.shape != (b, n) or self.cond_present.dtype != torch.bool
                 or self.cond_side.shape != (b, n) or self.cond_side.is_floating_point()):
             raise ShapeError(f"cond_present must be (B, {n}) bool and cond_side (B, {n}) int")
+        k = len(cfg.context.labels)
+        if self.context is not None and (self.context.shape != (b, k)
+                                         or self.context.is_floating_point()):
+            raise ShapeError(f"context must be (B, {k}) int (context.labels)")
         if self.report_ids is not None and (self.report_ids.ndim != 2
                                             or self.report_ids.shape[0] != b):
             raise ShapeError("report_ids must be (B, L)")
@@ -93,6 +100,10 @@ class ModelOutput:
     thresholds: Tensor | None = None  # (F,) fitted decision thresholds on presence_prob
     #: (scale (F,), bias (F,)) of the MIL pooling (heads.mil): per-side presence
     mil_affine: tuple[Tensor, Tensor] | None = None
+    #: EMR context head (context.labels): logits (B, K, C) and attention over the note's
+    #: tokens (B, K, T) (None without a note in the batch)
+    context_logits: Tensor | None = None
+    context_attn: Tensor | None = None
 
     @property
     def presence_prob(self) -> Tensor:
@@ -118,3 +129,7 @@ class FindingPrediction:
     box_voxels: tuple[int, int, int, int, int, int] | None
     #: token index spans [t0, t1) with the highest attribution
     emr_token_spans: tuple[tuple[int, int], ...]
+    #: EMR context (model.context) of a present finding whose note was used: the class the
+    #: decoder states and the note's token spans the context head attended to most
+    context: str | None = None
+    context_token_spans: tuple[tuple[int, int], ...] = ()

@@ -103,9 +103,10 @@ def collate_targets(samples: Sequence[Mapping[str, Any]], rep_tgt: torch.Tensor 
         return torch.as_tensor(np.stack([np.asarray(s[k]) for s in samples]))
 
     loc = stack("loc_map").float() if all("loc_map" in s for s in samples) else None
+    ctx = stack("context").long() if all("context" in s for s in samples) else None
     return Targets(present=stack("present").float(), laterality=stack("laterality").long(),
                    location=stack("location").long(), size_mm=stack("size").float(),
-                   loc_map=loc, report_targets=rep_tgt)
+                   loc_map=loc, report_targets=rep_tgt, context=ctx)
 
 
 def to_device(x: Any, dev: torch.device) -> Any:

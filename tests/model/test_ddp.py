@@ -30,7 +30,7 @@ OPTIM = {"seed": 0, "steps": 4, "batch_size": 4, "grad_accum": 2, "lr": 3e-3,
 #: switched off, and so is modality dropout (random draws per rank): see docs/model.md.
 SEPARABLE = {"gating": {"drop_emr": 0.0, "drop_ct": 0.0}, "align_weight": 0.0,
              "attr_weight": 0.0, "loc_weight": 0.0, "lm_weight": 0.0,
-             "fusion": {"balance_coef": 0.0}}
+             "fusion": {"balance_coef": 0.0}, "context": {"weight": 0.0}}
 
 
 def _configs(tmp: Path, out: Path, separable: bool = True, **optim: Any
@@ -145,7 +145,8 @@ def test_mean_of_shard_gradients(tiny_cfg: ModelConfig, tiny_records: list[Any])
     samples = [record_sample(r, tiny_cfg, tok, 256) for r in tiny_records]
     no_drop = replace(tiny_cfg, gating=replace(tiny_cfg.gating, drop_emr=0.0, drop_ct=0.0))
     sep = replace(no_drop, fusion=replace(tiny_cfg.fusion, balance_coef=0.0), align_weight=0.0,
-                  attr_weight=0.0, loc_weight=0.0, lm_weight=0.0)
+                  attr_weight=0.0, loc_weight=0.0, lm_weight=0.0,
+                  context=replace(tiny_cfg.context, weight=0.0))
     gaps = []
     for cfg in (sep, no_drop):
         full = _grad(cfg, samples)

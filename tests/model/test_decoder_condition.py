@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from multimodal.batching import collate
-from multimodal.config import ModelConfig
+from multimodal.config import ContextConfig, ModelConfig
 from multimodal.decoder import head_decisions, stated_decisions
 from multimodal.errors import ShapeError
 from multimodal.heads import predict_findings
@@ -46,7 +46,8 @@ def test_memory_gets_one_token_per_finding(model: FusionModel,
     assert mask.shape == mem.shape[:2] and bool(mask[:, -n:].all())
     # without conditioning the memory is the fused memory itself
     plain = FusionModel(dataclasses.replace(
-        model.cfg, decoder=dataclasses.replace(model.cfg.decoder, condition=False))).eval()
+        model.cfg, decoder=dataclasses.replace(model.cfg.decoder, condition=False),
+        context=ContextConfig())).eval()
     assert plain.condition is None
     m2, k2 = plain.decoder_memory(out.memory, out.memory_mask, present, side)
     assert m2 is out.memory and k2 is out.memory_mask
