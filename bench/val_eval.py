@@ -2,10 +2,14 @@
 were fitted on), without text generation: used to choose between checkpoints or
 post-processing rules before the held-out test splits are scored.
 
-    .venv/bin/python bench/val_eval.py CHECKPOINT [--val 192] [--cache runs/cache]
+    .venv/bin/python bench/val_eval.py CHECKPOINT [--val 192] [--cache runs/cache] [--text]
+                                      [--data DIR]
 
 Prints micro-F1 and laterality on true positives (the stated side, the laterality head's, and
-the side read off the image) as JSON.  The cases come from
+the side read off the image) as JSON; with ``--text`` the reports are generated too (both
+modalities only) and their text micro-F1, EMR-dependent impression accuracy and the EMR
+context head's accuracy are added.  ``--data DIR`` scores the cases of a ``medassist synth``
+folder instead (e.g. a test split, once the choice is made).  The cases come from
 ``medassist.model_data.cached_synth_records`` (configs/synth/small.yaml, seed 7, split val).
 """
 
@@ -21,7 +25,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medassist.model_data import cached_synth_records, record_sample  # noqa: E402
+from medassist.model_data import (  # noqa: E402
+    cached_synth_records,
+    folder_records,
+    record_sample,
+)
 from medassist.model_eval import evaluate  # noqa: E402
 from multimodal.checkpoint import load_checkpoint  # noqa: E402
 
@@ -31,15 +39,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint")
     ap.add_argument("--val", type=int, default=192)
     ap.add_argument("--cache", default=str(REPO / "runs" / "cache"))
+    ap.add_argument("--text", action="store_true")
+    ap.add_argument("--data", default="", help="score a `medassist synth` folder instead")
     a = ap.parse_args(argv)
     model, cfg, _kind, tok, _meta = load_checkpoint(a.checkpoint)
-    recs = cached_synth_records(a.cache, str(REPO / "configs/synth/small.yaml"), cfg, 7, a.val,
-                                "val")
+    if a.data:
+        recs = list(folder_records(a.data, cfg))
+    else:
+        recs = cached_synth_records(a.cache, str(REPO / "configs/synth/small.yaml"), cfg, 7,
+                                    a.val, "val")
     samples = [record_sample(r, cfg, tok, with_report=False) for r in recs]
     with torch.no_grad():
-        full = evaluate(model, cfg, samples)["full"]
-    keys = ("micro_f1", "macro_auroc", "laterality_acc_tp", "laterality_acc_tp_head",
-            "laterality_acc_tp_evidence")
+        full = evaluate(model, cfg, samples, tok=tok if a.text else None,
+                        records=recs if a.text else None, modes=(None,),
+                        injection=False)["full"]
+    keys = ["micro_f1", "macro_auroc", "laterality_acc_tp", "laterality_acc_tp_head",
+            "laterality_acc_tp_evidence"]
+    if a.text:
+        keys += ["text_micro_f1", "impression_acc_emr_dependent", "n_emr_dependent"]
+    keys += [k for k in ("context_acc", "context_acc_per_slot", "n_context",
+                         "context_recall_nonzero", "n_context_nonzero",
+                         "context_false_nonzero") if k in full]
     print(json.dumps({"checkpoint": a.checkpoint, "n_cases": len(samples),
                       **{k: full[k] for k in keys}}, indent=1))
     return 0

@@ -180,7 +180,6 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
                                        tc.train_cases, images=False)
     else:
         records = load_records(tc, cfg)
-    t_data = time.perf_counter() - t0
     if resume:
         tok = WordTokenizer.load(out / VOCAB)
     else:
@@ -194,6 +193,7 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
                                    tc.val_cases, "val") if tc.cache_dir else \
             synth_records(tc.synth_config, cfg, tc.data_seed, tc.val_cases, split="val")
         cal = [record_sample(r, cfg, tok, tc.max_emr_tokens, with_report=False) for r in val]
+    t_data = time.perf_counter() - t0  # cases read or generated, samples built
     meta = {"model_config": tc.model_config, "data": {
         "source": tc.data_dir or f"medassist.synth fast path ({tc.synth_config})",
         "data_seed": tc.data_seed, "train_cases": tc.train_cases, "val_cases": tc.val_cases}}

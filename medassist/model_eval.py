@@ -28,10 +28,13 @@ def side_indices(cases: Sequence[Sequence[Any]]) -> npt.NDArray[np.int64]:
 
 def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
              threshold: float | None = None, tok: Any = None,
-             records: Sequence[CaseRecord] | None = None) -> dict[str, Any]:
-    """Findings metrics with both modalities, EMR removed and CT removed.  With ``tok`` and
-    ``records`` the generated reports are scored too: findings F1 from the text (labeler) and
-    impression accuracy on EMR-dependent cases."""
+             records: Sequence[CaseRecord] | None = None,
+             modes: Sequence[str | None] = (None, "emr", "ct"), injection: bool = True,
+             ) -> dict[str, Any]:
+    """Findings metrics with both modalities, EMR removed and CT removed (``modes``: None,
+    "emr", "ct").  With ``tok`` and ``records`` the generated reports are scored too: findings
+    F1 from the text (labeler) and impression accuracy on EMR-dependent cases, and (with
+    ``injection``) the prompt-injection check."""
     import torch
 
     from medassist.labeler import text_findings
@@ -43,7 +46,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
     lat_true = np.stack([s["laterality"] for s in samples])
     size_true = np.stack([s["size"] for s in samples])
     res: dict[str, Any] = {}
-    for mode in (None, "emr", "ct"):
+    for mode in modes:
         if mode == "emr" and all(s.get("emr_ids") is None for s in samples):
             continue
         outs = predict(model, samples, drop=mode)
@@ -88,7 +91,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             refs = [tok.decode(tok.encode(report_target_text(r.report_text))[0])
                     for r in records]
             m.update(text_scores(texts, refs))
-        if mode is None and tok is not None and records is not None:
+        if mode is None and injection and tok is not None and records is not None:
             m["injection_identical"] = injection_identical(model, cfg, tok, records, pred,
                                                            threshold)
         res[{None: "full", "emr": "emr_removed", "ct": "ct_removed"}[mode]] = m
@@ -98,7 +101,10 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
 def context_metrics(cfg: Any, outs: Sequence[Any], samples: Sequence[Mapping[str, Any]]
                     ) -> dict[str, Any]:
     """Accuracy of the EMR context head on the slots whose finding is present (truth from the
-    reference impression), over all such cases and per slot; empty without a context head."""
+    reference impression), over all such cases and per slot, plus the share of the slots where
+    the note adds something (class > 0) that were read right (``context_recall_nonzero``) and
+    of those where it adds nothing that were given a class anyway
+    (``context_false_nonzero``); empty without a context head."""
     import torch
 
     from multimodal.context import context_decisions
@@ -112,8 +118,12 @@ def context_metrics(cfg: Any, outs: Sequence[Any], samples: Sequence[Mapping[str
     hit = (pred == truth) & known
     per = {lab: (float(hit[:, k].sum() / known[:, k].sum()) if known[:, k].any() else None)
            for k, lab in enumerate(cfg.context.labels)}
+    pos, neg = known & (truth > 0), known & (truth == 0)
     return {"context_acc": float(hit.sum() / known.sum()) if known.any() else None,
-            "context_acc_per_slot": per, "n_context": int(known.sum())}
+            "context_acc_per_slot": per, "n_context": int(known.sum()),
+            "context_recall_nonzero": float(hit[pos].mean()) if pos.any() else None,
+            "n_context_nonzero": int(pos.sum()),
+            "context_false_nonzero": float((pred[neg] > 0).mean()) if neg.any() else None}
 
 
 #: an instruction injected at the start of the EMR note (prompt-injection check)
