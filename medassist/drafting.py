@@ -257,11 +257,17 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
 
 def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str,
            preds: Sequence[Any], w: Any) -> dict[str, Any]:
-    from medassist.labeler import guard
+    from medassist.labeler import complete, guard
 
     study, emr = prep.study, prep.emr
     findings_text, impression = split_sections(text)
-    findings_text, contradicted = guard(findings_text, {p.label: p.present for p in preds},
+    head = {p.label: p.present for p in preds}
+    sentences = {p.label: _sentence(p.label, p.present, p.laterality, p.location, p.size_mm)
+                 for p in preds}
+    # a present finding the decoder left out is stated from the findings list, marked; then
+    # sentences contradicting the findings head are flagged
+    findings_text, omitted = complete(findings_text, head, sentences)
+    findings_text, contradicted = guard(findings_text, head,
                                         {p.label: p.laterality for p in preds if p.present})
     spans_chr = sample.get("emr_spans")
     items = []
@@ -302,10 +308,12 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             flags.append("no_emr")
         if p.label in contradicted:
             flags.append("text_contradicts_head")
+        if p.label in omitted:
+            flags.append("text_omitted_finding")
         items.append({
             "label": p.label, "present": p.present, "probability": round(p.probability, 4),
             "laterality": p.laterality, "location": p.location, "size_mm": p.size_mm,
-            "sentence": _sentence(p.label, p.present, p.laterality, p.location, p.size_mm),
+            "sentence": sentences[p.label],
             "evidence": {"slices": slices, "z_mm": z_mm, "box_voxels": box_v,
                          "box_mm": box_mm, "emr_spans": emr_spans},
             "flags": flags})

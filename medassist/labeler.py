@@ -85,6 +85,19 @@ def text_findings(text: str, labels: Iterable[str]) -> dict[str, bool]:
     return found
 
 
+def complete(text: str, head: Mapping[str, bool], sentences: Mapping[str, str]
+             ) -> tuple[str, set[str]]:
+    """Add what the text leaves out: each finding the head calls present that no sentence of
+    ``text`` affirms gets its structured sentence (``sentences[label]``) appended, prefixed by
+    ``[ADDED FROM THE FINDINGS LIST]``, so the narrative never omits a stated finding.
+    Returns the text and the set of labels that were added."""
+    said = text_findings(text, head)
+    added = [lab for lab, pos in head.items() if pos and not said[lab] and lab in sentences]
+    parts = [text.strip()] if text.strip() else []
+    parts += [f"[ADDED FROM THE FINDINGS LIST] {sentences[lab]}" for lab in added]
+    return " ".join(parts), set(added)
+
+
 _SIDE_WORDS = {"left": re.compile(r"\bleft\b|\bL[UL]L\b"),
                "right": re.compile(r"\bright\b|\bR[UML]L\b")}
 

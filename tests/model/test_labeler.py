@@ -74,3 +74,30 @@ def test_guard_flags_the_other_side() -> None:
     # a bilateral finding, or no sides given: nothing about sides is flagged
     assert guard(text, head, {"lung_nodule": "bilateral"})[1] == set()
     assert guard(text, head)[1] == set()
+
+
+def test_complete_adds_each_present_finding_the_text_leaves_out() -> None:
+    from medassist.drafting import _sentence
+    from medassist.labeler import complete
+    from medassist.model_data import finding_labels
+
+    labels = finding_labels(ROOT / "configs/findings.yaml")
+    # every finding's structured sentence is read back as that finding by the labeler
+    for lab in labels:
+        sent = _sentence(lab, True, "left", "LUL", 12.0)
+        out, added = complete("", {lab: True}, {lab: sent})
+        assert added == {lab} and text_findings(out, [lab])[lab], out
+    text = "Consolidation in the left upper lobe. No pleural effusion."
+    head = {"consolidation": True, "lung_mass": True, "pleural_effusion": False,
+            "lung_nodule": False}
+    sentences = {lab: _sentence(lab, head[lab], "left", None, 50.0) for lab in head}
+    out, added = complete(text, head, sentences)
+    assert added == {"lung_mass"}
+    assert out == (text + " [ADDED FROM THE FINDINGS LIST] Left lung mass, about 50 mm.")
+    # nothing left out: the text is unchanged
+    assert complete(out, head, sentences) == (out, set())
+    # a finding the text negates although the head calls it present is added too (the
+    # negating sentence is the guard's to flag)
+    out2, added2 = complete("No lung mass.", {"lung_mass": True}, sentences)
+    assert added2 == {"lung_mass"} and out2.startswith("No lung mass. [ADDED")
+    assert guard(out2, {"lung_mass": True})[1] == {"lung_mass"}

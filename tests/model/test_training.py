@@ -197,6 +197,17 @@ def _check_contract(rep: dict[str, Any]) -> None:
         assert set(f["evidence"]) == {"slices", "z_mm", "box_voxels", "box_mm", "emr_spans"}
         for s in f["evidence"]["emr_spans"]:
             assert 0 <= s[0] < s[1]
+    # the Findings section states every present finding (the decoder's sentence, or the
+    # structured one appended and flagged)
+    from medassist.labeler import text_findings
+
+    said = text_findings(rep["sections"]["findings"], [f["label"] for f in rep["findings"]])
+    for f in rep["findings"]:
+        if f["present"]:
+            assert said[f["label"]], f["label"]
+        if "text_omitted_finding" in f["flags"]:
+            assert f["present"] and ("[ADDED FROM THE FINDINGS LIST] " + f["sentence"]
+                                     in rep["sections"]["findings"])
     json.dumps(rep)
 
 
