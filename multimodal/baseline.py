@@ -67,6 +67,7 @@ class LateFusionModel(nn.Module):
         patch, mil = self.findings.patch_logits(ct_tok, ct_valid)
         pres, lat, loc, size, loc_logits, attr = self.findings(q, ct_tok, ct_valid, emr_tok,
                                                                tok_valid, mil)
+        pres = self.findings.without_ct(pres, ct_used)
         memory = torch.stack([self.to_memory["ct"](ct_vec), self.to_memory["emr"](emr_vec)],
                              1)  # (B, 2, D)
         mmask = torch.ones(b, 2, dtype=torch.bool, device=dev)

@@ -93,6 +93,8 @@ def load_checkpoint(folder: str | Path) -> tuple[nn.Module, ModelConfig, str, Wo
     state = load_file(str(src / WEIGHTS))
     # checkpoints written before per-label thresholds existed decide at 0.5
     state.setdefault("findings.thresholds", torch.full((len(cfg.heads.labels),), 0.5))
+    # ... and before the prior for cases without CT: the network's output is kept
+    state.setdefault("findings.prior", torch.full((len(cfg.heads.labels),), -1.0))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

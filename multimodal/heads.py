@@ -37,6 +37,10 @@ class FindingsHead(nn.Module):
         #: per-label decision thresholds on the calibrated probability (fitted on the
         #: validation cases after training; 0.5 until then)
         self.register_buffer("thresholds", torch.full((n,), 0.5))
+        #: per-label prevalence on the validation cases (fitted with the temperature): the
+        #: presence probability stated for a case without CT, where the image findings
+        #: abstain; -1 until fitted (the network's output is kept)
+        self.register_buffer("prior", torch.full((n,), -1.0))
         self.patch: nn.Module | None = None
         if cfg.mil:
             lin = nn.Linear(dim, n)
@@ -44,6 +48,16 @@ class FindingsHead(nn.Module):
             self.patch = nn.Sequential(nn.LayerNorm(dim), lin)
             self.mil_scale = nn.Parameter(torch.ones(n))
             self.mil_bias = nn.Parameter(torch.full((n,), -6.0))
+
+    def without_ct(self, presence_logits: Tensor, ct_used: Tensor) -> Tensor:
+        """(B, F) calibrated presence logits -> the same with the fitted prior's logit for
+        the cases without CT (``ct_used`` (B,) False): without the image the model knows no
+        more than the prevalence, and says so."""
+        prior = self.get_buffer("prior")
+        if bool((prior < 0).any()):  # not fitted
+            return presence_logits
+        lp = torch.logit(prior.clamp(1e-4, 1 - 1e-4)).to(presence_logits.dtype)
+        return torch.where(ct_used[:, None], presence_logits, lp.expand_as(presence_logits))
 
     def decision_fields(self) -> dict[str, typing.Any]:
         """The :class:`ModelOutput` fields that post-processing reads from the head: fitted

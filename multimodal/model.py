@@ -167,6 +167,7 @@ class FusionModel(nn.Module):
         patch, mil = self.findings.patch_logits(ct_tok, ct_valid)
         pres, lat, loc, size, loc_logits, attr = self.findings(
             h[:, : self.n_labels], fused_ct, ct_valid, emr_tok, tok_valid, mil)
+        pres = self.findings.without_ct(pres, ct_used)
         ctx_logits = ctx_attn = None
         if self.context_head is not None:
             ctx_logits, ctx_attn = self.context_head(h[:, : self.n_labels], emr_tok, tok_valid)

@@ -258,8 +258,9 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
                     grid: Sequence[float] = tuple(0.25 * 1.02 ** i for i in range(141)),
                     ) -> dict[str, Any]:
     """Temperature scaling of the presence logits (grid search of the NLL on ``samples``,
-    cases with CT only), then per-label decision thresholds (:func:`fit_thresholds`); sets
-    ``model.findings.temperature`` and ``model.findings.thresholds``."""
+    cases with CT only), then per-label decision thresholds (:func:`fit_thresholds`) and the
+    per-label prevalence (the probability stated without CT); sets
+    ``model.findings.temperature``, ``.thresholds`` and ``.prior``."""
     import torch.nn.functional as F
 
     head = model.get_submodule("findings")
@@ -278,9 +279,12 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
     temp.fill_(best)
     thr = fit_thresholds(torch.sigmoid(logits / best), y)
     head.get_buffer("thresholds").copy_(thr)
+    prior = y.mean(0)
+    head.get_buffer("prior").copy_(prior)
     return {"temperature": round(best, 4), "nll_before": round(nll(old), 5),
             "nll_after": round(nll(best), 5), "n_cases": int(has_ct.sum()),
-            "thresholds": [round(float(t), 3) for t in thr]}
+            "thresholds": [round(float(t), 3) for t in thr],
+            "prior": [round(float(p), 4) for p in prior]}
 
 
 @torch.no_grad()

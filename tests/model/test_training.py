@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,27 @@ def test_checkpoint_roundtrip_and_cli_train(tmp_path: Path, tiny_records: list[A
     a = predict(model, samples)[0]
     b = predict(load_checkpoint(out)[0], samples)[0]
     assert torch.equal(a.presence_logits, b.presence_logits)
+    # the prior (validation prevalence) is the probability stated without CT
+    prior = model.get_submodule("findings").get_buffer("prior")
+    assert prior.tolist() == pytest.approx(cal["prior"], abs=1e-4)
+    assert all(0.0 <= p <= 1.0 for p in cal["prior"])
+    no_ct = predict(model, samples, drop="ct")[0]
+    assert torch.allclose(no_ct.presence_prob, prior.clamp(1e-4, 1 - 1e-4).expand(3, -1),
+                          atol=1e-6)
+    assert not no_ct.ct_used.any() and a.ct_used.all()
+    # a checkpoint written before the prior existed loads, and keeps the network's output
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    state = load_file(str(old / "model.safetensors"))
+    del state["findings.prior"]
+    save_file(state, str(old / "model.safetensors"))
+    m_old = load_checkpoint(old)[0]
+    assert bool((m_old.get_submodule("findings").get_buffer("prior") < 0).all())
+    o_old = predict(m_old, samples, drop="ct")[0]
+    assert torch.equal(predict(m_old, samples)[0].presence_logits, a.presence_logits)
+    assert not torch.allclose(o_old.presence_prob, no_ct.presence_prob)
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {optim: {stepz: 3}}\n")
     with pytest.raises(Exception, match="unknown"):
