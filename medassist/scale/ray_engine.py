@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import select
@@ -50,6 +50,7 @@ from medassist.pacs.models import IngestItem, IngestState
 from medassist.scale.stages import JobLog
 
 log = logging.getLogger("medassist.batch")
+T = TypeVar("T")
 
 RAY_INSTALL = "pip install 'medassist[ray]'"
 #: states of the rows that come back from the actors
@@ -421,6 +422,17 @@ def _our_actors(ray: ModuleType, seen: dict[str, set[int]], since_ms: int
     return out
 
 
+def _settled(read: Callable[[], T], lagging: Callable[[T], bool], settle_s: float) -> T:
+    """``read()`` a Ray table, and read it again every 0.1 s (up to ``settle_s``) while
+    ``lagging`` says it has not caught up with a process death yet."""
+    deadline = time.monotonic() + settle_s
+    out = read()
+    while lagging(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        out = read()
+    return out
+
+
 def _lagging(ray: ModuleType, table: dict[str, dict[str, Any]]) -> bool:
     """An actor on this node that the table still shows ALIVE although its process is gone:
     the table has not caught up with a death yet (it takes a few hundred ms)."""
@@ -440,11 +452,8 @@ def _restarted_actors(ray: ModuleType, seen: dict[str, set[int]], since_ms: int,
     shown ALIVE with its process gone, the table is read again (up to ``settle_s``)."""
     out: dict[str, dict[str, Any]] = {}
     try:
-        deadline = time.monotonic() + settle_s
-        table = _our_actors(ray, seen, since_ms)
-        while _lagging(ray, table) and time.monotonic() < deadline:
-            time.sleep(0.1)
-            table = _our_actors(ray, seen, since_ms)
+        table = _settled(lambda: _our_actors(ray, seen, since_ms),
+                         lambda t: _lagging(ray, t), settle_s)
         for aid, info in table.items():
             restarts = int(info.get("NumRestarts") or 0)
             died = info.get("State") == "DEAD" and "worker process has died" in str(
@@ -482,15 +491,17 @@ def _dead_workers(ray: ModuleType, since_ms: int, settle_s: float = 5.0
     common_pb2: Any = importlib.import_module("ray.core.generated.common_pb2")
     gcs_pb2: Any = importlib.import_module("ray.core.generated.gcs_pb2")
     job = str(ray.get_runtime_context().get_job_id())
-    deadline = time.monotonic() + settle_s
-    while True:
-        rows = [gcs_pb2.WorkerTableData.FromString(raw) for raw in
+
+    def read() -> list[Any]:
+        return [gcs_pb2.WorkerTableData.FromString(raw) for raw in
                 ray_state.state._connect_and_get_accessor().get_worker_table()]
-        lagging = [w for w in rows if w.is_alive and w.pid > 0 and w.start_time_ms >= since_ms
-                   and w.worker_type == common_pb2.WORKER and not _pid_alive(w.pid)]
-        if not lagging or time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
+
+    def lagging(rows: list[Any]) -> bool:
+        return any(w.is_alive and w.pid > 0 and w.start_time_ms >= since_ms
+                   and w.worker_type == common_pb2.WORKER and not _pid_alive(w.pid)
+                   for w in rows)
+
+    rows = _settled(read, lagging, settle_s)
     out = []
     for w in rows:
         exit_type = common_pb2.WorkerExitType.Name(w.exit_type)
