@@ -5,11 +5,12 @@ post-processing rules before the held-out test splits are scored.
     .venv/bin/python bench/val_eval.py CHECKPOINT [--val 192] [--cache runs/cache] [--text]
                                       [--data DIR]
 
-Prints micro-F1 and laterality on true positives (the stated side, the laterality head's, and
-the side read off the image) as JSON; with ``--text`` the reports are generated too (both
-modalities only) and their text micro-F1, EMR-dependent impression accuracy and the EMR
-context head's accuracy are added.  ``--data DIR`` scores the cases of a ``medassist synth``
-folder instead (e.g. a test split, once the choice is made).  The cases come from
+Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
+the side read off the image) and nodule / mass detection by reference size as JSON; with
+``--text`` the reports are generated too (both modalities only) and their text micro-F1,
+EMR-dependent impression accuracy and the EMR context head's accuracy are added.
+``--data DIR`` scores the cases of a ``medassist synth`` folder instead (e.g. a test split,
+once the choice is made).  The cases come from
 ``medassist.model_data.cached_synth_records`` (configs/synth/small.yaml, seed 7, split val).
 """
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                         records=recs if a.text else None, modes=(None,),
                         injection=False)["full"]
     keys = ["micro_f1", "macro_auroc", "laterality_acc_tp", "laterality_acc_tp_head",
-            "laterality_acc_tp_evidence"]
+            "laterality_acc_tp_evidence", "detection_by_size"]
     if a.text:
         keys += ["text_micro_f1", "impression_acc_emr_dependent", "n_emr_dependent"]
     keys += [k for k in ("context_acc", "context_acc_per_slot", "n_context",

@@ -91,6 +91,43 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
         "size_mae_mm_nodule_mass": float(size_err.mean()) if size_err.size else None,
         "size_mae_mm_all": float(all_err.mean()) if all_err.size else None,
         "ece": ece(prob, truth),
+        "detection_by_size": detection_by_size(labels, prob, pred, truth, size_true,
+                                               size_labels),
         "n_cases": int(truth.shape[0]),
         "n_predicted_present": int(pred.sum()),
     }
+
+
+#: Upper edges (mm, exclusive) of the reference-size bins of :func:`detection_by_size`.
+SIZE_BINS_MM: tuple[float, ...] = (6.0, 10.0, 20.0, float("inf"))
+
+
+def detection_by_size(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
+                      size_true: Arr, size_labels: Sequence[str],
+                      edges: Sequence[float] = SIZE_BINS_MM) -> dict[str, list[dict[str, Any]]]:
+    """Recall and AUROC of each ``size_labels`` finding per bin of its reference size (mm):
+    the positives of one bin against all negatives of the label.  Positives without a size
+    are left out.  Tells a resolution limit (small ones missed) from a detector that misses
+    large ones too."""
+    p = np.asarray(prob, np.float64)
+    y = np.asarray(truth, bool)
+    yp = np.asarray(pred, bool)
+    st = np.asarray(size_true, np.float64)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for f, lab in enumerate(labels):
+        if lab not in size_labels:
+            continue
+        rows = []
+        lo = 0.0
+        for hi in edges:
+            m = y[:, f] & (st[:, f] >= lo) & (st[:, f] < hi)
+            n = int(m.sum())
+            neg = ~y[:, f]
+            sel = m | neg
+            rows.append({"min_mm": lo, "max_mm": None if hi == float("inf") else hi,
+                         "support": n, "tp": int((yp[:, f] & m).sum()),
+                         "recall": float((yp[:, f] & m).sum() / n) if n else None,
+                         "auroc": auroc(p[sel, f], m[sel]) if n else None})
+            lo = hi
+        out[lab] = rows
+    return out

@@ -116,3 +116,20 @@ def test_auroc() -> None:
                          np.full((2, 2), -100), np.zeros((2, 2)), np.full((2, 2), np.nan))
     assert m["per_finding"]["a"]["auroc"] == 1.0 and m["per_finding"]["b"]["auroc"] is None
     assert m["macro_auroc"] == 1.0
+
+
+def test_detection_by_size() -> None:
+    from multimodal.metrics import detection_by_size
+
+    # 5 cases of one label: a 4 mm positive missed (prob below every negative), a 12 mm one
+    # found, a 25 mm one found; two negatives
+    prob = np.array([[0.1], [0.9], [0.8], [0.3], [0.2]])
+    truth = np.array([[1], [1], [1], [0], [0]], bool)
+    size = np.array([[4.0], [12.0], [25.0], [np.nan], [np.nan]])
+    rows = detection_by_size(["nod"], prob, prob > 0.5, truth, size, ["nod"])["nod"]
+    assert [r["support"] for r in rows] == [1, 0, 1, 1]
+    assert [r["tp"] for r in rows] == [0, 0, 1, 1]
+    assert rows[0]["recall"] == 0.0 and rows[0]["auroc"] == 0.0
+    assert rows[1]["recall"] is None and rows[1]["auroc"] is None
+    assert rows[2]["auroc"] == 1.0 and rows[3]["max_mm"] is None
+    assert detection_by_size(["a"], prob, prob > 0.5, truth, size, ["b"]) == {}
