@@ -8,7 +8,13 @@
 * long EMR at 16K tokens: memory-token recurrence vs the same model with full attention over
   all EMR tokens (both through scaled_dot_product_attention): time, peak RSS (separate
   processes), EMR tokens handed to fusion / decoder;
+* long-note cases (``configs/synth/long_notes.yaml``: generated cases whose note carries a
+  16,500+ word admission history, cut to ``--tokens``): the findings decisions, the EMR
+  context classes and the Findings / Impression text of the memory-token model against the
+  same weights with full attention over every EMR token;
 * training throughput (cases/s) on CPU.
+
+``--only NAME`` runs one of latency, kv_cache, long_emr, long_cases, train_throughput.
 """
 
 from __future__ import annotations
@@ -152,6 +158,69 @@ def long_emr(tokens: int, checkpoint: str | None) -> dict[str, Any]:
     }
 
 
+def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> dict[str, Any]:
+    """Memory tokens vs full attention (same weights) on ``n`` generated long-note cases, each
+    note cut to its first ``tokens`` tokens: do the findings decisions, context classes,
+    Findings and Impression text agree?"""
+    from medassist.drafting import generate, split_sections
+    from medassist.model_data import record_sample, synth_records
+    from medassist.model_eval import EMR_DEPENDENT
+    from multimodal.checkpoint import load_checkpoint
+    from multimodal.context import context_decisions
+    from multimodal.heads import predict_findings
+    from multimodal.training import predict
+
+    if not (checkpoint and (Path(checkpoint) / "model.safetensors").is_file()):
+        return {"skipped": "needs a trained checkpoint (text and thresholds)"}
+    model, cfg, _k, tok, _m = load_checkpoint(checkpoint)
+    fcfg = dataclasses.replace(cfg, long_emr=dataclasses.replace(cfg.long_emr,
+                                                                 full_attention=True))
+    full = type(model)(fcfg)
+    full.load_state_dict(model.state_dict())
+    full.eval()
+    recs = list(synth_records(str(ROOT / "configs/synth/long_notes.yaml"), cfg, seed, n,
+                              "test"))
+    samples = [record_sample(r, cfg, tok, tokens, with_report=False) for r in recs]
+    runs: dict[str, Any] = {}
+    for name, m, c in (("memory", model, cfg), ("full", full, fcfg)):
+        cases = []
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for o in predict(m, samples, batch_size=1):
+                preds = predict_findings(o, c.heads, c.ct)
+                text = tok.decode(generate(m, o, c.decoder.max_len - 1, preds)[0].tolist())
+                fnd, imp = split_sections(text)
+                ctx = (None if o.context_logits is None
+                       else context_decisions(o.context_logits, o.emr_used)[0].tolist())
+                cases.append({"present": [p.label for p in preds[0] if p.present],
+                              "context": ctx,
+                              "findings": fnd, "impression": imp})
+        runs[name] = {"seconds": round(time.perf_counter() - t0, 2), "cases": cases}
+    mem, ful = runs["memory"]["cases"], runs["full"]["cases"]
+
+    def agree(key: str) -> int:
+        return sum(a[key] == b[key] for a, b in zip(mem, ful, strict=True))
+
+    dep = []
+    for r, a, b in zip(recs, mem, ful, strict=True):
+        codes = {i["code"] for i in r.meta.get("impression", [])} & set(EMR_DEPENDENT)
+        if codes:
+            dep.append([all(EMR_DEPENDENT[k] in x["impression"].lower() for k in codes)
+                        for x in (a, b)])
+    return {
+        "cases": len(recs), "seed": seed,
+        "note_tokens": [len(s["emr_ids"]) for s in samples],
+        "seconds": {k: v["seconds"] for k, v in runs.items()},
+        "same_findings": agree("present"), "same_context": agree("context"),
+        "same_findings_text": agree("findings"), "same_impression": agree("impression"),
+        "emr_dependent": len(dep),
+        "emr_dependent_right": {"memory": sum(d[0] for d in dep),
+                                "full": sum(d[1] for d in dep)},
+        "differing": [{"case": i, "memory": a, "full": b}
+                      for i, (a, b) in enumerate(zip(mem, ful, strict=True)) if a != b],
+    }
+
+
 def throughput(cfg: Any, steps: int) -> dict[str, Any]:
     from multimodal.losses import Targets, compute_losses
     from multimodal.model import FusionModel
@@ -181,6 +250,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, 4K-token EMR")
     ap.add_argument("--child", choices=("memory", "full"))
     ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--long-cases", type=int, default=6, help="long-note cases (0: skip)")
+    ap.add_argument("--only", choices=("latency", "kv_cache", "long_emr", "long_cases",
+                                       "train_throughput"))
     args = ap.parse_args()
     if args.child:
         print(json.dumps(long_emr_child(args.child, args.tokens, args.checkpoint)))
@@ -188,12 +260,22 @@ def main() -> None:
     torch.set_num_threads(2)
     model, cfg = _model(args.checkpoint)
     reps = 1 if args.quick else 3
-    res = {"threads": torch.get_num_threads(),
-           "checkpoint": args.checkpoint if (Path(args.checkpoint) / "model.safetensors")
-           .is_file() else "random init (configs/model/demo.yaml)",
-           "latency": latency(model, cfg, reps), "kv_cache": kv_cache(model, cfg, reps),
-           "long_emr": long_emr(4096 if args.quick else args.tokens, args.checkpoint),
-           "train_throughput": throughput(cfg, 2 if args.quick else 4)}
+    parts = {
+        "latency": lambda: latency(model, cfg, reps),
+        "kv_cache": lambda: kv_cache(model, cfg, reps),
+        "long_emr": lambda: long_emr(4096 if args.quick else args.tokens, args.checkpoint),
+        "long_cases": lambda: long_cases(args.long_cases, args.checkpoint,
+                                         4096 if args.quick else args.tokens)
+        if args.long_cases > 0 else {"skipped": "--long-cases 0"},
+        "train_throughput": lambda: throughput(cfg, 2 if args.quick else 4),
+    }
+    res: dict[str, Any] = {
+        "threads": torch.get_num_threads(),
+        "checkpoint": args.checkpoint if (Path(args.checkpoint) / "model.safetensors")
+        .is_file() else "random init (configs/model/demo.yaml)"}
+    for name, fn in parts.items():
+        if args.only in (None, name):
+            res[name] = fn()
     print(json.dumps(res, indent=1))
 
 
