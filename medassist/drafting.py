@@ -250,13 +250,16 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
         from multimodal.training import to_device
 
         out, ids = to_device(out, torch.device("cpu")), ids.cpu()
+    unreliable = lm.model.get_submodule("findings").unreliable(
+        cfg.heads.labels, cfg.heads.min_reliable_auroc)
     return [_draft(lm, p, s, tok.decode(ids[b].tolist()), all_preds[b],
-                   out.modality_weights[b])
+                   out.modality_weights[b], unreliable)
             for b, (p, s) in enumerate(zip(batch, samples, strict=True))]
 
 
 def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str,
-           preds: Sequence[Any], w: Any) -> dict[str, Any]:
+           preds: Sequence[Any], w: Any, unreliable: frozenset[str] = frozenset()
+           ) -> dict[str, Any]:
     from medassist.labeler import complete, guard
 
     study, emr = prep.study, prep.emr
@@ -268,7 +271,8 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     # sentences contradicting the findings head are flagged
     findings_text, omitted = complete(findings_text, head, sentences)
     findings_text, contradicted = guard(findings_text, head,
-                                        {p.label: p.laterality for p in preds if p.present})
+                                        {p.label: p.laterality for p in preds if p.present},
+                                        unreliable)
     spans_chr = sample.get("emr_spans")
     items = []
     for p in preds:
@@ -310,6 +314,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             flags.append("text_contradicts_head")
         if p.label in omitted:
             flags.append("text_omitted_finding")
+        if p.label in unreliable:
+            # the checkpoint did not detect this finding reliably on its validation cases:
+            # neither "present" nor "absent" should be taken from it
+            flags.append("unreliable_detector")
         items.append({
             "label": p.label, "present": p.present, "probability": round(p.probability, 4),
             "laterality": p.laterality, "location": p.location, "size_mm": p.size_mm,

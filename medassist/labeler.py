@@ -9,7 +9,7 @@ or stated normal); labels it does not mention are absent.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 LEXICON: dict[str, tuple[str, ...]] = {
@@ -34,6 +34,9 @@ NORMAL: dict[str, tuple[str, ...]] = {
     "mediastinal_lymphadenopathy": (r"\bno enlarged mediastinal lymph nodes?\b",),
 }
 NEGATION = re.compile(r"\b(?:no|without|negative for|free of|not|absent|resolved)\b")
+#: the draft's own bracketed annotations ([UNVERIFIED: ...], [ADDED FROM THE FINDINGS LIST]):
+#: not report content, so not read for findings or negation
+ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST)[^\]]*\]")
 _SENT = re.compile(r"[^.\n;]+[.\n;]?")
 
 
@@ -45,8 +48,9 @@ class SentenceLabels:
 
 
 def label_sentence(sentence: str) -> dict[str, bool]:
-    """Label -> affirmed (True) / negated (False) for the labels a sentence mentions."""
-    s = sentence.lower()
+    """Label -> affirmed (True) / negated (False) for the labels a sentence mentions (the
+    draft's bracketed annotations are ignored)."""
+    s = ANNOTATION.sub(" ", sentence).lower()
     out: dict[str, bool] = {}
     for label, pats in NORMAL.items():
         if any(re.search(p, s) for p in pats):
@@ -111,14 +115,18 @@ def _side_clash(sentence: str, side: str | None) -> bool:
 
 
 def guard(text: str, head: Mapping[str, bool],
-          sides: Mapping[str, str | None] | None = None) -> tuple[str, set[str]]:
-    """Flag sentences that contradict the findings head.
+          sides: Mapping[str, str | None] | None = None,
+          unreliable: Collection[str] = ()) -> tuple[str, set[str]]:
+    """Flag sentences that contradict the findings head, or that rest on a detector the
+    checkpoint does not have reliably.
 
     A sentence contradicts the head when it affirms a finding the head calls absent or
     negates one it calls present; with ``sides`` (label -> the stated laterality), also when
     it affirms exactly one finding that the head places on one side and names only the other
-    side.  Returns the text with each contradicting sentence prefixed by
-    ``[UNVERIFIED: ...]`` and the set of labels that were contradicted."""
+    side.  A sentence that affirms or negates a label in ``unreliable`` is marked too: "no
+    pneumothorax" from a detector at chance is not a finding.  Returns the text with each such
+    sentence prefixed by ``[UNVERIFIED: ...]`` (the reasons) and the set of labels that were
+    contradicted."""
     out: list[str] = []
     bad: set[str] = set()
     for s in label_text(text):
@@ -128,12 +136,15 @@ def guard(text: str, head: Mapping[str, bool],
         if sides is not None and len(affirmed) == 1 and affirmed[0] not in clash \
                 and _side_clash(s.text, sides.get(affirmed[0])):
             side_clash = affirmed
-        if clash or side_clash:
+        weak = sorted(lab for lab in s.labels if lab in unreliable)
+        if clash or side_clash or weak:
             bad.update(clash + side_clash)
             why = [f"contradicts the findings head ({', '.join(clash)})"] if clash else []
             why += [f"names the other side than the findings head ({side_clash[0]})"] \
                 if side_clash else []
-            out.append(f"[UNVERIFIED: {'; '.join(why)}] {s.text}")
+            why += [f"the model does not detect {', '.join(weak)} reliably"] if weak else []
+            # reasons joined by " / ": a ";" would end the sentence for the labeler
+            out.append(f"[UNVERIFIED: {' / '.join(why)}] {s.text}")
         else:
             out.append(s.text)
     return " ".join(out), bad

@@ -95,6 +95,8 @@ def load_checkpoint(folder: str | Path) -> tuple[nn.Module, ModelConfig, str, Wo
     state.setdefault("findings.thresholds", torch.full((len(cfg.heads.labels),), 0.5))
     # ... and before the prior for cases without CT: the network's output is kept
     state.setdefault("findings.prior", torch.full((len(cfg.heads.labels),), -1.0))
+    # ... and before the validation AUROC (no label is flagged unreliable)
+    state.setdefault("findings.val_auroc", torch.full((len(cfg.heads.labels),), -1.0))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -213,6 +213,10 @@ class HeadsConfig:
     evidence_side_labels: tuple[str, ...] = ()
     #: with MIL, a finding is bilateral when both sides' pooled probabilities reach this
     bilateral_min_prob: float = 0.5
+    #: a label whose presence AUROC on the calibration (validation) cases is below this, or
+    #: that had too few positives there to measure it, is flagged ``unreliable_detector`` in
+    #: every draft, present or absent (the decision itself is unchanged); 0 turns it off
+    min_reliable_auroc: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.labels or len(set(self.labels)) != len(self.labels):
@@ -228,6 +232,8 @@ class HeadsConfig:
                                    "heads.labels; list only labels the model predicts")
         if not 0 < self.bilateral_min_prob < 1:
             raise ModelConfigError("heads.bilateral_min_prob must be in (0, 1)")
+        if not 0 <= self.min_reliable_auroc <= 1:
+            raise ModelConfigError("heads.min_reliable_auroc must be in [0, 1] (0: off)")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,9 @@ class FindingsHead(nn.Module):
         #: presence probability stated for a case without CT, where the image findings
         #: abstain; -1 until fitted (the network's output is kept)
         self.register_buffer("prior", torch.full((n,), -1.0))
+        #: per-label presence AUROC on the same validation cases (fitted with the
+        #: temperature): -1 until fitted, NaN where the label had too few positives there
+        self.register_buffer("val_auroc", torch.full((n,), -1.0))
         self.patch: nn.Module | None = None
         if cfg.mil:
             lin = nn.Linear(dim, n)
@@ -58,6 +62,15 @@ class FindingsHead(nn.Module):
             return presence_logits
         lp = torch.logit(prior.clamp(1e-4, 1 - 1e-4)).to(presence_logits.dtype)
         return torch.where(ct_used[:, None], presence_logits, lp.expand_as(presence_logits))
+
+    def unreliable(self, labels: Sequence[str], min_auroc: float) -> frozenset[str]:
+        """The labels whose fitted validation AUROC is below ``min_auroc`` or could not be
+        measured (NaN); none before the AUROC is fitted or with ``min_auroc`` 0."""
+        auc = self.get_buffer("val_auroc")
+        if min_auroc <= 0 or bool((auc == -1).all()):
+            return frozenset()
+        return frozenset(lab for lab, a in zip(labels, auc.tolist(), strict=True)
+                         if math.isnan(a) or a < min_auroc)
 
     def decision_fields(self) -> dict[str, typing.Any]:
         """The :class:`ModelOutput` fields that post-processing reads from the head: fitted

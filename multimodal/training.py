@@ -256,12 +256,15 @@ def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: flo
 @torch.no_grad()
 def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
                     grid: Sequence[float] = tuple(0.25 * 1.02 ** i for i in range(141)),
-                    ) -> dict[str, Any]:
+                    min_pos: int = 3) -> dict[str, Any]:
     """Temperature scaling of the presence logits (grid search of the NLL on ``samples``,
-    cases with CT only), then per-label decision thresholds (:func:`fit_thresholds`) and the
-    per-label prevalence (the probability stated without CT); sets
-    ``model.findings.temperature``, ``.thresholds`` and ``.prior``."""
+    cases with CT only), then per-label decision thresholds (:func:`fit_thresholds`), the
+    per-label prevalence (the probability stated without CT) and presence AUROC (NaN with
+    fewer than ``min_pos`` positives: what ``heads.min_reliable_auroc`` reads); sets
+    ``model.findings.temperature``, ``.thresholds``, ``.prior`` and ``.val_auroc``."""
     import torch.nn.functional as F
+
+    from multimodal.metrics import auroc
 
     head = model.get_submodule("findings")
     temp = head.get_buffer("temperature")
@@ -277,14 +280,20 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
 
     best = min(grid, key=nll)
     temp.fill_(best)
-    thr = fit_thresholds(torch.sigmoid(logits / best), y)
+    thr = fit_thresholds(torch.sigmoid(logits / best), y, min_pos=min_pos)
     head.get_buffer("thresholds").copy_(thr)
     prior = y.mean(0)
     head.get_buffer("prior").copy_(prior)
+    prob = torch.sigmoid(logits).numpy()
+    aucs = [auroc(prob[:, f], y[:, f].numpy() > 0.5) if int(y[:, f].sum()) >= min_pos
+            and int((1 - y[:, f]).sum()) >= min_pos else None for f in range(y.shape[1])]
+    head.get_buffer("val_auroc").copy_(torch.tensor(
+        [float("nan") if a is None else a for a in aucs]))
     return {"temperature": round(best, 4), "nll_before": round(nll(old), 5),
             "nll_after": round(nll(best), 5), "n_cases": int(has_ct.sum()),
             "thresholds": [round(float(t), 3) for t in thr],
-            "prior": [round(float(p), 4) for p in prior]}
+            "prior": [round(float(p), 4) for p in prior],
+            "val_auroc": [None if a is None else round(a, 4) for a in aucs]}
 
 
 @torch.no_grad()

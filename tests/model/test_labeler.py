@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medassist.labeler import guard, label_sentence, text_findings
+from medassist.labeler import guard, label_sentence, label_text, text_findings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +59,27 @@ def test_guard_flags_contradicting_sentences() -> None:
     assert bad == {"pleural_effusion"}
     assert out.startswith("[UNVERIFIED") and "A 5 mm nodule" in out
     assert out.count("UNVERIFIED") == 1
+
+
+def test_guard_marks_sentences_on_unreliable_detectors() -> None:
+    text = "No pneumothorax. No pleural effusion. A 5 mm nodule in the left lower lobe."
+    head = {"pneumothorax": False, "pleural_effusion": True, "lung_nodule": True}
+    out, bad = guard(text, head, unreliable={"pneumothorax", "lung_nodule"})
+    assert bad == {"pleural_effusion"}  # only contradictions count as contradicted
+    assert out.startswith("[UNVERIFIED: the model does not detect pneumothorax reliably] "
+                          "No pneumothorax.")
+    assert "[UNVERIFIED: contradicts the findings head (pleural_effusion)] No pleural" in out
+    assert "[UNVERIFIED: the model does not detect lung_nodule reliably] A 5 mm" in out
+    assert out.count("UNVERIFIED") == 3
+    assert guard(text, head)[0].count("UNVERIFIED") == 1  # none unreliable: as before
+    # the annotations are not read as content: the marked text says what the unmarked says
+    labels = ["pneumothorax", "pleural_effusion", "lung_nodule"]
+    assert text_findings(out, labels) == text_findings(text, labels)
+    assert [t.labels for t in label_text(out)] == [t.labels for t in label_text(text)]
+    both, _ = guard("No pleural effusion.", head, unreliable={"pleural_effusion"})
+    assert both.startswith("[UNVERIFIED: contradicts the findings head (pleural_effusion) / "
+                           "the model does not detect pleural_effusion reliably] No pleural")
+    assert label_text(both)[0].labels == {"pleural_effusion": False}
 
 
 def test_guard_flags_the_other_side() -> None:

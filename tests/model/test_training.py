@@ -123,6 +123,17 @@ def test_checkpoint_roundtrip_and_cli_train(tmp_path: Path, tiny_records: list[A
     o_old = predict(m_old, samples, drop="ct")[0]
     assert torch.equal(predict(m_old, samples)[0].presence_logits, a.presence_logits)
     assert not torch.allclose(o_old.presence_prob, no_ct.presence_prob)
+    # the validation AUROC per label: NaN where the 3 cases hold too few positives to measure
+    auc = model.get_submodule("findings").get_buffer("val_auroc")
+    assert len(cal["val_auroc"]) == len(cfg.heads.labels)
+    for got, want in zip(auc.tolist(), cal["val_auroc"], strict=True):
+        assert (want is None and np.isnan(got)) or got == pytest.approx(want, abs=1e-4)
+    # ... and a checkpoint written before it existed flags no label
+    del state["findings.val_auroc"]
+    save_file(state, str(old / "model.safetensors"))
+    head_old = load_checkpoint(old)[0].get_submodule("findings")
+    assert bool((head_old.get_buffer("val_auroc") == -1).all())
+    assert head_old.unreliable(cfg.heads.labels, 0.8) == frozenset()
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {optim: {stepz: 3}}\n")
     with pytest.raises(Exception, match="unknown"):
@@ -198,6 +209,49 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
     assert max(diffs) < 0.05 and q["model"]["name"].endswith("+int8")
     no_emr = make_report(case / "dicom", None, tiny_checkpoint)
     assert no_emr["modality_weights"]["emr"] == 0.0 and no_emr["inputs"]["emr_sha256"] is None
+
+
+def test_unreliable_detector_flag(synth_folder: Path, tiny_checkpoint: Path) -> None:
+    """A label the checkpoint did not detect reliably on its validation cases (AUROC below
+    heads.min_reliable_auroc, or not measurable) is flagged in every draft, present or not;
+    the decisions are unchanged."""
+    import dataclasses
+    import re
+
+    from medassist.drafting import infer, load_model, prepare
+
+    case = synth_folder / "test" / "case_00003"
+    lm = load_model(tiny_checkpoint)
+    labels = lm.cfg.heads.labels
+    head = lm.model.get_submodule("findings")
+    auc = torch.full((len(labels),), 0.95)
+    auc[0], auc[1] = 0.55, float("nan")
+    head.get_buffer("val_auroc").copy_(auc)
+    assert head.unreliable(labels, 0.0) == frozenset()  # off
+    assert head.unreliable(labels, 0.8) == {labels[0], labels[1]}
+    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
+    off = infer(lm, [prep], threshold=0.0)[0]
+    cfg = dataclasses.replace(lm.cfg, heads=dataclasses.replace(lm.cfg.heads,
+                                                                min_reliable_auroc=0.8))
+    on = infer(dataclasses.replace(lm, cfg=cfg), [prep], threshold=0.0)[0]
+    _check_contract(on)
+    for a, b in zip(off["findings"], on["findings"], strict=True):
+        assert "unreliable_detector" not in a["flags"]
+        assert ("unreliable_detector" in b["flags"]) == (b["label"] in labels[:2])
+        assert a["present"] == b["present"] and a["probability"] == b["probability"]
+    # the Findings text's sentences about those labels are marked, not stated as fact
+    from medassist.labeler import label_text
+
+    said = [re.sub(r"^\[UNVERIFIED[^\]]*\]\s*", "", t.text)
+            for t in label_text(off["sections"]["findings"]) if set(t.labels) & set(labels[:2])]
+    assert said, off["sections"]["findings"]
+    for sent in said:
+        assert f"reliably] {sent}" in on["sections"]["findings"], sent
+    absent = infer(dataclasses.replace(lm, cfg=cfg), [prep], threshold=0.999)[0]
+    assert "unreliable_detector" in absent["findings"][0]["flags"]
+    assert not absent["findings"][0]["present"]
+    with pytest.raises(ValueError, match="min_reliable_auroc"):
+        dataclasses.replace(lm.cfg.heads, min_reliable_auroc=1.5)
 
 
 def _check_contract(rep: dict[str, Any]) -> None:
