@@ -268,11 +268,13 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     sentences = {p.label: _sentence(p.label, p.present, p.laterality, p.location, p.size_mm)
                  for p in preds}
     # a present finding the decoder left out is stated from the findings list, marked; then
-    # sentences contradicting the findings head are flagged
+    # sentences (of the Findings and the Impression) contradicting the findings head, or
+    # resting on an unreliable detector, are marked
     findings_text, omitted = complete(findings_text, head, sentences)
-    findings_text, contradicted = guard(findings_text, head,
-                                        {p.label: p.laterality for p in preds if p.present},
-                                        unreliable)
+    sides = {p.label: p.laterality for p in preds if p.present}
+    findings_text, contradicted = guard(findings_text, head, sides, unreliable)
+    impression, contradicted_imp = guard(impression, head, sides, unreliable)
+    contradicted |= contradicted_imp
     spans_chr = sample.get("emr_spans")
     items = []
     for p in preds:

@@ -247,6 +247,10 @@ def test_unreliable_detector_flag(synth_folder: Path, tiny_checkpoint: Path) -> 
     assert said, off["sections"]["findings"]
     for sent in said:
         assert f"reliably] {sent}" in on["sections"]["findings"], sent
+    # ... and so are the Impression's
+    for t in label_text(on["sections"]["impression"]):
+        if set(t.labels) & set(labels[:2]):
+            assert t.text.startswith("[UNVERIFIED") and "reliably]" in t.text, t.text
     absent = infer(dataclasses.replace(lm, cfg=cfg), [prep], threshold=0.999)[0]
     assert "unreliable_detector" in absent["findings"][0]["flags"]
     assert not absent["findings"][0]["present"]
