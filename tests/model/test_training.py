@@ -247,10 +247,27 @@ def test_unreliable_detector_flag(synth_folder: Path, tiny_checkpoint: Path) -> 
     assert said, off["sections"]["findings"]
     for sent in said:
         assert f"reliably] {sent}" in on["sections"]["findings"], sent
-    # ... and so are the Impression's
-    for t in label_text(on["sections"]["impression"]):
-        if set(t.labels) & set(labels[:2]):
-            assert t.text.startswith("[UNVERIFIED") and "reliably]" in t.text, t.text
+    # ... and so are the Impression's, which is checked against the findings head too
+    from medassist.drafting import _draft
+    from multimodal.batching import collate
+    from multimodal.heads import predict_findings
+    from multimodal.training import make_sample
+
+    sample = make_sample(cfg, lm.tok, hu=prep.study.hu, emr=prep.emr)
+    with torch.no_grad():
+        out = lm.model(collate([sample])[0])
+    preds = predict_findings(out, cfg.heads, cfg.ct, 0.0)[0]  # threshold 0: all present
+    text = ("findings: a 7 mm nodule in the right lower lobe. impression: 1. pulmonary "
+            "nodule in the right lower lobe. 2. no pleural effusion.")
+    d = _draft(lm, prep, sample, text, preds, out.modality_weights[0],
+               frozenset({"lung_nodule"}))
+    assert d["sections"]["impression"] == (
+        "1. [UNVERIFIED: the model does not detect lung_nodule reliably] pulmonary nodule in "
+        "the right lower lobe. 2. [UNVERIFIED: contradicts the findings head "
+        "(pleural_effusion)] no pleural effusion.")
+    flags = {f["label"]: f["flags"] for f in d["findings"]}
+    assert "text_contradicts_head" in flags["pleural_effusion"]
+    assert "unreliable_detector" in flags["lung_nodule"]
     absent = infer(dataclasses.replace(lm, cfg=cfg), [prep], threshold=0.999)[0]
     assert "unreliable_detector" in absent["findings"][0]["flags"]
     assert not absent["findings"][0]["present"]
