@@ -45,6 +45,19 @@ class CTStemConfig:
     #: emphysema), so the network sees a fine grid at the cost of a coarse one; (1, 1, 1) = off
     pre_pool: tuple[int, int, int] = (1, 1, 1)
     pool_stats: tuple[str, ...] = ("mean",)
+    #: Gaussian scales (mm) of the fixed dot-enhancement channels appended after the windows
+    #: (:class:`multimodal.transforms.BlobEnhance`: scale-normalised determinant of the HU
+    #: Hessian where all three curvatures are negative; bright spheres such as nodules
+    #: respond, tubes such as vessels and plates such as fissures hardly do), computed on the
+    #: full grid before any pre-pool; () = none
+    blob_scales_mm: tuple[float, ...] = ()
+    #: the blob response mapped to 1 (channel = clip(response / blob_full_scale, 0, 1))
+    blob_full_scale: float = 0.25
+    #: channels of the dense detector (:class:`multimodal.dense.DenseDetector`) on the first
+    #: conv-stem layer's map: per-cell finding logits trained on the label map at that
+    #: resolution (deep supervision of the stem), whose per-patch maximum is added to the
+    #: MIL patch logits; 0 = off (needs ``conv_stem``)
+    dense_hidden: int = 0
 
     def __post_init__(self) -> None:
         if len(self.grid_shape) != 3 or len(self.patch) != 3 or len(self.spacing_mm) != 3:
@@ -69,6 +82,15 @@ class CTStemConfig:
                 any(st not in ("mean", "max", "min") for st in self.pool_stats):
             raise ModelConfigError("ct.pool_stats must be distinct values of mean, max, min; "
                                    f"got {self.pool_stats}")
+        if any(s <= 0 for s in self.blob_scales_mm) or \
+                len(set(self.blob_scales_mm)) != len(self.blob_scales_mm):
+            raise ModelConfigError("ct.blob_scales_mm must be distinct scales > 0 mm, got "
+                                   f"{self.blob_scales_mm}")
+        _pos("ct.blob_full_scale", self.blob_full_scale)
+        if self.dense_hidden < 0 or (self.dense_hidden and not self.conv_stem):
+            raise ModelConfigError("ct.dense_hidden must be >= 0, and > 0 only with a "
+                                   f"ct.conv_stem (got {self.dense_hidden}, conv_stem "
+                                   f"{self.conv_stem})")
 
     @property
     def pooled_shape(self) -> tuple[int, int, int]:
@@ -85,9 +107,14 @@ class CTStemConfig:
         return self.pre_pool != (1, 1, 1) or self.pool_stats != ("mean",)
 
     @property
+    def n_channels(self) -> int:
+        """Channels of the full-grid CT input: the HU windows, then the blob channels."""
+        return len(self.windows) + len(self.blob_scales_mm)
+
+    @property
     def in_channels(self) -> int:
-        """Channels after the pre-pool: one per (window, statistic)."""
-        return len(self.windows) * len(self.pool_stats)
+        """Channels after the pre-pool: one per (input channel, statistic)."""
+        return self.n_channels * len(self.pool_stats)
 
     def stem_strides(self) -> list[tuple[int, int, int]]:
         """Stride of each conv-stem layer; the patch embedding takes the remaining factor."""
@@ -98,6 +125,18 @@ class CTStemConfig:
             rem = [r // s for r, s in zip(rem, st, strict=True)]
             out.append((st[0], st[1], st[2]))
         return out
+
+    @property
+    def dense_block(self) -> tuple[int, int, int]:
+        """Full-grid voxels per cell of the first conv-stem layer's map (the dense grid)."""
+        st = self.stem_strides()[0] if self.conv_stem else (1, 1, 1)
+        a, b, c = (p * q for p, q in zip(self.pre_pool, st, strict=True))
+        return a, b, c
+
+    @property
+    def dense_shape(self) -> tuple[int, int, int]:
+        """The dense detector's grid (z, y, x)."""
+        return _div3(self.grid_shape, self.dense_block)
 
     @property
     def patch_grid(self) -> tuple[int, int, int]:
@@ -306,6 +345,8 @@ class ModelConfig:
     patch_weight: float = 1.0
     #: positive-class weight of that per-patch BCE (abnormal patches are rare)
     patch_pos_weight: float = 1.0
+    #: weight of the dense detector's class-balanced BCE (ct.dense_hidden > 0 only)
+    dense_weight: float = 1.0
 
     def __post_init__(self) -> None:
         _pos("dim", self.dim)
@@ -315,8 +356,11 @@ class ModelConfig:
             if self.dim % h:
                 raise ModelConfigError(f"dim {self.dim} not divisible by {what}.heads {h}")
         if min(self.align_weight, self.loc_weight, self.lm_weight, self.attr_weight,
-               self.patch_weight, self.patch_pos_weight) < 0:
+               self.patch_weight, self.patch_pos_weight, self.dense_weight) < 0:
             raise ModelConfigError("loss weights must be >= 0")
+        if self.ct.dense_hidden and not self.heads.mil:
+            raise ModelConfigError("ct.dense_hidden needs heads.mil: true (the dense map is "
+                                   "read through the MIL patch logits)")
         unknown = sorted(set(self.context.labels) - set(self.heads.labels))
         if unknown:
             raise ModelConfigError(f"context.labels {unknown} are not in heads.labels")

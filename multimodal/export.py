@@ -44,7 +44,7 @@ def export_encoders(model: FusionModel, folder: str | Path, emr_tokens: int = 51
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
     paths = {"ct": out / "ct_encoder.onnx", "emr": out / "emr_encoder.onnx"}
-    ct = torch.zeros(1, len(cfg.ct.windows), *cfg.ct.grid_shape)
+    ct = torch.zeros(1, cfg.ct.n_channels, *cfg.ct.grid_shape)
     ids = torch.full((1, emr_tokens), 5, dtype=torch.long)
     mask = torch.ones(1, emr_tokens, dtype=torch.bool)
     with torch.no_grad():

@@ -78,13 +78,16 @@ class FindingsHead(nn.Module):
         aff = (self.mil_scale, self.mil_bias) if self.patch is not None else None
         return {"thresholds": self.get_buffer("thresholds"), "mil_affine": aff}
 
-    def patch_logits(self, ct_patch: Tensor | None, ct_valid: Tensor | None
-                     ) -> tuple[Tensor | None, Tensor | None]:
+    def patch_logits(self, ct_patch: Tensor | None, ct_valid: Tensor | None,
+                     dense: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Per-patch finding logits (B, F, N) (-1e4 where masked) and their logsumexp-pooled
-        (multiple-instance) presence score (B, F); (None, None) without MIL or CT."""
+        (multiple-instance) presence score (B, F); (None, None) without MIL or CT.
+        ``dense`` (B, F, N): the dense detector's per-patch maximum, added."""
         if self.patch is None or ct_patch is None or ct_valid is None:
             return None, None
         logits = self.patch(ct_patch).transpose(1, 2)  # (B, F, N)
+        if dense is not None:
+            logits = logits + dense
         logits = logits.masked_fill(~ct_valid[:, None, :], -1e4)
         pooled = torch.logsumexp(logits, -1) * self.mil_scale + self.mil_bias
         # a case without CT gets no image evidence from this path: only the learned bias (the

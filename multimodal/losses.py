@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from multimodal.config import ModelConfig
+from multimodal.dense import balanced_bce
 from multimodal.outputs import ModelOutput
 from multimodal.tokenizer import PAD
 
@@ -24,6 +25,7 @@ class Targets:
     loc_map: Tensor | None = None  # (B, F, N_ct) patch occupancy of the finding (0 if none)
     report_targets: Tensor | None = None  # (B, L) next-token ids (PAD = ignore)
     context: Tensor | None = None  # (B, K) int64 EMR context class per slot; -100 = unknown
+    dense_map: Tensor | None = None  # (B, F, z, y, x) uint8 cell occupancy (ct.dense_hidden)
 
 
 def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -68,6 +70,10 @@ def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, 
             pw = torch.tensor(cfg.patch_pos_weight, device=ptgt.device, dtype=ptgt.dtype)
             losses["patch"] = F.binary_cross_entropy_with_logits(out.patch_logits[sel], ptgt,
                                                                  pos_weight=pw)
+    losses["dense"] = zero
+    if t.dense_map is not None and out.dense_logits is not None and bool(out.ct_used.any()):
+        sel = out.ct_used
+        losses["dense"] = balanced_bce(out.dense_logits[sel], t.dense_map[sel])
     losses["context"] = zero
     if t.context is not None and out.context_logits is not None:
         # what the note says: learnt from the cases whose note was used
@@ -83,5 +89,6 @@ def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, 
                        + cfg.patch_weight * losses["patch"] + cfg.loc_weight * losses["loc"]
                        + cfg.lm_weight * losses["lm"] + cfg.align_weight * losses["align"]
                        + cfg.fusion.balance_coef * losses["moe_balance"]
-                       + cfg.context.weight * losses["context"])
+                       + cfg.context.weight * losses["context"]
+                       + cfg.dense_weight * losses["dense"])
     return losses

@@ -16,6 +16,7 @@ from multimodal.decoder import (
     head_decisions,
     stated_decisions,
 )
+from multimodal.dense import DenseDetector
 from multimodal.encoder import (
     MODALITIES,
     LongEMREncoder,
@@ -73,6 +74,7 @@ class FusionModel(nn.Module):
         self.fusion = nn.ModuleList(FusionBlock(cfg.fusion, d) for _ in range(cfg.fusion.depth))
         self.fusion_norm = nn.LayerNorm(d)
         self.findings = FindingsHead(cfg.heads, d)
+        self.dense = DenseDetector(cfg.ct, self.n_labels) if cfg.ct.dense_hidden else None
         self.decoder = ReportDecoder(cfg.decoder, d, cfg.emr.vocab_size)
         ctx = cfg.context
         self.context_head = ContextHead(ctx, cfg.heads.labels, d) if ctx.labels else None
@@ -95,19 +97,24 @@ class FusionModel(nn.Module):
 
     def encode_ct(self, ct: Tensor) -> Tensor:
         """(B, C, Z, Y, X) -> (B, N, D) CT tokens after the shared encoder."""
+        return self.encode_ct_dense(ct)[0]
+
+    def encode_ct_dense(self, ct: Tensor) -> tuple[Tensor, Tensor | None]:
+        """CT tokens (B, N, D) and, with ct.dense_hidden, the dense detector's logits
+        (B, F, *ct.dense_shape)."""
         stem = typing.cast(CTStem, self.stems["ct"])
-        tok = stem(ct)
+        tok, first = stem.forward_map(ct)
         out: Tensor = self.encoder(tok, "ct", None, stem.bias())
-        return out
+        return out, None if self.dense is None else self.dense(first)
 
     def forward(self, x: ModelInput) -> ModelOutput:
         x.validate(self.cfg)
         b = x.batch_size
         d = self.cfg.dim
         dev = x.ct_present.device
-        ct_tok = emr_mem = emr_tok = emr_valid = emr_mem_valid = None
+        ct_tok = emr_mem = emr_tok = emr_valid = emr_mem_valid = dense = None
         if x.ct is not None:
-            ct_tok = self.encode_ct(x.ct)
+            ct_tok, dense = self.encode_ct_dense(x.ct)
         if x.emr_ids is not None and x.emr_mask is not None:
             enc = self.long_emr(self.stems["emr"], self.encoder, x.emr_ids, x.emr_mask,
                                 x.emr_present)
@@ -164,7 +171,9 @@ class FusionModel(nn.Module):
             tok_valid = emr_valid & emr_used[:, None]
         # MIL path: per-patch logits on the CT encoder tokens (image evidence only: the
         # note cannot switch an image finding on through this path)
-        patch, mil = self.findings.patch_logits(ct_tok, ct_valid)
+        patch, mil = self.findings.patch_logits(
+            ct_tok, ct_valid, None if dense is None or self.dense is None
+            else self.dense.per_patch(dense))
         pres, lat, loc, size, loc_logits, attr = self.findings(
             h[:, : self.n_labels], fused_ct, ct_valid, emr_tok, tok_valid, mil)
         pres = self.findings.without_ct(pres, ct_used)
@@ -191,7 +200,8 @@ class FusionModel(nn.Module):
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
             emr_used=emr_used, align_loss=align, aux_loss=total_aux(stats),
             expert_load=load_report(stats), memory=h, memory_mask=valid, lm_logits=lm,
-            patch_logits=patch, context_logits=ctx_logits, context_attn=ctx_attn,
+            patch_logits=patch, dense_logits=dense, context_logits=ctx_logits,
+            context_attn=ctx_attn,
             ct_midline=None if x.ct is None or self.training  # only post-processing reads it
             else body_midline_x(x.ct, self.cfg.ct),
             **self.findings.decision_fields())

@@ -43,7 +43,7 @@ class ModelInput:
         if self.ct is None and bool(self.ct_present.any()):
             raise ModalityError("ct_present is set but no CT tensor was given")
         if self.ct is not None:
-            exp = (b, len(cfg.ct.windows), *cfg.ct.grid_shape)
+            exp = (b, cfg.ct.n_channels, *cfg.ct.grid_shape)
             pooled = (b, cfg.ct.in_channels, *cfg.ct.pooled_shape)
             ok = tuple(self.ct.shape) == exp or (cfg.ct.pooled and tuple(self.ct.shape) == pooled)
             if not ok or not self.ct.is_floating_point():
@@ -96,6 +96,7 @@ class ModelOutput:
     memory_mask: Tensor  # (B, L) bool
     lm_logits: Tensor | None = None  # (B, L_r, V) when report_ids were given
     patch_logits: Tensor | None = None  # (B, F, N_ct) per-patch finding logits (heads.mil)
+    dense_logits: Tensor | None = None  # (B, F, z, y, x) dense detector (ct.dense_hidden)
     ct_midline: Tensor | None = None  # (B,) body midline, x voxel index of the model grid
     thresholds: Tensor | None = None  # (F,) fitted decision thresholds on presence_prob
     #: (scale (F,), bias (F,)) of the MIL pooling (heads.mil): per-side presence

@@ -74,7 +74,12 @@ class CTStem(nn.Module):
         self.rel = RelPosBias3D(cfg.patch_grid, heads) if cfg.rel_bias else None
 
     def forward(self, ct: Tensor) -> Tensor:
-        exp = (len(self.cfg.windows), *self.cfg.grid_shape)
+        return self.forward_map(ct)[0]
+
+    def forward_map(self, ct: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C, Z, Y, X) -> patch tokens (B, N, D) and the first conv layer's map
+        (B, C1, *cfg.dense_shape) (the pooled input itself without a conv stem)."""
+        exp = (self.cfg.n_channels, *self.cfg.grid_shape)
         pooled = (self.cfg.in_channels, *self.cfg.pooled_shape)
         if ct.ndim == 5 and self.cfg.pooled and tuple(ct.shape[1:]) == pooled:
             pass  # already reduced (training stores the pooled volume: BlockPool)
@@ -82,9 +87,10 @@ class CTStem(nn.Module):
             raise ShapeError(f"CT must be (B, {exp}), got {tuple(ct.shape)}")
         else:
             ct = self.pool(ct)
-        x: Tensor = self.embed(self.conv(ct)).flatten(2).transpose(1, 2)  # (B, N, D)
+        first: Tensor = self.conv[:3](ct)  # (B, C1, *dense_shape): conv, norm, GELU
+        x: Tensor = self.embed(self.conv[3:](first)).flatten(2).transpose(1, 2)  # (B, N, D)
         pos = typing.cast(Tensor, self.pos)
-        return x + pos
+        return x + pos, first
 
     def pool(self, ct: Tensor) -> Tensor:
         """(B, C, Z, Y, X) -> (B, C * len(pool_stats), Z/pz, Y/py, X/px): block statistics

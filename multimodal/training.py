@@ -19,6 +19,7 @@ from torch import nn
 from multimodal.batching import collate
 from multimodal.checkpoint import load_checkpoint, load_optimizer, save_checkpoint
 from multimodal.config import ModelConfig
+from multimodal.dense import dense_targets
 from multimodal.distributed import (
     check_batch,
     current_world,
@@ -34,7 +35,7 @@ from multimodal.errors import CheckpointError, ShapeError
 from multimodal.losses import Targets, compute_losses
 from multimodal.outputs import ModelOutput
 from multimodal.tokenizer import WordTokenizer
-from multimodal.transforms import MultiWindow
+from multimodal.transforms import ct_channels
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def make_sample(cfg: ModelConfig, tok: WordTokenizer, *, hu: npt.NDArray[Any] | 
     if hu is not None:
         if tuple(hu.shape) != cfg.ct.grid_shape:
             raise ShapeError(f"hu must be {cfg.ct.grid_shape}, got {hu.shape}")
-        s["ct"] = MultiWindow(cfg.ct.windows)(hu)
+        s["ct"] = ct_channels(hu, cfg.ct.windows, cfg.ct.spacing_mm, cfg.ct.blob_scales_mm,
+                              cfg.ct.blob_full_scale)
         s["ct_quality"] = 1.0 if ct_quality is None else ct_quality
     if emr:
         n = min(max_emr_tokens or cfg.emr.max_tokens, cfg.emr.max_tokens)
@@ -89,11 +91,15 @@ def make_sample(cfg: ModelConfig, tok: WordTokenizer, *, hu: npt.NDArray[Any] | 
     if label_map is not None and label_values is not None:
         pz, py, px = cfg.ct.patch
         gz, gy, gx = cfg.ct.patch_grid
-        maps = []
+        maps, masks = [], []
         for lab in cfg.heads.labels:
-            m = np.isin(label_map, list(label_values.get(lab, ()))).astype(np.float32)
+            mask = np.isin(label_map, list(label_values.get(lab, ())))
+            masks.append(mask)
+            m = mask.astype(np.float32)
             maps.append(m.reshape(gz, pz, gy, py, gx, px).mean((1, 3, 5)).reshape(-1))
         s["loc_map"] = np.stack(maps)  # (F, N)
+        if cfg.ct.dense_hidden:
+            s["dense_map"] = dense_targets(np.stack(masks), cfg.ct.dense_block)  # (F, z, y, x)
     return s
 
 
@@ -104,9 +110,10 @@ def collate_targets(samples: Sequence[Mapping[str, Any]], rep_tgt: torch.Tensor 
 
     loc = stack("loc_map").float() if all("loc_map" in s for s in samples) else None
     ctx = stack("context").long() if all("context" in s for s in samples) else None
+    dense = stack("dense_map") if all("dense_map" in s for s in samples) else None
     return Targets(present=stack("present").float(), laterality=stack("laterality").long(),
                    location=stack("location").long(), size_mm=stack("size").float(),
-                   loc_map=loc, report_targets=rep_tgt, context=ctx)
+                   loc_map=loc, report_targets=rep_tgt, context=ctx, dense_map=dense)
 
 
 def to_device(x: Any, dev: torch.device) -> Any:

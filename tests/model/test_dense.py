@@ -1,0 +1,137 @@
+"""Dense detector (ct.dense_hidden): targets, balanced loss, shapes, and how it feeds MIL."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from multimodal.config import ModelConfig
+from multimodal.dense import balanced_bce, dense_targets
+from multimodal.errors import ModelConfigError, ShapeError
+from multimodal.losses import Targets, compute_losses
+from multimodal.model import FusionModel
+from multimodal.outputs import ModelInput
+
+
+def _dense_cfg(tiny: ModelConfig, hidden: int = 4) -> ModelConfig:
+    ct = dataclasses.replace(tiny.ct, conv_stem=(8, 8), dense_hidden=hidden)
+    return dataclasses.replace(tiny, ct=ct, heads=dataclasses.replace(tiny.heads, mil=True))
+
+
+def test_config_geometry_and_refusals(tiny_cfg: ModelConfig) -> None:
+    cfg = _dense_cfg(tiny_cfg)
+    # tiny grid 16 x 32 x 32, patch 4 x 8 x 8: the first stride-2 layer gives 8 x 16 x 16
+    assert cfg.ct.dense_block == (2, 2, 2) and cfg.ct.dense_shape == (8, 16, 16)
+    with pytest.raises(ModelConfigError, match="conv_stem"):
+        dataclasses.replace(tiny_cfg.ct, conv_stem=(), dense_hidden=4)
+    with pytest.raises(ModelConfigError, match="heads.mil"):
+        dataclasses.replace(tiny_cfg, ct=cfg.ct,
+                            heads=dataclasses.replace(tiny_cfg.heads, mil=False))
+    with pytest.raises(ModelConfigError):
+        dataclasses.replace(cfg, dense_weight=-1.0)
+
+
+def test_targets_mark_the_cells_that_hold_the_finding() -> None:
+    m = np.zeros((2, 8, 8, 8), bool)
+    m[0, 5, 2, 7] = True  # one voxel: cell (2, 1, 3) of 2 x 2 x 2 blocks
+    t = dense_targets(m, (2, 2, 2))
+    assert t.shape == (2, 4, 4, 4) and t.dtype == np.uint8
+    assert t[0].sum() == 1 and t[0, 2, 1, 3] == 1 and t[1].sum() == 0
+    with pytest.raises(ShapeError, match="dense block"):
+        dense_targets(m, (3, 2, 2))
+
+
+def test_balanced_bce_weighs_positives_and_negatives_equally() -> None:
+    logits = torch.randn(2, 3, 4, 4, 4)
+    tgt = torch.zeros(2, 3, 4, 4, 4, dtype=torch.uint8)
+    tgt[0, 0, 1, 1, 1] = 1
+    tgt[1, 0, 2, 2, 2] = 1
+    got = balanced_bce(logits, tgt)
+    per = []
+    for f in range(3):
+        lg, tg = logits[:, f].flatten(), tgt[:, f].flatten().bool()
+        neg = F.softplus(lg[~tg]).mean()
+        pos = F.softplus(-lg[tg]).mean() if bool(tg.any()) else torch.zeros(())
+        per.append(pos + neg)
+    torch.testing.assert_close(got, torch.stack(per).mean())
+    # a missed positive among 128 cells weighs as much as all the negatives together:
+    # label 0 = (softplus(10) + softplus(0)) / 2 + softplus(0), the others softplus(0)
+    big = torch.zeros_like(logits)
+    big[0, 0, 1, 1, 1] = -10.0
+    ln2 = float(np.log(2.0))
+    want = ((float(F.softplus(torch.tensor(10.0))) + ln2) / 2 + ln2 + 2 * ln2) / 3
+    assert float(balanced_bce(big, tgt)) == pytest.approx(want, rel=1e-5)
+    assert float(balanced_bce(big, tgt)) > 3 * float(
+        F.binary_cross_entropy_with_logits(big, tgt.float()))
+
+
+def test_model_shapes_mil_link_and_gradient(tiny_cfg: ModelConfig,
+                                            make_batch: Callable[..., ModelInput]) -> None:
+    cfg = _dense_cfg(tiny_cfg)
+    torch.manual_seed(0)
+    model = FusionModel(cfg).eval()
+    x = make_batch(b=2, ct=(True, False))
+    out = model(x)
+    n_f = len(cfg.heads.labels)
+    assert out.dense_logits is not None and out.dense_logits.shape == (2, n_f, 8, 16, 16)
+    assert out.patch_logits is not None and out.patch_logits.shape == (2, n_f,
+                                                                        cfg.ct.n_patches)
+    # the per-patch maximum of the dense map is added to the patch logits (case with CT)
+    dense = model.dense
+    assert dense is not None
+    last = dense.net[-1]
+    assert isinstance(last, torch.nn.Conv3d) and last.bias is not None
+    with torch.no_grad():
+        last.bias[0] += 5.0
+    out2 = model(x)
+    assert out2.patch_logits is not None
+    torch.testing.assert_close(out2.patch_logits[0, 0], out.patch_logits[0, 0] + 5.0)
+    torch.testing.assert_close(out2.patch_logits[0, 1:], out.patch_logits[0, 1:])
+    # the case without CT stays masked, whatever the dense map says
+    assert bool((out2.patch_logits[1] <= -1e4 + 10).all())
+    # the dense loss trains the detector and the stem's first layer; without a dense target
+    # it is zero and the total is unchanged
+    model.train()
+    out3 = model(make_batch(b=2))
+    dm = torch.zeros(2, n_f, 8, 16, 16, dtype=torch.uint8)
+    dm[0, 0, 4, 8, 8] = 1
+    t = Targets(present=torch.zeros(2, n_f), laterality=torch.full((2, n_f), -100),
+                location=torch.full((2, n_f), -100),
+                size_mm=torch.full((2, n_f), float("nan")), dense_map=dm)
+    lo = compute_losses(out3, t, cfg)
+    assert float(lo["dense"].detach()) > 0
+    lo["total"].backward()  # type: ignore[no-untyped-call]
+    first = model.stems["ct"].conv[0]
+    assert isinstance(first, torch.nn.Conv3d) and first.weight.grad is not None
+    assert float(first.weight.grad.abs().sum()) > 0
+    lo0 = compute_losses(out3, dataclasses.replace(t, dense_map=None), cfg)
+    assert float(lo0["dense"].detach()) == 0.0
+
+
+def test_make_sample_writes_the_dense_target(tiny_cfg: ModelConfig) -> None:
+    from multimodal.tokenizer import WordTokenizer
+    from multimodal.training import collate_targets, make_sample
+
+    cfg = _dense_cfg(tiny_cfg)
+    tok = WordTokenizer.build(["a note"], max_size=300)
+    hu = np.full(cfg.ct.grid_shape, -850.0, np.float32)
+    lab = np.zeros(cfg.ct.grid_shape, np.uint8)
+    lab[5, 9, 20] = 1
+    n_f = len(cfg.heads.labels)
+    tg = {"present": np.zeros(n_f, np.float32), "laterality": np.full(n_f, -100),
+          "location": np.full(n_f, -100), "size": np.full(n_f, np.nan, np.float32)}
+    s = make_sample(cfg, tok, hu=hu, emr=None, label_map=lab,
+                    label_values={"lung_nodule": [1]}, targets=tg)
+    d = s["dense_map"]
+    assert d.shape == (n_f, 8, 16, 16) and int(d.sum()) == 1 and d[0, 2, 4, 10] == 1
+    t = collate_targets([s, s], None)
+    assert t.dense_map is not None and t.dense_map.shape == (2, n_f, 8, 16, 16)
+    # no dense detector configured: no dense target either
+    s0 = make_sample(tiny_cfg, tok, hu=hu, emr=None, label_map=lab,
+                     label_values={"lung_nodule": [1]}, targets=tg)
+    assert "dense_map" not in s0
