@@ -29,7 +29,7 @@ def test_config_geometry_and_refusals(tiny_cfg: ModelConfig) -> None:
     assert cfg.ct.dense_block == (2, 2, 2) and cfg.ct.dense_shape == (8, 16, 16)
     with pytest.raises(ModelConfigError, match="conv_stem"):
         dataclasses.replace(tiny_cfg.ct, conv_stem=(), dense_hidden=4)
-    with pytest.raises(ModelConfigError, match="heads.mil"):
+    with pytest.raises(ModelConfigError, match=r"heads\.mil"):
         dataclasses.replace(tiny_cfg, ct=cfg.ct,
                             heads=dataclasses.replace(tiny_cfg.heads, mil=False))
     with pytest.raises(ModelConfigError):
