@@ -272,8 +272,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     # resting on an unreliable detector, are marked
     findings_text, omitted = complete(findings_text, head, sentences)
     sides = {p.label: p.laterality for p in preds if p.present}
-    findings_text, contradicted = guard(findings_text, head, sides, unreliable)
-    impression, contradicted_imp = guard(impression, head, sides, unreliable)
+    sizes = {p.label: p.size_mm for p in preds if p.present}
+    findings_text, contradicted = guard(findings_text, head, sides, unreliable, sizes)
+    impression, contradicted_imp = guard(impression, head, sides, unreliable, sizes)
     contradicted |= contradicted_imp
     spans_chr = sample.get("emr_spans")
     items = []

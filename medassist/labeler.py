@@ -37,7 +37,8 @@ NEGATION = re.compile(r"\b(?:no|without|negative for|free of|not|absent|resolved
 #: the draft's own bracketed annotations ([UNVERIFIED: ...], [ADDED FROM THE FINDINGS LIST]):
 #: not report content, so not read for findings or negation
 ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST)[^\]]*\]")
-_SENT = re.compile(r"[^.\n;]+[.\n;]?")
+# a sentence ends at ".", ";" or a newline; a decimal point ("6.6 cm") does not end one
+_SENT = re.compile(r"(?:[^.\n;]|\.(?=\d))+[.\n;]?")
 
 
 @dataclass(frozen=True)
@@ -114,17 +115,38 @@ def _side_clash(sentence: str, side: str | None) -> bool:
     return bool(_SIDE_WORDS[other].search(sentence)) and not _SIDE_WORDS[side].search(sentence)
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b")
+
+
+def stated_size_mm(sentence: str) -> float | None:
+    """The largest size a sentence states ("7 mm", "6.6 cm"), in mm; None if it states none."""
+    sizes = [float(v) * (10.0 if unit == "cm" else 1.0)
+             for v, unit in _SIZE.findall(ANNOTATION.sub(" ", sentence).lower())]
+    return max(sizes) if sizes else None
+
+
+def _size_clash(sentence: str, size_mm: float | None, factor: float = 2.0) -> bool:
+    """The sentence states a size more than ``factor`` times off the head's ``size_mm``."""
+    said = stated_size_mm(sentence)
+    if said is None or size_mm is None or size_mm <= 0 or said <= 0:
+        return False
+    return max(said / size_mm, size_mm / said) > factor
+
+
 def guard(text: str, head: Mapping[str, bool],
           sides: Mapping[str, str | None] | None = None,
-          unreliable: Collection[str] = ()) -> tuple[str, set[str]]:
+          unreliable: Collection[str] = (),
+          sizes: Mapping[str, float | None] | None = None) -> tuple[str, set[str]]:
     """Flag sentences that contradict the findings head, or that rest on a detector the
     checkpoint does not have reliably.
 
     A sentence contradicts the head when it affirms a finding the head calls absent or
     negates one it calls present; with ``sides`` (label -> the stated laterality), also when
     it affirms exactly one finding that the head places on one side and names only the other
-    side.  A sentence that affirms or negates a label in ``unreliable`` is marked too: "no
-    pneumothorax" from a detector at chance is not a finding.  Returns the text with each such
+    side; with ``sizes`` (label -> the size head's mm), also when it affirms exactly one
+    finding and states a size more than twice or less than half the head's.  A sentence
+    that affirms or negates a label in ``unreliable`` is marked too: "no pneumothorax" from
+    a detector at chance is not a finding.  Returns the text with each such
     sentence prefixed by ``[UNVERIFIED: ...]`` (the reasons) and the set of labels that were
     contradicted."""
     out: list[str] = []
@@ -136,12 +158,18 @@ def guard(text: str, head: Mapping[str, bool],
         if sides is not None and len(affirmed) == 1 and affirmed[0] not in clash \
                 and _side_clash(s.text, sides.get(affirmed[0])):
             side_clash = affirmed
+        size_clash = []
+        if sizes is not None and len(affirmed) == 1 and affirmed[0] not in clash \
+                and _size_clash(s.text, sizes.get(affirmed[0])):
+            size_clash = affirmed
         weak = sorted(lab for lab in s.labels if lab in unreliable)
-        if clash or side_clash or weak:
-            bad.update(clash + side_clash)
+        if clash or side_clash or size_clash or weak:
+            bad.update(clash + side_clash + size_clash)
             why = [f"contradicts the findings head ({', '.join(clash)})"] if clash else []
             why += [f"names the other side than the findings head ({side_clash[0]})"] \
                 if side_clash else []
+            why += [f"states a size far from the findings head's ({size_clash[0]}: "
+                    f"{sizes[size_clash[0]]:.0f} mm)"] if size_clash and sizes else []
             why += [f"the model does not detect {', '.join(weak)} reliably"] if weak else []
             # reasons joined by " / ": a ";" would end the sentence for the labeler
             out.append(f"[UNVERIFIED: {' / '.join(why)}] {s.text}")

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from multimodal.config import ModelConfig
 from multimodal.decoder import ReportDecoder
+from multimodal.dense import DenseDetector
 from multimodal.encoder import MODALITIES, masked_mean
 from multimodal.fusion import FusionBlock
 from multimodal.heads import FindingsHead, body_midline_x
@@ -38,6 +39,8 @@ class LateFusionModel(nn.Module):
         self.label_embed = nn.Parameter(torch.randn(1, self.n_labels, d) * 0.02)
         self.to_memory = nn.ModuleDict({m: nn.Linear(d, d) for m in MODALITIES})
         self.findings = FindingsHead(cfg.heads, d)
+        # the same optional dense detector as the fusion model, so a comparison is like for like
+        self.dense = DenseDetector(cfg.ct, self.n_labels) if cfg.ct.dense_hidden else None
         self.decoder = ReportDecoder(cfg.decoder, d, cfg.emr.vocab_size)
 
     def forward(self, x: ModelInput) -> ModelOutput:
@@ -49,10 +52,12 @@ class LateFusionModel(nn.Module):
                                                  self.cfg.gating.drop_ct)
         ct_tok = None
         ct_vec = torch.zeros(b, d, device=dev)
-        ct_valid = None
+        ct_valid = dense = None
         if x.ct is not None:
             stem = typing.cast(CTStem, self.stems["ct"])
-            ct_tok = self.encoder(stem(x.ct), "ct", None, stem.bias())
+            tok, first = stem.forward_map(x.ct)
+            ct_tok = self.encoder(tok, "ct", None, stem.bias())
+            dense = None if self.dense is None else self.dense(first)  # (B, F, *dense_shape)
             ct_valid = ct_used[:, None].expand(-1, ct_tok.shape[1])
             ct_vec = masked_mean(ct_tok, ct_valid)
         emr_vec = torch.zeros(b, d, device=dev)
@@ -64,7 +69,9 @@ class LateFusionModel(nn.Module):
             emr_tok, tok_valid = enc.tokens, enc.token_mask & emr_used[:, None]
         fused: Tensor = self.mlp(torch.cat([ct_vec, emr_vec], -1))  # (B, D)
         q = fused[:, None] + self.label_embed  # (B, F, D)
-        patch, mil = self.findings.patch_logits(ct_tok, ct_valid)
+        patch, mil = self.findings.patch_logits(
+            ct_tok, ct_valid, None if dense is None or self.dense is None
+            else self.dense.per_patch(dense))
         pres, lat, loc, size, loc_logits, attr = self.findings(q, ct_tok, ct_valid, emr_tok,
                                                                tok_valid, mil)
         pres = self.findings.without_ct(pres, ct_used)
@@ -80,6 +87,7 @@ class LateFusionModel(nn.Module):
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
             emr_used=emr_used, align_loss=zero, aux_loss=zero, expert_load=None,
             memory=memory, memory_mask=mmask, lm_logits=lm, patch_logits=patch,
+            dense_logits=dense,
             ct_midline=None if x.ct is None or self.training  # only post-processing reads it
             else body_midline_x(x.ct, self.cfg.ct),
             **self.findings.decision_fields())

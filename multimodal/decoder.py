@@ -14,8 +14,18 @@ from multimodal.config import LATERALITY, DecoderConfig
 from multimodal.errors import ShapeError
 from multimodal.layers import Attention, Mlp, attn_bias
 from multimodal.outputs import FindingPrediction
-from multimodal.tokenizer import BOS, EOS, PAD
+from multimodal.tokenizer import BOS, EOS, PAD, UNK
 
+# never generated: a draft must not say "[UNK]" or restart mid-sentence
+_BANNED: tuple[int, ...] = (PAD, UNK, BOS)
+
+
+
+def _ban(logits: Tensor) -> Tensor:
+    """(B, V) next-token logits with PAD, UNK and BOS set to -inf (a new tensor)."""
+    out = logits.clone()
+    out[:, list(_BANNED)] = float("-inf")
+    return out
 
 class DecoderLayer(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
@@ -176,7 +186,7 @@ class ReportDecoder(nn.Module):
                 lg = self.step(ids[:, -1:], state)
             else:
                 lg = self.forward(ids, memory, memory_mask)[:, -1]
-            nxt = lg.argmax(-1).masked_fill(done, PAD)
+            nxt = _ban(lg).argmax(-1).masked_fill(done, PAD)
             ids = torch.cat([ids, nxt[:, None]], 1)
             done |= nxt == EOS
             if bool(done.all()):
@@ -199,7 +209,7 @@ class ReportDecoder(nn.Module):
         done = torch.zeros(b * k, dtype=torch.bool, device=memory.device)
         lengths = torch.zeros(b * k, device=memory.device)
         for _ in range(max_new):
-            lp = F.log_softmax(self.step(seqs[:, -1:], state), -1)  # (B*k, V)
+            lp = F.log_softmax(_ban(self.step(seqs[:, -1:], state)), -1)  # (B*k, V)
             v = lp.shape[-1]
             # finished beams only extend with PAD at no cost
             fin = torch.full_like(lp, float("-inf"))

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from multimodal.baseline import LateFusionModel
 from multimodal.config import ModelConfig
 from multimodal.dense import balanced_bce, dense_targets
 from multimodal.errors import ModelConfigError, ShapeError
@@ -111,6 +112,40 @@ def test_model_shapes_mil_link_and_gradient(tiny_cfg: ModelConfig,
     assert float(first.weight.grad.abs().sum()) > 0
     lo0 = compute_losses(out3, dataclasses.replace(t, dense_map=None), cfg)
     assert float(lo0["dense"].detach()) == 0.0
+
+
+def test_late_fusion_baseline_gets_the_same_detector(
+        tiny_cfg: ModelConfig, make_batch: Callable[..., ModelInput]) -> None:
+    """A baseline built from a dense config has the detector too (like-for-like comparison);
+    its per-patch maximum feeds the MIL patch logits, and its loss trains it."""
+    cfg = _dense_cfg(tiny_cfg)
+    torch.manual_seed(0)
+    model = LateFusionModel(cfg).eval()
+    assert model.dense is not None
+    x = make_batch(b=2)
+    out = model(x)
+    n_f = len(cfg.heads.labels)
+    assert out.dense_logits is not None and out.dense_logits.shape == (2, n_f, 8, 16, 16)
+    last = model.dense.net[-1]
+    assert isinstance(last, torch.nn.Conv3d) and last.bias is not None
+    with torch.no_grad():
+        last.bias[2] += 3.0
+    out2 = model(x)
+    assert out.patch_logits is not None and out2.patch_logits is not None
+    torch.testing.assert_close(out2.patch_logits[:, 2], out.patch_logits[:, 2] + 3.0)
+    model.train()
+    out3 = model(x)
+    dm = torch.zeros(2, n_f, 8, 16, 16, dtype=torch.uint8)
+    dm[1, 2, 3, 3, 3] = 1
+    t = Targets(present=torch.zeros(2, n_f), laterality=torch.full((2, n_f), -100),
+                location=torch.full((2, n_f), -100),
+                size_mm=torch.full((2, n_f), float("nan")), dense_map=dm)
+    lo = compute_losses(out3, t, cfg)
+    lo["total"].backward()  # type: ignore[no-untyped-call]
+    assert last.weight.grad is not None and float(last.weight.grad.abs().sum()) > 0
+    # without the option the baseline is unchanged: no detector, no dense output
+    plain = LateFusionModel(tiny_cfg).eval()
+    assert plain.dense is None and plain(make_batch(b=1)).dense_logits is None
 
 
 def test_make_sample_writes_the_dense_target(tiny_cfg: ModelConfig) -> None:

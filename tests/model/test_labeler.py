@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from medassist.labeler import guard, label_sentence, label_text, text_findings
+from medassist.labeler import (
+    guard,
+    label_sentence,
+    label_text,
+    stated_size_mm,
+    text_findings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +86,35 @@ def test_guard_marks_sentences_on_unreliable_detectors() -> None:
     assert both.startswith("[UNVERIFIED: contradicts the findings head (pleural_effusion) / "
                            "the model does not detect pleural_effusion reliably] No pleural")
     assert label_text(both)[0].labels == {"pleural_effusion": False}
+
+
+def test_decimal_point_does_not_end_a_sentence() -> None:
+    text = "Consolidation in the right lower lobe measuring about 6.6 cm. No pleural effusion."
+    assert [t.text for t in label_text(text)] == [
+        "Consolidation in the right lower lobe measuring about 6.6 cm.",
+        "No pleural effusion."]
+    out, _ = guard(text, {"consolidation": True, "pleural_effusion": False})
+    assert out == text  # rebuilt sentence by sentence, the size stays "6.6 cm"
+    assert [t.text for t in label_text("1. Nodule. 2. Mass.")] == ["1.", "Nodule.", "2.",
+                                                                   "Mass."]
+
+
+def test_guard_flags_a_size_far_from_the_size_head() -> None:
+    text = ("There is a smooth solid nodule in the right lower lobe measuring about 5.2 cm. "
+            "Consolidation in the right lower lobe measuring about 6.6 cm.")
+    head = {"lung_nodule": True, "consolidation": True}
+    sizes = {"lung_nodule": 10.1, "consolidation": 69.0}
+    out, bad = guard(text, head, sizes=sizes)
+    assert bad == {"lung_nodule"}
+    assert out.startswith("[UNVERIFIED: states a size far from the findings head's "
+                          "(lung_nodule: 10 mm)] There is a smooth")
+    assert out.count("UNVERIFIED") == 1  # 66 mm against 69 mm is consistent
+    assert guard(text, head)[0] == text  # without sizes: as before
+    assert stated_size_mm("a 7 mm nodule, previously 0.5 cm") == 7.0
+    assert stated_size_mm("recommend CT at 6-12 months") is None
+    # within a factor of two either way is consistent
+    assert guard("A 6 mm nodule.", head, sizes={"lung_nodule": 10.0})[1] == set()
+    assert guard("A 4 mm nodule.", head, sizes={"lung_nodule": 10.0})[1] == {"lung_nodule"}
 
 
 def test_guard_flags_the_other_side() -> None:

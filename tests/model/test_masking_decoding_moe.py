@@ -12,7 +12,7 @@ from multimodal.config import ModelConfig
 from multimodal.fusion import MoEFFN
 from multimodal.model import FusionModel
 from multimodal.outputs import ModelInput, ModelOutput
-from multimodal.tokenizer import BOS
+from multimodal.tokenizer import BOS, EOS, PAD, SPECIALS, UNK, WordTokenizer
 
 
 def _same(a: ModelOutput, b: ModelOutput) -> None:
@@ -160,3 +160,33 @@ def test_dense_switch(tiny_cfg: ModelConfig, make_batch: Callable[..., ModelInpu
     moe_out = FusionModel(tiny_cfg).eval()(make_batch())
     assert moe_out.expert_load is not None
     assert moe_out.expert_load.shape == (tiny_cfg.fusion.depth, tiny_cfg.fusion.n_routed)
+
+
+def test_decoding_never_emits_unk_pad_or_bos(model: FusionModel,
+                                             make_batch: Callable[..., ModelInput],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even when UNK, PAD and BOS are the most likely tokens, greedy and beam search pick
+    the best other token: a draft never says "[UNK]" or has a gap before its EOS."""
+    dec = model.decoder
+    orig = dec.logits
+    boost = torch.zeros(dec.tok.weight.shape[0])
+    boost[[UNK, PAD, BOS]] = 1e4
+    monkeypatch.setattr(dec, "logits", lambda h: orig(h) + boost)
+    with torch.no_grad():
+        out = model(make_batch(b=2))
+        for ids in (dec.greedy(out.memory, out.memory_mask, 30),
+                    dec.greedy(out.memory, out.memory_mask, 30, use_cache=False),
+                    dec.beam(out.memory, out.memory_mask, 30, beam_size=3)):
+            for row in ids.tolist():
+                body = row[:row.index(EOS)] if EOS in row else row
+                assert body and not {UNK, PAD, BOS} & set(body)
+
+
+def test_decode_joins_split_decimals_and_spaces_brackets() -> None:
+    tok = WordTokenizer([*SPECIALS, "6", "2", ".", "cm", "about", "consolidation", "(", ")",
+                         "rll", ",", "4", "th", "rib"])
+    ids = tok.encode("about 6 . 6 cm . 2 . consolidation")[0]
+    assert tok.decode(ids) == "about 6.6 cm. 2. consolidation"
+    ids = tok.encode("consolidation(rll ), 6 cm")[0]
+    assert tok.decode(ids) == "consolidation (rll), 6 cm"
+    assert tok.decode(tok.encode("4th rib")[0]) == "4th rib"
