@@ -24,6 +24,16 @@ def _dense_cfg(tiny: ModelConfig, hidden: int = 4) -> ModelConfig:
     return dataclasses.replace(tiny, ct=ct, heads=dataclasses.replace(tiny.heads, mil=True))
 
 
+def _dense_only_targets(b: int, n_f: int, cell: tuple[int, int, int, int, int]) -> Targets:
+    """All findings absent and attributes unlabelled; one occupied dense cell
+    (case, finding, z, y, x) on the tiny config's 8 x 16 x 16 map."""
+    dm = torch.zeros(b, n_f, 8, 16, 16, dtype=torch.uint8)
+    dm[cell] = 1
+    return Targets(present=torch.zeros(b, n_f), laterality=torch.full((b, n_f), -100),
+                   location=torch.full((b, n_f), -100),
+                   size_mm=torch.full((b, n_f), float("nan")), dense_map=dm)
+
+
 def test_config_geometry_and_refusals(tiny_cfg: ModelConfig) -> None:
     cfg = _dense_cfg(tiny_cfg)
     # tiny grid 16 x 32 x 32, patch 4 x 8 x 8: the first stride-2 layer gives 8 x 16 x 16
@@ -99,11 +109,7 @@ def test_model_shapes_mil_link_and_gradient(tiny_cfg: ModelConfig,
     # it is zero and the total is unchanged
     model.train()
     out3 = model(make_batch(b=2))
-    dm = torch.zeros(2, n_f, 8, 16, 16, dtype=torch.uint8)
-    dm[0, 0, 4, 8, 8] = 1
-    t = Targets(present=torch.zeros(2, n_f), laterality=torch.full((2, n_f), -100),
-                location=torch.full((2, n_f), -100),
-                size_mm=torch.full((2, n_f), float("nan")), dense_map=dm)
+    t = _dense_only_targets(2, n_f, (0, 0, 4, 8, 8))
     lo = compute_losses(out3, t, cfg)
     assert float(lo["dense"].detach()) > 0
     lo["total"].backward()  # type: ignore[no-untyped-call]
@@ -135,11 +141,7 @@ def test_late_fusion_baseline_gets_the_same_detector(
     torch.testing.assert_close(out2.patch_logits[:, 2], out.patch_logits[:, 2] + 3.0)
     model.train()
     out3 = model(x)
-    dm = torch.zeros(2, n_f, 8, 16, 16, dtype=torch.uint8)
-    dm[1, 2, 3, 3, 3] = 1
-    t = Targets(present=torch.zeros(2, n_f), laterality=torch.full((2, n_f), -100),
-                location=torch.full((2, n_f), -100),
-                size_mm=torch.full((2, n_f), float("nan")), dense_map=dm)
+    t = _dense_only_targets(2, n_f, (1, 2, 3, 3, 3))
     lo = compute_losses(out3, t, cfg)
     lo["total"].backward()  # type: ignore[no-untyped-call]
     assert last.weight.grad is not None and float(last.weight.grad.abs().sum()) > 0
