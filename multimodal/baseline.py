@@ -4,8 +4,6 @@ sized to about the fusion stage's parameter count feeds the same heads and decod
 
 from __future__ import annotations
 
-import typing
-
 import torch
 from torch import Tensor, nn
 
@@ -15,9 +13,8 @@ from multimodal.dense import DenseDetector
 from multimodal.encoder import MODALITIES, masked_mean
 from multimodal.fusion import FusionBlock
 from multimodal.heads import FindingsHead, body_midline_x
-from multimodal.model import build_unimodal, modality_dropout
+from multimodal.model import build_unimodal, encode_ct_dense, modality_dropout
 from multimodal.outputs import ModelInput, ModelOutput
-from multimodal.stems import CTStem
 
 
 def fusion_param_count(cfg: ModelConfig) -> int:
@@ -52,12 +49,10 @@ class LateFusionModel(nn.Module):
                                                  self.cfg.gating.drop_ct)
         ct_tok = None
         ct_vec = torch.zeros(b, d, device=dev)
-        ct_valid = dense = None
+        ct_valid = dense = dense_patch = None
         if x.ct is not None:
-            stem = typing.cast(CTStem, self.stems["ct"])
-            tok, first = stem.forward_map(x.ct)
-            ct_tok = self.encoder(tok, "ct", None, stem.bias())
-            dense = None if self.dense is None else self.dense(first)  # (B, F, *dense_shape)
+            ct_tok, dense, dense_patch = encode_ct_dense(self.stems, self.encoder, self.dense,
+                                                         x.ct)
             ct_valid = ct_used[:, None].expand(-1, ct_tok.shape[1])
             ct_vec = masked_mean(ct_tok, ct_valid)
         emr_vec = torch.zeros(b, d, device=dev)
@@ -69,9 +64,7 @@ class LateFusionModel(nn.Module):
             emr_tok, tok_valid = enc.tokens, enc.token_mask & emr_used[:, None]
         fused: Tensor = self.mlp(torch.cat([ct_vec, emr_vec], -1))  # (B, D)
         q = fused[:, None] + self.label_embed  # (B, F, D)
-        patch, mil = self.findings.patch_logits(
-            ct_tok, ct_valid, None if dense is None or self.dense is None
-            else self.dense.per_patch(dense))
+        patch, mil = self.findings.patch_logits(ct_tok, ct_valid, dense_patch)
         pres, lat, loc, size, loc_logits, attr = self.findings(q, ct_tok, ct_valid, emr_tok,
                                                                tok_valid, mil)
         pres = self.findings.without_ct(pres, ct_used)

@@ -20,12 +20,12 @@ from multimodal.tokenizer import BOS, EOS, PAD, UNK
 _BANNED: tuple[int, ...] = (PAD, UNK, BOS)
 
 
-
 def _ban(logits: Tensor) -> Tensor:
     """(B, V) next-token logits with PAD, UNK and BOS set to -inf (a new tensor)."""
     out = logits.clone()
     out[:, list(_BANNED)] = float("-inf")
     return out
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:

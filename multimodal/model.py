@@ -60,6 +60,20 @@ def build_unimodal(cfg: ModelConfig) -> tuple[nn.ModuleDict, SharedEncoder, Long
     return stems, SharedEncoder(cfg.encoder, d), LongEMREncoder(cfg.long_emr, d)
 
 
+def encode_ct_dense(stems: nn.ModuleDict, encoder: SharedEncoder, dense: DenseDetector | None,
+                    ct: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """CT tokens (B, N, D) after the shared encoder and, with a dense detector, its cell
+    logits (B, F, *ct.dense_shape) and their per-patch maximum (B, F, N). Shared by the
+    fusion model and the late-fusion baseline."""
+    stem = typing.cast(CTStem, stems["ct"])
+    tok, first = stem.forward_map(ct)
+    out: Tensor = encoder(tok, "ct", None, stem.bias())
+    if dense is None:
+        return out, None, None
+    cells = dense(first)
+    return out, cells, dense.per_patch(cells)
+
+
 class FusionModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -99,22 +113,18 @@ class FusionModel(nn.Module):
         """(B, C, Z, Y, X) -> (B, N, D) CT tokens after the shared encoder."""
         return self.encode_ct_dense(ct)[0]
 
-    def encode_ct_dense(self, ct: Tensor) -> tuple[Tensor, Tensor | None]:
-        """CT tokens (B, N, D) and, with ct.dense_hidden, the dense detector's logits
-        (B, F, *ct.dense_shape)."""
-        stem = typing.cast(CTStem, self.stems["ct"])
-        tok, first = stem.forward_map(ct)
-        out: Tensor = self.encoder(tok, "ct", None, stem.bias())
-        return out, None if self.dense is None else self.dense(first)
+    def encode_ct_dense(self, ct: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """CT tokens, dense cell logits and their per-patch maximum (`encode_ct_dense`)."""
+        return encode_ct_dense(self.stems, self.encoder, self.dense, ct)
 
     def forward(self, x: ModelInput) -> ModelOutput:
         x.validate(self.cfg)
         b = x.batch_size
         d = self.cfg.dim
         dev = x.ct_present.device
-        ct_tok = emr_mem = emr_tok = emr_valid = emr_mem_valid = dense = None
+        ct_tok = emr_mem = emr_tok = emr_valid = emr_mem_valid = dense = dense_patch = None
         if x.ct is not None:
-            ct_tok, dense = self.encode_ct_dense(x.ct)
+            ct_tok, dense, dense_patch = self.encode_ct_dense(x.ct)
         if x.emr_ids is not None and x.emr_mask is not None:
             enc = self.long_emr(self.stems["emr"], self.encoder, x.emr_ids, x.emr_mask,
                                 x.emr_present)
@@ -171,9 +181,7 @@ class FusionModel(nn.Module):
             tok_valid = emr_valid & emr_used[:, None]
         # MIL path: per-patch logits on the CT encoder tokens (image evidence only: the
         # note cannot switch an image finding on through this path)
-        patch, mil = self.findings.patch_logits(
-            ct_tok, ct_valid, None if dense is None or self.dense is None
-            else self.dense.per_patch(dense))
+        patch, mil = self.findings.patch_logits(ct_tok, ct_valid, dense_patch)
         pres, lat, loc, size, loc_logits, attr = self.findings(
             h[:, : self.n_labels], fused_ct, ct_valid, emr_tok, tok_valid, mil)
         pres = self.findings.without_ct(pres, ct_used)

@@ -95,7 +95,7 @@ class WordTokenizer:
             tok = self._itos[i] if 0 <= i < len(self._itos) else "[UNK]"
             if tok == "\n":
                 out = out.rstrip() + "\n"
-            elif out and not out.endswith("\n") and (tok[0].isalnum() or tok in "[("):
+            elif out and not out.endswith("\n") and (tok[0].isalnum() or tok in ("[", "(")):
                 prev = out[-1]
                 decimal = tok[0].isdigit() and prev == "." and out[-2:-1].isdigit()
                 ordinal = tok in ("st", "nd", "rd", "th") and prev.isdigit()  # "4th rib"
