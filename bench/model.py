@@ -12,7 +12,8 @@
   16,500+ word admission history, cut to ``--tokens``): the findings decisions, the EMR
   context classes and the Findings / Impression text of the memory-token model against the
   same weights with full attention over every EMR token;
-* training throughput (cases/s) on CPU.
+* training throughput (cases/s) on CPU, and with ``--cuda`` on the GPU (fp32 and bf16
+  autocast, batch 8 and 64) as ratios to the CPU run of the same process.
 
 ``--only NAME`` runs one of latency, kv_cache, long_emr, long_cases, train_throughput.
 """
@@ -26,6 +27,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +78,8 @@ def latency(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
             m.generate(out, max_new=cfg.decoder.max_len - 1)
 
     fp32 = _time(lambda: draft(model), reps)
-    q = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    q = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+        model, {torch.nn.Linear}, dtype=torch.qint8)
     int8 = _time(lambda: draft(q), reps)
     with torch.no_grad():
         a, b = model(x), q(x)
@@ -221,27 +224,59 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
     }
 
 
-def throughput(cfg: Any, steps: int) -> dict[str, Any]:
+def throughput(cfg: Any, steps: int, cuda: bool) -> dict[str, Any]:
+    """AdamW steps on the demo config (600-token EMR, 160-token report), cases/s.  CPU fp32
+    at batch 8 is the baseline; with ``cuda`` (and a GPU) the same steps run on the GPU in
+    fp32 and under bf16 autocast (as ``medassist train --device cuda``) at batch 8 and 64,
+    in the same process, and each is given as a ratio to the CPU baseline."""
     from multimodal.losses import Targets, compute_losses
     from multimodal.model import FusionModel
+    from multimodal.training import to_device
 
-    torch.manual_seed(0)
-    model = FusionModel(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    b, f = 8, len(cfg.heads.labels)
-    x = dataclasses.replace(_input(cfg, 600, b), report_ids=torch.randint(5, 500, (b, 160)))
-    tg = Targets(present=torch.zeros(b, f), laterality=torch.full((b, f), -100),
-                 location=torch.full((b, f), -100), size_mm=torch.full((b, f), float("nan")),
-                 report_targets=torch.randint(5, 500, (b, 160)))
+    f = len(cfg.heads.labels)
 
-    def step() -> None:
-        opt.zero_grad()
-        compute_losses(model(x), tg, cfg)["total"].backward()
-        opt.step()
+    def run(device: str, b: int, bf16: bool) -> dict[str, Any]:
+        dev = torch.device(device)
+        torch.manual_seed(0)
+        model = FusionModel(cfg).train().to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = to_device(dataclasses.replace(_input(cfg, 600, b),
+                                          report_ids=torch.randint(5, 500, (b, 160))), dev)
+        tg = to_device(Targets(present=torch.zeros(b, f), laterality=torch.full((b, f), -100),
+                               location=torch.full((b, f), -100),
+                               size_mm=torch.full((b, f), float("nan")),
+                               report_targets=torch.randint(5, 500, (b, 160))), dev)
 
-    dt = _time(step, steps)
-    return {"device": "cpu", "batch": b, "emr_tokens": 600, "step_s": round(dt, 3),
-            "cases_per_s": round(b / dt, 2)}
+        def step() -> None:
+            opt.zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                loss = compute_losses(model(x), tg, cfg)["total"]
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        dt = _time(step, steps if dev.type == "cpu" else 20)  # GPU steps are short
+        return {"device": dev.type, "dtype": "bf16 autocast" if bf16 else "fp32", "batch": b,
+                "step_s": round(dt, 4), "cases_per_s": round(b / dt, 2)}
+
+    base = run("cpu", 8, False)
+    res: dict[str, Any] = {"emr_tokens": 600, "report_tokens": 160, "steps": steps,
+                           "cpu_threads": torch.get_num_threads(), "cpu": base}
+    if not cuda:
+        return res
+    if not torch.cuda.is_available():
+        res["cuda"] = "not available"
+        return res
+    res["cuda_device"] = torch.cuda.get_device_name(0)
+    res["cuda"] = []
+    for b in (8, 64):
+        for bf16 in (False, True):
+            r = run("cuda", b, bf16)
+            r["x_cpu"] = round(r["cases_per_s"] / base["cases_per_s"], 1)
+            res["cuda"].append(r)
+    res["cuda_peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return res
 
 
 def main() -> None:
@@ -250,6 +285,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, 4K-token EMR")
     ap.add_argument("--child", choices=("memory", "full"))
     ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--cuda", action="store_true",
+                    help="train_throughput also on the GPU (fp32 and bf16 autocast)")
     ap.add_argument("--long-cases", type=int, default=6, help="long-note cases (0: skip)")
     ap.add_argument("--only", choices=("latency", "kv_cache", "long_emr", "long_cases",
                                        "train_throughput"))
@@ -260,14 +297,14 @@ def main() -> None:
     torch.set_num_threads(2)
     model, cfg = _model(args.checkpoint)
     reps = 1 if args.quick else 3
-    parts = {
+    parts: dict[str, Callable[[], Any]] = {
         "latency": lambda: latency(model, cfg, reps),
         "kv_cache": lambda: kv_cache(model, cfg, reps),
         "long_emr": lambda: long_emr(4096 if args.quick else args.tokens, args.checkpoint),
         "long_cases": lambda: long_cases(args.long_cases, args.checkpoint,
                                          4096 if args.quick else args.tokens)
         if args.long_cases > 0 else {"skipped": "--long-cases 0"},
-        "train_throughput": lambda: throughput(cfg, 2 if args.quick else 4),
+        "train_throughput": lambda: throughput(cfg, 2 if args.quick else 4, args.cuda),
     }
     res: dict[str, Any] = {
         "threads": torch.get_num_threads(),

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from multimodal.distributed import env_world
 
     tc = load_train_config(args.config)
+    if args.out:
+        tc = replace(tc, out=args.out)
     res = train(tc, device=args.device, resume=args.resume, stop_after=args.stop_after,
                 log=lambda line: print(line, file=sys.stderr, flush=True))
     if env_world()[0].is_main:  # under torchrun, rank 0 alone prints the summary
@@ -305,6 +307,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                    help="stop at this step (same schedule as the full run; a checkpoint is "
                         "written there if STEP is a multiple of checkpoint_every)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="checkpoint folder (overrides the config's out)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a checkpoint on cases written by medassist synth")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))

@@ -325,6 +325,23 @@ def test_report_on_real_ct(a0001: Path, tiny_checkpoint: Path) -> None:
     assert rep["sections"]["technique"].startswith("CT of the chest")
 
 
+def test_cli_train_out_overrides_the_config(tmp_path: Path) -> None:
+    cfg_path, in_cfg, given = tmp_path / "train.yaml", tmp_path / "from_config", tmp_path / "cli"
+    cfg_path.write_text(json.dumps({"train": {
+        "model_config": str(ROOT / "configs/model/tiny.yaml"),
+        "synth_config": str(ROOT / "configs/synth/small.yaml"), "train_cases": 2,
+        "data_seed": 3, "out": str(in_cfg), "optim": {"steps": 4, "batch_size": 2}}}))
+    ap = argparse.ArgumentParser()
+    add_parser(ap.add_subparsers(dest="cmd", required=True))
+    args = ap.parse_args(["train", "--config", str(cfg_path), "--stop-after", "1",
+                          "--out", str(given)])
+    with contextlib.redirect_stdout(io.StringIO()) as buf:
+        assert args.func(args) == 0
+    assert json.loads(buf.getvalue())["out"] == str(given)
+    assert json.loads((given / "meta.json").read_text())["step"] == 1
+    assert not in_cfg.exists()
+
+
 def test_train_late_fusion_baseline(tmp_path: Path) -> None:
     import dataclasses
 
