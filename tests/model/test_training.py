@@ -8,7 +8,7 @@ import io
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ from medassist.model_data import build_tokenizer, record_sample
 from medassist.model_eval import evaluate
 from multimodal.checkpoint import WEIGHTS, load_checkpoint
 from multimodal.config import ModelConfig
+from multimodal.heads import FindingsHead
 from multimodal.model import FusionModel
 from multimodal.training import OptimConfig, predict, train_loop
 
@@ -131,7 +132,7 @@ def test_checkpoint_roundtrip_and_cli_train(tmp_path: Path, tiny_records: list[A
     # ... and a checkpoint written before it existed flags no label
     del state["findings.val_auroc"]
     save_file(state, str(old / "model.safetensors"))
-    head_old = load_checkpoint(old)[0].get_submodule("findings")
+    head_old = cast(FindingsHead, load_checkpoint(old)[0].get_submodule("findings"))
     assert bool((head_old.get_buffer("val_auroc") == -1).all())
     assert head_old.unreliable(cfg.heads.labels, 0.8) == frozenset()
     bad = tmp_path / "bad.yaml"
