@@ -2,6 +2,7 @@
 GPU is lent"); JSON on stdout.  Run where CUDA is present (CI has none):
 
     python bench/cuda_check.py [--out DIR] [--cases 128] [--gpu-steps 100] [--cpu-steps 10]
+                               [--studies 8] [--only PART]
 
 1. ``throughput``: bench/model.py's train_throughput with ``--cuda`` (CPU fp32 at batch 8
    is the baseline, in the same process; the GPU in fp32 and bf16 autocast, batch 8 and 64).
@@ -13,6 +14,9 @@ GPU is lent"); JSON on stdout.  Run where CUDA is present (CI has none):
    CUDA and ``--cpu-steps`` on the CPU (2 threads, like the reference machine), cases/s of
    each, and the losses of both after ``--cpu-steps`` steps (same seed and batches: CUDA
    bf16 autocast vs CPU fp32).
+4. ``inference``: drafts of ``--studies`` generated DICOM studies in one batch with the
+   shipped checkpoint, CPU (2 threads) vs CUDA: time, and how many finding decisions, Findings
+   / Impression texts and modality weights agree (``medassist report --device cuda``).
 """
 
 from __future__ import annotations
@@ -92,12 +96,53 @@ def demo_real(out: Path, cases: int, gpu_steps: int, cpu_steps: int) -> dict[str
             "gpu_final": gpu["final"]}
 
 
+def inference(out: Path, n: int, checkpoint: Path) -> dict[str, Any]:
+    """Drafts of ``n`` generated DICOM studies (with notes) in one batch: the shipped
+    checkpoint on the CPU (2 threads) and on CUDA (fp32), decisions and text compared."""
+    from medassist.drafting import infer, load_model, prepare
+    from medassist.synth.case import make_case
+    from medassist.synth.config import load_config
+    from medassist.synth.findings import load_vocabulary
+    from medassist.synth.writer import write_case
+
+    scfg = load_config(ROOT / "configs/synth/small.yaml")
+    vocab = load_vocabulary(scfg.findings.vocabulary_path())
+    cases = []
+    for i in range(n):
+        d = out / "cases" / f"case_{i:05d}"
+        write_case(make_case(scfg, vocab, 11, i, "test"), scfg, d)
+        cases.append(d)
+    res: dict[str, Any] = {"studies": n}
+    drafts = {}
+    for dev in ("cpu", "cuda"):
+        lm = load_model(checkpoint, device=dev)
+        preps = [prepare(c / "dicom", c / "emr.txt", lm.cfg) for c in cases]
+        infer(lm, preps[:1])  # warm-up
+        t0 = time.perf_counter()
+        drafts[dev] = infer(lm, preps)
+        res[f"{dev}_s"] = round(time.perf_counter() - t0, 3)
+    a, b = drafts["cpu"], drafts["cuda"]
+    pairs = [(f, g) for x, y in zip(a, b, strict=True)
+             for f, g in zip(x["findings"], y["findings"], strict=True)]
+    res.update(
+        cuda_x_cpu=round(res["cpu_s"] / res["cuda_s"], 1),
+        same_decisions=sum(f["present"] == g["present"] for f, g in pairs),
+        decisions=len(pairs),
+        max_probability_diff=max(abs(f["probability"] - g["probability"]) for f, g in pairs),
+        same_text=sum(x["sections"] == y["sections"] for x, y in zip(a, b, strict=True)),
+        same_weights=sum(x["modality_weights"] == y["modality_weights"]
+                         for x, y in zip(a, b, strict=True)))
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/cuda_check")
     ap.add_argument("--cases", type=int, default=128)
     ap.add_argument("--gpu-steps", type=int, default=100)
     ap.add_argument("--cpu-steps", type=int, default=10)
+    ap.add_argument("--studies", type=int, default=8, help="generated studies drafted")
+    ap.add_argument("--only", choices=("throughput", "tiny_resume", "demo_real", "inference"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print(json.dumps({"cuda": "not available: run this where a GPU is present"}))
@@ -111,7 +156,11 @@ def main() -> None:
     for name, fn in (("throughput", lambda: bm.throughput(cfg, 4, True)),
                      ("tiny_resume", lambda: tiny_resume(out)),
                      ("demo_real", lambda: demo_real(out, args.cases, args.gpu_steps,
-                                                     args.cpu_steps))):
+                                                     args.cpu_steps)),
+                     ("inference", lambda: inference(out, args.studies,
+                                                     ROOT / "models/demo"))):
+        if args.only not in (None, name):
+            continue
         try:
             res[name] = fn()
         except Exception as exc:  # report each part; one failing does not hide the others

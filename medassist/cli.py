@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dicom_io.errors import DicomIOError
-from medassist.errors import MedAssistError, from_dicom_io
+from medassist.errors import MedAssistError, from_dicom_io, from_multimodal
+from multimodal.errors import MultimodalError
 
 log = logging.getLogger("medassist")
 
@@ -166,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except DicomIOError as exc:
         err: MedAssistError = from_dicom_io(exc)
+    except MultimodalError as exc:
+        err = from_multimodal(exc)
     except MedAssistError as exc:
         err = exc
     sys.stderr.write(f"medassist: error: {err}\n")

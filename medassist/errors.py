@@ -1,13 +1,15 @@
 """Errors of the medassist application core, rooted at :class:`MedAssistError`.
 
 ``dicom_io`` and ``multimodal`` import nothing from ``medassist``, so their errors have roots
-of their own (:class:`dicom_io.errors.DicomIOError`).  The application translates them at its
-boundary with :func:`from_dicom_io`, keeping the original as ``__cause__``.
+of their own (:class:`dicom_io.errors.DicomIOError`, :class:`multimodal.errors.MultimodalError`).
+The application translates them at its boundary with :func:`from_dicom_io` and
+:func:`from_multimodal`, keeping the original as ``__cause__``.
 """
 
 from __future__ import annotations
 
 from dicom_io.errors import DicomIOError
+from multimodal.errors import MultimodalError
 
 
 class MedAssistError(Exception):
@@ -37,6 +39,19 @@ class UsageError(MedAssistError):
 def from_dicom_io(exc: DicomIOError) -> InputError:
     """Translate a dicom_io error, keeping its type name and the file it names."""
     err = InputError(f"{type(exc).__name__}: {exc}", path=exc.path, kind=type(exc).__name__)
+    err.__cause__ = exc
+    return err
+
+
+class ModelError(MedAssistError):
+    """The model, its checkpoint or its configuration is unusable (a multimodal error)."""
+
+    exit_code = 2
+
+
+def from_multimodal(exc: MultimodalError) -> ModelError:
+    """Translate a multimodal error (checkpoint, model config, tokenizer), keeping its type."""
+    err = ModelError(f"{type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
 

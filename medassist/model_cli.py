@@ -247,7 +247,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     if args.db:  # through every pipeline stage, stored (idempotent: same inputs, same report)
         return _report_to_db(args)
-    rep = make_report(args.study, args.emr, args.checkpoint, int8=args.int8)
+    rep = make_report(args.study, args.emr, args.checkpoint, int8=args.int8,
+                      device=args.device)
     if args.json:
         print(json.dumps(rep, indent=1))
     else:
@@ -268,6 +269,9 @@ def _report_to_db(args: argparse.Namespace) -> int:
     if args.int8:
         raise UsageError("--int8 drafts are not stored (the stored draft names the fp32 "
                          "checkpoint); drop --int8 or --db")
+    if args.device != "cpu":
+        raise UsageError("--db drafts run on the CPU (the pipeline's own model); drop "
+                         f"--device {args.device} or --db")
     engine = make_engine(resolve_db_url(args.db))
     try:
         upgrade(engine)
@@ -322,6 +326,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--emr", default=None, help="EMR note (plain text)")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (CPU)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N (the draft is the same; CUDA convolutions may "
+                        "differ in the last digits)")
     p.add_argument("--db", help="store the draft (every pipeline stage, idempotent) in this "
                    "database URL; prints the report id")
     p.add_argument("--json", action="store_true")

@@ -31,7 +31,7 @@ from multimodal.distributed import (
     step_seed,
     wrap,
 )
-from multimodal.errors import CheckpointError, ShapeError
+from multimodal.errors import CheckpointError, ModelConfigError, ShapeError
 from multimodal.losses import Targets, compute_losses
 from multimodal.outputs import ModelOutput
 from multimodal.tokenizer import WordTokenizer
@@ -51,6 +51,12 @@ class OptimConfig:
     clip_norm: float = 1.0
     checkpoint_every: int = 100
     log_every: int = 10
+    #: mixed precision on CUDA: "bf16" (autocast) or "off" (fp32); the CPU always trains fp32
+    amp: str = "bf16"
+
+    def __post_init__(self) -> None:
+        if self.amp not in ("bf16", "off"):
+            raise ModelConfigError(f"optim.amp must be 'bf16' or 'off', got {self.amp!r}")
 
 
 def lr_at(step: int, oc: OptimConfig) -> float:
@@ -182,7 +188,7 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     n_seen = 0
-    amp = dev.type == "cuda"
+    amp = dev.type == "cuda" and oc.amp == "bf16"
     for step in range(start, oc.steps):
         if stop_after is not None and step >= stop_after:
             break

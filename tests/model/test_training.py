@@ -19,6 +19,7 @@ from medassist.model_data import build_tokenizer, record_sample
 from medassist.model_eval import evaluate
 from multimodal.checkpoint import WEIGHTS, load_checkpoint
 from multimodal.config import ModelConfig
+from multimodal.errors import ModelConfigError
 from multimodal.heads import FindingsHead
 from multimodal.model import FusionModel
 from multimodal.training import OptimConfig, predict, train_loop
@@ -380,3 +381,32 @@ def test_chunked_samples_equal_the_whole_cache(tmp_path: Path,
         for k in sa:
             same = np.array_equal(sa[k], sb[k], equal_nan=True) if sa[k] is not None else None
             assert (sa[k] is None and sb[k] is None) or same, k
+
+
+def test_optim_amp_is_validated() -> None:
+    assert OptimConfig().amp == "bf16" and OptimConfig(amp="off").amp == "off"
+    with pytest.raises(ModelConfigError, match="amp"):
+        OptimConfig(amp="fp16")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_report_device_cuda_without_gpu_is_a_clear_error(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from medassist.cli import main
+
+    assert main(["report", str(tmp_path), "--device", "cuda"]) != 0
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--device", "cuda", "--db",
+                 f"sqlite:///{tmp_path / 'x.db'}"]) != 0
+    assert "drop --device cuda or --db" in capsys.readouterr().err
+
+
+def test_cli_reports_model_errors_without_a_traceback(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """multimodal errors (here a checkpoint folder without weights) are translated at the CLI
+    boundary: one line naming the type and the file, exit status 2."""
+    from medassist.cli import main
+
+    assert main(["report", str(tmp_path), "--checkpoint", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medassist: error: CheckpointError:") and "model.safetensors" in err
