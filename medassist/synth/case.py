@@ -228,7 +228,8 @@ def sample_findings(rng: np.random.Generator, cfg: SynthConfig, vocab: Vocabular
             side = side_attr.sample(rng)
             sides = ["right", "left"] if side == "bilateral" else [side]
         for side_hint in sides:
-            f = place_finding(rng, an, spec, len(placed), bounds, placed, side_hint=side_hint)
+            f = place_finding(rng, an, spec, len(placed), bounds, placed, side_hint=side_hint,
+                              emphysema_extent=cfg.findings.emphysema_extent)
             if f is None:
                 continue
             if side_hint is not None and len(sides) == 2:

@@ -135,8 +135,18 @@ class FindingsConfig:
     max_findings: int = 4
     #: Probability of each further finding after the first (geometric).
     extra_finding_probability: float = 0.35
+    #: How much lung an emphysema occupies. "trace" (the original generator, kept so that
+    #: earlier data and figures reproduce): 40 / 110 / 220 lucencies of ~4 mm for mild /
+    #: moderate / severe, about 0.2 % of the lung, below what 5 mm slices show (bench/
+    #: finding_visibility.py). "fleischner": the share of the upper-zone lung that the
+    #: Fleischner grades describe (mild 1-5 %, moderate 5-15 %, severe / confluent 15-30 %),
+    #: with larger lucencies as the grade rises.
+    emphysema_extent: str = "trace"
 
     def __post_init__(self) -> None:
+        if self.emphysema_extent not in ("trace", "fleischner"):
+            raise SynthConfigError("findings.emphysema_extent must be 'trace' or 'fleischner', "
+                                   f"got {self.emphysema_extent!r}")
         if not 0.3 <= self.normal_fraction < 1.0:
             raise SynthConfigError(
                 f"findings.normal_fraction must be in [0.3, 1) (issue: >= 30% normal), "

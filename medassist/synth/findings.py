@@ -400,8 +400,9 @@ def ordinal(n: int) -> str:
 
 def place_finding(rng: np.random.Generator, an: Anatomy, spec: FindingSpec, index: int,
                   bounds: Bounds, placed: Sequence[Finding], side_hint: str | None = None,
-                  ) -> Finding | None:
-    """Place one finding of ``spec`` in the anatomy, or None if it does not fit this case."""
+                  emphysema_extent: str = "trace") -> Finding | None:
+    """Place one finding of ``spec`` in the anatomy, or None if it does not fit this case.
+    ``emphysema_extent``: see :attr:`medassist.synth.config.FindingsConfig.emphysema_extent`."""
     kind = spec.name
     attrs: dict[str, str] = {}
     for name, a in spec.attributes:
@@ -516,12 +517,27 @@ def place_finding(rng: np.random.Generator, an: Anatomy, spec: FindingSpec, inde
         zmin = max(zlo, an.dia_r + 0.45 * (an.apex_z - an.dia_r))
         if zmin >= zhi:
             return None
-        u, v, z = _candidates(rng, an, Bounds((zmin, zhi), bounds.v, bounds.u), 4000)
-        d = np.exp(rng.normal(math.log(4.0), 0.35, size=u.shape)).clip(3.0, size)
+        zone = Bounds((zmin, zhi), bounds.v, bounds.u)
+        if emphysema_extent == "fleischner":
+            share = {"mild": (0.01, 0.05), "moderate": (0.05, 0.15),
+                     "severe": (0.15, 0.30)}.get(sev, (0.01, 0.05))
+            median_d = {"mild": 5.0, "moderate": 8.0, "severe": 12.0}.get(sev, 5.0)
+            u, v, z = _candidates(rng, an, zone, 20000)
+            d = np.exp(rng.normal(math.log(median_d), 0.35, size=u.shape)).clip(3.0, size)
+            # the zone's lung volume (ml) from the candidates that fall in the lung
+            box_mm3 = (float(u.max() - u.min()) * float(v.max() - v.min()) * (zhi - zmin))
+            lung_ml = float((an.sd_lung(u, v, z) < 0).mean()) * box_mm3 / 1000.0
+            target_ml = rng.uniform(*share) * lung_ml
+        else:
+            u, v, z = _candidates(rng, an, zone, 4000)
+            d = np.exp(rng.normal(math.log(4.0), 0.35, size=u.shape)).clip(3.0, size)
         d[0] = size
         ok = an.sd_lung(u, v, z) < -(d / 2 + 1.0)
         if not ok[0]:
             ok[0] = False
+        if emphysema_extent == "fleischner":  # as many lucencies as make the target volume
+            each_ml = 4.0 / 3.0 * math.pi * (d[ok] / 2.0) ** 3 / 1000.0
+            n = max(5, int(np.searchsorted(np.cumsum(each_ml), target_ml)) + 1)
         idx = np.nonzero(ok)[0][:n]
         if idx.size < 5:
             return None
