@@ -524,18 +524,19 @@ def place_finding(rng: np.random.Generator, an: Anatomy, spec: FindingSpec, inde
             median_d = {"mild": 5.0, "moderate": 8.0, "severe": 12.0}.get(sev, 5.0)
             u, v, z = _candidates(rng, an, zone, 20000)
             d = np.exp(rng.normal(math.log(median_d), 0.35, size=u.shape)).clip(3.0, size)
-            # the zone's lung volume (ml) from the candidates that fall in the lung
-            box_mm3 = (float(u.max() - u.min()) * float(v.max() - v.min()) * (zhi - zmin))
-            lung_ml = float((an.sd_lung(u, v, z) < 0).mean()) * box_mm3 / 1000.0
-            target_ml = rng.uniform(*share) * lung_ml
+            target_share = rng.uniform(*share)
         else:
             u, v, z = _candidates(rng, an, zone, 4000)
             d = np.exp(rng.normal(math.log(4.0), 0.35, size=u.shape)).clip(3.0, size)
         d[0] = size
-        ok = an.sd_lung(u, v, z) < -(d / 2 + 1.0)
+        sd = an.sd_lung(u, v, z)
+        ok = sd < -(d / 2 + 1.0)
         if not ok[0]:
             ok[0] = False
         if emphysema_extent == "fleischner":  # as many lucencies as make the target volume
+            # the zone's lung volume (ml) from the candidates that fall in the lung
+            box_mm3 = float(u.max() - u.min()) * float(v.max() - v.min()) * (zhi - zmin)
+            target_ml = target_share * float((sd < 0).mean()) * box_mm3 / 1000.0
             each_ml = 4.0 / 3.0 * math.pi * (d[ok] / 2.0) ** 3 / 1000.0
             n = max(5, int(np.searchsorted(np.cumsum(each_ml), target_ml)) + 1)
         idx = np.nonzero(ok)[0][:n]
