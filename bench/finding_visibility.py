@@ -1,8 +1,9 @@
 """How visible is each generated finding on the model's grid?  Per finding of the cached
 validation cases: the contrast of its labelled voxels against a shell around them, over the
 shell's spread (a contrast-to-noise ratio, CNR), and its voxel count; for emphysema also the
-classic low-attenuation-area score (percentage of lung voxels below -950 / -920 HU) and its
-AUROC against cases without emphysema.
+share of the lung its labelled voxels take, and the classic low-attenuation-area score
+(percentage of lung voxels below -950 / -920 HU) with its AUROC against cases without
+emphysema.
 
 A finding kind whose CNR is below ~1 in most cases, or whose case-level score is near AUROC
 0.5, cannot be learned from the image at this grid, whatever the model: the generator (or the
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     vox: dict[str, list[int]] = defaultdict(list)
     laa: list[tuple[float, float]] = []
     emph: list[bool] = []
+    share: list[float] = []  # emphysema cases: labelled voxels / lung voxels
     for r in recs:
         if r.hu is None or r.label_map is None:
             continue
@@ -83,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
             cnr[f["kind"]].append(float(abs(a.mean() - b.mean()) / max(float(b.std()), 1.0))
                                   if b.size else 0.0)
             vox[f["kind"]].append(int(inside.sum()))
-        v = hu[lung_mask(hu)]
+        lung = lung_mask(hu)
+        v = hu[lung]
         laa.append((float((v < -950).mean()), float((v < -920).mean())))
         emph.append(any(f["kind"] == "emphysema" for f in r.findings))
+        for f in r.findings:
+            if f["kind"] == "emphysema":
+                m = lab.numpy() == int(f["label_value"])
+                share.append(float(m.sum() / max(int((lung | m).sum()), 1)))
     y = np.asarray(emph, dtype=float)
     s = np.asarray(laa)
     res: dict[str, Any] = {"synth_config": args.synth_config, "cases": len(recs),
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, c in sorted(cnr.items())}}
     res["emphysema_laa"] = {
         "cases_with": int(y.sum()),
+        "labelled_share_of_lung_pct_median": round(100 * float(np.median(share)), 2)
+        if share else None,
         "laa950_pct_with": round(100 * float(s[y == 1, 0].mean()), 2) if y.any() else None,
         "laa950_pct_without": round(100 * float(s[y == 0, 0].mean()), 2),
         "auroc_laa950": auroc(s[:, 0], y), "auroc_laa920": auroc(s[:, 1], y)}

@@ -137,7 +137,7 @@ class FindingsConfig:
     extra_finding_probability: float = 0.35
     #: How much lung an emphysema occupies. "trace" (the original generator, kept so that
     #: earlier data and figures reproduce): 40 / 110 / 220 lucencies of ~4 mm for mild /
-    #: moderate / severe, about 0.2 % of the lung, below what 5 mm slices show (bench/
+    #: moderate / severe, a median 0.18 % of the lung, below what 5 mm slices show (bench/
     #: finding_visibility.py). "fleischner": the share of the upper-zone lung that the
     #: Fleischner grades describe (mild 1-5 %, moderate 5-15 %, severe / confluent 15-30 %),
     #: with larger lucencies as the grade rises.
