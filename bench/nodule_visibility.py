@@ -1,11 +1,16 @@
-"""Can a fixed detector see the generated nodules?  The maximum of the (smoothed) HU inside
-the eroded lung, per case, as a nodule score.
+"""Can a fixed detector see the generated nodules?  The maximum of a fixed score inside the
+lung, per case, as a nodule score.
 
 Cases of one cached training chunk (configs/synth/small.yaml, seed 7, the demo grid) whose
 only lung finding is a nodule, against those with no lung finding; prints the AUROC of each
-score: raw HU, 1 x 3 x 3 and 3 x 3 x 3 box means, and the 1 x 3 x 3 mean minus a 3 x 9 x 9
-background mean.  Near 0.5 means the generated lungs hold other bright structures (vessels)
-that a blob-maximum cannot tell from a nodule.
+score: raw HU, 1 x 3 x 3 and 3 x 3 x 3 box means, the 1 x 3 x 3 mean minus a 3 x 9 x 9
+background mean, and the bright-blob determinant-of-Hessian response
+(:class:`multimodal.transforms.BlobEnhance`) at 2.5 and 3.5 mm.  Each inside two lung masks:
+``box`` (1 x 5 x 5 mean below -600 HU, eroded 1 x 5 x 5; it also keeps the air around the
+body: the mask of the first version of this script) and ``air`` (the air-density voxels not
+connected to the image border, ``finding_visibility.lung_mask``, eroded 1 x 5 x 5 so that the
+chest wall's partial volume is out).  Near 0.5 means the generated lungs hold other bright
+structures (vessels) that a blob-maximum cannot tell from a nodule.
 
     .venv/bin/python bench/nodule_visibility.py [--cases 200] [--cache runs/cache]
 """
@@ -27,6 +32,10 @@ sys.path.insert(0, str(REPO))
 from medassist.model_data import cached_synth_records  # noqa: E402
 from multimodal.config import load_model_config  # noqa: E402
 from multimodal.metrics import auroc  # noqa: E402
+from multimodal.transforms import BlobEnhance  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from finding_visibility import lung_mask  # noqa: E402
 
 LUNG = {"lung_nodule", "lung_mass", "consolidation", "emphysema", "pneumothorax",
         "pleural_effusion"}
@@ -40,27 +49,34 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_model_config(REPO / "configs/model/demo.yaml")
     recs = cached_synth_records(a.cache, str(REPO / "configs/synth/small.yaml"), cfg, 7,
                                 a.cases)
-    scores: dict[str, list[float]] = {"raw": [], "box133": [], "box333": [], "dog": []}
+    blob = BlobEnhance(cfg.ct.spacing_mm, (2.5, 3.5))
+    scores: dict[str, dict[str, list[float]]] = {"box": {}, "air": {}}
     ys = []
     for r in recs:
         kinds = {str(f["kind"]) for f in r.findings} & LUNG
         if (kinds and kinds != {"lung_nodule"}) or r.hu is None:
             continue
-        v = torch.tensor(r.hu.astype(np.float32))[None, None]
-        lung = F.avg_pool3d(v, (1, 5, 5), 1, (0, 2, 2)) < -600
-        lung = -F.max_pool3d(-lung.float(), (1, 5, 5), 1, (0, 2, 2)) > 0.5  # eroded
-        if not bool(lung.any()):
+        hu = r.hu.astype(np.float32)
+        v = torch.from_numpy(hu)[None, None]
+        box = F.avg_pool3d(v, (1, 5, 5), 1, (0, 2, 2)) < -600
+        air = torch.from_numpy(lung_mask(hu))[None, None]
+        masks = {m: -F.max_pool3d(-t.float(), (1, 5, 5), 1, (0, 2, 2)) > 0.5  # eroded
+                 for m, t in (("box", box), ("air", air))}
+        if not all(bool(m.any()) for m in masks.values()):
             continue
         s133 = F.avg_pool3d(v, (1, 3, 3), 1, (0, 1, 1))
-        for name, t in (("raw", v), ("box133", s133),
-                        ("box333", F.avg_pool3d(v, 3, 1, 1)),
-                        ("dog", s133 - F.avg_pool3d(v, (3, 9, 9), 1, (1, 4, 4)))):
-            scores[name].append(float(t[lung].max()))
+        maps = {"raw": v, "box133": s133, "box333": F.avg_pool3d(v, 3, 1, 1),
+                "dog": s133 - F.avg_pool3d(v, (3, 9, 9), 1, (1, 4, 4))}
+        for sc in blob.scales:
+            maps[f"blob{sc:g}mm"] = blob.response(hu, sc)[None, None]
+        for m, lung in masks.items():
+            for name, t in maps.items():
+                scores[m].setdefault(name, []).append(float(t[lung].max()))
         ys.append("lung_nodule" in kinds)
     y = np.array(ys)
     print(json.dumps({"cases": len(y), "with_nodule": int(y.sum()),
-                      "auroc": {k: auroc(np.array(v), y) for k, v in scores.items()}},
-                     indent=1))
+                      "auroc": {m: {k: auroc(np.array(v), y) for k, v in sc.items()}
+                                for m, sc in scores.items()}}, indent=1))
     return 0
 
 

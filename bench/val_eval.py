@@ -6,9 +6,10 @@ post-processing rules before the held-out test splits are scored.
                                       [--data DIR]
 
 Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
-the side read off the image) and nodule / mass detection by reference size as JSON; with
-``--text`` the reports are generated too (both modalities only) and their text micro-F1,
-EMR-dependent impression accuracy and the EMR context head's accuracy are added.
+the side read off the image; the stated side per finding too) and nodule / mass detection
+by reference size as JSON; with ``--text`` the reports are generated too (both modalities
+only) and their text micro-F1, EMR-dependent impression accuracy and the EMR context head's
+accuracy are added.
 ``--data DIR`` scores the cases of a ``medassist synth`` folder instead (e.g. a test split,
 once the choice is made).  The cases come from
 ``medassist.model_data.cached_synth_records`` (configs/synth/small.yaml, seed 7, split val).
@@ -61,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     keys += [k for k in ("context_acc", "context_acc_per_slot", "n_context",
                          "context_recall_nonzero", "n_context_nonzero",
                          "context_false_nonzero") if k in full]
+    lat_by = {lab: {"tp": v["tp"], "acc": v["laterality_acc_tp"]}
+              for lab, v in full["per_finding"].items() if v["tp"]}
     print(json.dumps({"checkpoint": a.checkpoint, "n_cases": len(samples),
-                      **{k: full[k] for k in keys}}, indent=1))
+                      **{k: full[k] for k in keys}, "laterality_tp_by_finding": lat_by},
+                     indent=1))
     return 0
 
 

@@ -62,18 +62,22 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
     truth = np.asarray(truth, bool)
     per: dict[str, dict[str, Any]] = {}
     tps = fps = fns = 0
+    tp_mask = pred & truth
+    lat_hit = np.asarray(lat_pred) == np.asarray(lat_true)
     for f, lab in enumerate(labels):
         tp = int((pred[:, f] & truth[:, f]).sum())
         fp = int((pred[:, f] & ~truth[:, f]).sum())
         fn = int((~pred[:, f] & truth[:, f]).sum())
         tps, fps, fns = tps + tp, fps + fp, fns + fn
+        # the side stated on this label's true positives (where most of a low overall
+        # laterality comes from tells a side rule from a detector whose hits are chance)
         per[lab] = {"f1": f1(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn,
                     "support": int(truth[:, f].sum()),
-                    "auroc": auroc(np.asarray(prob)[:, f], truth[:, f])}
+                    "auroc": auroc(np.asarray(prob)[:, f], truth[:, f]),
+                    "laterality_acc_tp": float(lat_hit[tp_mask[:, f], f].mean()) if tp else None}
     supported = [v["f1"] for v in per.values() if v["support"] > 0]
     aucs = [v["auroc"] for v in per.values() if v["auroc"] is not None]
-    tp_mask = pred & truth
-    lat_ok = (np.asarray(lat_pred) == np.asarray(lat_true))[tp_mask]
+    lat_ok = lat_hit[tp_mask]
     sel = np.zeros_like(tp_mask)
     for f, lab in enumerate(labels):
         if lab in size_labels:

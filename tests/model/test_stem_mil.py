@@ -118,6 +118,23 @@ def test_auroc() -> None:
     assert m["macro_auroc"] == 1.0
 
 
+def test_laterality_per_finding() -> None:
+    """The side is scored per label on its own true positives and overall on all of them."""
+    labels = ["a", "b"]
+    truth = np.array([[1, 1], [1, 0], [1, 1]], bool)
+    pred = np.array([[1, 1], [1, 1], [1, 0]], bool)  # TPs: a in 3 cases, b in case 0 only
+    lat_true = np.array([[1, 2], [2, -100], [1, 1]])
+    lat_pred = np.array([[1, 1], [1, 2], [1, 1]])  # a: 2 of 3 right; b: wrong on its TP
+    m = findings_metrics(labels, pred.astype(float), pred, truth, lat_pred, lat_true,
+                         np.zeros((3, 2)), np.full((3, 2), np.nan))
+    assert m["per_finding"]["a"]["laterality_acc_tp"] == 2 / 3
+    assert m["per_finding"]["b"]["laterality_acc_tp"] == 0.0
+    assert m["laterality_acc_tp"] == 2 / 4
+    none = findings_metrics(labels, pred.astype(float), np.zeros_like(pred), truth, lat_pred,
+                            lat_true, np.zeros((3, 2)), np.full((3, 2), np.nan))
+    assert none["per_finding"]["a"]["laterality_acc_tp"] is None
+
+
 def test_detection_by_size() -> None:
     from multimodal.metrics import detection_by_size
 
