@@ -3,16 +3,17 @@ were fitted on), without text generation: used to choose between checkpoints or
 post-processing rules before the held-out test splits are scored.
 
     .venv/bin/python bench/val_eval.py CHECKPOINT [--val 192] [--cache runs/cache] [--text]
-                                      [--data DIR]
+                                      [--data DIR] [--synth-config configs/synth/small.yaml]
 
 Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
-the side read off the image; the stated side per finding too) and nodule / mass detection
-by reference size as JSON; with ``--text`` the reports are generated too (both modalities
-only) and their text micro-F1, EMR-dependent impression accuracy and the EMR context head's
-accuracy are added.
+the side read off the image; the stated side per finding too), per-finding AUROC and TP /
+FP / FN, and nodule / mass detection by reference size as JSON; with ``--text`` the reports
+are generated too (both modalities only) and their text micro-F1, EMR-dependent impression
+accuracy and the EMR context head's accuracy are added.
 ``--data DIR`` scores the cases of a ``medassist synth`` folder instead (e.g. a test split,
 once the choice is made).  The cases come from
-``medassist.model_data.cached_synth_records`` (configs/synth/small.yaml, seed 7, split val).
+``medassist.model_data.cached_synth_records`` (``--synth-config``, default
+configs/synth/small.yaml; seed 7, split val).
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=str(REPO / "runs" / "cache"))
     ap.add_argument("--text", action="store_true")
     ap.add_argument("--data", default="", help="score a `medassist synth` folder instead")
+    ap.add_argument("--synth-config", default=str(REPO / "configs/synth/small.yaml"),
+                    help="generator config of the cached validation cases")
     a = ap.parse_args(argv)
     model, cfg, _kind, tok, _meta = load_checkpoint(a.checkpoint)
     if a.data:
         recs = list(folder_records(a.data, cfg))
     else:
-        recs = cached_synth_records(a.cache, str(REPO / "configs/synth/small.yaml"), cfg, 7,
-                                    a.val, "val")
+        recs = cached_synth_records(a.cache, a.synth_config, cfg, 7, a.val, "val")
     samples = [record_sample(r, cfg, tok, with_report=False) for r in recs]
     with torch.no_grad():
         full = evaluate(model, cfg, samples, tok=tok if a.text else None,
@@ -65,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     lat_by = {lab: {"tp": v["tp"], "acc": v["laterality_acc_tp"]}
               for lab, v in full["per_finding"].items() if v["tp"]}
     print(json.dumps({"checkpoint": a.checkpoint, "n_cases": len(samples),
-                      **{k: full[k] for k in keys}, "laterality_tp_by_finding": lat_by},
+                      **{k: full[k] for k in keys}, "laterality_tp_by_finding": lat_by,
+                      "auroc_by_finding": {lab: v["auroc"]
+                                           for lab, v in full["per_finding"].items()},
+                      "tp_fp_fn_by_finding": {lab: [v["tp"], v["fp"], v["fn"]]
+                                              for lab, v in full["per_finding"].items()}},
                      indent=1))
     return 0
 

@@ -35,10 +35,27 @@ def test_yaml_configs_load_and_match_findings() -> None:
     import yaml
 
     labels = tuple(yaml.safe_load((ROOT / "configs/findings.yaml").read_text())["findings"])
-    for name in ("tiny", "demo"):
+    names = sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml"))
+    assert {"tiny", "demo"} <= set(names)
+    for name in names:
         cfg = load_model_config(ROOT / "configs" / "model" / f"{name}.yaml")
-        assert cfg.heads.labels == labels
+        assert cfg.heads.labels == labels, name
         assert dataclasses.is_dataclass(cfg) and cfg.ct.n_patches > 0
+
+
+def test_every_train_config_loads_with_its_model_and_generator_configs() -> None:
+    """Each shipped experiment config (configs/train) names model and generator configs that
+    exist and validate, so a documented rerun command does not fail on a stale path."""
+    from medassist.model_cli import load_train_config
+    from medassist.synth.config import load_config
+
+    paths = sorted((ROOT / "configs" / "train").glob("*.yaml"))
+    assert paths
+    for p in paths:
+        tc = load_train_config(p)
+        load_model_config(ROOT / tc.model_config)
+        if tc.synth_config:
+            load_config(ROOT / tc.synth_config)
 
 
 @pytest.mark.parametrize("bad", [
