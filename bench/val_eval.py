@@ -6,10 +6,10 @@ post-processing rules before the held-out test splits are scored.
                                       [--data DIR] [--synth-config configs/synth/small.yaml]
 
 Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
-the side read off the image; the stated side per finding too), per-finding AUROC and TP /
-FP / FN, and nodule / mass detection by reference size as JSON; with ``--text`` the reports
-are generated too (both modalities only) and their text micro-F1, EMR-dependent impression
-accuracy and the EMR context head's accuracy are added.
+the side read off the image), ``per_finding`` (F1, TP / FP / FN, AUROC and the stated side
+on its true positives), and nodule / mass detection by reference size as JSON; with
+``--text`` the reports are generated too (both modalities only) and their text micro-F1,
+EMR-dependent impression accuracy and the EMR context head's accuracy are added.
 ``--data DIR`` scores the cases of a ``medassist synth`` folder instead (e.g. a test split,
 once the choice is made).  The cases come from
 ``medassist.model_data.cached_synth_records`` (``--synth-config``, default
@@ -58,21 +58,14 @@ def main(argv: list[str] | None = None) -> int:
                         records=recs if a.text else None, modes=(None,),
                         injection=False)["full"]
     keys = ["micro_f1", "macro_auroc", "laterality_acc_tp", "laterality_acc_tp_head",
-            "laterality_acc_tp_evidence", "detection_by_size"]
+            "laterality_acc_tp_evidence", "per_finding", "detection_by_size"]
     if a.text:
         keys += ["text_micro_f1", "impression_acc_emr_dependent", "n_emr_dependent"]
     keys += [k for k in ("context_acc", "context_acc_per_slot", "n_context",
                          "context_recall_nonzero", "n_context_nonzero",
                          "context_false_nonzero") if k in full]
-    lat_by = {lab: {"tp": v["tp"], "acc": v["laterality_acc_tp"]}
-              for lab, v in full["per_finding"].items() if v["tp"]}
     print(json.dumps({"checkpoint": a.checkpoint, "n_cases": len(samples),
-                      **{k: full[k] for k in keys}, "laterality_tp_by_finding": lat_by,
-                      "auroc_by_finding": {lab: v["auroc"]
-                                           for lab, v in full["per_finding"].items()},
-                      "tp_fp_fn_by_finding": {lab: [v["tp"], v["fp"], v["fn"]]
-                                              for lab, v in full["per_finding"].items()}},
-                     indent=1))
+                      **{k: full[k] for k in keys}}, indent=1))
     return 0
 
 
