@@ -277,8 +277,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     findings_text, omitted = complete(findings_text, head, sentences)
     sides = {p.label: p.laterality for p in preds if p.present}
     sizes = {p.label: p.size_mm for p in preds if p.present}
-    findings_text, contradicted = guard(findings_text, head, sides, unreliable, sizes)
-    impression, contradicted_imp = guard(impression, head, sides, unreliable, sizes)
+    has_emr = bool(prep.emr and prep.emr.strip())
+    findings_text, contradicted = guard(findings_text, head, sides, unreliable, sizes, has_emr)
+    impression, contradicted_imp = guard(impression, head, sides, unreliable, sizes, has_emr)
     contradicted |= contradicted_imp
     spans_chr = sample.get("emr_spans")
     items = []

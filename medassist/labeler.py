@@ -24,7 +24,10 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "cardiomegaly": (r"\bcardiomegaly\b", r"\bheart is enlarged\b", r"\benlarged heart\b"),
     "liver_lesion": (r"\b(?:liver|hepatic)\b[^.]*\blesions?\b",
                      r"\blesions?\b[^.]*\b(?:liver|hepatic)\b"),
-    "rib_fracture": (r"\brib fractures?\b", r"\bfracture of the\b[^.]*\brib\b"),
+    # the only fractures a chest CT draft reports are rib fractures; a decoder sentence that
+    # drops the word ("there is an acute fracture.") still states one
+    "rib_fracture": (r"\brib fractures?\b", r"\bfracture of the\b[^.]*\brib\b",
+                     r"\bfractures?\b"),
 }
 #: statements of normality that negate a label without a negation word
 NORMAL: dict[str, tuple[str, ...]] = {
@@ -37,6 +40,8 @@ NEGATION = re.compile(r"\b(?:no|without|negative for|free of|not|absent|resolved
 #: the draft's own bracketed annotations ([UNVERIFIED: ...], [ADDED FROM THE FINDINGS LIST]):
 #: not report content, so not read for findings or negation
 ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST)[^\]]*\]")
+#: wording that states the patient's history (from the EMR): unsupported in a draft without one
+HISTORY = re.compile(r"\b(?:in a patient with|history of|known)\b")
 # a sentence ends at ".", ";" or a newline; a decimal point ("6.6 cm") does not end one
 _SENT = re.compile(r"(?:[^.\n;]|\.(?=\d))+[.\n;]?")
 
@@ -136,7 +141,8 @@ def _size_clash(sentence: str, size_mm: float | None, factor: float = 2.0) -> bo
 def guard(text: str, head: Mapping[str, bool],
           sides: Mapping[str, str | None] | None = None,
           unreliable: Collection[str] = (),
-          sizes: Mapping[str, float | None] | None = None) -> tuple[str, set[str]]:
+          sizes: Mapping[str, float | None] | None = None,
+          has_emr: bool = True) -> tuple[str, set[str]]:
     """Flag sentences that contradict the findings head, or that rest on a detector the
     checkpoint does not have reliably.
 
@@ -146,7 +152,9 @@ def guard(text: str, head: Mapping[str, bool],
     side; with ``sizes`` (label -> the size head's mm), also when it affirms exactly one
     finding and states a size more than twice or less than half the head's.  A sentence
     that affirms or negates a label in ``unreliable`` is marked too: "no pneumothorax" from
-    a detector at chance is not a finding.  Returns the text with each such
+    a detector at chance is not a finding.  Without an EMR (``has_emr`` False) a sentence that
+    states the patient's history ("in a patient with known ...") is marked: nothing supports
+    it.  Returns the text with each such
     sentence prefixed by ``[UNVERIFIED: ...]`` (the reasons) and the set of labels that were
     contradicted."""
     out: list[str] = []
@@ -163,7 +171,8 @@ def guard(text: str, head: Mapping[str, bool],
                 and _size_clash(s.text, sizes.get(affirmed[0])):
             size_clash = affirmed
         weak = sorted(lab for lab in s.labels if lab in unreliable)
-        if clash or side_clash or size_clash or weak:
+        history = not has_emr and HISTORY.search(ANNOTATION.sub(" ", s.text).lower()) is not None
+        if clash or side_clash or size_clash or weak or history:
             bad.update(clash + side_clash + size_clash)
             why = [f"contradicts the findings head ({', '.join(clash)})"] if clash else []
             why += [f"names the other side than the findings head ({side_clash[0]})"] \
@@ -171,6 +180,7 @@ def guard(text: str, head: Mapping[str, bool],
             why += [f"states a size far from the findings head's ({size_clash[0]}: "
                     f"{sizes[size_clash[0]]:.0f} mm)"] if size_clash and sizes else []
             why += [f"the model does not detect {', '.join(weak)} reliably"] if weak else []
+            why += ["states patient history, but no EMR was given"] if history else []
             # reasons joined by " / ": a ";" would end the sentence for the labeler
             out.append(f"[UNVERIFIED: {' / '.join(why)}] {s.text}")
         else:

@@ -64,6 +64,9 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
     tps = fps = fns = 0
     tp_mask = pred & truth
     lat_hit = np.asarray(lat_pred) == np.asarray(lat_true)
+    st = np.asarray(size_true, np.float64)
+    sp = np.asarray(size_pred, np.float64)
+    err = np.abs(sp - st)
     for f, lab in enumerate(labels):
         tp = int((pred[:, f] & truth[:, f]).sum())
         fp = int((pred[:, f] & ~truth[:, f]).sum())
@@ -75,6 +78,10 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
                     "support": int(truth[:, f].sum()),
                     "auroc": auroc(np.asarray(prob)[:, f], truth[:, f]),
                     "laterality_acc_tp": float(lat_hit[tp_mask[:, f], f].mean()) if tp else None}
+        # size error on this label's true positives with a reference size (which finding a
+        # pooled size MAE comes from)
+        e = err[tp_mask[:, f] & ~np.isnan(st[:, f]), f]
+        per[lab]["size_mae_mm_tp"] = float(e.mean()) if e.size else None
     supported = [v["f1"] for v in per.values() if v["support"] > 0]
     aucs = [v["auroc"] for v in per.values() if v["auroc"] is not None]
     lat_ok = lat_hit[tp_mask]
@@ -82,10 +89,8 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
     for f, lab in enumerate(labels):
         if lab in size_labels:
             sel[:, f] = tp_mask[:, f]
-    st = np.asarray(size_true, np.float64)
-    sp = np.asarray(size_pred, np.float64)
-    size_err = np.abs(sp - st)[sel & ~np.isnan(st)]
-    all_err = np.abs(sp - st)[tp_mask & ~np.isnan(st)]
+    size_err = err[sel & ~np.isnan(st)]
+    all_err = err[tp_mask & ~np.isnan(st)]
     return {
         "micro_f1": f1(tps, fps, fns),
         "macro_f1": float(np.mean(supported)) if supported else 1.0,

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
      {"mediastinal_lymphadenopathy": True}),
     ("There is an acute posterior left 9th rib fracture.", {"rib_fracture": True}),
     ("No acute osseous abnormality.", {"rib_fracture": False}),
+    ("Bones: there is an acute fracture.", {"rib_fracture": True}),
+    ("No acute fracture.", {"rib_fracture": False}),
     ("There is a hypoattenuating lesion in the right hepatic lobe measuring 12 mm.",
      {"liver_lesion": True}),
     ("The imaged upper abdomen is unremarkable.", {"liver_lesion": False}),
@@ -65,6 +67,19 @@ def test_guard_flags_contradicting_sentences() -> None:
     assert bad == {"pleural_effusion"}
     assert out.startswith("[UNVERIFIED") and "A 5 mm nodule" in out
     assert out.count("UNVERIFIED") == 1
+
+
+def test_guard_marks_history_when_no_emr_was_given() -> None:
+    """Without an EMR a sentence stating the patient's history has nothing behind it (a
+    decoder wrote "in a patient with known ... carcinoma" on a real CT given no note)."""
+    text = ("Consolidation in a patient with known squamous cell carcinoma, nonspecific. "
+            "Cardiomegaly, consistent with the known heart failure. No pleural effusion.")
+    head = {"consolidation": True, "cardiomegaly": True, "pleural_effusion": False}
+    out, bad = guard(text, head, has_emr=False)
+    assert out.count("[UNVERIFIED: states patient history, but no EMR was given]") == 2
+    assert bad == set() and out.endswith("No pleural effusion.")
+    same, _ = guard(text, head)  # with an EMR the history may be the note's
+    assert "UNVERIFIED" not in same
 
 
 def test_guard_marks_sentences_on_unreliable_detectors() -> None:

@@ -135,6 +135,24 @@ def test_laterality_per_finding() -> None:
     assert none["per_finding"]["a"]["laterality_acc_tp"] is None
 
 
+def test_size_mae_per_finding() -> None:
+    """Size error per label on its own true positives that have a reference size; the pooled
+    nodule-and-mass MAE is over the same errors."""
+    labels = ["lung_nodule", "lung_mass"]
+    truth = np.array([[1, 1], [1, 0], [0, 1]], bool)
+    pred = np.array([[1, 1], [1, 1], [1, 0]], bool)  # TPs: nodule cases 0, 1; mass case 0
+    size_true = np.array([[6.0, 40.0], [10.0, np.nan], [np.nan, 30.0]])
+    size_pred = np.array([[8.0, 30.0], [9.0, 50.0], [5.0, 20.0]])
+    m = findings_metrics(labels, pred.astype(float), pred, truth, np.zeros((3, 2)),
+                         np.zeros((3, 2)), size_pred, size_true)
+    assert m["per_finding"]["lung_nodule"]["size_mae_mm_tp"] == 1.5
+    assert m["per_finding"]["lung_mass"]["size_mae_mm_tp"] == 10.0
+    assert m["size_mae_mm_nodule_mass"] == (2.0 + 1.0 + 10.0) / 3
+    none = findings_metrics(labels, pred.astype(float), np.zeros_like(pred), truth,
+                            np.zeros((3, 2)), np.zeros((3, 2)), size_pred, size_true)
+    assert none["per_finding"]["lung_mass"]["size_mae_mm_tp"] is None
+
+
 def test_detection_by_size() -> None:
     from multimodal.metrics import detection_by_size
 
