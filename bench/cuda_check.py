@@ -80,7 +80,7 @@ def tiny_resume(out: Path) -> dict[str, Any]:
 
 
 def demo_real(out: Path, cases: int, gpu_steps: int, cpu_steps: int) -> dict[str, Any]:
-    cfg = ROOT / "configs/train/demo.yaml"
+    cfg = ROOT / "configs/train/demo_stop15.yaml"
     common = {"train_cases": cases, "val_cases": 0, "cache_dir": ""}
     same = _train(cfg, out / "demo_gpu_short", "cuda", stop_after=cpu_steps, **common)
     gpu = _train(cfg, out / "demo_gpu", "cuda", stop_after=gpu_steps, **common)

@@ -2,7 +2,7 @@
 once (the trainer before stop 12) against one chunk of volumes at a time (the trainer now),
 each in its own process, side by side.
 
-    .venv/bin/python bench/train_data_memory.py [--config configs/train/demo.yaml]
+    .venv/bin/python bench/train_data_memory.py [--config configs/train/demo_stop15.yaml]
                                                 [--cases N] [--cache DIR]
 
 Prints JSON: per mode the peak RSS (MiB, the child process's own ru_maxrss), seconds and the
@@ -47,7 +47,7 @@ def child(config: str, cases: int, cache: str, mode: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=str(REPO / "configs/train/demo.yaml"))
+    ap.add_argument("--config", default=str(REPO / "configs/train/demo_stop15.yaml"))
     ap.add_argument("--cases", type=int, default=None)
     ap.add_argument("--cache", default=str(REPO / "runs" / "cache"))
     ap.add_argument("--child", choices=("whole", "chunked"), help=argparse.SUPPRESS)

@@ -1,0 +1,34 @@
+"""The shipped demo checkpoint (models/demo) loads, fits the issue's size budget, and its model
+card names these weights and the run that made them (a card left behind after new weights
+are copied in fails here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from multimodal.checkpoint import META, WEIGHTS, load_checkpoint, sha256_file
+
+DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
+
+
+def test_shipped_checkpoint_loads_and_matches_its_card() -> None:
+    model, cfg, kind, tok, meta = load_checkpoint(DEMO)
+    assert kind == "fusion"
+    total = sum(p.stat().st_size for p in DEMO.iterdir() if p.is_file())
+    assert total <= 40 * 1024 * 1024
+    card = (DEMO / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert sha256_file(DEMO / WEIGHTS) in card
+    n_params = sum(p.numel() for p in model.parameters())
+    assert f"{n_params:,}" in card
+    # the run's seed, data and steps are recorded in meta.json and stated in the card
+    assert (DEMO / META).is_file()
+    assert meta["seed"] == meta["optim"]["seed"]
+    assert f"seed {meta['seed']}" in card
+    assert f"{meta['data']['train_cases']:,} cases" in card
+    assert f"{meta['step']:,} steps" in card
+    assert Path(meta["model_config"]).name in card
+    # the card's quality-bar section exists, and the windows it states match the config
+    assert "## Quality bars (issue 4)" in card
+    assert f"({len(cfg.ct.windows) * len(cfg.ct.pool_stats)} channels" in card
+    assert len(tok) > 0 and re.search(r"\bDRAFT\b", card)
