@@ -117,7 +117,7 @@ def dense_hot_cells(lm: Any, hu: np.ndarray, labels: list[str]) -> dict[str, Any
     top[int(zs.max()) - max(1, (int(zs.max()) - int(zs.min()) + 1) // 5) + 1:] = True
     n = int(touch.sum())
     res: dict[str, Any] = {"cells_touching_lung": n,
-                           "boundary_share_all": round(float((boundary & touch).sum()) / n, 3),
+                           "boundary_share_all": round(float(boundary.sum()) / n, 3),
                            "apex_share_all": round(float((top & touch).sum()) / n, 3)}
     names = list(lm.cfg.heads.labels)
     for lab in labels:
