@@ -11,7 +11,10 @@ validation split:
 - the share of lung voxels denser than -700 HU;
 - how much of the chest the lungs fill: per axial slice, lung voxels over the lungs plus
   every voxel above -500 HU (body and table); the 90th percentile over slices (a thick
-  generated chest wall or small lungs show here).
+  generated chest wall or small lungs show here);
+- the boundary profile: mean HU (and share above -700 HU) of the lung voxels 1, 2, ... 6
+  voxels in from the lung mask's edge (in-plane erosions) and deeper; real lungs are denser
+  at the pleura than in the core (subpleural and dependent density).
 
 The lung mask is bench/finding_visibility.py's (air below -500 HU not connected to the image
 border, eroded by one voxel).  A model trained only on generated lungs reads whatever departs
@@ -78,7 +81,29 @@ def lung_stats(hu: np.ndarray) -> dict[str, Any]:
             "ap_gradient_hu": round(float(post.mean() - ant.mean()), 1)
             if ant.size and post.size else None,
             "share_above_-700": round(float((v > -700).mean()), 4),
-            "lung_share_of_body_p90": round(float(np.percentile(per_slice, 90)), 3)}
+            "lung_share_of_body_p90": round(float(np.percentile(per_slice, 90)), 3),
+            "boundary_profile": boundary_profile(hu, lung)}
+
+
+def boundary_profile(hu: np.ndarray, lung: np.ndarray, bands: int = 6) -> dict[str, Any]:
+    """Mean HU and share above -700 HU of the lung voxels by in-plane depth from the lung
+    boundary: band k holds the voxels that the k-th 3 x 3 in-plane erosion of the lung mask
+    removes (k voxels deep), the last band everything deeper.  A real subpleural band denser
+    than the generated one shows as a profile that falls with depth."""
+    cur = torch.from_numpy(lung)
+    mean, dense = [], []
+    for k in range(bands + 1):
+        if k < bands:
+            inner = F.max_pool2d((~cur).float()[:, None], 3, 1, 1)[:, 0] < 0.5
+            band = cur & ~inner
+        else:
+            band, inner = cur, cur
+        vals = hu[band.numpy()]
+        mean.append(round(float(vals.mean())) if vals.size else None)
+        dense.append(round(float((vals > -700).mean()), 3) if vals.size else None)
+        cur = inner
+    return {"depth_voxels": [*range(1, bands + 1), f">{bands}"], "mean_hu": mean,
+            "share_above_-700": dense}
 
 
 def smooth(hu: np.ndarray, sigma: float) -> np.ndarray:
@@ -162,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                          "local_sd_hu": _summary(gen, "local_sd_hu"),
                          "ap_gradient_hu": _summary(gen, "ap_gradient_hu"),
                          "share_above_-700": _summary(gen, "share_above_-700", 4),
-                         "lung_share_of_body_p90": _summary(gen, "lung_share_of_body_p90", 3)}}
+                         "lung_share_of_body_p90": _summary(gen, "lung_share_of_body_p90", 3),
+                         "boundary_profile_median": {
+                             key: [None if any(g["boundary_profile"][key][i] is None for g in gen)
+                                   else round(float(np.median([g["boundary_profile"][key][i]
+                                                               for g in gen])), 3)
+                                   for i in range(len(gen[0]["boundary_profile"][key]))]
+                             for key in ("mean_hu", "share_above_-700")}}}
     real_iqr = real["hu_percentiles"][3] - real["hu_percentiles"][1]
     out["real"]["iqr_hu"] = real_iqr
     if args.checkpoint:

@@ -285,7 +285,11 @@ def make_case(cfg: SynthConfig, vocab: Vocabulary, seed: int, index: int, split:
     ac = ccfg.anatomy
     contrast = bool(r_acq.random() < ccfg.scanner.contrast_probability)
     an = sample_anatomy(r_anat, ac.size_scale, ac.fat_mm, ac.position_offset_mm, ac.lung_hu,
-                        ac.heart_scale, ac.vessel_generations, contrast)
+                        ac.heart_scale, ac.vessel_generations, contrast,
+                        lung_gradient_hu=ac.lung_gradient_hu,
+                        texture_hu=ac.parenchyma_texture_hu,
+                        subpleural_hu=ac.parenchyma_subpleural_hu,
+                        relief_mm=ac.parenchyma_relief_mm)
     acq = sample_acquisition(r_acq, ccfg, an)
     bounds = bounds_of(acq, an)
     findings, an = sample_findings(r_find, ccfg, vocab, an, bounds, profile)

@@ -113,6 +113,15 @@ class AnatomyConfig:
     heart_scale: tuple[float, float] = (0.88, 1.08)
     #: Generations of the vessel trees (airways use two fewer).
     vessel_generations: int = 8
+    #: Posterior-minus-anterior lung density (HU; supine, gravity-dependent).
+    lung_gradient_hu: tuple[float, float] = (15.0, 60.0)
+    #: Parenchymal texture SD (HU) before the point-spread blur; (0, 0) = the smooth lung of
+    #: the original generator (medassist/synth/parenchyma.py).
+    parenchyma_texture_hu: tuple[float, float] = (0.0, 0.0)
+    #: Extra density (HU) at the lung surface, decaying inwards, stronger posteriorly.
+    parenchyma_subpleural_hu: tuple[float, float] = (0.0, 0.0)
+    #: How far (mm) the lung surface is pulled in, unevenly, from the pleural cavity.
+    parenchyma_relief_mm: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         _range("anatomy.size_scale", self.size_scale, 0.5, 1.6)
@@ -123,6 +132,10 @@ class AnatomyConfig:
         _range("anatomy.heart_scale", self.heart_scale, 0.6, 1.2)
         if not 2 <= self.vessel_generations <= 9:
             raise SynthConfigError("anatomy.vessel_generations must be in [2, 9]")
+        _range("anatomy.lung_gradient_hu", self.lung_gradient_hu, 0.0, 200.0)
+        _range("anatomy.parenchyma_texture_hu", self.parenchyma_texture_hu, 0.0, 120.0)
+        _range("anatomy.parenchyma_subpleural_hu", self.parenchyma_subpleural_hu, 0.0, 200.0)
+        _range("anatomy.parenchyma_relief_mm", self.parenchyma_relief_mm, 0.0, 10.0)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from medassist.synth.parenchyma import Parenchyma, sample_parenchyma
+
 if TYPE_CHECKING:
     from medassist.synth.findings import Finding
 
@@ -198,10 +200,15 @@ class Anatomy:
 
     #: extra heart scale from cardiomegaly (set by :func:`with_findings`)
     cardiac_extra: float = 1.0
+    #: parenchymal texture, subpleural density and pleural relief (None: the smooth lung)
+    parenchyma: Parenchyma | None = None
 
     def sd_lung(self, u: FArr, v: FArr, za: FArr) -> FArr:
         """Signed distance to the lungs (both sides)."""
-        sd = np.maximum(self.sd_cavity(u, v, za) + 2.0, -self.sd_mediastinum(u, v, za))
+        wall = self.sd_cavity(u, v, za) + 2.0
+        if self.parenchyma is not None and self.parenchyma.relief_mm > 0:
+            wall = wall + self.parenchyma.relief(u, v, za)
+        sd = np.maximum(wall, -self.sd_mediastinum(u, v, za))
         sd = np.maximum(sd, self.diaphragm_z(u, v, za) - za)
         return np.asarray(np.maximum(sd, za - self.apex_top(u, v)))
 
@@ -255,6 +262,8 @@ class Anatomy:
         out: dict[str, Any] = {k: _py(getattr(self, k)) for k in keys}
         out["hu"] = {k: round(float(v), 3) for k, v in sorted(self.hu.items())}
         out["n_segments"] = int(self.segments.shape[0])
+        if self.parenchyma is not None:
+            out["parenchyma"] = self.parenchyma.to_json()
         return out
 
 
@@ -351,8 +360,16 @@ AORTA, PA, SVC, TRACHEA, ESOPHAGUS, BRONCHUS = 10, 11, 12, 13, 14, 15
 def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
                    fat_mm: tuple[float, float], position_offset_mm: float,
                    lung_hu: tuple[float, float], heart_scale: tuple[float, float],
-                   vessel_generations: int, contrast: bool) -> Anatomy:
-    """Sample one patient's anatomy (habitus, organ positions, HU, vessel and airway trees)."""
+                   vessel_generations: int, contrast: bool, *,
+                   lung_gradient_hu: tuple[float, float] = (15.0, 60.0),
+                   texture_hu: tuple[float, float] = (0.0, 0.0),
+                   subpleural_hu: tuple[float, float] = (0.0, 0.0),
+                   relief_mm: tuple[float, float] = (0.0, 0.0)) -> Anatomy:
+    """Sample one patient's anatomy (habitus, organ positions, HU, vessel and airway trees).
+
+    The parenchyma settings (``texture_hu``, ``subpleural_hu``, ``relief_mm``) are drawn last
+    and only when non-zero, so anatomy sampled without them is unchanged.
+    """
     s = float(rng.uniform(*size_scale))
     fat = float(rng.uniform(*fat_mm))
     body_a = 160.0 * s + 0.6 * fat
@@ -399,7 +416,7 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
         fat=fat, muscle=muscle, apex_z=apex_z, dia_r=dia_r, dia_l=dia_l,
         heart_scale=float(rng.uniform(*heart_scale)),
         aorta_scale=float(rng.uniform(0.85, 1.25)),
-        lung_hu=float(rng.uniform(*lung_hu)), lung_gradient=float(rng.uniform(15.0, 60.0)),
+        lung_hu=float(rng.uniform(*lung_hu)), lung_gradient=float(rng.uniform(*lung_gradient_hu)),
         contrast=contrast, hu=hu, rib_spacing=float(rng.uniform(21.0, 25.0) * s),
         rib_drop=float(rng.uniform(110.0, 150.0) * s), vert_phase=float(rng.uniform(0, 30.0)),
         table_y=0.0, waves=waves, segments=np.zeros((0, 9)), nodes=np.zeros((0, 6)),
@@ -461,7 +478,9 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
         nodes.append((cu + rng.normal(0, 3), cv + rng.normal(0, 3), cz + rng.normal(0, 5),
                       sa * rng.uniform(1.0, 1.4), sa, sa * rng.uniform(1.2, 1.8)))
     table_y = base.cy + base.body_b * 1.06 + 6.0
-    return _replace(base, segments=segments, nodes=np.asarray(nodes), table_y=table_y)
+    par = sample_parenchyma(rng, texture_hu, subpleural_hu, relief_mm)
+    return _replace(base, segments=segments, nodes=np.asarray(nodes), table_y=table_y,
+                    parenchyma=par)
 
 
 def _replace(an: Anatomy, **kw: Any) -> Anatomy:
@@ -738,7 +757,11 @@ def _render_chunk(ctx: _Ctx, findings: Sequence[Finding]) -> None:
     # lungs
     sd_l = an.sd_lung(u, v, za)
     lung = soft(sd_l, w)
-    lung_val = an.lung_hu + an.lung_gradient * np.clip((v / an.cav_b0 + 1.0) / 2.0, 0, 1) ** 2
+    posterior = np.clip((v / an.cav_b0 + 1.0) / 2.0, 0, 1)
+    lung_val = an.lung_hu + an.lung_gradient * posterior**2
+    if an.parenchyma is not None:
+        lung_val = (lung_val + an.parenchyma.texture(u, v, za)
+                    + an.parenchyma.subpleural(sd_l, posterior))
     paint(hu, lung, lung_val + 12.0 * tex)
     for f in by_kind.get("emphysema", []):
         fnd.paint_emphysema(ctx, f, lung)

@@ -11,7 +11,10 @@ from medassist.synth.findings import KINDS, load_vocabulary, vocabulary_from_map
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "small.yaml", "full_dicom.yaml"])
+SYNTH_CONFIGS = sorted(f.name for f in (ROOT / "configs" / "synth").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SYNTH_CONFIGS)
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(ROOT / "configs" / "synth" / name)
     assert isinstance(cfg, SynthConfig)

@@ -1,0 +1,138 @@
+"""The opt-in lung parenchyma (medassist/synth/parenchyma.py): off by default and then leaves
+every case as it was; when on, texture, subpleural density and pleural relief show on the model
+grid, and every other part of the anatomy is the one drawn without it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medassist.synth.case import Case, make_case
+from medassist.synth.config import AnatomyConfig, SynthConfig, config_from_mapping, load_config
+from medassist.synth.errors import SynthConfigError
+from medassist.synth.fast_path import model_grid, render_tensor
+from medassist.synth.findings import Vocabulary
+from medassist.synth.phantom import Anatomy, sample_anatomy
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = 11
+
+
+def _anatomy(**kw: tuple[float, float]) -> Anatomy:
+    rng = np.random.default_rng(3)
+    return sample_anatomy(rng, (0.85, 1.2), (5.0, 35.0), 25.0, (-880.0, -800.0), (0.88, 1.08),
+                          6, False, **kw)
+
+
+def _with_anatomy(cfg: SynthConfig, **kw: object) -> SynthConfig:
+    return dataclasses.replace(cfg, anatomy=dataclasses.replace(cfg.anatomy, **kw))
+
+
+def _normal_case_index(cfg: SynthConfig, vocab: Vocabulary) -> int:
+    for i in range(50):
+        if not make_case(cfg, vocab, SEED, i, "test").findings:
+            return i
+    raise RuntimeError("no normal case in 50")
+
+
+def _lung_local_sd(hu: np.ndarray, lung: np.ndarray) -> float:
+    # HU SD over 3 x 3 in-plane windows fully inside the lung
+    inner = lung[:, 1:-1, 1:-1].copy()
+    win = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            sl = (slice(None), slice(1 + dy, hu.shape[1] - 1 + dy),
+                  slice(1 + dx, hu.shape[2] - 1 + dx))
+            inner &= lung[sl]
+            win.append(hu[sl])
+    sd = np.std(np.stack(win), axis=0)
+    return float(np.median(sd[inner]))
+
+
+def test_off_by_default() -> None:
+    cfg = AnatomyConfig()
+    assert cfg.parenchyma_texture_hu == cfg.parenchyma_subpleural_hu == cfg.parenchyma_relief_mm
+    an = _anatomy()
+    assert an.parenchyma is None
+    assert "parenchyma" not in an.to_json()
+
+
+def test_parenchyma_is_drawn_last() -> None:
+    base = _anatomy()
+    rich = _anatomy(texture_hu=(20.0, 40.0), subpleural_hu=(30.0, 60.0), relief_mm=(1.0, 5.0))
+    assert rich.parenchyma is not None
+    assert 20.0 <= rich.parenchyma.texture_hu <= 40.0
+    assert 1.0 <= rich.parenchyma.relief_mm <= 5.0
+    for f in dataclasses.fields(Anatomy):
+        if f.name == "parenchyma":
+            continue
+        a, b = getattr(base, f.name), getattr(rich, f.name)
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b, err_msg=f.name)
+        else:
+            assert a == b, f.name
+
+
+def test_relief_pulls_the_lung_surface_in_and_never_out() -> None:
+    base = _anatomy()
+    rich = _anatomy(relief_mm=(5.0, 5.0))
+    rng = np.random.default_rng(0)
+    u = rng.uniform(-200, 200, 20000)
+    v = rng.uniform(-150, 150, 20000)
+    za = rng.uniform(-150, 100, 20000)
+    d0, d1 = base.sd_lung(u, v, za), rich.sd_lung(u, v, za)
+    assert np.all(d1 >= d0 - 1e-5)
+    assert np.all(d1 <= d0 + 5.0 + 1e-5)
+    inside0, inside1 = d0 < 0, d1 < 0
+    assert inside1.sum() < inside0.sum()
+    assert not np.any(inside1 & ~inside0)
+
+
+def test_texture_and_subpleural_density_show_on_the_model_grid(
+        small_cfg: SynthConfig, vocab: Vocabulary) -> None:
+    i = _normal_case_index(small_cfg, vocab)
+    smooth = make_case(small_cfg, vocab, SEED, i, "test")
+    hu0, _ = render_tensor(smooth, small_cfg.fast_path, noise=False)
+    depth = _lung_depth_mm(smooth, small_cfg)
+    lung = depth > 4.0  # a voxel or more inside the lungs
+    textured = make_case(_with_anatomy(small_cfg, parenchyma_texture_hu=(40.0, 40.0)),
+                         vocab, SEED, i, "test")
+    hu1, _ = render_tensor(textured, small_cfg.fast_path, noise=False)
+    assert textured.anatomy.parenchyma is not None
+    assert textured.anatomy.lung_hu == smooth.anatomy.lung_hu
+    sd0, sd1 = _lung_local_sd(hu0, lung), _lung_local_sd(hu1, lung)
+    assert sd1 > sd0 + 8.0, (sd0, sd1)
+    # no texture away from the lungs
+    far = depth < -15.0
+    assert float(np.abs(hu1 - hu0)[far].max()) < 1.0
+
+    dense = make_case(_with_anatomy(small_cfg, parenchyma_subpleural_hu=(80.0, 80.0)),
+                      vocab, SEED, i, "test")
+    hu2, _ = render_tensor(dense, small_cfg.fast_path, noise=False)
+    rise = hu2 - hu0
+    rim, core = (depth > 4.0) & (depth < 8.0), depth > 25.0
+    assert rim.any() and core.any()
+    assert float(rise[rim].mean()) > float(rise[core].mean()) + 15.0
+    assert float(np.abs(rise)[far].max()) < 1.0
+
+
+def _lung_depth_mm(case: Case, cfg: SynthConfig) -> np.ndarray:
+    """Depth (mm) of each model-grid voxel centre inside the phantom's lungs (< 0 outside)."""
+    an = case.anatomy
+    zs, ys, xs = model_grid(case, cfg.fast_path).axes()
+    return -np.asarray(an.sd_lung((xs - an.cx)[None, None, :], (ys - an.cy)[None, :, None],
+                                  (zs - an.z_carina)[:, None, None]))
+
+
+def test_shipped_parenchyma_config_loads_and_bad_ranges_raise() -> None:
+    cfg = load_config(ROOT / "configs" / "synth" / "small_fleischner_parenchyma.yaml")
+    assert cfg.anatomy.parenchyma_texture_hu[1] > 0
+    for key, value in (("parenchyma_texture_hu", [10.0, 5.0]),
+                       ("parenchyma_relief_mm", [0.0, 30.0]),
+                       ("parenchyma_subpleural_hu", [-5.0, 10.0]),
+                       ("lung_gradient_hu", [0.0, 500.0])):
+        with pytest.raises(SynthConfigError, match=key):
+            config_from_mapping({"anatomy": {key: value}})
