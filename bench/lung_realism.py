@@ -14,7 +14,8 @@ validation split:
   generated chest wall or small lungs show here);
 - the boundary profile: mean HU (and share above -700 HU) of the lung voxels 1, 2, ... 6
   voxels in from the lung mask's edge (in-plane erosions) and deeper; real lungs are denser
-  at the pleura than in the core (subpleural and dependent density).
+  at the pleura than in the core (subpleural and dependent density); and the mean HU of the
+  1st, 2nd and 3rd voxel ring outside the mask (in-plane dilations; what the lung touches).
 
 The lung mask is bench/finding_visibility.py's (air below -500 HU not connected to the image
 border, eroded by one voxel).  A model trained only on generated lungs reads whatever departs
@@ -102,8 +103,18 @@ def boundary_profile(hu: np.ndarray, lung: np.ndarray, bands: int = 6) -> dict[s
         mean.append(round(float(vals.mean())) if vals.size else None)
         dense.append(round(float((vals > -700).mean()), 3) if vals.size else None)
         cur = inner
+    # outwards: the voxels that each 3 x 3 in-plane dilation of the mask adds (what the lung
+    # touches: pleura, fat, muscle, rib, mediastinum)
+    out_mean = []
+    grown = torch.from_numpy(lung)
+    for _ in range(3):
+        nxt = F.max_pool2d(grown.float()[:, None], 3, 1, 1)[:, 0] > 0.5
+        ring = nxt & ~grown
+        vals = hu[ring.numpy()]
+        out_mean.append(round(float(vals.mean())) if vals.size else None)
+        grown = nxt
     return {"depth_voxels": [*range(1, bands + 1), f">{bands}"], "mean_hu": mean,
-            "share_above_-700": dense}
+            "share_above_-700": dense, "outside_1_2_3_mean_hu": out_mean}
 
 
 def smooth(hu: np.ndarray, sigma: float) -> np.ndarray:
@@ -193,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                                    else round(float(np.median([g["boundary_profile"][key][i]
                                                                for g in gen])), 3)
                                    for i in range(len(gen[0]["boundary_profile"][key]))]
-                             for key in ("mean_hu", "share_above_-700")}}}
+                             for key in ("mean_hu", "share_above_-700",
+                                         "outside_1_2_3_mean_hu")}}}
     real_iqr = real["hu_percentiles"][3] - real["hu_percentiles"][1]
     out["real"]["iqr_hu"] = real_iqr
     if args.checkpoint:
