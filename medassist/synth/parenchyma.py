@@ -20,6 +20,7 @@ settings are non-zero, so cases generated without them are unchanged bit for bit
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,11 +79,17 @@ class Parenchyma:
                 "relief_mm": round(self.relief_mm, 3)}
 
 
-def _waves(waves: FArr, u: FArr, v: FArr, za: FArr) -> FArr:
-    """Sum of separable wave products sin(ku u) sin(kv v) sin(kz za), normalised to unit SD."""
-    out: FArr | None = None
+def wave_terms(waves: FArr, u: FArr, v: FArr, za: FArr) -> Iterator[FArr]:
+    """One separable product sin(kz za + ph) sin(kv v + ph / 2) sin(ku u + 1.7 ph) per row
+    (ku, kv, kz, ph) of ``waves``: the phantom's low-frequency texture and this module's waves."""
     for ku, kv, kz, ph in waves:
-        t = (np.sin(kz * za + ph) * np.sin(kv * v + 0.5 * ph)) * np.sin(ku * u + 1.7 * ph)
+        yield (np.sin(kz * za + ph) * np.sin(kv * v + 0.5 * ph)) * np.sin(ku * u + 1.7 * ph)
+
+
+def _waves(waves: FArr, u: FArr, v: FArr, za: FArr) -> FArr:
+    """Sum of :func:`wave_terms`, normalised to unit SD."""
+    out: FArr | None = None
+    for t in wave_terms(waves, u, v, za):
         out = t if out is None else out + t
     if out is None:
         raise ValueError("no waves")

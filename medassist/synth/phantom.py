@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from medassist.synth.parenchyma import Parenchyma, sample_parenchyma
+from medassist.synth.parenchyma import Parenchyma, sample_parenchyma, wave_terms
 
 if TYPE_CHECKING:
     from medassist.synth.findings import Finding
@@ -711,9 +711,8 @@ def correlated_noise(rng: np.random.Generator, shape: tuple[int, int, int], shar
 
 def _texture(ctx: _Ctx) -> F32:
     t = np.zeros(ctx.shape, dtype=np.float32)
-    for ku, kv, kz, ph in ctx.an.waves:
-        t += (np.sin(kz * ctx.za + ph) * np.sin(kv * ctx.v + 0.5 * ph)) * np.sin(
-            ku * ctx.u + 1.7 * ph)
+    for term in wave_terms(ctx.an.waves, ctx.u, ctx.v, ctx.za):
+        t += term
     return t * np.float32(0.7)
 
 
