@@ -9,13 +9,19 @@ validation split:
 - the gravity-dependent gradient: mean lung HU of the posterior fifth of the lungs' extent
   minus that of the anterior fifth (supine patient);
 - the share of lung voxels denser than -700 HU;
+- the two standard CT emphysema measures: LAA-950 (share of lung voxels below -950 HU) and
+  Perc15 (the 15th percentile of lung HU); for generated cases also by emphysema severity
+  (cases whose only finding is emphysema), so a normal lung that already reads as
+  emphysematous shows;
 - how much of the chest the lungs fill: per axial slice, lung voxels over the lungs plus
   every voxel above -500 HU (body and table); the 90th percentile over slices (a thick
   generated chest wall or small lungs show here);
 - the boundary profile: mean HU (and share above -700 HU) of the lung voxels 1, 2, ... 6
   voxels in from the lung mask's edge (in-plane erosions) and deeper; real lungs are denser
   at the pleura than in the core (subpleural and dependent density); and the mean HU of the
-  1st, 2nd and 3rd voxel ring outside the mask (in-plane dilations; what the lung touches).
+  1st, 2nd and 3rd voxel ring outside the mask (in-plane dilations; what the lung touches),
+  and the share of bone (above 200 HU) in each of the first six rings (ribs against the
+  pleura show in the second and third on real CT).
 
 The lung mask is bench/finding_visibility.py's (air below -500 HU not connected to the image
 border, eroded by one voxel).  A model trained only on generated lungs reads whatever departs
@@ -82,6 +88,8 @@ def lung_stats(hu: np.ndarray) -> dict[str, Any]:
             "ap_gradient_hu": round(float(post.mean() - ant.mean()), 1)
             if ant.size and post.size else None,
             "share_above_-700": round(float((v > -700).mean()), 4),
+            "laa_950": round(float((v < -950).mean()), 4),
+            "perc15_hu": round(float(np.percentile(v, 15)), 1),
             "lung_share_of_body_p90": round(float(np.percentile(per_slice, 90)), 3),
             "boundary_profile": boundary_profile(hu, lung)}
 
@@ -105,16 +113,19 @@ def boundary_profile(hu: np.ndarray, lung: np.ndarray, bands: int = 6) -> dict[s
         cur = inner
     # outwards: the voxels that each 3 x 3 in-plane dilation of the mask adds (what the lung
     # touches: pleura, fat, muscle, rib, mediastinum)
-    out_mean = []
+    out_mean, out_bone = [], []
     grown = torch.from_numpy(lung)
-    for _ in range(3):
+    for k in range(bands):
         nxt = F.max_pool2d(grown.float()[:, None], 3, 1, 1)[:, 0] > 0.5
         ring = nxt & ~grown
         vals = hu[ring.numpy()]
-        out_mean.append(round(float(vals.mean())) if vals.size else None)
+        if k < 3:
+            out_mean.append(round(float(vals.mean())) if vals.size else None)
+        out_bone.append(round(float((vals > 200).mean()), 4) if vals.size else None)
         grown = nxt
     return {"depth_voxels": [*range(1, bands + 1), f">{bands}"], "mean_hu": mean,
-            "share_above_-700": dense, "outside_1_2_3_mean_hu": out_mean}
+            "share_above_-700": dense, "outside_1_2_3_mean_hu": out_mean,
+            "outside_bone_share": out_bone}
 
 
 def smooth(hu: np.ndarray, sigma: float) -> np.ndarray:
@@ -198,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                          "local_sd_hu": _summary(gen, "local_sd_hu"),
                          "ap_gradient_hu": _summary(gen, "ap_gradient_hu"),
                          "share_above_-700": _summary(gen, "share_above_-700", 4),
+                         "laa_950": _summary(gen, "laa_950", 4),
+                         "perc15_hu": _summary(gen, "perc15_hu"),
                          "lung_share_of_body_p90": _summary(gen, "lung_share_of_body_p90", 3),
                          "boundary_profile_median": {
                              key: [None if any(g["boundary_profile"][key][i] is None for g in gen)
@@ -205,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
                                                                for g in gen])), 3)
                                    for i in range(len(gen[0]["boundary_profile"][key]))]
                              for key in ("mean_hu", "share_above_-700",
-                                         "outside_1_2_3_mean_hu")}}}
+                                         "outside_1_2_3_mean_hu", "outside_bone_share")}}}
+    emph: dict[str, list[dict[str, Any]]] = {}
+    for r in recs:
+        if r.hu is not None and r.findings and all(f["kind"] == "emphysema" for f in r.findings):
+            sev = str(r.findings[0]["attributes"].get("severity", "mild"))
+            emph.setdefault(sev, []).append(lung_stats(r.hu.astype(np.float32)))
+    out["generated_emphysema_only"] = {
+        sev: {"cases": len(rows), "laa_950": _summary(rows, "laa_950", 4),
+              "perc15_hu": _summary(rows, "perc15_hu")} for sev, rows in sorted(emph.items())}
     real_iqr = real["hu_percentiles"][3] - real["hu_percentiles"][1]
     out["real"]["iqr_hu"] = real_iqr
     if args.checkpoint:

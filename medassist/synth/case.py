@@ -229,7 +229,8 @@ def sample_findings(rng: np.random.Generator, cfg: SynthConfig, vocab: Vocabular
             sides = ["right", "left"] if side == "bilateral" else [side]
         for side_hint in sides:
             f = place_finding(rng, an, spec, len(placed), bounds, placed, side_hint=side_hint,
-                              emphysema_extent=cfg.findings.emphysema_extent)
+                              emphysema_extent=cfg.findings.emphysema_extent,
+                              emphysema_destruction_hu=cfg.findings.emphysema_destruction_hu)
             if f is None:
                 continue
             if side_hint is not None and len(sides) == 2:
@@ -289,7 +290,9 @@ def make_case(cfg: SynthConfig, vocab: Vocabulary, seed: int, index: int, split:
                         lung_gradient_hu=ac.lung_gradient_hu,
                         texture_hu=ac.parenchyma_texture_hu,
                         subpleural_hu=ac.parenchyma_subpleural_hu,
-                        relief_mm=ac.parenchyma_relief_mm)
+                        relief_mm=ac.parenchyma_relief_mm,
+                        texture_skew=ac.parenchyma_texture_skew,
+                        rib_offset_mm=ac.rib_offset_mm)
     acq = sample_acquisition(r_acq, ccfg, an)
     bounds = bounds_of(acq, an)
     findings, an = sample_findings(r_find, ccfg, vocab, an, bounds, profile)

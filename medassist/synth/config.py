@@ -122,6 +122,12 @@ class AnatomyConfig:
     parenchyma_subpleural_hu: tuple[float, float] = (0.0, 0.0)
     #: How far (mm) the lung surface is pulled in, unevenly, from the pleural cavity.
     parenchyma_relief_mm: tuple[float, float] = (0.0, 0.0)
+    #: Right skew of the texture (medassist.synth.parenchyma.Parenchyma.texture_skew; 0 =
+    #: symmetric, the first parenchyma generator).
+    parenchyma_texture_skew: float = 0.0
+    #: How far (mm) the rib centre-lines run outside the pleural cavity (7: ~3.5 mm of
+    #: muscle between rib and pleura, the original generator; ~3.5: ribs against the pleura).
+    rib_offset_mm: float = 7.0
 
     def __post_init__(self) -> None:
         _range("anatomy.size_scale", self.size_scale, 0.5, 1.6)
@@ -136,6 +142,12 @@ class AnatomyConfig:
         _range("anatomy.parenchyma_texture_hu", self.parenchyma_texture_hu, 0.0, 120.0)
         _range("anatomy.parenchyma_subpleural_hu", self.parenchyma_subpleural_hu, 0.0, 200.0)
         _range("anatomy.parenchyma_relief_mm", self.parenchyma_relief_mm, 0.0, 10.0)
+        if not 2.0 <= self.rib_offset_mm <= 15.0:
+            raise SynthConfigError(f"anatomy.rib_offset_mm must be in [2, 15], got "
+                                   f"{self.rib_offset_mm}")
+        if not 0.0 <= self.parenchyma_texture_skew <= 1.0:
+            raise SynthConfigError("anatomy.parenchyma_texture_skew must be in [0, 1], got "
+                                   f"{self.parenchyma_texture_skew}")
 
 
 @dataclass(frozen=True)
@@ -155,11 +167,18 @@ class FindingsConfig:
     #: Fleischner grades describe (mild 1-5 %, moderate 5-15 %, severe / confluent 15-30 %),
     #: with larger lucencies as the grade rises.
     emphysema_extent: str = "trace"
+    #: Regional density drop (HU) of the lung around the lucencies of a severe emphysema:
+    #: the alveolar walls between the lucencies are destroyed too, so the surrounding lung is
+    #: less dense (what CT densitometry measures: LAA-950, Perc15).  Drawn per case from this
+    #: range and scaled by grade (mild 0.35, moderate 0.65, severe 1); (0, 0): lucencies
+    #: only (the original generator: its cases are unchanged).
+    emphysema_destruction_hu: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if self.emphysema_extent not in ("trace", "fleischner"):
             raise SynthConfigError("findings.emphysema_extent must be 'trace' or 'fleischner', "
                                    f"got {self.emphysema_extent!r}")
+        _range("findings.emphysema_destruction_hu", self.emphysema_destruction_hu, 0.0, 200.0)
         if not 0.3 <= self.normal_fraction < 1.0:
             raise SynthConfigError(
                 f"findings.normal_fraction must be in [0.3, 1) (issue: >= 30% normal), "

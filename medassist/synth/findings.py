@@ -330,7 +330,18 @@ def paint_nodule(ctx: _Ctx, f: Finding) -> None:
     ctx.label(occ, f.index)
 
 
+#: share of the drawn emphysema destruction (HU) by grade
+DESTRUCTION_BY_GRADE = {"mild": 0.35, "moderate": 0.65, "severe": 1.0}
+#: the destroyed lung around each lucency: its radius grown by this (mm) with a soft ramp this
+#: wide (mm), so neighbouring lucencies' halos merge into one low-density region
+DESTRUCTION_GROW_MM = 5.0
+DESTRUCTION_RAMP_MM = 8.0
+
+
 def paint_emphysema(ctx: _Ctx, f: Finding, lung: F32) -> None:
+    """Lucencies at -985 HU, and with ``extra["destruction_hu"]`` a density drop of the lung
+    around them (lucencies' radius + :data:`DESTRUCTION_GROW_MM`, soft over
+    :data:`DESTRUCTION_RAMP_MM`).  Only the lucencies are labelled."""
     parts = f.parts
     zlo, zhi = float(ctx.za.min()), float(ctx.za.max())
     sel = (parts[:, 2] + parts[:, 3] > zlo - 2) & (parts[:, 2] - parts[:, 3] < zhi + 2)
@@ -338,6 +349,12 @@ def paint_emphysema(ctx: _Ctx, f: Finding, lung: F32) -> None:
         return
     p = parts[sel]
     segs = np.column_stack([p[:, 0:3], p[:, 0:3], p[:, 3], p[:, 3], np.zeros(len(p))])
+    drop = float(f.extra.get("destruction_hu", 0.0))
+    if drop > 0:
+        halo = np.zeros(ctx.shape, dtype=np.float32)
+        _capsules(halo, ctx.segs_world(segs), ctx.zw, ctx.yw, ctx.xw, DESTRUCTION_RAMP_MM,
+                  grow=DESTRUCTION_GROW_MM)
+        ctx.hu -= (drop * halo * lung).astype(np.float32)
     occ = np.zeros(ctx.shape, dtype=np.float32)
     _capsules(occ, ctx.segs_world(segs), ctx.zw, ctx.yw, ctx.xw, ctx.w)
     paint(ctx.hu, occ * lung, -985.0)
@@ -400,9 +417,11 @@ def ordinal(n: int) -> str:
 
 def place_finding(rng: np.random.Generator, an: Anatomy, spec: FindingSpec, index: int,
                   bounds: Bounds, placed: Sequence[Finding], side_hint: str | None = None,
-                  emphysema_extent: str = "trace") -> Finding | None:
+                  emphysema_extent: str = "trace",
+                  emphysema_destruction_hu: tuple[float, float] = (0.0, 0.0)) -> Finding | None:
     """Place one finding of ``spec`` in the anatomy, or None if it does not fit this case.
-    ``emphysema_extent``: see :attr:`medassist.synth.config.FindingsConfig.emphysema_extent`."""
+    ``emphysema_extent``, ``emphysema_destruction_hu``: see
+    :class:`medassist.synth.config.FindingsConfig`."""
     kind = spec.name
     attrs: dict[str, str] = {}
     for name, a in spec.attributes:
@@ -551,8 +570,12 @@ def place_finding(rng: np.random.Generator, an: Anatomy, spec: FindingSpec, inde
         ext = (float(hi[:, 2].max() - lo[:, 2].min()), float(hi[:, 1].max() - lo[:, 1].min()),
                float(hi[:, 0].max() - lo[:, 0].min()))
         vol = float((4 / 3 * math.pi * parts[:, 3] ** 3).sum() / 1000.0)
+        extra = {"n_areas": float(len(parts))}
+        if emphysema_destruction_hu[1] > 0:  # drawn last: other findings' draws unchanged
+            extra["destruction_hu"] = float(rng.uniform(*emphysema_destruction_hu)) * \
+                DESTRUCTION_BY_GRADE.get(sev, DESTRUCTION_BY_GRADE["mild"])
         return Finding(kind, index, attrs, tuple(float(x) for x in parts[:, :3].mean(0)),  # type: ignore[arg-type]
-                       (0.0, 0.0, 0.0), largest, {"n_areas": float(len(parts))}, ext, vol, parts)
+                       (0.0, 0.0, 0.0), largest, extra, ext, vol, parts)
 
     if kind == "mediastinal_lymphadenopathy":
         st = attrs.get("station", "4R")

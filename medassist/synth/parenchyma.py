@@ -48,12 +48,22 @@ class Parenchyma:
     texture_waves: FArr = field(repr=False)
     #: Relief waves, rows (ku, kv, kz, phase) in rad/mm.
     relief_waves: FArr = field(repr=False)
+    #: Right skew of the texture (0: symmetric).  Lung HU is bounded below by air and has a
+    #: long dense tail (vessels, interstitium), so real parenchyma's low tail is short: with
+    #: skew k the unit field w becomes the standardised log-normal (exp(k w) - exp(k^2 / 2)) /
+    #: sqrt((exp(k^2) - 1) exp(k^2)), bounded below at about -1 / k SD for small k.
+    texture_skew: float = 0.0
 
     def texture(self, u: FArr, v: FArr, za: FArr) -> FArr:
         """Texture in HU (zero mean, SD ~ ``texture_hu``) at anatomy coordinates."""
         if self.texture_hu <= 0:
             return np.zeros(np.broadcast_shapes(u.shape, v.shape, za.shape), dtype=np.float32)
-        return _waves(self.texture_waves, u, v, za) * np.float32(self.texture_hu)
+        w = _waves(self.texture_waves, u, v, za)
+        k = self.texture_skew
+        if k > 0:
+            w = ((np.exp(np.float32(k) * w) - np.float32(math.exp(k * k / 2)))
+                 / np.float32(math.sqrt((math.exp(k * k) - 1) * math.exp(k * k))))
+        return np.asarray(w * np.float32(self.texture_hu), dtype=np.float32)
 
     def relief(self, u: FArr, v: FArr, za: FArr) -> FArr:
         """How far (mm, >= 0) the lung surface is pulled in from the pleural cavity."""
@@ -76,7 +86,8 @@ class Parenchyma:
     def to_json(self) -> dict[str, float]:
         return {"texture_hu": round(self.texture_hu, 3),
                 "subpleural_hu": round(self.subpleural_hu, 3),
-                "relief_mm": round(self.relief_mm, 3)}
+                "relief_mm": round(self.relief_mm, 3),
+                **({"texture_skew": round(self.texture_skew, 3)} if self.texture_skew else {})}
 
 
 def wave_terms(waves: FArr, u: FArr, v: FArr, za: FArr) -> Iterator[FArr]:
@@ -108,8 +119,10 @@ def _random_waves(rng: np.random.Generator, n: int, wavelength_mm: tuple[float, 
 
 def sample_parenchyma(rng: np.random.Generator, texture_hu: tuple[float, float],
                       subpleural_hu: tuple[float, float],
-                      relief_mm: tuple[float, float]) -> Parenchyma | None:
-    """Draw one patient's parenchyma; ``None`` (and no draws) when every range is zero."""
+                      relief_mm: tuple[float, float],
+                      texture_skew: float = 0.0) -> Parenchyma | None:
+    """Draw one patient's parenchyma; ``None`` (and no draws) when every range is zero.
+    ``texture_skew`` is a constant (no draw)."""
     if max(texture_hu[1], subpleural_hu[1], relief_mm[1]) <= 0:
         return None
     return Parenchyma(
@@ -118,4 +131,5 @@ def sample_parenchyma(rng: np.random.Generator, texture_hu: tuple[float, float],
         relief_mm=float(rng.uniform(*relief_mm)),
         texture_waves=_random_waves(rng, N_TEXTURE_WAVES, (7.0, 20.0)),
         relief_waves=_random_waves(rng, N_RELIEF_WAVES, (40.0, 120.0)),
+        texture_skew=float(texture_skew),
     )

@@ -202,6 +202,10 @@ class Anatomy:
     cardiac_extra: float = 1.0
     #: parenchymal texture, subpleural density and pleural relief (None: the smooth lung)
     parenchyma: Parenchyma | None = None
+    #: rib centre-lines run this far (mm) outside the pleural cavity; the ribs' half-depth is
+    #: 3.5 mm x size, so 7 (the original generator) leaves ~3.5 mm of muscle between rib and
+    #: pleura, and ~3.5 puts the ribs against the pleura as on real CT
+    rib_offset_mm: float = 7.0
 
     def sd_lung(self, u: FArr, v: FArr, za: FArr) -> FArr:
         """Signed distance to the lungs (both sides)."""
@@ -231,7 +235,7 @@ class Anatomy:
         """Rib-ellipse coordinates: radial distance (mm), phi (0 posterior .. 1 anterior),
         and the half-perimeter (mm) that converts phi to arc length."""
         ac, bc = self.cavity_axes(za)
-        am, bm = ac + 7.0, bc + 7.0
+        am, bm = ac + self.rib_offset_mm, bc + self.rib_offset_mm
         rn = np.sqrt((u / am) ** 2 + (v / bm) ** 2)
         dr = (rn - 1.0) * np.minimum(am, bm)
         phi = 0.5 - np.arctan2(v / bm, np.abs(u) / am) / math.pi
@@ -250,7 +254,7 @@ class Anatomy:
         """Anatomy coordinates of the rib centre-line at ``phi``."""
         za = float(self.rib_centre_z(i, phi))
         ac, bc = self.cavity_axes(np.asarray(za))
-        am, bm = float(ac) + 7.0, float(bc) + 7.0
+        am, bm = float(ac) + self.rib_offset_mm, float(bc) + self.rib_offset_mm
         theta = math.pi * (0.5 - phi)
         sgn = -1.0 if side == "right" else 1.0
         return sgn * am * math.cos(theta), bm * math.sin(theta), za
@@ -264,6 +268,8 @@ class Anatomy:
         out["n_segments"] = int(self.segments.shape[0])
         if self.parenchyma is not None:
             out["parenchyma"] = self.parenchyma.to_json()
+        if self.rib_offset_mm != 7.0:
+            out["rib_offset_mm"] = round(self.rib_offset_mm, 3)
         return out
 
 
@@ -364,7 +370,8 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
                    lung_gradient_hu: tuple[float, float] = (15.0, 60.0),
                    texture_hu: tuple[float, float] = (0.0, 0.0),
                    subpleural_hu: tuple[float, float] = (0.0, 0.0),
-                   relief_mm: tuple[float, float] = (0.0, 0.0)) -> Anatomy:
+                   relief_mm: tuple[float, float] = (0.0, 0.0),
+                   texture_skew: float = 0.0, rib_offset_mm: float = 7.0) -> Anatomy:
     """Sample one patient's anatomy (habitus, organ positions, HU, vessel and airway trees).
 
     The parenchyma settings (``texture_hu``, ``subpleural_hu``, ``relief_mm``) are drawn last
@@ -478,9 +485,9 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
         nodes.append((cu + rng.normal(0, 3), cv + rng.normal(0, 3), cz + rng.normal(0, 5),
                       sa * rng.uniform(1.0, 1.4), sa, sa * rng.uniform(1.2, 1.8)))
     table_y = base.cy + base.body_b * 1.06 + 6.0
-    par = sample_parenchyma(rng, texture_hu, subpleural_hu, relief_mm)
+    par = sample_parenchyma(rng, texture_hu, subpleural_hu, relief_mm, texture_skew)
     return _replace(base, segments=segments, nodes=np.asarray(nodes), table_y=table_y,
-                    parenchyma=par)
+                    parenchyma=par, rib_offset_mm=float(rib_offset_mm))
 
 
 def _replace(an: Anatomy, **kw: Any) -> Anatomy:
@@ -846,7 +853,7 @@ def _ribs(ctx: _Ctx, fractures: Sequence[Finding]) -> None:
     an, hu, w = ctx.an, ctx.hu, ctx.w
     hw, hh = 3.5 * an.size, 5.5 * an.size
     ac, bc = an.cavity_axes(ctx.za)
-    am, bm = ac + 7.0, bc + 7.0
+    am, bm = ac + an.rib_offset_mm, bc + an.rib_offset_mm
     dr = (np.sqrt((ctx.u / am) ** 2 + (ctx.v / bm) ** 2) - 1.0) * np.minimum(am, bm)
     band = np.broadcast_to(np.abs(dr) < hw + 2 * w, ctx.shape)
     if not band.any():

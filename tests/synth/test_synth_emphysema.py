@@ -12,6 +12,7 @@ import pytest
 from medassist.synth.case import Case, make_case
 from medassist.synth.config import FindingsConfig, SynthConfig
 from medassist.synth.errors import SynthConfigError
+from medassist.synth.fast_path import model_grid, render_tensor
 from medassist.synth.findings import Finding, Vocabulary
 from medassist.synth.writer import render_case
 
@@ -78,3 +79,38 @@ def test_fleischner_emphysema_shows_on_5mm_slices(small_cfg: SynthConfig,
         assert float(np.median(res.hu[mask])) < float(np.median(res.hu[lung])) - 40
         vox[extent] = int(mask.sum())
     assert vox["fleischner"] >= 10 * vox["trace"], vox
+
+
+def test_destruction_darkens_the_lung_around_the_lucencies_only(small_cfg: SynthConfig,
+                                                               vocab: Vocabulary) -> None:
+    """findings.emphysema_destruction_hu lowers the density of the lung around the lucencies
+    (not labelled); the lucencies, their label map and everything else stay as they were."""
+    fl = _with_extent(small_cfg, "fleischner")
+    (i, _), = _emphysema_cases(small_cfg, vocab, 1)
+    plain = make_case(fl, vocab, SEED, i, "test")
+    ruined = make_case(dataclasses.replace(fl, findings=dataclasses.replace(
+        fl.findings, emphysema_destruction_hu=(80.0, 80.0))), vocab, SEED, i, "test")
+    e0, e1 = _emph(plain), _emph(ruined)
+    assert "destruction_hu" not in e0.extra
+    grade = e1.attrs["severity"]
+    assert e1.extra["destruction_hu"] == pytest.approx(
+        80.0 * {"mild": 0.35, "moderate": 0.65, "severe": 1.0}[grade])
+    np.testing.assert_array_equal(e0.parts, e1.parts)
+    assert [f.kind for f in plain.findings] == [f.kind for f in ruined.findings]
+    hu0, lab0 = render_tensor(plain, fl.fast_path, noise=False)
+    hu1, lab1 = render_tensor(ruined, fl.fast_path, noise=False)
+    np.testing.assert_array_equal(lab0, lab1)
+    drop = hu0 - hu1
+    lung = (lab0 == 0) & (hu0 < -600)
+    near = lung & (drop > 1.0)
+    assert near.sum() > 50
+    # the drop reaches the full drawn value somewhere in the lung around the lucencies
+    assert float(drop[lung].max()) > 0.8 * e1.extra["destruction_hu"]
+    # and nothing away from the lungs changes (more than 15 mm out: past the blurred edge)
+    an = ruined.anatomy
+    zs, ys, xs = model_grid(ruined, fl.fast_path).axes()
+    out_mm = np.asarray(an.sd_lung((xs - an.cx)[None, None, :], (ys - an.cy)[None, :, None],
+                                   (zs - an.z_carina)[:, None, None]))
+    assert float(np.abs(drop)[out_mm > 15.0].max()) < 1.0
+    with pytest.raises(SynthConfigError, match="emphysema_destruction_hu"):
+        FindingsConfig(emphysema_destruction_hu=(50.0, 20.0))

@@ -136,3 +136,57 @@ def test_shipped_parenchyma_config_loads_and_bad_ranges_raise() -> None:
                        ("lung_gradient_hu", [0.0, 500.0])):
         with pytest.raises(SynthConfigError, match=key):
             config_from_mapping({"anatomy": {key: value}})
+
+
+def test_texture_skew_shortens_the_low_tail_only() -> None:
+    sym = _anatomy(texture_hu=(40.0, 40.0))
+    skew = _anatomy(texture_hu=(40.0, 40.0), texture_skew=0.7)  # type: ignore[arg-type]
+    assert sym.parenchyma is not None and skew.parenchyma is not None
+    # a constant, not a draw: the same waves and amplitudes
+    np.testing.assert_array_equal(sym.parenchyma.texture_waves, skew.parenchyma.texture_waves)
+    assert sym.parenchyma.texture_hu == skew.parenchyma.texture_hu
+    assert "texture_skew" not in sym.to_json()["parenchyma"]
+    assert skew.to_json()["parenchyma"]["texture_skew"] == 0.7
+    rng = np.random.default_rng(1)
+    u, v, za = (rng.uniform(-150, 150, 50000) for _ in range(3))
+    t0, t1 = sym.parenchyma.texture(u, v, za), skew.parenchyma.texture(u, v, za)
+    assert abs(float(t1.mean())) < 4.0
+    assert 30.0 < float(t1.std()) < 50.0
+    lo0, lo1 = np.percentile(t0, 1), np.percentile(t1, 1)
+    hi0, hi1 = np.percentile(t0, 99), np.percentile(t1, 99)
+    assert lo1 > lo0 + 20.0, (lo0, lo1)  # the dark tail is short
+    assert hi1 > hi0, (hi0, hi1)  # the dense tail is long
+    assert float(((t1 - t1.mean()) ** 3).mean()) > 0
+
+
+def test_texture_skew_is_validated() -> None:
+    for bad in (-0.1, 1.5):
+        with pytest.raises(SynthConfigError, match="parenchyma_texture_skew"):
+            config_from_mapping({"anatomy": {"parenchyma_texture_skew": bad}})
+    cfg = load_config(ROOT / "configs" / "synth" / "small_fleischner_parenchyma_emphysema.yaml")
+    assert cfg.anatomy.parenchyma_texture_skew > 0
+    assert cfg.findings.emphysema_destruction_hu[1] > 0
+
+
+def test_rib_offset_moves_the_ribs_towards_the_pleura_only() -> None:
+    base = _anatomy()
+    near = _anatomy(rib_offset_mm=3.5)  # type: ignore[arg-type]
+    assert base.rib_offset_mm == 7.0 and "rib_offset_mm" not in base.to_json()
+    assert near.to_json()["rib_offset_mm"] == 3.5
+    for f in dataclasses.fields(Anatomy):  # a constant, not a draw
+        if f.name == "rib_offset_mm":
+            continue
+        a, b = getattr(base, f.name), getattr(near, f.name)
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b, err_msg=f.name)
+        else:
+            assert a == b, f.name
+    for side in ("right", "left"):
+        for i in (3, 6):
+            pu, pv, pz = base.rib_point(side, i, 0.3)
+            qu, qv, qz = near.rib_point(side, i, 0.3)
+            d0 = float(base.sd_cavity(np.asarray(pu), np.asarray(pv), np.asarray(pz)))
+            d1 = float(near.sd_cavity(np.asarray(qu), np.asarray(qv), np.asarray(qz)))
+            assert d0 > d1 + 2.5 > 2.5, (side, i, d0, d1)
+    with pytest.raises(SynthConfigError, match="rib_offset_mm"):
+        config_from_mapping({"anatomy": {"rib_offset_mm": 30.0}})
