@@ -10,7 +10,16 @@ per z slab and in all, and the finding's presence probability, for
   contrast), Gaussian-smoothed (SD 1 voxel), and air outside an in-plane ellipse of 0.9 x the
   grid (a body that fills the field of view, cut at its edges, against one surrounded by air);
 - generated normal cases of a test directory (``medassist synth``), read from their DICOM as
-  the real one is.
+  the real one is, and with white noise added so that their soft-tissue noise (median SD in
+  3 x 3 x 3 windows wholly within -200..200 HU) matches the real series', and twice that.
+
+Smoothing is also applied to the lung only and to everything but the lung, to tell the lung's
+texture from the body's noise.  Two shape edits, on the real series and on the generated
+normals alike: every axial slice with (almost) no lung set to air (neck, shoulders and upper
+abdomen removed), and the volume reduced to three classes (air outside the body at -1000 HU,
+the lung mask at -860 HU, everything else above -500 HU at 40 HU): if that still fires on the
+real series and not on the generated ones, the body's and lungs' shapes are the cause.  Then
+one class at a time: the lung alone set to -860 HU, and the body alone set to 40 HU.
 
 If an edit removes the firing, what it edits is the cause; if the generated normals fire as
 little as the real series fires much, the cause is something the generator lacks.
@@ -54,7 +63,8 @@ def fire(lm: Any, hu: np.ndarray, label: str, per_slab: bool = False) -> dict[st
     names = list(lm.cfg.heads.labels)
     k = names.index(label)
     hot = torch.sigmoid(out.dense_logits[0, k]) > 0.5  # (z, y, x) on the dense grid
-    grid = tuple(int(n) for n in hot.shape)
+    nz, ny, nx = (int(n) for n in hot.shape)
+    grid = (nz, ny, nx)
     body = F.adaptive_avg_pool3d(torch.from_numpy(hu > -500).float()[None, None], grid)[0, 0]
     lung = F.adaptive_avg_pool3d(torch.from_numpy(lung_mask(hu)).float()[None, None],
                                  grid)[0, 0]
@@ -71,6 +81,32 @@ def fire(lm: Any, hu: np.ndarray, label: str, per_slab: bool = False) -> dict[st
     return res
 
 
+def soft_tissue_noise(hu: np.ndarray) -> float:
+    """Median SD in 3 x 3 x 3 windows lying wholly within -200..200 HU (fat and muscle)."""
+    t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None]
+    soft = ((t > -200) & (t < 200)).float()
+    inside = -F.max_pool3d(-soft, 3, 1, 1) > 0.5  # the whole window is soft tissue
+    mean = F.avg_pool3d(t, 3, 1, 1, count_include_pad=False)
+    sq = F.avg_pool3d(t * t, 3, 1, 1, count_include_pad=False)
+    sd = torch.sqrt(torch.clamp(sq - mean * mean, min=0.0))
+    v = sd[inside]
+    return round(float(v.median()), 1) if v.numel() else float("nan")
+
+
+def shape_edits(hu: np.ndarray) -> dict[str, np.ndarray]:
+    """Slices without lung set to air; the volume reduced to air, lung and body."""
+    lung = lung_mask(hu)
+    per_slice = lung.reshape(lung.shape[0], -1).mean(axis=1)  # lung share of each slice
+    h = hu.copy()
+    h[per_slice < 0.005] = -1000.0
+    body = (hu > -500) & ~lung
+    three = np.where(lung, -860.0, np.where(body, 40.0, -1000.0)).astype(np.float32)
+    return {"slices with under 0.5 % lung set to air": h,
+            "three classes: air, lung -860, body 40": three,
+            "lung set to -860, the rest as read": np.where(lung, -860.0, hu).astype(np.float32),
+            "body set to 40, the rest as read": np.where(body, 40.0, hu).astype(np.float32)}
+
+
 def edits(hu: np.ndarray) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for s in (-40, -20, 20, 40):
@@ -85,6 +121,9 @@ def edits(hu: np.ndarray) -> dict[str, np.ndarray]:
     h[h > 150] = 60
     out["above 150 HU set to 60"] = h
     out["smoothed 1 voxel"] = smooth(hu, 1.0)
+    lung = lung_mask(hu)
+    out["smoothed 1 voxel, lung only"] = np.where(lung, out["smoothed 1 voxel"], hu)
+    out["smoothed 1 voxel, all but the lung"] = np.where(lung, hu, out["smoothed 1 voxel"])
     _, ny, nx = hu.shape
     yy, xx = np.mgrid[0:ny, 0:nx]
     ey, ex = (yy - (ny - 1) / 2) / (0.45 * ny), (xx - (nx - 1) / 2) / (0.45 * nx)
@@ -92,7 +131,7 @@ def edits(hu: np.ndarray) -> dict[str, np.ndarray]:
     h = hu.copy()
     h[:, outside] = -1000.0
     out["air outside an in-plane ellipse of 0.9 x the grid"] = h
-    return out
+    return out | shape_edits(hu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,19 +145,33 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     lm = load_model(args.checkpoint)
     hu = load_study(args.real, lm.cfg).hu.astype(np.float32)
+    real_noise = soft_tissue_noise(hu)
     res: dict[str, Any] = {"checkpoint": args.checkpoint, "label": args.label,
                            "real": {"series": Path(args.real).name,
+                                    "soft_tissue_noise_hu": real_noise,
                                     "as_read": fire(lm, hu, args.label, per_slab=True)}}
     for name, h in edits(hu).items():
         res["real"][name] = fire(lm, h, args.label)
     if args.generated:
-        gen = []
+        gen: list[dict[str, Any]] = []
         for d in sorted(Path(args.generated).glob("case_*")):
             truth = json.loads((d / "truth.json").read_text(encoding="utf-8"))
             if truth["findings"]:
                 continue
             g = load_study(d / "dicom", lm.cfg).hu.astype(np.float32)
-            gen.append({"case": d.name, **fire(lm, g, args.label)})
+            own = soft_tissue_noise(g)
+            add = float(np.sqrt(max(real_noise**2 - own**2, 0.0)))
+            rng = np.random.default_rng(len(gen))
+            row: dict[str, Any] = {"case": d.name, "soft_tissue_noise_hu": own,
+                                   "as_read": fire(lm, g, args.label)}
+            for k in (1, 2):
+                noisy = g + rng.normal(0.0, k * add, g.shape).astype(np.float32)
+                row[f"noise added, SD {k * add:.1f} HU"] = {
+                    "soft_tissue_noise_hu": soft_tissue_noise(noisy),
+                    **fire(lm, noisy, args.label)}
+            for name, h in shape_edits(g).items():
+                row[name] = fire(lm, h, args.label)
+            gen.append(row)
             if len(gen) == args.n:
                 break
         res["generated_normal"] = gen
