@@ -29,7 +29,11 @@ If an edit removes the firing, what it edits is the cause; if the generated norm
 little as the real series fires much, the cause is something the generator lacks.
 
     .venv/bin/python bench/dense_probe.py --checkpoint models/demo
-        [--label consolidation] [--real DIR] [--generated DIR/test --n 3]
+        [--label consolidation] [--real DIR] [--generated DIR/test --n 3] [--png FILE]
+
+``--png`` writes four axial slices (at 1/8, 3/8, 5/8 and 7/8 of the grid's z) of the real
+series (top row) and of the first generated normal (bottom row), window -1000..400 HU, with
+the cells above 0.5 tinted red: where on the anatomy the detector fires.
 """
 
 from __future__ import annotations
@@ -83,6 +87,27 @@ def fire(lm: Any, hu: np.ndarray, label: str, per_slab: bool = False) -> dict[st
                             "hot_share_of_body": round(float(hot[z][b[z]].float().mean()), 3)
                             if bool(b[z].any()) else None} for z in range(grid[0])]
     return res
+
+
+def overlay(lm: Any, hu: np.ndarray, label: str) -> np.ndarray:
+    """(Y, 4 X, 3) RGB in 0..1: four axial slices with the label's hot cells tinted red."""
+    from multimodal.batching import collate
+    from multimodal.training import make_sample
+
+    x, _ = collate([make_sample(lm.cfg, lm.tok, hu=hu, emr=None)])
+    with torch.no_grad():
+        out = lm.model(x)
+    k = list(lm.cfg.heads.labels).index(label)
+    nz, ny, nx = hu.shape
+    p = torch.sigmoid(out.dense_logits[0, k])[None, None]
+    hot = F.interpolate(p, size=(nz, ny, nx), mode="nearest")[0, 0].numpy() > 0.5
+    cols = []
+    for z in (nz * i // 8 for i in range(1, 8, 2)):
+        g = np.clip((hu[z] + 1000.0) / 1400.0, 0.0, 1.0)
+        rgb = np.stack([g, g, g], -1)
+        rgb[hot[z]] = 0.5 * rgb[hot[z]] + np.array([0.5, 0.0, 0.0])
+        cols.append(rgb)
+    return np.concatenate(cols, 1)
 
 
 def region_presence(lm: Any, hu: np.ndarray, label: str) -> dict[str, float]:
@@ -178,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "Lung_Dx-A0001"))
     ap.add_argument("--generated", default="", help="a `medassist synth` split directory")
     ap.add_argument("--n", type=int, default=3, help="generated normal cases to probe")
+    ap.add_argument("--png", default="", help="write an overlay of the hot cells here")
     args = ap.parse_args(argv)
     lm = load_model(args.checkpoint)
     hu = load_study(args.real, lm.cfg).hu.astype(np.float32)
@@ -213,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
             if len(gen) == args.n:
                 break
         res["generated_normal"] = gen
+    if args.png:
+        from PIL import Image
+
+        rows = [overlay(lm, hu, args.label)]
+        if args.generated and gen:
+            g = load_study(Path(args.generated) / gen[0]["case"] / "dicom", lm.cfg).hu
+            rows.append(overlay(lm, g.astype(np.float32), args.label))
+        img = (np.concatenate(rows, 0) * 255).astype(np.uint8)
+        Image.fromarray(img).save(args.png)
     print(json.dumps(res, indent=1))
     return 0
 
