@@ -25,6 +25,9 @@ Last, the presence with the label's dense map kept to a lung region (cells outsi
 mask dilated by 0 / 3 / 6 voxels in-plane set to a logit of -10): if the presence stays, it
 comes through the finding queries' attention over the CT tokens, not the dense cells.
 
+``z_slices`` counts the grid's axial slices below, through and above the lungs (for the real
+series, the generated normals, and the first 12 generated cases of any kind).
+
 If an edit removes the firing, what it edits is the cause; if the generated normals fire as
 little as the real series fires much, the cause is something the generator lacks.
 
@@ -154,6 +157,17 @@ def soft_tissue_noise(hu: np.ndarray) -> float:
     return round(float(v.median()), 1) if v.numel() else float("nan")
 
 
+def z_extent(hu: np.ndarray) -> dict[str, int]:
+    """Axial slices of the grid below the lowest and above the highest slice holding at least
+    0.5 % lung (z ascends towards the head), and the slices in between."""
+    lung = lung_mask(hu)
+    idx = np.nonzero(lung.reshape(lung.shape[0], -1).mean(axis=1) >= 0.005)[0]
+    if idx.size == 0:
+        return {"below_lung": int(hu.shape[0]), "lung": 0, "above_lung": 0}
+    return {"below_lung": int(idx[0]), "lung": int(idx[-1] - idx[0] + 1),
+            "above_lung": int(hu.shape[0] - 1 - idx[-1])}
+
+
 def shape_edits(hu: np.ndarray) -> dict[str, np.ndarray]:
     """Slices without lung set to air; the volume reduced to air, lung and body."""
     lung = lung_mask(hu)
@@ -211,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"checkpoint": args.checkpoint, "label": args.label,
                            "real": {"series": Path(args.real).name,
                                     "soft_tissue_noise_hu": real_noise,
+                                    "z_slices": z_extent(hu),
                                     "as_read": fire(lm, hu, args.label, per_slab=True)}}
     for name, h in edits(hu).items():
         res["real"][name] = fire(lm, h, args.label)
@@ -226,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             add = float(np.sqrt(max(real_noise**2 - own**2, 0.0)))
             rng = np.random.default_rng(len(gen))
             row: dict[str, Any] = {"case": d.name, "soft_tissue_noise_hu": own,
+                                   "z_slices": z_extent(g),
                                    "as_read": fire(lm, g, args.label)}
             for k in (1, 2):
                 noisy = g + rng.normal(0.0, k * add, g.shape).astype(np.float32)
@@ -239,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             if len(gen) == args.n:
                 break
         res["generated_normal"] = gen
+        res["generated_z_slices"] = [
+            z_extent(load_study(d / "dicom", lm.cfg).hu.astype(np.float32))
+            for d in sorted(Path(args.generated).glob("case_*"))[:12]]
     if args.png:
         from PIL import Image
 
