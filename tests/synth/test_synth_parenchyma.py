@@ -60,20 +60,25 @@ def test_off_by_default() -> None:
     assert "parenchyma" not in an.to_json()
 
 
+def _assert_same_except(base: Anatomy, other: Anatomy, name: str) -> None:
+    """Every Anatomy field but ``name`` is equal: the option drew nothing else."""
+    for f in dataclasses.fields(Anatomy):
+        if f.name == name:
+            continue
+        a, b = getattr(base, f.name), getattr(other, f.name)
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b, err_msg=f.name)
+        else:
+            assert a == b, f.name
+
+
 def test_parenchyma_is_drawn_last() -> None:
     base = _anatomy()
     rich = _anatomy(texture_hu=(20.0, 40.0), subpleural_hu=(30.0, 60.0), relief_mm=(1.0, 5.0))
     assert rich.parenchyma is not None
     assert 20.0 <= rich.parenchyma.texture_hu <= 40.0
     assert 1.0 <= rich.parenchyma.relief_mm <= 5.0
-    for f in dataclasses.fields(Anatomy):
-        if f.name == "parenchyma":
-            continue
-        a, b = getattr(base, f.name), getattr(rich, f.name)
-        if isinstance(a, np.ndarray):
-            np.testing.assert_array_equal(a, b, err_msg=f.name)
-        else:
-            assert a == b, f.name
+    _assert_same_except(base, rich, "parenchyma")
 
 
 def test_relief_pulls_the_lung_surface_in_and_never_out() -> None:
@@ -173,14 +178,7 @@ def test_rib_offset_moves_the_ribs_towards_the_pleura_only() -> None:
     near = _anatomy(rib_offset_mm=3.5)  # type: ignore[arg-type]
     assert base.rib_offset_mm == 7.0 and "rib_offset_mm" not in base.to_json()
     assert near.to_json()["rib_offset_mm"] == 3.5
-    for f in dataclasses.fields(Anatomy):  # a constant, not a draw
-        if f.name == "rib_offset_mm":
-            continue
-        a, b = getattr(base, f.name), getattr(near, f.name)
-        if isinstance(a, np.ndarray):
-            np.testing.assert_array_equal(a, b, err_msg=f.name)
-        else:
-            assert a == b, f.name
+    _assert_same_except(base, near, "rib_offset_mm")  # a constant, not a draw
     for side in ("right", "left"):
         for i in (3, 6):
             pu, pv, pz = base.rib_point(side, i, 0.3)
