@@ -61,14 +61,19 @@ from lung_realism import smooth  # noqa: E402
 from medassist.drafting import load_model, load_study  # noqa: E402
 
 
-def fire(lm: Any, hu: np.ndarray, label: str, per_slab: bool = False) -> dict[str, Any]:
-    """Hot share of body cells (and of those touching the lung), and presence probability."""
+def forward(lm: Any, hu: np.ndarray) -> Any:
+    """The model's output for one CT volume on its grid, without EMR."""
     from multimodal.batching import collate
     from multimodal.training import make_sample
 
     x, _ = collate([make_sample(lm.cfg, lm.tok, hu=hu, emr=None)])
     with torch.no_grad():
-        out = lm.model(x)
+        return lm.model(x)
+
+
+def fire(lm: Any, hu: np.ndarray, label: str, per_slab: bool = False) -> dict[str, Any]:
+    """Hot share of body cells (and of those touching the lung), and presence probability."""
+    out = forward(lm, hu)
     if out.dense_logits is None:
         raise SystemExit("this checkpoint has no dense detector (ct.dense_hidden = 0)")
     names = list(lm.cfg.heads.labels)
@@ -94,12 +99,7 @@ def fire(lm: Any, hu: np.ndarray, label: str, per_slab: bool = False) -> dict[st
 
 def overlay(lm: Any, hu: np.ndarray, label: str) -> np.ndarray:
     """(Y, 4 X, 3) RGB in 0..1: four axial slices with the label's hot cells tinted red."""
-    from multimodal.batching import collate
-    from multimodal.training import make_sample
-
-    x, _ = collate([make_sample(lm.cfg, lm.tok, hu=hu, emr=None)])
-    with torch.no_grad():
-        out = lm.model(x)
+    out = forward(lm, hu)
     k = list(lm.cfg.heads.labels).index(label)
     nz, ny, nx = hu.shape
     p = torch.sigmoid(out.dense_logits[0, k])[None, None]
@@ -115,12 +115,8 @@ def overlay(lm: Any, hu: np.ndarray, label: str) -> np.ndarray:
 
 def region_presence(lm: Any, hu: np.ndarray, label: str) -> dict[str, float]:
     """Presence of ``label`` with its dense cells outside the (dilated) lung mask at -10."""
-    from multimodal.batching import collate
-    from multimodal.training import make_sample
-
     k = list(lm.cfg.heads.labels).index(label)
     lung = torch.from_numpy(lung_mask(hu)).float()[None, None]
-    x, _ = collate([make_sample(lm.cfg, lm.tok, hu=hu, emr=None)])
     res: dict[str, float] = {}
     for r in (0, 3, 6):
         region = F.max_pool3d(lung, (2 * (r // 2) + 1, 2 * r + 1, 2 * r + 1), 1,
@@ -136,8 +132,7 @@ def region_presence(lm: Any, hu: np.ndarray, label: str) -> dict[str, float]:
 
         handle = lm.model.dense.register_forward_hook(keep)
         try:
-            with torch.no_grad():
-                out = lm.model(x)
+            out = forward(lm, hu)
         finally:
             handle.remove()
         res[f"lung dilated {r} voxels"] = round(float(torch.sigmoid(out.presence_logits[0, k])),

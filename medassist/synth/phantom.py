@@ -43,6 +43,10 @@ LOBE_NAMES: dict[str, str] = {
 ARTERY, VEIN, AIRWAY = 0, 1, 2
 #: Number of ribs per side.
 N_RIBS = 12
+#: default distance (mm) from the pleural cavity out to the rib centre-lines: the ribs'
+#: half-depth is 3.5 mm x size, so 7 (the original generator) leaves ~3.5 mm of muscle between
+#: rib and pleura, and ~3.5 puts the ribs against the pleura as on real CT
+RIB_OFFSET_MM = 7.0
 
 
 # --------------------------------------------------------------------------- geometry
@@ -202,10 +206,9 @@ class Anatomy:
     cardiac_extra: float = 1.0
     #: parenchymal texture, subpleural density and pleural relief (None: the smooth lung)
     parenchyma: Parenchyma | None = None
-    #: rib centre-lines run this far (mm) outside the pleural cavity; the ribs' half-depth is
-    #: 3.5 mm x size, so 7 (the original generator) leaves ~3.5 mm of muscle between rib and
-    #: pleura, and ~3.5 puts the ribs against the pleura as on real CT
-    rib_offset_mm: float = 7.0
+    #: rib centre-lines run this far (mm) outside the pleural cavity (see
+    #: :data:`RIB_OFFSET_MM`)
+    rib_offset_mm: float = RIB_OFFSET_MM
 
     def sd_lung(self, u: FArr, v: FArr, za: FArr) -> FArr:
         """Signed distance to the lungs (both sides)."""
@@ -234,13 +237,18 @@ class Anatomy:
     def rib_frame(self, u: FArr, v: FArr, za: FArr) -> tuple[FArr, FArr, FArr, float]:
         """Rib-ellipse coordinates: radial distance (mm), phi (0 posterior .. 1 anterior),
         and the half-perimeter (mm) that converts phi to arc length."""
-        ac, bc = self.cavity_axes(za)
-        am, bm = ac + self.rib_offset_mm, bc + self.rib_offset_mm
+        am, bm = self.rib_axes(za)
         rn = np.sqrt((u / am) ** 2 + (v / bm) ** 2)
         dr = (rn - 1.0) * np.minimum(am, bm)
         phi = 0.5 - np.arctan2(v / bm, np.abs(u) / am) / math.pi
         half_per = math.pi * math.sqrt((self.cav_a0**2 + self.cav_b0**2) / 2.0)
         return dr, phi, am, half_per
+
+    def rib_axes(self, za: FArr) -> tuple[FArr, FArr]:
+        """Semi-axes (mm) of the ellipse the rib centre-lines follow at ``za``: the pleural
+        cavity's, grown by :attr:`rib_offset_mm`."""
+        ac, bc = self.cavity_axes(za)
+        return ac + self.rib_offset_mm, bc + self.rib_offset_mm
 
     def rib_centre_z(self, i: int, phi: FArr | float) -> FArr:
         """Centre-line z of rib ``i`` (0-based) at ``phi``."""
@@ -253,8 +261,8 @@ class Anatomy:
     def rib_point(self, side: str, i: int, phi: float) -> tuple[float, float, float]:
         """Anatomy coordinates of the rib centre-line at ``phi``."""
         za = float(self.rib_centre_z(i, phi))
-        ac, bc = self.cavity_axes(np.asarray(za))
-        am, bm = float(ac) + self.rib_offset_mm, float(bc) + self.rib_offset_mm
+        a, b = self.rib_axes(np.asarray(za))
+        am, bm = float(a), float(b)
         theta = math.pi * (0.5 - phi)
         sgn = -1.0 if side == "right" else 1.0
         return sgn * am * math.cos(theta), bm * math.sin(theta), za
@@ -268,7 +276,7 @@ class Anatomy:
         out["n_segments"] = int(self.segments.shape[0])
         if self.parenchyma is not None:
             out["parenchyma"] = self.parenchyma.to_json()
-        if self.rib_offset_mm != 7.0:
+        if self.rib_offset_mm != RIB_OFFSET_MM:
             out["rib_offset_mm"] = round(self.rib_offset_mm, 3)
         return out
 
@@ -371,7 +379,7 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
                    texture_hu: tuple[float, float] = (0.0, 0.0),
                    subpleural_hu: tuple[float, float] = (0.0, 0.0),
                    relief_mm: tuple[float, float] = (0.0, 0.0),
-                   texture_skew: float = 0.0, rib_offset_mm: float = 7.0) -> Anatomy:
+                   texture_skew: float = 0.0, rib_offset_mm: float = RIB_OFFSET_MM) -> Anatomy:
     """Sample one patient's anatomy (habitus, organ positions, HU, vessel and airway trees).
 
     The parenchyma settings (``texture_hu``, ``subpleural_hu``, ``relief_mm``) are drawn last
@@ -852,8 +860,7 @@ def _mediastinum(ctx: _Ctx, by_kind: dict[str, list[Finding]]) -> None:
 def _ribs(ctx: _Ctx, fractures: Sequence[Finding]) -> None:
     an, hu, w = ctx.an, ctx.hu, ctx.w
     hw, hh = 3.5 * an.size, 5.5 * an.size
-    ac, bc = an.cavity_axes(ctx.za)
-    am, bm = ac + an.rib_offset_mm, bc + an.rib_offset_mm
+    am, bm = an.rib_axes(ctx.za)
     dr = (np.sqrt((ctx.u / am) ** 2 + (ctx.v / bm) ** 2) - 1.0) * np.minimum(am, bm)
     band = np.broadcast_to(np.abs(dr) < hw + 2 * w, ctx.shape)
     if not band.any():
