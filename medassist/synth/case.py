@@ -158,7 +158,7 @@ def sample_acquisition(rng: np.random.Generator, cfg: SynthConfig, an: Anatomy) 
     ps = fov / matrix
     coverage = float(rng.uniform(*g.coverage_mm))
     n = int(min(g.max_slices, max(8, round(coverage / thick))))
-    top = an.z_carina + an.apex_z + float(rng.uniform(10.0, 30.0))
+    top = an.z_carina + an.apex_z + float(rng.uniform(*g.top_margin_mm))
     z0 = round(top - (n - 1) * thick, 3)
     xy0 = -fov / 2 + ps / 2
     grid = Grid((z0, xy0, xy0), (thick, ps, ps), (n, matrix, matrix))
@@ -292,7 +292,8 @@ def make_case(cfg: SynthConfig, vocab: Vocabulary, seed: int, index: int, split:
                         subpleural_hu=ac.parenchyma_subpleural_hu,
                         relief_mm=ac.parenchyma_relief_mm,
                         texture_skew=ac.parenchyma_texture_skew,
-                        rib_offset_mm=ac.rib_offset_mm)
+                        rib_offset_mm=ac.rib_offset_mm, chest_wall_mm=ac.chest_wall_mm,
+                        soft_tissue_fill=ac.soft_tissue_fill)
     acq = sample_acquisition(r_acq, ccfg, an)
     bounds = bounds_of(acq, an)
     findings, an = sample_findings(r_find, ccfg, vocab, an, bounds, profile)

@@ -44,6 +44,8 @@ class GeometryConfig:
     #: Reconstruction field of view is the body width plus this margin (mm), clipped to fov_mm.
     fov_margin_mm: tuple[float, float] = (30.0, 80.0)
     fov_mm: tuple[float, float] = (300.0, 500.0)
+    #: The scan starts this far (mm) above the lung apices.
+    top_margin_mm: tuple[float, float] = (10.0, 30.0)
     #: Safety cap on the slice count.
     max_slices: int = 600
 
@@ -57,6 +59,7 @@ class GeometryConfig:
         _range("geometry.coverage_mm", self.coverage_mm, 60.0, 600.0)
         _range("geometry.fov_margin_mm", self.fov_margin_mm, 0.0, 200.0)
         _range("geometry.fov_mm", self.fov_mm, 150.0, 700.0)
+        _range("geometry.top_margin_mm", self.top_margin_mm, 0.0, 150.0)
         if self.max_slices < 8:
             raise SynthConfigError("geometry.max_slices must be >= 8")
 
@@ -128,6 +131,13 @@ class AnatomyConfig:
     #: How far (mm) the rib centre-lines run outside the pleural cavity (7: ~3.5 mm of
     #: muscle between rib and pleura, the original generator; ~3.5: ribs against the pleura).
     rib_offset_mm: float = 7.0
+    #: Chest-wall muscle (mm) inside the muscle layer, out to the pleural cavity; (14, 14) is
+    #: the original generator's thick wall (medassist/synth/habitus.py).
+    chest_wall_mm: tuple[float, float] = (14.0, 14.0)
+    #: Soft tissue instead of fat above the thoracic inlet and below the diaphragm, a liver
+    #: reaching past the midline, and clavicles (medassist/synth/habitus.py); False: the
+    #: original generator.
+    soft_tissue_fill: bool = False
 
     def __post_init__(self) -> None:
         _range("anatomy.size_scale", self.size_scale, 0.5, 1.6)
@@ -145,6 +155,7 @@ class AnatomyConfig:
         if not 2.0 <= self.rib_offset_mm <= 15.0:
             raise SynthConfigError(f"anatomy.rib_offset_mm must be in [2, 15], got "
                                    f"{self.rib_offset_mm}")
+        _range("anatomy.chest_wall_mm", self.chest_wall_mm, 1.0, 30.0)
         if not 0.0 <= self.parenchyma_texture_skew <= 1.0:
             raise SynthConfigError("anatomy.parenchyma_texture_skew must be in [0, 1], got "
                                    f"{self.parenchyma_texture_skew}")

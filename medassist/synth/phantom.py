@@ -25,6 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from medassist.synth.habitus import (
+    LIVER_REACH,
+    NECK_BELOW_APEX_MM,
+    WALL_MM,
+    SoftFill,
+    sample_soft_fill,
+    sample_wall,
+)
 from medassist.synth.parenchyma import Parenchyma, sample_parenchyma, wave_terms
 
 if TYPE_CHECKING:
@@ -147,15 +155,16 @@ class Anatomy:
 
     def cavity_axes(self, za: FArr) -> tuple[FArr, FArr]:
         a, b = self.body_axes(za)
-        return a - self.fat - self.muscle - 14.0, b - 0.8 * self.fat - self.muscle - 14.0
+        return (a - self.fat - self.muscle - self.wall_mm,
+                b - 0.8 * self.fat - self.muscle - self.wall_mm)
 
     @property
     def cav_a0(self) -> float:
-        return self.body_a - self.fat - self.muscle - 14.0
+        return self.body_a - self.fat - self.muscle - self.wall_mm
 
     @property
     def cav_b0(self) -> float:
-        return self.body_b - 0.8 * self.fat - self.muscle - 14.0
+        return self.body_b - 0.8 * self.fat - self.muscle - self.wall_mm
 
     @property
     def spine_v(self) -> float:
@@ -209,6 +218,11 @@ class Anatomy:
     #: rib centre-lines run this far (mm) outside the pleural cavity (see
     #: :data:`RIB_OFFSET_MM`)
     rib_offset_mm: float = RIB_OFFSET_MM
+    #: chest-wall muscle (mm) inside the muscle layer (medassist/synth/habitus.py)
+    wall_mm: float = WALL_MM
+    #: soft-tissue fill of the thoracic inlet and upper abdomen, larger liver, clavicles
+    #: (None: fat, the original generator; medassist/synth/habitus.py)
+    soft_fill: SoftFill | None = None
 
     def sd_lung(self, u: FArr, v: FArr, za: FArr) -> FArr:
         """Signed distance to the lungs (both sides)."""
@@ -278,6 +292,10 @@ class Anatomy:
             out["parenchyma"] = self.parenchyma.to_json()
         if self.rib_offset_mm != RIB_OFFSET_MM:
             out["rib_offset_mm"] = round(self.rib_offset_mm, 3)
+        if self.wall_mm != WALL_MM:
+            out["wall_mm"] = round(self.wall_mm, 3)
+        if self.soft_fill is not None:
+            out["soft_fill"] = self.soft_fill.to_json()
         return out
 
 
@@ -379,12 +397,16 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
                    texture_hu: tuple[float, float] = (0.0, 0.0),
                    subpleural_hu: tuple[float, float] = (0.0, 0.0),
                    relief_mm: tuple[float, float] = (0.0, 0.0),
-                   texture_skew: float = 0.0, rib_offset_mm: float = RIB_OFFSET_MM) -> Anatomy:
+                   texture_skew: float = 0.0, rib_offset_mm: float = RIB_OFFSET_MM,
+                   chest_wall_mm: tuple[float, float] = (WALL_MM, WALL_MM),
+                   soft_tissue_fill: bool = False) -> Anatomy:
     """Sample one patient's anatomy (habitus, organ positions, HU, vessel and airway trees).
 
     The parenchyma settings (``texture_hu``, ``subpleural_hu``, ``relief_mm``) are drawn last
-    and only when non-zero, so anatomy sampled without them is unchanged.
+    and only when non-zero, so anatomy sampled without them is unchanged; so are the habitus
+    settings (``chest_wall_mm`` drawn first, ``soft_tissue_fill`` last; habitus.py).
     """
+    wall = sample_wall(rng, chest_wall_mm)
     s = float(rng.uniform(*size_scale))
     fat = float(rng.uniform(*fat_mm))
     body_a = 160.0 * s + 0.6 * fat
@@ -435,6 +457,7 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
         contrast=contrast, hu=hu, rib_spacing=float(rng.uniform(21.0, 25.0) * s),
         rib_drop=float(rng.uniform(110.0, 150.0) * s), vert_phase=float(rng.uniform(0, 30.0)),
         table_y=0.0, waves=waves, segments=np.zeros((0, 9)), nodes=np.zeros((0, 6)),
+        wall_mm=wall,
     )
     ac, bc = base.cav_a0, base.cav_b0
     (_hcu, hcv, hcz), (_hru, _hrv, hrz) = base.heart_geometry()
@@ -494,8 +517,9 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
                       sa * rng.uniform(1.0, 1.4), sa, sa * rng.uniform(1.2, 1.8)))
     table_y = base.cy + base.body_b * 1.06 + 6.0
     par = sample_parenchyma(rng, texture_hu, subpleural_hu, relief_mm, texture_skew)
+    fill = sample_soft_fill(rng, soft_tissue_fill, s)
     return _replace(base, segments=segments, nodes=np.asarray(nodes), table_y=table_y,
-                    parenchyma=par, rib_offset_mm=float(rib_offset_mm))
+                    parenchyma=par, rib_offset_mm=float(rib_offset_mm), soft_fill=fill)
 
 
 def _replace(an: Anatomy, **kw: Any) -> Anatomy:
@@ -766,6 +790,8 @@ def _render_chunk(ctx: _Ctx, findings: Sequence[Finding]) -> None:
     sd_cav = an.sd_cavity(u, v, za)
     cav = soft(sd_cav, w)
     paint(hu, cav, an.hu["med_fat"] + 5.0 * tex)
+    if an.soft_fill is not None:
+        _inlet(ctx, cav, tex, an.soft_fill)
     _abdomen(ctx, sd_cav, tex, by_kind.get("liver_lesion", []))
 
     # lungs
@@ -930,6 +956,21 @@ def _spine_sternum(ctx: _Ctx, tex: F32) -> None:
     paint(hu, soft(st + 1.5, w) * zin, an.hu["marrow"])
 
 
+def _inlet(ctx: _Ctx, cav: F32, tex: F32, fill: SoftFill) -> None:
+    """Soft tissue in the cavity above the thoracic inlet, and the clavicles (habitus.py)."""
+    an, za = ctx.an, ctx.za
+    if float(za.max()) > an.apex_z - NECK_BELOW_APEX_MM - 2 * ctx.w:
+        inlet = soft(an.apex_z - NECK_BELOW_APEX_MM - za, ctx.w)
+        paint(ctx.hu, cav * inlet, an.hu["muscle"] + fill.neck_hu + 5.0 * tex)
+    s, r = an.size, fill.clavicle_mm
+    ac, bc = an.cav_a0, an.cav_b0
+    ends = [((sgn * 18.0 * s, -bc - 0.5 * r, an.apex_z - 12.0),
+             (sgn * 0.85 * ac, -0.55 * bc, an.apex_z + 12.0)) for sgn in (-1.0, 1.0)]
+    segs = np.asarray([[*a, *b, r, r, -1] for a, b in ends])
+    _tube_paint(ctx, segs, an.hu["bone"])
+    _tube_paint(ctx, segs, an.hu["marrow"], grow=-0.45 * r)
+
+
 def _abdomen(ctx: _Ctx, sd_cav: FArr, tex: F32, lesions: Sequence[Finding]) -> None:
     from medassist.synth import findings as fnd
 
@@ -942,6 +983,8 @@ def _abdomen(ctx: _Ctx, sd_cav: FArr, tex: F32, lesions: Sequence[Finding]) -> N
     inside = soft(sd_cav + 1.0, w)
     below = soft(za - (zd - 5.0), w)
     paint(hu, inside * soft(np.abs(za - (zd - 2.5)) - 2.5, w), an.hu["muscle"])
+    if an.soft_fill is not None:
+        paint(hu, inside * below, an.soft_fill.abdomen_hu + 6.0 * tex)
     sd_liv = sd_liver(an, u, v, za)
     paint(hu, soft(sd_liv, w), an.hu["liver"] + 5.0 * tex)
     for f in lesions:
@@ -969,7 +1012,8 @@ def sd_liver(an: Anatomy, u: FArr, v: FArr, za: FArr) -> FArr:
     """Signed distance to the liver (right upper quadrant, under the diaphragm)."""
     ac, bc = an.cav_a0, an.cav_b0
     zd = an.diaphragm_z(u, v, za)
-    ulim = 0.25 * ac - 0.35 * ac * np.clip((v + 0.2 * bc) / (0.8 * bc), 0.0, 1.0)
+    reach = LIVER_REACH if an.soft_fill is None else an.soft_fill.liver_reach
+    ulim = reach * ac - 0.35 * ac * np.clip((v + 0.2 * bc) / (0.8 * bc), 0.0, 1.0)
     sd = np.maximum(an.sd_cavity(u, v, za) + 3.0, za - (zd - 6.0))
     sd = np.maximum(sd, u - ulim)
     sd = np.maximum(sd, (an.dia_r - 150.0 * an.size) - za)

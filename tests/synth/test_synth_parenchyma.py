@@ -4,31 +4,22 @@ grid, and every other part of the anatomy is the one drawn without it."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
+from anatomy_util import assert_same_except as _assert_same_except
+from anatomy_util import sample as _anatomy
+from anatomy_util import with_anatomy as _with_anatomy
 
 from medassist.synth.case import Case, make_case
 from medassist.synth.config import AnatomyConfig, SynthConfig, config_from_mapping, load_config
 from medassist.synth.errors import SynthConfigError
 from medassist.synth.fast_path import model_grid, render_tensor
 from medassist.synth.findings import Vocabulary
-from medassist.synth.phantom import Anatomy, sample_anatomy
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 11
-
-
-def _anatomy(**kw: tuple[float, float]) -> Anatomy:
-    rng = np.random.default_rng(3)
-    return sample_anatomy(rng, (0.85, 1.2), (5.0, 35.0), 25.0, (-880.0, -800.0), (0.88, 1.08),
-                          6, False, **kw)
-
-
-def _with_anatomy(cfg: SynthConfig, **kw: object) -> SynthConfig:
-    return dataclasses.replace(cfg, anatomy=dataclasses.replace(cfg.anatomy, **kw))
 
 
 def _normal_case_index(cfg: SynthConfig, vocab: Vocabulary) -> int:
@@ -58,18 +49,6 @@ def test_off_by_default() -> None:
     an = _anatomy()
     assert an.parenchyma is None
     assert "parenchyma" not in an.to_json()
-
-
-def _assert_same_except(base: Anatomy, other: Anatomy, name: str) -> None:
-    """Every Anatomy field but ``name`` is equal: the option drew nothing else."""
-    for f in dataclasses.fields(Anatomy):
-        if f.name == name:
-            continue
-        a, b = getattr(base, f.name), getattr(other, f.name)
-        if isinstance(a, np.ndarray):
-            np.testing.assert_array_equal(a, b, err_msg=f.name)
-        else:
-            assert a == b, f.name
 
 
 def test_parenchyma_is_drawn_last() -> None:
@@ -145,7 +124,7 @@ def test_shipped_parenchyma_config_loads_and_bad_ranges_raise() -> None:
 
 def test_texture_skew_shortens_the_low_tail_only() -> None:
     sym = _anatomy(texture_hu=(40.0, 40.0))
-    skew = _anatomy(texture_hu=(40.0, 40.0), texture_skew=0.7)  # type: ignore[arg-type]
+    skew = _anatomy(texture_hu=(40.0, 40.0), texture_skew=0.7)
     assert sym.parenchyma is not None and skew.parenchyma is not None
     # a constant, not a draw: the same waves and amplitudes
     np.testing.assert_array_equal(sym.parenchyma.texture_waves, skew.parenchyma.texture_waves)
@@ -175,7 +154,7 @@ def test_texture_skew_is_validated() -> None:
 
 def test_rib_offset_moves_the_ribs_towards_the_pleura_only() -> None:
     base = _anatomy()
-    near = _anatomy(rib_offset_mm=3.5)  # type: ignore[arg-type]
+    near = _anatomy(rib_offset_mm=3.5)
     assert base.rib_offset_mm == 7.0 and "rib_offset_mm" not in base.to_json()
     assert near.to_json()["rib_offset_mm"] == 3.5
     _assert_same_except(base, near, "rib_offset_mm")  # a constant, not a draw
