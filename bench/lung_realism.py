@@ -19,8 +19,8 @@ validation split:
 - the boundary profile: mean HU (and share above -700 HU) of the lung voxels 1, 2, ... 6
   voxels in from the lung mask's edge (in-plane erosions) and deeper; real lungs are denser
   at the pleura than in the core (subpleural and dependent density); and the mean HU of the
-  1st, 2nd and 3rd voxel ring outside the mask (in-plane dilations; what the lung touches),
-  and the share of bone (above 200 HU) in each of the first six rings (ribs against the
+  1st, 2nd and 3rd voxel ring outside the mask (in-plane dilations; what the lung touches)
+  with the share of fat (-200 to -30 HU) in each, and the share of bone (above 200 HU) in each of the first six rings (ribs against the
   pleura show in the second and third on real CT).
 
 The lung mask is bench/finding_visibility.py's (air below -500 HU not connected to the image
@@ -113,7 +113,7 @@ def boundary_profile(hu: np.ndarray, lung: np.ndarray, bands: int = 6) -> dict[s
         cur = inner
     # outwards: the voxels that each 3 x 3 in-plane dilation of the mask adds (what the lung
     # touches: pleura, fat, muscle, rib, mediastinum)
-    out_mean, out_bone = [], []
+    out_mean, out_bone, out_fat = [], [], []
     grown = torch.from_numpy(lung)
     for k in range(bands):
         nxt = F.max_pool2d(grown.float()[:, None], 3, 1, 1)[:, 0] > 0.5
@@ -121,11 +121,13 @@ def boundary_profile(hu: np.ndarray, lung: np.ndarray, bands: int = 6) -> dict[s
         vals = hu[ring.numpy()]
         if k < 3:
             out_mean.append(round(float(vals.mean())) if vals.size else None)
+            out_fat.append(round(float(((vals > -200) & (vals < -30)).mean()), 3)
+                           if vals.size else None)
         out_bone.append(round(float((vals > 200).mean()), 4) if vals.size else None)
         grown = nxt
     return {"depth_voxels": [*range(1, bands + 1), f">{bands}"], "mean_hu": mean,
             "share_above_-700": dense, "outside_1_2_3_mean_hu": out_mean,
-            "outside_bone_share": out_bone}
+            "outside_1_2_3_fat_share": out_fat, "outside_bone_share": out_bone}
 
 
 def smooth(hu: np.ndarray, sigma: float) -> np.ndarray:
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                for g in gen])), 3)
                                    for i in range(len(gen[0]["boundary_profile"][key]))]
                              for key in ("mean_hu", "share_above_-700",
-                                         "outside_1_2_3_mean_hu", "outside_bone_share")}}}
+                                         "outside_1_2_3_mean_hu", "outside_1_2_3_fat_share",
+                                         "outside_bone_share")}}}
     emph: dict[str, list[dict[str, Any]]] = {}
     for r in recs:
         if r.hu is not None and r.findings and all(f["kind"] == "emphysema" for f in r.findings):

@@ -3,7 +3,9 @@
     .venv/bin/python bench/model.py [--checkpoint models/demo] [--quick]
 
 * study-to-draft latency (excluding the DICOM read): forward + greedy report, fp32 vs
-  dynamic int8 (torch.ao dynamic quantization of nn.Linear);
+  dynamic int8 (torch.ao dynamic quantization of nn.Linear), with the fp32 draft's CPU time
+  by operator group (pooling, convolution, linear, attention, other; torch.profiler) and the
+  speed-up int8 could give at most if nn.Linear took no time;
 * KV-cache decoding vs recomputation for 256 tokens;
 * long EMR at 16K tokens: memory-token recurrence vs the same model with full attention over
   all EMR tokens (both through scaled_dot_product_attention): time, peak RSS (separate
@@ -78,6 +80,7 @@ def latency(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
             m.generate(out, max_new=cfg.decoder.max_len - 1)
 
     fp32 = _time(lambda: draft(model), reps)
+    shares = op_shares(lambda: draft(model))
     q = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
         model, {torch.nn.Linear}, dtype=torch.qint8)
     int8 = _time(lambda: draft(q), reps)
@@ -86,7 +89,34 @@ def latency(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
     return {"fp32_s": round(fp32, 4), "int8_s": round(int8, 4),
             "int8_speedup": round(fp32 / int8, 3),
             "int8_max_prob_diff": round(float((a.presence_prob - b.presence_prob).abs().max()),
-                                        4)}
+                                        4),
+            "fp32_op_shares": shares,
+            # Amdahl: the draft's speed-up if every nn.Linear took no time at all
+            "int8_speedup_bound": round(1.0 / max(1e-6, 1.0 - shares["linear"]), 2)}
+
+
+#: operator groups of :func:`op_shares` (substrings of the profiler's aten op names)
+OP_GROUPS = {"pooling": ("pool",), "convolution": ("conv",),
+             "linear": ("addmm", "linear", "aten::mm", "bmm", "matmul"),
+             "attention": ("attention",)}
+
+
+def op_shares(fn: Callable[[], None]) -> dict[str, float]:
+    """Share of ``fn``'s self CPU time by operator group (torch.profiler, one run after a
+    warm-up): what dynamic int8 of nn.Linear can speed up at most."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    acc = dict.fromkeys([*OP_GROUPS, "other"], 0.0)
+    for e in prof.key_averages():
+        name = e.key.lower()
+        group = next((g for g, keys in OP_GROUPS.items() if any(k in name for k in keys)),
+                     "other")
+        acc[group] += float(e.self_cpu_time_total)
+    total = sum(acc.values()) or 1.0
+    return {g: round(v / total, 3) for g, v in acc.items()}
 
 
 def kv_cache(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
