@@ -19,7 +19,10 @@ normals alike: every axial slice with (almost) no lung set to air (neck, shoulde
 abdomen removed), and the volume reduced to three classes (air outside the body at -1000 HU,
 the lung mask at -860 HU, everything else above -500 HU at 40 HU): if that still fires on the
 real series and not on the generated ones, the body's and lungs' shapes are the cause.  Then
-one class at a time: the lung alone set to -860 HU, and the body alone set to 40 HU.
+one class at a time: the lung alone set to -860 HU, and the body alone set to 40 HU.  And
+what the lung touches: within two in-plane voxels outside the lung mask, fat (-200..-30 HU)
+set to 40 HU, or soft tissue (-30..150 HU) set to -100 HU (a lung bordered by muscle against
+one bordered by fat).
 
 Last, the presence with the label's dense map kept to a lung region (cells outside the lung
 mask dilated by 0 / 3 / 6 voxels in-plane set to a logit of -10): if the presence stays, it
@@ -171,7 +174,15 @@ def shape_edits(hu: np.ndarray) -> dict[str, np.ndarray]:
     h[per_slice < 0.005] = -1000.0
     body = (hu > -500) & ~lung
     three = np.where(lung, -860.0, np.where(body, 40.0, -1000.0)).astype(np.float32)
+    # what the lung touches: the voxels within two in-plane voxels outside the lung mask
+    near = F.max_pool2d(torch.from_numpy(lung).float()[:, None], 5, 1, 2)[:, 0].numpy() > 0.5
+    rim = near & ~lung
+    fat_rim = rim & (hu > -200) & (hu < -30)
+    soft_rim = rim & (hu >= -30) & (hu < 150)
     return {"slices with under 0.5 % lung set to air": h,
+            "fat next to the lung set to 40": np.where(fat_rim, 40.0, hu).astype(np.float32),
+            "soft tissue next to the lung set to -100": np.where(soft_rim, -100.0, hu)
+            .astype(np.float32),
             "three classes: air, lung -860, body 40": three,
             "lung set to -860, the rest as read": np.where(lung, -860.0, hu).astype(np.float32),
             "body set to 40, the rest as read": np.where(body, 40.0, hu).astype(np.float32)}

@@ -20,8 +20,9 @@ validation split:
   voxels in from the lung mask's edge (in-plane erosions) and deeper; real lungs are denser
   at the pleura than in the core (subpleural and dependent density); and the mean HU of the
   1st, 2nd and 3rd voxel ring outside the mask (in-plane dilations; what the lung touches)
-  with the share of fat (-200 to -30 HU) in each, and the share of bone (above 200 HU) in each of the first six rings (ribs against the
-  pleura show in the second and third on real CT).
+  with the share of fat (-200 to -30 HU) in each, and the share of bone (above 200 HU) in
+  each of the first six rings (ribs against the pleura show in the second and third on real
+  CT).
 
 The lung mask is bench/finding_visibility.py's (air below -500 HU not connected to the image
 border, eroded by one voxel).  A model trained only on generated lungs reads whatever departs
