@@ -22,14 +22,17 @@ real series and not on the generated ones, the body's and lungs' shapes are the 
 one class at a time: the lung alone set to -860 HU, and the body alone set to 40 HU.  And
 what the lung touches: within two in-plane voxels outside the lung mask, fat (-200..-30 HU)
 set to 40 HU, or soft tissue (-30..150 HU) set to -100 HU (a lung bordered by muscle against
-one bordered by fat).
+one bordered by fat); the vessels within the lungs (what a 5 x 5 in-plane closing of the lung
+mask adds, above -500 HU) set to -860 HU; and all fat of the body set to 40 HU, or all its
+soft tissue to -100 HU.
 
 Last, the presence with the label's dense map kept to a lung region (cells outside the lung
 mask dilated by 0 / 3 / 6 voxels in-plane set to a logit of -10): if the presence stays, it
 comes through the finding queries' attention over the CT tokens, not the dense cells.
 
-``z_slices`` counts the grid's axial slices below, through and above the lungs (for the real
-series, the generated normals, and the first 12 generated cases of any kind).
+``body`` is the share of the body's voxels (outside the lung mask) that are fat and soft
+tissue.  ``z_slices`` counts the grid's axial slices below, through and above the lungs (for
+the real series, the generated normals, and the first 12 generated cases of any kind).
 
 If an edit removes the firing, what it edits is the cause; if the generated normals fire as
 little as the real series fires much, the cause is something the generator lacks.
@@ -155,6 +158,15 @@ def soft_tissue_noise(hu: np.ndarray) -> float:
     return round(float(v.median()), 1) if v.numel() else float("nan")
 
 
+def body_composition(hu: np.ndarray) -> dict[str, float]:
+    """Shares of the body's voxels (above -500 HU, outside the lung mask) that are fat
+    (-200..-30 HU) and soft tissue (-30..150 HU)."""
+    lung = lung_mask(hu)
+    b = hu[(hu > -500) & ~lung]
+    return {"fat_share": round(float(((b > -200) & (b < -30)).mean()), 3),
+            "soft_tissue_share": round(float(((b >= -30) & (b < 150)).mean()), 3)}
+
+
 def z_extent(hu: np.ndarray) -> dict[str, int]:
     """Axial slices of the grid below the lowest and above the highest slice holding at least
     0.5 % lung (z ascends towards the head), and the slices in between."""
@@ -173,13 +185,24 @@ def shape_edits(hu: np.ndarray) -> dict[str, np.ndarray]:
     h = hu.copy()
     h[per_slice < 0.005] = -1000.0
     body = (hu > -500) & ~lung
+    fat = body & (hu > -200) & (hu < -30)
     three = np.where(lung, -860.0, np.where(body, 40.0, -1000.0)).astype(np.float32)
     # what the lung touches: the voxels within two in-plane voxels outside the lung mask
     near = F.max_pool2d(torch.from_numpy(lung).float()[:, None], 5, 1, 2)[:, 0].numpy() > 0.5
     rim = near & ~lung
     fat_rim = rim & (hu > -200) & (hu < -30)
     soft_rim = rim & (hu >= -30) & (hu < 150)
+    # vessels and small structures within the lungs: what an in-plane closing (5 x 5) of the
+    # lung mask adds
+    lt = torch.from_numpy(lung).float()[:, None]
+    closed = (-F.max_pool2d(-F.max_pool2d(lt, 5, 1, 2), 5, 1, 2))[:, 0].numpy() > 0.5
+    vessels = closed & ~lung & (hu > -500)
     return {"slices with under 0.5 % lung set to air": h,
+            "vessels within the lungs set to -860": np.where(vessels, -860.0, hu)
+            .astype(np.float32),
+            "all fat (-200..-30 HU) set to 40": np.where(fat, 40.0, hu).astype(np.float32),
+            "all soft tissue (-30..150 HU) set to -100": np.where(
+                body & (hu >= -30) & (hu < 150), -100.0, hu).astype(np.float32),
             "fat next to the lung set to 40": np.where(fat_rim, 40.0, hu).astype(np.float32),
             "soft tissue next to the lung set to -100": np.where(soft_rim, -100.0, hu)
             .astype(np.float32),
@@ -232,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                            "real": {"series": Path(args.real).name,
                                     "soft_tissue_noise_hu": real_noise,
                                     "z_slices": z_extent(hu),
+                                    "body": body_composition(hu),
                                     "as_read": fire(lm, hu, args.label, per_slab=True)}}
     for name, h in edits(hu).items():
         res["real"][name] = fire(lm, h, args.label)
@@ -247,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             add = float(np.sqrt(max(real_noise**2 - own**2, 0.0)))
             rng = np.random.default_rng(len(gen))
             row: dict[str, Any] = {"case": d.name, "soft_tissue_noise_hu": own,
-                                   "z_slices": z_extent(g),
+                                   "z_slices": z_extent(g), "body": body_composition(g),
                                    "as_read": fire(lm, g, args.label)}
             for k in (1, 2):
                 noisy = g + rng.normal(0.0, k * add, g.shape).astype(np.float32)
