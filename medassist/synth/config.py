@@ -108,6 +108,9 @@ class AnatomyConfig:
     size_scale: tuple[float, float] = (0.85, 1.2)
     #: Subcutaneous fat thickness (mm).
     fat_mm: tuple[float, float] = (5.0, 35.0)
+    #: Chest-wall muscle layer (mm, times the body size factor); the range is drawn as
+    #: before, so the default generates the same cases.
+    muscle_mm: tuple[float, float] = (9.0, 16.0)
     #: Lateral / AP offset of the patient from the scanner isocentre (mm).
     position_offset_mm: float = 25.0
     #: Mean lung parenchyma attenuation (HU).
@@ -142,6 +145,7 @@ class AnatomyConfig:
     def __post_init__(self) -> None:
         _range("anatomy.size_scale", self.size_scale, 0.5, 1.6)
         _range("anatomy.fat_mm", self.fat_mm, 0.0, 80.0)
+        _range("anatomy.muscle_mm", self.muscle_mm, 2.0, 60.0)
         if not 0.0 <= self.position_offset_mm <= 60.0:
             raise SynthConfigError("anatomy.position_offset_mm must be in [0, 60]")
         _range("anatomy.lung_hu", self.lung_hu, -950.0, -600.0)

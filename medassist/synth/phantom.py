@@ -399,7 +399,8 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
                    relief_mm: tuple[float, float] = (0.0, 0.0),
                    texture_skew: float = 0.0, rib_offset_mm: float = RIB_OFFSET_MM,
                    chest_wall_mm: tuple[float, float] = (WALL_MM, WALL_MM),
-                   soft_tissue_fill: bool = False) -> Anatomy:
+                   soft_tissue_fill: bool = False,
+                   muscle_mm: tuple[float, float] = (9.0, 16.0)) -> Anatomy:
     """Sample one patient's anatomy (habitus, organ positions, HU, vessel and airway trees).
 
     The parenchyma settings (``texture_hu``, ``subpleural_hu``, ``relief_mm``) are drawn last
@@ -411,7 +412,7 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
     fat = float(rng.uniform(*fat_mm))
     body_a = 160.0 * s + 0.6 * fat
     body_b = 112.0 * s * rng.uniform(0.92, 1.08) + 0.6 * fat
-    muscle = float(rng.uniform(9.0, 16.0) * s)
+    muscle = float(rng.uniform(*muscle_mm) * s)
     apex_z = float(rng.uniform(95.0, 120.0) * s)
     dia_r = float(-rng.uniform(105.0, 150.0) * s)
     dia_l = dia_r - float(rng.uniform(8.0, 25.0))

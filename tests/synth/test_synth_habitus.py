@@ -115,3 +115,20 @@ def test_shipped_config_loads_and_bad_ranges_raise() -> None:
         config_from_mapping({"anatomy": {"chest_wall_mm": [0.0, 10.0]}})
     with pytest.raises(SynthConfigError, match="top_margin_mm"):
         config_from_mapping({"geometry": {"top_margin_mm": [50.0, 10.0]}})
+
+
+def test_muscle_range_sets_the_muscle_layer_only() -> None:
+    base = sample()
+    thick = sample(muscle_mm=(20.0, 20.0))
+    assert thick.muscle == pytest.approx(20.0 * thick.size)
+    assert base.muscle < thick.muscle
+    # the same draw, another range: the same patient otherwise (the vessel trees, grown in
+    # the cavity that the muscle narrows, differ)
+    for name in ("size", "fat", "body_a", "body_b", "apex_z", "dia_r", "dia_l", "hu"):
+        assert getattr(base, name) == getattr(thick, name), name
+    assert thick.cav_a0 == pytest.approx(base.cav_a0 - (thick.muscle - base.muscle))
+    with pytest.raises(SynthConfigError, match="muscle_mm"):
+        config_from_mapping({"anatomy": {"muscle_mm": [1.0, 10.0]}})
+    lean = load_config(ROOT / "configs" / "synth" / "small_fleischner_body_lean.yaml")
+    assert lean.anatomy.muscle_mm[0] > AnatomyConfig().muscle_mm[0]
+    assert lean.anatomy.fat_mm[1] < AnatomyConfig().fat_mm[1]
