@@ -293,7 +293,8 @@ def make_case(cfg: SynthConfig, vocab: Vocabulary, seed: int, index: int, split:
                         relief_mm=ac.parenchyma_relief_mm,
                         texture_skew=ac.parenchyma_texture_skew,
                         rib_offset_mm=ac.rib_offset_mm, chest_wall_mm=ac.chest_wall_mm,
-                        soft_tissue_fill=ac.soft_tissue_fill, muscle_mm=ac.muscle_mm)
+                        soft_tissue_fill=ac.soft_tissue_fill, muscle_mm=ac.muscle_mm,
+                        soft_texture_hu=ac.soft_texture_hu)
     acq = sample_acquisition(r_acq, ccfg, an)
     bounds = bounds_of(acq, an)
     findings, an = sample_findings(r_find, ccfg, vocab, an, bounds, profile)

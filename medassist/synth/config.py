@@ -141,6 +141,9 @@ class AnatomyConfig:
     #: reaching past the midline, and clavicles (medassist/synth/habitus.py); False: the
     #: original generator.
     soft_tissue_fill: bool = False
+    #: SD (HU) range of a fine (4-12 mm) texture of fat and soft tissue outside the lungs;
+    #: (0, 0): none, the original generator (medassist/synth/habitus.py).
+    soft_texture_hu: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         _range("anatomy.size_scale", self.size_scale, 0.5, 1.6)
@@ -160,6 +163,7 @@ class AnatomyConfig:
             raise SynthConfigError(f"anatomy.rib_offset_mm must be in [2, 15], got "
                                    f"{self.rib_offset_mm}")
         _range("anatomy.chest_wall_mm", self.chest_wall_mm, 1.0, 30.0)
+        _range("anatomy.soft_texture_hu", self.soft_texture_hu, 0.0, 80.0)
         if not 0.0 <= self.parenchyma_texture_skew <= 1.0:
             raise SynthConfigError("anatomy.parenchyma_texture_skew must be in [0, 1], got "
                                    f"{self.parenchyma_texture_skew}")

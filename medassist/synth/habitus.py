@@ -23,6 +23,11 @@ regions where it learnt to expect fat for disease (``bench/dense_probe.py``; doc
 - ``clavicle_mm``: the clavicles' radius; they run from the sternal notch out and up to the
   shoulders in front of the apices.
 
+And, separately (``anatomy.soft_texture_hu``), a fine texture of the body outside the lungs:
+random 4-12 mm waves of unit SD times a drawn amplitude, added to every voxel between -150
+and 150 HU (fat and soft tissue) outside the lungs, as real muscle, fat septa and organ
+parenchyma are not uniform (:class:`SoftTexture`).
+
 The wall is drawn first and the rest last, and each only when its setting asks for it, so
 cases generated without them are unchanged bit for bit.
 """
@@ -33,6 +38,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+
+from medassist.synth.parenchyma import random_waves, unit_waves
+
+FArr = npt.NDArray[np.floating[Any]]
 
 #: The original generator's chest-wall muscle inside the muscle layer (mm).
 WALL_MM = 14.0
@@ -61,6 +71,36 @@ class SoftFill:
         return {"neck_hu": round(self.neck_hu, 3), "abdomen_hu": round(self.abdomen_hu, 3),
                 "liver_reach": round(self.liver_reach, 4),
                 "clavicle_mm": round(self.clavicle_mm, 3)}
+
+
+@dataclass(frozen=True)
+class SoftTexture:
+    """One patient's fine soft-tissue texture: ``hu`` times a unit-SD field of ``waves``
+    (rows ku, kv, kz, phase in rad/mm)."""
+
+    hu: float
+    waves: FArr
+
+    def field(self, u: FArr, v: FArr, za: FArr) -> FArr:
+        return np.asarray(unit_waves(self.waves, u, v, za) * np.float32(self.hu),
+                          dtype=np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hu": round(self.hu, 3), "n_waves": int(self.waves.shape[0])}
+
+
+#: Waves of the soft-tissue texture, and their wavelength range (mm).
+N_SOFT_WAVES = 12
+SOFT_WAVELENGTH_MM = (4.0, 12.0)
+
+
+def sample_soft_texture(rng: np.random.Generator, soft_texture_hu: tuple[float, float]
+                        ) -> SoftTexture | None:
+    """One patient's soft-tissue texture; ``None`` (and no draws) for a zero range."""
+    if soft_texture_hu[1] <= 0:
+        return None
+    return SoftTexture(hu=float(rng.uniform(*soft_texture_hu)),
+                       waves=random_waves(rng, N_SOFT_WAVES, SOFT_WAVELENGTH_MM))
 
 
 def sample_wall(rng: np.random.Generator, chest_wall_mm: tuple[float, float]) -> float:

@@ -58,7 +58,7 @@ class Parenchyma:
         """Texture in HU (zero mean, SD ~ ``texture_hu``) at anatomy coordinates."""
         if self.texture_hu <= 0:
             return np.zeros(np.broadcast_shapes(u.shape, v.shape, za.shape), dtype=np.float32)
-        w = _waves(self.texture_waves, u, v, za)
+        w = unit_waves(self.texture_waves, u, v, za)
         k = self.texture_skew
         if k > 0:
             w = ((np.exp(np.float32(k) * w) - np.float32(math.exp(k * k / 2)))
@@ -69,7 +69,7 @@ class Parenchyma:
         """How far (mm, >= 0) the lung surface is pulled in from the pleural cavity."""
         if self.relief_mm <= 0:
             return np.zeros(np.broadcast_shapes(u.shape, v.shape, za.shape), dtype=np.float32)
-        w = _waves(self.relief_waves, u, v, za)  # ~ unit SD
+        w = unit_waves(self.relief_waves, u, v, za)  # ~ unit SD
         return np.asarray(np.clip(0.5 + 0.35 * w, 0.0, 1.0) * np.float32(self.relief_mm))
 
     def subpleural(self, sd_lung: FArr, posterior: FArr) -> FArr:
@@ -97,7 +97,7 @@ def wave_terms(waves: FArr, u: FArr, v: FArr, za: FArr) -> Iterator[FArr]:
         yield (np.sin(kz * za + ph) * np.sin(kv * v + 0.5 * ph)) * np.sin(ku * u + 1.7 * ph)
 
 
-def _waves(waves: FArr, u: FArr, v: FArr, za: FArr) -> FArr:
+def unit_waves(waves: FArr, u: FArr, v: FArr, za: FArr) -> FArr:
     """Sum of :func:`wave_terms`, normalised to unit SD."""
     out: FArr | None = None
     for t in wave_terms(waves, u, v, za):
@@ -108,7 +108,7 @@ def _waves(waves: FArr, u: FArr, v: FArr, za: FArr) -> FArr:
     return (out / np.float32(math.sqrt(len(waves)) * 2 ** -1.5)).astype(np.float32)
 
 
-def _random_waves(rng: np.random.Generator, n: int, wavelength_mm: tuple[float, float]) -> FArr:
+def random_waves(rng: np.random.Generator, n: int, wavelength_mm: tuple[float, float]) -> FArr:
     direction = rng.normal(size=(n, 3))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     # |k| per axis at least a quarter of the total so that each separable factor varies
@@ -129,7 +129,7 @@ def sample_parenchyma(rng: np.random.Generator, texture_hu: tuple[float, float],
         texture_hu=float(rng.uniform(*texture_hu)),
         subpleural_hu=float(rng.uniform(*subpleural_hu)),
         relief_mm=float(rng.uniform(*relief_mm)),
-        texture_waves=_random_waves(rng, N_TEXTURE_WAVES, (7.0, 20.0)),
-        relief_waves=_random_waves(rng, N_RELIEF_WAVES, (40.0, 120.0)),
+        texture_waves=random_waves(rng, N_TEXTURE_WAVES, (7.0, 20.0)),
+        relief_waves=random_waves(rng, N_RELIEF_WAVES, (40.0, 120.0)),
         texture_skew=float(texture_skew),
     )

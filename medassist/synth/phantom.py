@@ -30,7 +30,9 @@ from medassist.synth.habitus import (
     NECK_BELOW_APEX_MM,
     WALL_MM,
     SoftFill,
+    SoftTexture,
     sample_soft_fill,
+    sample_soft_texture,
     sample_wall,
 )
 from medassist.synth.parenchyma import Parenchyma, sample_parenchyma, wave_terms
@@ -223,6 +225,8 @@ class Anatomy:
     #: soft-tissue fill of the thoracic inlet and upper abdomen, larger liver, clavicles
     #: (None: fat, the original generator; medassist/synth/habitus.py)
     soft_fill: SoftFill | None = None
+    #: fine texture of the body outside the lungs (None: none, the original generator)
+    soft_texture: SoftTexture | None = None
 
     def sd_lung(self, u: FArr, v: FArr, za: FArr) -> FArr:
         """Signed distance to the lungs (both sides)."""
@@ -296,6 +300,8 @@ class Anatomy:
             out["wall_mm"] = round(self.wall_mm, 3)
         if self.soft_fill is not None:
             out["soft_fill"] = self.soft_fill.to_json()
+        if self.soft_texture is not None:
+            out["soft_texture"] = self.soft_texture.to_json()
         return out
 
 
@@ -400,7 +406,8 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
                    texture_skew: float = 0.0, rib_offset_mm: float = RIB_OFFSET_MM,
                    chest_wall_mm: tuple[float, float] = (WALL_MM, WALL_MM),
                    soft_tissue_fill: bool = False,
-                   muscle_mm: tuple[float, float] = (9.0, 16.0)) -> Anatomy:
+                   muscle_mm: tuple[float, float] = (9.0, 16.0),
+                   soft_texture_hu: tuple[float, float] = (0.0, 0.0)) -> Anatomy:
     """Sample one patient's anatomy (habitus, organ positions, HU, vessel and airway trees).
 
     The parenchyma settings (``texture_hu``, ``subpleural_hu``, ``relief_mm``) are drawn last
@@ -519,8 +526,10 @@ def sample_anatomy(rng: np.random.Generator, size_scale: tuple[float, float],
     table_y = base.cy + base.body_b * 1.06 + 6.0
     par = sample_parenchyma(rng, texture_hu, subpleural_hu, relief_mm, texture_skew)
     fill = sample_soft_fill(rng, soft_tissue_fill, s)
+    soft_tex = sample_soft_texture(rng, soft_texture_hu)
     return _replace(base, segments=segments, nodes=np.asarray(nodes), table_y=table_y,
-                    parenchyma=par, rib_offset_mm=float(rib_offset_mm), soft_fill=fill)
+                    parenchyma=par, rib_offset_mm=float(rib_offset_mm), soft_fill=fill,
+                    soft_texture=soft_tex)
 
 
 def _replace(an: Anatomy, **kw: Any) -> Anatomy:
@@ -841,6 +850,10 @@ def _render_chunk(ctx: _Ctx, findings: Sequence[Finding]) -> None:
 
     _mediastinum(ctx, by_kind)
     _spine_sternum(ctx, tex)
+    if an.soft_texture is not None:
+        # fat and soft tissue outside the lungs (not air, lung or bone); labels unchanged
+        body = (hu > -150.0) & (hu < 150.0) & (sd_l > 1.0)
+        hu += np.where(body, an.soft_texture.field(u, v, za), np.float32(0.0))
 
 
 def _tube_paint(ctx: _Ctx, segs: FArr, value: float, grow: float = 0.0) -> None:

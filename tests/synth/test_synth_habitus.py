@@ -132,3 +132,31 @@ def test_muscle_range_sets_the_muscle_layer_only() -> None:
     lean = load_config(ROOT / "configs" / "synth" / "small_fleischner_body_lean.yaml")
     assert lean.anatomy.muscle_mm[0] > AnatomyConfig().muscle_mm[0]
     assert lean.anatomy.fat_mm[1] < AnatomyConfig().fat_mm[1]
+
+
+def test_soft_texture_is_drawn_last_and_textures_the_body_only(
+        small_cfg: SynthConfig, vocab: Vocabulary) -> None:
+    base = sample()
+    textured = sample(soft_texture_hu=(20.0, 20.0))
+    assert base.soft_texture is None and "soft_texture" not in base.to_json()
+    assert textured.soft_texture is not None and textured.soft_texture.hu == 20.0
+    assert_same_except(base, textured, "soft_texture")
+    cfg = with_anatomy(small_cfg, soft_texture_hu=(25.0, 25.0))
+    i = _normal_index(small_cfg, vocab)
+    plain = make_case(small_cfg, vocab, SEED, i, "test")
+    tex = make_case(cfg, vocab, SEED, i, "test")
+    hu0, lab0 = render_tensor(plain, small_cfg.fast_path, noise=False)
+    hu1, lab1 = render_tensor(tex, cfg.fast_path, noise=False)
+    np.testing.assert_array_equal(lab0, lab1)
+    an = plain.anatomy
+    zs, ys, xs = model_grid(plain, small_cfg.fast_path).axes()
+    u, v, za = (xs - an.cx)[None, None, :], (ys - an.cy)[None, :, None], \
+        (zs - an.z_carina)[:, None, None]
+    # the lungs keep their values beyond the blur of the slab and point-spread function
+    lung = an.sd_lung(u, v, za) < -15.0
+    assert float(np.abs(hu1 - hu0)[lung].max()) < 1.0
+    muscle = (hu0 > 20.0) & (hu0 < 80.0) & (an.sd_lung(u, v, za) > 8.0)
+    assert muscle.sum() > 500
+    assert float(np.std((hu1 - hu0)[muscle])) > 8.0
+    with pytest.raises(SynthConfigError, match="soft_texture_hu"):
+        config_from_mapping({"anatomy": {"soft_texture_hu": [0.0, 200.0]}})
