@@ -38,11 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from medassist.synth.parenchyma import random_waves, unit_waves
-
-FArr = npt.NDArray[np.floating[Any]]
+from medassist.synth.parenchyma import FArr, random_waves, unit_waves
 
 #: The original generator's chest-wall muscle inside the muscle layer (mm).
 WALL_MM = 14.0
