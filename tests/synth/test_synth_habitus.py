@@ -9,18 +9,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from anatomy_util import assert_same_except, sample, with_anatomy
+from anatomy_util import (
+    SEED,
+    assert_same_except,
+    grid_coords,
+    normal_case_index,
+    sample,
+    with_anatomy,
+)
 
 from medassist.synth.case import make_case
 from medassist.synth.config import AnatomyConfig, SynthConfig, config_from_mapping, load_config
 from medassist.synth.errors import SynthConfigError
-from medassist.synth.fast_path import model_grid, render_tensor
+from medassist.synth.fast_path import render_tensor
 from medassist.synth.findings import Vocabulary
 from medassist.synth.habitus import NECK_BELOW_APEX_MM, WALL_MM
 from medassist.synth.phantom import sd_liver
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED = 11
 
 
 def test_off_by_default() -> None:
@@ -54,26 +60,17 @@ def test_thin_wall_grows_the_cavity_by_what_it_removes() -> None:
     assert float(bb - bc) == pytest.approx(0.8 * thin.fat + thin.muscle + 4.0)
 
 
-def _normal_index(cfg: SynthConfig, vocab: Vocabulary) -> int:
-    for i in range(50):
-        if not make_case(cfg, vocab, SEED, i, "test").findings:
-            return i
-    raise RuntimeError("no normal case in 50")
-
-
 def test_inlet_and_abdomen_are_soft_tissue_on_the_model_grid(
         small_cfg: SynthConfig, vocab: Vocabulary) -> None:
     cfg = with_anatomy(small_cfg, soft_tissue_fill=True)
-    i = _normal_index(small_cfg, vocab)
+    i = normal_case_index(small_cfg, vocab)
     fat_case = make_case(small_cfg, vocab, SEED, i, "test")
     soft_case = make_case(cfg, vocab, SEED, i, "test")
     assert not soft_case.findings
     hu0, _ = render_tensor(fat_case, small_cfg.fast_path, noise=False)
     hu1, _ = render_tensor(soft_case, cfg.fast_path, noise=False)
     an0, an1 = fat_case.anatomy, soft_case.anatomy
-    zs, ys, xs = model_grid(fat_case, small_cfg.fast_path).axes()
-    u, v, za = (xs - an0.cx)[None, None, :], (ys - an0.cy)[None, :, None], \
-        (zs - an0.z_carina)[:, None, None]
+    u, v, za = grid_coords(fat_case, small_cfg)
     cav = an0.sd_cavity(u, v, za) < -6.0
     away = (an0.sd_lung(u, v, za) > 8.0) & (np.abs(u - an0.mid_u) > 20.0)  # no lung, trachea
     inlet = cav & away & (za > an0.apex_z - NECK_BELOW_APEX_MM + 6.0)
@@ -142,16 +139,14 @@ def test_soft_texture_is_drawn_last_and_textures_the_body_only(
     assert textured.soft_texture is not None and textured.soft_texture.hu == 20.0
     assert_same_except(base, textured, "soft_texture")
     cfg = with_anatomy(small_cfg, soft_texture_hu=(25.0, 25.0))
-    i = _normal_index(small_cfg, vocab)
+    i = normal_case_index(small_cfg, vocab)
     plain = make_case(small_cfg, vocab, SEED, i, "test")
     tex = make_case(cfg, vocab, SEED, i, "test")
     hu0, lab0 = render_tensor(plain, small_cfg.fast_path, noise=False)
     hu1, lab1 = render_tensor(tex, cfg.fast_path, noise=False)
     np.testing.assert_array_equal(lab0, lab1)
     an = plain.anatomy
-    zs, ys, xs = model_grid(plain, small_cfg.fast_path).axes()
-    u, v, za = (xs - an.cx)[None, None, :], (ys - an.cy)[None, :, None], \
-        (zs - an.z_carina)[:, None, None]
+    u, v, za = grid_coords(plain, small_cfg)
     # the lungs keep their values beyond the blur of the slab and point-spread function
     lung = an.sd_lung(u, v, za) < -15.0
     assert float(np.abs(hu1 - hu0)[lung].max()) < 1.0

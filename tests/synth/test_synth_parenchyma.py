@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from anatomy_util import SEED, grid_coords, normal_case_index
 from anatomy_util import assert_same_except as _assert_same_except
 from anatomy_util import sample as _anatomy
 from anatomy_util import with_anatomy as _with_anatomy
@@ -15,18 +16,10 @@ from anatomy_util import with_anatomy as _with_anatomy
 from medassist.synth.case import Case, make_case
 from medassist.synth.config import AnatomyConfig, SynthConfig, config_from_mapping, load_config
 from medassist.synth.errors import SynthConfigError
-from medassist.synth.fast_path import model_grid, render_tensor
+from medassist.synth.fast_path import render_tensor
 from medassist.synth.findings import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED = 11
-
-
-def _normal_case_index(cfg: SynthConfig, vocab: Vocabulary) -> int:
-    for i in range(50):
-        if not make_case(cfg, vocab, SEED, i, "test").findings:
-            return i
-    raise RuntimeError("no normal case in 50")
 
 
 def _lung_local_sd(hu: np.ndarray, lung: np.ndarray) -> float:
@@ -77,7 +70,7 @@ def test_relief_pulls_the_lung_surface_in_and_never_out() -> None:
 
 def test_texture_and_subpleural_density_show_on_the_model_grid(
         small_cfg: SynthConfig, vocab: Vocabulary) -> None:
-    i = _normal_case_index(small_cfg, vocab)
+    i = normal_case_index(small_cfg, vocab)
     smooth = make_case(small_cfg, vocab, SEED, i, "test")
     hu0, _ = render_tensor(smooth, small_cfg.fast_path, noise=False)
     depth = _lung_depth_mm(smooth, small_cfg)
@@ -105,10 +98,7 @@ def test_texture_and_subpleural_density_show_on_the_model_grid(
 
 def _lung_depth_mm(case: Case, cfg: SynthConfig) -> np.ndarray:
     """Depth (mm) of each model-grid voxel centre inside the phantom's lungs (< 0 outside)."""
-    an = case.anatomy
-    zs, ys, xs = model_grid(case, cfg.fast_path).axes()
-    return -np.asarray(an.sd_lung((xs - an.cx)[None, None, :], (ys - an.cy)[None, :, None],
-                                  (zs - an.z_carina)[:, None, None]))
+    return -np.asarray(case.anatomy.sd_lung(*grid_coords(case, cfg)))
 
 
 def test_shipped_parenchyma_config_loads_and_bad_ranges_raise() -> None:
