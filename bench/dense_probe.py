@@ -160,13 +160,19 @@ def soft_tissue_noise(hu: np.ndarray) -> float:
     return round(float(v.median()), 1) if v.numel() else float("nan")
 
 
+def tissues(hu: np.ndarray, lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The body (above -500 HU, outside the lung mask), and its fat (-200..-30 HU) and soft
+    tissue (-30..150 HU)."""
+    body = (hu > -500) & ~lung
+    return body, body & (hu > -200) & (hu < -30), body & (hu >= -30) & (hu < 150)
+
+
 def body_composition(hu: np.ndarray) -> dict[str, float]:
-    """Shares of the body's voxels (above -500 HU, outside the lung mask) that are fat
-    (-200..-30 HU) and soft tissue (-30..150 HU)."""
-    lung = lung_mask(hu)
-    b = hu[(hu > -500) & ~lung]
-    return {"fat_share": round(float(((b > -200) & (b < -30)).mean()), 3),
-            "soft_tissue_share": round(float(((b >= -30) & (b < 150)).mean()), 3)}
+    """Shares of the body's voxels that are fat and soft tissue (:func:`tissues`)."""
+    body, fat, soft = tissues(hu, lung_mask(hu))
+    n = max(int(body.sum()), 1)
+    return {"fat_share": round(int(fat.sum()) / n, 3),
+            "soft_tissue_share": round(int(soft.sum()) / n, 3)}
 
 
 def z_extent(hu: np.ndarray) -> dict[str, int]:
@@ -186,31 +192,28 @@ def shape_edits(hu: np.ndarray) -> dict[str, np.ndarray]:
     per_slice = lung.reshape(lung.shape[0], -1).mean(axis=1)  # lung share of each slice
     h = hu.copy()
     h[per_slice < 0.005] = -1000.0
-    body = (hu > -500) & ~lung
-    fat = body & (hu > -200) & (hu < -30)
+    body, fat, soft = tissues(hu, lung)
     three = np.where(lung, -860.0, np.where(body, 40.0, -1000.0)).astype(np.float32)
+    lt = torch.from_numpy(lung).float()[:, None]
     # what the lung touches: the voxels within two in-plane voxels outside the lung mask
-    near = F.max_pool2d(torch.from_numpy(lung).float()[:, None], 5, 1, 2)[:, 0].numpy() > 0.5
-    rim = near & ~lung
-    fat_rim = rim & (hu > -200) & (hu < -30)
-    soft_rim = rim & (hu >= -30) & (hu < 150)
+    near = F.max_pool2d(lt, 5, 1, 2)[:, 0].numpy() > 0.5
     # vessels and small structures within the lungs: what an in-plane closing (5 x 5) of the
     # lung mask adds
-    lt = torch.from_numpy(lung).float()[:, None]
     closed = (-F.max_pool2d(-F.max_pool2d(lt, 5, 1, 2), 5, 1, 2))[:, 0].numpy() > 0.5
-    vessels = closed & ~lung & (hu > -500)
+    vessels = closed & body
+
+    def set_to(mask: np.ndarray, value: float) -> np.ndarray:
+        return np.where(mask, value, hu).astype(np.float32)
+
     return {"slices with under 0.5 % lung set to air": h,
-            "vessels within the lungs set to -860": np.where(vessels, -860.0, hu)
-            .astype(np.float32),
-            "all fat (-200..-30 HU) set to 40": np.where(fat, 40.0, hu).astype(np.float32),
-            "all soft tissue (-30..150 HU) set to -100": np.where(
-                body & (hu >= -30) & (hu < 150), -100.0, hu).astype(np.float32),
-            "fat next to the lung set to 40": np.where(fat_rim, 40.0, hu).astype(np.float32),
-            "soft tissue next to the lung set to -100": np.where(soft_rim, -100.0, hu)
-            .astype(np.float32),
+            "vessels within the lungs set to -860": set_to(vessels, -860.0),
+            "all fat (-200..-30 HU) set to 40": set_to(fat, 40.0),
+            "all soft tissue (-30..150 HU) set to -100": set_to(soft, -100.0),
+            "fat next to the lung set to 40": set_to(near & fat, 40.0),
+            "soft tissue next to the lung set to -100": set_to(near & soft, -100.0),
             "three classes: air, lung -860, body 40": three,
-            "lung set to -860, the rest as read": np.where(lung, -860.0, hu).astype(np.float32),
-            "body set to 40, the rest as read": np.where(body, 40.0, hu).astype(np.float32)}
+            "lung set to -860, the rest as read": set_to(lung, -860.0),
+            "body set to 40, the rest as read": set_to(body, 40.0)}
 
 
 def edits(hu: np.ndarray) -> dict[str, np.ndarray]:
