@@ -158,6 +158,10 @@ def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
     return f"{side}{words}{where}{size_s}.".capitalize()
 
 
+def _not_assessed(label: str) -> str:
+    return f"{label.replace('_', ' ').capitalize()}: not assessed by this model."
+
+
 def split_sections(text: str) -> tuple[str, str]:
     m = re.search(r"findings\s*:\s*(.*?)\s*impression\s*:\s*(.*)", text, re.S | re.I)
     if m:
@@ -254,15 +258,18 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
         from multimodal.training import to_device
 
         out, ids = to_device(out, torch.device("cpu")), ids.cpu()
-    unreliable = lm.model.get_submodule("findings").unreliable(
-        cfg.heads.labels, cfg.heads.min_reliable_auroc)
+    head = lm.model.get_submodule("findings")
+    unreliable = head.unreliable(cfg.heads.labels, cfg.heads.min_reliable_auroc)
+    # with the fitted thresholds, a label fitted "never called" is neither present nor absent
+    never = head.never_called(cfg.heads.labels) if threshold is None else frozenset()
     return [_draft(lm, p, s, tok.decode(ids[b].tolist()), all_preds[b],
-                   out.modality_weights[b], unreliable)
+                   out.modality_weights[b], unreliable, never)
             for b, (p, s) in enumerate(zip(batch, samples, strict=True))]
 
 
 def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str,
-           preds: Sequence[Any], w: Any, unreliable: frozenset[str] = frozenset()
+           preds: Sequence[Any], w: Any, unreliable: frozenset[str] = frozenset(),
+           never: frozenset[str] = frozenset()
            ) -> dict[str, Any]:
     from medassist.labeler import complete, guard
 
@@ -270,7 +277,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     findings_text, impression = split_sections(text)
     head = {p.label: p.present for p in preds}
     sentences = {p.label: _sentence(p.label, p.present, p.laterality, p.location, p.size_mm)
-                 for p in preds}
+                 if p.label not in never else _not_assessed(p.label) for p in preds}
     # a present finding the decoder left out is stated from the findings list, marked; then
     # sentences (of the Findings and the Impression) contradicting the findings head, or
     # resting on an unreliable detector, are marked
@@ -278,8 +285,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     sides = {p.label: p.laterality for p in preds if p.present}
     sizes = {p.label: p.size_mm for p in preds if p.present}
     has_emr = bool(prep.emr and prep.emr.strip())
-    findings_text, contradicted = guard(findings_text, head, sides, unreliable, sizes, has_emr)
-    impression, contradicted_imp = guard(impression, head, sides, unreliable, sizes, has_emr)
+    weak = unreliable | never  # text about these labels rests on no detector
+    findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr)
+    impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr)
     contradicted |= contradicted_imp
     spans_chr = sample.get("emr_spans")
     items = []
@@ -326,6 +334,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             # the checkpoint did not detect this finding reliably on its validation cases:
             # neither "present" nor "absent" should be taken from it
             flags.append("unreliable_detector")
+        if p.label in never:
+            # the fitted threshold never calls it (its calls lowered the validation micro-F1):
+            # "absent" here is not a finding
+            flags.append("not_assessed")
         items.append({
             "label": p.label, "present": p.present, "probability": round(p.probability, 4),
             "laterality": p.laterality, "location": p.location, "size_mm": p.size_mm,

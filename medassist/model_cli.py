@@ -54,10 +54,20 @@ class TrainConfig:
     #: config, seed, split, count and model grid; empty = no cache (regenerate each run)
     cache_dir: str = ""
     optim: dict[str, Any] = field(default_factory=dict)
+    #: how the per-label decision thresholds are fitted on the validation cases
+    #: (``multimodal.training.fit_thresholds``): "label_f1" (each label's best F1; a detector
+    #: at chance then calls every case) or "micro_f1" (the best F1 of all calls together; a
+    #: label whose calls lower it is never called)
+    threshold_objective: str = "label_f1"
 
     def __post_init__(self) -> None:
+        from multimodal.training import THRESHOLD_OBJECTIVES
+
         if self.model_kind not in ("fusion", "late"):
             raise ModelCLIError("train.model_kind must be 'fusion' or 'late'")
+        if self.threshold_objective not in THRESHOLD_OBJECTIVES:
+            raise ModelCLIError(f"train.threshold_objective must be one of "
+                                f"{list(THRESHOLD_OBJECTIVES)}, got {self.threshold_objective!r}")
         if min(self.train_cases, self.max_emr_tokens) < 1 or self.val_cases < 0:
             raise ModelCLIError("train.train_cases and max_emr_tokens must be >= 1")
 
@@ -199,7 +209,7 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
         "data_seed": tc.data_seed, "train_cases": tc.train_cases, "val_cases": tc.val_cases}}
     res = train_loop(model, cfg, tc.model_kind, tok, samples, oc, out, device=device,
                      resume=resume, stop_after=stop_after, log=log, extra_meta=meta,
-                     calibration=cal)
+                     calibration=cal, threshold_objective=tc.threshold_objective)
     return {"out": str(out), "data_seconds": round(t_data, 2),
             "train_seconds": round(res["seconds"], 2),
             "cases_per_s": round(res["cases_per_s"], 3),

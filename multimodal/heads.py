@@ -72,6 +72,12 @@ class FindingsHead(nn.Module):
         return frozenset(lab for lab, a in zip(labels, auc.tolist(), strict=True)
                          if math.isnan(a) or a < min_auroc)
 
+    def never_called(self, labels: Sequence[str]) -> frozenset[str]:
+        """The labels whose fitted threshold is above 1 (``fit_thresholds`` objective
+        "micro_f1": their calls lowered the validation micro-F1), so never called present."""
+        thr = self.get_buffer("thresholds")
+        return frozenset(lab for lab, t in zip(labels, thr.tolist(), strict=True) if t > 1.0)
+
     def decision_fields(self) -> dict[str, typing.Any]:
         """The :class:`ModelOutput` fields that post-processing reads from the head: fitted
         thresholds and the MIL pooling affine."""

@@ -161,10 +161,11 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
                device: str = "cpu", resume: bool = False, stop_after: int | None = None,
                log: Callable[[str], None] | None = None, extra_meta: Mapping[str, Any] = {},
                calibration: Sequence[Mapping[str, Any]] | None = None,
-               ) -> dict[str, Any]:
+               threshold_objective: str = "label_f1") -> dict[str, Any]:
     """Train; checkpoints go to ``out`` (latest only).  ``stop_after`` stops early (tests).
     With ``calibration`` samples, the presence temperature is fitted on them once training is
-    complete and the final checkpoint is written again with it.
+    complete and the final checkpoint is written again with it (thresholds by
+    ``threshold_objective``, :func:`fit_thresholds`).
 
     In a joined process group (torchrun, :mod:`multimodal.distributed`) every rank trains a
     DistributedDataParallel copy on its share of each step's global batch; rank 0 alone logs,
@@ -232,7 +233,8 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
     done = stop_after is None or stop_after >= oc.steps
     if calibration and done:
         # rank 0 fits on the raw module (no collectives); the others take its buffers
-        cal = fit_temperature(model, calibration) if world.is_main else {}
+        cal = (fit_temperature(model, calibration, threshold_objective=threshold_objective)
+               if world.is_main else {})
         if world.distributed:
             cal = from_rank0(model, cal)
         if world.is_main:
@@ -246,32 +248,77 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
     return res
 
 
+#: threshold objectives of :func:`fit_thresholds`
+THRESHOLD_OBJECTIVES = ("label_f1", "micro_f1")
+#: the threshold of a label whose calls lower the micro-F1 at every candidate: above any
+#: probability, so the label is never called (its probability is still reported)
+NEVER = 2.0
+
+
 def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: float = 0.8,
-                   min_pos: int = 3) -> torch.Tensor:
-    """(N, F) calibrated probabilities and 0/1 truth -> (F,) thresholds: per label, the one
-    of 0.20, 0.25, ..., 0.80 with the best F1 on these cases (ties: the closest to 0.5).
-    Labels with fewer than ``min_pos`` positives keep 0.5 (too few to fit)."""
+                   min_pos: int = 3, objective: str = "label_f1") -> torch.Tensor:
+    """(N, F) calibrated probabilities and 0/1 truth -> (F,) thresholds.
+
+    ``label_f1``: per label, the one of 0.20, 0.25, ..., 0.80 with the best F1 on these cases
+    (ties: the closest to 0.5).  For a detector at chance that is "call every case" (F1
+    2p / (1 + p) at prevalence p beats any threshold that calls fewer).
+    ``micro_f1``: starting there, coordinate ascent on the micro-F1 over all labels, each
+    label's candidates being the same grid plus :data:`NEVER` (not called), until no label
+    changes: a label is called only where its calls raise the F1 of all calls together
+    (what ``medassist eval`` reports as micro-F1).
+    Labels with fewer than ``min_pos`` positives keep 0.5 (too few to fit) under both."""
+    if objective not in THRESHOLD_OBJECTIVES:
+        raise ValueError(f"threshold objective must be one of {THRESHOLD_OBJECTIVES}, "
+                         f"got {objective!r}")
+    if prob.ndim != 2 or prob.shape != y.shape:
+        raise ValueError(f"prob and y must be the same (N, F) shape, got {tuple(prob.shape)} "
+                         f"and {tuple(y.shape)}")
     cands = [round(lo + 0.05 * i, 2) for i in range(round((hi - lo) / 0.05) + 1)]
     out = torch.full((prob.shape[1],), 0.5)
-    for f in range(prob.shape[1]):
-        truth = y[:, f] > 0.5
-        if int(truth.sum()) < min_pos:
-            continue
+    truth = y > 0.5
+    fitted = [f for f in range(prob.shape[1]) if int(truth[:, f].sum()) >= min_pos]
+    for f in fitted:
         scores = []
         for t in cands:
             pred = prob[:, f] >= t
-            den = int(pred.sum()) + int(truth.sum())
-            scores.append((2 * int((pred & truth).sum()) / den if den else 0.0, -abs(t - 0.5), t))
+            den = int(pred.sum()) + int(truth[:, f].sum())
+            scores.append((2 * int((pred & truth[:, f]).sum()) / den if den else 0.0,
+                           -abs(t - 0.5), t))
         out[f] = max(scores)[2]
+    if objective == "label_f1":
+        return out
+
+    def micro(thr: torch.Tensor) -> float:
+        pred = prob >= thr
+        tp = int((pred & truth).sum())
+        den = int(pred.sum()) + int(truth.sum())
+        return 2 * tp / den if den else 0.0
+
+    for _ in range(20):  # each pass can only raise the micro-F1; converges in a few
+        changed = False
+        for f in fitted:
+            cur = float(out[f])
+            best = (micro(out), cur == NEVER, -abs(cur - 0.5), cur)
+            for t in (*cands, NEVER):
+                trial = out.clone()
+                trial[f] = t
+                best = max(best, (micro(trial), t == NEVER, -abs(t - 0.5), t))
+            if best[3] != cur:
+                out[f] = best[3]
+                changed = True
+        if not changed:
+            break
     return out
 
 
 @torch.no_grad()
 def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
                     grid: Sequence[float] = tuple(0.25 * 1.02 ** i for i in range(141)),
-                    min_pos: int = 3) -> dict[str, Any]:
+                    min_pos: int = 3, threshold_objective: str = "label_f1"
+                    ) -> dict[str, Any]:
     """Temperature scaling of the presence logits (grid search of the NLL on ``samples``,
-    cases with CT only), then per-label decision thresholds (:func:`fit_thresholds`), the
+    cases with CT only), then per-label decision thresholds (:func:`fit_thresholds` with
+    ``threshold_objective``), the
     per-label prevalence (the probability stated without CT) and presence AUROC (NaN with
     fewer than ``min_pos`` positives: what ``heads.min_reliable_auroc`` reads); sets
     ``model.findings.temperature``, ``.thresholds``, ``.prior`` and ``.val_auroc``."""
@@ -293,7 +340,8 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
 
     best = min(grid, key=nll)
     temp.fill_(best)
-    thr = fit_thresholds(torch.sigmoid(logits / best), y, min_pos=min_pos)
+    thr = fit_thresholds(torch.sigmoid(logits / best), y, min_pos=min_pos,
+                         objective=threshold_objective)
     head.get_buffer("thresholds").copy_(thr)
     prior = y.mean(0)
     head.get_buffer("prior").copy_(prior)
@@ -304,6 +352,7 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
         [float("nan") if a is None else a for a in aucs]))
     return {"temperature": round(best, 4), "nll_before": round(nll(old), 5),
             "nll_after": round(nll(best), 5), "n_cases": int(has_ct.sum()),
+            "threshold_objective": threshold_objective,
             "thresholds": [round(float(t), 3) for t in thr],
             "prior": [round(float(p), 4) for p in prior],
             "val_auroc": [None if a is None else round(a, 4) for a in aucs]}

@@ -23,7 +23,7 @@ from multimodal.heads import (
 )
 from multimodal.model import FusionModel
 from multimodal.outputs import ModelInput, ModelOutput
-from multimodal.training import fit_thresholds
+from multimodal.training import NEVER, fit_thresholds
 from multimodal.transforms import BlockPool
 
 
@@ -196,6 +196,39 @@ def test_fit_thresholds() -> None:
     t = fit_thresholds(prob, y)
     assert float(t[0]) == pytest.approx(0.3)  # all four positives are 0.30..0.35
     assert float(t[1]) == 0.5  # one positive: too few to fit, stays 0.5
+
+
+def _micro_f1(prob: torch.Tensor, y: torch.Tensor, thr: torch.Tensor) -> float:
+    pred, truth = prob >= thr, y > 0.5
+    return 2 * int((pred & truth).sum()) / (int(pred.sum()) + int(truth.sum()))
+
+
+def test_fit_thresholds_micro_f1_drops_a_detector_at_chance() -> None:
+    """Per label, the best F1 of a detector at chance is "call every case"; fitted for the
+    micro-F1 of all labels together, that label is never called and the others keep their
+    thresholds."""
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    y = torch.zeros(n, 2)
+    y[::10, 0] = 1  # label 0: prevalence 0.1, probability unrelated to it
+    y[: n // 4, 1] = 1  # label 1: prevalence 0.25, well separated
+    prob = torch.stack([0.08 + 0.05 * torch.rand(n, generator=g),
+                        torch.where(y[:, 1] > 0, 0.9, 0.1) + 0.05 * torch.rand(n, generator=g)],
+                       1)
+    per_label = fit_thresholds(prob, y, lo=0.05)
+    assert float(per_label[0]) == pytest.approx(0.05)  # every case called
+    micro = fit_thresholds(prob, y, lo=0.05, objective="micro_f1")
+    assert float(micro[0]) == NEVER and not bool((prob[:, 0] >= micro[0]).any())
+    assert float(micro[1]) == pytest.approx(float(per_label[1]))
+    assert _micro_f1(prob, y, micro) > _micro_f1(prob, y, per_label) + 0.2
+    # a label that helps is kept: both informative -> the same thresholds as per label
+    prob2 = torch.stack([torch.where(y[:, 0] > 0, 0.8, 0.1), prob[:, 1]], 1)
+    assert torch.equal(fit_thresholds(prob2, y, lo=0.05, objective="micro_f1"),
+                       fit_thresholds(prob2, y, lo=0.05))
+    with pytest.raises(ValueError, match="objective"):
+        fit_thresholds(prob, y, objective="macro")
+    with pytest.raises(ValueError, match="shape"):
+        fit_thresholds(prob, y[:, :1], objective="micro_f1")
 
 
 def test_uint8_storage_round_trips_within_one_step(tiny_cfg: ModelConfig) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from medassist.model_cli import TrainConfig, add_parser, make_report, train
+from medassist.model_cli import ModelCLIError, TrainConfig, add_parser, make_report, train
 from medassist.model_data import build_tokenizer, record_sample
 from medassist.model_eval import evaluate
 from multimodal.checkpoint import WEIGHTS, load_checkpoint
@@ -81,7 +81,7 @@ def test_checkpoint_roundtrip_and_cli_train(tmp_path: Path, tiny_records: list[A
     cfg_path.write_text(json.dumps({"train": {
         "model_config": str(ROOT / "configs/model/tiny.yaml"),
         "synth_config": str(ROOT / "configs/synth/small.yaml"), "train_cases": 4,
-        "val_cases": 3, "data_seed": 3, "out": str(out),
+        "val_cases": 3, "data_seed": 3, "out": str(out), "threshold_objective": "micro_f1",
         "optim": {"steps": 2, "batch_size": 2, "checkpoint_every": 2}}}))
     ap = argparse.ArgumentParser()
     add_parser(ap.add_subparsers(dest="cmd", required=True))
@@ -98,6 +98,9 @@ def test_checkpoint_roundtrip_and_cli_train(tmp_path: Path, tiny_records: list[A
     assert kind == "fusion" and meta["seed"] == 0 and meta["data"]["data_seed"] == 3
     cal = meta["calibration"]
     assert cal["n_cases"] == 3 and cal["nll_after"] <= cal["nll_before"]
+    assert cal["threshold_objective"] == "micro_f1"
+    with pytest.raises(ModelCLIError, match="threshold_objective"):
+        TrainConfig(threshold_objective="macro_f1")
     assert float(model.get_submodule("findings").get_buffer("temperature")) == pytest.approx(
         cal["temperature"], abs=1e-4)
     samples = [record_sample(r, cfg, tok) for r in tiny_records[:3]]
@@ -275,6 +278,36 @@ def test_unreliable_detector_flag(synth_folder: Path, tiny_checkpoint: Path) -> 
     assert not absent["findings"][0]["present"]
     with pytest.raises(ValueError, match="min_reliable_auroc"):
         dataclasses.replace(lm.cfg.heads, min_reliable_auroc=1.5)
+
+
+def test_never_called_label_is_not_assessed(synth_folder: Path, tiny_checkpoint: Path) -> None:
+    """A label whose fitted threshold is NEVER (threshold objective "micro_f1": its calls
+    lowered the validation micro-F1) is not called, and the draft says it was not assessed
+    instead of "absent"; a threshold given by the caller overrides it."""
+    from medassist.drafting import infer, load_model, prepare
+    from multimodal.training import NEVER
+
+    case = synth_folder / "test" / "case_00003"
+    lm = load_model(tiny_checkpoint)
+    labels = lm.cfg.heads.labels
+    head = lm.model.get_submodule("findings")
+    thr = torch.zeros(len(labels))
+    thr[0] = NEVER
+    head.get_buffer("thresholds").copy_(thr)
+    assert head.never_called(labels) == {labels[0]}
+    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
+    rep = infer(lm, [prep])[0]
+    _check_contract(rep)
+    first, rest = rep["findings"][0], rep["findings"][1:]
+    assert first["label"] == labels[0] and not first["present"]
+    assert "not_assessed" in first["flags"] and "not assessed" in first["sentence"]
+    assert first["sentence"].lower() != f"no {labels[0].replace('_', ' ')}."
+    assert all(f["present"] and "not_assessed" not in f["flags"] for f in rest)
+    given = infer(lm, [prep], threshold=0.0)[0]
+    assert given["findings"][0]["present"]
+    assert all("not_assessed" not in f["flags"] for f in given["findings"])
+    assert [f["probability"] for f in given["findings"]] == \
+        [f["probability"] for f in rep["findings"]]
 
 
 def _check_contract(rep: dict[str, Any]) -> None:
