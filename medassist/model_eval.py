@@ -18,6 +18,24 @@ EMR_DEPENDENT = {"metastatic_disease_suspected": "metastatic",
                  "pneumonia": "pneumonia", "effusion_cardiogenic": "cardiogenic"}
 
 
+def impression_metrics(records: Sequence[CaseRecord], texts: Sequence[str]) -> dict[str, Any]:
+    """EMR-dependent impressions of generated reports against the references' impression
+    codes: ``impression_acc_emr_dependent``, the share of the cases whose reference draws an
+    EMR-dependent conclusion (:data:`EMR_DEPENDENT`) with all of them stated, over
+    ``n_emr_dependent`` cases; ``n_impression_false_emr_dependent``, the cases whose
+    impression states one the reference does not draw (e.g. "metastatic" for a patient with
+    a known primary and no nodule)."""
+    hits, false = [], []
+    for r, t in zip(records, texts, strict=True):
+        codes = {i["code"] for i in r.meta.get("impression", [])} & set(EMR_DEPENDENT)
+        imp = split_sections(t)[1].lower()
+        if codes:
+            hits.append(all(EMR_DEPENDENT[c] in imp for c in codes))
+        false.append(any(w in imp for c, w in EMR_DEPENDENT.items() if c not in codes))
+    return {"impression_acc_emr_dependent": float(np.mean(hits)) if hits else None,
+            "n_emr_dependent": len(hits), "n_impression_false_emr_dependent": int(sum(false))}
+
+
 def side_indices(cases: Sequence[Sequence[Any]]) -> npt.NDArray[np.int64]:
     """(N, F) index into LATERALITY of each prediction's stated side (0 where none)."""
     from multimodal.config import LATERALITY
@@ -79,14 +97,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             tm = findings_metrics(cfg.heads.labels, prob, tpred, truth, lat, lat_true, size,
                                   size_true)
             m["text_micro_f1"], m["text_macro_f1"] = tm["micro_f1"], tm["macro_f1"]
-            hits = []
-            for r, t in zip(records, texts, strict=True):
-                codes = {i["code"] for i in r.meta.get("impression", [])} & set(EMR_DEPENDENT)
-                if codes:
-                    imp = split_sections(t)[1].lower()
-                    hits.append(all(EMR_DEPENDENT[c] in imp for c in codes))
-            m["impression_acc_emr_dependent"] = float(np.mean(hits)) if hits else None
-            m["n_emr_dependent"] = len(hits)
+            m.update(impression_metrics(records, texts))
             # references in the model's own word-level normal form (lower case, spacing)
             refs = [tok.decode(tok.encode(report_target_text(r.report_text))[0])
                     for r in records]

@@ -172,3 +172,28 @@ def test_complete_adds_each_present_finding_the_text_leaves_out() -> None:
     out2, added2 = complete("No lung mass.", {"lung_mass": True}, sentences)
     assert added2 == {"lung_mass"} and out2.startswith("No lung mass. [ADDED")
     assert guard(out2, {"lung_mass": True})[1] == {"lung_mass"}
+
+
+def test_impression_metrics_count_missed_and_unfounded_conclusions() -> None:
+    """EMR-dependent impressions: recall on the cases whose reference draws one, and the
+    cases whose impression draws one the reference does not (a nodule called in every case
+    makes "metastatic" appear for every patient with a known primary)."""
+    from medassist.model_data import CaseRecord
+    from medassist.model_eval import impression_metrics
+
+    def rec(*codes: str) -> CaseRecord:
+        return CaseRecord(case_id="c", hu=None, label_map=None, findings=[], emr=None,
+                          report_text="", meta={"impression": [{"code": c} for c in codes]})
+
+    records = [rec("metastatic_disease_suspected"), rec("pneumonia", "pulmonary_nodule"),
+               rec("pulmonary_nodule"), rec()]
+    texts = ["findings: nodule. impression: 1. nodules, suspicious for metastatic disease.",
+             "findings: consolidation. impression: 1. consolidation.",
+             "findings: nodule. impression: 1. pulmonary nodule. metastatic disease suspected.",
+             "findings: none. impression: no acute cardiopulmonary abnormality."]
+    m = impression_metrics(records, texts)
+    assert m["n_emr_dependent"] == 2 and m["impression_acc_emr_dependent"] == 0.5
+    assert m["n_impression_false_emr_dependent"] == 1  # the third: no metastasis in its reference
+    none = impression_metrics(records[2:], texts[3:] * 2)
+    assert none["impression_acc_emr_dependent"] is None and none["n_emr_dependent"] == 0
+    assert none["n_impression_false_emr_dependent"] == 0
