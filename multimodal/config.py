@@ -347,6 +347,12 @@ class ModelConfig:
     patch_pos_weight: float = 1.0
     #: weight of the dense detector's class-balanced BCE (ct.dense_hidden > 0 only)
     dense_weight: float = 1.0
+    #: hard negatives of the dense detector's loss: in every case without a finding, the
+    #: mean of its ``dense_hard_k`` highest cell logits for that finding is pushed down too
+    #: (the cells a case-level maximum fires on; the plain balanced BCE averages over all
+    #: negative cells, mostly easy ones, and can learn where a finding may lie instead of
+    #: whether it is there); 0 = off
+    dense_hard_k: int = 0
 
     def __post_init__(self) -> None:
         _pos("dim", self.dim)
@@ -358,6 +364,9 @@ class ModelConfig:
         if min(self.align_weight, self.loc_weight, self.lm_weight, self.attr_weight,
                self.patch_weight, self.patch_pos_weight, self.dense_weight) < 0:
             raise ModelConfigError("loss weights must be >= 0")
+        if self.dense_hard_k < 0 or (self.dense_hard_k and not self.ct.dense_hidden):
+            raise ModelConfigError(f"dense_hard_k must be >= 0, and > 0 only with "
+                                   f"ct.dense_hidden (got {self.dense_hard_k})")
         if self.ct.dense_hidden and not self.heads.mil:
             raise ModelConfigError("ct.dense_hidden needs heads.mil: true (the dense map is "
                                    "read through the MIL patch logits)")

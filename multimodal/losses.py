@@ -73,7 +73,8 @@ def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, 
     losses["dense"] = zero
     if t.dense_map is not None and out.dense_logits is not None and bool(out.ct_used.any()):
         sel = out.ct_used
-        losses["dense"] = balanced_bce(out.dense_logits[sel], t.dense_map[sel])
+        losses["dense"] = balanced_bce(out.dense_logits[sel], t.dense_map[sel],
+                                       cfg.dense_hard_k)
     losses["context"] = zero
     if t.context is not None and out.context_logits is not None:
         # what the note says: learnt from the cases whose note was used

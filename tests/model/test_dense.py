@@ -81,6 +81,38 @@ def test_balanced_bce_weighs_positives_and_negatives_equally() -> None:
         F.binary_cross_entropy_with_logits(big, tgt.float()))
 
 
+def test_balanced_bce_hard_negatives_push_down_the_top_cells_of_absent_cases(
+        tiny_cfg: ModelConfig) -> None:
+    """dense_hard_k: per label, the mean over the cases without it of softplus(mean of its
+    k highest cell logits) is added; cases with the finding and the other cells get no
+    extra gradient."""
+    logits = torch.randn(2, 3, 4, 4, 4)
+    tgt = torch.zeros(2, 3, 4, 4, 4, dtype=torch.uint8)
+    tgt[0, 0, 1, 1, 1] = 1  # label 0 present in case 0 only; labels 1, 2 absent in both
+    base = balanced_bce(logits, tgt)
+    hard = []
+    for f in range(3):
+        tops = [F.softplus(logits[b, f].flatten().topk(2).values.mean())
+                for b in range(2) if not bool(tgt[b, f].any())]
+        hard.append(torch.stack(tops).mean())
+    torch.testing.assert_close(balanced_bce(logits, tgt, hard_k=2),
+                               base + torch.stack(hard).mean())
+    x = logits.clone().requires_grad_(True)
+    (balanced_bce(x, tgt, hard_k=2) - balanced_bce(x, tgt)).backward()
+    g = x.grad
+    assert g is not None and float(g[0, 0].abs().sum()) == 0.0  # case 0 has label 0
+    nz = (g[1, 0].flatten() != 0).nonzero().flatten()
+    assert set(nz.tolist()) == set(logits[1, 0].flatten().topk(2).indices.tolist())
+    with pytest.raises(ShapeError, match="dense_hard_k"):
+        balanced_bce(logits, tgt, hard_k=65)
+    cfg = _dense_cfg(tiny_cfg)
+    assert dataclasses.replace(cfg, dense_hard_k=4).dense_hard_k == 4
+    with pytest.raises(ModelConfigError, match="dense_hard_k"):
+        dataclasses.replace(cfg, dense_hard_k=-1)
+    with pytest.raises(ModelConfigError, match="dense_hard_k"):  # no dense detector
+        dataclasses.replace(tiny_cfg, dense_hard_k=4)
+
+
 def test_model_shapes_mil_link_and_gradient(tiny_cfg: ModelConfig,
                                             make_batch: Callable[..., ModelInput]) -> None:
     cfg = _dense_cfg(tiny_cfg)
@@ -118,6 +150,9 @@ def test_model_shapes_mil_link_and_gradient(tiny_cfg: ModelConfig,
     assert float(first.weight.grad.abs().sum()) > 0
     lo0 = compute_losses(out3, dataclasses.replace(t, dense_map=None), cfg)
     assert float(lo0["dense"].detach()) == 0.0
+    # dense_hard_k reaches the loss: the absent labels' top cells add to it
+    hard = compute_losses(out3, t, dataclasses.replace(cfg, dense_hard_k=4))
+    assert float(hard["dense"].detach()) > float(lo["dense"].detach())
 
 
 def test_late_fusion_baseline_gets_the_same_detector(
