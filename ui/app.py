@@ -82,7 +82,7 @@ def finding_rows(reviews: list[FindingReview]) -> list[list[Any]]:
             marks.append("LOW CONFIDENCE")
         marks += [f"FLAG {f}" for f in r.consistency_flags]
         sl = f"{r.slices[0]}-{r.slices[-1]}" if r.slices else "-"
-        rows.append([r.index, r.label, "present" if r.present else "absent",
+        rows.append([r.index, r.label, r.status,
                      f"{r.probability:.2f}", "; ".join(marks) or "-", r.decision, r.side or "-",
                      "-" if r.size_mm is None else f"{r.size_mm:g}", r.text, sl])
     return rows

@@ -42,6 +42,14 @@ class FindingReview:
         return "low_confidence" in self.flags
 
     @property
+    def status(self) -> str:
+        """What the model says: present, absent, or not assessed (a label its fitted
+        threshold never calls: "absent" would be a finding it cannot make)."""
+        if "not_assessed" in self.flags:
+            return "not assessed"
+        return "present" if self.present else "absent"
+
+    @property
     def consistency_flags(self) -> tuple[str, ...]:
         return tuple(f for f in self.flags if f != "low_confidence")
 

@@ -442,3 +442,18 @@ def test_priority_from_draft(h: Handlers, seeded: Seeded) -> None:
     calm = replace(drafts["model0"], findings=tuple(
         replace(f, flags=()) for f in drafts["model0"].findings))
     assert priority(calm) == "routine"
+
+
+def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls() -> None:
+    from ui.app import finding_rows
+    from ui.report_text import FindingReview
+
+    def review(present: bool, flags: tuple[str, ...]) -> FindingReview:
+        return FindingReview(index=0, label="lung_nodule", present=present, probability=0.24,
+                             flags=flags, slices=(), decision="pending", side="",
+                             size_mm=None, text="Lung nodule: not assessed by this model.")
+
+    rows = finding_rows([review(False, ("low_confidence", "not_assessed")),
+                         review(False, ()), review(True, ("low_confidence",))])
+    assert [r[2] for r in rows] == ["not assessed", "absent", "present"]
+    assert "FLAG not_assessed" in rows[0][4] and rows[1][4] == "-"
