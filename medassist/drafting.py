@@ -285,9 +285,11 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     sides = {p.label: p.laterality for p in preds if p.present}
     sizes = {p.label: p.size_mm for p in preds if p.present}
     has_emr = bool(prep.emr and prep.emr.strip())
+    # the lobe the location head gives a one-sided finding (a bilateral one spans lobes)
+    lobes = {p.label: p.location for p in preds if p.present and p.laterality != "bilateral"}
     weak = unreliable | never  # text about these labels rests on no detector
-    findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr)
-    impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr)
+    findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr, lobes)
+    impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr, lobes)
     contradicted |= contradicted_imp
     spans_chr = sample.get("emr_spans")
     items = []

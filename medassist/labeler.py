@@ -120,6 +120,27 @@ def _side_clash(sentence: str, side: str | None) -> bool:
     return bool(_SIDE_WORDS[other].search(sentence)) and not _SIDE_WORDS[side].search(sentence)
 
 
+#: the five lobes, by the location codes of the findings head
+_LOBES = {code: re.compile(rf"\b{side} {level} lobe\b|\b{code}\b", re.I)
+          for code, side, level in (("RUL", "right", "upper"), ("RML", "right", "middle"),
+                                    ("RLL", "right", "lower"), ("LUL", "left", "upper"),
+                                    ("LLL", "left", "lower"))}
+
+
+def stated_lobes(sentence: str) -> set[str]:
+    """The lobes a sentence names ("left lower lobe", "RUL"), as location codes."""
+    s = ANNOTATION.sub(" ", sentence)
+    return {code for code, rx in _LOBES.items() if rx.search(s)}
+
+
+def _lobe_clash(sentence: str, lobe: str | None) -> bool:
+    """The sentence names lobes, and not the head's ``lobe`` (a location code)."""
+    if lobe not in _LOBES:
+        return False
+    said = stated_lobes(sentence)
+    return bool(said) and lobe not in said
+
+
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b")
 
 
@@ -142,7 +163,8 @@ def guard(text: str, head: Mapping[str, bool],
           sides: Mapping[str, str | None] | None = None,
           unreliable: Collection[str] = (),
           sizes: Mapping[str, float | None] | None = None,
-          has_emr: bool = True) -> tuple[str, set[str]]:
+          has_emr: bool = True,
+          lobes: Mapping[str, str | None] | None = None) -> tuple[str, set[str]]:
     """Flag sentences that contradict the findings head, or that rest on a detector the
     checkpoint does not have reliably.
 
@@ -150,7 +172,9 @@ def guard(text: str, head: Mapping[str, bool],
     negates one it calls present; with ``sides`` (label -> the stated laterality), also when
     it affirms exactly one finding that the head places on one side and names only the other
     side; with ``sizes`` (label -> the size head's mm), also when it affirms exactly one
-    finding and states a size more than twice or less than half the head's.  A sentence
+    finding and states a size more than twice or less than half the head's; with ``lobes``
+    (label -> the head's lobe code, e.g. "LUL"), also when it affirms exactly one finding and
+    names lobes, none of them the head's.  A sentence
     that affirms or negates a label in ``unreliable`` is marked too: "no pneumothorax" from
     a detector at chance is not a finding.  Without an EMR (``has_emr`` False) a sentence that
     states the patient's history ("in a patient with known ...") is marked: nothing supports
@@ -170,15 +194,21 @@ def guard(text: str, head: Mapping[str, bool],
         if sizes is not None and len(affirmed) == 1 and affirmed[0] not in clash \
                 and _size_clash(s.text, sizes.get(affirmed[0])):
             size_clash = affirmed
+        lobe_clash = []
+        if lobes is not None and len(affirmed) == 1 and affirmed[0] not in clash \
+                and not side_clash and _lobe_clash(s.text, lobes.get(affirmed[0])):
+            lobe_clash = affirmed
         weak = sorted(lab for lab in s.labels if lab in unreliable)
         history = not has_emr and HISTORY.search(ANNOTATION.sub(" ", s.text).lower()) is not None
-        if clash or side_clash or size_clash or weak or history:
-            bad.update(clash + side_clash + size_clash)
+        if clash or side_clash or size_clash or lobe_clash or weak or history:
+            bad.update(clash + side_clash + size_clash + lobe_clash)
             why = [f"contradicts the findings head ({', '.join(clash)})"] if clash else []
             why += [f"names the other side than the findings head ({side_clash[0]})"] \
                 if side_clash else []
             why += [f"states a size far from the findings head's ({size_clash[0]}: "
                     f"{sizes[size_clash[0]]:.0f} mm)"] if size_clash and sizes else []
+            why += [f"names another lobe than the findings head ({lobe_clash[0]}: "
+                    f"{lobes[lobe_clash[0]]})"] if lobe_clash and lobes else []
             why += [f"the model does not detect {', '.join(weak)} reliably"] if weak else []
             why += ["states patient history, but no EMR was given"] if history else []
             # reasons joined by " / ": a ";" would end the sentence for the labeler

@@ -197,3 +197,24 @@ def test_impression_metrics_count_missed_and_unfounded_conclusions() -> None:
     none = impression_metrics(records[2:], texts[3:] * 2)
     assert none["impression_acc_emr_dependent"] is None and none["n_emr_dependent"] == 0
     assert none["n_impression_false_emr_dependent"] == 0
+
+
+def test_guard_flags_another_lobe_than_the_location_head() -> None:
+    from medassist.labeler import stated_lobes
+
+    text = ("A 3.4 cm mass in the left lower lobe, suspicious for malignancy. "
+            "Consolidation in the RLL and the right middle lobe. A nodule is seen.")
+    head = {"lung_mass": True, "consolidation": True, "lung_nodule": True}
+    lobes = {"lung_mass": "LUL", "consolidation": "RML", "lung_nodule": "RUL"}
+    out, bad = guard(text, head, lobes=lobes)
+    assert bad == {"lung_mass"}  # consolidation names RML among others; the nodule no lobe
+    assert out.startswith("[UNVERIFIED: names another lobe than the findings head "
+                          "(lung_mass: LUL)] A 3.4 cm mass")
+    assert out.count("UNVERIFIED") == 1
+    assert guard(text, head)[1] == set()  # without lobes: as before
+    # a location that is not a lobe (or none) checks nothing
+    assert guard(text, head, lobes={"lung_mass": "none"})[1] == set()
+    # the other side is reported as such, not twice
+    out2, bad2 = guard(text, head, {"lung_mass": "right"}, lobes=lobes)
+    assert bad2 == {"lung_mass"} and "other side" in out2 and "another lobe" not in out2
+    assert stated_lobes("rul and Left Upper Lobe; lingula") == {"RUL", "LUL"}

@@ -262,6 +262,9 @@ def test_unreliable_detector_flag(synth_folder: Path, tiny_checkpoint: Path) -> 
     with torch.no_grad():
         out = lm.model(collate([sample])[0])
     preds = predict_findings(out, cfg.heads, cfg.ct, 0.0)[0]  # threshold 0: all present
+    # the nodule where the text puts it (another lobe would be flagged as well)
+    preds = [dataclasses.replace(p, location="RLL", laterality="right")
+             if p.label == "lung_nodule" else p for p in preds]
     text = ("findings: a 7 mm nodule in the right lower lobe. impression: 1. pulmonary "
             "nodule in the right lower lobe. 2. no pleural effusion.")
     d = _draft(lm, prep, sample, text, preds, out.modality_weights[0],
