@@ -23,15 +23,17 @@ def impression_metrics(records: Sequence[CaseRecord], texts: Sequence[str]) -> d
     codes: ``impression_acc_emr_dependent``, the share of the cases whose reference draws an
     EMR-dependent conclusion (:data:`EMR_DEPENDENT`) with all of them stated, over
     ``n_emr_dependent`` cases; ``n_impression_false_emr_dependent``, the cases whose
-    impression states one the reference does not draw (e.g. "metastatic" for a patient with
-    a known primary and no nodule)."""
+    impression states one that the reference's impression does not (e.g. "metastatic" for a
+    patient with a known primary and no nodule; "primary lung malignancy" is not one where
+    the reference says it of a mass)."""
     hits, false = [], []
     for r, t in zip(records, texts, strict=True):
         codes = {i["code"] for i in r.meta.get("impression", [])} & set(EMR_DEPENDENT)
         imp = split_sections(t)[1].lower()
+        ref = split_sections(report_target_text(r.report_text))[1].lower()
         if codes:
             hits.append(all(EMR_DEPENDENT[c] in imp for c in codes))
-        false.append(any(w in imp for c, w in EMR_DEPENDENT.items() if c not in codes))
+        false.append(any(w in imp and w not in ref for w in EMR_DEPENDENT.values()))
     return {"impression_acc_emr_dependent": float(np.mean(hits)) if hits else None,
             "n_emr_dependent": len(hits), "n_impression_false_emr_dependent": int(sum(false))}
 

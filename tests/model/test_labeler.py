@@ -181,12 +181,14 @@ def test_impression_metrics_count_missed_and_unfounded_conclusions() -> None:
     from medassist.model_data import CaseRecord
     from medassist.model_eval import impression_metrics
 
-    def rec(*codes: str) -> CaseRecord:
+    def rec(*codes: str, impression: str = "") -> CaseRecord:
         return CaseRecord(case_id="c", hu=None, label_map=None, findings=[], emr=None,
-                          report_text="", meta={"impression": [{"code": c} for c in codes]})
+                          report_text=f"FINDINGS:\nLungs: see below.\n\nIMPRESSION:\n{impression}",
+                          meta={"impression": [{"code": c} for c in codes]})
 
-    records = [rec("metastatic_disease_suspected"), rec("pneumonia", "pulmonary_nodule"),
-               rec("pulmonary_nodule"), rec()]
+    records = [rec("metastatic_disease_suspected",
+                   impression="- Nodule, suspicious for metastatic disease."),
+               rec("pneumonia", "pulmonary_nodule"), rec("pulmonary_nodule"), rec()]
     texts = ["findings: nodule. impression: 1. nodules, suspicious for metastatic disease.",
              "findings: consolidation. impression: 1. consolidation.",
              "findings: nodule. impression: 1. pulmonary nodule. metastatic disease suspected.",
@@ -197,6 +199,12 @@ def test_impression_metrics_count_missed_and_unfounded_conclusions() -> None:
     none = impression_metrics(records[2:], texts[3:] * 2)
     assert none["impression_acc_emr_dependent"] is None and none["n_emr_dependent"] == 0
     assert none["n_impression_false_emr_dependent"] == 0
+    # a mass "suspicious for primary lung malignancy" is what the reference says of it too
+    mass = rec("lung_mass_malignancy_suspected",
+               impression="- 4.1 cm mass in the RUL, suspicious for primary lung malignancy.")
+    said = "findings: a mass. impression: 1. mass, suspicious for primary lung malignancy."
+    assert impression_metrics([mass], [said])["n_impression_false_emr_dependent"] == 0
+    assert impression_metrics([rec()], [said])["n_impression_false_emr_dependent"] == 1
 
 
 def test_guard_flags_another_lobe_than_the_location_head() -> None:
