@@ -264,8 +264,11 @@ def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: flo
     2p / (1 + p) at prevalence p beats any threshold that calls fewer).
     ``micro_f1``: starting there, coordinate ascent on the micro-F1 over all labels, each
     label's candidates being the same grid plus :data:`NEVER` (not called), until no label
-    changes: a label is called only where its calls raise the F1 of all calls together
-    (what ``medassist eval`` reports as micro-F1).
+    changes (ties: :data:`NEVER`, then the closest to 0.5): a label is called only where its
+    calls raise the F1 of all calls together (what ``medassist eval`` reports as micro-F1),
+    and one that calls nothing on these cases at any threshold is never called.  With
+    calibrated probabilities that is about calling where p >= F1 / 2 (Lipton et al., 2014),
+    so a detector at chance whose prevalence is below half the F1 drops out.
     Labels with fewer than ``min_pos`` positives keep 0.5 (too few to fit) under both."""
     if objective not in THRESHOLD_OBJECTIVES:
         raise ValueError(f"threshold objective must be one of {THRESHOLD_OBJECTIVES}, "
@@ -294,7 +297,9 @@ def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: flo
         den = int(pred.sum()) + int(truth.sum())
         return 2 * tp / den if den else 0.0
 
-    for _ in range(20):  # each pass can only raise the micro-F1; converges in a few
+    # each change raises the micro-F1, or keeps it and moves that label to NEVER or nearer
+    # 0.5, so no assignment repeats; it converges in a few passes
+    for _ in range(20):
         changed = False
         for f in fitted:
             cur = float(out[f])
