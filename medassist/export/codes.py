@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,21 @@ class Code:
     @property
     def fhir_system(self) -> str:
         return FHIR_SYSTEMS.get(self.scheme, "urn:medassist:codes")
+
+
+#: the qualitative evaluation of a finding (SNOMED CT qualifier values)
+PRESENT = Code("52101004", "SCT", "Present")
+ABSENT = Code("2667000", "SCT", "Absent")
+#: a finding the model does not assess (draft flag ``not_assessed``: its fitted threshold
+#: never calls it), which "Absent" would misstate
+NOT_EVALUATED = Code("373121007", "SCT", "Not Evaluated")
+
+
+def evaluation(present: bool, flags: Sequence[str]) -> Code:
+    """Present, Absent, or Not Evaluated (a finding flagged ``not_assessed``)."""
+    if "not_assessed" in flags:
+        return NOT_EVALUATED
+    return PRESENT if present else ABSENT
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,10 @@ from pydantic import ValidationError
 
 from medassist.draft import Finding
 from medassist.errors import ExportError
-from medassist.export.codes import Code, FindingCodes, load_codes
+from medassist.export.codes import Code, FindingCodes, evaluation, load_codes
 from medassist.reports import ReportView
 
 PSEUDONYM_SYSTEM = "urn:medassist:pseudonym"
-PRESENT = Code("52101004", "SCT", "Present")
-ABSENT = Code("2667000", "SCT", "Absent")
 
 
 def _concept(code: Code) -> dict[str, Any]:
@@ -36,7 +34,7 @@ def _observation(i: int, f: Finding, codes_: FindingCodes, status: str,
     obs: dict[str, Any] = {
         "resourceType": "Observation", "id": f"finding-{i + 1}", "status": status,
         "code": _concept(fc.finding), "subject": subject,
-        "valueCodeableConcept": _concept(PRESENT if f.present else ABSENT),
+        "valueCodeableConcept": _concept(evaluation(f.present, f.flags)),
         "component": [{"code": {"text": "AI probability of presence"},
                        "valueQuantity": {"value": f.probability, "unit": "1",
                                          "system": "http://unitsofmeasure.org", "code": "1"}}],

@@ -21,11 +21,9 @@ from pydicom.uid import generate_uid
 
 from medassist.draft import Finding
 from medassist.errors import ExportError
-from medassist.export.codes import Code, FindingCodes, load_codes
+from medassist.export.codes import Code, FindingCodes, evaluation, load_codes
 from medassist.reports import ReportView
 
-PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
-ABSENT = hd.sr.CodedConcept("2667000", "SCT", "Absent")
 LATERALITY = hd.sr.CodedConcept("272741003", "SCT", "Laterality")
 DIAMETER = hd.sr.CodedConcept("81827009", "SCT", "Diameter")
 MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
@@ -100,7 +98,8 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
     if f.size_mm is not None:
         measurements.append(hd.sr.Measurement(name=DIAMETER, value=f.size_mm, unit=MM,
                                               algorithm_id=algo))
-    evaluations = [hd.sr.QualitativeEvaluation(_cc(fc.finding), PRESENT if f.present else ABSENT)]
+    evaluations = [hd.sr.QualitativeEvaluation(_cc(fc.finding),
+                                               _cc(evaluation(f.present, f.flags)))]
     if lat is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(LATERALITY, _cc(lat)))
     return hd.sr.MeasurementsAndQualitativeEvaluations(

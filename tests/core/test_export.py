@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import pydicom
@@ -26,7 +27,7 @@ from medassist.storage import AuditEvent
 from tests.dicom_factory import axial_positions, write_series
 
 from .conftest import REPO_ROOT, Db
-from .factories import DRAFT, PASSWORD, SERIES_UID, STUDY_UID, add_user
+from .factories import DRAFT, PASSWORD, SERIES_UID, STUDY_UID, add_user, draft_dict
 
 
 def _walk(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
@@ -44,10 +45,10 @@ def ct_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
                         series_uid=SERIES_UID)
 
 
-def _stored(db: Db, signed: bool) -> tuple[int, Actor]:
+def _stored(db: Db, signed: bool, draft: dict[str, Any] = DRAFT) -> tuple[int, Actor]:
     with db.factory.begin() as s:
         doc = add_user(s, "carol", display_name="Dr. Carol Chen")
-        rid = reports.store_draft(s, ReportDraft.from_dict(DRAFT), study_uid=STUDY_UID,
+        rid = reports.store_draft(s, ReportDraft.from_dict(draft), study_uid=STUDY_UID,
                                   patient_pseudo_id="PSEUDO-0002").id
         if signed:
             reports.submit_for_review(s, rid, doc, 1)
@@ -115,6 +116,28 @@ def _dciodvfy_clean(path: Path) -> None:
     report = res.stdout + res.stderr
     errors = [ln for ln in report.splitlines() if ln.startswith("Error")]
     assert not errors, report
+
+
+def test_a_finding_not_assessed_is_exported_as_not_evaluated(db: Db, tmp_path: Path,
+                                                               ct_files: list[Path]) -> None:
+    """A finding the model does not assess (flag not_assessed) is "Not Evaluated" (SCT
+    373121007) in the SR and in FHIR, not "Absent"."""
+    d = draft_dict()
+    d["findings"][2] = {**d["findings"][2], "sentence": "Pneumothorax: not assessed by this "
+                        "model.", "flags": ["not_assessed"]}
+    rid, doc = _stored(db, False, d)
+    sr_out, fhir_out = tmp_path / "r.dcm", tmp_path / "r.json"
+    with db.factory.begin() as s:
+        export_report(s, rid, doc, "sr", sr_out, sources=[str(p) for p in ct_files])
+        export_report(s, rid, doc, "fhir", fhir_out)
+    groups = hd.sr.MeasurementReport.from_sequence(
+        [pydicom.dcmread(sr_out)]).get_image_measurement_groups()
+    values = [g.get_qualitative_evaluations()[0].value.value for g in groups]
+    assert values == ["52101004", "52101004", "373121007"]  # present, present, not evaluated
+    contained = {c["id"]: c for c in json.loads(fhir_out.read_text())["contained"]}
+    assert contained["finding-3"]["valueCodeableConcept"]["coding"][0]["code"] == "373121007"
+    assert contained["finding-1"]["valueCodeableConcept"]["coding"][0]["code"] == "52101004"
+    _dciodvfy_clean(sr_out)
 
 
 def test_sr_refuses_wrong_series(db: Db, tmp_path: Path) -> None:
