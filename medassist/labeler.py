@@ -42,6 +42,9 @@ NEGATION = re.compile(r"\b(?:no|without|negative for|free of|not|absent|resolved
 ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST)[^\]]*\]")
 #: wording that states the patient's history (from the EMR): unsupported in a draft without one
 HISTORY = re.compile(r"\b(?:in a patient with|history of|known)\b")
+#: conclusions that rest on the history (a known primary, heart failure, fever): the reference
+#: reports draw them only from the note
+HISTORY_CONCLUSION = re.compile(r"\b(?:metastatic|cardiogenic|pneumonia)\b")
 # a sentence ends at ".", ";" or a newline; a decimal point ("6.6 cm") does not end one
 _SENT = re.compile(r"(?:[^.\n;]|\.(?=\d))+[.\n;]?")
 
@@ -178,7 +181,8 @@ def guard(text: str, head: Mapping[str, bool],
     that affirms or negates a label in ``unreliable`` is marked too: "no pneumothorax" from
     a detector at chance is not a finding.  Without an EMR (``has_emr`` False) a sentence that
     states the patient's history ("in a patient with known ...") is marked: nothing supports
-    it.  Returns the text with each such
+    it; so is one drawing a conclusion that rests on it ("metastatic", "cardiogenic",
+    "pneumonia").  Returns the text with each such
     sentence prefixed by ``[UNVERIFIED: ...]`` (the reasons) and the set of labels that were
     contradicted."""
     out: list[str] = []
@@ -199,8 +203,10 @@ def guard(text: str, head: Mapping[str, bool],
                 and not side_clash and _lobe_clash(s.text, lobes.get(affirmed[0])):
             lobe_clash = affirmed
         weak = sorted(lab for lab in s.labels if lab in unreliable)
-        history = not has_emr and HISTORY.search(ANNOTATION.sub(" ", s.text).lower()) is not None
-        if clash or side_clash or size_clash or lobe_clash or weak or history:
+        plain = ANNOTATION.sub(" ", s.text).lower()
+        history = not has_emr and HISTORY.search(plain) is not None
+        concluded = not has_emr and not history and HISTORY_CONCLUSION.search(plain) is not None
+        if clash or side_clash or size_clash or lobe_clash or weak or history or concluded:
             bad.update(clash + side_clash + size_clash + lobe_clash)
             why = [f"contradicts the findings head ({', '.join(clash)})"] if clash else []
             why += [f"names the other side than the findings head ({side_clash[0]})"] \
@@ -211,6 +217,8 @@ def guard(text: str, head: Mapping[str, bool],
                     f"{lobes[lobe_clash[0]]})"] if lobe_clash and lobes else []
             why += [f"the model does not detect {', '.join(weak)} reliably"] if weak else []
             why += ["states patient history, but no EMR was given"] if history else []
+            why += ["draws a conclusion that rests on patient history, but no EMR was given"] \
+                if concluded else []
             # reasons joined by " / ": a ";" would end the sentence for the labeler
             out.append(f"[UNVERIFIED: {' / '.join(why)}] {s.text}")
         else:

@@ -80,6 +80,17 @@ def test_guard_marks_history_when_no_emr_was_given() -> None:
     assert bad == set() and out.endswith("No pleural effusion.")
     same, _ = guard(text, head)  # with an EMR the history may be the note's
     assert "UNVERIFIED" not in same
+    # conclusions that rest on the history: metastatic, cardiogenic, pneumonia
+    concl = ("Pulmonary nodules, suspicious for metastatic disease. Consolidation, likely "
+             "pneumonia. Right pleural effusion, likely cardiogenic. A 4 cm mass, suspicious "
+             "for primary lung malignancy.")
+    head2 = {"lung_nodule": True, "consolidation": True, "pleural_effusion": True,
+             "lung_mass": True}
+    out2, bad2 = guard(concl, head2, has_emr=False)
+    assert out2.count("[UNVERIFIED: draws a conclusion that rests on patient history, but no "
+                      "EMR was given]") == 3 and bad2 == set()
+    assert out2.endswith(" A 4 cm mass, suspicious for primary lung malignancy.")
+    assert "UNVERIFIED" not in guard(concl, head2)[0]
 
 
 def test_guard_marks_sentences_on_unreliable_detectors() -> None:
