@@ -41,6 +41,11 @@ little as the real series fires much, the cause is something the generator lacks
 
     .venv/bin/python bench/dense_probe.py --checkpoint models/demo
         [--label consolidation] [--real DIR] [--generated DIR/test --n 3] [--png FILE]
+        [--regions]
+
+``--regions`` adds, for the real series, the body set to 40 HU and the soft tissue's fine
+texture removed, each in one region at a time (thirds of the slices, anterior / posterior
+and right / left halves; ``region_edits``).
 
 ``--png`` writes four axial slices (at 1/8, 3/8, 5/8 and 7/8 of the grid's z) of the real
 series (top row) and of the first generated normal (bottom row), window -1000..400 HU, with
@@ -243,6 +248,34 @@ def edits(hu: np.ndarray) -> dict[str, np.ndarray]:
     return out | shape_edits(hu)
 
 
+def region_edits(hu: np.ndarray) -> dict[str, np.ndarray]:
+    """Two edits of the body (outside the lung mask, above -500 HU), each kept to one region
+    of the grid at a time (the upper / middle / lower third of the slices holding body,
+    the anterior / posterior half, the patient's right / left half): the body set to 40 HU,
+    and its soft tissue's voxel-scale texture removed (soft tissue replaced by its 1-voxel
+    Gaussian smoothing).  Which region carries a call, and whether it is its content or its
+    fine texture."""
+    lung = lung_mask(hu)
+    body, _, soft = tissues(hu, lung)
+    smoothed = smooth(hu, 1.0)
+    nz, ny, nx = hu.shape
+    zs = np.flatnonzero(body.reshape(nz, -1).any(axis=1))
+    z0, z1 = (int(zs[0]), int(zs[-1]) + 1) if zs.size else (0, nz)
+    cuts = np.linspace(z0, z1, 4).round().astype(int)
+    zz, yy, xx = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    regions = {"upper third (z)": (zz >= cuts[2]) & (zz < cuts[3]),
+               "middle third (z)": (zz >= cuts[1]) & (zz < cuts[2]),
+               "lower third (z)": (zz >= cuts[0]) & (zz < cuts[1]),
+               "anterior half": yy < ny // 2, "posterior half": yy >= ny // 2,
+               "right half (patient)": xx < nx // 2, "left half (patient)": xx >= nx // 2}
+    out: dict[str, np.ndarray] = {}
+    for name, r in regions.items():
+        out[f"body set to 40 in the {name}"] = np.where(body & r, 40.0, hu).astype(np.float32)
+        out[f"soft-tissue fine texture removed in the {name}"] = np.where(
+            soft & r, smoothed, hu).astype(np.float32)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True)
@@ -252,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generated", default="", help="a `medassist synth` split directory")
     ap.add_argument("--n", type=int, default=3, help="generated normal cases to probe")
     ap.add_argument("--png", default="", help="write an overlay of the hot cells here")
+    ap.add_argument("--regions", action="store_true",
+                    help="also the region edits of the real series (region_edits)")
     args = ap.parse_args(argv)
     lm = load_model(args.checkpoint)
     hu = load_study(args.real, lm.cfg).hu.astype(np.float32)
@@ -265,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, h in edits(hu).items():
         res["real"][name] = fire(lm, h, args.label)
     res["real"]["presence, dense map kept to the lung"] = region_presence(lm, hu, args.label)
+    if args.regions:
+        res["real"]["regions"] = {name: fire(lm, h, args.label)
+                                  for name, h in region_edits(hu).items()}
     soft_real = (hu > -200) & (hu < 200)
     real_residual = np.where(soft_real, hu - smooth(hu, 1.0), 0.0).astype(np.float32)
     if args.generated:
