@@ -4,6 +4,7 @@ post-processing rules before the held-out test splits are scored.
 
     .venv/bin/python bench/val_eval.py CHECKPOINT [--val 192] [--cache runs/cache] [--text]
                                       [--data DIR] [--synth-config configs/synth/small.yaml]
+                                      [--sides]
 
 Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
 the side read off the image), ``per_finding`` (F1, TP / FP / FN, AUROC and the stated side
@@ -11,7 +12,9 @@ on its true positives), and nodule / mass detection by reference size as JSON; w
 ``--text`` the reports are generated too (both modalities only) and their text micro-F1,
 EMR-dependent impression accuracy and the EMR context head's accuracy are added.
 ``--data DIR`` scores the cases of a ``medassist synth`` folder instead (e.g. a test split,
-once the choice is made).  The cases come from
+once the choice is made).  ``--sides`` adds ``side_confusion``: per label whose side is read
+off the image (``heads.evidence_side_labels``), the true positives counted by reference side
+and stated side ("right -> bilateral": 3).  The cases come from
 ``medassist.model_data.cached_synth_records`` (``--synth-config``, default
 configs/synth/small.yaml; seed 7, split val).
 """
@@ -21,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,12 +42,32 @@ from medassist.model_eval import evaluate  # noqa: E402
 from multimodal.checkpoint import load_checkpoint  # noqa: E402
 
 
+def side_confusion(model: Any, cfg: Any, samples: list[dict[str, Any]]
+                   ) -> dict[str, dict[str, int]]:
+    """Reference side -> stated side on the true positives of the image-sided labels."""
+    from multimodal.config import LATERALITY
+    from multimodal.heads import predict_findings
+    from multimodal.training import predict
+
+    out: dict[str, Counter[str]] = {}
+    for i, o in zip(range(0, len(samples), 8), predict(model, samples), strict=True):
+        for b, case in enumerate(predict_findings(o, cfg.heads, cfg.ct, None)):
+            s = samples[i + b]
+            for f, p in enumerate(case):
+                if p.present and s["present"][f] > 0.5 \
+                        and p.label in cfg.heads.evidence_side_labels:
+                    truth = LATERALITY[int(s["laterality"][f])]
+                    out.setdefault(p.label, Counter())[f"{truth} -> {p.laterality}"] += 1
+    return {lab: dict(sorted(c.items())) for lab, c in sorted(out.items())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint")
     ap.add_argument("--val", type=int, default=192)
     ap.add_argument("--cache", default=str(REPO / "runs" / "cache"))
     ap.add_argument("--text", action="store_true")
+    ap.add_argument("--sides", action="store_true", help="add side_confusion")
     ap.add_argument("--data", default="", help="score a `medassist synth` folder instead")
     ap.add_argument("--synth-config", default=str(REPO / "configs/synth/small.yaml"),
                     help="generator config of the cached validation cases")
@@ -64,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     keys += [k for k in ("context_acc", "context_acc_per_slot", "n_context",
                          "context_recall_nonzero", "n_context_nonzero",
                          "context_false_nonzero") if k in full]
-    print(json.dumps({"checkpoint": a.checkpoint, "n_cases": len(samples),
-                      **{k: full[k] for k in keys}}, indent=1))
+    res = {"checkpoint": a.checkpoint, "n_cases": len(samples), **{k: full[k] for k in keys}}
+    if a.sides:
+        res["side_confusion"] = side_confusion(model, cfg, samples)
+    print(json.dumps(res, indent=1))
     return 0
 
 
