@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medassist.model_data import cached_synth_records, record_sample  # noqa: E402
-from multimodal.batching import collate  # noqa: E402
 from multimodal.checkpoint import load_checkpoint  # noqa: E402
 from multimodal.metrics import auroc  # noqa: E402
+from multimodal.training import predict  # noqa: E402
 
 MAX_NEG_CELLS = 200_000
 
@@ -51,19 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg, _kind, tok, _meta = load_checkpoint(a.checkpoint)
     if not cfg.ct.dense_hidden:
         raise SystemExit(f"{a.checkpoint}: the model has no dense detector (ct.dense_hidden 0)")
-    model.eval()
     recs = cached_synth_records(a.cache, a.synth_config, cfg, 7, a.cases, "val")
     samples = [record_sample(r, cfg, tok, 512, with_report=False) for r in recs]
-    dense, cells, prob = [], [], []
-    with torch.no_grad():
-        for i in range(0, len(samples), 8):
-            chunk = [dict(s) for s in samples[i:i + 8]]
-            out = model(collate(chunk)[0])
-            if out.dense_logits is None:
-                raise SystemExit("the model returned no dense map")
-            dense.append(out.dense_logits.float())  # (B, F, z, y, x)
-            prob.append(out.presence_prob)
-            cells.append(torch.as_tensor(np.stack([s["dense_map"] for s in chunk])) > 0)
+    outs = predict(model, samples)
+    if any(o.dense_logits is None for o in outs):
+        raise SystemExit("the model returned no dense map")
+    dense = [o.dense_logits.float() for o in outs if o.dense_logits is not None]
+    prob = [o.presence_prob for o in outs]
+    cells = [torch.as_tensor(np.stack([s["dense_map"] for s in samples])) > 0]
     d, t, p = torch.cat(dense), torch.cat(cells), torch.cat(prob)
     y = torch.as_tensor(np.stack([s["present"] for s in samples])) > 0.5
     rng = np.random.default_rng(0)

@@ -50,7 +50,9 @@ def side_confusion(model: Any, cfg: Any, samples: list[dict[str, Any]]
     from multimodal.training import predict
 
     out: dict[str, Counter[str]] = {}
-    for i, o in zip(range(0, len(samples), 8), predict(model, samples), strict=True):
+    batch = 8  # predict's batches: output k holds samples[k * batch: (k + 1) * batch]
+    for i, o in zip(range(0, len(samples), batch), predict(model, samples, batch),
+                    strict=True):
         for b, case in enumerate(predict_findings(o, cfg.heads, cfg.ct, None)):
             s = samples[i + b]
             for f, p in enumerate(case):
