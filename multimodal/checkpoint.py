@@ -97,6 +97,8 @@ def load_checkpoint(folder: str | Path) -> tuple[nn.Module, ModelConfig, str, Wo
     state.setdefault("findings.prior", torch.full((len(cfg.heads.labels),), -1.0))
     # ... and before the validation AUROC (no label is flagged unreliable)
     state.setdefault("findings.val_auroc", torch.full((len(cfg.heads.labels),), -1.0))
+    # ... and before the fitted bilateral cut-offs (heads.bilateral_min_prob applies)
+    state.setdefault("findings.bilateral_min", torch.full((len(cfg.heads.labels),), -1.0))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -251,6 +251,8 @@ class HeadsConfig:
     #: finding that the laterality head calls left, right or bilateral
     evidence_side_labels: tuple[str, ...] = ()
     #: with MIL, a finding is bilateral when both sides' pooled probabilities reach this
+    #: (the default of each label's cut-off, which calibration fits on the validation cases
+    #: when it has enough sided positives: multimodal.calibration)
     bilateral_min_prob: float = 0.5
     #: a label whose presence AUROC on the calibration (validation) cases is below this, or
     #: that had too few positives there to measure it, is flagged ``unreliable_detector`` in

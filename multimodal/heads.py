@@ -45,6 +45,10 @@ class FindingsHead(nn.Module):
         #: per-label presence AUROC on the same validation cases (fitted with the
         #: temperature): -1 until fitted, NaN where the label had too few positives there
         self.register_buffer("val_auroc", torch.full((n,), -1.0))
+        #: per-label cut-off above which both sides' pooled probabilities make a sided finding
+        #: bilateral (fitted on the validation cases, :func:`multimodal.training.
+        #: fit_bilateral`); -1 until fitted: ``heads.bilateral_min_prob`` applies
+        self.register_buffer("bilateral_min", torch.full((n,), -1.0))
         self.patch: nn.Module | None = None
         if cfg.mil:
             lin = nn.Linear(dim, n)
@@ -80,9 +84,10 @@ class FindingsHead(nn.Module):
 
     def decision_fields(self) -> dict[str, typing.Any]:
         """The :class:`ModelOutput` fields that post-processing reads from the head: fitted
-        thresholds and the MIL pooling affine."""
+        thresholds, the bilateral cut-offs and the MIL pooling affine."""
         aff = (self.mil_scale, self.mil_bias) if self.patch is not None else None
-        return {"thresholds": self.get_buffer("thresholds"), "mil_affine": aff}
+        return {"thresholds": self.get_buffer("thresholds"),
+                "bilateral_min": self.get_buffer("bilateral_min"), "mil_affine": aff}
 
     def patch_logits(self, ct_patch: Tensor | None, ct_valid: Tensor | None,
                      dense: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
@@ -266,6 +271,10 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
         thr = [float(t) for t in out.thresholds.detach().float().cpu()]
     else:
         thr = [0.5] * n
+    bmin = [heads.bilateral_min_prob] * n
+    if out.bilateral_min is not None:
+        bmin = [float(v) if v >= 0 else heads.bilateral_min_prob
+                for v in out.bilateral_min.detach().float().cpu().tolist()]
     grid = ct.patch_grid
     res: list[list[FindingPrediction]] = []
     for b in range(prob.shape[0]):
@@ -292,8 +301,7 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 m = torch.sigmoid(out.patch_logits[b, f].detach().float()).reshape(grid).cpu()
                 keep = torch.ones(grid, dtype=torch.bool)
                 if use_ev and sides is not None:
-                    side = side_from_probs(float(sides[0][f]), float(sides[1][f]),
-                                           heads.bilateral_min_prob)
+                    side = side_from_probs(float(sides[0][f]), float(sides[1][f]), bmin[f])
                     if side != "bilateral":  # the box shows the stated side's evidence
                         cols = sides[2] if side == "left" else ~sides[2]
                         keep = keep & cols.view(1, 1, -1)

@@ -99,6 +99,9 @@ class ModelOutput:
     dense_logits: Tensor | None = None  # (B, F, z, y, x) dense detector (ct.dense_hidden)
     ct_midline: Tensor | None = None  # (B,) body midline, x voxel index of the model grid
     thresholds: Tensor | None = None  # (F,) fitted decision thresholds on presence_prob
+    #: (F,) fitted per-label bilateral cut-off of the per-side MIL probabilities (-1: not
+    #: fitted, heads.bilateral_min_prob applies)
+    bilateral_min: Tensor | None = None
     #: (scale (F,), bias (F,)) of the MIL pooling (heads.mil): per-side presence
     mil_affine: tuple[Tensor, Tensor] | None = None
     #: EMR context head (context.labels): logits (B, K, C) and attention over the note's

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from multimodal.batching import collate
+from multimodal.calibration import fit_bilateral_cutoffs
 from multimodal.checkpoint import load_checkpoint, load_optimizer, save_checkpoint
 from multimodal.config import ModelConfig
 from multimodal.dense import dense_targets
@@ -326,7 +327,9 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
     ``threshold_objective``), the
     per-label prevalence (the probability stated without CT) and presence AUROC (NaN with
     fewer than ``min_pos`` positives: what ``heads.min_reliable_auroc`` reads); sets
-    ``model.findings.temperature``, ``.thresholds``, ``.prior`` and ``.val_auroc``."""
+    ``model.findings.temperature``, ``.thresholds``, ``.prior`` and ``.val_auroc``.  With
+    the side read off MIL evidence (``heads.side_from_evidence``, ``evidence_side_labels``)
+    also ``.bilateral_min`` (:func:`multimodal.calibration.fit_bilateral_cutoffs`)."""
     import torch.nn.functional as F
 
     from multimodal.metrics import auroc
@@ -355,12 +358,19 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
             and int((1 - y[:, f]).sum()) >= min_pos else None for f in range(y.shape[1])]
     head.get_buffer("val_auroc").copy_(torch.tensor(
         [float("nan") if a is None else a for a in aucs]))
+    sides: dict[str, Any] | None = None
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and cfg.heads.mil and cfg.heads.side_from_evidence \
+            and cfg.heads.evidence_side_labels:
+        cut, sides = fit_bilateral_cutoffs(outs, samples, cfg.heads, cfg.ct, min_pos)
+        head.get_buffer("bilateral_min").copy_(cut)
     return {"temperature": round(best, 4), "nll_before": round(nll(old), 5),
             "nll_after": round(nll(best), 5), "n_cases": int(has_ct.sum()),
             "threshold_objective": threshold_objective,
             "thresholds": [round(float(t), 3) for t in thr],
             "prior": [round(float(p), 4) for p in prior],
-            "val_auroc": [None if a is None else round(a, 4) for a in aucs]}
+            "val_auroc": [None if a is None else round(a, 4) for a in aucs],
+            **({"bilateral": sides} if sides is not None else {})}
 
 
 @torch.no_grad()
