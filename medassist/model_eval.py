@@ -13,8 +13,11 @@ import numpy.typing as npt
 from medassist.drafting import generate, split_sections
 from medassist.model_data import CaseRecord, record_sample, report_target_text
 
+#: impression codes whose conclusion rests on the note, and the key phrase that states the
+#: conclusion *with* its history (medassist.synth.report.impression_items): "heavy smoker",
+#: not "primary lung malignancy", which every mass's impression says from the image alone
 EMR_DEPENDENT = {"metastatic_disease_suspected": "metastatic",
-                 "primary_lung_malignancy_suspected": "primary lung malignancy",
+                 "primary_lung_malignancy_suspected": "heavy smoker",
                  "pneumonia": "pneumonia", "effusion_cardiogenic": "cardiogenic"}
 
 
@@ -24,18 +27,23 @@ def impression_metrics(records: Sequence[CaseRecord], texts: Sequence[str]) -> d
     EMR-dependent conclusion (:data:`EMR_DEPENDENT`) with all of them stated, over
     ``n_emr_dependent`` cases; ``n_impression_false_emr_dependent``, the cases whose
     impression states one that the reference's impression does not (e.g. "metastatic" for a
-    patient with a known primary and no nodule; "primary lung malignancy" is not one where
-    the reference says it of a mass)."""
+    patient with a known primary and no nodule); ``impression_false_by_phrase``, those cases
+    per conclusion's key phrase (a case may count under more than one)."""
     hits, false = [], []
+    by_phrase = dict.fromkeys(EMR_DEPENDENT.values(), 0)
     for r, t in zip(records, texts, strict=True):
         codes = {i["code"] for i in r.meta.get("impression", [])} & set(EMR_DEPENDENT)
         imp = split_sections(t)[1].lower()
         ref = split_sections(report_target_text(r.report_text))[1].lower()
         if codes:
             hits.append(all(EMR_DEPENDENT[c] in imp for c in codes))
-        false.append(any(w in imp and w not in ref for w in EMR_DEPENDENT.values()))
+        unfounded = [w for w in EMR_DEPENDENT.values() if w in imp and w not in ref]
+        false.append(bool(unfounded))
+        for w in unfounded:
+            by_phrase[w] += 1
     return {"impression_acc_emr_dependent": float(np.mean(hits)) if hits else None,
-            "n_emr_dependent": len(hits), "n_impression_false_emr_dependent": int(sum(false))}
+            "n_emr_dependent": len(hits), "n_impression_false_emr_dependent": int(sum(false)),
+            "impression_false_by_phrase": by_phrase}
 
 
 def side_indices(cases: Sequence[Sequence[Any]]) -> npt.NDArray[np.int64]:

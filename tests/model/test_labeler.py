@@ -210,12 +210,28 @@ def test_impression_metrics_count_missed_and_unfounded_conclusions() -> None:
     none = impression_metrics(records[2:], texts[3:] * 2)
     assert none["impression_acc_emr_dependent"] is None and none["n_emr_dependent"] == 0
     assert none["n_impression_false_emr_dependent"] == 0
-    # a mass "suspicious for primary lung malignancy" is what the reference says of it too
+    # "suspicious for primary lung malignancy" is what every mass's impression says, from the
+    # image alone: not an EMR-dependent conclusion, right or wrong
     mass = rec("lung_mass_malignancy_suspected",
                impression="- 4.1 cm mass in the RUL, suspicious for primary lung malignancy.")
     said = "findings: a mass. impression: 1. mass, suspicious for primary lung malignancy."
     assert impression_metrics([mass], [said])["n_impression_false_emr_dependent"] == 0
-    assert impression_metrics([rec()], [said])["n_impression_false_emr_dependent"] == 1
+    assert impression_metrics([rec()], [said])["n_impression_false_emr_dependent"] == 0
+    # ... the EMR-dependent one states the smoking history it rests on
+    smoker = rec("primary_lung_malignancy_suspected", impression=(
+        "- Spiculated pulmonary nodule (RUL) in a heavy smoker (40 pack-years), suspicious for "
+        "primary lung malignancy."))
+    hit = impression_metrics([smoker], [
+        "findings: a nodule. impression: 1. spiculated pulmonary nodule (rul) in a heavy smoker "
+        "(40 pack-years), suspicious for primary lung malignancy."])
+    assert hit["impression_acc_emr_dependent"] == 1.0
+    assert impression_metrics([smoker], [said])["impression_acc_emr_dependent"] == 0.0
+    unfounded = impression_metrics([mass], [
+        "findings: a nodule. impression: 1. nodule in a heavy smoker, suspicious for primary lung "
+        "malignancy."])
+    assert unfounded["impression_false_by_phrase"] == {
+        "metastatic": 0, "heavy smoker": 1, "pneumonia": 0, "cardiogenic": 0}
+    assert m["impression_false_by_phrase"]["metastatic"] == 1
 
 
 def test_guard_flags_another_lobe_than_the_location_head() -> None:
