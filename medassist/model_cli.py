@@ -59,6 +59,9 @@ class TrainConfig:
     #: at chance then calls every case) or "micro_f1" (the best F1 of all calls together; a
     #: label whose calls lower it is never called)
     threshold_objective: str = "label_f1"
+    #: zoom augmentation of the training cases (``multimodal.augment.AugmentConfig`` keys: p,
+    #: zoom, min_kept, seed); empty = none
+    augment: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from multimodal.training import THRESHOLD_OBJECTIVES
@@ -70,6 +73,19 @@ class TrainConfig:
                                 f"{list(THRESHOLD_OBJECTIVES)}, got {self.threshold_objective!r}")
         if min(self.train_cases, self.max_emr_tokens) < 1 or self.val_cases < 0:
             raise ModelCLIError("train.train_cases and max_emr_tokens must be >= 1")
+        self.augment_config()  # a bad augment section fails when the file is read
+
+    def augment_config(self) -> Any:
+        from multimodal.augment import AugmentConfig
+        from multimodal.errors import ModelConfigError
+
+        unknown = set(self.augment) - set(AugmentConfig.__dataclass_fields__)
+        if unknown:
+            raise ModelCLIError(f"train.augment: unknown keys {sorted(unknown)}")
+        try:
+            return AugmentConfig(**self.augment)
+        except (TypeError, ModelConfigError) as exc:
+            raise ModelCLIError(f"train.augment: {exc}") from exc
 
     def optim_config(self) -> Any:
         from multimodal.training import OptimConfig
@@ -123,19 +139,48 @@ def load_records(tc: TrainConfig, cfg: Any) -> list[CaseRecord]:
 def training_samples(tc: TrainConfig, cfg: Any, tok: Any,
                      records: list[CaseRecord] | None) -> list[dict[str, Any]]:
     """Compact training samples of ``records`` (consumed: each record is dropped as its
-    sample is built), or with None of the case cache, one chunk of volumes at a time."""
+    sample is built), or with None of the case cache, one chunk of volumes at a time.  With
+    ``train.augment`` each case is first zoomed (:func:`augmented`)."""
+    from multimodal.augment import RandZoom
+
+    aug = tc.augment_config()
+    t = RandZoom(aug) if aug.active else None
     samples: list[dict[str, Any]] = []
+
+    def add(r: CaseRecord) -> None:
+        if t is not None:
+            r = augmented(r, t, aug.seed, tc.data_seed, len(samples))
+        samples.append(compact(record_sample(r, cfg, tok, tc.max_emr_tokens), cfg))
+
     if records is None:
         for chunk in iter_cached_chunks(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
                                         tc.train_cases):
-            samples += [compact(record_sample(r, cfg, tok, tc.max_emr_tokens), cfg)
-                        for r in chunk]
+            for r in chunk:
+                add(r)
         return samples
     records.reverse()
     while records:
-        samples.append(compact(record_sample(records.pop(), cfg, tok, tc.max_emr_tokens),
-                               cfg))
+        add(records.pop())
     return samples
+
+
+def augmented(r: CaseRecord, t: Any, seed: int, data_seed: int, index: int) -> CaseRecord:
+    """``r`` zoomed by ``t`` (:class:`multimodal.augment.RandZoom`) with training case
+    ``index``'s own generator: volume, label map and every finding's size (mm) scale
+    together; the factor goes to ``meta["zoom"]`` (None: left as generated)."""
+    import dataclasses
+
+    from multimodal.augment import case_rng
+
+    if r.hu is None:
+        return r
+    hu, lab, f = t(r.hu, r.label_map, case_rng(seed, data_seed, index))
+    if f is None:
+        return dataclasses.replace(r, meta={**r.meta, "zoom": None})
+    findings = [{**x, "size_mm": float(x["size_mm"]) * f} if "size_mm" in x else x
+                for x in r.findings]
+    return dataclasses.replace(r, hu=hu, label_map=lab, findings=findings,
+                               meta={**r.meta, "zoom": f})
 
 
 # --------------------------------------------------------------------------- train
@@ -206,7 +251,8 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
     t_data = time.perf_counter() - t0  # cases read or generated, samples built
     meta = {"model_config": tc.model_config, "data": {
         "source": tc.data_dir or f"medassist.synth fast path ({tc.synth_config})",
-        "data_seed": tc.data_seed, "train_cases": tc.train_cases, "val_cases": tc.val_cases}}
+        "data_seed": tc.data_seed, "train_cases": tc.train_cases, "val_cases": tc.val_cases,
+        **({"augment": tc.augment} if tc.augment_config().active else {})}}
     res = train_loop(model, cfg, tc.model_kind, tok, samples, oc, out, device=device,
                      resume=resume, stop_after=stop_after, log=log, extra_meta=meta,
                      calibration=cal, threshold_objective=tc.threshold_objective)

@@ -1,0 +1,148 @@
+"""Training augmentation: the same chest at another patient size (isotropic zoom).
+
+On the fixed physical grid a larger patient is a magnified chest, and the finding sizes grow
+with it.  :class:`RandZoom` magnifies (factor > 1) or shrinks a (z, y, x) HU volume and its
+label map about the grid centre by the same factor on every axis (isotropic in mm, whatever
+the voxel spacing), by trilinear (HU) and nearest (labels) interpolation; in-plane the
+surround is air, along z the edge slices continue (a scan is cut from a longer body).  Each
+case draws its own factor with a generator seeded by the case, so a training run and its
+resume see the same volumes.  MONAI-style: inputs are never mutated, and
+:class:`RandZoomd` leaves a missing CT missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from multimodal.errors import ModelConfigError, ShapeError
+from multimodal.transforms import MapTransformd
+
+F32 = npt.NDArray[np.float32]
+AIR = -1024.0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """``p`` 0 (or an empty zoom range) turns augmentation off."""
+
+    #: share of the training cases zoomed (the rest are used as generated)
+    p: float = 0.0
+    #: the zoom factor's range (drawn log-uniformly): > 1 a larger patient
+    zoom: tuple[float, float] = (1.0, 1.0)
+    #: a zoom is kept only if every finding keeps this share of its voxels on the grid
+    min_kept: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "zoom", tuple(float(x) for x in self.zoom))
+        if not 0.0 <= self.p <= 1.0:
+            raise ModelConfigError(f"augment.p must be in [0, 1], got {self.p}")
+        if len(self.zoom) != 2 or not 0.5 <= self.zoom[0] <= self.zoom[1] <= 2.0:
+            raise ModelConfigError("augment.zoom must be [lo, hi] with 0.5 <= lo <= hi <= 2, "
+                                   f"got {list(self.zoom)}")
+        if not 0.0 <= self.min_kept <= 1.0:
+            raise ModelConfigError(f"augment.min_kept must be in [0, 1], got {self.min_kept}")
+
+    @property
+    def active(self) -> bool:
+        return self.p > 0.0 and self.zoom != (1.0, 1.0)
+
+
+def zoom_volume(hu: npt.ArrayLike, factor: float, labels: npt.ArrayLike | None = None
+                ) -> tuple[F32, npt.NDArray[np.uint8] | None]:
+    """(z, y, x) HU (and label map) magnified by ``factor`` about the grid centre; the same
+    shape out.  Outside the source: air in-plane, the edge slice along z."""
+    a = np.asarray(hu, np.float32)
+    if a.ndim != 3:
+        raise ShapeError(f"expected a (z, y, x) HU volume, got shape {a.shape}")
+    if labels is not None and np.shape(labels) != a.shape:
+        raise ShapeError(f"label map {np.shape(labels)} does not match the volume {a.shape}")
+    if factor <= 0:
+        raise ValueError(f"zoom factor must be > 0, got {factor}")
+    z = a.shape[0]
+    m = max(1, int(np.ceil(z * (1.0 / factor - 1.0) / 2.0)) + 1) if factor < 1 else 0
+    # output voxel i samples the source at centre + (i - centre) / factor (align_corners)
+    axes = []
+    for n, pad in zip(a.shape, (m, 0, 0), strict=True):
+        c = (n - 1) / 2.0
+        src = c + (np.arange(n) - c) / factor + pad  # in the padded source's index
+        axes.append(torch.from_numpy(2.0 * src / (n + 2 * pad - 1) - 1.0).float())
+    gz, gy, gx = torch.meshgrid(*axes, indexing="ij")
+    grid = torch.stack([gx, gy, gz], -1)[None]  # (1, z, y, x, 3), x first
+
+    def sample(vol: npt.NDArray[Any], mode: str, shift: float) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(vol, np.float32) - shift)[None, None]
+        if m:
+            t = F.pad(t, (0, 0, 0, 0, m, m), mode="replicate")
+        return F.grid_sample(t, grid, mode=mode, padding_mode="zeros",
+                             align_corners=True)[0, 0] + shift
+
+    out = sample(a, "bilinear", AIR).numpy().astype(np.float32)
+    lab = None
+    if labels is not None:
+        lab = sample(np.asarray(labels), "nearest", 0.0).round().numpy().astype(np.uint8)
+    return out, lab
+
+
+class RandZoom:
+    """(hu, label map or None, generator) -> (hu, label map, factor or None: left as is)."""
+
+    def __init__(self, cfg: AugmentConfig) -> None:
+        self.cfg = cfg
+
+    def draw(self, rng: np.random.Generator) -> float | None:
+        c = self.cfg
+        if not c.active or rng.random() >= c.p:
+            return None
+        return float(np.exp(rng.uniform(np.log(c.zoom[0]), np.log(c.zoom[1]))))
+
+    def __call__(self, hu: npt.ArrayLike, labels: npt.ArrayLike | None,
+                 rng: np.random.Generator
+                 ) -> tuple[F32, npt.NDArray[np.uint8] | None, float | None]:
+        a = np.asarray(hu, np.float32)
+        lab_in = None if labels is None else np.asarray(labels, np.uint8)
+        f = self.draw(rng)
+        if f is None:
+            return a.copy(), None if lab_in is None else lab_in.copy(), None
+        out, lab = zoom_volume(a, f, lab_in)
+        if lab_in is not None and lab is not None:
+            for v in np.unique(lab_in[lab_in > 0]):
+                # voxel counts scale by f^3; a finding cut by the grid edge loses more
+                if (lab == v).sum() < self.cfg.min_kept * (lab_in == v).sum() * min(f, 1.0) ** 3:
+                    return a.copy(), lab_in.copy(), None
+        return out, lab, f
+
+
+def case_rng(seed: int, data_seed: int, index: int) -> np.random.Generator:
+    """The generator of training case ``index``: the same draw in every run and on resume."""
+    return np.random.default_rng([seed, data_seed, index])
+
+
+class RandZoomd(MapTransformd):
+    """Zooms the HU volume under each key and ``{key}_labels`` when present
+    (:class:`RandZoom`), with ``data["rng"]``; writes ``{key}_zoom`` (the factor or None)."""
+
+    def __init__(self, keys: Sequence[str], cfg: AugmentConfig,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.t = RandZoom(cfg)
+
+    def apply(self, key: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        rng = data.get("rng")
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError("RandZoomd needs data['rng'], a numpy Generator")
+        hu, lab, f = self.t(data[key], data.get(f"{key}_labels"), rng)
+        out: dict[str, Any] = {key: hu, f"{key}_zoom": f}
+        if lab is not None:
+            out[f"{key}_labels"] = lab
+        return out
+
+
+__all__ = ["AugmentConfig", "RandZoom", "RandZoomd", "case_rng", "zoom_volume"]

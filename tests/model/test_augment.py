@@ -1,0 +1,114 @@
+"""Zoom augmentation (patient size): config validation, the array and dictionary transforms,
+and the per-case draw that training and its resume share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medassist.errors import MedAssistError
+from medassist.model_cli import TrainConfig, augmented
+from medassist.model_data import CaseRecord
+from multimodal.augment import AugmentConfig, RandZoom, RandZoomd, case_rng, zoom_volume
+from multimodal.errors import ModalityError, ModelConfigError, ShapeError
+
+
+def _ball(shape: tuple[int, int, int], centre: tuple[float, float, float], r: float
+          ) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return np.asarray((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= r * r)
+
+
+def test_config_validation() -> None:
+    assert not AugmentConfig().active
+    assert not AugmentConfig(p=1.0).active  # zoom range [1, 1]: nothing to do
+    assert AugmentConfig(p=0.5, zoom=[0.9, 1.2]).zoom == (0.9, 1.2)  # type: ignore[arg-type]
+    with pytest.raises(ModelConfigError, match=r"augment\.p"):
+        AugmentConfig(p=1.5)
+    with pytest.raises(ModelConfigError, match=r"augment\.zoom"):
+        AugmentConfig(zoom=(1.2, 0.9))
+    with pytest.raises(ModelConfigError, match=r"augment\.zoom"):
+        AugmentConfig(zoom=(0.1, 1.0))
+    with pytest.raises(MedAssistError, match=r"train\.augment: unknown keys"):
+        TrainConfig(augment={"sigma": 1.0})
+    with pytest.raises(MedAssistError, match=r"train\.augment"):
+        TrainConfig(augment={"p": 2.0})
+
+
+def test_zoom_scales_a_finding_about_the_centre() -> None:
+    shape = (33, 33, 33)
+    lab = _ball(shape, (16, 16, 16), 4).astype(np.uint8)
+    hu = np.where(lab > 0, 40.0, -800.0).astype(np.float32)
+    before = hu.copy()
+    out, zl = zoom_volume(hu, 1.5, lab)
+    assert out.shape == shape and zl is not None and zl.shape == shape
+    assert np.array_equal(hu, before)  # the input is not changed
+    assert 2.8 < (zl > 0).sum() / (lab > 0).sum() < 3.9  # about 1.5^3 = 3.4
+    assert zl[16, 16, 16] == 1 and out[16, 16, 16] == pytest.approx(40.0)
+    same, same_lab = zoom_volume(hu, 1.0, lab)
+    assert np.allclose(same, hu, atol=1e-3) and same_lab is not None
+    assert np.array_equal(same_lab, lab)
+    # an off-centre finding moves away from the centre as it grows
+    off = _ball(shape, (16, 16, 24), 2).astype(np.uint8)
+    _, moved = zoom_volume(np.zeros(shape, np.float32), 1.25, off)
+    assert moved is not None  # centre x 16 + 8 * 1.25
+    assert np.argwhere(moved > 0)[:, 2].mean() == pytest.approx(26.0, abs=0.5)
+    with pytest.raises(ShapeError, match="label map"):
+        zoom_volume(hu, 1.2, lab[:-1])
+    with pytest.raises(ShapeError, match="z, y, x"):
+        zoom_volume(hu[0], 1.2)
+
+
+def test_shrinking_adds_air_in_plane_and_continues_the_slices_along_z() -> None:
+    hu = np.full((20, 24, 24), 30.0, np.float32)  # body filling the whole grid
+    out, _ = zoom_volume(hu, 0.8)
+    assert out[10, 0, 0] == pytest.approx(-1024.0)  # beyond the old in-plane edge: air
+    assert out[0, 12, 12] == pytest.approx(30.0, abs=1e-3)
+    assert out[-1, 12, 12] == pytest.approx(30.0, abs=1e-3)
+
+
+def test_rand_zoom_keeps_every_finding_or_leaves_the_case() -> None:
+    shape = (24, 32, 32)
+    hu = np.full(shape, -800.0, np.float32)
+    lab = _ball(shape, (12, 16, 16), 3).astype(np.uint8)
+    t = RandZoom(AugmentConfig(p=1.0, zoom=(1.3, 1.3)))
+    _out, zl, f = t(hu, lab, np.random.default_rng(0))
+    assert f == pytest.approx(1.3) and zl is not None and (zl > 0).sum() > (lab > 0).sum()
+    edge = _ball(shape, (12, 16, 30), 2).astype(np.uint8)  # at the grid's edge: cut off
+    kept, kept_lab, none = t(hu, edge, np.random.default_rng(0))
+    assert none is None and kept_lab is not None and np.array_equal(kept_lab, edge)
+    assert np.array_equal(kept, hu) and kept is not hu
+    off = RandZoom(AugmentConfig(p=0.0, zoom=(1.3, 1.3)))
+    assert off(hu, lab, np.random.default_rng(0))[2] is None
+
+
+def test_dictionary_version_keeps_a_missing_ct_missing() -> None:
+    t = RandZoomd(("ct",), AugmentConfig(p=1.0, zoom=(1.1, 1.2)), allow_missing_keys=True)
+    out = t({"ct": None, "emr": "note", "rng": np.random.default_rng(0)})
+    assert out["ct"] is None and "ct_zoom" not in out
+    hu = np.zeros((8, 8, 8), np.float32)
+    got = t({"ct": hu, "ct_labels": np.zeros((8, 8, 8), np.uint8),
+             "rng": np.random.default_rng(0)})
+    assert 1.1 <= got["ct_zoom"] <= 1.2 and got["ct_labels"].shape == (8, 8, 8)
+    with pytest.raises(ModalityError, match="missing"):
+        RandZoomd(("ct",), AugmentConfig())({"ct": None})
+    with pytest.raises(ValueError, match="rng"):
+        t({"ct": hu})
+
+
+def test_training_case_zoom_scales_the_finding_sizes() -> None:
+    shape = (16, 24, 24)
+    lab = _ball(shape, (8, 12, 12), 3).astype(np.uint8)
+    rec = CaseRecord(case_id="c", hu=np.full(shape, -800, np.int16), label_map=lab,
+                     findings=[{"kind": "lung_nodule", "label_value": 1, "size_mm": 8.0}],
+                     emr=None, report_text="", meta={"impression": []})
+    t = RandZoom(AugmentConfig(p=0.5, zoom=(0.9, 1.2)))
+    cases = [augmented(rec, t, 0, 7, i) for i in range(40)]
+    zooms = [c.meta["zoom"] for c in cases]
+    assert 8 < sum(z is None for z in zooms) < 32  # about half zoomed
+    for c, z in zip(cases, zooms, strict=True):
+        assert c.findings[0]["size_mm"] == pytest.approx(8.0 * (z or 1.0))
+    assert zooms == [augmented(rec, t, 0, 7, i).meta["zoom"] for i in range(40)]
+    assert zooms != [augmented(rec, t, 1, 7, i).meta["zoom"] for i in range(40)]
+    assert rec.findings[0]["size_mm"] == 8.0 and rec.label_map is lab  # not changed
+    assert case_rng(0, 7, 3).random() == case_rng(0, 7, 3).random()
