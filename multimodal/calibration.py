@@ -35,11 +35,15 @@ def fit_bilateral(left: Sequence[float], right: Sequence[float], truth: Sequence
     if n_bi < min_each or len(truth) - n_bi < min_each:
         return None
 
-    def hits(c: float) -> int:
-        return sum(side_from_probs(lp, rp, c) == t
-                   for lp, rp, t in zip(left, right, truth, strict=True))
+    return max((*BILATERAL_GRID, default),
+               key=lambda c: (_hits(left, right, truth, c), -abs(c - default)))
 
-    return max((*BILATERAL_GRID, default), key=lambda c: (hits(c), -abs(c - default)))
+
+def _hits(left: Sequence[float], right: Sequence[float], truth: Sequence[str],
+          cutoff: float) -> int:
+    """How many reference sides :func:`side_from_probs` states right at ``cutoff``."""
+    return sum(side_from_probs(lp, rp, cutoff) == t
+               for lp, rp, t in zip(left, right, truth, strict=True))
 
 
 def side_samples(outs: Sequence[ModelOutput], samples: Sequence[Mapping[str, Any]],
@@ -102,7 +106,10 @@ def fit_bilateral_cutoffs(outs: Sequence[ModelOutput], samples: Sequence[Mapping
             cut[heads.labels.index(lab)] = c
         report[lab] = {"cutoff": c, "fitted_on": "label" if own is not None else
                        "pooled" if shared is not None else "default",
-                       "n": len(t), "n_bilateral": sum(x == "bilateral" for x in t)}
+                       "n": len(t), "n_bilateral": sum(x == "bilateral" for x in t),
+                       "right_at_default": _hits(lp, rp, t, heads.bilateral_min_prob),
+                       "right_at_cutoff": _hits(lp, rp, t, heads.bilateral_min_prob
+                                                if c is None else c)}
     return cut, report
 
 

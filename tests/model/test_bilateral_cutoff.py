@@ -114,11 +114,16 @@ def test_fit_cutoffs_per_label_pooled_or_default(tiny_cfg: ModelConfig) -> None:
     assert len(per[cfg.heads.labels[0]][2]) == 4 and per[cfg.heads.labels[1]] == ([], [], [])
     cut, rep = fit_bilateral_cutoffs(outs, samples, cfg.heads, cfg.ct, min_each=3)
     assert bool((cut == -1).all()) and rep[cfg.heads.labels[0]]["fitted_on"] == "default"
-    # with 3 bilateral positives whose weaker side is 0.65 too, the fit cannot separate
-    # them from the one-sided ones; it keeps as many right as it can, nearest 0.5
+    # with 3 bilateral positives whose weaker side is 0.65 too, no cut-off gets all 7 right:
+    # 0.5 states all 7 bilateral (3 right), a cut-off above the weaker side all 7 left (4
+    # right); the fit takes the lowest such candidate
     samples = [sample(left_i)] * 4 + [sample(bi_i)] * 3
     cut, rep = fit_bilateral_cutoffs([out] * 7, samples, cfg.heads, cfg.ct, min_each=3)
-    assert float(cut[0]) <= 0.65 and rep[cfg.heads.labels[0]]["fitted_on"] == "label"
+    weak = per[cfg.heads.labels[0]][1][0]  # finding 0's right-side probability
+    assert 0.6 < weak < float(cut[0]) <= weak + 0.025
+    own = rep[cfg.heads.labels[0]]
+    assert own["fitted_on"] == "label" and own["right_at_default"] == 3
+    assert own["right_at_cutoff"] == 4
     # label 1 had no positive of its own: it takes the pooled cut-off
     assert float(cut[1]) == float(cut[0]) and rep[cfg.heads.labels[1]]["fitted_on"] == "pooled"
     assert float(cut[2]) == -1.0  # not an evidence-side label
