@@ -145,6 +145,7 @@ def training_samples(tc: TrainConfig, cfg: Any, tok: Any,
 
     aug = tc.augment_config()
     t = RandZoom(aug) if aug.active else None
+    fixed_mmap_threshold()
     samples: list[dict[str, Any]] = []
 
     def add(r: CaseRecord) -> None:
@@ -162,6 +163,28 @@ def training_samples(tc: TrainConfig, cfg: Any, tok: Any,
     while records:
         add(records.pop())
     return samples
+
+
+def fixed_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
+    """Keep glibc's malloc serving blocks of ``nbytes`` and more with mmap (returned to the
+    system when freed).  By default glibc raises that threshold after the first such block
+    is freed, and thousands of transient multi-MB volumes (a case's HU, its zoomed copy) then
+    fragment the heap between the samples that stay: building 400 zoomed samples held 1.43
+    GB instead of 0.97 GB, and the 4,800-case run was killed at 24 GB.  False where the C
+    library has no ``mallopt`` (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        fn = getattr(libc, "mallopt", None)
+    except OSError:
+        return False
+    if fn is None:
+        return False
+    m_mmap_threshold = -3  # <malloc.h>
+    return bool(fn(m_mmap_threshold, int(nbytes)))
 
 
 def augmented(r: CaseRecord, t: Any, seed: int, data_seed: int, index: int) -> CaseRecord:
