@@ -112,3 +112,12 @@ def test_training_case_zoom_scales_the_finding_sizes() -> None:
     assert zooms != [augmented(rec, t, 1, 7, i).meta["zoom"] for i in range(40)]
     assert rec.findings[0]["size_mm"] == 8.0 and rec.label_map is lab  # not changed
     assert case_rng(0, 7, 3).random() == case_rng(0, 7, 3).random()
+
+
+def test_sample_building_keeps_large_blocks_out_of_the_heap() -> None:
+    import ctypes.util
+
+    from medassist.model_cli import fixed_mmap_threshold
+
+    # glibc (every Linux CI image here) has mallopt; elsewhere the call reports False
+    assert fixed_mmap_threshold() is (ctypes.util.find_library("c") is not None)
