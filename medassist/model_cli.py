@@ -169,9 +169,9 @@ def fixed_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
     """Keep glibc's malloc serving blocks of ``nbytes`` and more with mmap (returned to the
     system when freed).  By default glibc raises that threshold after the first such block
     is freed, and thousands of transient multi-MB volumes (a case's HU, its zoomed copy) then
-    fragment the heap between the samples that stay: building 400 zoomed samples held 1.43
-    GB instead of 0.97 GB, and the 4,800-case run was killed at 24 GB.  False where the C
-    library has no ``mallopt`` (not glibc)."""
+    fragment the heap between the samples that stay (the first 4,800-case zoom run was
+    killed by the OOM killer while building them).  False where the C library has no
+    ``mallopt`` (not glibc)."""
     import ctypes
     import ctypes.util
 
