@@ -1,8 +1,9 @@
 """Which of the ``--shift`` split's factors costs a checkpoint its findings?
 
-The shift split (``SynthConfig.shifted``) changes four groups of generator settings at once:
-the scanner (model, kVp, mAs, soft kernel, noise scale), the slice thickness, the patient
-size (``anatomy.size_scale``) and the subcutaneous fat (``anatomy.fat_mm``).  This bench
+The shift split (``SynthConfig.shifted``, ``SHIFT_GROUPS``) changes four groups of generator
+settings at once: the scanner (model, kVp, mAs, soft kernel, noise scale), the slice
+thickness, the patient size (``anatomy.size_scale``) and the subcutaneous fat
+(``anatomy.fat_mm``).  This bench
 writes ``--cases`` test cases (DICOM, like ``medassist synth``) of the base generator
 config, of the config with one group replaced by its shift values at a time, and of the
 whole shift (``--shift``), and scores the checkpoint's findings on each (``medassist eval``'s
@@ -21,7 +22,6 @@ Cases are written under ``--out``/<variant>/test (rewritten each run).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -37,31 +37,10 @@ sys.path.insert(0, str(REPO))
 from medassist.model_data import folder_records, record_sample  # noqa: E402
 from medassist.model_eval import evaluate  # noqa: E402
 from medassist.synth.case import make_case  # noqa: E402
-from medassist.synth.config import SynthConfig, load_config  # noqa: E402
+from medassist.synth.config import SHIFT_GROUPS, SynthConfig, load_config  # noqa: E402
 from medassist.synth.findings import load_vocabulary  # noqa: E402
 from medassist.synth.writer import write_case  # noqa: E402
 from multimodal.checkpoint import load_checkpoint  # noqa: E402
-
-GROUPS = ("scanner", "slices", "size", "fat")
-
-
-def one_factor(cfg: SynthConfig, group: str) -> SynthConfig:
-    """``cfg`` with only ``group``'s settings replaced by its shift values (as
-    :meth:`SynthConfig.shifted` sets them)."""
-    s = cfg.shift
-    if group == "scanner":
-        return dataclasses.replace(cfg, scanner=dataclasses.replace(
-            cfg.scanner, model_names=s.model_names, kvp=s.kvp, mas=s.mas,
-            soft_kernels=s.soft_kernels, noise_scale=cfg.scanner.noise_scale * s.noise_scale))
-    if group == "slices":
-        return dataclasses.replace(cfg, geometry=dataclasses.replace(
-            cfg.geometry, slice_thickness_mm=s.slice_thickness_mm))
-    if group == "size":
-        return dataclasses.replace(cfg, anatomy=dataclasses.replace(
-            cfg.anatomy, size_scale=s.size_scale))
-    if group == "fat":
-        return dataclasses.replace(cfg, anatomy=dataclasses.replace(cfg.anatomy, fat_mm=s.fat_mm))
-    raise ValueError(f"unknown group {group!r}; choose from {list(GROUPS)}")
 
 
 def write_split(cfg: SynthConfig, out: Path, cases: int, seed: int, shift: bool) -> Path:
@@ -95,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth-config",
                     default=str(REPO / "configs/synth/small_fleischner_body.yaml"))
     ap.add_argument("--out", default=str(REPO / "runs" / "shift_factors"))
-    ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
+    ap.add_argument("--groups", nargs="+", default=list(SHIFT_GROUPS), choices=SHIFT_GROUPS)
     a = ap.parse_args(argv)
     model, mcfg, _kind, tok, _meta = load_checkpoint(a.checkpoint)
     base = load_config(Path(a.synth_config))
     variants: list[tuple[str, SynthConfig, bool]] = [("base", base, False)]
-    variants += [(g, one_factor(base, g), False) for g in a.groups]
+    variants += [(g, base.shifted((g,)), False) for g in a.groups]
     variants.append(("all (--shift)", base, True))
     res: dict[str, Any] = {"checkpoint": a.checkpoint, "synth_config": a.synth_config,
                            "cases": a.cases, "seed": a.seed, "variants": {}}

@@ -8,7 +8,7 @@ Ranges are ``(low, high)`` pairs sampled uniformly; "choices" are tuples sampled
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,6 +309,10 @@ class ShiftConfig:
             raise SynthConfigError("shift.noise_scale must be >= 0")
 
 
+#: the factor groups of the ``--shift`` split (:meth:`SynthConfig.shifted`)
+SHIFT_GROUPS: tuple[str, ...] = ("scanner", "slices", "size", "fat")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """All of the generator's configuration."""
@@ -323,18 +327,29 @@ class SynthConfig:
     splits: SplitConfig = field(default_factory=SplitConfig)
     shift: ShiftConfig = field(default_factory=ShiftConfig)
 
-    def shifted(self) -> SynthConfig:
-        """The configuration with the ``shift`` values applied (scanner, noise, slices, size)."""
-        s = self.shift
-        return dataclasses.replace(
-            self,
-            scanner=dataclasses.replace(
-                self.scanner, model_names=s.model_names, kvp=s.kvp, mas=s.mas,
-                soft_kernels=s.soft_kernels, noise_scale=self.scanner.noise_scale * s.noise_scale,
-            ),
-            geometry=dataclasses.replace(self.geometry, slice_thickness_mm=s.slice_thickness_mm),
-            anatomy=dataclasses.replace(self.anatomy, size_scale=s.size_scale, fat_mm=s.fat_mm),
-        )
+    def shifted(self, groups: Sequence[str] = SHIFT_GROUPS) -> SynthConfig:
+        """The configuration with the ``shift`` values applied, for the factor ``groups``
+        (:data:`SHIFT_GROUPS`; all by default): "scanner" (model, kVp, mAs, soft kernels,
+        noise), "slices" (slice thickness), "size" (anatomy size scale), "fat"."""
+        unknown = sorted(set(groups) - set(SHIFT_GROUPS))
+        if unknown:
+            raise SynthConfigError(f"unknown shift groups {unknown}; choose from "
+                                   f"{list(SHIFT_GROUPS)}")
+        s, out = self.shift, self
+        if "scanner" in groups:
+            out = dataclasses.replace(out, scanner=dataclasses.replace(
+                out.scanner, model_names=s.model_names, kvp=s.kvp, mas=s.mas,
+                soft_kernels=s.soft_kernels, noise_scale=out.scanner.noise_scale * s.noise_scale))
+        if "slices" in groups:
+            out = dataclasses.replace(out, geometry=dataclasses.replace(
+                out.geometry, slice_thickness_mm=s.slice_thickness_mm))
+        if "size" in groups:
+            out = dataclasses.replace(out, anatomy=dataclasses.replace(
+                out.anatomy, size_scale=s.size_scale))
+        if "fat" in groups:
+            out = dataclasses.replace(out, anatomy=dataclasses.replace(
+                out.anatomy, fat_mm=s.fat_mm))
+        return out
 
 
 def config_from_mapping(data: Mapping[str, Any]) -> SynthConfig:

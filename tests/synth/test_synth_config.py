@@ -50,3 +50,20 @@ def test_shift_changes_distribution() -> None:
     assert s.scanner.kvp != cfg.scanner.kvp
     assert s.geometry.slice_thickness_mm != cfg.geometry.slice_thickness_mm
     assert s.anatomy.size_scale[0] > cfg.anatomy.size_scale[0]
+
+
+def test_shift_one_group_at_a_time() -> None:
+    import dataclasses
+
+    cfg = SynthConfig()
+    size = cfg.shifted(("size",))
+    assert size.anatomy.size_scale == cfg.shift.size_scale
+    assert dataclasses.replace(size, anatomy=cfg.anatomy) == cfg  # nothing else changed
+    scanner = cfg.shifted(("scanner",))
+    assert scanner.scanner.noise_scale == cfg.scanner.noise_scale * cfg.shift.noise_scale
+    assert scanner.geometry == cfg.geometry and scanner.anatomy == cfg.anatomy
+    every = cfg.shifted(("scanner",)).shifted(("slices", "size", "fat"))
+    assert every == cfg.shifted()
+    assert cfg.shifted(()) == cfg
+    with pytest.raises(SynthConfigError, match="unknown shift groups"):
+        cfg.shifted(("kernel",))
