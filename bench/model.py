@@ -3,7 +3,10 @@
     .venv/bin/python bench/model.py [--checkpoint models/demo] [--quick]
 
 * study-to-draft latency (excluding the DICOM read): forward + greedy report, fp32 vs
-  dynamic int8 (torch.ao dynamic quantization of nn.Linear), with the fp32 draft's CPU time
+  dynamic int8 (torch.ao dynamic quantization of nn.Linear), and fp32 vs the same weights
+  on the stock CPU operators the fast path replaces (PyTorch's own convolution pick, which
+  is slow_conv3d for one case's small maps, and avg_pool3d / max_pool3d pooling: the draft
+  as it ran until stop 24), with the fp32 draft's CPU time
   by operator group (pooling, convolution, linear, attention, other; torch.profiler) and the
   speed-up int8 could give at most if nn.Linear took no time;
 * KV-cache decoding vs recomputation for 256 tokens;
@@ -71,6 +74,34 @@ def _time(fn: Any, reps: int) -> float:
     return (time.perf_counter() - t0) / reps
 
 
+def stock_operators(model: Any) -> Any:
+    """A copy of ``model`` on the stock operators that :class:`multimodal.layers.Conv3d` and
+    :func:`multimodal.stems.block_stats` replace (the baseline of the CPU fast path)."""
+    import copy
+    import types
+
+    import torch.nn.functional as F
+
+    from multimodal.layers import Conv3d
+
+    m = copy.deepcopy(model)
+    for mod in m.modules():
+        if isinstance(mod, Conv3d):
+            mod.__class__ = torch.nn.Conv3d
+    stem = m.stems["ct"]
+
+    def pool(self: Any, ct: torch.Tensor) -> torch.Tensor:
+        k = self.cfg.pre_pool
+        if not self.cfg.pooled:
+            return ct
+        parts = {"mean": lambda: F.avg_pool3d(ct, k), "max": lambda: F.max_pool3d(ct, k),
+                 "min": lambda: -F.max_pool3d(-ct, k)}
+        return torch.stack([parts[s]() for s in self.cfg.pool_stats], 2).flatten(1, 2)
+
+    stem.pool = types.MethodType(pool, stem)
+    return m
+
+
 def latency(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
     x = _input(cfg, 400)
 
@@ -79,14 +110,25 @@ def latency(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
             out = m(x)
             m.generate(out, max_new=cfg.decoder.max_len - 1)
 
-    fp32 = _time(lambda: draft(model), reps)
+    stock = stock_operators(model)
+    # interleaved, so both see the same machine load
+    fp32 = stock_s = 0.0
+    for _ in range(3):
+        fp32 += _time(lambda: draft(model), reps) / 3
+        stock_s += _time(lambda: draft(stock), reps) / 3
+    with torch.no_grad():
+        same = model(x).presence_prob, stock(x).presence_prob
     shares = op_shares(lambda: draft(model))
     q = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
         model, {torch.nn.Linear}, dtype=torch.qint8)
     int8 = _time(lambda: draft(q), reps)
     with torch.no_grad():
         a, b = model(x), q(x)
-    return {"fp32_s": round(fp32, 4), "int8_s": round(int8, 4),
+    return {"fp32_s": round(fp32, 4),
+            "native_conv_pool_s": round(stock_s, 4),
+            "fast_path_speedup": round(stock_s / fp32, 3),
+            "fast_path_max_prob_diff": round(float((same[0] - same[1]).abs().max()), 6),
+            "int8_s": round(int8, 4),
             "int8_speedup": round(fp32 / int8, 3),
             "int8_max_prob_diff": round(float((a.presence_prob - b.presence_prob).abs().max()),
                                         4),

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from multimodal.config import CTStemConfig
 from multimodal.errors import ShapeError
+from multimodal.layers import Conv3d
 
 
 class DenseDetector(nn.Module):
@@ -32,8 +33,8 @@ class DenseDetector(nn.Module):
         pg = cfg.patch_grid
         self.cells = (self.shape[0] // pg[0], self.shape[1] // pg[1], self.shape[2] // pg[2])
         self.net = nn.Sequential(
-            nn.Conv3d(c1, h, 3, padding=1), nn.GroupNorm(1, h), nn.GELU(),
-            nn.Conv3d(h, h, 3, padding=1), nn.GELU(), nn.Conv3d(h, n_labels, 1))
+            Conv3d(c1, h, 3, padding=1), nn.GroupNorm(1, h), nn.GELU(),
+            Conv3d(h, h, 3, padding=1), nn.GELU(), nn.Conv3d(h, n_labels, 1))
 
     def forward(self, fmap: Tensor) -> Tensor:
         if fmap.ndim != 5 or tuple(fmap.shape[2:]) != self.shape:

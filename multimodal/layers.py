@@ -7,6 +7,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs a single CPU float32 case through oneDNN (mkldnn) at inference
+    (no autograd).
+
+    PyTorch picks its native ``slow_conv3d`` for a batch of one whose
+    ``N * C * D * H`` is at most 20,480 elements (the dense detector's and the later stem
+    layers' maps at inference), about 3 to 8 times slower here than oneDNN on the same
+    input (``python bench/model.py --only latency``: ``native_conv_pool_s``). Anything with
+    autograd on (training, which this was not measured for), batches above one
+    (batched drafting: PyTorch picks oneDNN itself), 1 x 1 x 1 kernels (faster natively),
+    other devices and dtypes, and ONNX export keep the stock path. Parameter
+    names and results (to float rounding) are those of ``nn.Conv3d``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (not torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export()
+                and x.ndim == 5 and x.shape[0] == 1
+                and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and self.padding_mode == "zeros"
+                and isinstance(self.padding, tuple) and self.kernel_size != (1, 1, 1)
+                and torch.backends.mkldnn.is_available()):  # type: ignore[no-untyped-call]
+            out: Tensor = torch.ops.aten.mkldnn_convolution(
+                x.contiguous(), self.weight, self.bias, list(self.padding), list(self.stride),
+                list(self.dilation), self.groups)
+            return out
+        return super().forward(x)
+
+
 def attn_bias(mask: Tensor | None, bias: Tensor | None) -> Tensor | None:
     """Combine a boolean keep-mask and an additive float bias into one SDPA float mask."""
     if mask is None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import typing
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multimodal.config import CTStemConfig, EMRStemConfig
 from multimodal.errors import ShapeError
-from multimodal.layers import sinusoidal
+from multimodal.layers import Conv3d, sinusoidal
 
 
 class RelPosBias3D(nn.Module):
@@ -33,6 +32,40 @@ class RelPosBias3D(nn.Module):
         return out
 
 
+_REDUCE: dict[str, typing.Callable[[Tensor, Tensor], Tensor]] = {
+    "mean": torch.add, "max": torch.maximum, "min": torch.minimum}
+
+
+def block_stats(ct: Tensor, block: tuple[int, int, int], stats: typing.Sequence[str]) -> Tensor:
+    """(B, C, Z, Y, X) -> (B, C * len(stats), Z/bz, Y/by, X/bx): each non-overlapping block
+    summarised by ``stats`` ("mean", "max", "min"), window-major channel order.
+
+    The blocks are reduced one axis at a time (z, y, x) over the strided slices i, i + b, ...,
+    in the order of :class:`multimodal.transforms.BlockPool` (the training storage), so a
+    drafted volume is pooled to the same float values as a training case; about 8 times
+    faster here than ``avg_pool3d`` + two ``max_pool3d`` (``bench/model.py``)."""
+    if ct.ndim != 5 or any(n % b for n, b in zip(ct.shape[2:], block, strict=True)):
+        raise ShapeError(f"expected (B, C, Z, Y, X) divisible by {block}, "
+                         f"got {tuple(ct.shape)}")
+    bad = [s for s in stats if s not in _REDUCE]
+    if bad or not stats:
+        raise ShapeError(f"unknown block statistics {bad or list(stats)}: use mean, max, min")
+    outs = []
+    for st in stats:
+        v = ct
+        for ax, b in zip((2, 3, 4), block, strict=True):
+            if b == 1:
+                continue
+            shape = list(v.shape)
+            parts = v.reshape(*shape[:ax], shape[ax] // b, b, *shape[ax + 1:]).unbind(ax + 1)
+            acc = parts[0]
+            for part in parts[1:]:
+                acc = _REDUCE[st](acc, part)
+            v = acc
+        outs.append(v / float(block[0] * block[1] * block[2]) if st == "mean" else v)
+    return torch.stack(outs, 2).flatten(1, 2)  # (B, C, S, z, y, x) -> (B, C * S, z, y, x)
+
+
 def _groups(ch: int) -> int:
     return next(g for g in (8, 4, 2, 1) if ch % g == 0)
 
@@ -51,13 +84,13 @@ class CTStem(nn.Module):
         cin = cfg.in_channels
         rem = list(cfg.stem_patch)
         for ch, st in zip(cfg.conv_stem, cfg.stem_strides(), strict=True):
-            layers += [nn.Conv3d(cin, ch, 3, stride=st, padding=1),
+            layers += [Conv3d(cin, ch, 3, stride=st, padding=1),
                        nn.GroupNorm(_groups(ch), ch), nn.GELU()]
             cin = ch
             rem = [r // s for r, s in zip(rem, st, strict=True)]
         self.conv = nn.Sequential(*layers)
         k = (rem[0], rem[1], rem[2])
-        self.embed = nn.Conv3d(cin, dim, kernel_size=k, stride=k)
+        self.embed = Conv3d(cin, dim, kernel_size=k, stride=k)
         gz, gy, gx = cfg.patch_grid
         if cfg.abs_pos == "learned":
             self.pos = nn.Parameter(torch.zeros(1, cfg.n_patches, dim))
@@ -95,13 +128,9 @@ class CTStem(nn.Module):
     def pool(self, ct: Tensor) -> Tensor:
         """(B, C, Z, Y, X) -> (B, C * len(pool_stats), Z/pz, Y/py, X/px): block statistics
         (window-major channel order); identity when ``pre_pool`` is (1, 1, 1)."""
-        k = self.cfg.pre_pool
         if not self.cfg.pooled:
             return ct
-        parts = {"mean": lambda: F.avg_pool3d(ct, k), "max": lambda: F.max_pool3d(ct, k),
-                 "min": lambda: -F.max_pool3d(-ct, k)}
-        stats = [parts[s]() for s in self.cfg.pool_stats]  # each (B, C, z, y, x)
-        return torch.stack(stats, 2).flatten(1, 2)
+        return block_stats(ct, self.cfg.pre_pool, self.cfg.pool_stats)
 
     def bias(self) -> Tensor | None:
         """Relative position bias (H, N, N) for the shared encoder, or None."""
