@@ -28,22 +28,29 @@ def impression_metrics(records: Sequence[CaseRecord], texts: Sequence[str]) -> d
     ``n_emr_dependent`` cases; ``n_impression_false_emr_dependent``, the cases whose
     impression states one that the reference's impression does not (e.g. "metastatic" for a
     patient with a known primary and no nodule); ``impression_false_by_phrase``, those cases
-    per conclusion's key phrase (a case may count under more than one)."""
+    per conclusion's key phrase (a case may count under more than one);
+    ``impression_by_code``, per EMR-dependent code the cases whose reference draws it and
+    those whose impression states it (which conclusions are missed: the nodule-based ones,
+    "metastatic" and "heavy smoker", need a nodule to be called first)."""
     hits, false = [], []
     by_phrase = dict.fromkeys(EMR_DEPENDENT.values(), 0)
+    by_code = {c: {"cases": 0, "stated": 0} for c in EMR_DEPENDENT}
     for r, t in zip(records, texts, strict=True):
         codes = {i["code"] for i in r.meta.get("impression", [])} & set(EMR_DEPENDENT)
         imp = split_sections(t)[1].lower()
         ref = split_sections(report_target_text(r.report_text))[1].lower()
         if codes:
             hits.append(all(EMR_DEPENDENT[c] in imp for c in codes))
+        for c in codes:
+            by_code[c]["cases"] += 1
+            by_code[c]["stated"] += int(EMR_DEPENDENT[c] in imp)
         unfounded = [w for w in EMR_DEPENDENT.values() if w in imp and w not in ref]
         false.append(bool(unfounded))
         for w in unfounded:
             by_phrase[w] += 1
     return {"impression_acc_emr_dependent": float(np.mean(hits)) if hits else None,
             "n_emr_dependent": len(hits), "n_impression_false_emr_dependent": int(sum(false)),
-            "impression_false_by_phrase": by_phrase}
+            "impression_false_by_phrase": by_phrase, "impression_by_code": by_code}
 
 
 def side_indices(cases: Sequence[Sequence[Any]]) -> npt.NDArray[np.int64]:

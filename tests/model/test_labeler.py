@@ -207,6 +207,10 @@ def test_impression_metrics_count_missed_and_unfounded_conclusions() -> None:
     m = impression_metrics(records, texts)
     assert m["n_emr_dependent"] == 2 and m["impression_acc_emr_dependent"] == 0.5
     assert m["n_impression_false_emr_dependent"] == 1  # the third: no metastasis in its reference
+    assert m["impression_by_code"] == {
+        "metastatic_disease_suspected": {"cases": 1, "stated": 1},
+        "primary_lung_malignancy_suspected": {"cases": 0, "stated": 0},
+        "pneumonia": {"cases": 1, "stated": 0}, "effusion_cardiogenic": {"cases": 0, "stated": 0}}
     none = impression_metrics(records[2:], texts[3:] * 2)
     assert none["impression_acc_emr_dependent"] is None and none["n_emr_dependent"] == 0
     assert none["n_impression_false_emr_dependent"] == 0
