@@ -80,8 +80,14 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
                     "laterality_acc_tp": float(lat_hit[tp_mask[:, f], f].mean()) if tp else None}
         # size error on this label's true positives with a reference size (which finding a
         # pooled size MAE comes from)
-        e = err[tp_mask[:, f] & ~np.isnan(st[:, f]), f]
+        has = tp_mask[:, f] & ~np.isnan(st[:, f])
+        e = err[has, f]
         per[lab]["size_mae_mm_tp"] = float(e.mean()) if e.size else None
+        if lab in size_labels:
+            # each true positive's (reference, stated) size: a head that states the median
+            # size for every case shows here, not in the mean error
+            per[lab]["size_pairs_mm_tp"] = [[round(float(a), 1), round(float(b), 1)]
+                                            for a, b in zip(st[has, f], sp[has, f], strict=True)]
     supported = [v["f1"] for v in per.values() if v["support"] > 0]
     aucs = [v["auroc"] for v in per.values() if v["auroc"] is not None]
     lat_ok = lat_hit[tp_mask]

@@ -148,6 +148,8 @@ def test_size_mae_per_finding() -> None:
     assert m["per_finding"]["lung_nodule"]["size_mae_mm_tp"] == 1.5
     assert m["per_finding"]["lung_mass"]["size_mae_mm_tp"] == 10.0
     assert m["size_mae_mm_nodule_mass"] == (2.0 + 1.0 + 10.0) / 3
+    assert m["per_finding"]["lung_nodule"]["size_pairs_mm_tp"] == [[6.0, 8.0], [10.0, 9.0]]
+    assert m["per_finding"]["lung_mass"]["size_pairs_mm_tp"] == [[40.0, 30.0]]
     none = findings_metrics(labels, pred.astype(float), np.zeros_like(pred), truth,
                             np.zeros((3, 2)), np.zeros((3, 2)), size_pred, size_true)
     assert none["per_finding"]["lung_mass"]["size_mae_mm_tp"] is None
