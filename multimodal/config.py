@@ -185,12 +185,19 @@ class LongEMRConfig:
     n_memory: int = 16
     #: bench only: one pass of full attention over all tokens, all tokens handed to fusion
     full_attention: bool = False
+    #: training only: probability per batch that the EMR runs in the full-attention mode
+    #: above, so that one set of weights serves both modes (the bench's "same model with
+    #: full attention"); inference uses ``full_attention``
+    full_attention_p: float = 0.0
 
     def __post_init__(self) -> None:
         _pos("long_emr.segment_len/window/n_memory", self.segment_len, self.window,
              self.n_memory)
         if self.window > self.segment_len:
             raise ModelConfigError("long_emr.window must be <= long_emr.segment_len")
+        if not 0.0 <= self.full_attention_p <= 1.0:
+            raise ModelConfigError(
+                f"long_emr.full_attention_p must be in [0, 1], got {self.full_attention_p}")
 
 
 @dataclass(frozen=True)

@@ -71,13 +71,14 @@ class LongEMREncoder(nn.Module):
         return keep[:, None]
 
     def forward(self, stem: EMRStem, encoder: SharedEncoder, ids: Tensor, valid: Tensor,
-                present: Tensor) -> EMREncoding:
-        """ids, valid (B, T); present (B,) bool -> :class:`EMREncoding`."""
+                present: Tensor, full: bool | None = None) -> EMREncoding:
+        """ids, valid (B, T); present (B,) bool -> :class:`EMREncoding`; ``full`` overrides
+        ``cfg.full_attention`` for this call (training's mode mix)."""
         b, t = ids.shape
         valid = valid & present[:, None]
         mem = self.memory.expand(b, -1, -1)
         seg = self.cfg.segment_len
-        if self.cfg.full_attention:
+        if self.cfg.full_attention if full is None else full:
             # bench baseline: the same embeddings (segment-local positions), one pass of full
             # attention over memory + all tokens; every token is handed to fusion
             parts = [stem(ids[:, s0: s0 + seg]) for s0 in range(0, t, seg)]

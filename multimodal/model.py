@@ -126,8 +126,12 @@ class FusionModel(nn.Module):
         if x.ct is not None:
             ct_tok, dense, dense_patch = self.encode_ct_dense(x.ct)
         if x.emr_ids is not None and x.emr_mask is not None:
+            full = None
+            if self.training and self.cfg.long_emr.full_attention_p > 0:
+                # one draw per batch: memory tokens or every token handed to fusion
+                full = bool(torch.rand(()) < self.cfg.long_emr.full_attention_p)
             enc = self.long_emr(self.stems["emr"], self.encoder, x.emr_ids, x.emr_mask,
-                                x.emr_present)
+                                x.emr_present, full)
             emr_mem, emr_tok, emr_valid = enc.memory, enc.tokens, enc.token_mask
             emr_mem_valid = enc.memory_mask
         ct_used, emr_used = x.ct_present.clone(), x.emr_present.clone()

@@ -171,3 +171,38 @@ def test_full_attention_mode_matches_single_segment(tiny_cfg: ModelConfig) -> No
     assert b.memory.shape == (2, m + 50, d)  # full attention hands every token to fusion
     assert torch.allclose(a.memory, b.memory[:, :m], atol=1e-5)
     assert torch.allclose(a.tokens, b.tokens, atol=1e-5)
+
+
+def test_full_attention_mix_in_training(tiny_cfg: ModelConfig,
+                                        make_batch: Callable[..., ModelInput]) -> None:
+    """long_emr.full_attention_p: in training, a batch runs the full-attention mode with that
+    probability (p 1: always, as a full_attention model); inference keeps the configured
+    mode (memory tokens)."""
+    import dataclasses
+
+    from multimodal.config import LongEMRConfig
+    from multimodal.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError, match="full_attention_p"):
+        LongEMRConfig(full_attention_p=1.5)
+    # no modality dropout: the comparison does not depend on the random draws
+    base = dataclasses.replace(tiny_cfg, gating=dataclasses.replace(tiny_cfg.gating,
+                                                                    drop_emr=0.0, drop_ct=0.0))
+
+    def with_emr(**kw: object) -> FusionModel:
+        torch.manual_seed(0)
+        return FusionModel(dataclasses.replace(base, long_emr=dataclasses.replace(
+            base.long_emr, **kw)))
+
+    mix, full, mem = with_emr(full_attention_p=1.0), with_emr(full_attention=True), with_emr()
+    x = make_batch(t=100)  # two segments of 64
+    mix.train()
+    full.train()
+    torch.testing.assert_close(mix(x).presence_logits, full(x).presence_logits)
+    mix.eval()
+    mem.eval()
+    full.eval()
+    with torch.no_grad():
+        a, b, c = mix(x).presence_logits, mem(x).presence_logits, full(x).presence_logits
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)  # the two modes do differ on this input
