@@ -76,7 +76,7 @@ def _time(fn: Any, reps: int) -> float:
 
 def stock_operators(model: Any) -> Any:
     """A copy of ``model`` on the stock operators that :class:`multimodal.layers.Conv3d` and
-    :func:`multimodal.stems.block_stats` replace (the baseline of the CPU fast path)."""
+    :func:`multimodal.transforms.block_stats` replace (the baseline of the CPU fast path)."""
     import copy
     import types
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from multimodal.config import CTStemConfig, EMRStemConfig
 from multimodal.errors import ShapeError
 from multimodal.layers import Conv3d, sinusoidal
+from multimodal.transforms import block_stats
 
 
 class RelPosBias3D(nn.Module):
@@ -30,40 +31,6 @@ class RelPosBias3D(nn.Module):
         idx = typing.cast(Tensor, self.index)
         out: Tensor = self.table[idx].permute(2, 0, 1)  # (H, N, N)
         return out
-
-
-_REDUCE: dict[str, typing.Callable[[Tensor, Tensor], Tensor]] = {
-    "mean": torch.add, "max": torch.maximum, "min": torch.minimum}
-
-
-def block_stats(ct: Tensor, block: tuple[int, int, int], stats: typing.Sequence[str]) -> Tensor:
-    """(B, C, Z, Y, X) -> (B, C * len(stats), Z/bz, Y/by, X/bx): each non-overlapping block
-    summarised by ``stats`` ("mean", "max", "min"), window-major channel order.
-
-    The blocks are reduced one axis at a time (z, y, x) over the strided slices i, i + b, ...,
-    in the order of :class:`multimodal.transforms.BlockPool` (the training storage), so a
-    drafted volume is pooled to the same float values as a training case; about 8 times
-    faster here than ``avg_pool3d`` + two ``max_pool3d`` (``bench/model.py``)."""
-    if ct.ndim != 5 or any(n % b for n, b in zip(ct.shape[2:], block, strict=True)):
-        raise ShapeError(f"expected (B, C, Z, Y, X) divisible by {block}, "
-                         f"got {tuple(ct.shape)}")
-    bad = [s for s in stats if s not in _REDUCE]
-    if bad or not stats:
-        raise ShapeError(f"unknown block statistics {bad or list(stats)}: use mean, max, min")
-    outs = []
-    for st in stats:
-        v = ct
-        for ax, b in zip((2, 3, 4), block, strict=True):
-            if b == 1:
-                continue
-            shape = list(v.shape)
-            parts = v.reshape(*shape[:ax], shape[ax] // b, b, *shape[ax + 1:]).unbind(ax + 1)
-            acc = parts[0]
-            for part in parts[1:]:
-                acc = _REDUCE[st](acc, part)
-            v = acc
-        outs.append(v / float(block[0] * block[1] * block[2]) if st == "mean" else v)
-    return torch.stack(outs, 2).flatten(1, 2)  # (B, C, S, z, y, x) -> (B, C * S, z, y, x)
 
 
 def _groups(ch: int) -> int:

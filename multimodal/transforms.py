@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from multimodal.errors import ModalityError, ShapeError
 from multimodal.tokenizer import WordTokenizer
@@ -183,11 +184,47 @@ def ct_channels(hu: npt.ArrayLike, windows: Sequence[tuple[float, float]],
     return np.concatenate([ch, blob]).astype(np.float32)
 
 
+_REDUCE: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mean": torch.add, "max": torch.maximum, "min": torch.minimum}
+
+
+def block_stats(ct: Tensor, block: tuple[int, int, int], stats: Sequence[str]) -> Tensor:
+    """(B, C, Z, Y, X) -> (B, C * len(stats), Z/bz, Y/by, X/bx): each non-overlapping block
+    summarised by ``stats`` ("mean", "max", "min"), window-major channel order.
+
+    The blocks are reduced one axis at a time (z, y, x) over the strided slices i, i + b, ...,
+    the reduction of :class:`BlockPool` (the training storage) and of the CT stem at
+    inference (:meth:`multimodal.stems.CTStem.pool`), so a drafted volume is pooled to the
+    same float values as a training case; about 8 times faster here than ``avg_pool3d`` +
+    two ``max_pool3d`` (``bench/model.py``, ``native_conv_pool_s``)."""
+    if ct.ndim != 5 or any(n % b for n, b in zip(ct.shape[2:], block, strict=True)):
+        raise ShapeError(f"expected (B, C, Z, Y, X) divisible by {block}, "
+                         f"got {tuple(ct.shape)}")
+    bad = [s for s in stats if s not in _REDUCE]
+    if bad or not stats:
+        raise ShapeError(f"unknown block statistics {bad or list(stats)}: use mean, max, min")
+    outs = []
+    for st in stats:
+        v = ct
+        for ax, b in zip((2, 3, 4), block, strict=True):
+            if b == 1:
+                continue
+            shape = list(v.shape)
+            parts = v.reshape(*shape[:ax], shape[ax] // b, b, *shape[ax + 1:]).unbind(ax + 1)
+            acc = parts[0]
+            for part in parts[1:]:
+                acc = _REDUCE[st](acc, part)
+            v = acc
+        outs.append(v / float(block[0] * block[1] * block[2]) if st == "mean" else v)
+    return torch.stack(outs, 2).flatten(1, 2)  # (B, C, S, z, y, x) -> (B, C * S, z, y, x)
+
+
+
 class BlockPool:
     """(C, Z, Y, X) -> (C * S, Z/bz, Y/by, X/bx) float32: each non-overlapping block summarised
-    by the statistics ``stats`` ("mean", "max", "min"), window-major channel order; the same
-    reduction as :meth:`multimodal.stems.CTStem.pool`, done once per case in numpy (training
-    stores the pooled volume instead of pooling it again at every step)."""
+    by the statistics ``stats`` ("mean", "max", "min"), window-major channel order; the
+    reduction of :meth:`multimodal.stems.CTStem.pool` (:func:`block_stats`), done once per
+    case (training stores the pooled volume instead of pooling it again at every step)."""
 
     def __init__(self, block: tuple[int, int, int], stats: Sequence[str]) -> None:
         if any(b < 1 for b in block) or not stats or \
@@ -197,21 +234,12 @@ class BlockPool:
 
     def __call__(self, ct: npt.ArrayLike) -> F32:
         a = np.asarray(ct, dtype=np.float32)
-        bz, by, bx = self.block
-        if a.ndim != 4 or a.shape[1] % bz or a.shape[2] % by or a.shape[3] % bx:
+        if a.ndim != 4:
             raise ShapeError(f"expected (C, Z, Y, X) divisible by {self.block}, got {a.shape}")
-        c, z, y, x = a.shape
-        ufunc = {"mean": np.add, "max": np.maximum, "min": np.minimum}
-        outs = []
-        for st in self.stats:
-            v = a
-            for ax, b in ((1, bz), (2, by), (3, bx)):
-                # reduce each block along one axis: the strided slices i, i + b, ...
-                sl = [v[(slice(None),) * ax + (slice(i, None, b),)] for i in range(b)]
-                v = ufunc[st].reduce(sl) if b > 1 else v
-            outs.append(v / np.float32(bz * by * bx) if st == "mean" else v)
-        out = np.stack(outs, 1)  # (C, S, z, y, x)
-        return out.reshape(c * len(self.stats), z // bz, y // by, x // bx).astype(np.float32)
+        with torch.no_grad():
+            out = block_stats(torch.from_numpy(np.ascontiguousarray(a))[None], self.block,
+                              self.stats)[0]
+        return np.asarray(out.numpy(), dtype=np.float32)
 
 
 class TokenizeText:
