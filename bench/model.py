@@ -118,6 +118,19 @@ def latency(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
         stock_s += _time(lambda: draft(stock), reps) / 3
     with torch.no_grad():
         same = model(x).presence_prob, stock(x).presence_prob
+        # the two replaced parts alone, same inputs: the pre-pool of the full-grid volume,
+        # and the stem's and dense detector's convolutions on the pooled volume
+        pooled = model.stems["ct"].pool(x.ct)
+
+        def convs(m: Any) -> None:
+            first = m.stems["ct"].forward_map(pooled)[1]
+            if m.dense is not None:
+                m.dense(first)
+
+        parts = {"pool_s": _time(lambda: model.stems["ct"].pool(x.ct), reps),
+                 "native_pool_s": _time(lambda: stock.stems["ct"].pool(x.ct), reps),
+                 "conv_s": _time(lambda: convs(model), reps),
+                 "native_conv_s": _time(lambda: convs(stock), reps)}
     shares = op_shares(lambda: draft(model))
     q = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
         model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -128,6 +141,7 @@ def latency(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
             "native_conv_pool_s": round(stock_s, 4),
             "fast_path_speedup": round(stock_s / fp32, 3),
             "fast_path_max_prob_diff": round(float((same[0] - same[1]).abs().max()), 6),
+            **{k: round(v, 5) for k, v in parts.items()},
             "int8_s": round(int8, 4),
             "int8_speedup": round(fp32 / int8, 3),
             "int8_max_prob_diff": round(float((a.presence_prob - b.presence_prob).abs().max()),

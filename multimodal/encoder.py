@@ -79,8 +79,9 @@ class LongEMREncoder(nn.Module):
         mem = self.memory.expand(b, -1, -1)
         seg = self.cfg.segment_len
         if self.cfg.full_attention if full is None else full:
-            # bench baseline: the same embeddings (segment-local positions), one pass of full
-            # attention over memory + all tokens; every token is handed to fusion
+            # full-attention mode (the bench's baseline; training's mode mix): the same
+            # embeddings (segment-local positions), one pass of full attention over memory +
+            # all tokens; every token is handed to fusion
             parts = [stem(ids[:, s0: s0 + seg]) for s0 in range(0, t, seg)]
             x = torch.cat(parts, 1) if parts else mem.new_zeros(b, 0, mem.shape[-1])
             h = torch.cat([mem, x], 1)
