@@ -239,6 +239,60 @@ class FusionConfig:
 
 
 @dataclass(frozen=True)
+class MeasureConfig:
+    """A called nodule's or mass's size measured on the image (:mod:`multimodal.measure`):
+    inside the finding's evidence box, the voxel most enclosed by lung is taken as the
+    lesion's centre, rays cast from it find the lesion's edge (half way between its core and
+    the lung around it), and an ellipsoid fitted to the edge points gives the longest diameter.
+    A measurement that fails a check keeps the size head's estimate."""
+
+    enabled: bool = True
+    #: (label, smallest, largest diameter in mm) of the findings measured; a diameter outside
+    #: its label's range is not taken (a "nodule" measured at 50 mm is some other structure);
+    #: labels the model does not predict are ignored
+    lesions: tuple[tuple[str, float, float], ...] = (("lung_nodule", 3.0, 30.0),
+                                                     ("lung_mass", 30.0, 120.0))
+    #: a ray has left the lesion when it reaches this HU (lung or air) ...
+    air_hu: float = -500.0
+    #: ... and a candidate centre is at least this dense
+    tissue_hu: float = -200.0
+    #: the shares of 26 rays that must reach lung within max_radius_mm for a candidate
+    #: centre, tried in this order (a lesion against the chest wall or mediastinum is enclosed
+    #: less)
+    enclosure: tuple[float, ...] = (0.9, 0.8)
+    #: the candidate's distance to the nearest lung (its inscribed radius) at least this
+    min_depth_mm: float = 6.0
+    max_radius_mm: float = 60.0
+    #: edge points further than this relative distance from the fitted ellipsoid are dropped
+    #: (spicules, a vessel or the pleura touching the lesion) and the ellipsoid refitted
+    trim: float = 0.12
+    #: the share of the rays the final ellipsoid must explain
+    min_fit_fraction: float = 0.85
+    #: candidate centres (best first, 15 mm apart) measured per enclosure level
+    n_tries: int = 3
+
+    def __post_init__(self) -> None:
+        for i, les in enumerate(self.lesions):
+            if not les[0] or not 0 < les[1] < les[2]:
+                raise ModelConfigError(f"heads.measure.lesions[{i}] must be [label, smallest "
+                                       f"mm, largest mm] with 0 < smallest < largest, got {les}")
+        if len({les[0] for les in self.lesions}) != len(self.lesions):
+            raise ModelConfigError("heads.measure.lesions lists a label twice")
+        if not -1024 < self.air_hu < self.tissue_hu < 1000:
+            raise ModelConfigError("heads.measure needs -1024 < air_hu < tissue_hu < 1000, got "
+                                   f"{self.air_hu}, {self.tissue_hu}")
+        if not self.enclosure or any(not 0 < e <= 1 for e in self.enclosure):
+            raise ModelConfigError("heads.measure.enclosure must list shares in (0, 1]")
+        _pos("heads.measure.min_depth_mm/max_radius_mm/trim/min_fit_fraction/n_tries",
+             self.min_depth_mm, self.max_radius_mm, self.trim, self.min_fit_fraction,
+             self.n_tries)
+        if self.min_depth_mm >= self.max_radius_mm or self.trim >= 1 \
+                or self.min_fit_fraction > 1:
+            raise ModelConfigError("heads.measure needs min_depth_mm < max_radius_mm, trim < 1 "
+                                   "and min_fit_fraction <= 1")
+
+
+@dataclass(frozen=True)
 class HeadsConfig:
     """Finding heads: one query per label (labels come from configs/findings.yaml)."""
 
@@ -265,6 +319,8 @@ class HeadsConfig:
     #: that had too few positives there to measure it, is flagged ``unreliable_detector`` in
     #: every draft, present or absent (the decision itself is unchanged); 0 turns it off
     min_reliable_auroc: float = 0.0
+    #: a called nodule's or mass's size measured on the image instead of the size head's
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
 
     def __post_init__(self) -> None:
         if not self.labels or len(set(self.labels)) != len(self.labels):

@@ -137,3 +137,6 @@ class FindingPrediction:
     #: decoder states and the note's token spans the context head attended to most
     context: str | None = None
     context_token_spans: tuple[tuple[int, int], ...] = ()
+    #: where ``size_mm`` comes from: "head" (the size head) or "image" (measured on the CT,
+    #: :mod:`multimodal.measure`)
+    size_source: str = "head"

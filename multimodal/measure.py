@@ -1,0 +1,233 @@
+"""A called nodule's or mass's size measured on the image.
+
+The size head regresses a diameter from the fused tokens; for masses it states about the
+generator's median whatever the mass's extent (``size_pairs_mm_tp`` in ``medassist eval``).
+This module measures instead, on the HU volume of the model grid, inside the finding's evidence
+box (:class:`multimodal.config.MeasureConfig`):
+
+1. Centre: candidate voxels (dense enough) are scored by 26 rays each: the share that reach lung
+   within ``max_radius_mm`` (enclosure) and the distance to the nearest lung (depth).  Among the
+   candidates enclosed enough, the deepest is the lesion's centre: a lesion is tissue surrounded
+   by lung, the chest wall and the mediastinum are not.
+2. Edge: 256 rays from the centre, sampled every 0.5 mm (trilinear); the edge on each ray is the
+   first crossing, interpolated, of the level half way between the lesion's core (the median
+   HU within 1 mm) and the lung's (the median of the rays' minima).
+3. Ellipsoid: a quadric fitted by least squares to the edge points, refitted without the points
+   further than ``trim`` from it (spicules, a touching vessel or pleura); its centre becomes the
+   next ray origin (up to six rounds, until it moves less than 0.5 mm).  The longest diameter
+   is the measurement.
+
+A measurement is taken only if the ellipsoid explains ``min_fit_fraction`` of the rays, lies in
+the evidence box (5 mm margin), is no longer than 3 depths + 10 mm (an ellipsoid with radii 1 and
+0.75 has a longest diameter of 2.7 inscribed radii) and falls in its label's diameter range;
+otherwise the size head's estimate stays.  Everything is numpy / torch on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from multimodal.config import MeasureConfig
+from multimodal.errors import ShapeError
+from multimodal.outputs import FindingPrediction
+
+F64 = npt.NDArray[np.float64]
+
+_STEP_MM = 0.5  # edge rays
+_SEARCH_STEP_MM = 2.0  # candidate rays
+_MAX_CANDIDATES = 8_000
+_CHUNK = 2_048
+_ROUNDS = 6  # ray origins: the start, then each fitted centre until it moves < 0.5 mm
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One lesion measured on the model grid."""
+
+    diameter_mm: float  # longest axis of the fitted ellipsoid
+    axes_mm: tuple[float, float, float]  # all three diameters, longest first
+    centre_voxel: tuple[float, float, float]  # (z, y, x) on the model grid
+    fit_fraction: float  # share of the rays whose edge the ellipsoid explains
+
+
+def _fibonacci_dirs(n: int) -> F64:
+    i = np.arange(n) + 0.5
+    polar = np.arccos(1 - 2 * i / n)
+    az = math.pi * (1 + math.sqrt(5.0)) * i
+    return np.stack([np.cos(polar), np.sin(polar) * np.sin(az),
+                     np.sin(polar) * np.cos(az)], 1)  # (n, 3) unit (z, y, x)
+
+
+_EDGE_DIRS = _fibonacci_dirs(256)
+_NB = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)
+                if (a, b, c) != (0, 0, 0)], np.float64)
+_SEARCH_DIRS = _NB / np.linalg.norm(_NB, axis=1, keepdims=True)  # (26, 3)
+
+
+def _sample(vol: torch.Tensor, pts_mm: F64, spacing: F64) -> F64:
+    """Trilinear HU at points (..., 3) in mm (z, y, x) of a (1, 1, Z, Y, X) volume; outside
+    it the border value."""
+    shape = np.asarray(vol.shape[2:], np.float64) - 1
+    norm = 2 * (pts_mm.reshape(-1, 3) / spacing) / np.maximum(shape, 1) - 1
+    grid = torch.from_numpy(np.ascontiguousarray(norm[:, ::-1], np.float32)).view(1, 1, 1, -1, 3)
+    out = F.grid_sample(vol, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return np.asarray(out.numpy(), np.float64).reshape(pts_mm.shape[:-1])
+
+
+def _candidates(hu: npt.NDArray[np.floating], box: Sequence[int], spacing: F64,
+                cfg: MeasureConfig) -> tuple[F64, F64, F64]:
+    """Candidate centres (N, 3) voxels in the inclusive box, their enclosure and depth (mm)."""
+    z0, y0, x0, z1, y1, x1 = (int(v) for v in box)
+    n = (z1 - z0 + 1) * (y1 - y0 + 1) * (x1 - x0 + 1)
+    stride = max(1, math.ceil(math.sqrt(n / _MAX_CANDIDATES)))  # in-plane, every slice
+    zz, yy, xx = np.meshgrid(np.arange(z0, z1 + 1), np.arange(y0, y1 + 1, stride),
+                             np.arange(x0, x1 + 1, stride), indexing="ij")
+    grid = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], 1)
+    c: F64 = grid[hu[grid[:, 0], grid[:, 1], grid[:, 2]] > cfg.tissue_hu].astype(np.float64)
+    t = np.arange(_SEARCH_STEP_MM, cfg.max_radius_mm + 1e-6, _SEARCH_STEP_MM)
+    # the candidate rays read the nearest voxel of the air mask (the edge rays interpolate)
+    air = (hu < cfg.air_hu).ravel()
+    steps = (_SEARCH_DIRS[:, None, :] * t[None, :, None]) / spacing  # (26, T, 3) voxels
+    last = np.asarray(hu.shape) - 1
+    strides = np.array([hu.shape[1] * hu.shape[2], hu.shape[2], 1])
+    enc, depth = np.zeros(len(c)), np.zeros(len(c))
+    for a in range(0, len(c), _CHUNK):
+        pts = np.rint(c[a:a + _CHUNK, None, None, :] + steps[None]).astype(np.int64)
+        below = air[np.clip(pts, 0, last) @ strides]  # (n, 26, T)
+        hit = below.any(2)
+        dist = np.where(hit, t[np.argmax(below, 2)], np.inf)
+        enc[a:a + _CHUNK], depth[a:a + _CHUNK] = hit.mean(1), dist.min(1)
+    return c, enc, depth
+
+
+def _fit_ellipsoid(p: F64) -> tuple[F64, F64, F64] | None:
+    """Quadric x'Ax + b'x = 1 through points (N, 3) -> centre, A (normalised so that the
+    ellipsoid is (x - c)'A(x - c) = 1) and radii; None if not an ellipsoid."""
+    z, y, x = p.T
+    m = np.stack([z * z, y * y, x * x, 2 * z * y, 2 * z * x, 2 * y * x, z, y, x], 1)
+    sol = np.linalg.lstsq(m, np.ones(len(p)), rcond=None)[0]
+    a = np.array([[sol[0], sol[3], sol[4]], [sol[3], sol[1], sol[5]],
+                  [sol[4], sol[5], sol[2]]])
+    try:
+        centre = -0.5 * np.linalg.solve(a, sol[6:])
+    except np.linalg.LinAlgError:
+        return None
+    k = 1 + centre @ a @ centre
+    if k <= 0:
+        return None
+    a = a / k
+    w = np.linalg.eigvalsh(a)
+    if (w <= 0).any():
+        return None
+    return centre, a, 1 / np.sqrt(w)
+
+
+def _edge_fit(vol: torch.Tensor, c_mm: F64, spacing: F64, cfg: MeasureConfig
+              ) -> tuple[F64, F64, float] | None:
+    """Rays from ``c_mm`` -> (centre mm, radii mm, fit fraction) of the fitted ellipsoid."""
+    t = np.arange(0.0, cfg.max_radius_mm + 1e-6, _STEP_MM)
+    rows = np.arange(len(_EDGE_DIRS))
+    radii = np.zeros(3)
+    fraction = 0.0
+    for _ in range(_ROUNDS):
+        v = _sample(vol, c_mm[None, None, :] + _EDGE_DIRS[:, None, :] * t[None, :, None],
+                    spacing)  # (256, T)
+        core = float(np.median(v[:, :3]))
+        if core <= cfg.air_hu:
+            return None  # the origin is not inside a lesion
+        level = 0.5 * (core + float(np.median(v.min(1))))
+        below = v < level
+        k = np.argmax(below, 1)
+        kk = np.maximum(k, 1)
+        a, b = v[rows, kk - 1], v[rows, kk]
+        d = t[kk - 1] + (a - level) / np.where(a == b, 1.0, a - b) * _STEP_MM
+        ok = below.any(1) & (k > 0)
+        if ok.sum() < 20:
+            return None
+        ok &= d < 2 * np.median(d[ok])
+        pts = _EDGE_DIRS * d[:, None]  # edge points relative to the origin (mm)
+        use = ok
+        for _ in range(4):
+            if use.sum() < 20:
+                return None
+            fit = _fit_ellipsoid(pts[use])
+            if fit is None:
+                return None
+            centre, amat, radii = fit
+            q = np.sqrt(np.einsum("ni,ij,nj->n", pts - centre, amat, pts - centre))
+            new = ok & (np.abs(q - 1) < cfg.trim)
+            if (new == use).all():
+                break
+            use = new
+        fraction = float(use.mean())
+        c_mm = c_mm + centre
+        if float(np.linalg.norm(centre)) < 0.5:
+            break
+    return c_mm, radii, fraction
+
+
+def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
+                   box_voxels: Sequence[int], cfg: MeasureConfig,
+                   diameter_range_mm: tuple[float, float] = (0.0, math.inf)
+                   ) -> Measurement | None:
+    """Measure the lesion in ``box_voxels`` (z0, y0, x0, z1, y1, x1, inclusive) of ``hu``
+    (Z, Y, X) with voxel ``spacing_mm``; None where no candidate passes the checks."""
+    if hu.ndim != 3 or len(spacing_mm) != 3 or len(box_voxels) != 6:
+        raise ShapeError(f"expected hu (Z, Y, X), 3 spacings and a 6-value box, got "
+                         f"{hu.shape}, {len(spacing_mm)}, {len(box_voxels)}")
+    lo = np.clip(np.asarray(box_voxels[:3]), 0, np.asarray(hu.shape) - 1)
+    hi = np.clip(np.asarray(box_voxels[3:]), lo, np.asarray(hu.shape) - 1)
+    spacing = np.asarray(spacing_mm, np.float64)
+    vol = torch.from_numpy(np.ascontiguousarray(hu, np.float32))[None, None]
+    c, enc, depth = _candidates(hu, (*lo, *hi), spacing, cfg)
+    lo_mm, hi_mm = lo * spacing - 5.0, hi * spacing + 5.0
+    for level in cfg.enclosure:
+        idx = np.nonzero((enc >= level) & (depth >= cfg.min_depth_mm))[0]
+        idx = idx[np.argsort(-depth[idx], kind="stable")]
+        tried: list[F64] = []
+        for j in idx:
+            start = c[j] * spacing
+            if any(np.linalg.norm(start - q) < 15.0 for q in tried):
+                continue
+            tried.append(start)
+            got = _edge_fit(vol, start, spacing, cfg)
+            if got is not None:
+                centre, radii, fraction = got
+                diameter = float(2 * radii.max())
+                if fraction >= cfg.min_fit_fraction and diameter <= 3 * depth[j] + 10.0 \
+                        and bool((centre >= lo_mm).all() and (centre <= hi_mm).all()) \
+                        and diameter_range_mm[0] <= diameter <= diameter_range_mm[1]:
+                    axes = sorted((float(2 * r) for r in radii), reverse=True)
+                    return Measurement(
+                        diameter_mm=diameter, axes_mm=(axes[0], axes[1], axes[2]),
+                        centre_voxel=tuple(float(v) for v in centre / spacing),  # type: ignore[arg-type]
+                        fit_fraction=fraction)
+            if len(tried) >= cfg.n_tries:
+                break
+    return None
+
+
+def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floating] | None,
+                     spacing_mm: Sequence[float], cfg: MeasureConfig
+                     ) -> list[FindingPrediction]:
+    """One case's predictions with each present lesion's ``size_mm`` measured on ``hu`` where
+    the measurement passes its checks (``size_source`` "image"); the others unchanged.  The
+    input is not modified."""
+    ranges = {les[0]: (les[1], les[2]) for les in cfg.lesions}
+    out = []
+    for p in preds:
+        if cfg.enabled and hu is not None and p.present and p.label in ranges \
+                and p.box_voxels is not None:
+            m = measure_lesion(hu, spacing_mm, p.box_voxels, cfg, ranges[p.label])
+            if m is not None:
+                p = dataclasses.replace(p, size_mm=round(m.diameter_mm, 1), size_source="image")
+        out.append(p)
+    return out
