@@ -237,6 +237,7 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
     from multimodal.batching import collate
     from multimodal.context import with_context
     from multimodal.heads import predict_findings
+    from multimodal.measure import measure_findings
     from multimodal.training import make_sample
 
     if not batch:
@@ -253,6 +254,9 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
         all_preds = with_context(out, cfg.context,
                                  predict_findings(out, cfg.heads, cfg.ct, threshold),
                                  cfg.heads.n_emr_spans)
+        # a called nodule's or mass's size measured on the CT where that succeeds
+        all_preds = [measure_findings(preds, p.study.hu, cfg.ct.spacing_mm, cfg.heads.measure)
+                     for preds, p in zip(all_preds, batch, strict=True)]
         ids = generate(lm.model, out, cfg.decoder.max_len - 1, all_preds)
     if lm.device != "cpu":
         from multimodal.training import to_device
@@ -288,8 +292,11 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     # the lobe the location head gives a one-sided finding (a bilateral one spans lobes)
     lobes = {p.label: p.location for p in preds if p.present and p.laterality != "bilateral"}
     weak = unreliable | never  # text about these labels rests on no detector
-    findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr, lobes)
-    impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr, lobes)
+    measured = {p.label for p in preds if p.present and p.size_source == "image"}
+    findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr, lobes,
+                                        measured)
+    impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr, lobes,
+                                         measured)
     contradicted |= contradicted_imp
     spans_chr = sample.get("emr_spans")
     items = []
@@ -336,6 +343,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             # the checkpoint did not detect this finding reliably on its validation cases:
             # neither "present" nor "absent" should be taken from it
             flags.append("unreliable_detector")
+        if p.size_source == "image":
+            # the size is measured on the CT (multimodal.measure), not the size head's
+            flags.append("size_measured")
         if p.label in never:
             # the fitted threshold never calls it (its calls lowered the validation micro-F1):
             # "absent" here is not a finding

@@ -74,6 +74,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
 
     from medassist.labeler import text_findings
     from multimodal.heads import predict_findings
+    from multimodal.measure import measure_findings
     from multimodal.metrics import findings_metrics
     from multimodal.training import predict
 
@@ -94,10 +95,27 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
         by_side = {ev: [p for b in per_batch[ev] for p in b] for ev in (False, True)}
         preds = by_side[cfg.heads.side_from_evidence]
         pred = np.array([[fp.present for fp in case] for case in preds], bool)
-        size = torch.cat([o.size_mm for o in outs]).numpy()
+        head_size = torch.cat([o.size_mm for o in outs]).numpy()
+        size = head_size
+        if records is not None:
+            # the size the draft states: a called nodule or mass measured on the CT where
+            # that succeeds (medassist report does the same), else the size head's
+            preds = [measure_findings(case, r.hu, cfg.ct.spacing_mm, cfg.heads.measure)
+                     for case, r in zip(preds, records, strict=True)]
+            size = np.array([[fp.size_mm if fp.size_source == "image" else head_size[b, f]
+                              for f, fp in enumerate(case)] for b, case in enumerate(preds)],
+                            np.float64)
         lat = side_indices(preds)  # the laterality the draft states (scored on TPs)
         m = findings_metrics(cfg.heads.labels, prob, pred, truth, lat, lat_true, size,
                              size_true)
+        if records is not None:
+            head_m = findings_metrics(cfg.heads.labels, prob, pred, truth, lat, lat_true,
+                                      head_size, size_true)
+            m["size_mae_mm_nodule_mass_head"] = head_m["size_mae_mm_nodule_mass"]
+            m["size_measured"] = size_measured_counts(
+                cfg.heads.labels, preds, truth,
+                [les[0] for les in cfg.heads.measure.lesions] if cfg.heads.measure.enabled
+                else [])
         for name, ev in (("head", False), ("evidence", True)):
             m[f"laterality_acc_tp_{name}"] = findings_metrics(
                 cfg.heads.labels, prob, pred, truth, side_indices(by_side[ev]), lat_true,
@@ -124,6 +142,24 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
                                                            threshold)
         res[{None: "full", "emr": "emr_removed", "ct": "ct_removed"}[mode]] = m
     return res
+
+
+def size_measured_counts(labels: Sequence[str], preds: Sequence[Sequence[Any]],
+                         truth: npt.NDArray[np.bool_], measured: Sequence[str]
+                         ) -> dict[str, dict[str, int]]:
+    """Per label in ``measured``: its calls and true positives, and how many of each had
+    their size measured on the CT (the rest keep the size head's)."""
+    out: dict[str, dict[str, int]] = {}
+    for f, lab in enumerate(labels):
+        if lab not in measured:
+            continue
+        called = [(b, case[f]) for b, case in enumerate(preds) if case[f].present]
+        out[lab] = {"called": len(called),
+                    "measured": sum(p.size_source == "image" for _, p in called),
+                    "tp": sum(bool(truth[b, f]) for b, _ in called),
+                    "tp_measured": sum(bool(truth[b, f]) and p.size_source == "image"
+                                       for b, p in called)}
+    return out
 
 
 def context_metrics(cfg: Any, outs: Sequence[Any], samples: Sequence[Mapping[str, Any]]

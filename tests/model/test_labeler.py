@@ -143,6 +143,17 @@ def test_guard_flags_a_size_far_from_the_size_head() -> None:
     assert guard("A 4 mm nodule.", head, sizes={"lung_nodule": 10.0})[1] == {"lung_nodule"}
 
 
+def test_guard_holds_a_size_measured_on_the_ct_to_a_tighter_factor() -> None:
+    head = {"lung_mass": True}
+    text = "There is a 4.5 cm lobulated mass in the left upper lobe."
+    sizes = {"lung_mass": 58.0}  # 58 / 45 = 1.29: within the head's factor two
+    assert guard(text, head, sizes=sizes)[1] == set()
+    out, bad = guard(text, head, sizes=sizes, measured={"lung_mass"})
+    assert bad == {"lung_mass"} and out.startswith(
+        "[UNVERIFIED: states a size far from the one measured on the CT (lung_mass: 58 mm)]")
+    assert guard(text, head, sizes={"lung_mass": 50.0}, measured={"lung_mass"})[1] == set()
+
+
 def test_guard_flags_the_other_side() -> None:
     text = ("A 5 mm nodule in the right upper lobe. Small left pleural effusion. "
             "Consolidation in the RLL. There is no pneumothorax on the left.")

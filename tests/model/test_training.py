@@ -184,6 +184,12 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
     assert ev["ct_removed"]["n_predicted_present"] == 0
     full = ev["full"]
     assert 0.0 <= full["bleu4"] <= 100.0 and 0.0 <= full["rouge_l"] <= 1.0
+    # the sizes scored are the ones the draft states (measured on the CT where that succeeds)
+    assert "size_mae_mm_nodule_mass_head" in full
+    for lab, n in full["size_measured"].items():
+        assert lab in ("lung_nodule", "lung_mass")
+        assert 0 <= n["measured"] <= n["called"] and 0 <= n["tp_measured"] <= n["tp"] <= n[
+            "called"]
     assert 0.0 <= full["injection_identical"]["cases"] <= full["injection_identical"][
         "labels"] <= 1.0
     assert ev["int8"] is False
