@@ -84,7 +84,9 @@ def finding_rows(reviews: list[FindingReview]) -> list[list[Any]]:
         sl = f"{r.slices[0]}-{r.slices[-1]}" if r.slices else "-"
         rows.append([r.index, r.label, r.status,
                      f"{r.probability:.2f}", "; ".join(marks) or "-", r.decision, r.side or "-",
-                     "-" if r.size_mm is None else f"{r.size_mm:g}", r.text, sl])
+                     "-" if r.size_mm is None else
+                     f"{r.size_mm:g}" + (" (measured on CT)" if r.size_measured else ""),
+                     r.text, sl])
     return rows
 
 

@@ -50,8 +50,13 @@ class FindingReview:
         return "present" if self.present else "absent"
 
     @property
+    def size_measured(self) -> bool:
+        """The size is measured on the CT, not the size head's estimate."""
+        return "size_measured" in self.flags
+
+    @property
     def consistency_flags(self) -> tuple[str, ...]:
-        return tuple(f for f in self.flags if f != "low_confidence")
+        return tuple(f for f in self.flags if f not in ("low_confidence", "size_measured"))
 
 
 def _one_line(text: str) -> str:

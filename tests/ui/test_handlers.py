@@ -457,3 +457,17 @@ def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls() -> No
                          review(False, ()), review(True, ("low_confidence",))])
     assert [r[2] for r in rows] == ["not assessed", "absent", "present"]
     assert "FLAG not_assessed" in rows[0][4] and rows[1][4] == "-"
+
+
+def test_finding_rows_say_a_size_was_measured_on_the_ct_and_do_not_flag_it() -> None:
+    from ui.app import finding_rows
+    from ui.report_text import FindingReview
+
+    def review(flags: tuple[str, ...]) -> FindingReview:
+        return FindingReview(index=0, label="lung_mass", present=True, probability=0.9,
+                             flags=flags, slices=(), decision="pending", side="left",
+                             size_mm=42.3, text="Left lung mass, about 42 mm.")
+
+    measured, head = finding_rows([review(("size_measured",)), review(())])
+    assert measured[7] == "42.3 (measured on CT)" and measured[4] == "-"
+    assert head[7] == "42.3"
