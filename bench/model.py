@@ -18,9 +18,14 @@
   context classes and the Findings / Impression text of the memory-token model against the
   same weights with full attention over every EMR token;
 * training throughput (cases/s) on CPU, and with ``--cuda`` on the GPU (fp32 and bf16
-  autocast, batch 8 and 64) as ratios to the CPU run of the same process.
+  autocast, batch 8 and 64) as ratios to the CPU run of the same process;
+* the size measured on the CT (``multimodal.measure``, run by every draft that calls a nodule
+  or mass): on generated body cases (``configs/synth/small_fleischner_body.yaml``, test split,
+  ``--measure-cases``), the time of the measurement of each called nodule / mass against the
+  draft (forward + greedy report) of the same case, one after the other.
 
-``--only NAME`` runs one of latency, kv_cache, long_emr, long_cases, train_throughput.
+``--only NAME`` runs one of latency, kv_cache, long_emr, long_cases, train_throughput,
+measure.
 """
 
 from __future__ import annotations
@@ -323,6 +328,47 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
     }
 
 
+def measure(n: int, checkpoint: str | None, seed: int = 7) -> dict[str, Any]:
+    """Time of the CT size measurement per called nodule / mass, and of the draft it joins
+    (same case, measured right after it), over ``n`` generated body test cases."""
+    from medassist.model_data import record_sample, synth_records
+    from multimodal.checkpoint import load_checkpoint
+    from multimodal.heads import predict_findings
+    from multimodal.measure import measure_findings
+    from multimodal.training import predict
+
+    if not (checkpoint and (Path(checkpoint) / "model.safetensors").is_file()):
+        return {"skipped": "needs a trained checkpoint (thresholds and evidence boxes)"}
+    model, cfg, _k, tok, _m = load_checkpoint(checkpoint)
+    lesions = {les[0] for les in cfg.heads.measure.lesions}
+    rows = []
+    for r in synth_records(str(ROOT / "configs/synth/small_fleischner_body.yaml"), cfg, seed,
+                           n, "test"):
+        sample = record_sample(r, cfg, tok, with_report=False)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            o = predict(model, [sample], batch_size=1)[0]
+            preds = predict_findings(o, cfg.heads, cfg.ct)[0]
+            model.generate(o, max_new=cfg.decoder.max_len - 1, findings=[preds])
+        draft_s = time.perf_counter() - t0
+        if not any(p.present and p.label in lesions for p in preds):
+            continue
+        t0 = time.perf_counter()
+        out = measure_findings(preds, r.hu, cfg.ct.spacing_mm, cfg.heads.measure)
+        rows.append({"draft_s": draft_s, "measure_s": time.perf_counter() - t0,
+                     "measured": sum(p.size_source == "image" for p in out)})
+    if not rows:
+        return {"cases": n, "cases_with_a_called_lesion": 0}
+    ms = sorted(x["measure_s"] for x in rows)
+    ratio = sorted(x["measure_s"] / x["draft_s"] for x in rows)
+    return {"cases": n, "cases_with_a_called_lesion": len(rows),
+            "measured": sum(x["measured"] for x in rows),
+            "measure_s_median": round(ms[len(ms) // 2], 3), "measure_s_max": round(ms[-1], 3),
+            "draft_s_median": round(sorted(x["draft_s"] for x in rows)[len(rows) // 2], 3),
+            "measure_over_draft_median": round(ratio[len(ratio) // 2], 2),
+            "measure_over_draft_max": round(ratio[-1], 2)}
+
+
 def throughput(cfg: Any, steps: int, cuda: bool) -> dict[str, Any]:
     """AdamW steps on the demo config (600-token EMR, 160-token report), cases/s.  CPU fp32
     at batch 8 is the baseline; with ``cuda`` (and a GPU) the same steps run on the GPU in
@@ -387,8 +433,10 @@ def main() -> None:
     ap.add_argument("--cuda", action="store_true",
                     help="train_throughput also on the GPU (fp32 and bf16 autocast)")
     ap.add_argument("--long-cases", type=int, default=6, help="long-note cases (0: skip)")
+    ap.add_argument("--measure-cases", type=int, default=60,
+                    help="generated body cases for the size-measurement timing (0: skip)")
     ap.add_argument("--only", choices=("latency", "kv_cache", "long_emr", "long_cases",
-                                       "train_throughput"))
+                                       "train_throughput", "measure"))
     args = ap.parse_args()
     if args.child:
         print(json.dumps(long_emr_child(args.child, args.tokens, args.checkpoint)))
@@ -404,6 +452,8 @@ def main() -> None:
                                          4096 if args.quick else args.tokens)
         if args.long_cases > 0 else {"skipped": "--long-cases 0"},
         "train_throughput": lambda: throughput(cfg, 2 if args.quick else 4, args.cuda),
+        "measure": lambda: measure(args.measure_cases, args.checkpoint)
+        if args.measure_cases > 0 else {"skipped": "--measure-cases 0"},
     }
     res: dict[str, Any] = {
         "threads": torch.get_num_threads(),
