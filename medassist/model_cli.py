@@ -62,6 +62,9 @@ class TrainConfig:
     #: zoom augmentation of the training cases (``multimodal.augment.AugmentConfig`` keys: p,
     #: zoom, min_kept, seed); empty = none
     augment: dict[str, Any] = field(default_factory=dict)
+    #: a checkpoint folder whose weights and vocabulary start the run (fine-tuning); its
+    #: architecture must be the model config's; empty = random initialisation
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         from multimodal.training import THRESHOLD_OBJECTIVES
@@ -246,6 +249,14 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
     if tuple(cfg.heads.labels) != labels:
         raise ModelCLIError(f"{tc.model_config}: heads.labels must equal the labels of "
                             f"configs/findings.yaml {list(labels)}")
+    if tc.init_from:
+        from multimodal.checkpoint import CONFIG, WEIGHTS
+
+        lacking = [n for n in (WEIGHTS, CONFIG, VOCAB) if not (Path(tc.init_from) / n).is_file()]
+        if lacking:
+            raise ModelCLIError(f"train.init_from {tc.init_from}: cannot read its checkpoint "
+                                f"(no {', '.join(lacking)}); give a folder written by "
+                                "medassist train")
     t0 = time.perf_counter()
     out = Path(tc.out)
     finished = False
@@ -264,11 +275,15 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
         records = load_records(tc, cfg)
     if resume:
         tok = WordTokenizer.load(out / VOCAB)
+    elif tc.init_from:  # the weights' own vocabulary: their embeddings index it
+        tok = WordTokenizer.load(Path(tc.init_from) / VOCAB)
     else:
         tok = build_tokenizer(records, cfg.emr.vocab_size)
     samples = training_samples(tc, cfg, tok, None if chunked and not finished else records)
     torch_seed(oc.seed)
     model = build_model(cfg, tc.model_kind)
+    if tc.init_from:  # a resumed run then loads its own latest checkpoint over these
+        init_weights(model, tc.init_from, tc.model_kind)
     cal = None
     if tc.val_cases:
         val = cached_synth_records(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
@@ -280,6 +295,11 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
         "source": tc.data_dir or f"medassist.synth fast path ({tc.synth_config})",
         "data_seed": tc.data_seed, "train_cases": tc.train_cases, "val_cases": tc.val_cases,
         **({"augment": tc.augment} if tc.augment_config().active else {})}}
+    if tc.init_from:
+        from multimodal.checkpoint import WEIGHTS, sha256_file
+
+        meta["init_from"] = {"checkpoint": tc.init_from,
+                             "weights_sha256": sha256_file(Path(tc.init_from) / WEIGHTS)}
     res = train_loop(model, cfg, tc.model_kind, tok, samples, oc, out, device=device,
                      resume=resume, stop_after=stop_after, log=log, extra_meta=meta,
                      calibration=cal, threshold_objective=tc.threshold_objective)
@@ -290,6 +310,30 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
             "calibration": res.get("calibration"),
             "params": sum(p.numel() for p in model.parameters()),
             **{k: res[k] for k in ("world_size", "cases_this_rank", "rank_digests") if k in res}}
+
+
+def init_weights(model: Any, folder: str | Path, kind: str) -> None:
+    """Load the weights of the checkpoint ``folder`` into ``model`` (built from the run's
+    config); the checkpoint must be of the same kind and architecture."""
+    from safetensors.torch import load_file
+
+    from multimodal.checkpoint import CONFIG, WEIGHTS
+
+    src = Path(folder)
+    try:
+        raw = json.loads((src / CONFIG).read_text(encoding="utf-8"))
+        state = load_file(str(src / WEIGHTS))
+    except (OSError, ValueError) as exc:
+        raise ModelCLIError(f"train.init_from {src}: cannot read its checkpoint ({exc}); "
+                            "give a folder written by medassist train") from exc
+    if str(raw.get("kind", "fusion")) != kind:
+        raise ModelCLIError(f"train.init_from {src} is a {raw.get('kind')!r} checkpoint, the "
+                            f"run trains {kind!r}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelCLIError(f"train.init_from {src} does not fit the model config: "
+                            f"{str(exc).splitlines()[0]}") from exc
 
 
 def torch_seed(seed: int) -> None:

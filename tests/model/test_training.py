@@ -167,6 +167,48 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_init_from_starts_a_run_from_a_checkpoints_weights_and_vocabulary(
+        tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Fine-tuning: with lr 1e-30 (an update below float32 resolution) the run's weights are
+    the checkpoint's; the vocabulary is the checkpoint's even where the run's own cases
+    (another data seed) would build another."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file, save_file
+
+    from multimodal.checkpoint import sha256_file
+
+    tc = replace(_tc(tmp_path / "ft", steps=1, lr=1e-30, weight_decay=0.0, checkpoint_every=1),
+                 data_seed=4, init_from=str(tiny_checkpoint))
+    train(tc)
+    init = load_file(str(tiny_checkpoint / WEIGHTS))
+    got = load_file(str(tmp_path / "ft" / WEIGHTS))
+    assert init.keys() == got.keys() and all(torch.equal(init[k], got[k]) for k in init)
+    assert (tmp_path / "ft" / "vocab.json").read_bytes() == \
+        (tiny_checkpoint / "vocab.json").read_bytes()
+    meta = json.loads((tmp_path / "ft" / "meta.json").read_text())
+    assert meta["init_from"] == {"checkpoint": str(tiny_checkpoint),
+                                 "weights_sha256": sha256_file(tiny_checkpoint / WEIGHTS)}
+    # without init_from the other data seed builds its own vocabulary
+    train(replace(tc, init_from="", out=str(tmp_path / "scratch")))
+    assert (tmp_path / "scratch" / "vocab.json").read_bytes() != \
+        (tiny_checkpoint / "vocab.json").read_bytes()
+    # a checkpoint of another kind, or whose weights do not fit the config, is refused
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    raw = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**raw, "kind": "late"}))
+    with pytest.raises(ModelCLIError, match="is a 'late' checkpoint"):
+        train(replace(tc, init_from=str(bad), out=str(tmp_path / "x")))
+    (bad / "config.json").write_text(json.dumps(raw))
+    save_file({k: v for k, v in init.items() if not k.startswith("decoder.")},
+              str(bad / WEIGHTS))
+    with pytest.raises(ModelCLIError, match="does not fit the model config"):
+        train(replace(tc, init_from=str(bad), out=str(tmp_path / "y")))
+    with pytest.raises(ModelCLIError, match="cannot read its checkpoint"):
+        train(replace(tc, init_from=str(tmp_path / "missing"), out=str(tmp_path / "z")))
+
+
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning",
                             "ignore:torch.quantize_per_tensor:UserWarning")
 def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: Path) -> None:
