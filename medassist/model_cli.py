@@ -59,6 +59,10 @@ class TrainConfig:
     #: at chance then calls every case) or "micro_f1" (the best F1 of all calls together; a
     #: label whose calls lower it is never called)
     threshold_objective: str = "label_f1"
+    #: a label whose presence AUROC on the validation cases is below this is never called,
+    #: whatever the threshold objective would pick (a detector at chance whose calls raise the
+    #: validation F1 does so by chance); 0 = off
+    min_call_auroc: float = 0.0
     #: zoom augmentation of the training cases (``multimodal.augment.AugmentConfig`` keys: p,
     #: zoom, min_kept, seed); empty = none
     augment: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +78,9 @@ class TrainConfig:
         if self.threshold_objective not in THRESHOLD_OBJECTIVES:
             raise ModelCLIError(f"train.threshold_objective must be one of "
                                 f"{list(THRESHOLD_OBJECTIVES)}, got {self.threshold_objective!r}")
+        if not 0.0 <= self.min_call_auroc <= 1.0:
+            raise ModelCLIError(f"train.min_call_auroc must be in [0, 1] (0: off), got "
+                                f"{self.min_call_auroc}")
         if min(self.train_cases, self.max_emr_tokens) < 1 or self.val_cases < 0:
             raise ModelCLIError("train.train_cases and max_emr_tokens must be >= 1")
         self.augment_config()  # a bad augment section fails when the file is read
@@ -302,7 +309,8 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
                              "weights_sha256": sha256_file(Path(tc.init_from) / WEIGHTS)}
     res = train_loop(model, cfg, tc.model_kind, tok, samples, oc, out, device=device,
                      resume=resume, stop_after=stop_after, log=log, extra_meta=meta,
-                     calibration=cal, threshold_objective=tc.threshold_objective)
+                     calibration=cal, threshold_objective=tc.threshold_objective,
+                     min_call_auroc=tc.min_call_auroc)
     return {"out": str(out), "data_seconds": round(t_data, 2),
             "train_seconds": round(res["seconds"], 2),
             "cases_per_s": round(res["cases_per_s"], 3),

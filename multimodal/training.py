@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -162,11 +162,13 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
                device: str = "cpu", resume: bool = False, stop_after: int | None = None,
                log: Callable[[str], None] | None = None, extra_meta: Mapping[str, Any] = {},
                calibration: Sequence[Mapping[str, Any]] | None = None,
-               threshold_objective: str = "label_f1") -> dict[str, Any]:
+               threshold_objective: str = "label_f1", min_call_auroc: float = 0.0
+               ) -> dict[str, Any]:
     """Train; checkpoints go to ``out`` (latest only).  ``stop_after`` stops early (tests).
     With ``calibration`` samples, the presence temperature is fitted on them once training is
     complete and the final checkpoint is written again with it (thresholds by
-    ``threshold_objective``, :func:`fit_thresholds`).
+    ``threshold_objective``, :func:`fit_thresholds`; labels below ``min_call_auroc`` never
+    called, :func:`fit_temperature`).
 
     In a joined process group (torchrun, :mod:`multimodal.distributed`) every rank trains a
     DistributedDataParallel copy on its share of each step's global batch; rank 0 alone logs,
@@ -234,7 +236,8 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
     done = stop_after is None or stop_after >= oc.steps
     if calibration and done:
         # rank 0 fits on the raw module (no collectives); the others take its buffers
-        cal = (fit_temperature(model, calibration, threshold_objective=threshold_objective)
+        cal = (fit_temperature(model, calibration, threshold_objective=threshold_objective,
+                               min_call_auroc=min_call_auroc)
                if world.is_main else {})
         if world.distributed:
             cal = from_rank0(model, cal)
@@ -257,7 +260,8 @@ NEVER = 2.0
 
 
 def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: float = 0.8,
-                   min_pos: int = 3, objective: str = "label_f1") -> torch.Tensor:
+                   min_pos: int = 3, objective: str = "label_f1",
+                   never: Collection[int] = ()) -> torch.Tensor:
     """(N, F) calibrated probabilities and 0/1 truth -> (F,) thresholds.
 
     ``label_f1``: per label, the one of 0.20, 0.25, ..., 0.80 with the best F1 on these cases
@@ -270,7 +274,9 @@ def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: flo
     and one that calls nothing on these cases at any threshold is never called.  With
     calibrated probabilities that is about calling where p >= F1 / 2 (Lipton et al., 2014),
     so a detector at chance whose prevalence is below half the F1 drops out.
-    Labels with fewer than ``min_pos`` positives keep 0.5 (too few to fit) under both."""
+    Labels with fewer than ``min_pos`` positives keep 0.5 (too few to fit) under both; the
+    label indices in ``never`` are set to :data:`NEVER` and not fitted (a detector the caller
+    found at chance: calls that raise the F1 on these cases would do so by chance)."""
     if objective not in THRESHOLD_OBJECTIVES:
         raise ValueError(f"threshold objective must be one of {THRESHOLD_OBJECTIVES}, "
                          f"got {objective!r}")
@@ -280,7 +286,10 @@ def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: flo
     cands = [round(lo + 0.05 * i, 2) for i in range(round((hi - lo) / 0.05) + 1)]
     out = torch.full((prob.shape[1],), 0.5)
     truth = y > 0.5
-    fitted = [f for f in range(prob.shape[1]) if int(truth[:, f].sum()) >= min_pos]
+    fitted = [f for f in range(prob.shape[1])
+              if int(truth[:, f].sum()) >= min_pos and f not in never]
+    for f in never:
+        out[f] = NEVER
     for f in fitted:
         scores = []
         for t in cands:
@@ -320,14 +329,16 @@ def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: flo
 @torch.no_grad()
 def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
                     grid: Sequence[float] = tuple(0.25 * 1.02 ** i for i in range(141)),
-                    min_pos: int = 3, threshold_objective: str = "label_f1"
-                    ) -> dict[str, Any]:
+                    min_pos: int = 3, threshold_objective: str = "label_f1",
+                    min_call_auroc: float = 0.0) -> dict[str, Any]:
     """Temperature scaling of the presence logits (grid search of the NLL on ``samples``,
     cases with CT only), then per-label decision thresholds (:func:`fit_thresholds` with
     ``threshold_objective``), the
     per-label prevalence (the probability stated without CT) and presence AUROC (NaN with
     fewer than ``min_pos`` positives: what ``heads.min_reliable_auroc`` reads); sets
-    ``model.findings.temperature``, ``.thresholds``, ``.prior`` and ``.val_auroc``.  With
+    ``model.findings.temperature``, ``.thresholds``, ``.prior`` and ``.val_auroc``.  A label
+    whose presence AUROC on ``samples`` is below ``min_call_auroc`` is never called (0: off).
+    With
     the side read off MIL evidence (``heads.side_from_evidence``, ``evidence_side_labels``)
     also ``.bilateral_min`` (:func:`multimodal.calibration.fit_bilateral_cutoffs`)."""
     import torch.nn.functional as F
@@ -348,14 +359,15 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
 
     best = min(grid, key=nll)
     temp.fill_(best)
-    thr = fit_thresholds(torch.sigmoid(logits / best), y, min_pos=min_pos,
-                         objective=threshold_objective)
-    head.get_buffer("thresholds").copy_(thr)
-    prior = y.mean(0)
-    head.get_buffer("prior").copy_(prior)
     prob = torch.sigmoid(logits).numpy()
     aucs = [auroc(prob[:, f], y[:, f].numpy() > 0.5) if int(y[:, f].sum()) >= min_pos
             and int((1 - y[:, f]).sum()) >= min_pos else None for f in range(y.shape[1])]
+    never = [f for f, a in enumerate(aucs) if a is not None and a < min_call_auroc]
+    thr = fit_thresholds(torch.sigmoid(logits / best), y, min_pos=min_pos,
+                         objective=threshold_objective, never=never)
+    head.get_buffer("thresholds").copy_(thr)
+    prior = y.mean(0)
+    head.get_buffer("prior").copy_(prior)
     head.get_buffer("val_auroc").copy_(torch.tensor(
         [float("nan") if a is None else a for a in aucs]))
     sides: dict[str, Any] | None = None
@@ -367,6 +379,7 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
     return {"temperature": round(best, 4), "nll_before": round(nll(old), 5),
             "nll_after": round(nll(best), 5), "n_cases": int(has_ct.sum()),
             "threshold_objective": threshold_objective,
+            **({"min_call_auroc": min_call_auroc} if min_call_auroc > 0 else {}),
             "thresholds": [round(float(t), 3) for t in thr],
             "prior": [round(float(p), 4) for p in prior],
             "val_auroc": [None if a is None else round(a, 4) for a in aucs],

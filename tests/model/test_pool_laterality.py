@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from typing import Any
 
 import numpy as np
 import pytest
@@ -226,10 +227,39 @@ def test_fit_thresholds_micro_f1_drops_a_detector_at_chance() -> None:
     prob2 = torch.stack([torch.where(y[:, 0] > 0, 0.8, 0.1), prob[:, 1]], 1)
     assert torch.equal(fit_thresholds(prob2, y, lo=0.05, objective="micro_f1"),
                        fit_thresholds(prob2, y, lo=0.05))
+    # a label the caller found at chance is never called, under either objective, and the
+    # others are fitted as before
+    for obj in ("label_f1", "micro_f1"):
+        forced = fit_thresholds(prob2, y, lo=0.05, objective=obj, never=[0])
+        assert float(forced[0]) == NEVER
+        assert float(forced[1]) == float(fit_thresholds(prob2, y, lo=0.05, objective=obj)[1])
     with pytest.raises(ValueError, match="objective"):
         fit_thresholds(prob, y, objective="macro")
     with pytest.raises(ValueError, match="shape"):
         fit_thresholds(prob, y[:, :1], objective="micro_f1")
+
+
+def test_calibration_never_calls_a_label_below_min_call_auroc(tiny_cfg: ModelConfig,
+                                                               tiny_records: list[Any]) -> None:
+    """fit_temperature's min_call_auroc: each label whose validation AUROC is below it gets
+    the NEVER threshold; off (0), the same model and cases call every fitted label."""
+    from medassist.model_data import build_tokenizer, record_sample
+    from multimodal.training import fit_temperature
+
+    tok = build_tokenizer(tiny_records, tiny_cfg.emr.vocab_size)
+    samples = [record_sample(r, tiny_cfg, tok, 256) for r in tiny_records]
+    torch.manual_seed(0)
+    model = FusionModel(tiny_cfg)
+    off = fit_temperature(model, samples, min_pos=1)
+    aucs = off["val_auroc"]
+    assert any(a is not None and a < 1.0 for a in aucs)  # an untrained model: some labels
+    assert NEVER not in off["thresholds"] and "min_call_auroc" not in off
+    on = fit_temperature(model, samples, min_pos=1, min_call_auroc=1.0)
+    assert on["min_call_auroc"] == 1.0 and on["val_auroc"] == aucs
+    for a, t_on, t_off in zip(aucs, on["thresholds"], off["thresholds"], strict=True):
+        assert t_on == (NEVER if a is not None and a < 1.0 else t_off)
+    head = model.get_submodule("findings")
+    assert [round(float(t), 3) for t in head.get_buffer("thresholds")] == on["thresholds"]
 
 
 def test_uint8_storage_round_trips_within_one_step(tiny_cfg: ModelConfig) -> None:

@@ -101,6 +101,8 @@ def test_checkpoint_roundtrip_and_cli_train(tmp_path: Path, tiny_records: list[A
     assert cal["threshold_objective"] == "micro_f1"
     with pytest.raises(ModelCLIError, match="threshold_objective"):
         TrainConfig(threshold_objective="macro_f1")
+    with pytest.raises(ModelCLIError, match="min_call_auroc"):
+        TrainConfig(min_call_auroc=1.5)
     assert float(model.get_submodule("findings").get_buffer("temperature")) == pytest.approx(
         cal["temperature"], abs=1e-4)
     samples = [record_sample(r, cfg, tok) for r in tiny_records[:3]]
