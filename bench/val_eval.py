@@ -4,7 +4,7 @@ post-processing rules before the held-out test splits are scored.
 
     .venv/bin/python bench/val_eval.py CHECKPOINT [--val 192] [--cache runs/cache] [--text]
                                       [--data DIR] [--synth-config configs/synth/small.yaml]
-                                      [--sides]
+                                      [--sides] [--sizes [--min-fit-fraction F]]
 
 Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
 the side read off the image), ``per_finding`` (F1, TP / FP / FN, AUROC and the stated side
@@ -14,7 +14,11 @@ EMR-dependent impression accuracy and the EMR context head's accuracy are added.
 ``--data DIR`` scores the cases of a ``medassist synth`` folder instead (e.g. a test split,
 once the choice is made).  ``--sides`` adds ``side_confusion``: per label whose side is read
 off the image (``heads.evidence_side_labels``), the true positives counted by reference side
-and stated side ("right -> bilateral": 3).  The cases come from
+and stated side ("right -> bilateral": 3).  ``--sizes`` adds the nodule / mass sizes the draft
+states (measured on the CT where that succeeds, ``multimodal.measure``): their MAE on the
+true positives, the size head's alone, the (reference, stated) pairs and how many calls were
+measured; ``--min-fit-fraction`` sets ``heads.measure.min_fit_fraction`` for the run (how
+the measurement's setting is chosen on validation cases).  The cases come from
 ``medassist.model_data.cached_synth_records`` (``--synth-config``, default
 configs/synth/small.yaml; seed 7, split val).
 """
@@ -71,10 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text", action="store_true")
     ap.add_argument("--sides", action="store_true", help="add side_confusion")
     ap.add_argument("--data", default="", help="score a `medassist synth` folder instead")
+    ap.add_argument("--sizes", action="store_true",
+                    help="add the sizes the draft states (measured on the CT)")
+    ap.add_argument("--min-fit-fraction", type=float, default=None,
+                    help="heads.measure.min_fit_fraction for this run (with --sizes)")
     ap.add_argument("--synth-config", default=str(REPO / "configs/synth/small.yaml"),
                     help="generator config of the cached validation cases")
     a = ap.parse_args(argv)
     model, cfg, _kind, tok, _meta = load_checkpoint(a.checkpoint)
+    if a.min_fit_fraction is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, heads=replace(cfg.heads, measure=replace(
+            cfg.heads.measure, min_fit_fraction=a.min_fit_fraction)))
     if a.data:
         recs = list(folder_records(a.data, cfg))
     else:
@@ -82,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = [record_sample(r, cfg, tok, with_report=False) for r in recs]
     with torch.no_grad():
         full = evaluate(model, cfg, samples, tok=tok if a.text else None,
-                        records=recs if a.text else None, modes=(None,),
+                        records=recs if a.text or a.sizes else None, modes=(None,),
                         injection=False)["full"]
     keys = ["micro_f1", "macro_auroc", "laterality_acc_tp", "laterality_acc_tp_head",
             "laterality_acc_tp_evidence", "per_finding", "detection_by_size"]
@@ -91,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     keys += [k for k in ("context_acc", "context_acc_per_slot", "n_context",
                          "context_recall_nonzero", "n_context_nonzero",
                          "context_false_nonzero") if k in full]
+    if a.sizes:
+        keys += ["size_mae_mm_nodule_mass", "size_mae_mm_nodule_mass_head", "size_measured"]
     res = {"checkpoint": a.checkpoint, "n_cases": len(samples), **{k: full[k] for k in keys}}
+    if a.sizes:
+        res["min_fit_fraction"] = cfg.heads.measure.min_fit_fraction
+        res["size_pairs_mm_tp"] = {lab: full["per_finding"][lab].get("size_pairs_mm_tp")
+                                   for lab in ("lung_nodule", "lung_mass")
+                                   if lab in full["per_finding"]}
     if a.sides:
         res["side_confusion"] = side_confusion(model, cfg, samples)
     print(json.dumps(res, indent=1))
