@@ -133,6 +133,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
                                   size_true)
             m["text_micro_f1"], m["text_macro_f1"] = tm["micro_f1"], tm["macro_f1"]
             m.update(impression_metrics(records, texts))
+            m["text_size_vs_measured"] = text_size_agreement(preds, texts)
             # references in the model's own word-level normal form (lower case, spacing)
             refs = [tok.decode(tok.encode(report_target_text(r.report_text))[0])
                     for r in records]
@@ -142,6 +143,30 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
                                                            threshold)
         res[{None: "full", "emr": "emr_removed", "ct": "ct_removed"}[mode]] = m
     return res
+
+
+def text_size_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str]
+                        ) -> dict[str, int]:
+    """Sentences of the generated Findings that affirm exactly one finding whose size was
+    measured on the CT and state a size (``sentences``), and those within
+    :data:`medassist.labeler.MEASURED_SIZE_FACTOR` of the measurement (``within_factor``;
+    the draft's guard marks the others): does the decoder's own size agree with the image?"""
+    from medassist.labeler import MEASURED_SIZE_FACTOR, label_text, stated_size_mm
+
+    n = agree = 0
+    for case, text in zip(preds, texts, strict=True):
+        measured = {p.label: float(p.size_mm) for p in case
+                    if p.present and p.size_source == "image" and p.size_mm}
+        if not measured:
+            continue
+        for sent in label_text(split_sections(text)[0]):
+            affirmed = [lab for lab, pos in sent.labels.items() if pos]
+            said = stated_size_mm(sent.text)
+            if len(affirmed) == 1 and affirmed[0] in measured and said:
+                n += 1
+                size = measured[affirmed[0]]
+                agree += int(max(said / size, size / said) <= MEASURED_SIZE_FACTOR)
+    return {"sentences": n, "within_factor": agree}
 
 
 def size_measured_counts(labels: Sequence[str], preds: Sequence[Sequence[Any]],

@@ -268,3 +268,25 @@ def test_guard_flags_another_lobe_than_the_location_head() -> None:
     out2, bad2 = guard(text, head, {"lung_mass": "right"}, lobes=lobes)
     assert bad2 == {"lung_mass"} and "other side" in out2 and "another lobe" not in out2
     assert stated_lobes("rul and Left Upper Lobe; lingula") == {"RUL", "LUL"}
+
+
+def test_text_size_agreement_counts_sentences_against_the_measured_size() -> None:
+    from medassist.model_eval import text_size_agreement
+    from multimodal.outputs import FindingPrediction
+
+    def pred(label: str, size: float | None, source: str) -> FindingPrediction:
+        return FindingPrediction(label=label, present=True, probability=0.9,
+                                 laterality="left", location="LUL", size_mm=size, slices=None,
+                                 box_voxels=None, emr_token_spans=(), size_source=source)
+
+    texts = ["FINDINGS: Lungs: there is a 4.5 cm lobulated mass in the left upper lobe. "
+             "Consolidation in the left lower lobe measuring about 6.6 cm. "
+             "IMPRESSION: 1. 5.5 cm mass.",
+             "FINDINGS: There is a 5.2 cm mass in the left upper lobe. IMPRESSION: 1. Mass.",
+             "FINDINGS: There is a 5.2 cm mass in the left upper lobe. IMPRESSION: 1. Mass."]
+    preds = [[pred("lung_mass", 58.0, "image"), pred("consolidation", 66.0, "head")],
+             [pred("lung_mass", 55.0, "image")],
+             [pred("lung_mass", 40.0, "head")]]  # the head's size: not counted
+    # case 1: 45 mm against 58 (1.29: out); the consolidation is not measured; the
+    # Impression is not read.  Case 2: 52 against 55 (in)
+    assert text_size_agreement(preds, texts) == {"sentences": 2, "within_factor": 1}
