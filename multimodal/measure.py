@@ -206,9 +206,10 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
                         and bool((centre >= lo_mm).all() and (centre <= hi_mm).all()) \
                         and diameter_range_mm[0] <= diameter <= diameter_range_mm[1]:
                     axes = sorted((float(2 * r) for r in radii), reverse=True)
+                    cv = centre / spacing
                     return Measurement(
                         diameter_mm=diameter, axes_mm=(axes[0], axes[1], axes[2]),
-                        centre_voxel=tuple(float(v) for v in centre / spacing),  # type: ignore[arg-type]
+                        centre_voxel=(float(cv[0]), float(cv[1]), float(cv[2])),
                         fit_fraction=fraction)
             if len(tried) >= cfg.n_tries:
                 break
