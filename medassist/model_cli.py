@@ -372,8 +372,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         for k in ("full", "emr_removed", "ct_removed"):
             if k in res:
-                print(f"{k}: micro-F1 {res[k]['micro_f1']:.3f} macro-F1 {res[k]['macro_f1']:.3f}"
-                      f" ECE {res[k]['ece']:.3f}")
+                r = res[k]
+                size = "" if r.get("size_mae_mm_nodule_mass") is None else (
+                    f" size MAE {r['size_mae_mm_nodule_mass']:.1f} mm (size head "
+                    f"{r['size_mae_mm_nodule_mass_head']:.1f})")
+                print(f"{k}: micro-F1 {r['micro_f1']:.3f} macro-F1 {r['macro_f1']:.3f}"
+                      f" ECE {r['ece']:.3f}{size}")
     return 0
 
 

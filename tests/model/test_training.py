@@ -245,6 +245,15 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
         assert args8.func(args8) == 0
     ev8 = json.loads(buf8.getvalue())
     assert ev8["int8"] is True and ev8["full"]["n_cases"] == full["n_cases"]
+    # without --json: one summary line per mode, with the size MAE where there is one
+    args_txt = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
+                              str(synth_folder)])
+    buf_txt = io.StringIO()
+    with contextlib.redirect_stdout(buf_txt):
+        assert args_txt.func(args_txt) == 0
+    lines = buf_txt.getvalue().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["full", "emr_removed", "ct_removed"]
+    assert ("size MAE" in lines[0]) == (full["size_mae_mm_nodule_mass"] is not None)
     case = synth_folder / "test" / "case_00003"
     rep = make_report(case / "dicom", case / "emr.txt", tiny_checkpoint, threshold=0.0)
     _check_contract(rep)
