@@ -67,8 +67,12 @@ class TrainConfig:
     #: zoom, min_kept, seed); empty = none
     augment: dict[str, Any] = field(default_factory=dict)
     #: a checkpoint folder whose weights and vocabulary start the run (fine-tuning); its
-    #: architecture must be the model config's; empty = random initialisation
+    #: architecture must be the model config's, or the config may add modules (their
+    #: parameters start fresh and are listed in meta.json); empty = random initialisation
     init_from: str = ""
+    #: parameter-name prefixes that train (e.g. ["decoder.", "condition."]: the report
+    #: decoder alone, every decision unchanged); empty = all
+    trainable: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from multimodal.training import THRESHOLD_OBJECTIVES
@@ -289,8 +293,17 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
     samples = training_samples(tc, cfg, tok, None if chunked and not finished else records)
     torch_seed(oc.seed)
     model = build_model(cfg, tc.model_kind)
+    fresh: list[str] = []
     if tc.init_from:  # a resumed run then loads its own latest checkpoint over these
-        init_weights(model, tc.init_from, tc.model_kind)
+        fresh = init_weights(model, tc.init_from, tc.model_kind)
+    if tc.trainable:
+        frozen = 0
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(name.startswith(x) for x in tc.trainable))
+            frozen += int(not p.requires_grad)
+        if frozen == sum(1 for _ in model.parameters()):
+            raise ModelCLIError(f"train.trainable {tc.trainable} matches no parameter; give "
+                                "parameter-name prefixes such as 'decoder.'")
     cal = None
     if tc.val_cases:
         val = cached_synth_records(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
@@ -306,7 +319,10 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
         from multimodal.checkpoint import WEIGHTS, sha256_file
 
         meta["init_from"] = {"checkpoint": tc.init_from,
-                             "weights_sha256": sha256_file(Path(tc.init_from) / WEIGHTS)}
+                             "weights_sha256": sha256_file(Path(tc.init_from) / WEIGHTS),
+                             **({"new_parameters": fresh} if fresh else {})}
+    if tc.trainable:
+        meta["trainable"] = list(tc.trainable)
     res = train_loop(model, cfg, tc.model_kind, tok, samples, oc, out, device=device,
                      resume=resume, stop_after=stop_after, log=log, extra_meta=meta,
                      calibration=cal, threshold_objective=tc.threshold_objective,
@@ -320,12 +336,15 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
             **{k: res[k] for k in ("world_size", "cases_this_rank", "rank_digests") if k in res}}
 
 
-def init_weights(model: Any, folder: str | Path, kind: str) -> None:
+def init_weights(model: Any, folder: str | Path, kind: str) -> list[str]:
     """Load the weights of the checkpoint ``folder`` into ``model`` (built from the run's
-    config); the checkpoint must be of the same kind and architecture."""
+    config); the checkpoint must be of the same kind and architecture, except that the run's
+    config may add parameters to the checkpoint's (returned: they start fresh)."""
     from safetensors.torch import load_file
 
-    from multimodal.checkpoint import CONFIG, WEIGHTS
+    from multimodal.checkpoint import CONFIG, WEIGHTS, build_model
+    from multimodal.config import ModelConfig, from_mapping
+    from multimodal.errors import MultimodalError
 
     src = Path(folder)
     try:
@@ -337,11 +356,21 @@ def init_weights(model: Any, folder: str | Path, kind: str) -> None:
     if str(raw.get("kind", "fusion")) != kind:
         raise ModelCLIError(f"train.init_from {src} is a {raw.get('kind')!r} checkpoint, the "
                             f"run trains {kind!r}")
+    try:  # the parameters the checkpoint's own config has: the run's others start fresh
+        own = set(build_model(from_mapping(ModelConfig, raw["model"]), kind).state_dict())
+    except (KeyError, TypeError, MultimodalError) as exc:
+        raise ModelCLIError(f"train.init_from {src}: bad config.json ({exc})") from exc
+    new = set(model.state_dict()) - own
     try:
-        model.load_state_dict(state)
+        res = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise ModelCLIError(f"train.init_from {src} does not fit the model config: "
                             f"{str(exc).splitlines()[0]}") from exc
+    lacking = sorted(set(res.missing_keys) - new)
+    if lacking or res.unexpected_keys:
+        raise ModelCLIError(f"train.init_from {src} does not fit the model config: "
+                            f"missing {lacking[:5]}, unexpected {sorted(res.unexpected_keys)[:5]}")
+    return sorted(new)
 
 
 def torch_seed(seed: int) -> None:

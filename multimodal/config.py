@@ -350,10 +350,16 @@ class DecoderConfig:
     #: head's decision (present or absent, and side): the text follows the head.  Training
     #: teacher-forces it with the true findings
     condition: bool = False
+    #: the conditioning token of a present finding also carries its stated size (log mm
+    #: through a linear layer): the size the draft states (measured on the CT where that
+    #: succeeds), teacher-forced with the true size in training; needs condition
+    condition_size: bool = False
 
     def __post_init__(self) -> None:
         _pos("decoder.depth/heads/mlp_ratio/max_len", self.depth, self.heads, self.mlp_ratio,
              self.max_len)
+        if self.condition_size and not self.condition:
+            raise ModelConfigError("decoder.condition_size needs decoder.condition: true")
 
 
 @dataclass(frozen=True)

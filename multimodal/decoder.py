@@ -3,6 +3,7 @@ a KV cache, greedy and beam decoding, batched generation."""
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from multimodal.tokenizer import BOS, EOS, PAD, UNK
 
 # never generated: a draft must not say "[UNK]" or restart mid-sentence
 _BANNED: tuple[int, ...] = (PAD, UNK, BOS)
+_LOG_MAX_MM = math.log1p(200.0)  # the conditioning's size scale (heads.size_max_mm's default)
 
 
 def _ban(logits: Tensor) -> Tensor:
@@ -45,9 +47,12 @@ class FindingConditioner(nn.Module):
     ``n_context`` classes at most), the stated context class of a present finding."""
 
     def __init__(self, n_labels: int, dim: int, context_slots: tuple[int, ...] = (),
-                 n_context: int = 0) -> None:
+                 n_context: int = 0, size: bool = False) -> None:
         super().__init__()
         self.label = nn.Parameter(torch.randn(n_labels, dim) * 0.02)
+        #: decoder.condition_size: log1p(mm) / log1p(200) -> (D,), added for a present
+        #: finding with a size
+        self.size: nn.Linear | None = nn.Linear(1, dim) if size else None
         self.present = nn.Embedding(2, dim)
         self.side = nn.Embedding(len(LATERALITY), dim)
         nn.init.normal_(self.present.weight, std=0.02)
@@ -57,13 +62,21 @@ class FindingConditioner(nn.Module):
         self.context: nn.Parameter | None = nn.Parameter(
             torch.randn(len(context_slots), n_context, dim) * 0.02) if context_slots else None
 
-    def forward(self, present: Tensor, side: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, present: Tensor, side: Tensor, context: Tensor | None = None,
+                size: Tensor | None = None) -> Tensor:
         """present (B, F) bool, side (B, F) int (LATERALITY index; < 0 means none), context
-        (B, K) int (class per slot; < 0 means none) -> (B, F, D)."""
+        (B, K) int (class per slot; < 0 means none), size (B, F) float mm (<= 0: none; read
+        with decoder.condition_size only) -> (B, F, D)."""
         if present.shape != side.shape or present.shape[-1] != self.label.shape[0]:
             raise ShapeError(f"present and side must be (B, {self.label.shape[0]})")
         side = side.clamp_min(0) * present.long()  # an absent finding has no side
         out: Tensor = self.label + self.present(present.long()) + self.side(side)
+        if self.size is not None and size is not None:
+            if size.shape != present.shape:
+                raise ShapeError(f"size must be (B, {self.label.shape[0]})")
+            stated = (present & (size > 0)).to(out.dtype)[..., None]  # (B, F, 1)
+            scaled = torch.log1p(size.clamp_min(0.0)).to(out.dtype)[..., None] / _LOG_MAX_MM
+            out = out + self.size(scaled) * stated
         if self.context is not None and context is not None:
             k = self.context.shape[0]
             if context.shape != (present.shape[0], k):
@@ -96,6 +109,12 @@ def stated_decisions(findings: list[list[FindingPrediction]], labels: tuple[str,
     side = torch.tensor([[LATERALITY.index(p.laterality) if p.laterality else 0 for p in case]
                          for case in findings], dtype=torch.long)
     return present, side
+
+
+def stated_sizes(findings: list[list[FindingPrediction]]) -> Tensor:
+    """Post-processed findings -> the size each states (B, F) float mm, 0 where none."""
+    return torch.tensor([[float(p.size_mm) if p.present and p.size_mm else 0.0 for p in case]
+                         for case in findings], dtype=torch.float32)
 
 
 @dataclass

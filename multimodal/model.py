@@ -15,6 +15,7 @@ from multimodal.decoder import (
     ReportDecoder,
     head_decisions,
     stated_decisions,
+    stated_sizes,
 )
 from multimodal.dense import DenseDetector
 from multimodal.encoder import (
@@ -94,17 +95,20 @@ class FusionModel(nn.Module):
         self.context_head = ContextHead(ctx, cfg.heads.labels, d) if ctx.labels else None
         self.condition = FindingConditioner(
             self.n_labels, d, tuple(cfg.heads.labels.index(lab) for lab in ctx.labels),
-            ctx.n_classes) if cfg.decoder.condition else None
+            ctx.n_classes, cfg.decoder.condition_size) if cfg.decoder.condition else None
 
     def decoder_memory(self, memory: Tensor, mask: Tensor, present: Tensor, side: Tensor,
-                       context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                       context: Tensor | None = None, size: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
         """The fused memory (B, M, D) plus, with decoder.condition, one token per finding type
-        stating ``present`` / ``side`` (B, F) and the EMR ``context`` class per context slot
-        (B, K) -> (B, M [+ F], D) and its mask."""
+        stating ``present`` / ``side`` (B, F), the EMR ``context`` class per context slot
+        (B, K) and (decoder.condition_size) the stated ``size`` (B, F) mm -> (B, M [+ F], D)
+        and its mask."""
         if self.condition is None:
             return memory, mask
         tok = self.condition(present.to(memory.device), side.to(memory.device),
-                             None if context is None else context.to(memory.device))  # (B,F,D)
+                             None if context is None else context.to(memory.device),
+                             None if size is None else size.to(memory.device))  # (B, F, D)
         return (torch.cat([memory, tok], 1),
                 torch.cat([mask, torch.ones(present.shape, dtype=torch.bool,
                                             device=mask.device)], 1))
@@ -197,15 +201,17 @@ class FusionModel(nn.Module):
             mem, mask = h, valid
             if self.condition is not None:
                 if x.cond_present is not None and x.cond_side is not None:
-                    # teacher forcing: the true findings and EMR context
+                    # teacher forcing: the true findings (and sizes) and EMR context
                     cond = (x.cond_present, x.cond_side)
+                    stated = x.cond_size
                     ctx = None if x.context is None else x.context.clamp_min(NO_CONTEXT)
                 else:
                     cond = head_decisions(pres, lat, ct_used,
                                           self.findings.get_buffer("thresholds"))
+                    stated = torch.expm1(size.detach()).clamp_min(0.0)
                     ctx = None if ctx_logits is None else context_decisions(ctx_logits,
                                                                             emr_used)
-                mem, mask = self.decoder_memory(h, valid, *cond, ctx)
+                mem, mask = self.decoder_memory(h, valid, *cond, ctx, stated)
             lm = self.decoder(x.report_ids, mem, mask)
         return ModelOutput(
             presence_logits=pres, laterality_logits=lat, location_logits=loc, size_log=size,
@@ -227,12 +233,14 @@ class FusionModel(nn.Module):
         states), else on the head's raw decisions."""
         if findings is not None:
             cond = stated_decisions(findings, self.cfg.heads.labels)
+            size = stated_sizes(findings)
         else:
             cond = head_decisions(out.presence_logits, out.laterality_logits, out.ct_used,
                                   out.thresholds)
+            size = out.size_mm.detach()
         ctx = None if out.context_logits is None else context_decisions(out.context_logits,
                                                                         out.emr_used)
-        mem, mask = self.decoder_memory(out.memory, out.memory_mask, *cond, ctx)
+        mem, mask = self.decoder_memory(out.memory, out.memory_mask, *cond, ctx, size)
         if beam_size > 1:
             return self.decoder.beam(mem, mask, max_new, beam_size)
         return self.decoder.greedy(mem, mask, max_new, use_cache)

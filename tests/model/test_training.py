@@ -211,6 +211,37 @@ def test_init_from_starts_a_run_from_a_checkpoints_weights_and_vocabulary(
         train(replace(tc, init_from=str(tmp_path / "missing"), out=str(tmp_path / "z")))
 
 
+def test_init_from_a_config_that_adds_parameters_training_the_decoder_alone(
+        tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The run's config adds the size conditioning (new parameters start fresh and are listed);
+    ``trainable`` trains the decoder and its conditioning only: everything else, and so
+    every finding decision, is the checkpoint's."""
+    from dataclasses import replace
+
+    import yaml
+    from safetensors.torch import load_file
+
+    raw = yaml.safe_load((ROOT / "configs/model/tiny.yaml").read_text())
+    raw["model"]["decoder"]["condition_size"] = True
+    cfg_path = tmp_path / "tiny_size.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    tc = replace(_tc(tmp_path / "dec", steps=2, lr=1e-2, checkpoint_every=2),
+                 model_config=str(cfg_path), init_from=str(tiny_checkpoint),
+                 trainable=["decoder.", "condition."])
+    train(tc)
+    meta = json.loads((tmp_path / "dec" / "meta.json").read_text())
+    assert meta["init_from"]["new_parameters"] == ["condition.size.bias",
+                                                   "condition.size.weight"]
+    assert meta["trainable"] == ["decoder.", "condition."]
+    init = load_file(str(tiny_checkpoint / WEIGHTS))
+    got = load_file(str(tmp_path / "dec" / WEIGHTS))
+    trained = [k for k in init if k.startswith(("decoder.", "condition."))]
+    assert all(torch.equal(init[k], got[k]) for k in init if k not in trained)
+    assert not all(torch.equal(init[k], got[k]) for k in trained)
+    with pytest.raises(ModelCLIError, match="matches no parameter"):
+        train(replace(tc, trainable=["nothing."], out=str(tmp_path / "none")))
+
+
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning",
                             "ignore:torch.quantize_per_tensor:UserWarning")
 def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: Path) -> None:
