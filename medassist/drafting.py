@@ -275,7 +275,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
            preds: Sequence[Any], w: Any, unreliable: frozenset[str] = frozenset(),
            never: frozenset[str] = frozenset()
            ) -> dict[str, Any]:
-    from medassist.labeler import complete, guard
+    from medassist.labeler import complete, guard, restate_sizes
 
     study, emr = prep.study, prep.emr
     findings_text, impression = split_sections(text)
@@ -292,7 +292,12 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     # the lobe the location head gives a one-sided finding (a bilateral one spans lobes)
     lobes = {p.label: p.location for p in preds if p.present and p.laterality != "bilateral"}
     weak = unreliable | never  # text about these labels rests on no detector
-    measured = {p.label for p in preds if p.present and p.size_source == "image"}
+    # a size measured on the CT replaces the one the decoder wrote for that finding (marked)
+    measured = {p.label: float(p.size_mm) for p in preds
+                if p.present and p.size_source == "image" and p.size_mm}
+    findings_text, restated = restate_sizes(findings_text, measured)
+    impression, restated_imp = restate_sizes(impression, measured)
+    restated |= restated_imp
     findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr, lobes,
                                         measured)
     impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr, lobes,
@@ -346,6 +351,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
         if p.size_source == "image":
             # the size is measured on the CT (multimodal.measure), not the size head's
             flags.append("size_measured")
+        if p.label in restated:
+            # a sentence's size was replaced by the measured one ([SIZE MEASURED ON CT])
+            flags.append("text_size_restated")
         if p.label in never:
             # the fitted threshold never calls it (its calls lowered the validation micro-F1):
             # "absent" here is not a finding

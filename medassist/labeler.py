@@ -39,7 +39,8 @@ NORMAL: dict[str, tuple[str, ...]] = {
 NEGATION = re.compile(r"\b(?:no|without|negative for|free of|not|absent|resolved)\b")
 #: the draft's own bracketed annotations ([UNVERIFIED: ...], [ADDED FROM THE FINDINGS LIST]):
 #: not report content, so not read for findings or negation
-ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST)[^\]]*\]")
+ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST|SIZE MEASURED ON CT)"
+                        r"[^\]]*\]")
 #: wording that states the patient's history (from the EMR): unsupported in a draft without one
 HISTORY = re.compile(r"\b(?:in a patient with|history of|known)\b")
 #: conclusions that rest on the history (a known primary, heart failure, fever): the reference
@@ -158,6 +159,41 @@ def stated_size_mm(sentence: str) -> float | None:
     sizes = [float(v) * (10.0 if unit == "cm" else 1.0)
              for v, unit in _SIZE.findall(ANNOTATION.sub(" ", sentence).lower())]
     return max(sizes) if sizes else None
+
+
+#: the mark in front of a sentence whose stated size the draft replaced by the one measured on
+#: the CT (:func:`restate_sizes`)
+MEASURED_MARK = "[SIZE MEASURED ON CT]"
+
+
+def _format_size(mm: float, unit: str) -> str:
+    return f"{mm / 10:.1f} cm" if unit == "cm" else f"{mm:.0f} mm"
+
+
+def restate_sizes(text: str, measured: Mapping[str, float]) -> tuple[str, set[str]]:
+    """Put the size measured on the CT into the text: a sentence that affirms exactly one
+    finding of ``measured`` (label -> mm) and states exactly one size that does not read as
+    the measurement in its own unit (0.1 cm or 1 mm) gets the measured size instead, and is
+    prefixed ``[SIZE MEASURED ON CT]``.  Returns the text (rebuilt sentence by sentence) and
+    the labels restated."""
+    out: list[str] = []
+    done: set[str] = set()
+    for sent in label_text(text):
+        affirmed = [lab for lab, pos in sent.labels.items() if pos]
+        notes = [m.span() for m in ANNOTATION.finditer(sent.text)]
+        sizes = [m for m in _SIZE.finditer(sent.text)
+                 if not any(a <= m.start() < b for a, b in notes)]
+        if len(affirmed) == 1 and affirmed[0] in measured and len(sizes) == 1:
+            m = sizes[0]
+            new = _format_size(measured[affirmed[0]], m.group(2))
+            if new != _format_size(float(m.group(1)) * (10.0 if m.group(2) == "cm" else 1.0),
+                                   m.group(2)):
+                out.append(f"{MEASURED_MARK} {sent.text[:m.start()]}{new}"
+                           f"{sent.text[m.end():]}")
+                done.add(affirmed[0])
+                continue
+        out.append(sent.text)
+    return " ".join(out), done
 
 
 def _size_clash(sentence: str, size_mm: float | None, factor: float = 2.0) -> bool:

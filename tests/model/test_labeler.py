@@ -290,3 +290,34 @@ def test_text_size_agreement_counts_sentences_against_the_measured_size() -> Non
     # case 1: 45 mm against 58 (1.29: out); the consolidation is not measured; the
     # Impression is not read.  Case 2: 52 against 55 (in)
     assert text_size_agreement(preds, texts) == {"sentences": 2, "within_factor": 1}
+
+
+def test_restate_sizes_puts_the_measured_size_into_the_text() -> None:
+    from medassist.labeler import MEASURED_MARK, restate_sizes
+
+    text = ("lungs and airways: there is a 4.5 cm lobulated mass in the left upper lobe. "
+            "consolidation in the left lower lobe measuring about 6.6 cm.")
+    out, done = restate_sizes(text, {"lung_mass": 55.3})
+    assert done == {"lung_mass"}
+    assert out == (f"{MEASURED_MARK} lungs and airways: there is a 5.5 cm lobulated mass in "
+                   "the left upper lobe. consolidation in the left lower lobe measuring about "
+                   "6.6 cm.")
+    # the guard reads the restated sentence as agreeing with the measurement
+    head = {"lung_mass": True, "consolidation": True}
+    assert guard(out, head, sizes={"lung_mass": 55.3}, measured={"lung_mass"})[1] == set()
+    assert text_findings(out, head) == text_findings(text, head)  # the mark is not a finding
+    # a size that reads as the measurement in its own unit stays as written
+    assert restate_sizes(text, {"lung_mass": 45.3}) == (text, set())
+    # millimetres stay millimetres
+    nod = "there is a smooth solid nodule in the right upper lobe measuring 6 mm."
+    assert restate_sizes(nod, {"lung_nodule": 8.4})[0] == (
+        f"{MEASURED_MARK} there is a smooth solid nodule in the right upper lobe measuring 8 mm.")
+    # two sizes, two findings, or a finding not measured: left alone
+    for t in ("a 7 mm nodule, previously 5 mm.", "a 4.5 cm mass and a 6.6 cm consolidation.",
+              "there is a 4.5 cm mass in the left upper lobe."):
+        assert restate_sizes(t, {"lung_nodule": 9.0, "consolidation": 70.0}) == (t, set())
+    # a size inside an annotation is not the sentence's
+    flagged = "[UNVERIFIED: reason (lung_mass: 55 mm)] there is a 4.5 cm mass in the lul."
+    assert restate_sizes(flagged, {"lung_mass": 55.3})[0] == (
+        f"{MEASURED_MARK} [UNVERIFIED: reason (lung_mass: 55 mm)] there is a 5.5 cm mass in "
+        "the lul.")
