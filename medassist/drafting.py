@@ -276,6 +276,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
            never: frozenset[str] = frozenset()
            ) -> dict[str, Any]:
     from medassist.labeler import complete, guard, restate_sizes
+    from multimodal.measure import measured_sizes
 
     study, emr = prep.study, prep.emr
     findings_text, impression = split_sections(text)
@@ -293,8 +294,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     lobes = {p.label: p.location for p in preds if p.present and p.laterality != "bilateral"}
     weak = unreliable | never  # text about these labels rests on no detector
     # a size measured on the CT replaces the one the decoder wrote for that finding (marked)
-    measured = {p.label: float(p.size_mm) for p in preds
-                if p.present and p.size_source == "image" and p.size_mm}
+    measured = measured_sizes(preds)
     findings_text, restated = restate_sizes(findings_text, measured)
     impression, restated_imp = restate_sizes(impression, measured)
     restated |= restated_imp

@@ -196,7 +196,7 @@ def restate_sizes(text: str, measured: Mapping[str, float]) -> tuple[str, set[st
     return " ".join(out), done
 
 
-def _size_clash(sentence: str, size_mm: float | None, factor: float = 2.0) -> bool:
+def size_clash(sentence: str, size_mm: float | None, factor: float = 2.0) -> bool:
     """The sentence states a size more than ``factor`` times off the head's ``size_mm``."""
     said = stated_size_mm(sentence)
     if said is None or size_mm is None or size_mm <= 0 or said <= 0:
@@ -239,11 +239,11 @@ def guard(text: str, head: Mapping[str, bool],
         if sides is not None and len(affirmed) == 1 and affirmed[0] not in clash \
                 and _side_clash(s.text, sides.get(affirmed[0])):
             side_clash = affirmed
-        size_clash = []
+        size_off = []
         if sizes is not None and len(affirmed) == 1 and affirmed[0] not in clash \
-                and _size_clash(s.text, sizes.get(affirmed[0]),
-                                MEASURED_SIZE_FACTOR if affirmed[0] in measured else 2.0):
-            size_clash = affirmed
+                and size_clash(s.text, sizes.get(affirmed[0]),
+                               MEASURED_SIZE_FACTOR if affirmed[0] in measured else 2.0):
+            size_off = affirmed
         lobe_clash = []
         if lobes is not None and len(affirmed) == 1 and affirmed[0] not in clash \
                 and not side_clash and _lobe_clash(s.text, lobes.get(affirmed[0])):
@@ -252,16 +252,16 @@ def guard(text: str, head: Mapping[str, bool],
         plain = ANNOTATION.sub(" ", s.text).lower()
         history = not has_emr and HISTORY.search(plain) is not None
         concluded = not has_emr and not history and HISTORY_CONCLUSION.search(plain) is not None
-        if clash or side_clash or size_clash or lobe_clash or weak or history or concluded:
-            bad.update(clash + side_clash + size_clash + lobe_clash)
+        if clash or side_clash or size_off or lobe_clash or weak or history or concluded:
+            bad.update(clash + side_clash + size_off + lobe_clash)
             why = [f"contradicts the findings head ({', '.join(clash)})"] if clash else []
             why += [f"names the other side than the findings head ({side_clash[0]})"] \
                 if side_clash else []
-            if size_clash and sizes:
-                whose = "the one measured on the CT" if size_clash[0] in measured \
+            if size_off and sizes:
+                whose = "the one measured on the CT" if size_off[0] in measured \
                     else "the findings head's"
-                why += [f"states a size far from {whose} ({size_clash[0]}: "
-                        f"{sizes[size_clash[0]]:.0f} mm)"]
+                why += [f"states a size far from {whose} ({size_off[0]}: "
+                        f"{sizes[size_off[0]]:.0f} mm)"]
             why += [f"names another lobe than the findings head ({lobe_clash[0]}: "
                     f"{lobes[lobe_clash[0]]})"] if lobe_clash and lobes else []
             why += [f"the model does not detect {', '.join(weak)} reliably"] if weak else []

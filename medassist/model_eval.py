@@ -99,9 +99,14 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
         size = head_size
         if records is not None:
             # the size the draft states: a called nodule or mass measured on the CT where
-            # that succeeds (medassist report does the same), else the size head's
+            # that succeeds (medassist report does the same), else the size head's; the
+            # report is generated from these predictions, as the draft's is
             preds = [measure_findings(case, r.hu, cfg.ct.spacing_mm, cfg.heads.measure)
                      for case, r in zip(preds, records, strict=True)]
+            sizes_b = [len(b) for b in per_batch[cfg.heads.side_from_evidence]]
+            starts = np.cumsum([0, *sizes_b])
+            per_batch[cfg.heads.side_from_evidence] = [
+                preds[a:a + n] for a, n in zip(starts[:-1], sizes_b, strict=True)]
             size = np.array([[fp.size_mm if fp.size_source == "image" else head_size[b, f]
                               for f, fp in enumerate(case)] for b, case in enumerate(preds)],
                             np.float64)
@@ -151,21 +156,20 @@ def text_size_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str]
     measured on the CT and state a size (``sentences``), and those within
     :data:`medassist.labeler.MEASURED_SIZE_FACTOR` of the measurement (``within_factor``;
     the draft's guard marks the others): does the decoder's own size agree with the image?"""
-    from medassist.labeler import MEASURED_SIZE_FACTOR, label_text, stated_size_mm
+    from medassist.labeler import MEASURED_SIZE_FACTOR, label_text, size_clash, stated_size_mm
+    from multimodal.measure import measured_sizes
 
     n = agree = 0
     for case, text in zip(preds, texts, strict=True):
-        measured = {p.label: float(p.size_mm) for p in case
-                    if p.present and p.size_source == "image" and p.size_mm}
+        measured = measured_sizes(case)
         if not measured:
             continue
         for sent in label_text(split_sections(text)[0]):
             affirmed = [lab for lab, pos in sent.labels.items() if pos]
-            said = stated_size_mm(sent.text)
-            if len(affirmed) == 1 and affirmed[0] in measured and said:
+            if len(affirmed) == 1 and affirmed[0] in measured and stated_size_mm(sent.text):
                 n += 1
-                size = measured[affirmed[0]]
-                agree += int(max(said / size, size / said) <= MEASURED_SIZE_FACTOR)
+                agree += int(not size_clash(sent.text, measured[affirmed[0]],
+                                            MEASURED_SIZE_FACTOR))
     return {"sentences": n, "within_factor": agree}
 
 

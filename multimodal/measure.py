@@ -232,3 +232,9 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
                 p = dataclasses.replace(p, size_mm=round(m.diameter_mm, 1), size_source="image")
         out.append(p)
     return out
+
+
+def measured_sizes(preds: Sequence[FindingPrediction]) -> dict[str, float]:
+    """Label -> size (mm) of each present finding whose size was measured on the CT."""
+    return {p.label: float(p.size_mm) for p in preds
+            if p.present and p.size_source == "image" and p.size_mm}
