@@ -88,6 +88,7 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
             # size for every case shows here, not in the mean error
             per[lab]["size_pairs_mm_tp"] = [[round(float(a), 1), round(float(b), 1)]
                                             for a, b in zip(st[has, f], sp[has, f], strict=True)]
+        per[lab]["false_calls_with"] = false_calls_with(labels, f, pred, truth)
     supported = [v["f1"] for v in per.values() if v["support"] > 0]
     aucs = [v["auroc"] for v in per.values() if v["auroc"] is not None]
     lat_ok = lat_hit[tp_mask]
@@ -111,6 +112,25 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
         "n_cases": int(truth.shape[0]),
         "n_predicted_present": int(pred.sum()),
     }
+
+
+def false_calls_with(labels: Sequence[str], f: int, pred: Arr, truth: Arr) -> dict[str, int]:
+    """The cases where label ``f`` is called but absent, counted by each finding they do have
+    (``"none"``: a case with no finding at all); a case with two findings counts for both.
+    Tells what a false call stands for (a mass called where the case has a consolidation)."""
+    yp = np.asarray(pred, bool)
+    y = np.asarray(truth, bool)
+    if yp.shape != y.shape or yp.ndim != 2 or not 0 <= f < yp.shape[1] \
+            or yp.shape[1] != len(labels):
+        raise ValueError(f"pred and truth must both be (N, {len(labels)}) and 0 <= f < "
+                         f"{len(labels)}; got {yp.shape}, {y.shape} and f={f}")
+    false = yp[:, f] & ~y[:, f]
+    out = {lab: int((false & y[:, g]).sum()) for g, lab in enumerate(labels) if g != f}
+    out = {lab: n for lab, n in sorted(out.items(), key=lambda kv: -kv[1]) if n}
+    none = int((false & ~y.any(1)).sum())
+    if none:
+        out["none"] = none
+    return out
 
 
 #: Upper edges (mm, exclusive) of the reference-size bins of :func:`detection_by_size`.

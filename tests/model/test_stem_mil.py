@@ -155,6 +155,27 @@ def test_size_mae_per_finding() -> None:
     assert none["per_finding"]["lung_mass"]["size_mae_mm_tp"] is None
 
 
+def test_false_calls_with() -> None:
+    """A label's false calls counted by the findings their cases do have; true positives and
+    the label's own misses do not count; a case with nothing counts as "none"."""
+    from multimodal.metrics import false_calls_with
+
+    labels = ["lung_mass", "consolidation", "emphysema"]
+    truth = np.array([[0, 1, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 1]], bool)
+    pred = np.array([[1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 1]], bool)
+    got = false_calls_with(labels, 0, pred, truth)
+    assert got == {"consolidation": 2, "emphysema": 1, "none": 1}
+    assert list(got) == ["consolidation", "emphysema", "none"]  # most frequent first
+    assert false_calls_with(labels, 2, pred, truth) == {}  # no false emphysema call
+    m = findings_metrics(labels, pred.astype(float), pred, truth, np.zeros((6, 3)),
+                         np.zeros((6, 3)), np.zeros((6, 3)), np.full((6, 3), np.nan))
+    assert m["per_finding"]["lung_mass"]["false_calls_with"] == got
+    with pytest.raises(ValueError, match="must both be"):
+        false_calls_with(labels, 3, pred, truth)
+    with pytest.raises(ValueError, match="must both be"):
+        false_calls_with(labels, 0, pred[:, :2], truth[:, :2])
+
+
 def test_detection_by_size() -> None:
     from multimodal.metrics import detection_by_size
 
