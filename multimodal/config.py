@@ -424,6 +424,13 @@ class ModelConfig:
     #: negative cells, mostly easy ones, and can learn where a finding may lie instead of
     #: whether it is there); 0 = off
     dense_hard_k: int = 0
+    #: (label, mm): a case whose largest finding of ``label`` is smaller than this (its
+    #: reference size) is left out of that label's presence, per-patch, dense and attribute
+    #: losses, as neither a positive nor a negative: below what the model grid shows (a
+    #: 5 mm slab and 2.75 mm pixels average a 6 mm nodule to a bump no brighter than the
+    #: vessels), it would teach the detector noise.  Evaluation still counts it; calibration
+    #: reads the label's AUROC on the cases the losses kept (``val_auroc_all``: on all)
+    presence_min_mm: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         _pos("dim", self.dim)
@@ -441,6 +448,12 @@ class ModelConfig:
         if self.ct.dense_hidden and not self.heads.mil:
             raise ModelConfigError("ct.dense_hidden needs heads.mil: true (the dense map is "
                                    "read through the MIL patch logits)")
+        for i, (lab, mm) in enumerate(self.presence_min_mm):
+            if lab not in self.heads.labels or not mm > 0:
+                raise ModelConfigError(f"presence_min_mm[{i}] must be [label of heads.labels, "
+                                       f"mm > 0], got {[lab, mm]}")
+        if len({lab for lab, _ in self.presence_min_mm}) != len(self.presence_min_mm):
+            raise ModelConfigError("presence_min_mm lists a label twice")
         unknown = sorted(set(self.context.labels) - set(self.heads.labels))
         if unknown:
             raise ModelConfigError(f"context.labels {unknown} are not in heads.labels")

@@ -62,26 +62,38 @@ def dense_targets(label_masks: npt.NDArray[np.bool_], block: tuple[int, int, int
     return out
 
 
-def balanced_bce(logits: Tensor, target: Tensor, hard_k: int = 0) -> Tensor:
+def balanced_bce(logits: Tensor, target: Tensor, hard_k: int = 0,
+                 weight: Tensor | None = None) -> Tensor:
     """Class-balanced BCE of (B, F, ...) logits against 0/1 targets: per finding type, the
     mean loss over its positive cells plus the mean over its negative cells (a label with no
     positive cell in the batch contributes its negative term only), averaged over types.
 
     With ``hard_k`` > 0, per finding type also the mean over the cases without it of the
     negative loss of the mean of their ``hard_k`` highest cell logits (hard negatives: what
-    a case-level maximum reads)."""
+    a case-level maximum reads).  ``weight`` (B, F) 0/1 leaves a case's finding type out
+    (its cells are neither positives nor negatives)."""
+    if weight is not None and weight.shape != logits.shape[:2]:
+        raise ShapeError(f"weight must be (B, F) = {tuple(logits.shape[:2])}, got "
+                         f"{tuple(weight.shape)}")
     lg = logits.transpose(0, 1).flatten(1)  # (F, B * cells)
     tg = target.transpose(0, 1).flatten(1).to(lg.dtype)
-    pos_n = tg.sum(1)
-    neg_n = (1 - tg).sum(1)
-    pos = (F.softplus(-lg) * tg).sum(1) / pos_n.clamp_min(1.0)
-    neg = (F.softplus(lg) * (1 - tg)).sum(1) / neg_n.clamp_min(1.0)
+    if weight is None:
+        keep = tg.new_ones(tg.shape)
+    else:
+        cells = logits[0, 0].numel()
+        keep = weight.to(lg.dtype).transpose(0, 1).repeat_interleave(cells, 1)  # (F, B * cells)
+    pos_n = (tg * keep).sum(1)
+    neg_n = ((1 - tg) * keep).sum(1)
+    pos = (F.softplus(-lg) * tg * keep).sum(1) / pos_n.clamp_min(1.0)
+    neg = (F.softplus(lg) * (1 - tg) * keep).sum(1) / neg_n.clamp_min(1.0)
     loss = pos + neg  # (F,)
     if hard_k > 0:
         per_case = logits.flatten(2)  # (B, F, cells)
         if hard_k > per_case.shape[2]:
             raise ShapeError(f"dense_hard_k {hard_k} exceeds the {per_case.shape[2]} cells")
         absent = target.flatten(2).amax(2) == 0  # (B, F): no cell of the finding
+        if weight is not None:
+            absent &= weight > 0
         top = per_case.topk(hard_k, dim=2).values.mean(2)  # (B, F)
         hard = (F.softplus(top) * absent).sum(0) / absent.sum(0).clamp_min(1)
         loss = loss + hard

@@ -28,14 +28,28 @@ class Targets:
     dense_map: Tensor | None = None  # (B, F, z, y, x) uint8 cell occupancy (ct.dense_hidden)
 
 
+def presence_weight(cfg: ModelConfig, present: Tensor, size_mm: Tensor) -> Tensor:
+    """(B, F) 0/1 float: 0 where ``cfg.presence_min_mm`` leaves a case's label out of the
+    losses (present, but its largest reference size below the label's limit), else 1."""
+    w = torch.ones(present.shape, dtype=torch.float32, device=present.device)
+    for lab, mm in cfg.presence_min_mm:
+        f = cfg.heads.labels.index(lab)
+        small = (present[:, f] > 0.5) & ~(torch.nan_to_num(size_mm[:, f], nan=0.0) >= mm)
+        w[:, f] = (~small).float()
+    return w
+
+
 def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, Tensor]:
     """Per-term losses and ``total``.  Image-finding and report terms skip cases without CT
-    (after modality dropout): without CT the model abstains, it is not taught to guess."""
+    (after modality dropout): without CT the model abstains, it is not taught to guess.
+    Labels that ``cfg.presence_min_mm`` leaves out of a case (too small to see) are left out
+    of its presence, per-patch, dense and attribute terms."""
     ct = out.ct_used.float()[:, None]  # (B, 1)
     n_ct = ct.sum().clamp_min(1.0) * t.present.shape[1]
+    w = presence_weight(cfg, t.present, t.size_mm).to(out.presence_logits.dtype)  # (B, F)
     bce = F.binary_cross_entropy_with_logits(out.presence_logits, t.present, reduction="none")
-    losses: dict[str, Tensor] = {"presence": (bce * ct).sum() / n_ct}
-    keep = out.ct_used[:, None].expand_as(t.laterality)
+    losses: dict[str, Tensor] = {"presence": (bce * ct * w).sum() / n_ct}
+    keep = out.ct_used[:, None].expand_as(t.laterality) & (w > 0)
     lat_t = t.laterality.masked_fill(~keep, IGNORE)
     loc_t = t.location.masked_fill(~keep, IGNORE)
     zero = out.presence_logits.sum() * 0.0
@@ -66,15 +80,16 @@ def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, 
     if t.loc_map is not None and out.patch_logits is not None:
         sel = out.ct_used
         if bool(sel.any()):
-            ptgt = (t.loc_map[sel] > 0).to(out.patch_logits.dtype)
+            ptgt = (t.loc_map[sel] > 0).to(out.patch_logits.dtype)  # (b, F, N)
             pw = torch.tensor(cfg.patch_pos_weight, device=ptgt.device, dtype=ptgt.dtype)
-            losses["patch"] = F.binary_cross_entropy_with_logits(out.patch_logits[sel], ptgt,
-                                                                 pos_weight=pw)
+            pl = F.binary_cross_entropy_with_logits(out.patch_logits[sel], ptgt,
+                                                    pos_weight=pw, reduction="none")
+            losses["patch"] = (pl * w[sel][:, :, None]).mean()
     losses["dense"] = zero
     if t.dense_map is not None and out.dense_logits is not None and bool(out.ct_used.any()):
         sel = out.ct_used
         losses["dense"] = balanced_bce(out.dense_logits[sel], t.dense_map[sel],
-                                       cfg.dense_hard_k)
+                                       cfg.dense_hard_k, weight=w[sel])
     losses["context"] = zero
     if t.context is not None and out.context_logits is not None:
         # what the note says: learnt from the cases whose note was used

@@ -360,8 +360,26 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
     best = min(grid, key=nll)
     temp.fill_(best)
     prob = torch.sigmoid(logits).numpy()
-    aucs = [auroc(prob[:, f], y[:, f].numpy() > 0.5) if int(y[:, f].sum()) >= min_pos
-            and int((1 - y[:, f]).sum()) >= min_pos else None for f in range(y.shape[1])]
+
+    def label_aucs(kept: torch.Tensor) -> list[float | None]:
+        out: list[float | None] = []
+        for f in range(y.shape[1]):
+            k = kept[:, f] > 0
+            yf = y[k, f]
+            out.append(auroc(prob[k.numpy(), f], yf.numpy() > 0.5)
+                       if int(yf.sum()) >= min_pos and int((1 - yf).sum()) >= min_pos else None)
+        return out
+
+    aucs_all = label_aucs(torch.ones_like(y))
+    cfg = getattr(model, "cfg", None)
+    # a label that presence_min_mm leaves out of the losses where it is too small to see is
+    # judged (min_call_auroc, heads.min_reliable_auroc) on the cases the losses kept
+    aucs = aucs_all
+    if cfg is not None and cfg.presence_min_mm:
+        from multimodal.losses import presence_weight
+
+        size = torch.as_tensor(np.stack([np.asarray(s["size"], np.float32) for s in samples]))
+        aucs = label_aucs(presence_weight(cfg, y, size[has_ct]))
     never = [f for f, a in enumerate(aucs) if a is not None and a < min_call_auroc]
     thr = fit_thresholds(torch.sigmoid(logits / best), y, min_pos=min_pos,
                          objective=threshold_objective, never=never)
@@ -371,7 +389,6 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
     head.get_buffer("val_auroc").copy_(torch.tensor(
         [float("nan") if a is None else a for a in aucs]))
     sides: dict[str, Any] | None = None
-    cfg = getattr(model, "cfg", None)
     if cfg is not None and cfg.heads.mil and cfg.heads.side_from_evidence \
             and cfg.heads.evidence_side_labels:
         cut, sides = fit_bilateral_cutoffs(outs, samples, cfg.heads, cfg.ct, min_pos)
@@ -383,6 +400,8 @@ def fit_temperature(model: nn.Module, samples: Sequence[Mapping[str, Any]],
             "thresholds": [round(float(t), 3) for t in thr],
             "prior": [round(float(p), 4) for p in prior],
             "val_auroc": [None if a is None else round(a, 4) for a in aucs],
+            **({"val_auroc_all": [None if a is None else round(a, 4) for a in aucs_all]}
+               if aucs is not aucs_all else {}),
             **({"bilateral": sides} if sides is not None else {})}
 
 
