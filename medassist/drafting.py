@@ -162,6 +162,13 @@ def _not_assessed(label: str) -> str:
     return f"{label.replace('_', ' ').capitalize()}: not assessed by this model."
 
 
+def _none_from(label: str, mm: float) -> str:
+    """The absent sentence of a label trained only on findings of ``mm`` or more
+    (``presence_min_mm``): smaller ones are not excluded."""
+    return (f"No {label.replace('_', ' ')} of {mm:g} mm or more; smaller ones are not "
+            f"assessed by this model.")
+
+
 def split_sections(text: str) -> tuple[str, str]:
     m = re.search(r"findings\s*:\s*(.*?)\s*impression\s*:\s*(.*)", text, re.S | re.I)
     if m:
@@ -281,8 +288,14 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     study, emr = prep.study, prep.emr
     findings_text, impression = split_sections(text)
     head = {p.label: p.present for p in preds}
-    sentences = {p.label: _sentence(p.label, p.present, p.laterality, p.location, p.size_mm)
-                 if p.label not in never else _not_assessed(p.label) for p in preds}
+    # a label trained only on findings of some size or more says so when absent
+    min_mm = {lab: float(mm) for lab, mm in getattr(lm.cfg, "presence_min_mm", ())}
+    small_unassessed = {p.label for p in preds
+                        if not p.present and p.label in min_mm and p.label not in never}
+    sentences = {p.label: _not_assessed(p.label) if p.label in never
+                 else _none_from(p.label, min_mm[p.label]) if p.label in small_unassessed
+                 else _sentence(p.label, p.present, p.laterality, p.location, p.size_mm)
+                 for p in preds}
     # a present finding the decoder left out is stated from the findings list, marked; then
     # sentences (of the Findings and the Impression) contradicting the findings head, or
     # resting on an unreliable detector, are marked
@@ -299,9 +312,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     impression, restated_imp = restate_sizes(impression, measured)
     restated |= restated_imp
     findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr, lobes,
-                                        measured)
+                                        measured, min_mm)
     impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr, lobes,
-                                         measured)
+                                         measured, min_mm)
     contradicted |= contradicted_imp
     spans_chr = sample.get("emr_spans")
     items = []
@@ -358,6 +371,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             # the fitted threshold never calls it (its calls lowered the validation micro-F1):
             # "absent" here is not a finding
             flags.append("not_assessed")
+        if p.label in small_unassessed:
+            # absent means none of the size the detector was trained on (presence_min_mm);
+            # smaller ones are not assessed
+            flags.append("small_not_assessed")
         items.append({
             "label": p.label, "present": p.present, "probability": round(p.probability, 4),
             "laterality": p.laterality, "location": p.location, "size_mm": p.size_mm,

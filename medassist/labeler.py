@@ -210,7 +210,8 @@ def guard(text: str, head: Mapping[str, bool],
           sizes: Mapping[str, float | None] | None = None,
           has_emr: bool = True,
           lobes: Mapping[str, str | None] | None = None,
-          measured: Collection[str] = ()) -> tuple[str, set[str]]:
+          measured: Collection[str] = (),
+          min_mm: Mapping[str, float] | None = None) -> tuple[str, set[str]]:
     """Flag sentences that contradict the findings head, or that rest on a detector the
     checkpoint does not have reliably.
 
@@ -227,9 +228,11 @@ def guard(text: str, head: Mapping[str, bool],
     a detector at chance is not a finding.  Without an EMR (``has_emr`` False) a sentence that
     states the patient's history ("in a patient with known ...") is marked: nothing supports
     it; so is one drawing a conclusion that rests on it ("metastatic", "cardiogenic",
-    "pneumonia").  Returns the text with each such
-    sentence prefixed by ``[UNVERIFIED: ...]`` (the reasons) and the set of labels that were
-    contradicted."""
+    "pneumonia").  With ``min_mm`` (label -> the smallest size its detector was trained on,
+    ``presence_min_mm``), a sentence that negates such a label is marked: "no nodules" from
+    a detector of nodules of 10 mm or more does not exclude a 6 mm one.  Returns the text
+    with each such sentence prefixed by ``[UNVERIFIED: ...]`` (the reasons) and the set of
+    labels that were contradicted."""
     out: list[str] = []
     bad: set[str] = set()
     for s in label_text(text):
@@ -249,10 +252,13 @@ def guard(text: str, head: Mapping[str, bool],
                 and not side_clash and _lobe_clash(s.text, lobes.get(affirmed[0])):
             lobe_clash = affirmed
         weak = sorted(lab for lab in s.labels if lab in unreliable)
+        small = sorted(lab for lab, pos in s.labels.items()
+                       if min_mm and lab in min_mm and not pos and lab not in weak)
         plain = ANNOTATION.sub(" ", s.text).lower()
         history = not has_emr and HISTORY.search(plain) is not None
         concluded = not has_emr and not history and HISTORY_CONCLUSION.search(plain) is not None
-        if clash or side_clash or size_off or lobe_clash or weak or history or concluded:
+        if clash or side_clash or size_off or lobe_clash or weak or small or history \
+                or concluded:
             bad.update(clash + side_clash + size_off + lobe_clash)
             why = [f"contradicts the findings head ({', '.join(clash)})"] if clash else []
             why += [f"names the other side than the findings head ({side_clash[0]})"] \
@@ -265,6 +271,8 @@ def guard(text: str, head: Mapping[str, bool],
             why += [f"names another lobe than the findings head ({lobe_clash[0]}: "
                     f"{lobes[lobe_clash[0]]})"] if lobe_clash and lobes else []
             why += [f"the model does not detect {', '.join(weak)} reliably"] if weak else []
+            why += [f"the model does not assess {lab} below {min_mm[lab]:g} mm"
+                    for lab in small] if min_mm else []
             why += ["states patient history, but no EMR was given"] if history else []
             why += ["draws a conclusion that rests on patient history, but no EMR was given"] \
                 if concluded else []

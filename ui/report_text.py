@@ -47,6 +47,10 @@ class FindingReview:
         threshold never calls: "absent" would be a finding it cannot make)."""
         if "not_assessed" in self.flags:
             return "not assessed"
+        if "small_not_assessed" in self.flags and not self.present:
+            # a detector trained only on findings of some size or more (the sentence says
+            # which): absent means none that large
+            return "absent (small ones not assessed)"
         return "present" if self.present else "absent"
 
     @property

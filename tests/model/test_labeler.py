@@ -93,6 +93,26 @@ def test_guard_marks_history_when_no_emr_was_given() -> None:
     assert "UNVERIFIED" not in guard(concl, head2)[0]
 
 
+def test_guard_marks_negations_below_a_detectors_size_limit() -> None:
+    """A label trained only on findings of 10 mm or more (presence_min_mm): "no nodule" is
+    marked (a small one is not excluded); an affirmed one is not, nor is another label."""
+    text = ("No suspicious pulmonary nodules. No pleural effusion. "
+            "A 12 mm nodule in the left lower lobe.")
+    head = {"lung_nodule": False, "pleural_effusion": False}
+    out, bad = guard(text, head, min_mm={"lung_nodule": 10.0})
+    assert out.startswith("[UNVERIFIED: the model does not assess lung_nodule below 10 mm] "
+                          "No suspicious")
+    assert "] No pleural" not in out
+    # the affirmed nodule contradicts the head (absent), not the size limit
+    assert "[UNVERIFIED: contradicts the findings head (lung_nodule)] A 12 mm" in out
+    assert out.count("below 10 mm") == 1 and bad == {"lung_nodule"}
+    assert guard(text, head)[0].count("UNVERIFIED") == 1  # without the limit
+    # an unreliable detector's reason is given once, not the size limit as well
+    weak, _ = guard("No pulmonary nodules.", head, unreliable={"lung_nodule"},
+                    min_mm={"lung_nodule": 10.0})
+    assert "reliably" in weak and "below" not in weak
+
+
 def test_guard_marks_sentences_on_unreliable_detectors() -> None:
     text = "No pneumothorax. No pleural effusion. A 5 mm nodule in the left lower lobe."
     head = {"pneumothorax": False, "pleural_effusion": True, "lung_nodule": True}

@@ -373,6 +373,34 @@ def test_unreliable_detector_flag(synth_folder: Path, tiny_checkpoint: Path) -> 
         dataclasses.replace(lm.cfg.heads, min_reliable_auroc=1.5)
 
 
+def test_label_with_a_size_limit_says_so_when_absent(synth_folder: Path,
+                                                     tiny_checkpoint: Path) -> None:
+    """A checkpoint whose nodule losses left out nodules below 10 mm (presence_min_mm): an
+    absent nodule's sentence says nodules of 10 mm or more are absent and smaller ones not
+    assessed (flag small_not_assessed); the other labels are drafted as before."""
+    import dataclasses
+
+    from medassist.drafting import infer, load_model, prepare
+
+    case = synth_folder / "test" / "case_00003"
+    lm = load_model(tiny_checkpoint)
+    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
+    plain = infer(lm, [prep], threshold=1.01)[0]  # nothing called
+    lm.cfg = dataclasses.replace(lm.cfg, presence_min_mm=(("lung_nodule", 10.0),))
+    rep = infer(lm, [prep], threshold=1.01)[0]
+    _check_contract(rep)
+    by = {f["label"]: f for f in rep["findings"]}
+    nod = by["lung_nodule"]
+    assert not nod["present"] and "small_not_assessed" in nod["flags"]
+    assert nod["sentence"] == ("No lung nodule of 10 mm or more; smaller ones are not "
+                               "assessed by this model.")
+    for f, g in zip(rep["findings"], plain["findings"], strict=True):
+        if f["label"] != "lung_nodule":
+            assert f["sentence"] == g["sentence"] and f["flags"] == g["flags"]
+    called = infer(lm, [prep], threshold=0.0)[0]  # a called nodule has no such flag
+    assert all("small_not_assessed" not in f["flags"] for f in called["findings"])
+
+
 def test_never_called_label_is_not_assessed(synth_folder: Path, tiny_checkpoint: Path) -> None:
     """A label whose fitted threshold is NEVER (threshold objective "micro_f1": its calls
     lowered the validation micro-F1) is not called, and the draft says it was not assessed

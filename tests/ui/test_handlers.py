@@ -454,9 +454,12 @@ def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls() -> No
                              size_mm=None, text="Lung nodule: not assessed by this model.")
 
     rows = finding_rows([review(False, ("low_confidence", "not_assessed")),
-                         review(False, ()), review(True, ("low_confidence",))])
-    assert [r[2] for r in rows] == ["not assessed", "absent", "present"]
+                         review(False, ()), review(True, ("low_confidence",)),
+                         review(False, ("small_not_assessed",))])
+    assert [r[2] for r in rows] == ["not assessed", "absent", "present",
+                                    "absent (small ones not assessed)"]
     assert "FLAG not_assessed" in rows[0][4] and rows[1][4] == "-"
+    assert rows[3][4] == "FLAG small_not_assessed"
 
 
 def test_finding_rows_say_a_size_was_measured_on_the_ct_and_do_not_flag_it() -> None:
