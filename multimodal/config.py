@@ -431,6 +431,10 @@ class ModelConfig:
     #: vessels), it would teach the detector noise.  Evaluation still counts it; calibration
     #: reads the label's AUROC on the cases the losses kept (``val_auroc_all``: on all)
     presence_min_mm: tuple[tuple[str, float], ...] = ()
+    #: (label, confuser, weight): in the per-patch (MIL) loss, a patch the ``confuser``
+    #: occupies where ``label`` is absent weighs ``weight`` times as a negative of ``label``
+    #: (a consolidation read as a mass); heads.mil only
+    patch_confusers: tuple[tuple[str, str, float], ...] = ()
 
     def __post_init__(self) -> None:
         _pos("dim", self.dim)
@@ -454,6 +458,13 @@ class ModelConfig:
                                        f"mm > 0], got {[lab, mm]}")
         if len({lab for lab, _ in self.presence_min_mm}) != len(self.presence_min_mm):
             raise ModelConfigError("presence_min_mm lists a label twice")
+        for i, (lab, conf, wt) in enumerate(self.patch_confusers):
+            if lab not in self.heads.labels or conf not in self.heads.labels or lab == conf \
+                    or not wt >= 1.0:
+                raise ModelConfigError(f"patch_confusers[{i}] must be [label, another label "
+                                       f"of heads.labels, weight >= 1], got {[lab, conf, wt]}")
+        if self.patch_confusers and not self.heads.mil:
+            raise ModelConfigError("patch_confusers needs heads.mil: true (per-patch loss)")
         unknown = sorted(set(self.context.labels) - set(self.heads.labels))
         if unknown:
             raise ModelConfigError(f"context.labels {unknown} are not in heads.labels")

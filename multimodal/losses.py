@@ -84,7 +84,15 @@ def compute_losses(out: ModelOutput, t: Targets, cfg: ModelConfig) -> dict[str, 
             pw = torch.tensor(cfg.patch_pos_weight, device=ptgt.device, dtype=ptgt.dtype)
             pl = F.binary_cross_entropy_with_logits(out.patch_logits[sel], ptgt,
                                                     pos_weight=pw, reduction="none")
-            losses["patch"] = (pl * w[sel][:, :, None]).mean()
+            pl = pl * w[sel][:, :, None]
+            if cfg.patch_confusers:
+                mult = torch.ones_like(pl)
+                for lab, conf, wt in cfg.patch_confusers:
+                    a, c = cfg.heads.labels.index(lab), cfg.heads.labels.index(conf)
+                    hard = (ptgt[:, a] == 0) & (t.loc_map[sel][:, c] > 0)  # (b, N)
+                    mult[:, a] = torch.where(hard, wt, 1.0)
+                pl = pl * mult
+            losses["patch"] = pl.mean()
     losses["dense"] = zero
     if t.dense_map is not None and out.dense_logits is not None and bool(out.ct_used.any()):
         sel = out.ct_used
