@@ -407,7 +407,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     f"{r['size_mae_mm_nodule_mass_head']:.1f})")
                 print(f"{k}: micro-F1 {r['micro_f1']:.3f} macro-F1 {r['macro_f1']:.3f}"
                       f" ECE {r['ece']:.3f}{size}")
+                if k == "full":
+                    for line in per_finding_lines(r["per_finding"]):
+                        print(f"  {line}")
     return 0
+
+
+def per_finding_lines(per: dict[str, Any]) -> list[str]:
+    """One line per finding of an eval's ``per_finding``: F1, TP / FP / FN and, where it has
+    false calls, the findings their cases have (``false_calls_with``)."""
+    out = []
+    for lab, v in per.items():
+        line = f"{lab}: F1 {v['f1']:.2f} (TP {v['tp']}, FP {v['fp']}, FN {v['fn']})"
+        with_ = v.get("false_calls_with") or {}
+        if with_:
+            line += "; false calls in cases with " + ", ".join(
+                f"{other} {n}" for other, n in with_.items())
+        out.append(line)
+    return out
 
 
 # --------------------------------------------------------------------------- report

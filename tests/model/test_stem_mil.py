@@ -176,6 +176,18 @@ def test_false_calls_with() -> None:
         false_calls_with(labels, 0, pred[:, :2], truth[:, :2])
 
 
+def test_eval_summary_lines_state_what_false_calls_stand_for() -> None:
+    from medassist.model_cli import per_finding_lines
+
+    per = {"lung_mass": {"f1": 0.4, "tp": 5, "fp": 10, "fn": 5,
+                         "false_calls_with": {"consolidation": 10, "none": 1}},
+           "pleural_effusion": {"f1": 1.0, "tp": 12, "fp": 0, "fn": 0, "false_calls_with": {}}}
+    assert per_finding_lines(per) == [
+        "lung_mass: F1 0.40 (TP 5, FP 10, FN 5); false calls in cases with consolidation 10, "
+        "none 1",
+        "pleural_effusion: F1 1.00 (TP 12, FP 0, FN 0)"]
+
+
 def test_detection_by_size() -> None:
     from multimodal.metrics import detection_by_size
 

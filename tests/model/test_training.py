@@ -282,9 +282,19 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
     buf_txt = io.StringIO()
     with contextlib.redirect_stdout(buf_txt):
         assert args_txt.func(args_txt) == 0
-    lines = buf_txt.getvalue().splitlines()
+    all_lines = buf_txt.getvalue().splitlines()
+    lines = [ln for ln in all_lines if not ln.startswith("  ")]
     assert [ln.split(":")[0] for ln in lines] == ["full", "emr_removed", "ct_removed"]
     assert ("size MAE" in lines[0]) == (full["size_mae_mm_nodule_mass"] is not None)
+    # under the full line, one indented line per finding: F1, counts, what its false calls
+    # stand for
+    per = all_lines[1:1 + len(full["per_finding"])]
+    assert sorted(ln.strip().split(":")[0] for ln in per) == sorted(full["per_finding"])
+    for ln in per:
+        lab = ln.strip().split(":")[0]
+        v = full["per_finding"][lab]
+        assert f"(TP {v['tp']}, FP {v['fp']}, FN {v['fn']})" in ln
+        assert ("false calls in cases with" in ln) == bool(v["false_calls_with"]), lab
     case = synth_folder / "test" / "case_00003"
     rep = make_report(case / "dicom", case / "emr.txt", tiny_checkpoint, threshold=0.0)
     _check_contract(rep)
