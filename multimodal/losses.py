@@ -30,7 +30,8 @@ class Targets:
 
 def presence_weight(cfg: ModelConfig, present: Tensor, size_mm: Tensor) -> Tensor:
     """(B, F) 0/1 float: 0 where ``cfg.presence_min_mm`` leaves a case's label out of the
-    losses (present, but its largest reference size below the label's limit), else 1."""
+    losses (present, but its largest reference size below the label's limit or unknown),
+    else 1."""
     w = torch.ones(present.shape, dtype=torch.float32, device=present.device)
     for lab, mm in cfg.presence_min_mm:
         f = cfg.heads.labels.index(lab)
