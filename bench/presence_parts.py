@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from medassist.model_data import folder_records, record_sample  # noqa: E402
 from multimodal.checkpoint import load_checkpoint  # noqa: E402
+from multimodal.heads import pool_mil  # noqa: E402
 from multimodal.metrics import auroc  # noqa: E402
 from multimodal.training import predict  # noqa: E402
 
@@ -40,11 +41,9 @@ def parts(model: Any, samples: list[dict[str, Any]], f: int) -> tuple[np.ndarray
     temp = float(head.get_buffer("temperature"))
     q, m = [], []
     for o in predict(model, samples):
-        if o.patch_logits is None:
+        if o.patch_logits is None or o.mil_affine is None:
             raise SystemExit("the checkpoint has no MIL path (heads.mil: false)")
-        pooled = torch.logsumexp(o.patch_logits, -1) * head.mil_scale + head.mil_bias
-        has_ct = o.ct_used[:, None]
-        pooled = torch.where(has_ct, pooled, head.mil_bias.expand_as(pooled))
+        pooled = pool_mil(o.patch_logits, *o.mil_affine, o.ct_used)
         q.append((o.presence_logits * temp - pooled)[:, f])
         m.append(pooled[:, f])
     return torch.cat(q).numpy(), torch.cat(m).numpy()

@@ -289,7 +289,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     findings_text, impression = split_sections(text)
     head = {p.label: p.present for p in preds}
     # a label trained only on findings of some size or more says so when absent
-    min_mm = {lab: float(mm) for lab, mm in getattr(lm.cfg, "presence_min_mm", ())}
+    min_mm = {lab: float(mm) for lab, mm in lm.cfg.presence_min_mm}
     small_unassessed = {p.label for p in preds
                         if not p.present and p.label in min_mm and p.label not in never}
     sentences = {p.label: _not_assessed(p.label) if p.label in never

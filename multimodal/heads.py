@@ -100,12 +100,7 @@ class FindingsHead(nn.Module):
         if dense is not None:
             logits = logits + dense
         logits = logits.masked_fill(~ct_valid[:, None, :], -1e4)
-        pooled = torch.logsumexp(logits, -1) * self.mil_scale + self.mil_bias
-        # a case without CT gets no image evidence from this path: only the learned bias (the
-        # score of "no abnormal patch"), so its presence stays on the calibrated scale
-        has_ct = ct_valid.any(-1)[:, None]
-        pooled = torch.where(has_ct, pooled, self.mil_bias.expand_as(pooled))
-        return logits, pooled
+        return logits, pool_mil(logits, self.mil_scale, self.mil_bias, ct_valid.any(-1))
 
     def forward(self, q: Tensor, ct_tok: Tensor | None, ct_valid: Tensor | None,
                 emr_tok: Tensor | None, emr_valid: Tensor | None,
@@ -198,6 +193,16 @@ def side_from_map(weights: Tensor, midline_x: float, patch_x: int,
     if share <= margin:
         return "right"
     return "bilateral"
+
+
+def pool_mil(patch_logits: Tensor, mil_scale: Tensor, mil_bias: Tensor, has_ct: Tensor
+             ) -> Tensor:
+    """The multiple-instance presence part (B, F) of per-patch logits (B, F, N): their
+    logsumexp, scaled and shifted per finding.  A case without CT (``has_ct`` (B,) False)
+    gets no image evidence from this path, only the learned bias (the score of "no abnormal
+    patch"), so its presence stays on the calibrated scale."""
+    pooled = torch.logsumexp(patch_logits, -1) * mil_scale + mil_bias
+    return torch.where(has_ct[:, None], pooled, mil_bias.expand_as(pooled))
 
 
 def side_probs(patch_logits: Tensor, mil_scale: Tensor, mil_bias: Tensor, midline_x: float,
