@@ -119,8 +119,8 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             m["size_mae_mm_nodule_mass_head"] = head_m["size_mae_mm_nodule_mass"]
             m["size_measured"] = size_measured_counts(
                 cfg.heads.labels, preds, truth,
-                [les[0] for les in cfg.heads.measure.lesions] if cfg.heads.measure.enabled
-                else [])
+                [*(les[0] for les in cfg.heads.measure.lesions),
+                 *cfg.heads.measure.ratio_labels] if cfg.heads.measure.enabled else [])
         for name, ev in (("head", False), ("evidence", True)):
             m[f"laterality_acc_tp_{name}"] = findings_metrics(
                 cfg.heads.labels, prob, pred, truth, side_indices(by_side[ev]), lat_true,
@@ -138,9 +138,12 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
                                   size_true)
             m["text_micro_f1"], m["text_macro_f1"] = tm["micro_f1"], tm["macro_f1"]
             m.update(impression_metrics(records, texts))
-            m["text_size_vs_measured"] = text_size_agreement(preds, texts)
-            # references in the model's own word-level normal form (lower case, spacing)
-            refs = [tok.decode(tok.encode(report_target_text(r.report_text))[0])
+            m["text_size_vs_measured"] = text_size_agreement(
+                preds, texts, cfg.heads.measure.ratio_labels)
+            # references in the model's own word-level normal form (lower case, spacing),
+            # encoded as the decoder's targets are (an unknown decimal in parts, not [UNK])
+            refs = [tok.decode(tok.encode(report_target_text(r.report_text),
+                                          split_decimals=True)[0])
                     for r in records]
             m.update(text_scores(texts, refs))
         if mode is None and injection and tok is not None and records is not None:
@@ -150,8 +153,8 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
     return res
 
 
-def text_size_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str]
-                        ) -> dict[str, int]:
+def text_size_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str],
+                        ratio_labels: Sequence[str] = ()) -> dict[str, int]:
     """Sentences of the generated Findings that affirm exactly one finding whose size was
     measured on the CT and state a size (``sentences``), and those within
     :data:`medassist.labeler.MEASURED_SIZE_FACTOR` of the measurement (``within_factor``;
@@ -161,7 +164,7 @@ def text_size_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str]
 
     n = agree = 0
     for case, text in zip(preds, texts, strict=True):
-        measured = measured_sizes(case)
+        measured = measured_sizes(case, ratio_labels)
         if not measured:
             continue
         for sent in label_text(split_sections(text)[0]):

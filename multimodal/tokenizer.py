@@ -23,8 +23,23 @@ from multimodal.errors import TokenizerError
 
 SPECIALS: tuple[str, ...] = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]")
 PAD, UNK, BOS, EOS, SEP = range(5)
+_FRACTION = re.compile(r"(?<![\d.])\d+\.\d+$")  # text ending in a decimal number
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+|[^\sa-z\d]")
 FORMAT = "medassist-word-tokenizer/1"
+
+
+def _enumerator(text: str) -> bool:
+    """Whether ``text`` ends in a list number ("1" of "IMPRESSION: 1. ..."): digits at the
+    start or after a colon, a semicolon or a sentence's full stop, not a decimal's integer
+    part ("about 6" of "about 6.6 cm")."""
+    head = text.rstrip("0123456789").rstrip()
+    if head == "" or head[-1] in ":;":
+        return True
+    if head[-1] != ".":
+        return False
+    # after a full stop, unless that stop closes a list number itself ("2. 0.05 mm")
+    before = head[:-1].rstrip()
+    return not (before[-1:].isdigit() and _enumerator(before))
 
 
 class WordTokenizer:
@@ -66,10 +81,18 @@ class WordTokenizer:
         return cls(base + ranked[: max_size - len(base)])
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False,
-               max_tokens: int | None = None,
+               max_tokens: int | None = None, split_decimals: bool = False,
                ) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids and their ``(start, end)`` character spans (BOS/EOS get ``(0, 0)``);
-        with ``max_tokens`` only the first ``max_tokens`` text tokens are read."""
+        with ``max_tokens`` only the first ``max_tokens`` text tokens are read.
+
+        ``split_decimals`` (report targets): a decimal that is not in the vocabulary is
+        written as its integer part, ``.`` and its fraction's digits one by one (``0.58`` ->
+        ``0 . 5 8``; the integers 0..200 always are in it), so a decoder can learn to write
+        it instead of ``[UNK]``, and the first fraction digit is one of ten tokens, not one of
+        a hundred (greedy decoding then writes it rather than end the sentence at the point);
+        :meth:`decode` joins the parts again.  An integer part above the vocabulary's stays
+        ``[UNK]``."""
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
         if bos:
@@ -77,7 +100,17 @@ class WordTokenizer:
             spans.append((0, 0))
         low = text.lower()
         for m in itertools.islice(_TOKEN.finditer(low), max_tokens):
-            ids.append(self._stoi.get(m.group(0), UNK))
+            word = m.group(0)
+            if split_decimals and word not in self._stoi and "." in word:
+                head, tail = word.split(".")
+                dot = m.start() + len(head)
+                pieces = [(head, m.start(), dot), (".", dot, dot + 1)]
+                pieces += [(d, dot + 1 + i, dot + 2 + i) for i, d in enumerate(tail)]
+                for piece, a, b in pieces:
+                    ids.append(self._stoi.get(piece, UNK))
+                    spans.append((a, b))
+                continue
+            ids.append(self._stoi.get(word, UNK))
             spans.append((m.start(), m.end()))
         if eos:
             ids.append(EOS)
@@ -97,7 +130,10 @@ class WordTokenizer:
                 out = out.rstrip() + "\n"
             elif out and not out.endswith("\n") and (tok[0].isalnum() or tok in ("[", "(")):
                 prev = out[-1]
-                decimal = tok[0].isdigit() and prev == "." and out[-2:-1].isdigit()
+                decimal = (tok.isdigit() and prev == "." and out[-2:-1].isdigit()
+                           and not _enumerator(out[:-1]))
+                # the next digit of a fraction written digit by digit ("0.5" + "8")
+                decimal |= len(tok) == 1 and tok.isdigit() and bool(_FRACTION.search(out))
                 ordinal = tok in ("st", "nd", "rd", "th") and prev.isdigit()  # "4th rib"
                 out += tok if prev in "-/(" or decimal or ordinal else " " + tok
             else:

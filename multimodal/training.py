@@ -91,7 +91,7 @@ def make_sample(cfg: ModelConfig, tok: WordTokenizer, *, hu: npt.NDArray[Any] | 
             s["emr_ids"] = np.asarray(ids[:n], np.int64)
             s["emr_spans"] = np.asarray(spans[:n], np.int64).reshape(-1, 2)
     if report is not None:
-        ids, _ = tok.encode(report, bos=True)
+        ids, _ = tok.encode(report, bos=True, split_decimals=True)  # "0.58": 0 . 58
         s["report_ids"] = np.asarray([*ids[:cfg.decoder.max_len - 1], 3], np.int64)  # + EOS
     if targets is not None:
         s.update({k: np.asarray(v) for k, v in targets.items()})

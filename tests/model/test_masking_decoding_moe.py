@@ -190,3 +190,29 @@ def test_decode_joins_split_decimals_and_spaces_brackets() -> None:
     ids = tok.encode("consolidation(rll ), 6 cm")[0]
     assert tok.decode(ids) == "consolidation (rll), 6 cm"
     assert tok.decode(tok.encode("4th rib")[0]) == "4th rib"
+
+
+def test_decode_keeps_list_numbers_apart_from_the_next_number() -> None:
+    # "2. 12 mm nodule" must not read "2.12 mm nodule"; "1. 3.7 cm" not "1.3.7 cm"
+    tok = WordTokenizer([*SPECIALS, "1", "2", "12", "6", "3.7", ".", ":", "cm", "mm", "mass",
+                         "nodule", "impression", "about"])
+    ids = tok.encode("impression: 1. 3.7 cm mass. 2. 12 mm nodule.")[0]
+    assert tok.decode(ids) == "impression: 1. 3.7 cm mass. 2. 12 mm nodule."
+    assert tok.decode(tok.encode("1. 6 cm mass")[0]) == "1. 6 cm mass"
+    assert tok.decode(tok.encode("mass about 6 . 6 cm")[0]) == "mass about 6.6 cm"
+    assert tok.decode(tok.encode("2. 6 . 12 mm")[0]) == "2. 6.12 mm"  # a list item's decimal
+
+
+def test_unknown_decimals_are_split_for_report_targets() -> None:
+    tok = WordTokenizer([*SPECIALS, *(str(i) for i in range(10)), "58", ".", "(", ")",
+                         "ratio", "approximately", "1.5", "cm", "300", ";"])
+    text = "ratio approximately 0.58 (1.5). 2. 5.5 cm; 2. 0.07 cm"
+    ids, spans = tok.encode(text)
+    assert UNK in ids  # the EMR's encoding: an unknown decimal is one unknown word
+    ids, spans = tok.encode(text, split_decimals=True)
+    assert UNK not in ids
+    assert [text[a:b] for a, b in spans][2:6] == ["0", ".", "5", "8"]  # digit by digit
+    assert "1.5" in [tok.vocab[i] for i in ids]  # a known decimal stays one token
+    assert tok.decode(ids) == "ratio approximately 0.58 (1.5). 2. 5.5 cm; 2. 0.07 cm"
+    assert tok.encode("300.25", split_decimals=True)[0][0] == tok.vocab.index("300")
+    assert tok.encode("412.5", split_decimals=True)[0][0] == UNK  # no such integer
