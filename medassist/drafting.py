@@ -148,12 +148,19 @@ def _indication(emr: str | None) -> str:
 
 
 def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
-              size: float | None) -> str:
+              size: float | None, *, ratio: bool = False, measured: bool = False) -> str:
+    """The structured sentence of one finding.  A ``ratio`` label's size is the
+    cardiothoracic ratio, not a length: stated only where ``measured`` on the CT (the size
+    head's is too coarse), never in millimetres."""
     words = label.replace("_", " ")
     if not present:
         return f"No {words}."
     side = f"{lat} " if lat in ("left", "right", "bilateral") else ""
     where = f" ({loc})" if loc and loc not in ("none", "other") else ""
+    if ratio:
+        head = f"{side}{words}{where}".capitalize()
+        return head + (f", cardiothoracic ratio {size:.2f} measured on the CT."
+                       if measured and size is not None else ".")
     size_s = f", about {size:.0f} mm" if size is not None else ""
     return f"{side}{words}{where}{size_s}.".capitalize()
 
@@ -282,35 +289,47 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
            preds: Sequence[Any], w: Any, unreliable: frozenset[str] = frozenset(),
            never: frozenset[str] = frozenset()
            ) -> dict[str, Any]:
-    from medassist.labeler import complete, guard, restate_sizes
-    from multimodal.measure import measured_sizes
+    from medassist.labeler import complete, guard, restate_ratios, restate_sizes
+    from multimodal.measure import measured_ratios, measured_sizes
 
     study, emr = prep.study, prep.emr
     findings_text, impression = split_sections(text)
     head = {p.label: p.present for p in preds}
     # a label trained only on findings of some size or more says so when absent
     min_mm = {lab: float(mm) for lab, mm in lm.cfg.presence_min_mm}
+    # labels whose size is the cardiothoracic ratio (not a length)
+    ratio_labels = frozenset(lm.cfg.heads.measure.ratio_labels)
     small_unassessed = {p.label for p in preds
                         if not p.present and p.label in min_mm and p.label not in never}
     sentences = {p.label: _not_assessed(p.label) if p.label in never
                  else _none_from(p.label, min_mm[p.label]) if p.label in small_unassessed
-                 else _sentence(p.label, p.present, p.laterality, p.location, p.size_mm)
+                 else _sentence(p.label, p.present, p.laterality, p.location, p.size_mm,
+                                ratio=p.label in ratio_labels,
+                                measured=p.size_source == "image")
                  for p in preds}
     # a present finding the decoder left out is stated from the findings list, marked; then
     # sentences (of the Findings and the Impression) contradicting the findings head, or
     # resting on an unreliable detector, are marked
     findings_text, omitted = complete(findings_text, head, sentences)
     sides = {p.label: p.laterality for p in preds if p.present}
-    sizes = {p.label: p.size_mm for p in preds if p.present}
+    sizes = {p.label: p.size_mm for p in preds if p.present and p.label not in ratio_labels}
     has_emr = bool(prep.emr and prep.emr.strip())
     # the lobe the location head gives a one-sided finding (a bilateral one spans lobes)
     lobes = {p.label: p.location for p in preds if p.present and p.laterality != "bilateral"}
     weak = unreliable | never  # text about these labels rests on no detector
     # a size measured on the CT replaces the one the decoder wrote for that finding (marked)
-    measured = measured_sizes(preds)
+    measured = measured_sizes(preds, tuple(ratio_labels))
     findings_text, restated = restate_sizes(findings_text, measured)
     impression, restated_imp = restate_sizes(impression, measured)
     restated |= restated_imp
+    # a cardiothoracic ratio the decoder wrote: the one measured on the CT instead, or marked
+    ratios = measured_ratios(preds, tuple(ratio_labels))
+    called_ratio = {p.label for p in preds if p.present and p.label in ratio_labels}
+    findings_text, ratio_restated, ratio_unmeasured = restate_ratios(findings_text, ratios,
+                                                                     called_ratio)
+    impression, r_imp, u_imp = restate_ratios(impression, ratios, called_ratio)
+    ratio_restated |= r_imp
+    ratio_unmeasured |= u_imp
     findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr, lobes,
                                         measured, min_mm)
     impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr, lobes,
@@ -362,11 +381,18 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             # neither "present" nor "absent" should be taken from it
             flags.append("unreliable_detector")
         if p.size_source == "image":
-            # the size is measured on the CT (multimodal.measure), not the size head's
-            flags.append("size_measured")
+            # the size (a cardiothoracic ratio: "ratio_measured") is measured on the CT
+            # (multimodal.measure, multimodal.cardiac), not the size head's
+            flags.append("ratio_measured" if p.label in ratio_labels else "size_measured")
         if p.label in restated:
             # a sentence's size was replaced by the measured one ([SIZE MEASURED ON CT])
             flags.append("text_size_restated")
+        if p.label in ratio_restated:
+            # a sentence's ratio was replaced by the measured one ([RATIO MEASURED ON CT])
+            flags.append("text_ratio_restated")
+        if p.label in ratio_unmeasured:
+            # a sentence states a ratio the CT did not give: marked [UNVERIFIED: ...]
+            flags.append("text_ratio_unmeasured")
         if p.label in never:
             # the fitted threshold never calls it (its calls lowered the validation micro-F1):
             # "absent" here is not a finding
@@ -377,7 +403,8 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             flags.append("small_not_assessed")
         items.append({
             "label": p.label, "present": p.present, "probability": round(p.probability, 4),
-            "laterality": p.laterality, "location": p.location, "size_mm": p.size_mm,
+            "laterality": p.laterality, "location": p.location,
+            "size_mm": None if p.label in ratio_labels else p.size_mm,
             "sentence": sentences[p.label],
             "evidence": {"slices": slices, "z_mm": z_mm, "box_voxels": box_v,
                          "box_mm": box_mm, "emr_spans": emr_spans},

@@ -39,8 +39,8 @@ NORMAL: dict[str, tuple[str, ...]] = {
 NEGATION = re.compile(r"\b(?:no|without|negative for|free of|not|absent|resolved)\b")
 #: the draft's own bracketed annotations ([UNVERIFIED: ...], [ADDED FROM THE FINDINGS LIST]):
 #: not report content, so not read for findings or negation
-ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST|SIZE MEASURED ON CT)"
-                        r"[^\]]*\]")
+ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST|SIZE MEASURED ON CT"
+                        r"|RATIO MEASURED ON CT)[^\]]*\]")
 #: wording that states the patient's history (from the EMR): unsupported in a draft without one
 HISTORY = re.compile(r"\b(?:in a patient with|history of|known)\b")
 #: conclusions that rest on the history (a known primary, heart failure, fever): the reference
@@ -164,6 +164,45 @@ def stated_size_mm(sentence: str) -> float | None:
 #: the mark in front of a sentence whose stated size the draft replaced by the one measured on
 #: the CT (:func:`restate_sizes`)
 MEASURED_MARK = "[SIZE MEASURED ON CT]"
+
+
+#: the mark in front of a sentence whose cardiothoracic ratio the draft replaced by the one
+#: measured on the CT, and in front of one whose ratio is the decoder's alone
+#: (:func:`restate_ratios`)
+RATIO_MARK = "[RATIO MEASURED ON CT]"
+RATIO_UNMEASURED = "[UNVERIFIED: ratio not measured on the CT]"
+_RATIO = re.compile(r"(?<![\d.])0\.\d{1,2}(?![\d.])")
+
+
+def restate_ratios(text: str, measured: Mapping[str, float], present: Collection[str]
+                   ) -> tuple[str, set[str], set[str]]:
+    """Put the cardiothoracic ratio measured on the CT into the text: a sentence that affirms
+    exactly one label of ``present`` (called findings whose size is a ratio) and states
+    exactly one ratio ("0.58") gets the measured one (``measured``: label -> ratio) instead,
+    prefixed :data:`RATIO_MARK` where it differs; where that label was not measured, the
+    sentence is prefixed :data:`RATIO_UNMEASURED`.  Returns the text (rebuilt sentence by
+    sentence), the labels restated and the labels marked unmeasured."""
+    out: list[str] = []
+    restated: set[str] = set()
+    unmeasured: set[str] = set()
+    for sent in label_text(text):
+        affirmed = [lab for lab, pos in sent.labels.items() if pos]
+        notes = [m.span() for m in ANNOTATION.finditer(sent.text)]
+        ratios = [m for m in _RATIO.finditer(sent.text)
+                  if not any(a <= m.start() < b for a, b in notes)]
+        if len(affirmed) == 1 and affirmed[0] in present and len(ratios) == 1:
+            lab, m = affirmed[0], ratios[0]
+            if lab not in measured:
+                out.append(f"{RATIO_UNMEASURED} {sent.text}")
+                unmeasured.add(lab)
+                continue
+            new = f"{measured[lab]:.2f}"
+            if new != f"{float(m.group(0)):.2f}":
+                out.append(f"{RATIO_MARK} {sent.text[:m.start()]}{new}{sent.text[m.end():]}")
+                restated.add(lab)
+                continue
+        out.append(sent.text)
+    return " ".join(out), restated, unmeasured
 
 
 def _format_size(mm: float, unit: str) -> str:

@@ -270,6 +270,11 @@ class MeasureConfig:
     min_fit_fraction: float = 0.85
     #: candidate centres (best first, 15 mm apart) measured per enclosure level
     n_tries: int = 3
+    #: labels whose size is the cardiothoracic ratio, measured on the CT when called
+    #: (:mod:`multimodal.cardiac`); labels the model does not predict are ignored
+    ratio_labels: tuple[str, ...] = ("cardiomegaly",)
+    #: a measured ratio outside this range is not taken (the head's estimate stays)
+    ratio_range: tuple[float, float] = (0.3, 0.85)
 
     def __post_init__(self) -> None:
         for i, les in enumerate(self.lesions):
@@ -290,6 +295,14 @@ class MeasureConfig:
                 or self.min_fit_fraction > 1:
             raise ModelConfigError("heads.measure needs min_depth_mm < max_radius_mm, trim < 1 "
                                    "and min_fit_fraction <= 1")
+        if len(self.ratio_range) != 2 or not 0 < self.ratio_range[0] < self.ratio_range[1] \
+                or not all(self.ratio_labels):
+            raise ModelConfigError("heads.measure.ratio_range must be [low, high] with "
+                                   f"0 < low < high, got {self.ratio_range}; ratio_labels "
+                                   "must name labels")
+        if {les[0] for les in self.lesions} & set(self.ratio_labels):
+            raise ModelConfigError("heads.measure: a label is either a lesion (diameter) or a "
+                                   "ratio label, not both")
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,8 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
     """One case's predictions with each present lesion's ``size_mm`` measured on ``hu`` where
     the measurement passes its checks (``size_source`` "image"); the others unchanged.  The
     input is not modified."""
+    from multimodal.cardiac import cardiothoracic_ratio
+
     ranges = {les[0]: (les[1], les[2]) for les in cfg.lesions}
     out = []
     for p in preds:
@@ -230,11 +232,27 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
             m = measure_lesion(hu, spacing_mm, p.box_voxels, cfg, ranges[p.label])
             if m is not None:
                 p = dataclasses.replace(p, size_mm=round(m.diameter_mm, 1), size_source="image")
+        elif cfg.enabled and hu is not None and p.present and p.label in cfg.ratio_labels:
+            # the size of such a label is a ratio (cardiothoracic), not a length
+            c = cardiothoracic_ratio(np.asarray(hu), spacing_mm, ratio_range=cfg.ratio_range)
+            if c is not None:
+                p = dataclasses.replace(p, size_mm=round(c.ratio, 2), size_source="image")
         out.append(p)
     return out
 
 
-def measured_sizes(preds: Sequence[FindingPrediction]) -> dict[str, float]:
-    """Label -> size (mm) of each present finding whose size was measured on the CT."""
+def measured_sizes(preds: Sequence[FindingPrediction], ratio_labels: Sequence[str] = ()
+                   ) -> dict[str, float]:
+    """Label -> size (mm) of each present finding whose size was measured on the CT; the
+    labels in ``ratio_labels`` (a ratio, not a length) are left out."""
     return {p.label: float(p.size_mm) for p in preds
-            if p.present and p.size_source == "image" and p.size_mm}
+            if p.present and p.size_source == "image" and p.size_mm
+            and p.label not in ratio_labels}
+
+
+def measured_ratios(preds: Sequence[FindingPrediction], ratio_labels: Sequence[str]
+                    ) -> dict[str, float]:
+    """Label -> ratio of each present finding of ``ratio_labels`` measured on the CT."""
+    return {p.label: float(p.size_mm) for p in preds
+            if p.present and p.size_source == "image" and p.size_mm
+            and p.label in ratio_labels}

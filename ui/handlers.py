@@ -214,7 +214,8 @@ def priority(draft: ReportDraft) -> str:
     findings; ``routine``: otherwise."""
     if any(f.present for f in draft.findings):
         return "high"
-    if any(f.flags and set(f.flags) - {"no_emr", "size_measured"} for f in draft.findings):
+    if any(f.flags and set(f.flags) - {"no_emr", "size_measured", "ratio_measured"}
+           for f in draft.findings):
         return "check"
     return "routine"
 

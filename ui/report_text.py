@@ -60,7 +60,8 @@ class FindingReview:
 
     @property
     def consistency_flags(self) -> tuple[str, ...]:
-        return tuple(f for f in self.flags if f not in ("low_confidence", "size_measured"))
+        return tuple(f for f in self.flags
+                     if f not in ("low_confidence", "size_measured", "ratio_measured"))
 
 
 def _one_line(text: str) -> str:

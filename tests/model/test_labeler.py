@@ -189,6 +189,39 @@ def test_guard_flags_the_other_side() -> None:
     assert guard(text, head)[1] == set()
 
 
+def test_a_ratio_is_never_stated_in_millimetres() -> None:
+    from medassist.drafting import _sentence
+
+    # cardiomegaly's size is the cardiothoracic ratio (about 0.6): no "about 1 mm"; the
+    # head's ratio is not stated, a measured one is
+    assert _sentence("cardiomegaly", True, "midline", "heart", 0.7,
+                     ratio=True) == "Cardiomegaly (heart)."
+    assert _sentence("cardiomegaly", True, "midline", "heart", 0.62, ratio=True,
+                     measured=True) == ("Cardiomegaly (heart), cardiothoracic ratio 0.62 "
+                                        "measured on the CT.")
+    assert _sentence("lung_mass", True, "left", None, 41.6) == "Left lung mass, about 42 mm."
+
+
+def test_restate_ratios_puts_the_measured_ratio_in_or_marks_the_decoders() -> None:
+    from medassist.labeler import RATIO_MARK, RATIO_UNMEASURED, restate_ratios
+
+    text = ("The heart is enlarged (cardiothoracic ratio approximately 0.58). "
+            "No pericardial effusion. A 2.5 cm mass.")
+    out, done, unmeasured = restate_ratios(text, {"cardiomegaly": 0.62}, {"cardiomegaly"})
+    assert out.startswith(f"{RATIO_MARK} The heart is enlarged (cardiothoracic ratio "
+                          "approximately 0.62).")
+    assert out.endswith("No pericardial effusion. A 2.5 cm mass.")
+    assert (done, unmeasured) == ({"cardiomegaly"}, set())
+    # the same ratio: nothing to restate; called but not measured: marked
+    assert restate_ratios(text, {"cardiomegaly": 0.58}, {"cardiomegaly"}) == (text, set(),
+                                                                              set())
+    out, done, unmeasured = restate_ratios(text, {}, {"cardiomegaly"})
+    assert out.startswith(f"{RATIO_UNMEASURED} The heart is enlarged") and not done
+    assert unmeasured == {"cardiomegaly"}
+    # not called: untouched (the guard speaks for contradictions)
+    assert restate_ratios(text, {}, set()) == (text, set(), set())
+
+
 def test_complete_adds_each_present_finding_the_text_leaves_out() -> None:
     from medassist.drafting import _sentence
     from medassist.labeler import complete

@@ -474,3 +474,11 @@ def test_finding_rows_say_a_size_was_measured_on_the_ct_and_do_not_flag_it() -> 
     measured, head = finding_rows([review(("size_measured",)), review(())])
     assert measured[7] == "42.3 (measured on CT)" and measured[4] == "-"
     assert head[7] == "42.3"
+    # a cardiomegaly's measured ratio: no size in mm, and no flag to check either
+    ratio = FindingReview(index=0, label="cardiomegaly", present=True, probability=0.9,
+                          flags=("ratio_measured",), slices=(), decision="pending",
+                          side="midline", size_mm=None,
+                          text="Cardiomegaly (heart), cardiothoracic ratio 0.62 measured on "
+                               "the CT.")
+    row = finding_rows([ratio])[0]
+    assert row[7] == "-" and row[4] == "-"

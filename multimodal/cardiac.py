@@ -1,0 +1,147 @@
+"""The cardiothoracic ratio measured on the CT.
+
+A called cardiomegaly's size is the cardiothoracic ratio (the heart's largest transverse width
+over the thorax's largest inner width).  The size head regresses it to about 0.1; the decoder
+writes a typical value.  This module measures it on the HU volume of the model grid
+(:class:`multimodal.config.MeasureConfig`, ``ratio_labels``):
+
+1. Lung: voxels below ``air_hu`` that are not connected, within their axial slice, to the
+   air outside the body (a flood fill from the slice's border).
+2. Slices: those whose lung area is at least half the largest slice's (the bases, where the
+   liver and the diaphragm lie between the lungs, are left out) and that have both lungs (the
+   smaller side at least ``_MIN_SIDE_SHARE`` of the larger, either side of the body's
+   midline).
+   A chest that the grid's field of view cuts through (a large patient: on a slice with lung,
+   a lateral edge column of the grid has an air stretch closed by tissue above and below, a
+   lung opened by the cut) is not measured rather than measured wrong.
+3. Thorax: on each such slice the width of the lungs' outer extent (left to right); its
+   largest value is the inner thoracic width.
+4. Heart: on each row of the anterior 60 % of the lungs' extent, the non-lung stretch that
+   has lung on both sides (the mediastinum on that row); the heart's width on the row is the
+   extent of the soft tissue (``tissue_hu`` to 500 HU: not fat, not bone) inside it; the
+   largest over rows and slices is the heart's transverse width.
+
+A measurement is taken only if the ratio lies in ``ratio_range``.  Everything is numpy /
+torch on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from multimodal.errors import ShapeError
+
+_SOFT_MAX_HU = 500.0  # above: bone or contrast-dense bone marrow
+_MIN_SOFT_HU = -30.0  # below: fat
+_ANTERIOR = 0.6  # share of the lungs' antero-posterior extent searched for the heart
+_MIN_SIDE_SHARE = 0.3  # a slice has both lungs: the smaller side's area over the larger's
+
+
+@dataclass(frozen=True)
+class CardiacMeasurement:
+    """The cardiothoracic ratio of one CT."""
+
+    ratio: float
+    heart_width_mm: float
+    thoracic_width_mm: float
+    heart_slice: int  # z index of the model grid where the heart is widest
+    thoracic_slice: int  # z index where the thorax is widest
+
+
+def lung_mask(hu: npt.NDArray[np.floating], air_hu: float) -> npt.NDArray[np.bool_]:
+    """(Z, Y, X) voxels below ``air_hu`` that the air outside the body does not reach within
+    their axial slice."""
+    air = torch.from_numpy(np.ascontiguousarray(hu < air_hu, dtype=np.float32))[:, None]
+    outside = torch.zeros_like(air)
+    for edge in (np.s_[..., 0, :], np.s_[..., -1, :], np.s_[..., :, 0], np.s_[..., :, -1]):
+        outside[edge] = air[edge]
+    for _ in range(sum(hu.shape[1:])):  # a path through a slice is never longer
+        grown = F.max_pool2d(outside, 3, 1, 1) * air
+        if torch.equal(grown, outside):
+            break
+        outside = grown
+    return ((air > 0) & (outside == 0))[:, 0].numpy()
+
+
+def _runs(row: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """[start, end) of each stretch of True in a 1-D mask."""
+    d = np.diff(np.concatenate(([0], row.astype(np.int8), [0])))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist(),
+                    strict=True))
+
+
+def _cut_off(air: npt.NDArray[np.bool_], rows: tuple[int, int]) -> bool:
+    """One slice's (Y, X) air mask: does a lateral edge column of the grid cross a lung (an
+    air stretch of 3 voxels or more with tissue above and below it, mostly within the
+    ``rows`` [first, last] the slice's lungs span; the air between the back and the table
+    lies below them)?"""
+    y_end = air.shape[0]
+    for x in (0, air.shape[1] - 1):
+        for a, b in _runs(air[:, x]):
+            inside = min(b, rows[1] + 1) - max(a, rows[0])
+            if a > 0 and b < y_end and b - a >= 3 and inside >= 0.5 * (b - a):
+                return True
+    return False
+
+
+def _heart_width(lung: npt.NDArray[np.bool_], soft: npt.NDArray[np.bool_]) -> int:
+    """Widest soft-tissue extent (voxels) inside a between-the-lungs stretch of one slice's
+    anterior rows (y: anterior first, DICOM LPS)."""
+    ys = np.flatnonzero(lung.any(1))
+    best = 0
+    x_end = lung.shape[1]
+    for y in range(int(ys[0]), int(ys[0]) + int(_ANTERIOR * (ys[-1] - ys[0] + 1))):
+        row = lung[y]
+        for a, b in _runs(~row):
+            if a == 0 or b == x_end:  # open to one side: not between the lungs
+                continue
+            xs = np.flatnonzero(soft[y, a:b])
+            if xs.size:
+                best = max(best, int(xs[-1] - xs[0] + 1))
+    return best
+
+
+def cardiothoracic_ratio(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
+                         air_hu: float = -400.0, ratio_range: tuple[float, float] = (0.3, 0.85)
+                         ) -> CardiacMeasurement | None:
+    """The cardiothoracic ratio of a (Z, Y, X) HU volume with ``spacing_mm`` (z, y, x), or
+    None where no lung is found or the ratio falls outside ``ratio_range``."""
+    if hu.ndim != 3:
+        raise ShapeError(f"hu must be (Z, Y, X), got shape {hu.shape}")
+    if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
+        raise ValueError(f"spacing_mm must be three positive values (z, y, x), got "
+                         f"{tuple(spacing_mm)}")
+    lung = lung_mask(hu, air_hu)
+    area = lung.sum((1, 2))
+    if int(area.max()) == 0:
+        return None
+    air = hu < air_hu
+    for z in np.flatnonzero(area > 0).tolist():
+        ys = np.flatnonzero(lung[z].any(1))
+        if _cut_off(air[z], (int(ys[0]), int(ys[-1]))):
+            return None  # the field of view cuts through the chest: its width is not known
+    soft = (hu > _MIN_SOFT_HU) & (hu < _SOFT_MAX_HU)
+    sx = float(spacing_mm[2])
+    # the body's midline: the centroid column of everything denser than air
+    col = (hu >= air_hu).sum((0, 1)).astype(np.float64)
+    mid = round(float((col * np.arange(col.size)).sum() / max(col.sum(), 1.0)))
+    right, left = lung[:, :, :mid].sum((1, 2)), lung[:, :, mid:].sum((1, 2))
+    both = np.minimum(right, left) >= _MIN_SIDE_SHARE * np.maximum(right, left)
+    thorax = (0.0, -1)
+    heart = (0.0, -1)
+    for z in np.flatnonzero((area >= 0.5 * area.max()) & both & (area > 0)).tolist():
+        xs = np.flatnonzero(lung[z].any(0))
+        thorax = max(thorax, (float(xs[-1] - xs[0] + 1) * sx, z))
+        heart = max(heart, (_heart_width(lung[z], soft[z]) * sx, z))
+    if thorax[0] <= 0 or heart[0] <= 0:
+        return None
+    ratio = heart[0] / thorax[0]
+    if not ratio_range[0] <= ratio <= ratio_range[1]:
+        return None
+    return CardiacMeasurement(ratio, heart[0], thorax[0], heart[1], thorax[1])
