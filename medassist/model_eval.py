@@ -146,6 +146,8 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
                                           split_decimals=True)[0])
                     for r in records]
             m.update(text_scores(texts, refs))
+            m["looping_texts"] = looping_texts(texts)
+            m["looping_refs"] = looping_texts(refs)  # 0: the references never loop
         if mode is None and injection and tok is not None and records is not None:
             m["injection_identical"] = injection_identical(model, cfg, tok, records, pred,
                                                            threshold)
@@ -247,6 +249,24 @@ def injection_identical(model: Any, cfg: Any, tok: Any, records: Sequence[CaseRe
     pred = np.array([[fp.present for fp in case] for case in preds], bool)
     same = pred == clean_pred
     return {"labels": float(same.mean()), "cases": float(same.all(1).mean())}
+
+
+def looping_texts(texts: Sequence[str], n: int = 6) -> int:
+    """How many generated texts have a sentence that repeats one of its own word n-grams:
+    degenerate decoding ("cardiothoracic ratio approximately (cardiothoracic ratio
+    approximately ..."), which reference reports never have."""
+    from medassist.labeler import label_text
+    from multimodal.tokenizer import WordTokenizer
+
+    count = 0
+    for text in texts:
+        for sent in label_text(text):
+            words = [w for w, _a, _b in WordTokenizer.split(sent.text)]
+            grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+            if len(grams) != len(set(grams)):
+                count += 1
+                break
+    return count
 
 
 def text_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:

@@ -374,3 +374,16 @@ def test_restate_sizes_puts_the_measured_size_into_the_text() -> None:
     assert restate_sizes(flagged, {"lung_mass": 55.3})[0] == (
         f"{MEASURED_MARK} [UNVERIFIED: reason (lung_mass: 55 mm)] there is a 5.5 cm mass in "
         "the lul.")
+
+
+def test_looping_texts_counts_sentences_that_repeat_themselves() -> None:
+    from medassist.model_eval import looping_texts
+
+    loops = ["The heart is enlarged (cardiothoracic ratio approximately (cardiothoracic ratio "
+             "approximately (cardiothoracic ratio approximately (cardiothoracic). No effusion.",
+             "Cardiomegaly, with a cardiothoracic ratio of about of about of about of about."]
+    fine = ["Pulmonary nodules (left lower lobe, right lower lobe, right upper lobe), largest "
+            "8 mm.", "No pleural effusion. No pleural effusion on the left either."]
+    assert looping_texts(loops) == 2
+    assert looping_texts(fine) == 0  # a list of lobes, or a repeat across sentences
+    assert looping_texts(loops + fine) == 2
