@@ -171,7 +171,7 @@ MEASURED_MARK = "[SIZE MEASURED ON CT]"
 #: (:func:`restate_ratios`)
 RATIO_MARK = "[RATIO MEASURED ON CT]"
 RATIO_UNMEASURED = "[UNVERIFIED: ratio not measured on the CT]"
-_RATIO = re.compile(r"(?<![\d.])0\.\d{1,2}(?![\d.])")
+_RATIO = re.compile(r"(?<![\d.])0\.\d{1,2}(?!\d|\.\d)")  # "0.58", also before a full stop
 
 
 def restate_ratios(text: str, measured: Mapping[str, float], present: Collection[str]

@@ -220,6 +220,10 @@ def test_restate_ratios_puts_the_measured_ratio_in_or_marks_the_decoders() -> No
     assert unmeasured == {"cardiomegaly"}
     # not called: untouched (the guard speaks for contradictions)
     assert restate_ratios(text, {}, set()) == (text, set(), set())
+    # a ratio that ends the sentence
+    out, done, _u = restate_ratios("Cardiomegaly, ratio of about 0.60.", {"cardiomegaly": 0.62},
+                                   {"cardiomegaly"})
+    assert out == f"{RATIO_MARK} Cardiomegaly, ratio of about 0.62." and done == {"cardiomegaly"}
 
 
 def test_complete_adds_each_present_finding_the_text_leaves_out() -> None:
