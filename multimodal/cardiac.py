@@ -32,8 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import torch
-import torch.nn.functional as F
 
 from multimodal.errors import ShapeError
 
@@ -54,19 +52,33 @@ class CardiacMeasurement:
     thoracic_slice: int  # z index where the thorax is widest
 
 
+def _spread(air: npt.NDArray[np.bool_], seen: npt.NDArray[np.bool_], axis: int
+            ) -> npt.NDArray[np.bool_]:
+    """``seen`` grown to every air voxel whose straight run of air along ``axis`` holds a
+    seen voxel."""
+    a = np.moveaxis(air, axis, -1)
+    s = np.moveaxis(seen, axis, -1)
+    start = a.copy()
+    start[..., 1:] &= ~a[..., :-1]  # an air run begins here
+    run = np.cumsum(start.ravel()).reshape(a.shape)  # run id (meaningful on air voxels)
+    hit = np.bincount(run[a & s], minlength=int(run.max()) + 1) > 0
+    return np.moveaxis(a & hit[run], -1, axis)
+
+
 def lung_mask(hu: npt.NDArray[np.floating], air_hu: float) -> npt.NDArray[np.bool_]:
     """(Z, Y, X) voxels below ``air_hu`` that the air outside the body does not reach within
-    their axial slice."""
-    air = torch.from_numpy(np.ascontiguousarray(hu < air_hu, dtype=np.float32))[:, None]
-    outside = torch.zeros_like(air)
-    for edge in (np.s_[..., 0, :], np.s_[..., -1, :], np.s_[..., :, 0], np.s_[..., :, -1]):
+    their axial slice (a flood fill from the slice's border, by straight runs along y and x
+    in turn until nothing changes)."""
+    air = np.asarray(hu < air_hu)
+    outside = np.zeros_like(air)
+    for edge in (np.s_[:, 0, :], np.s_[:, -1, :], np.s_[:, :, 0], np.s_[:, :, -1]):
         outside[edge] = air[edge]
-    for _ in range(sum(hu.shape[1:])):  # a path through a slice is never longer
-        grown = F.max_pool2d(outside, 3, 1, 1) * air
-        if torch.equal(grown, outside):
+    for _ in range(sum(hu.shape[1:])):  # a path through a slice never turns more often
+        grown = _spread(air, _spread(air, outside, 2), 1)
+        if np.array_equal(grown, outside):
             break
         outside = grown
-    return ((air > 0) & (outside == 0))[:, 0].numpy()
+    return air & ~outside
 
 
 def _runs(row: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
@@ -92,19 +104,24 @@ def _cut_off(air: npt.NDArray[np.bool_], rows: tuple[int, int]) -> bool:
 
 def _heart_width(lung: npt.NDArray[np.bool_], soft: npt.NDArray[np.bool_]) -> int:
     """Widest soft-tissue extent (voxels) inside a between-the-lungs stretch of one slice's
-    anterior rows (y: anterior first, DICOM LPS)."""
+    anterior rows (y: anterior first, DICOM LPS): per row, the non-lung voxels with lung on
+    both sides, grouped by the lung voxel that closes their stretch on the left."""
     ys = np.flatnonzero(lung.any(1))
-    best = 0
-    x_end = lung.shape[1]
-    for y in range(int(ys[0]), int(ys[0]) + int(_ANTERIOR * (ys[-1] - ys[0] + 1))):
-        row = lung[y]
-        for a, b in _runs(~row):
-            if a == 0 or b == x_end:  # open to one side: not between the lungs
-                continue
-            xs = np.flatnonzero(soft[y, a:b])
-            if xs.size:
-                best = max(best, int(xs[-1] - xs[0] + 1))
-    return best
+    y0 = int(ys[0])
+    rows = lung[y0: y0 + int(_ANTERIOR * (ys[-1] - ys[0] + 1))]  # (R, X)
+    x_end = rows.shape[1]
+    xs = np.arange(x_end)
+    left = np.maximum.accumulate(np.where(rows, xs, -1), axis=1)  # nearest lung at or left
+    right = np.minimum.accumulate(np.where(rows, xs, x_end)[:, ::-1], axis=1)[:, ::-1]
+    r, x = np.nonzero(~rows & (left >= 0) & (right < x_end) & soft[y0: y0 + rows.shape[0]])
+    if r.size == 0:
+        return 0
+    _keys, stretch = np.unique(r * (x_end + 1) + left[r, x], return_inverse=True)
+    lo = np.full(_keys.size, x_end)
+    hi = np.full(_keys.size, -1)
+    np.minimum.at(lo, stretch, x)
+    np.maximum.at(hi, stretch, x)
+    return int((hi - lo).max()) + 1
 
 
 def cardiothoracic_ratio(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
