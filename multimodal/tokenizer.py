@@ -128,6 +128,8 @@ class WordTokenizer:
             tok = self._itos[i] if 0 <= i < len(self._itos) else "[UNK]"
             if tok == "\n":
                 out = out.rstrip() + "\n"
+            elif tok == "-" and out.rstrip()[-1:] in (":", ".", ";"):
+                out += " -"  # a list item's bullet
             elif out and not out.endswith("\n") and (tok[0].isalnum() or tok in ("[", "(")):
                 prev = out[-1]
                 decimal = (tok.isdigit() and prev == "." and out[-2:-1].isdigit()
@@ -135,7 +137,11 @@ class WordTokenizer:
                 # the next digit of a fraction written digit by digit ("0.5" + "8")
                 decimal |= len(tok) == 1 and tok.isdigit() and bool(_FRACTION.search(out))
                 ordinal = tok in ("st", "nd", "rd", "th") and prev.isdigit()  # "4th rib"
-                out += tok if prev in "-/(" or decimal or ordinal else " " + tok
+                # a "-" that opens a list item ("IMPRESSION: - Cardiomegaly. - Moderate ...")
+                # is a bullet, not a hyphen ("right-sided")
+                bullet = prev == "-" and out[:-1].rstrip()[-1:] in ("", ":", ".", ";")
+                out += tok if (prev in "-/(" and not bullet) or decimal or ordinal \
+                    else " " + tok
             else:
                 out += tok
         return out.strip()

@@ -203,6 +203,14 @@ def test_decode_keeps_list_numbers_apart_from_the_next_number() -> None:
     assert tok.decode(tok.encode("2. 6 . 12 mm")[0]) == "2. 6.12 mm"  # a list item's decimal
 
 
+def test_decode_keeps_a_bullet_apart_and_a_hyphen_joined() -> None:
+    tok = WordTokenizer([*SPECIALS, "-", ":", ".", "impression", "cardiomegaly", "moderate",
+                         "emphysema", "right", "sided", "effusion"])
+    text = "impression: - cardiomegaly. - moderate emphysema. right-sided effusion."
+    assert tok.decode(tok.encode(text)[0]) == text
+    assert tok.decode(tok.encode("- cardiomegaly")[0]) == "- cardiomegaly"
+
+
 def test_unknown_decimals_are_split_for_report_targets() -> None:
     tok = WordTokenizer([*SPECIALS, *(str(i) for i in range(10)), "58", ".", "(", ")",
                          "ratio", "approximately", "1.5", "cm", "300", ";"])
