@@ -174,6 +174,16 @@ RATIO_UNMEASURED = "[UNVERIFIED: ratio not measured on the CT]"
 _RATIO = re.compile(r"(?<![\d.])0\.\d{1,2}(?!\d|\.\d)")  # "0.58", also before a full stop
 
 
+def _affirmed_and_stated(sent: SentenceLabels, pattern: re.Pattern[str]
+                         ) -> tuple[list[str], list[re.Match[str]]]:
+    """The labels a sentence affirms, and the matches of ``pattern`` (a size, a ratio) in it
+    outside the draft's own bracketed annotations."""
+    affirmed = [lab for lab, pos in sent.labels.items() if pos]
+    notes = [m.span() for m in ANNOTATION.finditer(sent.text)]
+    return affirmed, [m for m in pattern.finditer(sent.text)
+                      if not any(a <= m.start() < b for a, b in notes)]
+
+
 def restate_ratios(text: str, measured: Mapping[str, float], present: Collection[str]
                    ) -> tuple[str, set[str], set[str]]:
     """Put the cardiothoracic ratio measured on the CT into the text: a sentence that affirms
@@ -186,10 +196,7 @@ def restate_ratios(text: str, measured: Mapping[str, float], present: Collection
     restated: set[str] = set()
     unmeasured: set[str] = set()
     for sent in label_text(text):
-        affirmed = [lab for lab, pos in sent.labels.items() if pos]
-        notes = [m.span() for m in ANNOTATION.finditer(sent.text)]
-        ratios = [m for m in _RATIO.finditer(sent.text)
-                  if not any(a <= m.start() < b for a, b in notes)]
+        affirmed, ratios = _affirmed_and_stated(sent, _RATIO)
         if len(affirmed) == 1 and affirmed[0] in present and len(ratios) == 1:
             lab, m = affirmed[0], ratios[0]
             if lab not in measured:
@@ -218,10 +225,7 @@ def restate_sizes(text: str, measured: Mapping[str, float]) -> tuple[str, set[st
     out: list[str] = []
     done: set[str] = set()
     for sent in label_text(text):
-        affirmed = [lab for lab, pos in sent.labels.items() if pos]
-        notes = [m.span() for m in ANNOTATION.finditer(sent.text)]
-        sizes = [m for m in _SIZE.finditer(sent.text)
-                 if not any(a <= m.start() < b for a, b in notes)]
+        affirmed, sizes = _affirmed_and_stated(sent, _SIZE)
         if len(affirmed) == 1 and affirmed[0] in measured and len(sizes) == 1:
             m = sizes[0]
             new = _format_size(measured[affirmed[0]], m.group(2))

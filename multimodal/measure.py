@@ -35,6 +35,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from multimodal.cardiac import cardiothoracic_ratio
 from multimodal.config import MeasureConfig
 from multimodal.errors import ShapeError
 from multimodal.outputs import FindingPrediction
@@ -222,8 +223,6 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
     """One case's predictions with each present lesion's ``size_mm`` measured on ``hu`` where
     the measurement passes its checks (``size_source`` "image"); the others unchanged.  The
     input is not modified."""
-    from multimodal.cardiac import cardiothoracic_ratio
-
     ranges = {les[0]: (les[1], les[2]) for les in cfg.lesions}
     out = []
     for p in preds:
