@@ -295,7 +295,8 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
         with torch.no_grad():
             for o in predict(m, samples, batch_size=1):
                 preds = predict_findings(o, c.heads, c.ct)
-                text = tok.decode(generate(m, o, c.decoder.max_len - 1, preds)[0].tolist())
+                text = tok.decode(generate(m, o, c.decoder.max_len - 1, preds,
+                                           tok.vocab)[0].tolist())
                 fnd, imp = split_sections(text)
                 ctx = (None if o.context_logits is None
                        else context_decisions(o.context_logits, o.emr_used)[0].tolist())

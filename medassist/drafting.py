@@ -271,7 +271,7 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
         # a called nodule's or mass's size measured on the CT where that succeeds
         all_preds = [measure_findings(preds, p.study.hu, cfg.ct.spacing_mm, cfg.heads.measure)
                      for preds, p in zip(all_preds, batch, strict=True)]
-        ids = generate(lm.model, out, cfg.decoder.max_len - 1, all_preds)
+        ids = generate(lm.model, out, cfg.decoder.max_len - 1, all_preds, lm.tok.vocab)
     if lm.device != "cpu":
         from multimodal.training import to_device
 
@@ -425,14 +425,19 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
 
 
 
-def generate(model: Any, out: Any, max_new: int, findings: Any = None) -> Any:
+def generate(model: Any, out: Any, max_new: int, findings: Any = None,
+             vocab: Sequence[str] = ()) -> Any:
     """Greedy report ids (B, L) of a FusionModel / LateFusionModel output; ``findings`` (the
-    post-processed predictions of the batch) condition the text where the model does."""
+    post-processed predictions of the batch) condition the text where the model does. With
+    the tokenizer's ``vocab`` the checkpoint's ``decoder.no_repeat_ngram`` applies (no n-gram
+    twice within a sentence)."""
     from multimodal.baseline import LateFusionModel
+    from multimodal.decoder import RepeatGuard
     from multimodal.model import FusionModel
 
     if not isinstance(model, FusionModel | LateFusionModel):
         raise ModelCLIError(f"cannot generate with {type(model).__name__}")
-    return model.generate(out, max_new=max_new, findings=findings)
+    guard = RepeatGuard.for_vocab(model.cfg.decoder.no_repeat_ngram, vocab) if vocab else None
+    return model.generate(out, max_new=max_new, findings=findings, guard=guard)
 
 

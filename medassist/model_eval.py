@@ -131,7 +131,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
         if tok is not None and records is not None:
             texts = [tok.decode(row.tolist()) for o, fb in zip(
                 outs, per_batch[cfg.heads.side_from_evidence], strict=True)
-                     for row in generate(model, o, cfg.decoder.max_len - 1, fb)]
+                     for row in generate(model, o, cfg.decoder.max_len - 1, fb, tok.vocab)]
             tpred = np.array([[text_findings(split_sections(t)[0], cfg.heads.labels)[lab]
                                for lab in cfg.heads.labels] for t in texts], bool)
             tm = findings_metrics(cfg.heads.labels, prob, tpred, truth, lat, lat_true, size,

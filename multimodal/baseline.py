@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from multimodal.config import ModelConfig
-from multimodal.decoder import ReportDecoder
+from multimodal.decoder import RepeatGuard, ReportDecoder
 from multimodal.dense import DenseDetector
 from multimodal.encoder import MODALITIES, masked_mean
 from multimodal.fusion import FusionBlock
@@ -87,9 +87,11 @@ class LateFusionModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,
-                 use_cache: bool = True, findings: object = None) -> Tensor:
+                 use_cache: bool = True, findings: object = None,
+                 guard: RepeatGuard | None = None) -> Tensor:
         """Report token ids (B, L); ``findings`` is accepted for the fusion model's interface
         and not used (the baseline's decoder is not conditioned)."""
         if beam_size > 1:
-            return self.decoder.beam(out.memory, out.memory_mask, max_new, beam_size)
-        return self.decoder.greedy(out.memory, out.memory_mask, max_new, use_cache)
+            return self.decoder.beam(out.memory, out.memory_mask, max_new, beam_size,
+                                     guard=guard)
+        return self.decoder.greedy(out.memory, out.memory_mask, max_new, use_cache, guard)

@@ -367,10 +367,17 @@ class DecoderConfig:
     #: through a linear layer): the size the draft states (measured on the CT where that
     #: succeeds), teacher-forced with the true size in training; needs condition
     condition_size: bool = False
+    #: decoding never writes a word n-gram of this length twice within one sentence (a
+    #: degenerate loop: "ratio approximately (cardiothoracic ratio approximately ..."); 0: off.
+    #: Decoding only: training is unchanged
+    no_repeat_ngram: int = 0
 
     def __post_init__(self) -> None:
         _pos("decoder.depth/heads/mlp_ratio/max_len", self.depth, self.heads, self.mlp_ratio,
              self.max_len)
+        if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
+            raise ModelConfigError("decoder.no_repeat_ngram must be 0 (off) or >= 2, got "
+                                   f"{self.no_repeat_ngram}")
         if self.condition_size and not self.condition:
             raise ModelConfigError("decoder.condition_size needs decoder.condition: true")
 

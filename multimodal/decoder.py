@@ -29,6 +29,47 @@ def _ban(logits: Tensor) -> Tensor:
     return out
 
 
+@dataclass(frozen=True)
+class RepeatGuard:
+    """No word n-gram of length ``n`` twice within one sentence of the generated text; a
+    sentence ends at any token of ``breaks`` (the tokenizer's ".", ";")."""
+
+    n: int
+    breaks: frozenset[int]
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise ValueError(f"RepeatGuard.n must be >= 2, got {self.n}")
+
+    @classmethod
+    def for_vocab(cls, n: int, vocab: typing.Sequence[str]) -> RepeatGuard | None:
+        """The guard of ``decoder.no_repeat_ngram`` ``n`` (0: None) over a tokenizer's
+        vocabulary, whose "." and ";" end a sentence."""
+        if n == 0:
+            return None
+        return cls(n, frozenset(i for i, t in enumerate(vocab) if t in (".", ";")))
+
+    def banned(self, row: list[int]) -> list[int]:
+        """The tokens that would repeat an n-gram of the current sentence of ``row``."""
+        start = max((i + 1 for i, t in enumerate(row) if t in self.breaks), default=0)
+        sent = row[start:]
+        k = self.n - 1
+        if len(sent) < k:
+            return []
+        prefix = sent[len(sent) - k:]
+        return [sent[i + k] for i in range(len(sent) - k) if sent[i:i + k] == prefix]
+
+    def apply(self, logits: Tensor, seqs: Tensor) -> Tensor:
+        """(R, V) next-token logits of the rows ``seqs`` (R, t) with the banned tokens -inf
+        (a new tensor)."""
+        out = logits.clone()
+        for r, row in enumerate(seqs.tolist()):
+            ban = self.banned(row)
+            if ban:
+                out[r, ban] = float("-inf")
+        return out
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -193,8 +234,9 @@ class ReportDecoder(nn.Module):
 
     @torch.no_grad()
     def greedy(self, memory: Tensor, memory_mask: Tensor, max_new: int,
-               use_cache: bool = True) -> Tensor:
-        """Batched greedy decoding -> (B, <= max_new) ids (EOS kept, PAD after EOS)."""
+               use_cache: bool = True, guard: RepeatGuard | None = None) -> Tensor:
+        """Batched greedy decoding -> (B, <= max_new) ids (EOS kept, PAD after EOS); with
+        ``guard`` no n-gram is written twice within a sentence."""
         b = memory.shape[0]
         max_new = min(max_new, self.cfg.max_len - 1)
         ids = torch.full((b, 1), BOS, dtype=torch.long, device=memory.device)
@@ -205,7 +247,10 @@ class ReportDecoder(nn.Module):
                 lg = self.step(ids[:, -1:], state)
             else:
                 lg = self.forward(ids, memory, memory_mask)[:, -1]
-            nxt = _ban(lg).argmax(-1).masked_fill(done, PAD)
+            lg = _ban(lg)
+            if guard is not None:
+                lg = guard.apply(lg, ids[:, 1:])
+            nxt = lg.argmax(-1).masked_fill(done, PAD)
             ids = torch.cat([ids, nxt[:, None]], 1)
             done |= nxt == EOS
             if bool(done.all()):
@@ -214,8 +259,9 @@ class ReportDecoder(nn.Module):
 
     @torch.no_grad()
     def beam(self, memory: Tensor, memory_mask: Tensor, max_new: int, beam_size: int = 4,
-             length_penalty: float = 1.0) -> Tensor:
-        """Batched beam search (KV cache reordered per step) -> (B, L) best ids."""
+             length_penalty: float = 1.0, guard: RepeatGuard | None = None) -> Tensor:
+        """Batched beam search (KV cache reordered per step) -> (B, L) best ids; with
+        ``guard`` no n-gram is written twice within a sentence."""
         b, m, d = memory.shape
         k = beam_size
         max_new = min(max_new, self.cfg.max_len - 1)
@@ -228,7 +274,10 @@ class ReportDecoder(nn.Module):
         done = torch.zeros(b * k, dtype=torch.bool, device=memory.device)
         lengths = torch.zeros(b * k, device=memory.device)
         for _ in range(max_new):
-            lp = F.log_softmax(_ban(self.step(seqs[:, -1:], state)), -1)  # (B*k, V)
+            lg = _ban(self.step(seqs[:, -1:], state))
+            if guard is not None:
+                lg = guard.apply(lg, seqs[:, 1:])
+            lp = F.log_softmax(lg, -1)  # (B*k, V)
             v = lp.shape[-1]
             # finished beams only extend with PAD at no cost
             fin = torch.full_like(lp, float("-inf"))

@@ -12,6 +12,7 @@ from multimodal.config import ModelConfig
 from multimodal.context import NO_CONTEXT, ContextHead, context_decisions
 from multimodal.decoder import (
     FindingConditioner,
+    RepeatGuard,
     ReportDecoder,
     head_decisions,
     stated_decisions,
@@ -227,7 +228,8 @@ class FusionModel(nn.Module):
     @torch.no_grad()
     def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,
                  use_cache: bool = True,
-                 findings: list[list[FindingPrediction]] | None = None) -> Tensor:
+                 findings: list[list[FindingPrediction]] | None = None,
+                 guard: RepeatGuard | None = None) -> Tensor:
         """Report token ids (B, L) from the fused memory of ``out``.  With decoder.condition
         the text is conditioned on ``findings`` (the post-processed decisions the draft
         states), else on the head's raw decisions."""
@@ -242,5 +244,5 @@ class FusionModel(nn.Module):
                                                                         out.emr_used)
         mem, mask = self.decoder_memory(out.memory, out.memory_mask, *cond, ctx, size)
         if beam_size > 1:
-            return self.decoder.beam(mem, mask, max_new, beam_size)
-        return self.decoder.greedy(mem, mask, max_new, use_cache)
+            return self.decoder.beam(mem, mask, max_new, beam_size, guard=guard)
+        return self.decoder.greedy(mem, mask, max_new, use_cache, guard)

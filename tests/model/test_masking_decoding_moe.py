@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from multimodal.config import ModelConfig
+from multimodal.errors import ModelConfigError
 from multimodal.fusion import MoEFFN
 from multimodal.model import FusionModel
 from multimodal.outputs import ModelInput, ModelOutput
@@ -224,3 +225,55 @@ def test_unknown_decimals_are_split_for_report_targets() -> None:
     assert tok.decode(ids) == "ratio approximately 0.58 (1.5). 2. 5.5 cm; 2. 0.07 cm"
     assert tok.encode("300.25", split_decimals=True)[0][0] == tok.vocab.index("300")
     assert tok.encode("412.5", split_decimals=True)[0][0] == UNK  # no such integer
+
+
+def test_repeat_guard_bans_an_ngram_twice_in_a_sentence_only() -> None:
+    from multimodal.decoder import RepeatGuard
+
+    g = RepeatGuard(3, frozenset({5}))
+    assert g.banned([10, 11, 12, 10, 11]) == [12]  # "10 11" was followed by 12 before
+    assert g.banned([10, 11, 12, 5, 10, 11]) == []  # a new sentence starts after 5
+    assert g.banned([10]) == [] and g.banned([]) == []
+    logits = torch.zeros(2, 20)
+    out = g.apply(logits, torch.tensor([[10, 11, 12, 10, 11], [1, 2, 3, 4, 5]]))
+    assert out[0, 12] == float("-inf") and torch.isfinite(out[1]).all()
+    assert torch.equal(logits, torch.zeros(2, 20))  # input not modified
+    assert RepeatGuard.for_vocab(0, [".", "a"]) is None
+    assert RepeatGuard.for_vocab(6, ["a", ".", ";", "b"]) == RepeatGuard(6, frozenset({1, 2}))
+    with pytest.raises(ValueError):
+        RepeatGuard(1, frozenset())
+    with pytest.raises(ModelConfigError):
+        dataclasses.replace(ModelConfig().decoder, no_repeat_ngram=1)
+
+
+def test_greedy_and_beam_with_the_guard_break_a_loop() -> None:
+    from multimodal.config import DecoderConfig
+    from multimodal.decoder import DecodeState, RepeatGuard, ReportDecoder
+
+    class Looping(ReportDecoder):
+        """Always prefers 10, 11, 10, 11, ... (then 12, 13): a degenerate loop."""
+
+        def start(self, memory: torch.Tensor, memory_mask: torch.Tensor) -> DecodeState:
+            return DecodeState([], torch.zeros(memory.shape[0], 1, 1, 1))
+
+        def step(self, ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
+            state.length += 1
+            lg = torch.zeros(ids.shape[0], 20)
+            lg[:, 10 if state.length % 2 else 11] = 5.0
+            lg[:, 12] = 2.0
+            lg[:, 13] = 1.0
+            return lg
+
+    dec = Looping(DecoderConfig(depth=1, heads=2, max_len=32), 8, 20)
+    mem, mask = torch.zeros(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
+    guard = RepeatGuard(3, frozenset({5}))
+
+    def repeats(row: list[int]) -> bool:
+        grams = [tuple(row[i:i + 3]) for i in range(len(row) - 2)]
+        return len(grams) != len(set(grams))
+
+    loop = dec.greedy(mem, mask, 12)[0].tolist()
+    assert loop == [10, 11] * 6 and repeats(loop)
+    for ids in (dec.greedy(mem, mask, 12, guard=guard), dec.beam(mem, mask, 12, 2, guard=guard)):
+        for row in ids.tolist():
+            assert not repeats(row) and len(row) == 12, row
