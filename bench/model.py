@@ -37,7 +37,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,16 @@ def _model(checkpoint: str | None) -> tuple[Any, Any]:
     cfg = load_model_config(ROOT / "configs/model/demo.yaml")
     torch.manual_seed(0)
     return FusionModel(cfg).eval(), cfg
+
+
+def _vocab(checkpoint: str | None) -> tuple[str, ...]:
+    """The checkpoint's tokenizer vocabulary (the repeat guard's sentence ends); none for
+    the random-weight fallback."""
+    from multimodal.tokenizer import WordTokenizer
+
+    if checkpoint and (Path(checkpoint) / "vocab.json").is_file():
+        return WordTokenizer.load(Path(checkpoint) / "vocab.json").vocab
+    return ()
 
 
 def _input(cfg: Any, t: int, b: int = 1) -> Any:
@@ -107,20 +117,26 @@ def stock_operators(model: Any) -> Any:
     return m
 
 
-def latency(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
-    x = _input(cfg, 400)
+def latency(model: Any, cfg: Any, reps: int, vocab: Sequence[str] = ()) -> dict[str, Any]:
+    """fp32 draft (forward + greedy report with the checkpoint's repeat guard, as `medassist
+    report` writes it) against the stock operators, int8, and the same draft unguarded."""
+    from multimodal.decoder import RepeatGuard
 
-    def draft(m: Any) -> None:
+    x = _input(cfg, 400)
+    guard = RepeatGuard.for_vocab(cfg.decoder.no_repeat_ngram, vocab) if vocab else None
+
+    def draft(m: Any, g: Any = guard) -> None:
         with torch.no_grad():
             out = m(x)
-            m.generate(out, max_new=cfg.decoder.max_len - 1)
+            m.generate(out, max_new=cfg.decoder.max_len - 1, guard=g)
 
     stock = stock_operators(model)
-    # interleaved, so both see the same machine load
-    fp32 = stock_s = 0.0
+    # interleaved, so all see the same machine load
+    fp32 = stock_s = bare = 0.0
     for _ in range(3):
         fp32 += _time(lambda: draft(model), reps) / 3
         stock_s += _time(lambda: draft(stock), reps) / 3
+        bare += _time(lambda: draft(model, None), reps) / 3
     with torch.no_grad():
         same = model(x).presence_prob, stock(x).presence_prob
         # the two replaced parts alone, same inputs: the pre-pool of the full-grid volume,
@@ -143,6 +159,8 @@ def latency(model: Any, cfg: Any, reps: int) -> dict[str, Any]:
     with torch.no_grad():
         a, b = model(x), q(x)
     return {"fp32_s": round(fp32, 4),
+            "repeat_guard": None if guard is None else guard.n,
+            "fp32_without_guard_s": round(bare, 4),
             "native_conv_pool_s": round(stock_s, 4),
             "fast_path_speedup": round(stock_s / fp32, 3),
             "fast_path_max_prob_diff": round(float((same[0] - same[1]).abs().max()), 6),
@@ -446,7 +464,7 @@ def main() -> None:
     model, cfg = _model(args.checkpoint)
     reps = 1 if args.quick else 3
     parts: dict[str, Callable[[], Any]] = {
-        "latency": lambda: latency(model, cfg, reps),
+        "latency": lambda: latency(model, cfg, reps, _vocab(args.checkpoint)),
         "kv_cache": lambda: kv_cache(model, cfg, reps),
         "long_emr": lambda: long_emr(4096 if args.quick else args.tokens, args.checkpoint),
         "long_cases": lambda: long_cases(args.long_cases, args.checkpoint,
