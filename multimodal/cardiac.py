@@ -18,11 +18,11 @@ writes a typical value.  This module measures it on the HU volume of the model g
    largest value is the inner thoracic width.
 4. Heart: on each row of the anterior 60 % of the lungs' extent, the non-lung stretch that
    has lung on both sides (the mediastinum on that row); the heart's width on the row is the
-   extent of the soft tissue (``tissue_hu`` to 500 HU: not fat, not bone) inside it; the
+   extent of the soft tissue (-30 to 500 HU: not fat, not bone) inside it; the
    largest over rows and slices is the heart's transverse width.
 
-A measurement is taken only if the ratio lies in ``ratio_range``.  Everything is numpy /
-torch on the CPU.
+A measurement is taken only if the ratio lies in ``ratio_range``.  Everything is numpy on
+the CPU.
 """
 
 from __future__ import annotations

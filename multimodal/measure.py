@@ -240,18 +240,20 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
     return out
 
 
+def _measured(preds: Sequence[FindingPrediction]) -> dict[str, float]:
+    """Label -> size of each present finding whose size was measured on the CT."""
+    return {p.label: float(p.size_mm) for p in preds
+            if p.present and p.size_source == "image" and p.size_mm}
+
+
 def measured_sizes(preds: Sequence[FindingPrediction], ratio_labels: Sequence[str] = ()
                    ) -> dict[str, float]:
     """Label -> size (mm) of each present finding whose size was measured on the CT; the
     labels in ``ratio_labels`` (a ratio, not a length) are left out."""
-    return {p.label: float(p.size_mm) for p in preds
-            if p.present and p.size_source == "image" and p.size_mm
-            and p.label not in ratio_labels}
+    return {lab: v for lab, v in _measured(preds).items() if lab not in ratio_labels}
 
 
 def measured_ratios(preds: Sequence[FindingPrediction], ratio_labels: Sequence[str]
                     ) -> dict[str, float]:
     """Label -> ratio of each present finding of ``ratio_labels`` measured on the CT."""
-    return {p.label: float(p.size_mm) for p in preds
-            if p.present and p.size_source == "image" and p.size_mm
-            and p.label in ratio_labels}
+    return {lab: v for lab, v in _measured(preds).items() if lab in ratio_labels}
