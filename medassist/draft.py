@@ -37,13 +37,15 @@ def sha256_text(text: str) -> str:
 # --- field readers: each names the path of the field in its error -----------------------
 
 
-def _obj(data: Any, where: str, keys: Collection[str]) -> Mapping[str, Any]:
+def _obj(data: Any, where: str, keys: Collection[str],
+         optional: Collection[str] = ()) -> Mapping[str, Any]:
+    """``data`` as a mapping with every key of ``keys``, those of ``optional`` allowed too."""
     if not isinstance(data, Mapping):
         raise DraftError(f"expected an object, got {type(data).__name__}", field=where)
     missing = [k for k in keys if k not in data]
     if missing:
         raise DraftError(f"missing key(s) {missing}", field=where)
-    extra = sorted(set(data) - set(keys))
+    extra = sorted(set(data) - set(keys) - set(optional))
     if extra:
         raise DraftError(f"unknown key(s) {extra}; allowed: {sorted(keys)}", field=where)
     return data
@@ -105,6 +107,13 @@ def _prob(v: Any, where: str) -> float:
     f = _float(v, where)
     if not 0.0 <= f <= 1.0:
         raise DraftError(f"must lie in [0, 1], got {f}", field=where)
+    return f
+
+
+def _ratio(v: Any, where: str) -> float | None:
+    f = _opt_float(v, where)
+    if f is not None and not 0.0 < f < 1.0:
+        raise DraftError(f"a cardiothoracic ratio lies in (0, 1), got {f}", field=where)
     return f
 
 
@@ -178,12 +187,18 @@ class Finding:
     sentence: str
     evidence: Evidence
     flags: tuple[str, ...]
+    #: the cardiothoracic ratio measured on the CT (a ratio label such as cardiomegaly, flag
+    #: ``ratio_measured``); None otherwise.  Optional in the JSON (drafts before stop 29).
+    ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        _ratio(self.ratio, f"finding {self.label}.ratio")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "finding",
                   labels: Collection[str] | None = None) -> Finding:
         d = _obj(data, where, ("label", "present", "probability", "laterality", "location",
-                               "size_mm", "sentence", "evidence", "flags"))
+                               "size_mm", "sentence", "evidence", "flags"), optional=("ratio",))
         label = _str(d["label"], f"{where}.label", nonempty=True)
         if labels is not None and label not in labels:
             raise DraftError(f"unknown finding label {label!r}; known: {sorted(labels)}",
@@ -197,6 +212,7 @@ class Finding:
             raise DraftError(f"must be > 0 mm, got {size}", field=f"{where}.size_mm")
         flags = tuple(_str(v, f"{where}.flags[{i}]")
                       for i, v in enumerate(_list(d["flags"], f"{where}.flags")))
+        ratio = _ratio(d.get("ratio"), f"{where}.ratio")
         return cls(
             label=label,
             present=_bool(d["present"], f"{where}.present"),
@@ -206,16 +222,19 @@ class Finding:
             size_mm=size,
             sentence=_str(d["sentence"], f"{where}.sentence"),
             evidence=Evidence.from_dict(d["evidence"], f"{where}.evidence"),
-            flags=flags,
+            flags=flags, ratio=ratio,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "label": self.label, "present": self.present, "probability": self.probability,
             "laterality": self.laterality, "location": self.location, "size_mm": self.size_mm,
             "sentence": self.sentence, "evidence": self.evidence.to_dict(),
             "flags": list(self.flags),
         }
+        if self.ratio is not None:
+            out["ratio"] = self.ratio
+        return out
 
 
 @dataclass(frozen=True)

@@ -401,14 +401,19 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             # absent means none of the size the detector was trained on (presence_min_mm);
             # smaller ones are not assessed
             flags.append("small_not_assessed")
-        items.append({
+        item: dict[str, Any] = {
             "label": p.label, "present": p.present, "probability": round(p.probability, 4),
             "laterality": p.laterality, "location": p.location,
             "size_mm": None if p.label in ratio_labels else p.size_mm,
             "sentence": sentences[p.label],
             "evidence": {"slices": slices, "z_mm": z_mm, "box_voxels": box_v,
                          "box_mm": box_mm, "emr_spans": emr_spans},
-            "flags": flags})
+            "flags": flags}
+        if p.label in ratios:
+            # the cardiothoracic ratio measured on the CT, as a number (the SR and FHIR
+            # exports code it); only a called, measured ratio label has one
+            item["ratio"] = ratios[p.label]
+        items.append(item)
     return {
         "status": "DRAFT", "disclaimer": DISCLAIMER,
         "sections": {"indication": _indication(emr),

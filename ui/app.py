@@ -74,6 +74,16 @@ def _client(request: Any) -> ClientInfo | None:
     return ClientInfo(peer=peer, headers=headers)
 
 
+def _size_cell(r: FindingReview) -> str:
+    """The size column: mm (measured on the CT or the model's estimate), or a measured
+    cardiothoracic ratio."""
+    if r.size_mm is not None:
+        return f"{r.size_mm:g}" + (" (measured on CT)" if r.size_measured else "")
+    if r.ratio is not None:
+        return f"CTR {r.ratio:.2f} (measured on CT)"
+    return "-"
+
+
 def finding_rows(reviews: list[FindingReview]) -> list[list[Any]]:
     rows = []
     for r in reviews:
@@ -84,8 +94,7 @@ def finding_rows(reviews: list[FindingReview]) -> list[list[Any]]:
         sl = f"{r.slices[0]}-{r.slices[-1]}" if r.slices else "-"
         rows.append([r.index, r.label, r.status,
                      f"{r.probability:.2f}", "; ".join(marks) or "-", r.decision, r.side or "-",
-                     "-" if r.size_mm is None else
-                     f"{r.size_mm:g}" + (" (measured on CT)" if r.size_measured else ""),
+                     _size_cell(r),
                      r.text, sl])
     return rows
 

@@ -36,6 +36,8 @@ class FindingReview:
     side: str
     size_mm: float | None
     text: str
+    #: the cardiothoracic ratio measured on the CT (draft ``Finding.ratio``)
+    ratio: float | None = None
 
     @property
     def low_confidence(self) -> bool:
@@ -72,7 +74,8 @@ def from_draft(f: Finding, index: int) -> FindingReview:
     return FindingReview(index=index, label=f.label, present=f.present,
                          probability=f.probability, flags=f.flags,
                          slices=f.evidence.slices, decision="pending",
-                         side=f.laterality or "", size_mm=f.size_mm, text=f.sentence)
+                         side=f.laterality or "", size_mm=f.size_mm, text=f.sentence,
+                         ratio=f.ratio)
 
 
 def split_text(text: str) -> dict[str, str]:

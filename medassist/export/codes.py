@@ -43,9 +43,17 @@ ABSENT = Code("2667000", "SCT", "Absent")
 NOT_EVALUATED = Code("373121007", "SCT", "Not Evaluated")
 
 
+#: a cardiothoracic ratio measured on the CT (draft ``Finding.ratio``).  No SNOMED CT, LOINC or
+#: DCM concept for it was found, so it is a code of this project's private scheme, as is the
+#: AI probability's.
+CARDIOTHORACIC_RATIO = Code("MA-CTR", "99MEDASSIST", "Cardiothoracic ratio")
+
+
 def evaluation(present: bool, flags: Sequence[str]) -> Code:
-    """Present, Absent, or Not Evaluated (a finding flagged ``not_assessed``)."""
-    if "not_assessed" in flags:
+    """Present, Absent, or Not Evaluated: a finding flagged ``not_assessed``, and one flagged
+    ``small_not_assessed`` and not called (it was assessed only from a size on, so "Absent"
+    would overstate what the model looked for)."""
+    if "not_assessed" in flags or (not present and "small_not_assessed" in flags):
         return NOT_EVALUATED
     return PRESENT if present else ABSENT
 

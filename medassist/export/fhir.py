@@ -17,7 +17,13 @@ from pydantic import ValidationError
 
 from medassist.draft import Finding
 from medassist.errors import ExportError
-from medassist.export.codes import Code, FindingCodes, evaluation, load_codes
+from medassist.export.codes import (
+    CARDIOTHORACIC_RATIO,
+    Code,
+    FindingCodes,
+    evaluation,
+    load_codes,
+)
 from medassist.reports import ReportView
 
 PSEUDONYM_SYSTEM = "urn:medassist:pseudonym"
@@ -45,6 +51,11 @@ def _observation(i: int, f: Finding, codes_: FindingCodes, status: str,
             "code": _concept(Code("81827009", "SCT", "Diameter")),
             "valueQuantity": {"value": f.size_mm, "unit": "mm",
                               "system": "http://unitsofmeasure.org", "code": "mm"}})
+    if f.ratio is not None:
+        obs["component"].append({
+            "code": _concept(CARDIOTHORACIC_RATIO),
+            "valueQuantity": {"value": f.ratio, "unit": "1",
+                              "system": "http://unitsofmeasure.org", "code": "1"}})
     site = codes_.locations.get(f.location) if f.location else None
     site = site or fc.site
     if site is not None:

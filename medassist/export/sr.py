@@ -1,10 +1,10 @@
 """DICOM Comprehensive 3D SR (TID 1500 Measurement Report) built with highdicom.
 
 Each finding becomes a TID 1501 measurement group: finding type and site (SNOMED CT), a
-qualitative evaluation (present/absent), laterality, the size (UCUM mm) and the AI
-probability as measurements, the source CT instances of its evidence slices, and the
-algorithm identification. Drafts are UNVERIFIED; signed reports VERIFIED with the verifying
-observer (the signer).
+qualitative evaluation (present / absent / not evaluated), laterality, the size (UCUM mm), a
+measured cardiothoracic ratio (no units) and the AI probability as measurements, the source
+CT instances of its evidence slices, and the algorithm identification. Drafts are UNVERIFIED;
+signed reports VERIFIED with the verifying observer (the signer).
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from pydicom.uid import generate_uid
 
 from medassist.draft import Finding
 from medassist.errors import ExportError
-from medassist.export.codes import Code, FindingCodes, evaluation, load_codes
+from medassist.export.codes import (
+    CARDIOTHORACIC_RATIO,
+    Code,
+    FindingCodes,
+    evaluation,
+    load_codes,
+)
 from medassist.reports import ReportView
 
 LATERALITY = hd.sr.CodedConcept("272741003", "SCT", "Laterality")
@@ -98,6 +104,9 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
     if f.size_mm is not None:
         measurements.append(hd.sr.Measurement(name=DIAMETER, value=f.size_mm, unit=MM,
                                               algorithm_id=algo))
+    if f.ratio is not None:
+        measurements.append(hd.sr.Measurement(name=_cc(CARDIOTHORACIC_RATIO), value=f.ratio,
+                                              unit=NO_UNITS, algorithm_id=algo))
     evaluations = [hd.sr.QualitativeEvaluation(_cc(fc.finding),
                                                _cc(evaluation(f.present, f.flags)))]
     if lat is not None:

@@ -54,6 +54,8 @@ def _set(path: str, value: Any) -> dict[str, Any]:
     ("findings.0.probability", "high", "findings[0].probability"),
     ("findings.1.laterality", "upper", "findings[1].laterality"),
     ("findings.0.size_mm", -3, "findings[0].size_mm"),
+    ("findings.0.ratio", 1.2, "findings[0].ratio"),
+    ("findings.0.ratio", "0.6", "findings[0].ratio"),
     ("findings.0.present", 1, "findings[0].present"),
     ("findings.0.evidence.z_mm", [1.0], "findings[0].evidence.z_mm"),
     ("findings.0.evidence.box_voxels", [5, 0, 0, 1, 1, 1], "findings[0].evidence.box_voxels"),
@@ -82,3 +84,17 @@ def test_missing_and_unknown_keys() -> None:
     assert info.value.field == "$"
     with pytest.raises(DraftError, match="not JSON"):
         ReportDraft.from_json("{")
+
+
+def test_a_measured_ratio_is_optional_and_round_trips() -> None:
+    """``ratio`` (a cardiothoracic ratio measured on the CT) may be left out, as drafts
+    stored before it are; given, it survives the round trip and changes the hash."""
+    base = ReportDraft.from_dict(DRAFT, labels=LABELS)
+    assert all(f.ratio is None for f in base.findings)
+    assert all("ratio" not in f for f in base.to_dict()["findings"])
+    d = draft_dict()
+    d["findings"][1]["ratio"] = 0.58
+    with_ratio = ReportDraft.from_dict(d, labels=LABELS)
+    assert with_ratio.findings[1].ratio == 0.58
+    assert with_ratio.to_dict() == d
+    assert with_ratio.content_hash() != base.content_hash()

@@ -140,6 +140,43 @@ def test_a_finding_not_assessed_is_exported_as_not_evaluated(db: Db, tmp_path: P
     _dciodvfy_clean(sr_out)
 
 
+def test_a_measured_ratio_is_coded_and_small_ones_not_assessed_are_not_evaluated(
+        db: Db, tmp_path: Path, ct_files: list[Path]) -> None:
+    """A cardiomegaly's measured cardiothoracic ratio (draft ``ratio``) is a measurement of
+    the SR group (no units) and a component of the FHIR Observation; a nodule not called by a
+    detector that assesses only larger ones (flag small_not_assessed) is "Not Evaluated",
+    while a called one stays "Present"."""
+    d = draft_dict()
+    d["findings"][1] = {**d["findings"][1], "label": "cardiomegaly", "laterality": None,
+                        "location": None, "size_mm": None, "ratio": 0.62,
+                        "sentence": "Cardiomegaly (heart), cardiothoracic ratio 0.62 measured "
+                                    "on the CT.", "flags": ["ratio_measured"]}
+    d["findings"][2] = {**d["findings"][2], "label": "lung_nodule", "present": False,
+                        "flags": ["small_not_assessed"]}
+    d["findings"][0] = {**d["findings"][0], "flags": ["small_not_assessed"]}
+    rid, doc = _stored(db, False, d)
+    sr_out, fhir_out = tmp_path / "r.dcm", tmp_path / "r.json"
+    with db.factory.begin() as s:
+        export_report(s, rid, doc, "sr", sr_out, sources=[str(p) for p in ct_files])
+        export_report(s, rid, doc, "fhir", fhir_out)
+    groups = hd.sr.MeasurementReport.from_sequence(
+        [pydicom.dcmread(sr_out)]).get_image_measurement_groups()
+    values = [g.get_qualitative_evaluations()[0].value.value for g in groups]
+    assert values == ["52101004", "52101004", "373121007"]
+    ratios = [(m.value, m.unit.value) for m in groups[1].get_measurements()
+              if m.name.value == "MA-CTR"]
+    assert ratios == [(0.62, "1")]
+    assert all(m.name.value != "MA-CTR" for g in (groups[0], groups[2])
+               for m in g.get_measurements())
+    contained = {c["id"]: c for c in json.loads(fhir_out.read_text())["contained"]}
+    comps = {c["code"]["coding"][0]["code"]: c["valueQuantity"]
+             for c in contained["finding-2"]["component"] if "coding" in c["code"]}
+    assert comps["MA-CTR"]["value"] == 0.62 and comps["MA-CTR"]["code"] == "1"
+    assert contained["finding-3"]["valueCodeableConcept"]["coding"][0]["code"] == "373121007"
+    DiagnosticReport.model_validate(json.loads(fhir_out.read_text()))
+    _dciodvfy_clean(sr_out)
+
+
 def test_sr_refuses_wrong_series(db: Db, tmp_path: Path) -> None:
     rid, doc = _stored(db, False)
     few = write_series(tmp_path / "few", axial_positions(5, 2.0), rows=4, cols=4,

@@ -414,6 +414,31 @@ def test_label_with_a_size_limit_says_so_when_absent(synth_folder: Path,
     assert all("small_not_assessed" not in f["flags"] for f in called["findings"])
 
 
+def test_a_called_cardiomegaly_carries_its_measured_ratio(synth_folder: Path,
+                                                          tiny_checkpoint: Path) -> None:
+    """A called cardiomegaly on a generated chest: its cardiothoracic ratio is measured on
+    the CT and travels as the number ``ratio`` (the SR and FHIR exports code it), the same
+    one its sentence states; ``size_mm`` stays empty and no other finding has a ratio."""
+    from medassist.draft import ReportDraft
+    from medassist.drafting import infer, load_model, prepare
+
+    case = synth_folder / "test" / "case_00003"
+    lm = load_model(tiny_checkpoint)
+    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
+    rep = infer(lm, [prep], threshold=0.0)[0]  # every finding called
+    _check_contract(rep)
+    by = {f["label"]: f for f in rep["findings"]}
+    heart = by["cardiomegaly"]
+    assert heart["present"] and "ratio_measured" in heart["flags"]
+    assert 0.3 <= heart["ratio"] <= 0.85 and heart["size_mm"] is None
+    assert f"cardiothoracic ratio {heart['ratio']:.2f} measured on the CT" in heart["sentence"]
+    assert [lab for lab, f in by.items() if "ratio" in f] == ["cardiomegaly"]
+    assert ReportDraft.from_dict(rep).findings[list(by).index("cardiomegaly")].ratio == \
+        heart["ratio"]
+    none = infer(lm, [prep], threshold=1.01)[0]  # not called: no ratio
+    assert all("ratio" not in f for f in none["findings"])
+
+
 def test_never_called_label_is_not_assessed(synth_folder: Path, tiny_checkpoint: Path) -> None:
     """A label whose fitted threshold is NEVER (threshold objective "micro_f1": its calls
     lowered the validation micro-F1) is not called, and the draft says it was not assessed
@@ -456,8 +481,10 @@ def _check_contract(rep: dict[str, Any]) -> None:
     w = rep["modality_weights"]
     assert set(w) == {"ct", "emr"} and abs(w["ct"] + w["emr"] - 1) < 1e-3
     for f in rep["findings"]:
-        assert set(f) == {"label", "present", "probability", "laterality", "location",
-                          "size_mm", "sentence", "evidence", "flags"}
+        # "ratio" (optional): a measured cardiothoracic ratio, with its flag
+        assert set(f) - {"ratio"} == {"label", "present", "probability", "laterality",
+                                      "location", "size_mm", "sentence", "evidence", "flags"}
+        assert ("ratio" in f) == ("ratio_measured" in f["flags"])
         assert isinstance(f["present"], bool) and 0 <= f["probability"] <= 1
         assert f["laterality"] in ("left", "right", "bilateral", "none", None)
         assert set(f["evidence"]) == {"slices", "z_mm", "box_voxels", "box_mm", "emr_spans"}

@@ -482,3 +482,6 @@ def test_finding_rows_say_a_size_was_measured_on_the_ct_and_do_not_flag_it() -> 
                                "the CT.")
     row = finding_rows([ratio])[0]
     assert row[7] == "-" and row[4] == "-"
+    # with the ratio as a number (drafts since stop 29) the size column states it
+    row = finding_rows([replace(ratio, ratio=0.62)])[0]
+    assert row[7] == "CTR 0.62 (measured on CT)" and row[4] == "-"
