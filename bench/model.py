@@ -156,6 +156,22 @@ def latency(model: Any, cfg: Any, reps: int, vocab: Sequence[str] = ()) -> dict[
     q = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
         model, {torch.nn.Linear}, dtype=torch.qint8)
     int8 = _time(lambda: draft(q), reps)
+    # where int8 costs: the forward pass and the decoding alone, fp32 / all int8 / int8 for
+    # every nn.Linear but the decoder's (one token at a time), interleaved
+    linears = {n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+    q_enc = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+        model, {n for n in linears if not n.startswith("decoder.")}, dtype=torch.qint8)
+    split = {k: [0.0, 0.0] for k in ("fp32", "int8", "int8_no_decoder")}
+    for _ in range(3):
+        for k, m in (("fp32", model), ("int8", q), ("int8_no_decoder", q_enc)):
+            with torch.no_grad():
+                o = m(x)
+
+                def gen(m: Any = m, o: Any = o) -> None:
+                    m.generate(o, max_new=cfg.decoder.max_len - 1, guard=guard)
+
+                split[k][0] += _time(lambda m=m: m(x), reps) / 3
+                split[k][1] += _time(gen, reps) / 3
     with torch.no_grad():
         a, b = model(x), q(x)
     return {"fp32_s": round(fp32, 4),
@@ -169,6 +185,7 @@ def latency(model: Any, cfg: Any, reps: int, vocab: Sequence[str] = ()) -> dict[
             "int8_speedup": round(fp32 / int8, 3),
             "int8_max_prob_diff": round(float((a.presence_prob - b.presence_prob).abs().max()),
                                         4),
+            "forward_decode_s": {k: [round(v[0], 4), round(v[1], 4)] for k, v in split.items()},
             "fp32_op_shares": shares,
             # Amdahl: the draft's speed-up if every nn.Linear took no time at all
             "int8_speedup_bound": round(1.0 / max(1e-6, 1.0 - shares["linear"]), 2)}

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medassist.drafting import generate, split_sections
-from medassist.model_data import CaseRecord, record_sample, report_target_text
+from medassist.model_data import CaseRecord, location_of, record_sample, report_target_text
 
 #: impression codes whose conclusion rests on the note, and the key phrase that states the
 #: conclusion *with* its history (medassist.synth.report.impression_items): "heavy smoker",
@@ -140,6 +140,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             m.update(impression_metrics(records, texts))
             m["text_size_vs_measured"] = text_size_agreement(
                 preds, texts, cfg.heads.measure.ratio_labels)
+            m["lobe_agreement"] = lobe_agreement(preds, texts, records)
             # references in the model's own word-level normal form (lower case, spacing),
             # encoded as the decoder's targets are (an unknown decimal in parts, not [UNK])
             refs = [tok.decode(tok.encode(report_target_text(r.report_text),
@@ -176,6 +177,38 @@ def text_size_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str],
                 agree += int(not size_clash(sent.text, measured[affirmed[0]],
                                             MEASURED_SIZE_FACTOR))
     return {"sentences": n, "within_factor": agree}
+
+
+def lobe_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str],
+                   records: Sequence[CaseRecord]) -> dict[str, int]:
+    """On true positives whose reference names a lobe (nodule, mass, consolidation): how
+    often the findings head's location is one of the reference lobes (``head_tp``,
+    ``head_right``), and, for the generated Findings' sentences affirming exactly one such
+    finding and naming lobes, how often every lobe named is a reference one
+    (``text_sentences``, ``text_right``) and how often they name the head's
+    (``text_agree_head``; a sentence that does not, the draft's guard marks)."""
+    from medassist.labeler import label_text, stated_lobes
+
+    lobes = {"RUL", "RML", "RLL", "LUL", "LLL"}
+    out = dict.fromkeys(("head_tp", "head_right", "text_sentences", "text_right",
+                         "text_agree_head"), 0)
+    for case, text, r in zip(preds, texts, records, strict=True):
+        ref: dict[str, set[str]] = {}
+        for f in r.findings:
+            if location_of(f) in lobes:
+                ref.setdefault(str(f["kind"]), set()).add(location_of(f))
+        head = {fp.label: fp.location for fp in case if fp.present and fp.label in ref}
+        for lab, loc in head.items():
+            out["head_tp"] += 1
+            out["head_right"] += int(loc in ref[lab])
+        for sent in label_text(split_sections(text)[0]):
+            affirmed = [lab for lab, pos in sent.labels.items() if pos]
+            said = stated_lobes(sent.text)
+            if len(affirmed) == 1 and affirmed[0] in head and said:
+                out["text_sentences"] += 1
+                out["text_right"] += int(said <= ref[affirmed[0]])
+                out["text_agree_head"] += int(head[affirmed[0]] in said)
+    return out
 
 
 def size_measured_counts(labels: Sequence[str], preds: Sequence[Sequence[Any]],

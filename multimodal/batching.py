@@ -69,7 +69,7 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[ModelInput, Tensor | 
     if all(s.get("report_ids") is not None for s in samples):
         full, _m = _pad([s["report_ids"] for s in samples], PAD)
         rep_in, rep_tgt = full[:, :-1], full[:, 1:]
-    cond_p = cond_s = cond_z = None
+    cond_p = cond_s = cond_z = cond_l = None
     if rep_in is not None and all("present" in s and "laterality" in s for s in samples):
         # decoder conditioning, teacher-forced with the true findings (training)
         cond_p = torch.as_tensor(np.stack([np.asarray(s["present"]) for s in samples]) > 0.5)
@@ -78,6 +78,9 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[ModelInput, Tensor | 
         if all("size" in s for s in samples):  # the true sizes (NaN where none -> 0)
             cond_z = torch.as_tensor(np.nan_to_num(np.stack(
                 [np.asarray(s["size"], np.float32) for s in samples]), nan=0.0))
+        if all("location" in s for s in samples):  # the true locations (-100 where none)
+            cond_l = torch.as_tensor(np.stack([np.asarray(s["location"], np.int64)
+                                               for s in samples])).clamp_min(0)
     context = None
     if all("context" in s for s in samples):  # EMR context classes (-100: unknown)
         context = torch.as_tensor(np.stack([np.asarray(s["context"], np.int64)
@@ -85,5 +88,6 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> tuple[ModelInput, Tensor | 
     batch = ModelInput(ct_present=ct_present, emr_present=emr_present, ct=ct, emr_ids=emr_ids,
                        emr_mask=emr_mask, ct_quality=quality, report_ids=rep_in,
                        cond_present=cond_p, cond_side=cond_s, cond_size=cond_z,
+                       cond_location=cond_l,
                        context=context)
     return batch, rep_tgt

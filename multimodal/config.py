@@ -367,6 +367,11 @@ class DecoderConfig:
     #: through a linear layer): the size the draft states (measured on the CT where that
     #: succeeds), teacher-forced with the true size in training; needs condition
     condition_size: bool = False
+    #: the conditioning token of a present finding also carries its stated location (an
+    #: embedding per heads.locations code: the lobe of a nodule, mass or consolidation), so
+    #: the text names the location head's lobe; teacher-forced with the true location in
+    #: training; needs condition
+    condition_location: bool = False
     #: decoding never writes a word n-gram of this length twice within one sentence (a
     #: degenerate loop: "ratio approximately (cardiothoracic ratio approximately ..."); 0: off.
     #: Decoding only: training is unchanged
@@ -380,6 +385,8 @@ class DecoderConfig:
                                    f"{self.no_repeat_ngram}")
         if self.condition_size and not self.condition:
             raise ModelConfigError("decoder.condition_size needs decoder.condition: true")
+        if self.condition_location and not self.condition:
+            raise ModelConfigError("decoder.condition_location needs decoder.condition: true")
 
 
 @dataclass(frozen=True)

@@ -85,10 +85,11 @@ class FindingConditioner(nn.Module):
     """One memory token per finding type stating a decision: label + present/absent + side
     embeddings (decoder.condition), plus, for the findings with an EMR context slot
     (``context_slots``: slot k qualifies label index ``context_slots[k]``, with
-    ``n_context`` classes at most), the stated context class of a present finding."""
+    ``n_context`` classes at most), the stated context class of a present finding; with
+    ``n_locations`` (decoder.condition_location) the stated location of a present finding."""
 
     def __init__(self, n_labels: int, dim: int, context_slots: tuple[int, ...] = (),
-                 n_context: int = 0, size: bool = False) -> None:
+                 n_context: int = 0, size: bool = False, n_locations: int = 0) -> None:
         super().__init__()
         self.label = nn.Parameter(torch.randn(n_labels, dim) * 0.02)
         #: decoder.condition_size: log1p(mm) / log1p(200) -> (D,), added for a present
@@ -102,12 +103,17 @@ class FindingConditioner(nn.Module):
                              persistent=False)
         self.context: nn.Parameter | None = nn.Parameter(
             torch.randn(len(context_slots), n_context, dim) * 0.02) if context_slots else None
+        self.location: nn.Embedding | None = None
+        if n_locations:
+            self.location = nn.Embedding(n_locations, dim)
+            nn.init.normal_(self.location.weight, std=0.02)
 
     def forward(self, present: Tensor, side: Tensor, context: Tensor | None = None,
-                size: Tensor | None = None) -> Tensor:
+                size: Tensor | None = None, location: Tensor | None = None) -> Tensor:
         """present (B, F) bool, side (B, F) int (LATERALITY index; < 0 means none), context
         (B, K) int (class per slot; < 0 means none), size (B, F) float mm (<= 0: none; read
-        with decoder.condition_size only) -> (B, F, D)."""
+        with decoder.condition_size only), location (B, F) int (heads.locations index; <= 0,
+        "none", means none; read with decoder.condition_location only) -> (B, F, D)."""
         if present.shape != side.shape or present.shape[-1] != self.label.shape[0]:
             raise ShapeError(f"present and side must be (B, {self.label.shape[0]})")
         side = side.clamp_min(0) * present.long()  # an absent finding has no side
@@ -118,6 +124,12 @@ class FindingConditioner(nn.Module):
             stated = (present & (size > 0)).to(out.dtype)[..., None]  # (B, F, 1)
             scaled = torch.log1p(size.clamp_min(0.0)).to(out.dtype)[..., None] / _LOG_MAX_MM
             out = out + self.size(scaled) * stated
+        if self.location is not None and location is not None:
+            if location.shape != present.shape:
+                raise ShapeError(f"location must be (B, {self.label.shape[0]})")
+            said = (present & (location > 0)).to(out.dtype)[..., None]  # (B, F, 1)
+            idx = location.clamp(0, self.location.num_embeddings - 1)
+            out = out + self.location(idx) * said
         if self.context is not None and context is not None:
             k = self.context.shape[0]
             if context.shape != (present.shape[0], k):
@@ -150,6 +162,14 @@ def stated_decisions(findings: list[list[FindingPrediction]], labels: tuple[str,
     side = torch.tensor([[LATERALITY.index(p.laterality) if p.laterality else 0 for p in case]
                          for case in findings], dtype=torch.long)
     return present, side
+
+
+def stated_locations(findings: list[list[FindingPrediction]], locations: tuple[str, ...]
+                     ) -> Tensor:
+    """Post-processed findings -> the location each states (B, F) int64 index into
+    ``locations`` (heads.locations), 0 ("none") where none or not one of them."""
+    return torch.tensor([[locations.index(p.location) if p.present and p.location in locations
+                          else 0 for p in case] for case in findings], dtype=torch.long)
 
 
 def stated_sizes(findings: list[list[FindingPrediction]]) -> Tensor:

@@ -16,6 +16,7 @@ from multimodal.decoder import (
     ReportDecoder,
     head_decisions,
     stated_decisions,
+    stated_locations,
     stated_sizes,
 )
 from multimodal.dense import DenseDetector
@@ -96,20 +97,25 @@ class FusionModel(nn.Module):
         self.context_head = ContextHead(ctx, cfg.heads.labels, d) if ctx.labels else None
         self.condition = FindingConditioner(
             self.n_labels, d, tuple(cfg.heads.labels.index(lab) for lab in ctx.labels),
-            ctx.n_classes, cfg.decoder.condition_size) if cfg.decoder.condition else None
+            ctx.n_classes, cfg.decoder.condition_size,
+            len(cfg.heads.locations) if cfg.decoder.condition_location else 0) \
+            if cfg.decoder.condition else None
 
     def decoder_memory(self, memory: Tensor, mask: Tensor, present: Tensor, side: Tensor,
-                       context: Tensor | None = None, size: Tensor | None = None
-                       ) -> tuple[Tensor, Tensor]:
+                       context: Tensor | None = None, size: Tensor | None = None,
+                       location: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The fused memory (B, M, D) plus, with decoder.condition, one token per finding type
         stating ``present`` / ``side`` (B, F), the EMR ``context`` class per context slot
-        (B, K) and (decoder.condition_size) the stated ``size`` (B, F) mm -> (B, M [+ F], D)
+        (B, K), (decoder.condition_size) the stated ``size`` (B, F) mm and
+        (decoder.condition_location) the stated ``location`` (B, F) index -> (B, M [+ F], D)
         and its mask."""
         if self.condition is None:
             return memory, mask
-        tok = self.condition(present.to(memory.device), side.to(memory.device),
-                             None if context is None else context.to(memory.device),
-                             None if size is None else size.to(memory.device))  # (B, F, D)
+        dev = memory.device
+        tok = self.condition(present.to(dev), side.to(dev),
+                             None if context is None else context.to(dev),
+                             None if size is None else size.to(dev),
+                             None if location is None else location.to(dev))  # (B, F, D)
         return (torch.cat([memory, tok], 1),
                 torch.cat([mask, torch.ones(present.shape, dtype=torch.bool,
                                             device=mask.device)], 1))
@@ -205,14 +211,16 @@ class FusionModel(nn.Module):
                     # teacher forcing: the true findings (and sizes) and EMR context
                     cond = (x.cond_present, x.cond_side)
                     stated = x.cond_size
+                    where = x.cond_location
                     ctx = None if x.context is None else x.context.clamp_min(NO_CONTEXT)
                 else:
                     cond = head_decisions(pres, lat, ct_used,
                                           self.findings.get_buffer("thresholds"))
                     stated = torch.expm1(size.detach()).clamp_min(0.0)
+                    where = loc.detach().argmax(-1)
                     ctx = None if ctx_logits is None else context_decisions(ctx_logits,
                                                                             emr_used)
-                mem, mask = self.decoder_memory(h, valid, *cond, ctx, stated)
+                mem, mask = self.decoder_memory(h, valid, *cond, ctx, stated, where)
             lm = self.decoder(x.report_ids, mem, mask)
         return ModelOutput(
             presence_logits=pres, laterality_logits=lat, location_logits=loc, size_log=size,
@@ -236,13 +244,15 @@ class FusionModel(nn.Module):
         if findings is not None:
             cond = stated_decisions(findings, self.cfg.heads.labels)
             size = stated_sizes(findings)
+            where = stated_locations(findings, self.cfg.heads.locations)
         else:
             cond = head_decisions(out.presence_logits, out.laterality_logits, out.ct_used,
                                   out.thresholds)
             size = out.size_mm.detach()
+            where = out.location_logits.detach().argmax(-1)
         ctx = None if out.context_logits is None else context_decisions(out.context_logits,
                                                                         out.emr_used)
-        mem, mask = self.decoder_memory(out.memory, out.memory_mask, *cond, ctx, size)
+        mem, mask = self.decoder_memory(out.memory, out.memory_mask, *cond, ctx, size, where)
         if beam_size > 1:
             return self.decoder.beam(mem, mask, max_new, beam_size, guard=guard)
         return self.decoder.greedy(mem, mask, max_new, use_cache, guard)

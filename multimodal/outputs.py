@@ -28,6 +28,8 @@ class ModelInput:
     cond_present: Tensor | None = None  # (B, F) bool
     cond_side: Tensor | None = None  # (B, F) int64 index into LATERALITY
     cond_size: Tensor | None = None  # (B, F) float32 mm, 0 where none (with cond_present)
+    #: (B, F) int64 index into heads.locations, <= 0 where none (with cond_present)
+    cond_location: Tensor | None = None
     #: true EMR context class per context slot (B, K) int64, -100 where unknown (the slot's
     #: finding absent): the context head's target, and with cond_* the decoder's context
     context: Tensor | None = None
@@ -74,6 +76,10 @@ class ModelInput:
                 self.cond_present is None or self.cond_size.shape != (b, n)
                 or not self.cond_size.is_floating_point()):
             raise ShapeError(f"cond_size must be (B, {n}) float, given with cond_present")
+        if self.cond_location is not None and (
+                self.cond_present is None or self.cond_location.shape != (b, n)
+                or self.cond_location.is_floating_point()):
+            raise ShapeError(f"cond_location must be (B, {n}) int, given with cond_present")
         k = len(cfg.context.labels)
         if self.context is not None and (self.context.shape != (b, k)
                                          or self.context.is_floating_point()):

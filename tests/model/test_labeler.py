@@ -349,6 +349,41 @@ def test_text_size_agreement_counts_sentences_against_the_measured_size() -> Non
     assert text_size_agreement(preds, texts) == {"sentences": 2, "within_factor": 1}
 
 
+def test_lobe_agreement_scores_the_head_and_the_text_against_the_reference_lobes() -> None:
+    from medassist.model_data import CaseRecord
+    from medassist.model_eval import lobe_agreement
+    from multimodal.outputs import FindingPrediction
+
+    def pred(label: str, where: str | None, present: bool = True) -> FindingPrediction:
+        return FindingPrediction(label=label, present=present, probability=0.9,
+                                 laterality="left", location=where, size_mm=40.0,
+                                 slices=None, box_voxels=None, emr_token_spans=())
+
+    def rec(*findings: tuple[str, str]) -> CaseRecord:
+        return CaseRecord(case_id="c", hu=None, label_map=None, emr=None, report_text="",
+                          findings=[{"kind": k, "size_mm": 40.0, "attributes": {"lobe": lobe}}
+                                    for k, lobe in findings])
+
+    texts = ["FINDINGS: There is a 4 cm mass in the left upper lobe. Consolidation in the "
+             "left lower lobe. IMPRESSION: 1. Mass in the right upper lobe.",
+             "FINDINGS: A mass in the left lower lobe. A mass and consolidation in the LUL. "
+             "IMPRESSION: Mass.",
+             "FINDINGS: A mass in the left upper lobe. IMPRESSION: Mass."]
+    preds = [[pred("lung_mass", "LUL"), pred("consolidation", "LUL")],
+             [pred("lung_mass", "LUL")],
+             [pred("lung_mass", "LUL", present=False)]]  # not called: not a true positive
+    records = [rec(("lung_mass", "LUL"), ("consolidation", "LLL")),
+               rec(("lung_mass", "LLL"), ("lung_mass", "LUL")),  # two masses, two lobes
+               rec(("lung_mass", "LUL"))]
+    # head: case 1 mass right, consolidation wrong; case 2 right (one of the reference
+    # lobes).  Text (Findings only, one affirmed finding): case 1 both sentences right, the
+    # consolidation's not the head's; case 2 the mass in LLL right but not the head's (the
+    # sentence with two findings is not read)
+    assert lobe_agreement(preds, texts, records) == {
+        "head_tp": 3, "head_right": 2, "text_sentences": 3, "text_right": 3,
+        "text_agree_head": 1}
+
+
 def test_restate_sizes_puts_the_measured_size_into_the_text() -> None:
     from medassist.labeler import MEASURED_MARK, restate_sizes
 

@@ -268,6 +268,10 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
             "called"]
     assert 0.0 <= full["injection_identical"]["cases"] <= full["injection_identical"][
         "labels"] <= 1.0
+    lobes = full["lobe_agreement"]
+    assert 0 <= lobes["head_right"] <= lobes["head_tp"]
+    assert 0 <= lobes["text_right"] <= lobes["text_sentences"]
+    assert 0 <= lobes["text_agree_head"] <= lobes["text_sentences"]
     # (the tiny vocabulary turns most reference words into [UNK], which repeat: no 0 here)
     assert 0 <= full["looping_texts"] <= full["n_cases"] and 0 <= full["looping_refs"] <= 2
     assert ev["int8"] is False
