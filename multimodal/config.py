@@ -372,6 +372,12 @@ class DecoderConfig:
     #: the text names the location head's lobe; teacher-forced with the true location in
     #: training; needs condition
     condition_location: bool = False
+    #: the decoder cross-attends to the note's tokens handed to fusion (the long-EMR memory
+    #: tokens, or every token in the full-attention mode); false: they are masked out of its
+    #: memory, and the note reaches the text only through fusion (the finding queries and CT
+    #: tokens attended to it), the decisions and the context classes, so the text does not
+    #: read how the note was compressed
+    emr_memory: bool = True
     #: decoding never writes a word n-gram of this length twice within one sentence (a
     #: degenerate loop: "ratio approximately (cardiothoracic ratio approximately ..."); 0: off.
     #: Decoding only: training is unchanged

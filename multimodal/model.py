@@ -190,6 +190,10 @@ class FusionModel(nn.Module):
             stats.append(st)
         h = self.fusion_norm(h)
         nq = q.shape[1]
+        mem_valid = valid  # (B, Q + N_ct + M): what the decoder may attend to
+        if not self.cfg.decoder.emr_memory:
+            mem_valid = valid.clone()
+            mem_valid[:, nq + n_ct:] = False  # the note's tokens: fusion has read them
         fused_ct = h[:, nq: nq + n_ct] if ct_tok is not None else None
         tok_valid = None
         if emr_valid is not None:
@@ -205,7 +209,7 @@ class FusionModel(nn.Module):
             ctx_logits, ctx_attn = self.context_head(h[:, : self.n_labels], emr_tok, tok_valid)
         lm = None
         if x.report_ids is not None:
-            mem, mask = h, valid
+            mem, mask = h, mem_valid
             if self.condition is not None:
                 if x.cond_present is not None and x.cond_side is not None:
                     # teacher forcing: the true findings (and sizes) and EMR context
@@ -220,13 +224,13 @@ class FusionModel(nn.Module):
                     where = loc.detach().argmax(-1)
                     ctx = None if ctx_logits is None else context_decisions(ctx_logits,
                                                                             emr_used)
-                mem, mask = self.decoder_memory(h, valid, *cond, ctx, stated, where)
+                mem, mask = self.decoder_memory(h, mem_valid, *cond, ctx, stated, where)
             lm = self.decoder(x.report_ids, mem, mask)
         return ModelOutput(
             presence_logits=pres, laterality_logits=lat, location_logits=loc, size_log=size,
             loc_logits=loc_logits, emr_attr=attr, modality_weights=weights, ct_used=ct_used,
             emr_used=emr_used, align_loss=align, aux_loss=total_aux(stats),
-            expert_load=load_report(stats), memory=h, memory_mask=valid, lm_logits=lm,
+            expert_load=load_report(stats), memory=h, memory_mask=mem_valid, lm_logits=lm,
             patch_logits=patch, dense_logits=dense, context_logits=ctx_logits,
             context_attn=ctx_attn,
             ct_midline=None if x.ct is None or self.training  # only post-processing reads it
