@@ -118,6 +118,22 @@ def _dciodvfy_clean(path: Path) -> None:
     assert not errors, report
 
 
+def _sr_and_fhir(db: Db, draft: dict[str, Any], tmp_path: Path, ct_files: list[Path]
+                 ) -> tuple[list[Any], dict[str, Any], Path]:
+    """The SR's measurement groups, the FHIR report's contained resources by id (validated)
+    and the SR's path, for ``draft`` stored unsigned."""
+    rid, doc = _stored(db, False, draft)
+    sr_out, fhir_out = tmp_path / "r.dcm", tmp_path / "r.json"
+    with db.factory.begin() as s:
+        export_report(s, rid, doc, "sr", sr_out, sources=[str(p) for p in ct_files])
+        export_report(s, rid, doc, "fhir", fhir_out)
+    groups = hd.sr.MeasurementReport.from_sequence(
+        [pydicom.dcmread(sr_out)]).get_image_measurement_groups()
+    data = json.loads(fhir_out.read_text())
+    DiagnosticReport.model_validate(data)
+    return list(groups), {c["id"]: c for c in data["contained"]}, sr_out
+
+
 def test_a_finding_not_assessed_is_exported_as_not_evaluated(db: Db, tmp_path: Path,
                                                                ct_files: list[Path]) -> None:
     """A finding the model does not assess (flag not_assessed) is "Not Evaluated" (SCT
@@ -125,16 +141,9 @@ def test_a_finding_not_assessed_is_exported_as_not_evaluated(db: Db, tmp_path: P
     d = draft_dict()
     d["findings"][2] = {**d["findings"][2], "sentence": "Pneumothorax: not assessed by this "
                         "model.", "flags": ["not_assessed"]}
-    rid, doc = _stored(db, False, d)
-    sr_out, fhir_out = tmp_path / "r.dcm", tmp_path / "r.json"
-    with db.factory.begin() as s:
-        export_report(s, rid, doc, "sr", sr_out, sources=[str(p) for p in ct_files])
-        export_report(s, rid, doc, "fhir", fhir_out)
-    groups = hd.sr.MeasurementReport.from_sequence(
-        [pydicom.dcmread(sr_out)]).get_image_measurement_groups()
+    groups, contained, sr_out = _sr_and_fhir(db, d, tmp_path, ct_files)
     values = [g.get_qualitative_evaluations()[0].value.value for g in groups]
     assert values == ["52101004", "52101004", "373121007"]  # present, present, not evaluated
-    contained = {c["id"]: c for c in json.loads(fhir_out.read_text())["contained"]}
     assert contained["finding-3"]["valueCodeableConcept"]["coding"][0]["code"] == "373121007"
     assert contained["finding-1"]["valueCodeableConcept"]["coding"][0]["code"] == "52101004"
     _dciodvfy_clean(sr_out)
@@ -154,13 +163,7 @@ def test_a_measured_ratio_is_coded_and_small_ones_not_assessed_are_not_evaluated
     d["findings"][2] = {**d["findings"][2], "label": "lung_nodule", "present": False,
                         "flags": ["small_not_assessed"]}
     d["findings"][0] = {**d["findings"][0], "flags": ["small_not_assessed"]}
-    rid, doc = _stored(db, False, d)
-    sr_out, fhir_out = tmp_path / "r.dcm", tmp_path / "r.json"
-    with db.factory.begin() as s:
-        export_report(s, rid, doc, "sr", sr_out, sources=[str(p) for p in ct_files])
-        export_report(s, rid, doc, "fhir", fhir_out)
-    groups = hd.sr.MeasurementReport.from_sequence(
-        [pydicom.dcmread(sr_out)]).get_image_measurement_groups()
+    groups, contained, sr_out = _sr_and_fhir(db, d, tmp_path, ct_files)
     values = [g.get_qualitative_evaluations()[0].value.value for g in groups]
     assert values == ["52101004", "52101004", "373121007"]
     ratios = [(m.value, m.unit.value) for m in groups[1].get_measurements()
@@ -168,12 +171,10 @@ def test_a_measured_ratio_is_coded_and_small_ones_not_assessed_are_not_evaluated
     assert ratios == [(0.62, "1")]
     assert all(m.name.value != "MA-CTR" for g in (groups[0], groups[2])
                for m in g.get_measurements())
-    contained = {c["id"]: c for c in json.loads(fhir_out.read_text())["contained"]}
     comps = {c["code"]["coding"][0]["code"]: c["valueQuantity"]
              for c in contained["finding-2"]["component"] if "coding" in c["code"]}
     assert comps["MA-CTR"]["value"] == 0.62 and comps["MA-CTR"]["code"] == "1"
     assert contained["finding-3"]["valueCodeableConcept"]["coding"][0]["code"] == "373121007"
-    DiagnosticReport.model_validate(json.loads(fhir_out.read_text()))
     _dciodvfy_clean(sr_out)
 
 
