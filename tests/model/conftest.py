@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,19 @@ def make_batch(tiny_cfg: ModelConfig) -> Callable[..., ModelInput]:
         rep = torch.randint(5, 300, (b, report), generator=g) if report else None
         return ModelInput(ct_present=ct_p, emr_present=emr_p, ct=vol, emr_ids=ids,
                           emr_mask=torch.ones(b, t, dtype=torch.bool), report_ids=rep)
+    return make
+
+
+@pytest.fixture()
+def teacher_sample(tiny_cfg: ModelConfig) -> Callable[..., dict[str, Any]]:
+    """A training sample without CT whose second finding (index 1) is present, with a short
+    note and report, its laterality targets zero unless given, plus ``extra`` targets."""
+    def make(**extra: Any) -> dict[str, Any]:
+        n = len(tiny_cfg.heads.labels)
+        present = np.zeros(n, np.float32)
+        present[1] = 1.0
+        return {"ct": None, "emr_ids": np.array([5, 6, 7]), "report_ids": np.array([1, 9, 3]),
+                "present": present, "laterality": np.zeros(n, np.int64), **extra}
     return make
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,14 +77,12 @@ def test_generation_follows_the_stated_findings(model: FusionModel,
     assert torch.equal(m0[:, -n + 1:], m1[:, -n + 1:])  # the others did not
 
 
-def test_training_teacher_forces_the_true_findings(tiny_cfg: ModelConfig) -> None:
+def test_training_teacher_forces_the_true_findings(
+        tiny_cfg: ModelConfig, teacher_sample: Callable[..., dict[str, Any]]) -> None:
     n = len(tiny_cfg.heads.labels)
-    present = np.zeros(n, np.float32)
-    present[1] = 1.0
     lat = np.full(n, -100, np.int64)
     lat[1] = 2
-    sample = {"ct": None, "emr_ids": np.array([5, 6, 7]), "report_ids": np.array([1, 9, 3]),
-              "present": present, "laterality": lat}
+    sample = teacher_sample(laterality=lat)
     x, tgt = collate([sample, sample])
     assert x.cond_present is not None and x.cond_side is not None and tgt is not None
     assert x.cond_present[0].tolist() == [i == 1 for i in range(n)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,14 +75,12 @@ def test_the_stated_location_changes_only_its_findings_token(
 
 
 def test_training_teacher_forces_the_true_locations(
-        located: FusionModel, tiny_cfg: ModelConfig) -> None:
+        located: FusionModel, tiny_cfg: ModelConfig,
+        teacher_sample: Callable[..., dict[str, Any]]) -> None:
     n = len(tiny_cfg.heads.labels)
-    present = np.zeros(n, np.float32)
-    present[1] = 1.0
     loc = np.full(n, -100, np.int64)
     loc[1] = 2
-    sample = {"ct": None, "emr_ids": np.array([5, 6, 7]), "report_ids": np.array([1, 9, 3]),
-              "present": present, "laterality": np.zeros(n, np.int64), "location": loc}
+    sample = teacher_sample(location=loc)
     x, _ = collate([sample, sample])
     assert x.cond_location is not None and x.cond_location.dtype == torch.int64
     assert x.cond_location[0].tolist() == [2 if i == 1 else 0 for i in range(n)]

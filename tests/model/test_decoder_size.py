@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,14 +74,12 @@ def test_the_stated_size_changes_only_its_findings_token(
     assert torch.equal(q[0], q[1])
 
 
-def test_training_teacher_forces_the_true_sizes(tiny_cfg: ModelConfig) -> None:
+def test_training_teacher_forces_the_true_sizes(
+        tiny_cfg: ModelConfig, teacher_sample: Callable[..., dict[str, Any]]) -> None:
     n = len(tiny_cfg.heads.labels)
-    present = np.zeros(n, np.float32)
-    present[1] = 1.0
     size = np.full(n, np.nan, np.float32)
     size[1] = 23.5
-    sample = {"ct": None, "emr_ids": np.array([5, 6, 7]), "report_ids": np.array([1, 9, 3]),
-              "present": present, "laterality": np.zeros(n, np.int64), "size": size}
+    sample = teacher_sample(size=size)
     x, _ = collate([sample, sample])
     assert x.cond_size is not None and x.cond_size.dtype == torch.float32
     assert x.cond_size[0].tolist() == [23.5 if i == 1 else 0.0 for i in range(n)]
