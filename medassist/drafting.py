@@ -148,10 +148,13 @@ def _indication(emr: str | None) -> str:
 
 
 def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
-              size: float | None, *, ratio: bool = False, measured: bool = False) -> str:
+              size: float | None, *, ratio: bool = False, measured: bool = False,
+              lesion: bool = False) -> str:
     """The structured sentence of one finding.  A ``ratio`` label's size is the
     cardiothoracic ratio, not a length: stated only where ``measured`` on the CT (the size
-    head's is too coarse), never in millimetres."""
+    head's is too coarse), never in millimetres.  A ``lesion`` label's size (one the CT
+    measurement tries: nodule, mass) says whether it was ``measured`` or is the size head's
+    estimate."""
     words = label.replace("_", " ")
     if not present:
         return f"No {words}."
@@ -161,6 +164,10 @@ def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
         head = f"{side}{words}{where}".capitalize()
         return head + (f", cardiothoracic ratio {size:.2f} measured on the CT."
                        if measured and size is not None else ".")
+    if lesion and size is not None:
+        return f"{side}{words}{where}".capitalize() + (
+            f", {size:.0f} mm measured on the CT." if measured
+            else f", about {size:.0f} mm (estimated, not measured on the CT).")
     size_s = f", about {size:.0f} mm" if size is not None else ""
     return f"{side}{words}{where}{size_s}.".capitalize()
 
@@ -289,7 +296,13 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
            preds: Sequence[Any], w: Any, unreliable: frozenset[str] = frozenset(),
            never: frozenset[str] = frozenset()
            ) -> dict[str, Any]:
-    from medassist.labeler import complete, guard, restate_ratios, restate_sizes
+    from medassist.labeler import (
+        complete,
+        guard,
+        mark_unmeasured_sizes,
+        restate_ratios,
+        restate_sizes,
+    )
     from multimodal.measure import measured_ratios, measured_sizes
 
     study, emr = prep.study, prep.emr
@@ -299,13 +312,16 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     min_mm = {lab: float(mm) for lab, mm in lm.cfg.presence_min_mm}
     # labels whose size is the cardiothoracic ratio (not a length)
     ratio_labels = frozenset(lm.cfg.heads.measure.ratio_labels)
+    # labels whose size the CT measurement tries (nodule, mass)
+    lesion_labels = frozenset(les[0] for les in lm.cfg.heads.measure.lesions)
     small_unassessed = {p.label for p in preds
                         if not p.present and p.label in min_mm and p.label not in never}
     sentences = {p.label: _not_assessed(p.label) if p.label in never
                  else _none_from(p.label, min_mm[p.label]) if p.label in small_unassessed
                  else _sentence(p.label, p.present, p.laterality, p.location, p.size_mm,
                                 ratio=p.label in ratio_labels,
-                                measured=p.size_source == "image")
+                                measured=p.size_source == "image",
+                                lesion=p.label in lesion_labels)
                  for p in preds}
     # a present finding the decoder left out is stated from the findings list, marked; then
     # sentences (of the Findings and the Impression) contradicting the findings head, or
@@ -322,6 +338,12 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     findings_text, restated = restate_sizes(findings_text, measured)
     impression, restated_imp = restate_sizes(impression, measured)
     restated |= restated_imp
+    # a called nodule's or mass's size the CT did not give: the decoder's number, marked
+    unmeasured = {p.label for p in preds if p.present and p.label in lesion_labels
+                  and p.size_source != "image"}
+    findings_text, size_unmeasured = mark_unmeasured_sizes(findings_text, unmeasured)
+    impression, s_imp = mark_unmeasured_sizes(impression, unmeasured)
+    size_unmeasured |= s_imp
     # a cardiothoracic ratio the decoder wrote: the one measured on the CT instead, or marked
     ratios = measured_ratios(preds, tuple(ratio_labels))
     called_ratio = {p.label for p in preds if p.present and p.label in ratio_labels}
@@ -387,6 +409,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
         if p.label in restated:
             # a sentence's size was replaced by the measured one ([SIZE MEASURED ON CT])
             flags.append("text_size_restated")
+        if p.label in size_unmeasured:
+            # a sentence states a size the CT did not give: marked [UNVERIFIED: ...]
+            flags.append("text_size_unmeasured")
         if p.label in ratio_restated:
             # a sentence's ratio was replaced by the measured one ([RATIO MEASURED ON CT])
             flags.append("text_ratio_restated")

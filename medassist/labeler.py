@@ -41,6 +41,9 @@ NEGATION = re.compile(r"\b(?:no|without|negative for|free of|not|absent|resolved
 #: not report content, so not read for findings or negation
 ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST|SIZE MEASURED ON CT"
                         r"|RATIO MEASURED ON CT)[^\]]*\]")
+#: the mark in front of a finding's own sentence that the draft adds where the decoder left the
+#: finding out (:func:`complete`)
+ADDED_MARK = "[ADDED FROM THE FINDINGS LIST]"
 #: wording that states the patient's history (from the EMR): unsupported in a draft without one
 HISTORY = re.compile(r"\b(?:in a patient with|history of|known)\b")
 #: conclusions that rest on the history (a known primary, heart failure, fever): the reference
@@ -108,7 +111,7 @@ def complete(text: str, head: Mapping[str, bool], sentences: Mapping[str, str]
     said = text_findings(text, head)
     added = [lab for lab, pos in head.items() if pos and not said[lab] and lab in sentences]
     parts = [text.strip()] if text.strip() else []
-    parts += [f"[ADDED FROM THE FINDINGS LIST] {sentences[lab]}" for lab in added]
+    parts += [f"{ADDED_MARK} {sentences[lab]}" for lab in added]
     return " ".join(parts), set(added)
 
 
@@ -210,6 +213,30 @@ def restate_ratios(text: str, measured: Mapping[str, float], present: Collection
                 continue
         out.append(sent.text)
     return " ".join(out), restated, unmeasured
+
+
+#: the mark in front of a sentence stating the size of a nodule or mass whose size the CT did
+#: not give (:func:`mark_unmeasured_sizes`): the number is the decoder's own
+SIZE_UNMEASURED = "[UNVERIFIED: size not measured on the CT]"
+
+
+def mark_unmeasured_sizes(text: str, unmeasured: Collection[str]) -> tuple[str, set[str]]:
+    """Mark the sizes the CT did not give: a sentence that affirms exactly one finding of
+    ``unmeasured`` (called lesions whose size was not measured) and states a size is prefixed
+    :data:`SIZE_UNMEASURED`; a sentence the draft added from the findings list
+    (:data:`ADDED_MARK`) is not the decoder's and says itself that its size is an estimate.
+    Returns the text (rebuilt sentence by sentence) and the labels marked."""
+    out: list[str] = []
+    marked: set[str] = set()
+    for sent in label_text(text):
+        affirmed, sizes = _affirmed_and_stated(sent, _SIZE)
+        if len(affirmed) == 1 and affirmed[0] in unmeasured and sizes \
+                and ADDED_MARK not in sent.text:
+            out.append(f"{SIZE_UNMEASURED} {sent.text}")
+            marked.add(affirmed[0])
+            continue
+        out.append(sent.text)
+    return " ".join(out), marked
 
 
 def _format_size(mm: float, unit: str) -> str:

@@ -202,6 +202,41 @@ def test_a_ratio_is_never_stated_in_millimetres() -> None:
     assert _sentence("lung_mass", True, "left", None, 41.6) == "Left lung mass, about 42 mm."
 
 
+def test_a_lesion_sentence_says_where_its_size_comes_from() -> None:
+    from medassist.drafting import _sentence
+
+    # a nodule's or mass's size: measured on the CT, or the size head's estimate
+    assert _sentence("lung_mass", True, "left", "LUL", 55.3, lesion=True,
+                     measured=True) == "Left lung mass (lul), 55 mm measured on the CT."
+    est = _sentence("lung_mass", True, "left", "LUL", 45.2, lesion=True)
+    assert est == "Left lung mass (lul), about 45 mm (estimated, not measured on the CT)."
+    # read back as the mass, affirmed: "not measured" negates nothing; one sentence
+    assert label_sentence(est) == {"lung_mass": True} and len(label_text(est)) == 1
+    assert guard(est, {"lung_mass": True}, sizes={"lung_mass": 45.2})[1] == set()
+
+
+def test_mark_unmeasured_sizes_marks_the_decoders_number() -> None:
+    from medassist.labeler import ADDED_MARK, SIZE_UNMEASURED, mark_unmeasured_sizes
+
+    text = ("there is a 3.4 cm lobulated mass in the left upper lobe. consolidation in the "
+            "left lower lobe measuring about 4.7 cm. the mass abuts the pleura.")
+    out, marked = mark_unmeasured_sizes(text, {"lung_mass"})
+    assert marked == {"lung_mass"}
+    assert out == (f"{SIZE_UNMEASURED} there is a 3.4 cm lobulated mass in the left upper "
+                   "lobe. consolidation in the left lower lobe measuring about 4.7 cm. the "
+                   "mass abuts the pleura.")
+    # the mark is an annotation: the findings read the same
+    head = {"lung_mass": True, "consolidation": True}
+    assert text_findings(out, head) == text_findings(text, head)
+    # measured (not in the set), no size, two findings in one sentence, or the draft's own
+    # added sentence: left alone
+    for t, labs in ((text, set()), ("a lobulated mass in the left upper lobe.", {"lung_mass"}),
+                    ("a 4.5 cm mass and a 6.6 cm consolidation.", {"lung_mass"}),
+                    (f"{ADDED_MARK} Left lung mass, about 45 mm (estimated, not measured on "
+                     "the CT).", {"lung_mass"})):
+        assert mark_unmeasured_sizes(t, labs) == (t, set()), t
+
+
 def test_restate_ratios_puts_the_measured_ratio_in_or_marks_the_decoders() -> None:
     from medassist.labeler import RATIO_MARK, RATIO_UNMEASURED, restate_ratios
 

@@ -505,6 +505,16 @@ def _check_contract(rep: dict[str, Any]) -> None:
         if "text_omitted_finding" in f["flags"]:
             assert f["present"] and ("[ADDED FROM THE FINDINGS LIST] " + f["sentence"]
                                      in rep["sections"]["findings"])
+        # a called nodule's or mass's size: measured on the CT, or an estimate, and said so;
+        # the text's number for it, where the CT gave none, is marked
+        if f["present"] and f["label"] in ("lung_nodule", "lung_mass") and f["size_mm"]:
+            measured = "size_measured" in f["flags"]
+            assert f["sentence"].endswith("mm measured on the CT." if measured
+                                          else "(estimated, not measured on the CT).")
+        if "text_size_unmeasured" in f["flags"]:
+            assert f["present"] and "size_measured" not in f["flags"]
+            assert "[UNVERIFIED: size not measured on the CT]" in " ".join(
+                rep["sections"].values())
     json.dumps(rep)
 
 
