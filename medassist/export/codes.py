@@ -43,6 +43,19 @@ ABSENT = Code("2667000", "SCT", "Absent")
 NOT_EVALUATED = Code("373121007", "SCT", "Not Evaluated")
 
 
+#: how a finding's size or ratio was obtained (SNOMED CT qualifier values, as in HL7's
+#: measurement-method value sets; the SR codes it as the measurement's method): measured on
+#: the CT (draft flags ``size_measured``, ``ratio_measured``), or the model's size head's
+#: estimate
+MEASURED = Code("258104002", "SCT", "Measured")
+ESTIMATED = Code("414135002", "SCT", "Estimated")
+
+
+def size_method(flags: Sequence[str]) -> Code:
+    """The method of a finding's ``size_mm``: measured on the CT or estimated."""
+    return MEASURED if "size_measured" in flags else ESTIMATED
+
+
 #: a cardiothoracic ratio measured on the CT (draft ``Finding.ratio``).  No SNOMED CT, LOINC or
 #: DCM concept for it was found, so it is a code of this project's private scheme, as is the
 #: AI probability's.

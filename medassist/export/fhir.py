@@ -23,6 +23,7 @@ from medassist.export.codes import (
     FindingCodes,
     evaluation,
     load_codes,
+    size_method,
 )
 from medassist.reports import ReportView
 
@@ -47,8 +48,12 @@ def _observation(i: int, f: Finding, codes_: FindingCodes, status: str,
         "note": [{"text": f.sentence}] if f.sentence else None,
     }
     if f.size_mm is not None:
+        # a component has no method of its own: the code's text says whether the size was
+        # measured on the CT or is the model's estimate (the SR codes it)
+        how = size_method(f.flags).meaning.lower()
         obs["component"].append({
-            "code": _concept(Code("81827009", "SCT", "Diameter")),
+            "code": {**_concept(Code("81827009", "SCT", "Diameter")),
+                     "text": f"Diameter ({how})"},
             "valueQuantity": {"value": f.size_mm, "unit": "mm",
                               "system": "http://unitsofmeasure.org", "code": "mm"}})
     if f.ratio is not None:

@@ -23,10 +23,12 @@ from medassist.draft import Finding
 from medassist.errors import ExportError
 from medassist.export.codes import (
     CARDIOTHORACIC_RATIO,
+    MEASURED,
     Code,
     FindingCodes,
     evaluation,
     load_codes,
+    size_method,
 )
 from medassist.reports import ReportView
 
@@ -102,11 +104,14 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
     measurements = [hd.sr.Measurement(name=PROBABILITY, value=f.probability, unit=NO_UNITS,
                                       algorithm_id=algo)]
     if f.size_mm is not None:
+        # measured on the CT, or the size head's estimate (TID 300 Measurement Method)
         measurements.append(hd.sr.Measurement(name=DIAMETER, value=f.size_mm, unit=MM,
+                                              method=_cc(size_method(f.flags)),
                                               algorithm_id=algo))
     if f.ratio is not None:
         measurements.append(hd.sr.Measurement(name=_cc(CARDIOTHORACIC_RATIO), value=f.ratio,
-                                              unit=NO_UNITS, algorithm_id=algo))
+                                              unit=NO_UNITS, method=_cc(MEASURED),
+                                              algorithm_id=algo))
     evaluations = [hd.sr.QualitativeEvaluation(_cc(fc.finding),
                                                _cc(evaluation(f.present, f.flags)))]
     if lat is not None:

@@ -169,12 +169,32 @@ def test_a_measured_ratio_is_coded_and_small_ones_not_assessed_are_not_evaluated
     ratios = [(m.value, m.unit.value) for m in groups[1].get_measurements()
               if m.name.value == "MA-CTR"]
     assert ratios == [(0.62, "1")]
+    assert [m.method.value for m in groups[1].get_measurements()
+            if m.name.value == "MA-CTR"] == ["258104002"]  # measured
     assert all(m.name.value != "MA-CTR" for g in (groups[0], groups[2])
                for m in g.get_measurements())
     comps = {c["code"]["coding"][0]["code"]: c["valueQuantity"]
              for c in contained["finding-2"]["component"] if "coding" in c["code"]}
     assert comps["MA-CTR"]["value"] == 0.62 and comps["MA-CTR"]["code"] == "1"
     assert contained["finding-3"]["valueCodeableConcept"]["coding"][0]["code"] == "373121007"
+    _dciodvfy_clean(sr_out)
+
+
+def test_a_size_says_whether_it_was_measured_on_the_ct_or_estimated(
+        db: Db, tmp_path: Path, ct_files: list[Path]) -> None:
+    """A size measured on the CT (flag size_measured) is coded with the measurement method
+    "Measured" (SCT 258104002) in the SR, the size head's estimate "Estimated" (414135002);
+    the FHIR component's text says which."""
+    d = draft_dict()
+    d["findings"][0] = {**d["findings"][0], "flags": ["size_measured"]}
+    groups, contained, sr_out = _sr_and_fhir(db, d, tmp_path, ct_files)
+    methods = [[m.method.value for m in g.get_measurements() if m.name.value == "81827009"]
+               for g in groups]
+    assert methods == [["258104002"], ["414135002"], []]  # measured, estimated, no size
+    texts = [[c["code"]["text"] for c in contained[f"finding-{i}"]["component"]
+              if c["code"].get("coding", [{}])[0].get("code") == "81827009"]
+             for i in (1, 2, 3)]
+    assert texts == [["Diameter (measured)"], ["Diameter (estimated)"], []]
     _dciodvfy_clean(sr_out)
 
 
