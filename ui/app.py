@@ -75,10 +75,12 @@ def _client(request: Any) -> ClientInfo | None:
 
 
 def _size_cell(r: FindingReview) -> str:
-    """The size column: mm (measured on the CT or the model's estimate), or a measured
-    cardiothoracic ratio."""
+    """The size column: mm, measured on the CT, the model's estimate, or the reviewer's; or a
+    measured cardiothoracic ratio."""
     if r.size_mm is not None:
-        return f"{r.size_mm:g}" + (" (measured on CT)" if r.size_measured else "")
+        how = ("edited" if r.size_edited else "measured on CT" if r.size_measured
+               else "estimate")
+        return f"{r.size_mm:g} ({how})"
     if r.ratio is not None:
         return f"CTR {r.ratio:.2f} (measured on CT)"
     return "-"

@@ -38,6 +38,8 @@ class FindingReview:
     text: str
     #: the cardiothoracic ratio measured on the CT (draft ``Finding.ratio``)
     ratio: float | None = None
+    #: the size the draft stated (``size_mm`` is the reviewer's once edited)
+    model_size_mm: float | None = None
 
     @property
     def low_confidence(self) -> bool:
@@ -56,9 +58,17 @@ class FindingReview:
         return "present" if self.present else "absent"
 
     @property
+    def size_edited(self) -> bool:
+        """The reviewer changed (or gave) the size: it is no longer the draft's."""
+        if self.size_mm is None:
+            return False
+        return self.model_size_mm is None or round(self.size_mm, 1) != round(
+            self.model_size_mm, 1)
+
+    @property
     def size_measured(self) -> bool:
-        """The size is measured on the CT, not the size head's estimate."""
-        return "size_measured" in self.flags
+        """The size is the draft's and measured on the CT, not the size head's estimate."""
+        return "size_measured" in self.flags and not self.size_edited
 
     @property
     def consistency_flags(self) -> tuple[str, ...]:
@@ -75,7 +85,7 @@ def from_draft(f: Finding, index: int) -> FindingReview:
                          probability=f.probability, flags=f.flags,
                          slices=f.evidence.slices, decision="pending",
                          side=f.laterality or "", size_mm=f.size_mm, text=f.sentence,
-                         ratio=f.ratio)
+                         ratio=f.ratio, model_size_mm=f.size_mm)
 
 
 def split_text(text: str) -> dict[str, str]:

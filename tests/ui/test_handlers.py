@@ -469,11 +469,17 @@ def test_finding_rows_say_a_size_was_measured_on_the_ct_and_do_not_flag_it() -> 
     def review(flags: tuple[str, ...]) -> FindingReview:
         return FindingReview(index=0, label="lung_mass", present=True, probability=0.9,
                              flags=flags, slices=(), decision="pending", side="left",
-                             size_mm=42.3, text="Left lung mass, about 42 mm.")
+                             size_mm=42.3, text="Left lung mass, about 42 mm.",
+                             model_size_mm=42.3)
 
     measured, head = finding_rows([review(("size_measured",)), review(())])
     assert measured[7] == "42.3 (measured on CT)" and measured[4] == "-"
-    assert head[7] == "42.3"
+    assert head[7] == "42.3 (estimate)"
+    # a size the reviewer changed is theirs, whatever the draft's was
+    for flags in (("size_measured",), ()):
+        edited = replace(review(flags), size_mm=50.0)
+        assert edited.size_edited and not edited.size_measured
+        assert finding_rows([edited])[0][7] == "50 (edited)"
     # a cardiomegaly's measured ratio: no size in mm, and no flag to check either
     ratio = FindingReview(index=0, label="cardiomegaly", present=True, probability=0.9,
                           flags=("ratio_measured",), slices=(), decision="pending",
