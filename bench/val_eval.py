@@ -4,7 +4,8 @@ post-processing rules before the held-out test splits are scored.
 
     .venv/bin/python bench/val_eval.py CHECKPOINT [--val 192] [--cache runs/cache] [--text]
                                       [--data DIR] [--synth-config configs/synth/small.yaml]
-                                      [--sides] [--sizes [--min-fit-fraction F]]
+                                      [--sides] [--sizes [--min-fit-fraction F]
+                                      [--max-wall-share W]]
 
 Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
 the side read off the image), ``per_finding`` (F1, TP / FP / FN, AUROC and the stated side
@@ -17,8 +18,9 @@ off the image (``heads.evidence_side_labels``), the true positives counted by re
 and stated side ("right -> bilateral": 3).  ``--sizes`` adds the nodule / mass sizes the draft
 states (measured on the CT where that succeeds, ``multimodal.measure``): their MAE on the
 true positives, the size head's alone, the (reference, stated) pairs and how many calls were
-measured; ``--min-fit-fraction`` sets ``heads.measure.min_fit_fraction`` for the run (how
-the measurement's setting is chosen on validation cases).  The cases come from
+measured; ``--min-fit-fraction`` and ``--max-wall-share`` set ``heads.measure.min_fit_fraction`` and
+``max_wall_share`` for the run (how the measurement's settings are chosen on validation
+cases).  The cases come from
 ``medassist.model_data.cached_synth_records`` (``--synth-config``, default
 configs/synth/small.yaml; seed 7, split val).
 """
@@ -79,15 +81,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="add the sizes the draft states (measured on the CT)")
     ap.add_argument("--min-fit-fraction", type=float, default=None,
                     help="heads.measure.min_fit_fraction for this run (with --sizes)")
+    ap.add_argument("--max-wall-share", type=float, default=None,
+                    help="heads.measure.max_wall_share for this run (with --sizes)")
     ap.add_argument("--synth-config", default=str(REPO / "configs/synth/small.yaml"),
                     help="generator config of the cached validation cases")
     a = ap.parse_args(argv)
     model, cfg, _kind, tok, _meta = load_checkpoint(a.checkpoint)
-    if a.min_fit_fraction is not None:
+    over = {k: v for k, v in (("min_fit_fraction", a.min_fit_fraction),
+                              ("max_wall_share", a.max_wall_share)) if v is not None}
+    if over:
         from dataclasses import replace
 
-        cfg = replace(cfg, heads=replace(cfg.heads, measure=replace(
-            cfg.heads.measure, min_fit_fraction=a.min_fit_fraction)))
+        cfg = replace(cfg, heads=replace(cfg.heads, measure=replace(cfg.heads.measure,
+                                                                    **over)))
     if a.data:
         recs = list(folder_records(a.data, cfg))
     else:
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"checkpoint": a.checkpoint, "n_cases": len(samples), **{k: full[k] for k in keys}}
     if a.sizes:
         res["min_fit_fraction"] = cfg.heads.measure.min_fit_fraction
+        res["max_wall_share"] = cfg.heads.measure.max_wall_share
         res["size_pairs_mm_tp"] = {lab: full["per_finding"][lab].get("size_pairs_mm_tp")
                                    for lab in ("lung_nodule", "lung_mass")
                                    if lab in full["per_finding"]}

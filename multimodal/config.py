@@ -268,6 +268,10 @@ class MeasureConfig:
     trim: float = 0.12
     #: the share of the rays the final ellipsoid must explain
     min_fit_fraction: float = 0.85
+    #: a lesion against the chest wall or mediastinum has no edge on the rays into them (no
+    #: contrast): up to this share of such rays, the fit fraction counts only the rays with a
+    #: lung edge (the ellipsoid is fitted to the lesion's lung-facing surface); 0 = every ray
+    max_wall_share: float = 0.0
     #: candidate centres (best first, 15 mm apart) measured per enclosure level
     n_tries: int = 3
     #: labels whose size is the cardiothoracic ratio, measured on the CT when called
@@ -295,6 +299,9 @@ class MeasureConfig:
                 or self.min_fit_fraction > 1:
             raise ModelConfigError("heads.measure needs min_depth_mm < max_radius_mm, trim < 1 "
                                    "and min_fit_fraction <= 1")
+        if not 0 <= self.max_wall_share < 1:
+            raise ModelConfigError("heads.measure.max_wall_share must be in [0, 1), got "
+                                   f"{self.max_wall_share}")
         if len(self.ratio_range) != 2 or not 0 < self.ratio_range[0] < self.ratio_range[1] \
                 or not all(self.ratio_labels):
             raise ModelConfigError("heads.measure.ratio_range must be [low, high] with "

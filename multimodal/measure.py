@@ -12,15 +12,20 @@ box (:class:`multimodal.config.MeasureConfig`):
 2. Edge: 256 rays from the centre, sampled every 0.5 mm (trilinear); the edge on each ray is the
    first crossing, interpolated, of the level half way between the lesion's core (the median
    HU within 1 mm) and the lung's (the median of the rays' minima).
-3. Ellipsoid: a quadric fitted by least squares to the edge points, refitted without the points
-   further than ``trim`` from it (spicules, a touching vessel or pleura); its centre becomes the
-   next ray origin (up to six rounds, until it moves less than 0.5 mm).  The longest diameter
-   is the measurement.
+3. Ellipsoid: a quadric fitted by least squares to the edge points nearer than 1.5 times their
+   median (a ray that ran on through the chest wall would pull it), refitted with the points
+   of all rays within ``trim`` of it (spicules, a touching vessel or pleura are left out); its
+   centre becomes the next ray origin (up to six rounds, until it moves less than 0.5 mm; a
+   centre in air, a bronchus crossing the lesion, keeps the previous round's fit).  The longest
+   diameter is the measurement.
 
 A measurement is taken only if the ellipsoid explains ``min_fit_fraction`` of the rays, lies in
 the evidence box (5 mm margin), is no longer than 3 depths + 10 mm (an ellipsoid with radii 1 and
 0.75 has a longest diameter of 2.7 inscribed radii) and falls in its label's diameter range;
-otherwise the size head's estimate stays.  Everything is numpy / torch on the CPU.
+otherwise the size head's estimate stays.  With ``max_wall_share`` above 0, up to that share of
+rays without an edge or with one beyond the ellipsoid (into the chest wall or mediastinum) are
+left out of the fraction: the lesion is measured from its lung-facing surface (off by default:
+``bench/mass_measure.py``).  Everything is numpy / torch on the CPU.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ _STEP_MM = 0.5  # edge rays
 _SEARCH_STEP_MM = 2.0  # candidate rays
 _MAX_CANDIDATES = 8_000
 _CHUNK = 2_048
+_FIRST_FIT = 1.5  # the first ellipsoid fit uses the edges nearer than this times their median
 _ROUNDS = 6  # ray origins: the start, then each fitted centre until it moves < 0.5 mm
 
 
@@ -56,7 +62,8 @@ class Measurement:
     diameter_mm: float  # longest axis of the fitted ellipsoid
     axes_mm: tuple[float, float, float]  # all three diameters, longest first
     centre_voxel: tuple[float, float, float]  # (z, y, x) on the model grid
-    fit_fraction: float  # share of the rays whose edge the ellipsoid explains
+    fit_fraction: float  # share of the rays with a lung edge that the ellipsoid explains
+    wall_share: float  # share of the rays without one (into the chest wall or mediastinum)
 
 
 def _fibonacci_dirs(n: int) -> F64:
@@ -132,18 +139,25 @@ def _fit_ellipsoid(p: F64) -> tuple[F64, F64, F64] | None:
 
 
 def _edge_fit(vol: torch.Tensor, c_mm: F64, spacing: F64, cfg: MeasureConfig
-              ) -> tuple[F64, F64, float] | None:
-    """Rays from ``c_mm`` -> (centre mm, radii mm, fit fraction) of the fitted ellipsoid."""
+              ) -> tuple[F64, F64, float, float] | None:
+    """Rays from ``c_mm`` -> (centre mm, radii mm, fit fraction, wall share) of the fitted
+    ellipsoid: the fraction is over the rays with a lung edge the ellipsoid does not fall
+    short of, the wall share is the share of the others (rays that ran on through tissue:
+    the chest wall or mediastinum)."""
     t = np.arange(0.0, cfg.max_radius_mm + 1e-6, _STEP_MM)
     rows = np.arange(len(_EDGE_DIRS))
     radii = np.zeros(3)
-    fraction = 0.0
-    for _ in range(_ROUNDS):
+    fraction = wall = 0.0
+    for rnd in range(_ROUNDS):
         v = _sample(vol, c_mm[None, None, :] + _EDGE_DIRS[:, None, :] * t[None, :, None],
                     spacing)  # (256, T)
         core = float(np.median(v[:, :3]))
         if core <= cfg.air_hu:
-            return None  # the origin is not inside a lesion
+            if rnd == 0:
+                return None  # the origin is not inside a lesion
+            # the fitted centre lies in air inside the lesion (a bronchus crossing it): the
+            # previous round's fit, from an origin in tissue, stands
+            break
         level = 0.5 * (core + float(np.median(v.min(1))))
         below = v < level
         k = np.argmax(below, 1)
@@ -153,9 +167,12 @@ def _edge_fit(vol: torch.Tensor, c_mm: F64, spacing: F64, cfg: MeasureConfig
         ok = below.any(1) & (k > 0)
         if ok.sum() < 20:
             return None
-        ok &= d < 2 * np.median(d[ok])
+        med = float(np.median(d[ok]))
+        ok &= d < 2 * med
         pts = _EDGE_DIRS * d[:, None]  # edge points relative to the origin (mm)
-        use = ok
+        # the first fit on the nearer edges: a ray that ran on through the chest wall to the
+        # body's surface or a lung beyond would pull the ellipsoid towards the wall
+        use = ok & (d < _FIRST_FIT * med)
         for _ in range(4):
             if use.sum() < 20:
                 return None
@@ -168,11 +185,17 @@ def _edge_fit(vol: torch.Tensor, c_mm: F64, spacing: F64, cfg: MeasureConfig
             if (new == use).all():
                 break
             use = new
-        fraction = float(use.mean())
+        # a ray without a lung edge near the lesion, or whose edge lies beyond the ellipsoid,
+        # ran on through tissue: the chest wall or mediastinum the lesion touches (no contrast
+        # there).  The fit is judged on the others; an edge inside the ellipsoid (lung where
+        # the fit puts lesion) counts against it.
+        beyond = ~ok | (q > 1 + cfg.trim)
+        fraction = float(use.sum() / max(int((~beyond).sum()), 1))
+        wall = float(beyond.mean())
         c_mm = c_mm + centre
         if float(np.linalg.norm(centre)) < 0.5:
             break
-    return c_mm, radii, fraction
+    return c_mm, radii, fraction, wall
 
 
 def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
@@ -201,9 +224,12 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
             tried.append(start)
             got = _edge_fit(vol, start, spacing, cfg)
             if got is not None:
-                centre, radii, fraction = got
+                centre, radii, fraction, wall = got
                 diameter = float(2 * radii.max())
-                if fraction >= cfg.min_fit_fraction and diameter <= 3 * depth[j] + 10.0 \
+                # the share of all rays the ellipsoid explains or, up to max_wall_share of
+                # rays into the wall, the share of the others
+                explained = fraction * (1.0 - wall) if wall > cfg.max_wall_share else fraction
+                if explained >= cfg.min_fit_fraction and diameter <= 3 * depth[j] + 10.0 \
                         and bool((centre >= lo_mm).all() and (centre <= hi_mm).all()) \
                         and diameter_range_mm[0] <= diameter <= diameter_range_mm[1]:
                     axes = sorted((float(2 * r) for r in radii), reverse=True)
@@ -211,7 +237,7 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
                     return Measurement(
                         diameter_mm=diameter, axes_mm=(axes[0], axes[1], axes[2]),
                         centre_voxel=(float(cv[0]), float(cv[1]), float(cv[2])),
-                        fit_fraction=fraction)
+                        fit_fraction=fraction, wall_share=wall)
             if len(tried) >= cfg.n_tries:
                 break
     return None

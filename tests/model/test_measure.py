@@ -122,6 +122,41 @@ def test_a_lesion_broadly_against_the_chest_wall_keeps_the_head_size() -> None:
     assert m is None
 
 
+def test_a_lesion_against_the_chest_wall_is_measured_from_its_lung_facing_surface() -> None:
+    """Its centre 0.6 radii inside the lung: the rays into the wall find no edge (or the
+    body's surface far beyond).  Up to ``max_wall_share`` of such rays the ellipsoid is judged on
+    the others, and the size comes from the lesion's surface against the lung; with 0 every
+    ray counts and the fit is refused."""
+    centre = (160.0, 176.0, 321.0 - 12.0)
+    hu = add_ellipsoid(chest(), centre, (20.0, 20.0, 20.0))
+    m = measure_lesion(hu, SPACING, box_around(centre), MeasureConfig(max_wall_share=0.35))
+    assert m is not None
+    assert m.diameter_mm == pytest.approx(40.0, abs=2.0)
+    assert 0.0 < m.wall_share <= 0.35 and m.fit_fraction >= 0.85
+    assert measure_lesion(hu, SPACING, box_around(centre), MeasureConfig(max_wall_share=0.0)) \
+        is None
+
+
+def test_a_lesion_half_in_the_wall_is_refused_whatever_the_wall_share() -> None:
+    centre = (160.0, 176.0, 321.0)
+    hu = add_ellipsoid(chest(), centre, (20.0, 20.0, 20.0))
+    assert measure_lesion(hu, SPACING, box_around(centre),
+                          MeasureConfig(max_wall_share=0.35)) is None
+
+
+def test_a_bronchus_through_the_centre_does_not_lose_the_measurement() -> None:
+    """The fitted centre lies in the air of a bronchus crossing the lesion: rays from there
+    would start in air, so the fit from the previous origin (in tissue) stands."""
+    z, y, x = _mm()
+    radii = (25.0, 22.0, 20.0)
+    hu = add_ellipsoid(chest(), LEFT_LUNG, radii)
+    tube = ((z - LEFT_LUNG[0]) ** 2 + (y - LEFT_LUNG[1]) ** 2 < 2.0 ** 2) \
+        & (np.abs(x - LEFT_LUNG[2]) < 30.0)
+    hu = np.where(tube, np.float32(-900.0), hu).astype(np.float32)
+    m = measure_lesion(hu, SPACING, box_around(LEFT_LUNG), MeasureConfig())
+    assert m is not None and m.diameter_mm == pytest.approx(50.0, abs=2.0)
+
+
 def test_a_diameter_outside_the_labels_range_is_not_taken() -> None:
     hu = add_ellipsoid(chest(), LEFT_LUNG, (20.0, 16.0, 15.0))
     box = box_around(LEFT_LUNG)
@@ -166,7 +201,7 @@ def test_bad_arguments_and_config_are_refused() -> None:
                 {"lesions": (("lung_mass", 3.0, 30.0), ("lung_mass", 30.0, 90.0))},
                 {"air_hu": -100.0, "tissue_hu": -200.0}, {"enclosure": ()},
                 {"enclosure": (1.2,)}, {"trim": 1.5}, {"min_depth_mm": 80.0},
-                {"n_tries": 0}):
+                {"n_tries": 0}, {"max_wall_share": 1.0}, {"max_wall_share": -0.1}):
         with pytest.raises(ModelConfigError):
             MeasureConfig(**bad)  # type: ignore[arg-type]
     heads = from_mapping(HeadsConfig, {"labels": ["lung_mass"], "measure": {
