@@ -46,11 +46,12 @@ CONTACT_BINS = ((0.0, 0.1), (0.1, 0.3), (0.3, 1.01))
 
 
 def shell(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """The voxels 6-adjacent to ``mask`` and not in it."""
+    """The voxels 6-adjacent to ``mask`` and not in it (nothing beyond the volume's faces)."""
+    p = np.pad(mask, 1)
     out = np.zeros_like(mask)
     for ax in range(3):
         for d in (-1, 1):
-            out |= np.roll(mask, d, axis=ax)
+            out |= np.roll(p, d, axis=ax)[1:-1, 1:-1, 1:-1]
     return out & ~mask
 
 
