@@ -117,6 +117,17 @@ def _ratio(v: Any, where: str) -> float | None:
     return f
 
 
+def _axes(v: Any, where: str) -> tuple[float, float, float] | None:
+    """A measured lesion's [axial long axis, axial short axis, craniocaudal extent] in mm."""
+    if v is None:
+        return None
+    vals = [_float(x, f"{where}[{i}]") for i, x in enumerate(_list(v, where, 3))]
+    if not all(0.0 < x <= 1000.0 for x in vals) or vals[0] < vals[1]:
+        raise DraftError("expected [long axis, short axis, craniocaudal] in (0, 1000] mm with "
+                         f"long >= short, got {vals}", field=where)
+    return vals[0], vals[1], vals[2]
+
+
 # --- the dataclasses ------------------------------------------------------------------
 
 
@@ -190,15 +201,22 @@ class Finding:
     #: the cardiothoracic ratio measured on the CT (a ratio label such as cardiomegaly, flag
     #: ``ratio_measured``); None otherwise.  Optional in the JSON (drafts before stop 29).
     ratio: float | None = None
+    #: a nodule or mass measured on the CT (flag ``size_measured``): the long and short axis
+    #: of its largest axial section and its craniocaudal extent, mm; None otherwise.
+    #: Optional in the JSON (drafts before stop 31).
+    size_axes_mm: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         _ratio(self.ratio, f"finding {self.label}.ratio")
+        _axes(None if self.size_axes_mm is None else list(self.size_axes_mm),
+              f"finding {self.label}.size_axes_mm")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "finding",
                   labels: Collection[str] | None = None) -> Finding:
         d = _obj(data, where, ("label", "present", "probability", "laterality", "location",
-                               "size_mm", "sentence", "evidence", "flags"), optional=("ratio",))
+                               "size_mm", "sentence", "evidence", "flags"),
+                  optional=("ratio", "size_axes_mm"))
         label = _str(d["label"], f"{where}.label", nonempty=True)
         if labels is not None and label not in labels:
             raise DraftError(f"unknown finding label {label!r}; known: {sorted(labels)}",
@@ -213,6 +231,7 @@ class Finding:
         flags = tuple(_str(v, f"{where}.flags[{i}]")
                       for i, v in enumerate(_list(d["flags"], f"{where}.flags")))
         ratio = _ratio(d.get("ratio"), f"{where}.ratio")
+        axes = _axes(d.get("size_axes_mm"), f"{where}.size_axes_mm")
         return cls(
             label=label,
             present=_bool(d["present"], f"{where}.present"),
@@ -222,7 +241,7 @@ class Finding:
             size_mm=size,
             sentence=_str(d["sentence"], f"{where}.sentence"),
             evidence=Evidence.from_dict(d["evidence"], f"{where}.evidence"),
-            flags=flags, ratio=ratio,
+            flags=flags, ratio=ratio, size_axes_mm=axes,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,6 +253,8 @@ class Finding:
         }
         if self.ratio is not None:
             out["ratio"] = self.ratio
+        if self.size_axes_mm is not None:
+            out["size_axes_mm"] = list(self.size_axes_mm)
         return out
 
 

@@ -438,6 +438,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             # the cardiothoracic ratio measured on the CT, as a number (the SR and FHIR
             # exports code it); only a called, measured ratio label has one
             item["ratio"] = ratios[p.label]
+        if p.present and p.size_source == "image" and p.size_axes_mm is not None:
+            # a measured nodule or mass: its axial long and short axis and craniocaudal
+            # extent, as a reader states them ("52 x 41 mm")
+            item["size_axes_mm"] = list(p.size_axes_mm)
         items.append(item)
     return {
         "status": "DRAFT", "disclaimer": DISCLAIMER,

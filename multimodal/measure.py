@@ -64,6 +64,10 @@ class Measurement:
     centre_voxel: tuple[float, float, float]  # (z, y, x) on the model grid
     fit_fraction: float  # share of the rays with a lung edge that the ellipsoid explains
     wall_share: float  # share of the rays without one (into the chest wall or mediastinum)
+    #: long and short axis of the ellipsoid's axial section through its centre (its largest
+    #: axial section: what a reader measures on the axial slice), and its craniocaudal extent
+    axial_mm: tuple[float, float]
+    craniocaudal_mm: float
 
 
 def _fibonacci_dirs(n: int) -> F64:
@@ -139,14 +143,15 @@ def _fit_ellipsoid(p: F64) -> tuple[F64, F64, F64] | None:
 
 
 def _edge_fit(vol: torch.Tensor, c_mm: F64, spacing: F64, cfg: MeasureConfig
-              ) -> tuple[F64, F64, float, float] | None:
-    """Rays from ``c_mm`` -> (centre mm, radii mm, fit fraction, wall share) of the fitted
-    ellipsoid: the fraction is over the rays with a lung edge the ellipsoid does not fall
-    short of, the wall share is the share of the others (rays that ran on through tissue:
-    the chest wall or mediastinum)."""
+              ) -> tuple[F64, F64, F64, float, float] | None:
+    """Rays from ``c_mm`` -> (centre mm, radii mm, the matrix A of (x - c)'A(x - c) = 1 in
+    (z, y, x) mm, fit fraction, wall share) of the fitted ellipsoid: the fraction is over the
+    rays with a lung edge the ellipsoid does not fall short of, the wall share is the share
+    of the others (rays that ran on through tissue: the chest wall or mediastinum)."""
     t = np.arange(0.0, cfg.max_radius_mm + 1e-6, _STEP_MM)
     rows = np.arange(len(_EDGE_DIRS))
     radii = np.zeros(3)
+    amat = np.eye(3)
     fraction = wall = 0.0
     for rnd in range(_ROUNDS):
         v = _sample(vol, c_mm[None, None, :] + _EDGE_DIRS[:, None, :] * t[None, :, None],
@@ -195,7 +200,16 @@ def _edge_fit(vol: torch.Tensor, c_mm: F64, spacing: F64, cfg: MeasureConfig
         c_mm = c_mm + centre
         if float(np.linalg.norm(centre)) < 0.5:
             break
-    return c_mm, radii, fraction, wall
+    return c_mm, radii, amat, fraction, wall
+
+
+def _reading_axes(amat: F64) -> tuple[tuple[float, float], float]:
+    """The axial section through the centre of the ellipsoid (x - c)'A(x - c) = 1 ((z, y, x)
+    mm) -> (its long and short axis (dz = 0 leaves the (y, x) block of A), the ellipsoid's
+    craniocaudal extent (2 sqrt((A^-1)_zz)))."""
+    w = np.linalg.eigvalsh(amat[1:, 1:])  # ascending; positive for an ellipsoid
+    axial = (float(2 / math.sqrt(w[0])), float(2 / math.sqrt(w[1])))
+    return axial, float(2 * math.sqrt(np.linalg.inv(amat)[0, 0]))
 
 
 def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
@@ -224,7 +238,7 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
             tried.append(start)
             got = _edge_fit(vol, start, spacing, cfg)
             if got is not None:
-                centre, radii, fraction, wall = got
+                centre, radii, amat, fraction, wall = got
                 diameter = float(2 * radii.max())
                 # the share of all rays the ellipsoid explains or, up to max_wall_share of
                 # rays into the wall, the share of the others
@@ -234,10 +248,12 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
                         and diameter_range_mm[0] <= diameter <= diameter_range_mm[1]:
                     axes = sorted((float(2 * r) for r in radii), reverse=True)
                     cv = centre / spacing
+                    axial, cc = _reading_axes(amat)
                     return Measurement(
                         diameter_mm=diameter, axes_mm=(axes[0], axes[1], axes[2]),
                         centre_voxel=(float(cv[0]), float(cv[1]), float(cv[2])),
-                        fit_fraction=fraction, wall_share=wall)
+                        fit_fraction=fraction, wall_share=wall, axial_mm=axial,
+                        craniocaudal_mm=cc)
             if len(tried) >= cfg.n_tries:
                 break
     return None
@@ -256,7 +272,10 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
                 and p.box_voxels is not None:
             m = measure_lesion(hu, spacing_mm, p.box_voxels, cfg, ranges[p.label])
             if m is not None:
-                p = dataclasses.replace(p, size_mm=round(m.diameter_mm, 1), size_source="image")
+                p = dataclasses.replace(
+                    p, size_mm=round(m.diameter_mm, 1), size_source="image",
+                    size_axes_mm=(round(m.axial_mm[0], 1), round(m.axial_mm[1], 1),
+                                  round(m.craniocaudal_mm, 1)))
         elif cfg.enabled and hu is not None and p.present and p.label in cfg.ratio_labels:
             # the size of such a label is a ratio (cardiothoracic), not a length
             c = cardiothoracic_ratio(np.asarray(hu), spacing_mm, ratio_range=cfg.ratio_range)

@@ -151,3 +151,6 @@ class FindingPrediction:
     #: where ``size_mm`` comes from: "head" (the size head) or "image" (measured on the CT,
     #: :mod:`multimodal.measure`)
     size_source: str = "head"
+    #: a nodule or mass measured on the CT: (long axis, short axis) of its largest axial
+    #: section and its craniocaudal extent, mm (:class:`multimodal.measure.Measurement`)
+    size_axes_mm: tuple[float, float, float] | None = None

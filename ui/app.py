@@ -80,6 +80,10 @@ def _size_cell(r: FindingReview) -> str:
     if r.size_mm is not None:
         how = ("edited" if r.size_edited else "measured on CT" if r.size_measured
                else "estimate")
+        if how == "measured on CT" and r.size_axes_mm is not None:
+            # as a reader states it: the axial long x short axis, and the craniocaudal extent
+            a = r.size_axes_mm
+            how += f"; axial {a[0]:g} x {a[1]:g}, craniocaudal {a[2]:g}"
         return f"{r.size_mm:g} ({how})"
     if r.ratio is not None:
         return f"CTR {r.ratio:.2f} (measured on CT)"

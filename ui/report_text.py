@@ -40,6 +40,9 @@ class FindingReview:
     ratio: float | None = None
     #: the size the draft stated (``size_mm`` is the reviewer's once edited)
     model_size_mm: float | None = None
+    #: a measured lesion's axial long and short axis and craniocaudal extent (draft
+    #: ``Finding.size_axes_mm``)
+    size_axes_mm: tuple[float, float, float] | None = None
 
     @property
     def low_confidence(self) -> bool:
@@ -85,7 +88,7 @@ def from_draft(f: Finding, index: int) -> FindingReview:
                          probability=f.probability, flags=f.flags,
                          slices=f.evidence.slices, decision="pending",
                          side=f.laterality or "", size_mm=f.size_mm, text=f.sentence,
-                         ratio=f.ratio, model_size_mm=f.size_mm)
+                         ratio=f.ratio, model_size_mm=f.size_mm, size_axes_mm=f.size_axes_mm)
 
 
 def split_text(text: str) -> dict[str, str]:

@@ -56,6 +56,12 @@ def size_method(flags: Sequence[str]) -> Code:
     return MEASURED if "size_measured" in flags else ESTIMATED
 
 
+#: a measured nodule's or mass's long and short axis on its largest axial section (draft
+#: ``Finding.size_axes_mm``; SNOMED CT, as in pydicom's concept dictionary)
+LONG_AXIS = Code("103339001", "SCT", "Long axis")
+SHORT_AXIS = Code("103340004", "SCT", "Short axis")
+
+
 #: a cardiothoracic ratio measured on the CT (draft ``Finding.ratio``).  No SNOMED CT, LOINC or
 #: DCM concept for it was found, so it is a code of this project's private scheme, as is the
 #: AI probability's.

@@ -19,6 +19,8 @@ from medassist.draft import Finding
 from medassist.errors import ExportError
 from medassist.export.codes import (
     CARDIOTHORACIC_RATIO,
+    LONG_AXIS,
+    SHORT_AXIS,
     Code,
     FindingCodes,
     evaluation,
@@ -56,6 +58,13 @@ def _observation(i: int, f: Finding, codes_: FindingCodes, status: str,
                      "text": f"Diameter ({how})"},
             "valueQuantity": {"value": f.size_mm, "unit": "mm",
                               "system": "http://unitsofmeasure.org", "code": "mm"}})
+    if f.size_axes_mm is not None:
+        # a measured lesion's axial long and short axis (the SR's TID 300 method: Measured)
+        for code, value in ((LONG_AXIS, f.size_axes_mm[0]), (SHORT_AXIS, f.size_axes_mm[1])):
+            obs["component"].append({
+                "code": {**_concept(code), "text": f"{code.meaning} (axial, measured)"},
+                "valueQuantity": {"value": value, "unit": "mm",
+                                  "system": "http://unitsofmeasure.org", "code": "mm"}})
     if f.ratio is not None:
         obs["component"].append({
             "code": _concept(CARDIOTHORACIC_RATIO),

@@ -23,7 +23,9 @@ from medassist.draft import Finding
 from medassist.errors import ExportError
 from medassist.export.codes import (
     CARDIOTHORACIC_RATIO,
+    LONG_AXIS,
     MEASURED,
+    SHORT_AXIS,
     Code,
     FindingCodes,
     evaluation,
@@ -108,6 +110,11 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
         measurements.append(hd.sr.Measurement(name=DIAMETER, value=f.size_mm, unit=MM,
                                               method=_cc(size_method(f.flags)),
                                               algorithm_id=algo))
+    if f.size_axes_mm is not None:
+        # a measured lesion's axial long and short axis, as a reader states them
+        for name, value in ((LONG_AXIS, f.size_axes_mm[0]), (SHORT_AXIS, f.size_axes_mm[1])):
+            measurements.append(hd.sr.Measurement(name=_cc(name), value=value, unit=MM,
+                                                  method=_cc(MEASURED), algorithm_id=algo))
     if f.ratio is not None:
         measurements.append(hd.sr.Measurement(name=_cc(CARDIOTHORACIC_RATIO), value=f.ratio,
                                               unit=NO_UNITS, method=_cc(MEASURED),

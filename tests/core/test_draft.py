@@ -56,6 +56,9 @@ def _set(path: str, value: Any) -> dict[str, Any]:
     ("findings.0.size_mm", -3, "findings[0].size_mm"),
     ("findings.0.ratio", 1.2, "findings[0].ratio"),
     ("findings.0.ratio", "0.6", "findings[0].ratio"),
+    ("findings.0.size_axes_mm", [30.0, 40.0, 20.0], "findings[0].size_axes_mm"),
+    ("findings.0.size_axes_mm", [30.0, 20.0], "findings[0].size_axes_mm"),
+    ("findings.0.size_axes_mm", [30.0, 20.0, "x"], "findings[0].size_axes_mm[2]"),
     ("findings.0.present", 1, "findings[0].present"),
     ("findings.0.evidence.z_mm", [1.0], "findings[0].evidence.z_mm"),
     ("findings.0.evidence.box_voxels", [5, 0, 0, 1, 1, 1], "findings[0].evidence.box_voxels"),
@@ -98,3 +101,17 @@ def test_a_measured_ratio_is_optional_and_round_trips() -> None:
     assert with_ratio.findings[1].ratio == 0.58
     assert with_ratio.to_dict() == d
     assert with_ratio.content_hash() != base.content_hash()
+
+
+def test_a_measured_lesions_axes_are_optional_and_round_trip() -> None:
+    """``size_axes_mm`` (a measured nodule's or mass's axial long and short axis and
+    craniocaudal extent) may be left out, as drafts stored before it are."""
+    base = ReportDraft.from_dict(DRAFT, labels=LABELS)
+    assert all(f.size_axes_mm is None for f in base.findings)
+    assert all("size_axes_mm" not in f for f in base.to_dict()["findings"])
+    d = draft_dict()
+    d["findings"][0]["size_axes_mm"] = [52.0, 41.5, 48.0]
+    with_axes = ReportDraft.from_dict(d, labels=LABELS)
+    assert with_axes.findings[0].size_axes_mm == (52.0, 41.5, 48.0)
+    assert with_axes.to_dict() == d
+    assert with_axes.content_hash() != base.content_hash()

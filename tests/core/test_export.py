@@ -186,7 +186,8 @@ def test_a_size_says_whether_it_was_measured_on_the_ct_or_estimated(
     "Measured" (SCT 258104002) in the SR, the size head's estimate "Estimated" (414135002);
     the FHIR component's text says which."""
     d = draft_dict()
-    d["findings"][0] = {**d["findings"][0], "flags": ["size_measured"]}
+    d["findings"][0] = {**d["findings"][0], "flags": ["size_measured"],
+                        "size_axes_mm": [52.0, 41.5, 48.0]}
     groups, contained, sr_out = _sr_and_fhir(db, d, tmp_path, ct_files)
     methods = [[m.method.value for m in g.get_measurements() if m.name.value == "81827009"]
                for g in groups]
@@ -195,6 +196,18 @@ def test_a_size_says_whether_it_was_measured_on_the_ct_or_estimated(
               if c["code"].get("coding", [{}])[0].get("code") == "81827009"]
              for i in (1, 2, 3)]
     assert texts == [["Diameter (measured)"], ["Diameter (estimated)"], []]
+    # the measured lesion's axial long and short axis (SCT 103339001, 103340004), measured
+    axes = [[(m.name.value, m.value, m.unit.value, m.method.value) for m in g.get_measurements()
+             if m.name.value in ("103339001", "103340004")] for g in groups]
+    assert axes == [[("103339001", 52.0, "mm", "258104002"),
+                     ("103340004", 41.5, "mm", "258104002")], [], []]
+    comps = [(c["code"]["coding"][0]["code"], c["code"]["text"], c["valueQuantity"]["value"])
+             for c in contained["finding-1"]["component"]
+             if c["code"].get("coding", [{}])[0].get("code") in ("103339001", "103340004")]
+    assert comps == [("103339001", "Long axis (axial, measured)", 52.0),
+                     ("103340004", "Short axis (axial, measured)", 41.5)]
+    assert not any(c["code"].get("coding", [{}])[0].get("code") == "103339001"
+                   for c in contained["finding-2"]["component"])
     _dciodvfy_clean(sr_out)
 
 

@@ -86,6 +86,10 @@ def test_an_ellipsoid_in_the_lung_is_measured_to_its_longest_diameter(
     want = [c / s for c, s in zip(LEFT_LUNG, SPACING, strict=True)]
     assert m.centre_voxel == pytest.approx(want, abs=0.5)
     assert m.fit_fraction >= 0.85
+    # what a reader measures: the axial section's long and short axis, the craniocaudal extent
+    assert m.axial_mm == pytest.approx(sorted((2 * radii[1], 2 * radii[2]), reverse=True),
+                                       abs=2.0)
+    assert m.craniocaudal_mm == pytest.approx(2 * radii[0], abs=2.0)
 
 
 def test_spicules_do_not_lengthen_the_measurement() -> None:
@@ -183,7 +187,9 @@ def test_measure_findings_replaces_only_measurable_called_lesions() -> None:
     assert preds == before  # the input is not modified
     mass, absent, other, nodule = out
     assert mass.size_source == "image" and mass.size_mm == pytest.approx(40.0, abs=1.5)
-    assert dataclasses.replace(mass, size_mm=55.0, size_source="head") == preds[0]
+    assert mass.size_axes_mm == pytest.approx((32.0, 30.0, 40.0), abs=2.0)
+    assert dataclasses.replace(mass, size_mm=55.0, size_source="head",
+                               size_axes_mm=None) == preds[0]
     assert absent == preds[1] and other == preds[2]  # absent, or not a measured label
     assert nodule == preds[3]  # 40 mm is outside a nodule's range: the head's size stays
     assert measure_findings(preds, None, SPACING, MeasureConfig()) == preds

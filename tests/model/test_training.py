@@ -485,10 +485,13 @@ def _check_contract(rep: dict[str, Any]) -> None:
     w = rep["modality_weights"]
     assert set(w) == {"ct", "emr"} and abs(w["ct"] + w["emr"] - 1) < 1e-3
     for f in rep["findings"]:
-        # "ratio" (optional): a measured cardiothoracic ratio, with its flag
-        assert set(f) - {"ratio"} == {"label", "present", "probability", "laterality",
-                                      "location", "size_mm", "sentence", "evidence", "flags"}
+        # "ratio" (optional): a measured cardiothoracic ratio, with its flag; "size_axes_mm"
+        # (optional): a measured nodule's or mass's axial axes and craniocaudal extent
+        assert set(f) - {"ratio", "size_axes_mm"} == {
+            "label", "present", "probability", "laterality", "location", "size_mm",
+            "sentence", "evidence", "flags"}
         assert ("ratio" in f) == ("ratio_measured" in f["flags"])
+        assert ("size_axes_mm" in f) == ("size_measured" in f["flags"])
         assert isinstance(f["present"], bool) and 0 <= f["probability"] <= 1
         assert f["laterality"] in ("left", "right", "bilateral", "none", None)
         assert set(f["evidence"]) == {"slices", "z_mm", "box_voxels", "box_mm", "emr_spans"}

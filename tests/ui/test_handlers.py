@@ -475,6 +475,11 @@ def test_finding_rows_say_a_size_was_measured_on_the_ct_and_do_not_flag_it() -> 
     measured, head = finding_rows([review(("size_measured",)), review(())])
     assert measured[7] == "42.3 (measured on CT)" and measured[4] == "-"
     assert head[7] == "42.3 (estimate)"
+    # with the measured axes (drafts since stop 31) the column reads as a report does
+    axes = replace(review(("size_measured",)), size_axes_mm=(40.5, 33.0, 42.0))
+    assert finding_rows([axes])[0][7] == \
+        "42.3 (measured on CT; axial 40.5 x 33, craniocaudal 42)"
+    assert finding_rows([replace(axes, size_mm=50.0)])[0][7] == "50 (edited)"
     # a size the reviewer changed is theirs, whatever the draft's was
     for flags in (("size_measured",), ()):
         edited = replace(review(flags), size_mm=50.0)
