@@ -117,10 +117,14 @@ def _ratio(v: Any, where: str) -> float | None:
     return f
 
 
-def _axes(v: Any, where: str) -> tuple[float, float, float] | None:
-    """A measured lesion's [axial long axis, axial short axis, craniocaudal extent] in mm."""
+def _axes(v: Any, where: str, flags: Collection[str]) -> tuple[float, float, float] | None:
+    """A measured lesion's [axial long axis, axial short axis, craniocaudal extent] in mm;
+    only a size measured on the CT (flag ``size_measured``) has them."""
     if v is None:
         return None
+    if "size_measured" not in flags:
+        raise DraftError("axes are given only for a size measured on the CT (flag "
+                         "size_measured)", field=where)
     vals = [_float(x, f"{where}[{i}]") for i, x in enumerate(_list(v, where, 3))]
     if not all(0.0 < x <= 1000.0 for x in vals) or vals[0] < vals[1]:
         raise DraftError("expected [long axis, short axis, craniocaudal] in (0, 1000] mm with "
@@ -209,7 +213,7 @@ class Finding:
     def __post_init__(self) -> None:
         _ratio(self.ratio, f"finding {self.label}.ratio")
         _axes(None if self.size_axes_mm is None else list(self.size_axes_mm),
-              f"finding {self.label}.size_axes_mm")
+              f"finding {self.label}.size_axes_mm", self.flags)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "finding",
@@ -231,7 +235,7 @@ class Finding:
         flags = tuple(_str(v, f"{where}.flags[{i}]")
                       for i, v in enumerate(_list(d["flags"], f"{where}.flags")))
         ratio = _ratio(d.get("ratio"), f"{where}.ratio")
-        axes = _axes(d.get("size_axes_mm"), f"{where}.size_axes_mm")
+        axes = _axes(d.get("size_axes_mm"), f"{where}.size_axes_mm", flags)
         return cls(
             label=label,
             present=_bool(d["present"], f"{where}.present"),

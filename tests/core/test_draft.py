@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -56,9 +57,6 @@ def _set(path: str, value: Any) -> dict[str, Any]:
     ("findings.0.size_mm", -3, "findings[0].size_mm"),
     ("findings.0.ratio", 1.2, "findings[0].ratio"),
     ("findings.0.ratio", "0.6", "findings[0].ratio"),
-    ("findings.0.size_axes_mm", [30.0, 40.0, 20.0], "findings[0].size_axes_mm"),
-    ("findings.0.size_axes_mm", [30.0, 20.0], "findings[0].size_axes_mm"),
-    ("findings.0.size_axes_mm", [30.0, 20.0, "x"], "findings[0].size_axes_mm[2]"),
     ("findings.0.present", 1, "findings[0].present"),
     ("findings.0.evidence.z_mm", [1.0], "findings[0].evidence.z_mm"),
     ("findings.0.evidence.box_voxels", [5, 0, 0, 1, 1, 1], "findings[0].evidence.box_voxels"),
@@ -111,6 +109,19 @@ def test_a_measured_lesions_axes_are_optional_and_round_trip() -> None:
     assert all("size_axes_mm" not in f for f in base.to_dict()["findings"])
     d = draft_dict()
     d["findings"][0]["size_axes_mm"] = [52.0, 41.5, 48.0]
+    with pytest.raises(DraftError, match="size_measured") as info:
+        ReportDraft.from_dict(d, labels=LABELS)  # axes only for a size measured on the CT
+    assert info.value.field == "findings[0].size_axes_mm"
+    d["findings"][0]["flags"] = [*d["findings"][0]["flags"], "size_measured"]
+    for bad, field in (([30.0, 40.0, 20.0], "findings[0].size_axes_mm"),  # long < short
+                       ([30.0, 20.0], "findings[0].size_axes_mm"),
+                       ([30.0, 20.0, "x"], "findings[0].size_axes_mm[2]"),
+                       ([30.0, 20.0, 0.0], "findings[0].size_axes_mm")):
+        wrong = copy.deepcopy(d)
+        wrong["findings"][0]["size_axes_mm"] = bad
+        with pytest.raises(DraftError) as info:
+            ReportDraft.from_dict(wrong, labels=LABELS)
+        assert info.value.field == field
     with_axes = ReportDraft.from_dict(d, labels=LABELS)
     assert with_axes.findings[0].size_axes_mm == (52.0, 41.5, 48.0)
     assert with_axes.to_dict() == d
