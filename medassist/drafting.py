@@ -149,12 +149,13 @@ def _indication(emr: str | None) -> str:
 
 def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
               size: float | None, *, ratio: bool = False, measured: bool = False,
-              lesion: bool = False) -> str:
+              lesion: bool = False, axes: tuple[float, float, float] | None = None) -> str:
     """The structured sentence of one finding.  A ``ratio`` label's size is the
     cardiothoracic ratio, not a length: stated only where ``measured`` on the CT (the size
     head's is too coarse), never in millimetres.  A ``lesion`` label's size (one the CT
     measurement tries: nodule, mass) says whether it was ``measured`` or is the size head's
-    estimate."""
+    estimate; a measured one's ``axes`` (axial long, short, craniocaudal) follow, as a reader
+    states them."""
     words = label.replace("_", " ")
     if not present:
         return f"No {words}."
@@ -165,8 +166,10 @@ def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
         return head + (f", cardiothoracic ratio {size:.2f} measured on the CT."
                        if measured and size is not None else ".")
     if lesion and size is not None:
+        dims = "" if axes is None or not measured else (
+            f" (axial {axes[0]:.0f} x {axes[1]:.0f} mm, craniocaudal {axes[2]:.0f} mm)")
         return f"{side}{words}{where}".capitalize() + (
-            f", {size:.0f} mm measured on the CT." if measured
+            f", {size:.0f} mm measured on the CT{dims}." if measured
             else f", about {size:.0f} mm (estimated, not measured on the CT).")
     size_s = f", about {size:.0f} mm" if size is not None else ""
     return f"{side}{words}{where}{size_s}.".capitalize()
@@ -321,7 +324,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
                  else _sentence(p.label, p.present, p.laterality, p.location, p.size_mm,
                                 ratio=p.label in ratio_labels,
                                 measured=p.size_source == "image",
-                                lesion=p.label in lesion_labels)
+                                lesion=p.label in lesion_labels, axes=p.size_axes_mm)
                  for p in preds}
     # a present finding the decoder left out is stated from the findings list, marked; then
     # sentences (of the Findings and the Impression) contradicting the findings head, or

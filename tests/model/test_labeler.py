@@ -213,6 +213,18 @@ def test_a_lesion_sentence_says_where_its_size_comes_from() -> None:
     # read back as the mass, affirmed: "not measured" negates nothing; one sentence
     assert label_sentence(est) == {"lung_mass": True} and len(label_text(est)) == 1
     assert guard(est, {"lung_mass": True}, sizes={"lung_mass": 45.2})[1] == set()
+    # a measured one states its axes as a reader does; the largest size it states is the
+    # measured diameter, so the guard holds it to that
+    dims = _sentence("lung_mass", True, "left", "LUL", 55.3, lesion=True, measured=True,
+                     axes=(52.1, 41.0, 48.2))
+    assert dims == ("Left lung mass (lul), 55 mm measured on the CT (axial 52 x 41 mm, "
+                    "craniocaudal 48 mm).")
+    assert label_sentence(dims) == {"lung_mass": True} and len(label_text(dims)) == 1
+    assert stated_size_mm(dims) == 55.0
+    assert guard(dims, {"lung_mass": True}, sizes={"lung_mass": 55.3})[1] == set()
+    # the size head's estimate has no axes to state
+    assert _sentence("lung_mass", True, "left", "LUL", 45.2, lesion=True,
+                     axes=(52.1, 41.0, 48.2)) == est
 
 
 def test_mark_unmeasured_sizes_marks_the_decoders_number() -> None:

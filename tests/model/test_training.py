@@ -512,7 +512,10 @@ def _check_contract(rep: dict[str, Any]) -> None:
         # the text's number for it, where the CT gave none, is marked
         if f["present"] and f["label"] in ("lung_nodule", "lung_mass") and f["size_mm"]:
             measured = "size_measured" in f["flags"]
-            assert f["sentence"].endswith("mm measured on the CT." if measured
+            dims = "" if "size_axes_mm" not in f else (
+                " (axial {:.0f} x {:.0f} mm, craniocaudal {:.0f} mm)".format(
+                    *f["size_axes_mm"]))
+            assert f["sentence"].endswith(f"mm measured on the CT{dims}." if measured
                                           else "(estimated, not measured on the CT).")
         if "text_size_unmeasured" in f["flags"]:
             assert f["present"] and "size_measured" not in f["flags"]
