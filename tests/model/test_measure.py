@@ -141,7 +141,7 @@ def test_a_lesion_against_the_chest_wall_is_measured_from_its_lung_facing_surfac
         is None
 
 
-def test_a_lesion_half_in_the_wall_is_refused_whatever_the_wall_share() -> None:
+def test_a_lesion_half_in_the_wall_is_refused_with_the_wall_option_too() -> None:
     centre = (160.0, 176.0, 321.0)
     hu = add_ellipsoid(chest(), centre, (20.0, 20.0, 20.0))
     assert measure_lesion(hu, SPACING, box_around(centre),
