@@ -62,8 +62,11 @@ class Measurement:
     diameter_mm: float  # longest axis of the fitted ellipsoid
     axes_mm: tuple[float, float, float]  # all three diameters, longest first
     centre_voxel: tuple[float, float, float]  # (z, y, x) on the model grid
-    fit_fraction: float  # share of the rays with a lung edge that the ellipsoid explains
-    wall_share: float  # share of the rays without one (into the chest wall or mediastinum)
+    #: share of the rays with a lung edge not beyond the ellipsoid that the ellipsoid explains
+    fit_fraction: float
+    #: share of the other rays: no lung edge, or one beyond the ellipsoid (they ran on into
+    #: the chest wall or mediastinum)
+    wall_share: float
     #: long and short axis of the ellipsoid's axial section through its centre (its largest
     #: axial section: what a reader measures on the axial slice), and its craniocaudal extent
     axial_mm: tuple[float, float]
