@@ -149,13 +149,14 @@ def _indication(emr: str | None) -> str:
 
 def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
               size: float | None, *, ratio: bool = False, measured: bool = False,
-              lesion: bool = False, axes: tuple[float, float, float] | None = None) -> str:
+              lesion: bool = False, axes: tuple[float, float, float] | None = None,
+              fluid: bool = False) -> str:
     """The structured sentence of one finding.  A ``ratio`` label's size is the
     cardiothoracic ratio, not a length: stated only where ``measured`` on the CT (the size
     head's is too coarse), never in millimetres.  A ``lesion`` label's size (one the CT
     measurement tries: nodule, mass) says whether it was ``measured`` or is the size head's
     estimate; a measured one's ``axes`` (axial long, short, craniocaudal) follow, as a reader
-    states them."""
+    states them.  A ``fluid`` label's measured size is the band's thickness."""
     words = label.replace("_", " ")
     if not present:
         return f"No {words}."
@@ -165,6 +166,8 @@ def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
         head = f"{side}{words}{where}".capitalize()
         return head + (f", cardiothoracic ratio {size:.2f} measured on the CT."
                        if measured and size is not None else ".")
+    if fluid and measured and size is not None:
+        return f"{words.capitalize()}, {size:.0f} mm thick, measured on the CT."
     if lesion and size is not None:
         dims = "" if axes is None or not measured else (
             f" (axial {axes[0]:.0f} x {axes[1]:.0f} mm, craniocaudal {axes[2]:.0f} mm)")
@@ -309,6 +312,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     from multimodal.measure import measured_ratios, measured_sizes
 
     study, emr = prep.study, prep.emr
+    # a label the fitted threshold never calls is assessed where the CT decided it
+    # (multimodal.pericardium: the heart found, with or without a fluid band around it)
+    never = never - {p.label for p in preds if p.present_source == "image"}
     findings_text, impression = split_sections(text)
     head = {p.label: p.present for p in preds}
     # a label trained only on findings of some size or more says so when absent
@@ -317,6 +323,8 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     ratio_labels = frozenset(lm.cfg.heads.measure.ratio_labels)
     # labels whose size the CT measurement tries (nodule, mass)
     lesion_labels = frozenset(les[0] for les in lm.cfg.heads.measure.lesions)
+    # labels found as a fluid band around the heart, the size its thickness
+    fluid_labels = frozenset(lm.cfg.heads.measure.fluid_labels)
     small_unassessed = {p.label for p in preds
                         if not p.present and p.label in min_mm and p.label not in never}
     sentences = {p.label: _not_assessed(p.label) if p.label in never
@@ -324,7 +332,8 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
                  else _sentence(p.label, p.present, p.laterality, p.location, p.size_mm,
                                 ratio=p.label in ratio_labels,
                                 measured=p.size_source == "image",
-                                lesion=p.label in lesion_labels, axes=p.size_axes_mm)
+                                lesion=p.label in lesion_labels, axes=p.size_axes_mm,
+                                fluid=p.label in fluid_labels)
                  for p in preds}
     # a present finding the decoder left out is stated from the findings list, marked; then
     # sentences (of the Findings and the Impression) contradicting the findings head, or
@@ -405,6 +414,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             # the checkpoint did not detect this finding reliably on its validation cases:
             # neither "present" nor "absent" should be taken from it
             flags.append("unreliable_detector")
+        if p.present and p.present_source == "image":
+            # called by a measurement on the CT (a fluid band around the heart), whatever
+            # the presence head's probability
+            flags.append("found_on_ct")
         if p.size_source == "image":
             # the size (a cardiothoracic ratio: "ratio_measured") is measured on the CT
             # (multimodal.measure, multimodal.cardiac), not the size head's

@@ -101,8 +101,12 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             # the size the draft states: a called nodule or mass measured on the CT where
             # that succeeds (medassist report does the same), else the size head's; the
             # report is generated from these predictions, as the draft's is
-            preds = [measure_findings(case, r.hu, cfg.ct.spacing_mm, cfg.heads.measure)
+            # (without the CT nothing is measured: a fluid band would call a finding)
+            preds = [measure_findings(case, None if mode == "ct" else r.hu, cfg.ct.spacing_mm,
+                                      cfg.heads.measure)
                      for case, r in zip(preds, records, strict=True)]
+            # a finding the CT measurement calls (multimodal.pericardium) is scored as called
+            pred = np.array([[fp.present for fp in case] for case in preds], bool)
             sizes_b = [len(b) for b in per_batch[cfg.heads.side_from_evidence]]
             starts = np.cumsum([0, *sizes_b])
             per_batch[cfg.heads.side_from_evidence] = [
@@ -120,7 +124,8 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             m["size_measured"] = size_measured_counts(
                 cfg.heads.labels, preds, truth,
                 [*(les[0] for les in cfg.heads.measure.lesions),
-                 *cfg.heads.measure.ratio_labels] if cfg.heads.measure.enabled else [])
+                 *cfg.heads.measure.ratio_labels, *cfg.heads.measure.fluid_labels]
+                if cfg.heads.measure.enabled else [])
         for name, ev in (("head", False), ("evidence", True)):
             m[f"laterality_acc_tp_{name}"] = findings_metrics(
                 cfg.heads.labels, prob, pred, truth, side_indices(by_side[ev]), lat_true,
@@ -269,16 +274,20 @@ def injection_identical(model: Any, cfg: Any, tok: Any, records: Sequence[CaseRe
                         ) -> dict[str, float]:
     """Share of (case, label) finding decisions, and of whole cases, that stay the same when
     :data:`INJECTION` is put in front of the EMR note (cases without a note get it as the
-    note)."""
+    note).  The decisions are the draft's, as ``clean_pred``'s: the head's, then those the CT
+    measurement makes (:func:`multimodal.measure.measure_findings`)."""
     import dataclasses
 
     from multimodal.heads import predict_findings
+    from multimodal.measure import measure_findings
     from multimodal.training import predict
 
     inj = [record_sample(dataclasses.replace(r, emr=INJECTION + (r.emr or "")), cfg, tok,
                          with_report=False) for r in records]
     preds = [p for o in predict(model, inj)
              for p in predict_findings(o, cfg.heads, cfg.ct, threshold)]
+    preds = [measure_findings(case, r.hu, cfg.ct.spacing_mm, cfg.heads.measure)
+             for case, r in zip(preds, records, strict=True)]
     pred = np.array([[fp.present for fp in case] for case in preds], bool)
     same = pred == clean_pred
     return {"labels": float(same.mean()), "cases": float(same.all(1).mean())}

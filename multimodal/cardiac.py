@@ -65,13 +65,19 @@ def _spread(air: npt.NDArray[np.bool_], seen: npt.NDArray[np.bool_], axis: int
     return np.moveaxis(a & hit[run], -1, axis)
 
 
-def lung_mask(hu: npt.NDArray[np.floating], air_hu: float) -> npt.NDArray[np.bool_]:
+def lung_mask(hu: npt.NDArray[np.floating], air_hu: float, lateral: bool = True
+              ) -> npt.NDArray[np.bool_]:
     """(Z, Y, X) voxels below ``air_hu`` that the air outside the body does not reach within
     their axial slice (a flood fill from the slice's border, by straight runs along y and x
-    in turn until nothing changes)."""
+    in turn until nothing changes).  With ``lateral`` False the fill starts from the
+    anterior and posterior borders only: a lung that the field of view cuts at its left or
+    right edge stays lung (the air beside the body still reaches those borders)."""
     air = np.asarray(hu < air_hu)
     outside = np.zeros_like(air)
-    for edge in (np.s_[:, 0, :], np.s_[:, -1, :], np.s_[:, :, 0], np.s_[:, :, -1]):
+    edges: list[tuple[slice | int, ...]] = [np.s_[:, 0, :], np.s_[:, -1, :]]
+    if lateral:
+        edges += [np.s_[:, :, 0], np.s_[:, :, -1]]
+    for edge in edges:
         outside[edge] = air[edge]
     for _ in range(sum(hu.shape[1:])):  # a path through a slice never turns more often
         grown = _spread(air, _spread(air, outside, 2), 1)

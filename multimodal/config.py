@@ -279,6 +279,18 @@ class MeasureConfig:
     ratio_labels: tuple[str, ...] = ("cardiomegaly",)
     #: a measured ratio outside this range is not taken (the head's estimate stays)
     ratio_range: tuple[float, float] = (0.3, 0.85)
+    #: labels found and measured as a band of fluid around the heart (:mod:`multimodal.
+    #: pericardium`): called where the band is found, whatever the presence head says, its
+    #: size the band's thickness; labels the model does not predict are ignored
+    fluid_labels: tuple[str, ...] = ("pericardial_effusion",)
+    #: the HU range of the band (fluid: between fat and the myocardium's density)
+    fluid_hu: tuple[float, float] = (-15.0, 28.0)
+    #: a ray counts a band of at least this thickness ...
+    fluid_band_mm: float = 4.0
+    #: ... and the finding is called where this share of the rays do (the midpoint of the
+    #: gap between the 480 validation cases with an effusion, 0.932 or more, and those
+    #: without, 0.466 or less: bench/pericardium.py --val 480)
+    fluid_min_share: float = 0.7
 
     def __post_init__(self) -> None:
         for i, les in enumerate(self.lesions):
@@ -307,9 +319,19 @@ class MeasureConfig:
             raise ModelConfigError("heads.measure.ratio_range must be [low, high] with "
                                    f"0 < low < high, got {self.ratio_range}; ratio_labels "
                                    "must name labels")
-        if {les[0] for les in self.lesions} & set(self.ratio_labels):
-            raise ModelConfigError("heads.measure: a label is either a lesion (diameter) or a "
-                                   "ratio label, not both")
+        if len(self.fluid_hu) != 2 or not -200 < self.fluid_hu[0] < self.fluid_hu[1] < 100:
+            raise ModelConfigError("heads.measure.fluid_hu must be [low, high] with -200 < low "
+                                   f"< high < 100, got {self.fluid_hu}")
+        if self.fluid_band_mm <= 0 or not 0 < self.fluid_min_share <= 1 \
+                or not all(self.fluid_labels):
+            raise ModelConfigError("heads.measure needs fluid_band_mm > 0 and 0 < "
+                                   f"fluid_min_share <= 1, got {self.fluid_band_mm}, "
+                                   f"{self.fluid_min_share}; fluid_labels must name labels")
+        kinds = [{les[0] for les in self.lesions}, set(self.ratio_labels),
+                 set(self.fluid_labels)]
+        if any(kinds[i] & kinds[j] for i in range(3) for j in range(i + 1, 3)):
+            raise ModelConfigError("heads.measure: a label is a lesion (diameter), a ratio "
+                                   "label or a fluid label, only one of them")
 
 
 @dataclass(frozen=True)

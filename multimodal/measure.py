@@ -44,6 +44,7 @@ from multimodal.cardiac import cardiothoracic_ratio
 from multimodal.config import MeasureConfig
 from multimodal.errors import ShapeError
 from multimodal.outputs import FindingPrediction
+from multimodal.pericardium import pericardial_fluid
 
 F64 = npt.NDArray[np.float64]
 
@@ -284,8 +285,29 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
             c = cardiothoracic_ratio(np.asarray(hu), spacing_mm, ratio_range=cfg.ratio_range)
             if c is not None:
                 p = dataclasses.replace(p, size_mm=round(c.ratio, 2), size_source="image")
+        elif cfg.enabled and hu is not None and p.label in cfg.fluid_labels:
+            p = _fluid_call(p, hu, spacing_mm, cfg)
         out.append(p)
     return out
+
+
+def _fluid_call(p: FindingPrediction, hu: npt.NDArray[np.floating],
+                spacing_mm: Sequence[float], cfg: MeasureConfig) -> FindingPrediction:
+    """A fluid label decided on the CT (``present_source`` "image"): called where the band is
+    found, its size the band's thickness and its evidence the band's slices and box; absent
+    where the heart is found without a band, unless the head calls it (then the head's call
+    stands); where no heart is found, the head's decision stands."""
+    f = pericardial_fluid(np.asarray(hu), spacing_mm, fluid_hu=cfg.fluid_hu,
+                          band_mm=cfg.fluid_band_mm)
+    if f is None:
+        return p
+    if f.share < cfg.fluid_min_share or f.thickness_mm <= 0:
+        return p if p.present else dataclasses.replace(p, present_source="image")
+    box = f.box_voxels
+    return dataclasses.replace(
+        p, present=True, size_mm=round(f.thickness_mm, 1), size_source="image",
+        slices=(box[0], box[3]), box_voxels=box, laterality="none", location="pericardium",
+        size_axes_mm=None, present_source="image")
 
 
 def _measured(preds: Sequence[FindingPrediction]) -> dict[str, float]:

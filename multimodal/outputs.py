@@ -154,3 +154,7 @@ class FindingPrediction:
     #: a nodule or mass measured on the CT: (long axis, short axis) of its largest axial
     #: section and its craniocaudal extent, mm (:class:`multimodal.measure.Measurement`)
     size_axes_mm: tuple[float, float, float] | None = None
+    #: what decided ``present``: "head" (the presence probability against the label's
+    #: threshold) or "image" (a measurement on the CT found the finding, or found the heart
+    #: and no fluid band around it: :mod:`multimodal.pericardium`)
+    present_source: str = "head"

@@ -262,8 +262,9 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
     # the sizes scored are the ones the draft states (measured on the CT where that succeeds)
     assert "size_mae_mm_nodule_mass_head" in full
     for lab, n in full["size_measured"].items():
-        # lesions measured for their diameter, cardiomegaly for its cardiothoracic ratio
-        assert lab in ("lung_nodule", "lung_mass", "cardiomegaly")
+        # lesions measured for their diameter, cardiomegaly for its cardiothoracic ratio, a
+        # pericardial effusion for its thickness (found on the CT)
+        assert lab in ("lung_nodule", "lung_mass", "cardiomegaly", "pericardial_effusion")
         assert 0 <= n["measured"] <= n["called"] and 0 <= n["tp_measured"] <= n["tp"] <= n[
             "called"]
     assert 0.0 <= full["injection_identical"]["cases"] <= full["injection_identical"][
@@ -473,6 +474,58 @@ def test_never_called_label_is_not_assessed(synth_folder: Path, tiny_checkpoint:
         [f["probability"] for f in rep["findings"]]
 
 
+def test_an_effusion_decided_on_the_ct_is_drafted_so(synth_folder: Path,
+                                                      tiny_checkpoint: Path) -> None:
+    """A label the fitted threshold never calls (pericardial effusion on the demo checkpoint)
+    that the CT measurement decided (multimodal.pericardium): found, it is present with flags
+    found_on_ct and size_measured, its sentence states the measured thickness and the text's
+    own number for it is replaced by that; decided absent, it reads "No pericardial
+    effusion." (not "not assessed"); undecided (no heart found), it stays not assessed."""
+    import dataclasses
+
+    from medassist.drafting import _draft, load_model, prepare
+    from multimodal.outputs import FindingPrediction
+    from multimodal.training import make_sample
+
+    case = synth_folder / "test" / "case_00003"
+    lm = load_model(tiny_checkpoint)
+    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
+    sample = make_sample(lm.cfg, lm.tok, hu=prep.study.hu, emr=prep.emr)
+    labels = lm.cfg.heads.labels
+    i = labels.index("pericardial_effusion")
+    base = [FindingPrediction(label=lab, present=False, probability=0.01, laterality=None,
+                              location=None, size_mm=None, slices=None, box_voxels=None,
+                              emr_token_spans=()) for lab in labels]
+    found = list(base)
+    found[i] = dataclasses.replace(
+        base[i], present=True, present_source="image", size_source="image", size_mm=12.0,
+        laterality="none", location="pericardium", slices=(4, 9),
+        box_voxels=(4, 10, 12, 9, 20, 22))
+    absent = list(base)
+    absent[i] = dataclasses.replace(base[i], present_source="image")
+    never = frozenset({"pericardial_effusion"})
+    text = ("Findings: Pericardial effusion measuring up to 9 mm in thickness. "
+            "Impression: Pericardial effusion.")
+    w = torch.tensor([1.0, 0.0])
+    d = _draft(lm, prep, sample, text, found, w, frozenset(), never)
+    _check_contract(d)
+    f = d["findings"][i]
+    assert f["present"] and f["size_mm"] == 12.0
+    assert {"found_on_ct", "size_measured", "text_size_restated"} <= set(f["flags"])
+    assert "not_assessed" not in f["flags"]
+    assert f["sentence"] == "Pericardial effusion, 12 mm thick, measured on the CT."
+    assert "12 mm" in d["sections"]["findings"] and "9 mm" not in d["sections"]["findings"]
+    assert f["evidence"]["slices"] and f["evidence"]["box_mm"] is not None
+    assert all("found_on_ct" not in g["flags"] for j, g in enumerate(d["findings"]) if j != i)
+    no = _draft(lm, prep, sample, "Findings: Normal. Impression: Normal.", absent, w,
+                frozenset(), never)["findings"][i]
+    assert not no["present"] and no["sentence"] == "No pericardial effusion."
+    assert not {"not_assessed", "found_on_ct"} & set(no["flags"])
+    left = _draft(lm, prep, sample, "Findings: Normal. Impression: Normal.", base, w,
+                  frozenset(), never)["findings"][i]
+    assert "not_assessed" in left["flags"] and "not assessed" in left["sentence"]
+
+
 def _check_contract(rep: dict[str, Any]) -> None:
     assert set(rep) == {"status", "disclaimer", "sections", "findings", "modality_weights",
                         "model", "inputs"}
@@ -491,7 +544,12 @@ def _check_contract(rep: dict[str, Any]) -> None:
             "label", "present", "probability", "laterality", "location", "size_mm",
             "sentence", "evidence", "flags"}
         assert ("ratio" in f) == ("ratio_measured" in f["flags"])
-        assert ("size_axes_mm" in f) == ("size_measured" in f["flags"])
+        # a measured nodule or mass states its axes; a measured effusion's size is a thickness
+        assert ("size_axes_mm" in f) == ("size_measured" in f["flags"] and f["label"] in (
+            "lung_nodule", "lung_mass"))
+        # a finding the CT measurement called has its size from that measurement
+        assert "found_on_ct" not in f["flags"] or (
+            f["present"] and "size_measured" in f["flags"])
         assert isinstance(f["present"], bool) and 0 <= f["probability"] <= 1
         assert f["laterality"] in ("left", "right", "bilateral", "none", None)
         assert set(f["evidence"]) == {"slices", "z_mm", "box_voxels", "box_mm", "emr_spans"}
