@@ -62,6 +62,28 @@ LONG_AXIS = Code("103339001", "SCT", "Long axis")
 SHORT_AXIS = Code("103340004", "SCT", "Short axis")
 
 
+#: what a finding's ``size_mm`` measures, per label, as the DICOM CID 7470 "Linear
+#: Measurement" concept for the size the reports state (the case generator's size kinds):
+#: a diameter for a nodule, mass or liver lesion; a consolidation's extent is its length, a
+#: pleural effusion's its depth, a pneumothorax's rim and a pericardial effusion's fluid band
+#: their width, a lymph node's its short axis, a rib fracture's gap a distance
+DIAMETER = Code("81827009", "SCT", "Diameter")
+_SIZE_CONCEPTS = {
+    "consolidation": Code("410668003", "SCT", "Length"),
+    "pleural_effusion": Code("131197000", "SCT", "Depth"),
+    "pneumothorax": Code("103355008", "SCT", "Width"),
+    "pericardial_effusion": Code("103355008", "SCT", "Width"),
+    "mediastinal_lymphadenopathy": SHORT_AXIS,
+    "rib_fracture": Code("121206", "DCM", "Distance"),
+}
+
+
+def size_concept(label: str) -> Code:
+    """The concept name of a finding's ``size_mm`` (a diameter unless :data:`_SIZE_CONCEPTS`
+    says otherwise)."""
+    return _SIZE_CONCEPTS.get(label, DIAMETER)
+
+
 #: a cardiothoracic ratio measured on the CT (draft ``Finding.ratio``).  No SNOMED CT, LOINC or
 #: DCM concept for it was found, so it is a code of this project's private scheme, as is the
 #: AI probability's.

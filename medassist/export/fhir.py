@@ -25,6 +25,7 @@ from medassist.export.codes import (
     FindingCodes,
     evaluation,
     load_codes,
+    size_concept,
     size_method,
 )
 from medassist.reports import ReportView
@@ -53,9 +54,9 @@ def _observation(i: int, f: Finding, codes_: FindingCodes, status: str,
         # a component has no method of its own: the code's text says whether the size was
         # measured on the CT or is the model's estimate (the SR codes it)
         how = size_method(f.flags).meaning.lower()
+        what = size_concept(f.label)
         obs["component"].append({
-            "code": {**_concept(Code("81827009", "SCT", "Diameter")),
-                     "text": f"Diameter ({how})"},
+            "code": {**_concept(what), "text": f"{what.meaning} ({how})"},
             "valueQuantity": {"value": f.size_mm, "unit": "mm",
                               "system": "http://unitsofmeasure.org", "code": "mm"}})
     if f.size_axes_mm is not None:

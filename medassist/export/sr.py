@@ -30,12 +30,12 @@ from medassist.export.codes import (
     FindingCodes,
     evaluation,
     load_codes,
+    size_concept,
     size_method,
 )
 from medassist.reports import ReportView
 
 LATERALITY = hd.sr.CodedConcept("272741003", "SCT", "Laterality")
-DIAMETER = hd.sr.CodedConcept("81827009", "SCT", "Diameter")
 MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 PROBABILITY = hd.sr.CodedConcept("MA-PROB", "99MEDASSIST", "AI probability of presence")
@@ -107,7 +107,8 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
                                       algorithm_id=algo)]
     if f.size_mm is not None:
         # measured on the CT, or the size head's estimate (TID 300 Measurement Method)
-        measurements.append(hd.sr.Measurement(name=DIAMETER, value=f.size_mm, unit=MM,
+        measurements.append(hd.sr.Measurement(name=_cc(size_concept(f.label)),
+                                              value=f.size_mm, unit=MM,
                                               method=_cc(size_method(f.flags)),
                                               algorithm_id=algo))
     if f.size_axes_mm is not None:

@@ -189,13 +189,15 @@ def test_a_size_says_whether_it_was_measured_on_the_ct_or_estimated(
     d["findings"][0] = {**d["findings"][0], "flags": ["size_measured"],
                         "size_axes_mm": [52.0, 41.5, 48.0]}
     groups, contained, sr_out = _sr_and_fhir(db, d, tmp_path, ct_files)
-    methods = [[m.method.value for m in g.get_measurements() if m.name.value == "81827009"]
+    # the nodule's diameter (SCT 81827009), the pleural effusion's depth (131197000)
+    sizes = ("81827009", "131197000")
+    methods = [[m.method.value for m in g.get_measurements() if m.name.value in sizes]
                for g in groups]
     assert methods == [["258104002"], ["414135002"], []]  # measured, estimated, no size
     texts = [[c["code"]["text"] for c in contained[f"finding-{i}"]["component"]
-              if c["code"].get("coding", [{}])[0].get("code") == "81827009"]
+              if c["code"].get("coding", [{}])[0].get("code") in sizes]
              for i in (1, 2, 3)]
-    assert texts == [["Diameter (measured)"], ["Diameter (estimated)"], []]
+    assert texts == [["Diameter (measured)"], ["Depth (estimated)"], []]
     # the measured lesion's axial long and short axis (SCT 103339001, 103340004), measured
     axes = [[(m.name.value, m.value, m.unit.value, m.method.value) for m in g.get_measurements()
              if m.name.value in ("103339001", "103340004")] for g in groups]
@@ -299,3 +301,32 @@ def test_unknown_format(db: Db, tmp_path: Path) -> None:
     rid, doc = _stored(db, False)
     with pytest.raises(ExportError, match="unknown export format"), db.factory.begin() as s:
         export_report(s, rid, doc, "docx", tmp_path / "r")
+
+
+def test_a_size_is_coded_as_what_it_measures(db: Db, tmp_path: Path,
+                                             ct_files: list[Path]) -> None:
+    """A finding's size_mm is coded with the CID 7470 linear-measurement concept of what it
+    measures: a nodule's diameter, a pleural effusion's depth, and the thickness of a
+    pericardial effusion's fluid band, found and measured on the CT (flags found_on_ct,
+    size_measured), its width, with the method Measured; FHIR's component says the same."""
+    d = draft_dict()
+    d["findings"][2] = {
+        "label": "pericardial_effusion", "present": True, "probability": 0.05,
+        "laterality": "none", "location": "pericardium", "size_mm": 12.4,
+        "sentence": "Pericardial effusion, 12 mm thick, measured on the CT.",
+        "evidence": {"slices": [20, 21], "z_mm": [-150.0, -145.0],
+                     "box_voxels": [20, 90, 100, 21, 130, 160],
+                     "box_mm": [10.0, -20.0, -150.0, 60.0, 30.0, -145.0], "emr_spans": []},
+        "flags": ["found_on_ct", "size_measured"]}
+    groups, contained, sr_out = _sr_and_fhir(db, d, tmp_path, ct_files)
+    names = [[(m.name.value, m.name.meaning, m.value) for m in g.get_measurements()
+              if m.name.value != "MA-PROB"] for g in groups]
+    assert names[1] == [("131197000", "Depth", 14.0)]
+    assert names[2] == [("103355008", "Width", 12.4)]
+    pe = next(m for m in groups[2].get_measurements() if m.name.value == "103355008")
+    assert pe.method.value == "258104002"  # measured
+    comp = [c for c in contained["finding-3"]["component"]
+            if c["code"].get("coding", [{}])[0].get("code") == "103355008"]
+    assert [c["code"]["text"] for c in comp] == ["Width (measured)"]
+    assert comp[0]["valueQuantity"]["value"] == 12.4
+    _dciodvfy_clean(sr_out)
