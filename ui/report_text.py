@@ -51,13 +51,18 @@ class FindingReview:
     @property
     def status(self) -> str:
         """What the model says: present, absent, or not assessed (a label its fitted
-        threshold never calls: "absent" would be a finding it cannot make)."""
+        threshold never calls: "absent" would be a finding it cannot make); present (found on
+        the CT) where a measurement on the CT made the call (flag ``found_on_ct``), whatever
+        the head's probability."""
         if "not_assessed" in self.flags:
             return "not assessed"
         if "small_not_assessed" in self.flags and not self.present:
             # a detector trained only on findings of some size or more (the sentence says
             # which): absent means none that large
             return "absent (small ones not assessed)"
+        if "found_on_ct" in self.flags and self.present:
+            # called by a measurement on the CT, not by the probability shown beside it
+            return "present (found on the CT)"
         return "present" if self.present else "absent"
 
     @property

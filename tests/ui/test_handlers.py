@@ -444,7 +444,8 @@ def test_priority_from_draft(h: Handlers, seeded: Seeded) -> None:
     assert priority(calm) == "routine"
 
 
-def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls() -> None:
+def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls_and_found_on_ct(
+) -> None:
     from ui.app import finding_rows
     from ui.report_text import FindingReview
 
@@ -455,9 +456,14 @@ def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls() -> No
 
     rows = finding_rows([review(False, ("low_confidence", "not_assessed")),
                          review(False, ()), review(True, ("low_confidence",)),
-                         review(False, ("small_not_assessed",))])
+                         review(False, ("small_not_assessed",)),
+                         review(True, ("found_on_ct", "size_measured"))])
     assert [r[2] for r in rows] == ["not assessed", "absent", "present",
-                                    "absent (small ones not assessed)"]
+                                    "absent (small ones not assessed)",
+                                    "present (found on the CT)"]
+    # a call made by the CT measurement (a pericardial effusion) says so beside the head's
+    # probability, which did not make it
+    assert rows[4][4] == "FLAG found_on_ct"
     assert "FLAG not_assessed" in rows[0][4] and rows[1][4] == "-"
     assert rows[3][4] == "FLAG small_not_assessed"
 
