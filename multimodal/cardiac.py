@@ -108,6 +108,32 @@ def _cut_off(air: npt.NDArray[np.bool_], rows: tuple[int, int]) -> bool:
     return False
 
 
+def flanking_lung(lung: npt.NDArray[np.bool_]
+                  ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(..., X) lung mask -> per voxel the x of the nearest lung voxel at or to its left (-1:
+    none) and at or to its right (X: none), along its row."""
+    x_end = lung.shape[-1]
+    xs = np.arange(x_end)
+    left = np.maximum.accumulate(np.where(lung, xs, -1), axis=-1)
+    right = np.minimum.accumulate(np.where(lung, xs, x_end)[..., ::-1], axis=-1)[..., ::-1]
+    return left, right
+
+
+def body_midline(hu: npt.NDArray[np.floating], air_hu: float) -> float:
+    """The body's midline (x, voxels): the centroid column of everything denser than air."""
+    col = (hu >= air_hu).sum((0, 1)).astype(np.float64)
+    return float((col * np.arange(col.size)).sum() / max(col.sum(), 1.0))
+
+
+def chest_slices(lung: npt.NDArray[np.bool_], mid: int) -> npt.NDArray[np.int64]:
+    """The z of the slices with both lungs (the smaller side, either side of column ``mid``,
+    at least ``_MIN_SIDE_SHARE`` of the larger) and at least half the largest lung area."""
+    area = lung.sum((1, 2))
+    right, left = lung[:, :, :mid].sum((1, 2)), lung[:, :, mid:].sum((1, 2))
+    both = np.minimum(right, left) >= _MIN_SIDE_SHARE * np.maximum(right, left)
+    return np.flatnonzero((area >= 0.5 * area.max()) & both & (area > 0))
+
+
 def _heart_width(lung: npt.NDArray[np.bool_], soft: npt.NDArray[np.bool_]) -> int:
     """Widest soft-tissue extent (voxels) inside a between-the-lungs stretch of one slice's
     anterior rows (y: anterior first, DICOM LPS): per row, the non-lung voxels with lung on
@@ -116,9 +142,7 @@ def _heart_width(lung: npt.NDArray[np.bool_], soft: npt.NDArray[np.bool_]) -> in
     y0 = int(ys[0])
     rows = lung[y0: y0 + int(_ANTERIOR * (ys[-1] - ys[0] + 1))]  # (R, X)
     x_end = rows.shape[1]
-    xs = np.arange(x_end)
-    left = np.maximum.accumulate(np.where(rows, xs, -1), axis=1)  # nearest lung at or left
-    right = np.minimum.accumulate(np.where(rows, xs, x_end)[:, ::-1], axis=1)[:, ::-1]
+    left, right = flanking_lung(rows)
     r, x = np.nonzero(~rows & (left >= 0) & (right < x_end) & soft[y0: y0 + rows.shape[0]])
     if r.size == 0:
         return 0
@@ -151,14 +175,9 @@ def cardiothoracic_ratio(hu: npt.NDArray[np.floating], spacing_mm: Sequence[floa
             return None  # the field of view cuts through the chest: its width is not known
     soft = (hu > _MIN_SOFT_HU) & (hu < _SOFT_MAX_HU)
     sx = float(spacing_mm[2])
-    # the body's midline: the centroid column of everything denser than air
-    col = (hu >= air_hu).sum((0, 1)).astype(np.float64)
-    mid = round(float((col * np.arange(col.size)).sum() / max(col.sum(), 1.0)))
-    right, left = lung[:, :, :mid].sum((1, 2)), lung[:, :, mid:].sum((1, 2))
-    both = np.minimum(right, left) >= _MIN_SIDE_SHARE * np.maximum(right, left)
     thorax = (0.0, -1)
     heart = (0.0, -1)
-    for z in np.flatnonzero((area >= 0.5 * area.max()) & both & (area > 0)).tolist():
+    for z in chest_slices(lung, round(body_midline(hu, air_hu))).tolist():
         xs = np.flatnonzero(lung[z].any(0))
         thorax = max(thorax, (float(xs[-1] - xs[0] + 1) * sx, z))
         heart = max(heart, (_heart_width(lung[z], soft[z]) * sx, z))

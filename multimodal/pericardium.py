@@ -44,7 +44,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from multimodal.cardiac import lung_mask
+from multimodal.cardiac import body_midline, chest_slices, flanking_lung, lung_mask
 from multimodal.errors import ShapeError
 
 _SOFT_HU = (-30.0, 500.0)  # soft tissue and fluid: not fat, not bone
@@ -119,22 +119,17 @@ def _components(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
 
 
 def _sections(hu: npt.NDArray[np.floating], lung: npt.NDArray[np.bool_],
-              spacing: tuple[float, float, float]) -> dict[int, npt.NDArray[np.bool_]]:
+              spacing: tuple[float, float, float], air_hu: float
+              ) -> dict[int, npt.NDArray[np.bool_]]:
     """z -> the heart's (Y, X) section on the slices where one is found (step 2)."""
     x_end = hu.shape[2]
-    area = lung.sum((1, 2))
-    col = (hu >= -400.0).sum((0, 1)).astype(np.float64)
-    mid = float((col * np.arange(x_end)).sum() / max(float(col.sum()), 1.0))
-    m = round(mid)
-    right, left = lung[:, :, :m].sum((1, 2)), lung[:, :, m:].sum((1, 2))
-    zs = np.flatnonzero((np.minimum(right, left) >= 0.3 * np.maximum(right, left))
-                        & (area >= 0.5 * area.max()) & (area > 0))
+    mid = body_midline(hu, air_hu)
+    zs = chest_slices(lung, round(mid))
     if zs.size == 0:
         return {}
     rows = lung[zs]  # (N, Y, X)
     xs = np.arange(x_end)
-    lft = np.maximum.accumulate(np.where(rows, xs, -1), axis=2)
-    rgt = np.minimum.accumulate(np.where(rows, xs, x_end)[:, :, ::-1], axis=2)[:, :, ::-1]
+    lft, rgt = flanking_lung(rows)
     cand = (lft >= 0) & (rgt < x_end) & ~rows \
         & (hu[zs] > _SOFT_HU[0]) & (hu[zs] < _SOFT_HU[1])
     ys = np.arange(rows.shape[1])
@@ -233,7 +228,7 @@ def pericardial_fluid(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
     lung = lung_mask(vol, air_hu, lateral=False)
     if not lung.any():
         return None
-    sections = _sections(vol, lung, sp)
+    sections = _sections(vol, lung, sp, air_hu)
     if not sections:
         return None
     # the largest section's run is the heart's unless it is too short to hold the heart (the
