@@ -267,7 +267,9 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
                      spacing_mm: Sequence[float], cfg: MeasureConfig
                      ) -> list[FindingPrediction]:
     """One case's predictions with each present lesion's ``size_mm`` measured on ``hu`` where
-    the measurement passes its checks (``size_source`` "image"); the others unchanged.  The
+    the measurement passes its checks (``size_source`` "image"), a present ratio label's
+    cardiothoracic ratio, and each fluid label decided on ``hu`` where the heart is found
+    (:func:`_fluid_call`); the others unchanged.  ``hu`` None (no CT) measures nothing.  The
     input is not modified."""
     ranges = {les[0]: (les[1], les[2]) for les in cfg.lesions}
     out = []
