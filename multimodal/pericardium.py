@@ -11,8 +11,9 @@ of the model grid (:class:`multimodal.config.MeasureConfig`, ``fluid_*``):
    and posterior borders only, so that a lung the field of view cuts laterally stays lung).
 2. Heart sections: on each slice with both lungs (the smaller side at least 0.3 of the larger)
    and at least half the largest lung area, the soft tissue (-30 to 500 HU) between the lungs
-   in the anterior 60 % of their extent, opened with a square 2 x 8 mm wide (the chest wall's
-   thin layers and the vessels fall away); the largest piece of at least 15 cm^2 whose centre
+   in the anterior 60 % of their extent, opened with a square of 2r + 1 voxels, r the voxels
+   in 8 mm (7 voxels, 19 mm, on the demo grid: the chest wall's thin layers and the vessels
+   fall away); the largest piece of at least 15 cm^2 whose centre
    lies within 45 mm of a point 15 mm left of the body's midline is the heart's section (the
    liver's dome, on the right, is not).  The heart's slices are the run around the largest
    section whose sections are at least half that; a run with fewer than 150 scored rays
