@@ -333,6 +333,42 @@ class InputsInfo:
                 "emr_sha256": self.emr_sha256}
 
 
+#: the scan's ends that can cut through the lungs
+SCAN_ENDS = ("inferior", "superior")
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the lungs the scan and the model saw: ``lung_in_model_grid`` is the share
+    of the lung voxels inside the model's grid (its field along the body axis is fixed, so a
+    longer chest loses a part), ``scan_cuts_lung`` the scan's own ends that run through the
+    lungs (that part of the chest was not imaged)."""
+
+    lung_in_model_grid: float
+    scan_cuts_lung: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lung_in_model_grid <= 1.0:
+            raise DraftError(f"expected a share in [0, 1], got {self.lung_in_model_grid!r}",
+                             field="coverage.lung_in_model_grid")
+        bad = [e for e in self.scan_cuts_lung if e not in SCAN_ENDS]
+        if bad or len(set(self.scan_cuts_lung)) != len(self.scan_cuts_lung):
+            raise DraftError(f"expected distinct values of {list(SCAN_ENDS)}, got "
+                             f"{list(self.scan_cuts_lung)}", field="coverage.scan_cuts_lung")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "coverage") -> Coverage:
+        d = _obj(data, where, ("lung_in_model_grid", "scan_cuts_lung"))
+        ends = _list(d["scan_cuts_lung"], f"{where}.scan_cuts_lung")
+        return cls(lung_in_model_grid=_prob(d["lung_in_model_grid"],
+                                            f"{where}.lung_in_model_grid"),
+                   scan_cuts_lung=tuple(_str(e, f"{where}.scan_cuts_lung") for e in ends))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lung_in_model_grid": self.lung_in_model_grid,
+                "scan_cuts_lung": list(self.scan_cuts_lung)}
+
+
 @dataclass(frozen=True)
 class ReportDraft:
     """A model-generated report draft; ``status`` is always ``"DRAFT"``."""
@@ -344,6 +380,8 @@ class ReportDraft:
     model: ModelInfo
     inputs: InputsInfo
     status: str = STATUS_DRAFT
+    #: how much of the lungs the scan and the model saw (drafts before stop 33 have none)
+    coverage: Coverage | None = None
 
     def __post_init__(self) -> None:
         if self.status != STATUS_DRAFT:
@@ -354,7 +392,7 @@ class ReportDraft:
     def from_dict(cls, data: Any, *, labels: Collection[str] | None = None) -> ReportDraft:
         """Validate and build; ``labels`` (the finding vocabulary) also checks finding labels."""
         d = _obj(data, "$", ("status", "disclaimer", "sections", "findings", "modality_weights",
-                             "model", "inputs"))
+                             "model", "inputs"), optional=("coverage",))
         if d["status"] != STATUS_DRAFT:
             raise DraftError(f"expected 'DRAFT', got {d['status']!r}", field="status")
         findings = tuple(Finding.from_dict(f, f"findings[{i}]", labels)
@@ -366,6 +404,7 @@ class ReportDraft:
             modality_weights=ModalityWeights.from_dict(d["modality_weights"]),
             model=ModelInfo.from_dict(d["model"]),
             inputs=InputsInfo.from_dict(d["inputs"]),
+            coverage=Coverage.from_dict(d["coverage"]) if "coverage" in d else None,
         )
 
     @classmethod
@@ -377,7 +416,7 @@ class ReportDraft:
         return cls.from_dict(data, labels=labels)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "status": self.status,
             "disclaimer": self.disclaimer,
             "sections": self.sections.to_dict(),
@@ -386,6 +425,9 @@ class ReportDraft:
             "model": self.model.to_dict(),
             "inputs": self.inputs.to_dict(),
         }
+        if self.coverage is not None:  # absent from older drafts: their hashes stay
+            out["coverage"] = self.coverage.to_dict()
+        return out
 
     def canonical_json(self) -> str:
         return canonical_json(self.to_dict())

@@ -390,12 +390,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
             model, {torch.nn.Linear}, dtype=torch.qint8)
+    over = {k: v for k, v in (("placement", args.placement),
+                              ("placement_max_loss", args.placement_max_loss)) if v is not None}
+    if over:
+        from multimodal.errors import ModelConfigError
+
+        try:
+            cfg = replace(cfg, ct=replace(cfg.ct, **over))
+        except ModelConfigError as exc:
+            raise ModelCLIError(f"--placement / --placement-max-loss: {exc}") from exc
     records = list(folder_records(args.data, cfg))
     samples = [record_sample(r, cfg, tok, with_report=False) for r in records]
     res = evaluate(model, cfg, samples, tok=tok, records=records)
     res["checkpoint"] = str(args.checkpoint)
     res["model_kind"] = kind
     res["int8"] = bool(args.int8)
+    res["placement"] = cfg.ct.placement
+    res["placement_max_loss"] = cfg.ct.placement_max_loss
     if args.json:
         print(json.dumps(res, indent=1, sort_keys=True))
     else:
@@ -504,6 +515,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--int8", action="store_true",
                    help="evaluate the dynamic int8 model (CPU), as `report --int8` runs it")
+    p.add_argument("--placement", choices=("lungs", "centre"), default=None,
+                   help="where the grid sits on each scan (overrides the checkpoint's "
+                        "ct.placement; docs/model.md)")
+    p.add_argument("--placement-max-loss", type=float, default=None, metavar="SHARE",
+                   help="the share of the lungs a centred grid may leave out before it moves "
+                        "(overrides the checkpoint's ct.placement_max_loss)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("report", help="draft a report for one CT study (+ EMR)")

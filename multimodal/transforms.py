@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,36 +27,140 @@ from multimodal.tokenizer import WordTokenizer
 F32 = npt.NDArray[np.float32]
 
 
-def crop_or_pad(a: F32, shape: Sequence[int], pad: float) -> F32:
-    """Centre crop / pad a 3D array to ``shape``."""
+def crop_or_pad(a: F32, shape: Sequence[int], pad: float,
+                start: Sequence[int] | None = None) -> F32:
+    """Crop / pad a 3D array to ``shape``: the output's voxel 0 is ``a``'s voxel ``start``
+    along each axis (negative: padding before it); the centre by default."""
+    if start is None:
+        start = [(n - m) // 2 if n >= m else -((m - n) // 2) for n, m in zip(a.shape, shape,
+                                                                          strict=True)]
     out = np.full(tuple(shape), pad, dtype=np.float32)
     src, dst = [], []
-    for n, m in zip(a.shape, shape, strict=True):
-        if n >= m:
-            s = (n - m) // 2
-            src.append(slice(s, s + m))
-            dst.append(slice(0, m))
-        else:
-            s = (m - n) // 2
-            src.append(slice(0, n))
-            dst.append(slice(s, s + n))
+    for n, m, s in zip(a.shape, shape, start, strict=True):
+        lo, hi = max(s, 0), min(s + m, n)  # the part of a inside the output
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
     out[tuple(dst)] = a[tuple(src)]
     return out
 
 
+@dataclass(frozen=True)
+class GridPlacement:
+    """Where the model grid lies on a resampled scan, and how much of the lungs it holds.
+
+    ``start``: the resampled scan's voxel at the grid's voxel 0 per axis (z, y, x; negative
+    where the grid pads before the scan).  ``lung_slices``: the lungs' first and last slice in
+    the resampled scan (None where no lung was found).  ``lung_in_grid``: the share of the lung
+    voxels inside the grid (1.0 without lungs), and ``grid_cuts_lung`` where the grid leaves
+    some out ("inferior", "superior", "in-plane": its in-plane field, fixed in mm, narrower
+    than a large chest).  ``scan_cuts_lung``: the scan's own ends that cut through the lungs
+    ("inferior": its first slice, "superior": its last), so that part of the chest was not
+    imaged at all.  ``lung_in_z``: the share in the grid's slices, in-plane losses left
+    aside (what the move looks at)."""
+
+    start: tuple[int, int, int]
+    lung_slices: tuple[int, int] | None = None
+    lung_in_grid: float = 1.0
+    scan_cuts_lung: tuple[str, ...] = ()
+    grid_cuts_lung: tuple[str, ...] = ()
+    lung_in_z: float = 1.0
+
+
+_LUNG_AIR_HU = -400.0  # below: air or lung
+_LUNG_RUN_SHARE = 0.02  # a slice is in the lungs' run with this share of the largest area
+_SCAN_CUT_SHARE = 0.1  # lung on the scan's end slice with this share of the largest area
+
+
+def place_grid(a: F32, shape: Sequence[int], placement: str = "lungs",
+               max_loss: float = 0.0) -> GridPlacement:
+    """Where to put a grid of ``shape`` on the resampled scan ``a`` (z, y, x ascending, z
+    towards the head).  ``"centre"``: the scan's centre.  ``"lungs"``: the centre too, unless
+    that leaves more than ``max_loss`` of the lungs outside along z (a scan longer than the
+    grid: a chest and abdomen, a large patient); then the grid moves along z as little as it
+    takes to hold them, or is centred on them where they are longer than the grid.  In-plane
+    the grid stays centred (the scan's field of view is centred on the patient; the
+    laterality rules read the body's midline).
+
+    The lungs: air inside the body (:func:`multimodal.cardiac.lung_mask`, filled from the
+    anterior and posterior borders, so that a lung the scan's field of view cuts at its side
+    stays lung) on the run of slices around the largest lung area whose area is at least 2 %
+    of it (gas in the bowel below is left out).  The move looks at the lungs along z only;
+    the share reported counts what the in-plane field leaves out too."""
+    from multimodal.cardiac import lung_mask
+
+    if placement not in ("centre", "lungs"):
+        raise ValueError(f"placement must be 'centre' or 'lungs', got {placement!r}")
+    if not 0.0 <= max_loss < 1.0:
+        raise ValueError(f"max_loss must be in [0, 1), got {max_loss!r}")
+    centre = [(n - m) // 2 if n >= m else -((m - n) // 2) for n, m in zip(a.shape, shape,
+                                                                         strict=True)]
+    lung = lung_mask(a, _LUNG_AIR_HU, lateral=False)
+    area = lung.sum(axis=(1, 2))
+    if area.max(initial=0) == 0:
+        return GridPlacement(start=(centre[0], centre[1], centre[2]))
+    top = int(np.argmax(area))
+    keep = area >= _LUNG_RUN_SHARE * area[top]
+    k0 = top
+    while k0 > 0 and keep[k0 - 1]:
+        k0 -= 1
+    k1 = top
+    while k1 < len(area) - 1 and keep[k1 + 1]:
+        k1 += 1
+    cut = tuple(name for name, k in (("inferior", 0), ("superior", len(area) - 1))
+                if area[k] >= _SCAN_CUT_SHARE * area[top])
+    g, n = int(shape[0]), a.shape[0]
+    total = float(area[k0:k1 + 1].sum())
+
+    def held(z: int) -> float:  # the share of the lungs inside the grid starting at z
+        lo, hi = max(z, k0), min(z + g, k1 + 1)
+        return float(area[lo:hi].sum()) / total if hi > lo else 0.0
+
+    z = centre[0]
+    if placement == "lungs" and n > g and held(z) < 1.0 - max_loss:
+        z = k0 if k1 - k0 + 1 <= g and k0 < z else \
+            k1 - g + 1 if k1 - k0 + 1 <= g else (k0 + k1 + 1) // 2 - g // 2
+        z = min(max(z, 0), n - g)
+    # the lungs inside the grid's in-plane field, per slice of its z range
+    y0, x0 = max(centre[1], 0), max(centre[2], 0)
+    zs = slice(max(z, k0), max(min(z + g, k1 + 1), max(z, k0)))
+    inside = float(lung[zs, y0:centre[1] + int(shape[1]), x0:centre[2] + int(shape[2])].sum())
+    grid_cuts = tuple(name for name, c in (
+        ("inferior", z > k0), ("superior", z + g - 1 < k1),
+        ("in-plane", inside < float(area[zs].sum()))) if c)
+    return GridPlacement(start=(z, centre[1], centre[2]), lung_slices=(k0, k1),
+                         lung_in_grid=round(inside / total, 4), scan_cuts_lung=cut,
+                         grid_cuts_lung=grid_cuts, lung_in_z=round(held(z), 4))
+
+
 class ResampleToGrid:
     """Resample a (z, y, x) HU volume from ``spacing`` to ``target_spacing`` (trilinear,
-    centre-aligned) and centre crop / pad to ``target_shape`` (padding with ``pad_hu``)."""
+    centre-aligned) and crop / pad it to ``target_shape`` (padding with ``pad_hu``), the grid
+    placed by :func:`place_grid` (``placement``: "centre", or "lungs": the centre unless that
+    leaves more than ``max_loss`` of the lungs out along z)."""
 
     def __init__(self, target_spacing: Sequence[float], target_shape: Sequence[int],
-                 pad_hu: float = -1024.0) -> None:
+                 pad_hu: float = -1024.0, placement: str = "centre",
+                 max_loss: float = 0.0) -> None:
         if len(target_spacing) != 3 or len(target_shape) != 3:
             raise ShapeError("target_spacing and target_shape need 3 values")
+        if placement not in ("centre", "lungs"):
+            raise ValueError(f"placement must be 'centre' or 'lungs', got {placement!r}")
         self.target_spacing = tuple(float(s) for s in target_spacing)
         self.target_shape = tuple(int(s) for s in target_shape)
+        if not 0.0 <= max_loss < 1.0:
+            raise ValueError(f"max_loss must be in [0, 1), got {max_loss!r}")
         self.pad_hu = pad_hu
+        self.placement = placement
+        self.max_loss = max_loss
 
     def __call__(self, hu: npt.ArrayLike, spacing: Sequence[float]) -> F32:
+        return self.place(hu, spacing)[0]
+
+    def place(self, hu: npt.ArrayLike, spacing: Sequence[float]
+              ) -> tuple[F32, GridPlacement]:
+        """The volume on the grid and where the grid lies on the resampled scan."""
         a = np.asarray(hu, dtype=np.float32)
         if a.ndim != 3 or len(spacing) != 3 or min(a.shape) < 1:
             raise ShapeError(f"expected a (z, y, x) volume and 3 spacings, got {a.shape}")
@@ -66,7 +171,8 @@ class ResampleToGrid:
         if size != a.shape:
             t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
             a = F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0, 0].numpy()
-        return crop_or_pad(a, self.target_shape, self.pad_hu)
+        where = place_grid(a, self.target_shape, self.placement, self.max_loss)
+        return crop_or_pad(a, self.target_shape, self.pad_hu, where.start), where
 
 
 class MultiWindow:

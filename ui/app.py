@@ -308,7 +308,8 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
                 sig = f"Rejected. Reason: {v.rejection_reason}"
             amends = f", amends report {v.amends_report_id}" if v.amends_report_id else ""
             head = (f"Report {v.report_id} ({v.status}, version {v.version}{amends}) | "
-                    f"patient {v.pseudo_id} | study {v.study_uid} | {v.disclaimer}")
+                    f"patient {v.pseudo_id} | study {v.study_uid} | "
+                    f"{v.coverage + ' | ' if v.coverage else ''}{v.disclaimer}")
             img = h.render(tok, v.report_id, v.start_slice, ww, wl, ov)
             ed = gr.update(interactive=not ro)
             return (v.report_id, v.version, v.reviews, v.ai_text, head,

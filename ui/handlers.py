@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from medassist import audit, reports
 from medassist.audit import Actor, AuditAction, ObjectType, Outcome
 from medassist.auth import authenticate, check_password, require_role
-from medassist.draft import ReportDraft
+from medassist.draft import Coverage, ReportDraft
 from medassist.errors import (
     AuthenticationError,
     ConflictError,
@@ -147,6 +147,23 @@ class StudyView:
     read_only: bool
     amends_report_id: int | None
     disclaimer: str
+    #: what the scan and the model did not see of the lungs ("" where nothing, or for drafts
+    #: stored before stop 33)
+    coverage: str = ""
+
+
+def coverage_note(cov: Coverage | None) -> str:
+    """The header's note on the lungs' coverage: the scan's ends that run through them and
+    the share the model's grid left out (0.5 % or more, as the draft's technique states)."""
+    if cov is None:
+        return ""
+    parts = [f"the scan ends within the lungs ({', '.join(cov.scan_cuts_lung)})"] \
+        if cov.scan_cuts_lung else []
+    loss = 100.0 * (1.0 - cov.lung_in_model_grid)
+    if loss >= 0.5:
+        parts.append(f"the model did not see {'<1' if loss < 1.0 else f'{loss:.0f}'} % "
+                     "of the lungs")
+    return "COVERAGE: " + "; ".join(parts) if parts else ""
 
 
 @dataclass(frozen=True)
@@ -468,7 +485,8 @@ class Handlers:
                 signature=view.signature, rejection_reason=view.rejection_reason,
                 read_only=view.status in (ReportStatus.SIGNED.value,
                                           ReportStatus.REJECTED.value),
-                amends_report_id=view.amends_report_id, disclaimer=draft.disclaimer)
+                amends_report_id=view.amends_report_id, disclaimer=draft.disclaimer,
+                coverage=coverage_note(draft.coverage))
 
     def render(self, token: str | None, report_id: int, k: int, width: float, level: float,
                overlay: bool) -> Image.Image:

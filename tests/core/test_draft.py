@@ -126,3 +126,27 @@ def test_a_measured_lesions_axes_are_optional_and_round_trip() -> None:
     assert with_axes.findings[0].size_axes_mm == (52.0, 41.5, 48.0)
     assert with_axes.to_dict() == d
     assert with_axes.content_hash() != base.content_hash()
+
+
+def test_coverage_is_optional_validated_and_round_trips() -> None:
+    """``coverage`` (how much of the lungs the scan and the model saw) may be left out, as
+    drafts stored before it are (their hash unchanged); given, it is validated by field."""
+    base = ReportDraft.from_dict(DRAFT, labels=LABELS)
+    assert base.coverage is None and "coverage" not in base.to_dict()
+    d = draft_dict()
+    d["coverage"] = {"lung_in_model_grid": 0.93, "scan_cuts_lung": ["inferior"]}
+    cov = ReportDraft.from_dict(d, labels=LABELS)
+    assert cov.coverage is not None and cov.coverage.scan_cuts_lung == ("inferior",)
+    assert cov.to_dict() == d and cov.content_hash() != base.content_hash()
+    for bad, field in (({"lung_in_model_grid": 1.2, "scan_cuts_lung": []},
+                        "coverage.lung_in_model_grid"),
+                       ({"lung_in_model_grid": 0.9, "scan_cuts_lung": ["lateral"]},
+                        "coverage.scan_cuts_lung"),
+                       ({"lung_in_model_grid": 0.9, "scan_cuts_lung": ["inferior"] * 2},
+                        "coverage.scan_cuts_lung"),
+                       ({"lung_in_model_grid": 0.9}, "coverage")):
+        wrong = copy.deepcopy(d)
+        wrong["coverage"] = bad
+        with pytest.raises(DraftError) as info:
+            ReportDraft.from_dict(wrong, labels=LABELS)
+        assert info.value.field == field

@@ -528,8 +528,12 @@ def test_an_effusion_decided_on_the_ct_is_drafted_so(synth_folder: Path,
 
 def _check_contract(rep: dict[str, Any]) -> None:
     assert set(rep) == {"status", "disclaimer", "sections", "findings", "modality_weights",
-                        "model", "inputs"}
+                        "model", "inputs", "coverage"}
     assert rep["status"] == "DRAFT" and isinstance(rep["disclaimer"], str)
+    cov = rep["coverage"]  # a study read from DICOM: how much of the lungs was seen
+    assert set(cov) == {"lung_in_model_grid", "scan_cuts_lung"}
+    assert 0.0 <= cov["lung_in_model_grid"] <= 1.0
+    assert set(cov["scan_cuts_lung"]) <= {"inferior", "superior"}
     assert set(rep["sections"]) == {"indication", "technique", "findings", "impression"}
     assert all(isinstance(v, str) for v in rep["sections"].values())
     assert set(rep["model"]) == {"name", "version", "checkpoint_sha256"}

@@ -211,6 +211,14 @@ def test_open_study_view_emr_and_audit(h: Handlers, seeded: Seeded) -> None:
     assert "".join(t for t, _ in v.emr.segments) == \
         (seeded.cases["truth"] / "emr.txt").read_text(encoding="utf-8")
     assert len(_events(h, "PHI_READ", str(v.report_id))) == 1
+    # the draft's coverage (drafts since stop 33 carry it) reaches the header's note
+    from medassist.draft import ReportDraft
+    from medassist.reports import get_report
+    from ui.handlers import coverage_note
+
+    with unit_of_work(h.s.factory) as s:
+        stored = ReportDraft.from_json(get_report(s, v.report_id).draft_json)
+    assert stored.coverage is not None and v.coverage == coverage_note(stored.coverage)
     x = h.open_study(tok, seeded.reports["xss"])
     assert XSS in "".join(t for t, _ in x.emr.segments)  # plain text pieces, as written
     with pytest.raises(NotFoundError):
@@ -466,6 +474,19 @@ def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls_and_fou
     assert rows[4][4] == "FLAG found_on_ct"
     assert "FLAG not_assessed" in rows[0][4] and rows[1][4] == "-"
     assert rows[3][4] == "FLAG small_not_assessed"
+
+
+def test_coverage_note() -> None:
+    from medassist.draft import Coverage
+    from ui.handlers import coverage_note
+
+    assert coverage_note(None) == ""
+    assert coverage_note(Coverage(lung_in_model_grid=0.998)) == ""  # below 0.5 %: not stated
+    assert coverage_note(Coverage(lung_in_model_grid=0.92, scan_cuts_lung=("inferior",))) == \
+        "COVERAGE: the scan ends within the lungs (inferior); the model did not see 8 % of " \
+        "the lungs"
+    assert coverage_note(Coverage(lung_in_model_grid=0.993)) == \
+        "COVERAGE: the model did not see <1 % of the lungs"
 
 
 def test_finding_rows_say_a_size_was_measured_on_the_ct_and_do_not_flag_it() -> None:

@@ -1,0 +1,112 @@
+"""Where does the model grid land on a scan, and how much of the lungs does it hold?
+
+The model reads a fixed grid (the demo: 64 slices of 5 mm, 320 mm along the body axis).  A scan
+longer than that is cut; ``ct.placement`` decides where (``multimodal.transforms.place_grid``):
+"centre" always takes the scan's centre, "lungs" takes it too unless that leaves more than
+``ct.placement_max_loss`` of the lungs out, and then moves the grid onto them.  For each
+``medassist synth`` folder (``--data``, repeatable) and real study (``--real``) this reads every
+case's DICOM as ``medassist report`` does, with both placements, and prints per set:
+
+* ``lung_in_grid``: the share of the lungs inside the grid, centred and as placed (median,
+  smallest, how many cases below 1.0, below 0.9 and below 0.5); ``lung_in_z_centred``: the
+  centred grid's share along z alone (in-plane losses aside), what ``placement_max_loss``
+  is compared with;
+* ``moved``: the cases whose grid the placement moved off the centre, and by how many slices;
+* ``scan_cuts_lung``: the cases whose scan itself ends within the lungs (inferiorly,
+  superiorly), which the draft's technique states;
+* ``grid_cuts_lung``: the cases whose placed grid leaves some lung out, below, above or
+  in-plane (its field across, fixed in mm, narrower than a large chest);
+* ``seconds_median``: the time of ``load_study`` per case (DICOM read, resampling, placement).
+
+    .venv/bin/python bench/placement.py [--checkpoint models/demo] --data DIR [--data DIR ...]
+        [--real STUDY ...]
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _shares(v: Sequence[float]) -> dict[str, Any]:
+    a = np.asarray(v, np.float64)
+    return {"median": round(float(np.median(a)), 4), "min": round(float(a.min()), 4),
+            "below_1": int((a < 1.0).sum()), "below_0.9": int((a < 0.9).sum()),
+            "below_0.5": int((a < 0.5).sum())}
+
+
+def score(studies: Sequence[Path], cfg: Any) -> dict[str, Any]:
+    from medassist.drafting import load_study
+
+    centred = dataclasses.replace(cfg, ct=dataclasses.replace(cfg.ct, placement="centre"))
+    placed_in: list[float] = []
+    centre_in: list[float] = []
+    centre_z: list[float] = []
+    moves: list[int] = []
+    cuts = {"inferior": 0, "superior": 0}
+    grid_cuts = {"inferior": 0, "superior": 0, "in-plane": 0}
+    times: list[float] = []
+    for s in studies:
+        t0 = time.perf_counter()
+        placed = load_study(s, cfg)
+        times.append(time.perf_counter() - t0)
+        centre = load_study(s, centred)
+        if placed.placement is None or centre.placement is None:
+            raise RuntimeError(f"{s}: no placement recorded")
+        placed_in.append(placed.placement.lung_in_grid)
+        centre_in.append(centre.placement.lung_in_grid)
+        centre_z.append(centre.placement.lung_in_z)
+        moves.append(placed.placement.start[0] - centre.placement.start[0])
+        for end in placed.placement.scan_cuts_lung:
+            cuts[end] += 1
+        for where in placed.placement.grid_cuts_lung:
+            grid_cuts[where] += 1
+    moved = [m for m in moves if m]
+    return {
+        "cases": len(studies), "placement": cfg.ct.placement,
+        "placement_max_loss": cfg.ct.placement_max_loss,
+        "lung_in_grid_centred": _shares(centre_in),
+        "lung_in_z_centred": _shares(centre_z), "lung_in_grid_placed": _shares(placed_in),
+        "moved": len(moved),
+        "moved_slices": {"median": float(np.median(np.abs(moved))), "max": int(max(
+            np.abs(moved)))} if moved else None,
+        "scan_cuts_lung": cuts, "grid_cuts_lung": grid_cuts,
+        "seconds_median": round(float(np.median(times)), 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default=str(REPO / "models/demo"))
+    ap.add_argument("--data", action="append", default=[], help="a medassist synth folder")
+    ap.add_argument("--real", action="append", default=[], help="a real CT study")
+    args = ap.parse_args()
+
+    from multimodal.checkpoint import load_checkpoint
+
+    _model, cfg, *_ = load_checkpoint(args.checkpoint)
+    out: dict[str, Any] = {"checkpoint": args.checkpoint,
+                           "grid_mm": cfg.ct.grid_shape[0] * cfg.ct.spacing_mm[0]}
+    for d in args.data:
+        out[d] = score(sorted(c / "dicom" for c in Path(d).iterdir()
+                              if (c / "dicom").is_dir()), cfg)
+    for s in args.real:
+        out[s] = score([Path(s)], cfg)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
