@@ -123,6 +123,15 @@ def load_study(path: str | Path, model_cfg: Any) -> Study:
     rs = ResampleToGrid(model_cfg.ct.spacing_mm, model_cfg.ct.grid_shape, model_cfg.ct.pad_hu,
                         model_cfg.ct.placement, model_cfg.ct.placement_max_loss)
     hu, placement = rs.place(np.ascontiguousarray(arr), spacing)
+    if placement.lung_ml < model_cfg.ct.min_lung_ml:
+        from medassist.errors import NotAChestCTError
+
+        raise NotAChestCTError(
+            f"{path}: the scan holds {placement.lung_ml:.0f} mL of aerated lung, less than the "
+            f"{model_cfg.ct.min_lung_ml:g} mL of any chest CT; medassist drafts chest CT "
+            "reports. Give the chest series, or draft anyway with `medassist report "
+            "--min-lung-ml 0` (a chest whose lungs are airless).", path=str(path),
+            kind="NotAChestCT")
     h = hashlib.sha256()
     for f in vol.provenance.source_files:
         h.update(Path(f).read_bytes())
@@ -294,10 +303,22 @@ def prepare(study_path: str | Path, emr_path: str | Path | None, cfg: Any) -> Pr
 
 def make_report(study_path: str | Path, emr_path: str | Path | None = None,
                 checkpoint: str | Path = DEFAULT_CHECKPOINT, threshold: float | None = None,
-                int8: bool = False, device: str = "cpu") -> dict[str, Any]:
-    """The draft report JSON (contract in docs/model.md) for one study."""
+                int8: bool = False, device: str = "cpu", min_lung_ml: float | None = None
+                ) -> dict[str, Any]:
+    """The draft report JSON (contract in docs/model.md) for one study; ``min_lung_ml``
+    overrides the checkpoint's ``ct.min_lung_ml`` (0: draft a scan without lungs too)."""
+    from dataclasses import replace
+
     lm = load_model(checkpoint, int8=int8, device=device)
-    return infer(lm, [prepare(study_path, emr_path, lm.cfg)], threshold=threshold)[0]
+    cfg = lm.cfg
+    if min_lung_ml is not None:
+        from multimodal.errors import ModelConfigError
+
+        try:
+            cfg = replace(cfg, ct=replace(cfg.ct, min_lung_ml=float(min_lung_ml)))
+        except ModelConfigError as exc:
+            raise ModelCLIError(f"--min-lung-ml: {exc}") from exc
+    return infer(lm, [prepare(study_path, emr_path, cfg)], threshold=threshold)[0]
 
 
 def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = None

@@ -30,6 +30,11 @@ class InputError(MedAssistError):
         super().__init__(message)
 
 
+class NotAChestCTError(InputError):
+    """The scan holds no lungs (a head or an abdomen CT, the wrong series): medassist drafts
+    chest CT reports, and a draft of chest findings on it would be nonsense."""
+
+
 class UsageError(MedAssistError):
     """The command line is inconsistent."""
 

@@ -441,10 +441,13 @@ def per_finding_lines(per: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- report
 
 def cmd_report(args: argparse.Namespace) -> int:
-    if args.db:  # through every pipeline stage, stored (idempotent: same inputs, same report)
+    if args.db and args.min_lung_ml is None:  # every pipeline stage, stored (idempotent)
         return _report_to_db(args)
+    if args.min_lung_ml is not None and args.db:
+        raise ModelCLIError("--min-lung-ml drafts a scan without lungs for review on the "
+                            "command line only; drop --db")
     rep = make_report(args.study, args.emr, args.checkpoint, int8=args.int8,
-                      device=args.device)
+                      device=args.device, min_lung_ml=args.min_lung_ml)
     if args.json:
         print(json.dumps(rep, indent=1))
     else:
@@ -533,6 +536,9 @@ def add_parser(sub: Any) -> None:
                         "bench/cuda_check.py; probabilities may differ in the 4th digit)")
     p.add_argument("--db", help="store the draft (every pipeline stage, idempotent) in this "
                    "database URL; prints the report id")
+    p.add_argument("--min-lung-ml", type=float, default=None, metavar="ML",
+                   help="refuse a scan with less aerated lung than this (default: the "
+                        "checkpoint's ct.min_lung_ml, 300); 0 drafts any scan")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 

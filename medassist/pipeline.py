@@ -45,6 +45,7 @@ from medassist.errors import (
     DraftError,
     IdentityMismatchError,
     MedAssistError,
+    NotAChestCTError,
     PipelineError,
     RefusalError,
     StorageError,
@@ -219,7 +220,7 @@ def draft(study_dir: Path, emr_path: Path | None, checkpoint: Path, *,
         d = ReportDraft.from_dict(data, labels=finding_labels())
     except DraftError as exc:
         raise PipelineError(f"DraftError: {exc}", stage="draft", kind="DraftError") from exc
-    except (ModelCLIError, MultimodalError, DicomIOError) as exc:
+    except (ModelCLIError, MultimodalError, DicomIOError, NotAChestCTError) as exc:
         raise PipelineError(f"{type(exc).__name__}: {exc}", stage="draft",
                             kind=type(exc).__name__) from exc
     for what, want, got in (("series", series_uid, d.inputs.series_uid),

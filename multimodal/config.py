@@ -67,11 +67,16 @@ class CTStemConfig:
     #: most a centred grid leaves out on the generated test splits (6.7 %), which the demo
     #: model was trained with (moving for those lowered its micro-F1 under shift)
     placement_max_loss: float = 0.1
+    #: a scan read from DICOM with less aerated lung than this (mL) is refused as no chest CT
+    #: (a head CT's sinuses hold tens of mL, a chest CT litres); 0 drafts any scan
+    min_lung_ml: float = 300.0
 
     def __post_init__(self) -> None:
         if self.placement not in ("lungs", "centre"):
             raise ModelConfigError(f"ct.placement must be 'lungs' or 'centre', got "
                                    f"{self.placement!r}")
+        if self.min_lung_ml < 0:
+            raise ModelConfigError(f"ct.min_lung_ml must be >= 0, got {self.min_lung_ml!r}")
         if not 0.0 <= self.placement_max_loss < 1.0:
             raise ModelConfigError(f"ct.placement_max_loss must be in [0, 1), got "
                                    f"{self.placement_max_loss!r}")

@@ -58,7 +58,8 @@ class GridPlacement:
     than a large chest).  ``scan_cuts_lung``: the scan's own ends that cut through the lungs
     ("inferior": its first slice, "superior": its last), so that part of the chest was not
     imaged at all.  ``lung_in_z``: the share in the grid's slices, in-plane losses left
-    aside (what the move looks at)."""
+    aside (what the move looks at).  ``lung_ml``: the lungs' volume in the scan (0 where no
+    lung was found; a chest CT holds litres)."""
 
     start: tuple[int, int, int]
     lung_slices: tuple[int, int] | None = None
@@ -66,6 +67,7 @@ class GridPlacement:
     scan_cuts_lung: tuple[str, ...] = ()
     grid_cuts_lung: tuple[str, ...] = ()
     lung_in_z: float = 1.0
+    lung_ml: float = 0.0
 
 
 _LUNG_AIR_HU = -400.0  # below: air or lung
@@ -74,7 +76,7 @@ _SCAN_CUT_SHARE = 0.1  # lung on the scan's end slice with this share of the lar
 
 
 def place_grid(a: F32, shape: Sequence[int], placement: str = "lungs",
-               max_loss: float = 0.0) -> GridPlacement:
+               max_loss: float = 0.0, voxel_ml: float = 0.0) -> GridPlacement:
     """Where to put a grid of ``shape`` on the resampled scan ``a`` (z, y, x ascending, z
     towards the head).  ``"centre"``: the scan's centre.  ``"lungs"``: the centre too, unless
     that leaves more than ``max_loss`` of the lungs outside along z (a scan longer than the
@@ -87,7 +89,8 @@ def place_grid(a: F32, shape: Sequence[int], placement: str = "lungs",
     anterior and posterior borders, so that a lung the scan's field of view cuts at its side
     stays lung) on the run of slices around the largest lung area whose area is at least 2 %
     of it (gas in the bowel below is left out).  The move looks at the lungs along z only;
-    the share reported counts what the in-plane field leaves out too."""
+    the share reported counts what the in-plane field leaves out too.  ``voxel_ml``: the
+    volume of one voxel of ``a`` (for ``lung_ml``)."""
     from multimodal.cardiac import lung_mask
 
     if placement not in ("centre", "lungs"):
@@ -131,7 +134,8 @@ def place_grid(a: F32, shape: Sequence[int], placement: str = "lungs",
         ("in-plane", inside < float(area[zs].sum()))) if c)
     return GridPlacement(start=(z, centre[1], centre[2]), lung_slices=(k0, k1),
                          lung_in_grid=round(inside / total, 4), scan_cuts_lung=cut,
-                         grid_cuts_lung=grid_cuts, lung_in_z=round(held(z), 4))
+                         grid_cuts_lung=grid_cuts, lung_in_z=round(held(z), 4),
+                         lung_ml=round(total * voxel_ml, 1))
 
 
 class ResampleToGrid:
@@ -169,9 +173,11 @@ class ResampleToGrid:
         size = tuple(max(1, round(n * s / t))
                      for n, s, t in zip(a.shape, spacing, self.target_spacing, strict=True))
         if size != a.shape:
-            t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
+            # a read-only view (a flipped scan) is copied: torch needs a writable array
+            t = torch.from_numpy(np.require(a, requirements=["C", "W"]))[None, None]
             a = F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0, 0].numpy()
-        where = place_grid(a, self.target_shape, self.placement, self.max_loss)
+        where = place_grid(a, self.target_shape, self.placement, self.max_loss,
+                           voxel_ml=math.prod(self.target_spacing) / 1000.0)
         return crop_or_pad(a, self.target_shape, self.pad_hu, where.start), where
 
 

@@ -3,6 +3,7 @@ medassist.drafting.Study's mapping back to the scan)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,10 @@ def test_lungs_kept_in_a_long_scan() -> None:
     assert high.start == (32, 0, 0) and high.lung_in_grid == 1.0
     out, where = ResampleToGrid((1.0, 1.0, 1.0), (64, 48, 48), placement="lungs").place(
         vol, (1.0, 1.0, 1.0))
-    assert where == lungs
+    assert where == dataclasses.replace(lungs, lung_ml=where.lung_ml)
+    y, x = np.mgrid[:48, :48]
+    one_lung = np.count_nonzero(((y - 24) / 12.0) ** 2 + ((x - 13) / 8.0) ** 2 <= 1.0)
+    assert where.lung_ml == pytest.approx(2 * 59 * one_lung / 1000.0, abs=0.1)  # 1 mm³ voxels
     assert np.array_equal(out, vol[2:66])
 
 
@@ -187,8 +191,6 @@ def test_a_chest_and_abdomen_scan_is_read_on_its_lungs(tmp_path: Path) -> None:
     """Read from DICOM with the shipped checkpoint's grid (64 slices of 5 mm): the centred
     grid would hold 64 % of the lungs; the placed one holds them all, maps back to the right
     world z, and the draft's technique says the scan ends within the lungs."""
-    import dataclasses
-
     from medassist.drafting import infer, load_model, load_study, prepare
 
     study_dir = _long_scan(tmp_path / "dicom")
@@ -210,3 +212,41 @@ def test_a_chest_and_abdomen_scan_is_read_on_its_lungs(tmp_path: Path) -> None:
     assert draft["coverage"] == {"lung_in_model_grid": 1.0, "scan_cuts_lung": ["superior"]}
     assert draft["sections"]["technique"].endswith(
         "The scan ends within the lungs superiorly: the lung apices are not fully included.")
+
+
+def test_a_scan_without_lungs_is_refused(tmp_path: Path, shared_data: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The shared head CT (dcm_qa_ct/GE, 28 tilted slices) holds a few tens of mL of enclosed
+    air (sinuses), not lungs: `medassist report` refuses it with a typed input error naming
+    the folder (exit 3) instead of drafting chest findings on a head; --min-lung-ml 0 drafts
+    it anyway. A phantom body without air is refused on its own config too."""
+    from medassist.cli import main
+    from medassist.drafting import load_study
+    from medassist.errors import InputError, NotAChestCTError
+    from multimodal.checkpoint import load_checkpoint
+
+    head = shared_data / "ct" / "dcm_qa_ct" / "GE"
+    assert main(["report", str(head), "--json"]) == 3
+    err = capsys.readouterr().err
+    assert f"{head}: the scan holds" in err and "mL of aerated lung" in err
+    assert "--min-lung-ml 0" in err
+    assert main(["report", str(head), "--json", "--min-lung-ml", "0"]) == 0
+    assert '"coverage"' in capsys.readouterr().out
+    assert main(["report", str(head), "--min-lung-ml", "-1"]) == 2
+    _m, cfg, *_ = load_checkpoint(REPO / "models/demo")
+    from tests.dicom_factory import write_series
+
+    body = tmp_path / "body"
+    write_series(body, [(0.0, 0.0, 5.0 * k) for k in range(20)], rows=64, cols=64,
+                 pixel_spacing=(5.0, 5.0),
+                 fn=lambda p: np.where(np.hypot(p[..., 0] - 160, p[..., 1] - 160) < 120,
+                                       40.0, -1000.0))
+    with pytest.raises(NotAChestCTError) as info:
+        load_study(body, cfg)
+    assert isinstance(info.value, InputError) and info.value.path == str(body)
+    assert info.value.exit_code == 3
+    anyway = load_study(body, dataclasses.replace(cfg, ct=dataclasses.replace(
+        cfg.ct, min_lung_ml=0.0)))
+    assert anyway.placement is not None and anyway.placement.lung_ml == 0.0
+    with pytest.raises(ModelConfigError, match="min_lung_ml"):
+        CTStemConfig(min_lung_ml=-5.0)
