@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import logging
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -54,11 +55,30 @@ class StudyFolder:
     reason: str | None = None  # why no UID could be read (not queued)
 
 
+def _dicom_dirs(root: Path) -> list[Path]:
+    """Every folder named ``dicom`` under ``root``, through symbolic links to folders too (an
+    archive of links; ``Path.rglob`` does not follow them before Python 3.13), each real
+    folder once (a link loop ends)."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for here, dirs, _files in os.walk(root, followlinks=True):
+        dirs.sort()  # the first of two links to one study, in name order, is kept
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        if Path(here).name == "dicom" and Path(here) != root:
+            out.append(Path(here))
+            dirs[:] = []  # a study's own subfolders hold no further studies
+    return sorted(out)
+
+
 def study_folders(root: Path) -> list[Path]:
     """The study folders under ``root`` (sorted)."""
     if not root.is_dir():
         raise InputError(f"batch input {root} is not a folder", path=str(root))
-    dicom = sorted(p for p in root.rglob("dicom") if p.is_dir())
+    dicom = _dicom_dirs(root)
     if dicom:
         return dicom
     subs = sorted(p for p in root.iterdir() if p.is_dir())

@@ -302,3 +302,44 @@ def test_report_command_stores_the_draft_once(tmp_path: Path, corpus: dict[str, 
     assert first["report_id"] == second["report_id"] and first["status"] == "DRAFT"
     assert [r[0] for r in _reports(factory)] == [first["report_id"]]
     assert main([*argv, "--int8"]) == 2  # a usage error, not a stored int8 draft
+
+
+def test_a_scan_without_lungs_fails_the_batch_study_not_the_batch(
+        tmp_path: Path, corpus: dict[str, Path], checkpoint: Path, shared_data: Path) -> None:
+    """The shared head CT among generated chest studies: refused at the draft stage as no
+    chest CT (its reason kept), the chest studies drafted."""
+    url, factory = _db(tmp_path)
+    inp = _input(tmp_path, corpus, "good")
+    head = inp / "head_ct"
+    head.mkdir()
+    shutil.copytree(shared_data / "ct" / "dcm_qa_ct" / "GE", head / "dicom")
+    (head / "emr.txt").write_text("Indication: headache after a fall.\n", encoding="utf-8")
+    summary = run_batch(inp, db=url, checkpoint=str(checkpoint), err=io.StringIO(),
+                        out=io.StringIO())
+    assert (summary["done"], summary["failed"]) == (N_CASES, 1), summary["studies"]
+    (failed,) = [s for s in summary["studies"] if s["state"] == "failed"]
+    assert "head_ct" in failed["folder"]
+    assert "draft: NotAChestCTError" in failed["reason"], failed["reason"]
+    assert "mL of aerated lung" in failed["reason"]
+    assert len(_reports(factory)) == N_CASES
+
+
+def test_study_folders_follow_links_once(tmp_path: Path) -> None:
+    """An archive of links beside real folders: every study found (Path.rglob skips linked
+    folders before Python 3.13, and the linked studies were silently left out), each once,
+    and a link loop ends."""
+    from medassist.batch_cli import study_folders
+
+    store = tmp_path / "store"
+    (store / "s1" / "dicom").mkdir(parents=True)
+    (store / "s2" / "dicom" / "series").mkdir(parents=True)
+    root = tmp_path / "input"
+    (root / "real" / "dicom").mkdir(parents=True)
+    (root / "linked1").symlink_to(store / "s1", target_is_directory=True)
+    (root / "nested").mkdir()
+    (root / "nested" / "linked2").symlink_to(store / "s2", target_is_directory=True)
+    (root / "again").symlink_to(store / "s1", target_is_directory=True)  # the same study
+    (root / "nested" / "loop").symlink_to(root, target_is_directory=True)
+    found = study_folders(root)
+    assert [p.relative_to(root).as_posix() for p in found] == [
+        "again/dicom", "nested/linked2/dicom", "real/dicom"]  # linked1 is "again", in order
