@@ -59,14 +59,16 @@ class Study:
     placement: GridPlacement | None = None
 
     def _starts(self) -> list[int]:
+        """The resampled scan's voxel at the grid's voxel 0 per axis."""
         if self.placement is not None:
             return list(self.placement.start)
-        out = []
-        for a in range(3):
-            size = max(1, round(self.src_shape[a] * self.src_spacing[a] / self.grid_spacing[a]))
-            tgt = self.grid_shape[a]
-            out.append((size - tgt) // 2 if size >= tgt else -((tgt - size) // 2))
-        return out
+        from multimodal.transforms import centre_start
+
+        return list(centre_start(self._resampled_size(), self.grid_shape))
+
+    def _resampled_size(self) -> tuple[int, ...]:
+        return tuple(max(1, round(n * s / t)) for n, s, t in zip(
+            self.src_shape, self.src_spacing, self.grid_spacing, strict=True))
 
     def to_volume_index(self, canon: Sequence[float]) -> list[float]:
         """Canonical source index -> index into the dicom_io ``Volume.array``."""
@@ -75,13 +77,9 @@ class Study:
 
     def to_source(self, idx: Sequence[float]) -> npt.NDArray[np.float64]:
         """Model-grid voxel index (k, i, j) -> canonical source index."""
-        out = []
-        starts = self._starts()
-        for a in range(3):
-            size = max(1, round(self.src_shape[a] * self.src_spacing[a] / self.grid_spacing[a]))
-            u = idx[a] + starts[a]
-            out.append((u + 0.5) * self.src_shape[a] / size - 0.5)
-        return np.asarray(out, dtype=np.float64)
+        starts, size = self._starts(), self._resampled_size()
+        return np.asarray([(idx[a] + starts[a] + 0.5) * self.src_shape[a] / size[a] - 0.5
+                           for a in range(3)], dtype=np.float64)
 
     def to_mm(self, idx: Sequence[float]) -> npt.NDArray[np.float64]:
         src = self.to_source(idx)

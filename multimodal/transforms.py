@@ -27,13 +27,19 @@ from multimodal.tokenizer import WordTokenizer
 F32 = npt.NDArray[np.float32]
 
 
+def centre_start(size: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """Per axis, the voxel of an array of ``size`` at voxel 0 of a centred ``shape`` (negative
+    where ``shape`` is larger and pads before it)."""
+    return tuple((n - m) // 2 if n >= m else -((m - n) // 2)
+                 for n, m in zip(size, shape, strict=True))
+
+
 def crop_or_pad(a: F32, shape: Sequence[int], pad: float,
                 start: Sequence[int] | None = None) -> F32:
     """Crop / pad a 3D array to ``shape``: the output's voxel 0 is ``a``'s voxel ``start``
     along each axis (negative: padding before it); the centre by default."""
     if start is None:
-        start = [(n - m) // 2 if n >= m else -((m - n) // 2) for n, m in zip(a.shape, shape,
-                                                                          strict=True)]
+        start = centre_start(a.shape, shape)
     out = np.full(tuple(shape), pad, dtype=np.float32)
     src, dst = [], []
     for n, m, s in zip(a.shape, shape, start, strict=True):
@@ -97,8 +103,7 @@ def place_grid(a: F32, shape: Sequence[int], placement: str = "lungs",
         raise ValueError(f"placement must be 'centre' or 'lungs', got {placement!r}")
     if not 0.0 <= max_loss < 1.0:
         raise ValueError(f"max_loss must be in [0, 1), got {max_loss!r}")
-    centre = [(n - m) // 2 if n >= m else -((m - n) // 2) for n, m in zip(a.shape, shape,
-                                                                         strict=True)]
+    centre = centre_start(a.shape, shape)
     lung = lung_mask(a, _LUNG_AIR_HU, lateral=False)
     area = lung.sum(axis=(1, 2))
     if area.max(initial=0) == 0:
@@ -111,8 +116,9 @@ def place_grid(a: F32, shape: Sequence[int], placement: str = "lungs",
     k1 = top
     while k1 < len(area) - 1 and keep[k1 + 1]:
         k1 += 1
-    cut = tuple(name for name, k in (("inferior", 0), ("superior", len(area) - 1))
-                if area[k] >= _SCAN_CUT_SHARE * area[top])
+    # the scan's end slice within the lungs' run, with lung on it (not bowel gas below them)
+    cut = tuple(name for name, k, end in (("inferior", k0, 0), ("superior", k1, len(area) - 1))
+                if k == end and area[end] >= _SCAN_CUT_SHARE * area[top])
     g, n = int(shape[0]), a.shape[0]
     total = float(area[k0:k1 + 1].sum())
 
@@ -122,8 +128,12 @@ def place_grid(a: F32, shape: Sequence[int], placement: str = "lungs",
 
     z = centre[0]
     if placement == "lungs" and n > g and held(z) < 1.0 - max_loss:
-        z = k0 if k1 - k0 + 1 <= g and k0 < z else \
-            k1 - g + 1 if k1 - k0 + 1 <= g else (k0 + k1 + 1) // 2 - g // 2
+        if k1 - k0 + 1 > g:  # longer than the grid: centred on them
+            z = (k0 + k1 + 1) // 2 - g // 2
+        elif k0 < z:  # cut below: the grid starts at their lowest slice
+            z = k0
+        else:  # cut above: the grid ends at their highest slice
+            z = k1 - g + 1
         z = min(max(z, 0), n - g)
     # the lungs inside the grid's in-plane field, per slice of its z range
     y0, x0 = max(centre[1], 0), max(centre[2], 0)

@@ -94,6 +94,9 @@ def test_scan_ends_in_the_lungs_and_bowel_gas() -> None:
     # gas in the bowel below the lungs, apart from them: not part of the lungs' run
     g = place_grid(chest(100, (40, 95), gas=(2, 30)), (64, 48, 48), "lungs")
     assert g.lung_slices == (40, 95) and g.start == (32, 0, 0) and g.scan_cuts_lung == ()
+    # bowel gas on the scan's first slice is not the lungs ending there
+    g0 = place_grid(chest(100, (40, 95), gas=(0, 30)), (64, 48, 48), "lungs")
+    assert g0.lung_slices == (40, 95) and g0.scan_cuts_lung == ()
 
 
 def test_no_lungs_and_bad_arguments() -> None:
