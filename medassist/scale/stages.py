@@ -43,6 +43,7 @@ from medassist.errors import (
     DraftError,
     InputError,
     MedAssistError,
+    NotAChestCTError,
     PacsError,
     PipelineError,
     QueueStateError,
@@ -92,6 +93,9 @@ def prepare_study(study_dir: Path, study_uid: str | None, model_cfg: Any,
     except DicomIOError as exc:
         raise PipelineError(f"{type(exc).__name__}: {exc}", stage="build_volume",
                             path=exc.path, kind=type(exc).__name__) from exc
+    except NotAChestCTError as exc:  # as the in-process pipeline's draft stage says it
+        raise PipelineError(f"{type(exc).__name__}: {exc}", stage="draft", path=exc.path,
+                            kind=type(exc).__name__) from exc
     if prep.study.series_uid != series.series_uid:
         raise PipelineError("the volume was built from another series than the one selected",
                             stage="build_volume", kind="SeriesMismatch")

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from medassist.batch_cli import run_batch
-from medassist.errors import IdentityMismatchError
+from medassist.errors import IdentityMismatchError, PipelineError
 from medassist.pacs import queue
 from medassist.pacs.models import IngestItem
 from medassist.pipeline import (
@@ -343,3 +343,20 @@ def test_study_folders_follow_links_once(tmp_path: Path) -> None:
     found = study_folders(root)
     assert [p.relative_to(root).as_posix() for p in found] == [
         "again/dicom", "nested/linked2/dicom", "real/dicom"]  # linked1 is "again", in order
+
+
+def test_the_ray_stages_name_a_scan_without_lungs_the_same(tmp_path: Path,
+                                                           shared_data: Path) -> None:
+    """`medassist.scale.stages.prepare_study` (the CPU stage of the Ray engine) refuses the head
+    CT as the in-process pipeline does: stage draft, kind NotAChestCTError."""
+    from medassist.scale.stages import prepare_study
+    from multimodal.checkpoint import load_checkpoint
+
+    head = tmp_path / "head_ct"
+    shutil.copytree(shared_data / "ct" / "dcm_qa_ct" / "GE", head / "dicom")
+    (head / "emr.txt").write_text("Indication: headache after a fall.\n", encoding="utf-8")
+    _m, cfg, *_ = load_checkpoint(Path(__file__).resolve().parents[2] / "models/demo")
+    with pytest.raises(PipelineError) as info:
+        prepare_study(head / "dicom", None, cfg, "0" * 64)
+    assert info.value.stage == "draft" and info.value.kind == "NotAChestCTError"
+    assert "mL of aerated lung" in str(info.value)
