@@ -228,11 +228,14 @@ def _age(t: datetime, now: datetime | None = None) -> str:
 def priority(draft: ReportDraft) -> str:
     """A sort key for the worklist derived from the draft (not a clinical triage):
     ``high``: a finding called present; ``check``: consistency flags or low-confidence
-    findings; ``routine``: otherwise."""
+    findings, or lungs the scan or the model did not cover (:func:`coverage_note`);
+    ``routine``: otherwise."""
     if any(f.present for f in draft.findings):
         return "high"
     if any(f.flags and set(f.flags) - {"no_emr", "size_measured", "ratio_measured"}
            for f in draft.findings):
+        return "check"
+    if coverage_note(draft.coverage):
         return "check"
     return "routine"
 

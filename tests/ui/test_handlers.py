@@ -447,9 +447,17 @@ def test_priority_from_draft(h: Handlers, seeded: Seeded) -> None:
                   for k, rid in seeded.reports.items()}
     assert priority(drafts["truth"]) == "high"
     assert priority(drafts["model0"]) == "check"  # low-confidence findings, none present
+    from medassist.draft import Coverage
+
     calm = replace(drafts["model0"], findings=tuple(
-        replace(f, flags=()) for f in drafts["model0"].findings))
+        replace(f, flags=()) for f in drafts["model0"].findings),
+        coverage=Coverage(lung_in_model_grid=1.0))
     assert priority(calm) == "routine"
+    # lungs the scan or the model did not cover: the reader checks them
+    assert priority(replace(calm, coverage=Coverage(lung_in_model_grid=0.9))) == "check"
+    assert priority(replace(calm, coverage=Coverage(
+        lung_in_model_grid=1.0, scan_cuts_lung=("inferior",)))) == "check"
+    assert priority(replace(calm, coverage=None)) == "routine"  # drafts before stop 33
 
 
 def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls_and_found_on_ct(
