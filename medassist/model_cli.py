@@ -441,11 +441,11 @@ def per_finding_lines(per: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- report
 
 def cmd_report(args: argparse.Namespace) -> int:
-    if args.db and args.min_lung_ml is None:  # every pipeline stage, stored (idempotent)
+    if args.db:  # through every pipeline stage, stored (idempotent: same inputs, same report)
+        if args.min_lung_ml is not None:
+            raise ModelCLIError("--min-lung-ml drafts a scan without lungs for review on the "
+                                "command line only; drop --db")
         return _report_to_db(args)
-    if args.min_lung_ml is not None and args.db:
-        raise ModelCLIError("--min-lung-ml drafts a scan without lungs for review on the "
-                            "command line only; drop --db")
     rep = make_report(args.study, args.emr, args.checkpoint, int8=args.int8,
                       device=args.device, min_lung_ml=args.min_lung_ml)
     if args.json:

@@ -236,6 +236,10 @@ def test_a_scan_without_lungs_is_refused(tmp_path: Path, shared_data: Path,
     assert main(["report", str(head), "--json", "--min-lung-ml", "0"]) == 0
     assert '"coverage"' in capsys.readouterr().out
     assert main(["report", str(head), "--min-lung-ml", "-1"]) == 2
+    # not stored: the pipeline refuses such a scan whatever the command line says
+    assert main(["report", str(head), "--min-lung-ml", "0", "--db",
+                 f"sqlite:///{tmp_path / 'x.db'}"]) == 2
+    assert "drop --db" in capsys.readouterr().err
     _m, cfg, *_ = load_checkpoint(REPO / "models/demo")
     from tests.dicom_factory import write_series
 
