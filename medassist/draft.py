@@ -335,6 +335,9 @@ class InputsInfo:
 
 #: the scan's ends that can cut through the lungs
 SCAN_ENDS = ("inferior", "superior")
+#: the share of the lungs outside the model's grid below which no draft or view states a loss
+#: (air enclosed in the table reads as lung: A0001's grid "leaves out" 0.03 %)
+STATED_MIN_LOSS = 0.005
 
 
 @dataclass(frozen=True)

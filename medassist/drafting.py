@@ -157,23 +157,21 @@ def technique_from_header(h: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-_STATED_MIN_LOSS = 0.005  # the share of the lungs outside the grid below which none is stated
-
-
 def coverage_text(placement: GridPlacement | None, grid_shape: Sequence[int],
                   grid_spacing: Sequence[float]) -> str:
     """What the technique says about the lungs' coverage: the scan's ends that run through
     them (not imaged), and the share of them outside the model's grid (not assessed by the
     draft); "" where the scan holds the lungs and the grid all of them.  A loss below
-    ``_STATED_MIN_LOSS`` is not stated (air enclosed in the table reads as lung: A0001's grid
-    "leaves out" 0.03 %)."""
+    :data:`medassist.draft.STATED_MIN_LOSS` is not stated."""
+    from medassist.draft import STATED_MIN_LOSS
+
     if placement is None:
         return ""
     parts = [f"The scan ends within the lungs {end}ly: the lung "
              f"{'bases' if end == 'inferior' else 'apices'} are not fully included."
              for end in placement.scan_cuts_lung]
     share = placement.lung_in_grid
-    if share < 1.0 - _STATED_MIN_LOSS:
+    if share < 1.0 - STATED_MIN_LOSS:
         names = {"inferior": "lowest part", "superior": "highest part",
                  "in-plane": "outer edges"}
         where = " and ".join(names[c] for c in placement.grid_cuts_lung if c in names)

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from medassist import audit, reports
 from medassist.audit import Actor, AuditAction, ObjectType, Outcome
 from medassist.auth import authenticate, check_password, require_role
-from medassist.draft import Coverage, ReportDraft
+from medassist.draft import STATED_MIN_LOSS, Coverage, ReportDraft
 from medassist.errors import (
     AuthenticationError,
     ConflictError,
@@ -154,13 +154,14 @@ class StudyView:
 
 def coverage_note(cov: Coverage | None) -> str:
     """The header's note on the lungs' coverage: the scan's ends that run through them and
-    the share the model's grid left out (0.5 % or more, as the draft's technique states)."""
+    the share the model's grid left out (from ``STATED_MIN_LOSS`` on, as the draft's technique
+    states it)."""
     if cov is None:
         return ""
     parts = [f"the scan ends within the lungs ({', '.join(cov.scan_cuts_lung)})"] \
         if cov.scan_cuts_lung else []
     loss = 100.0 * (1.0 - cov.lung_in_model_grid)
-    if loss >= 0.5:
+    if cov.lung_in_model_grid < 1.0 - STATED_MIN_LOSS:  # the technique's own test
         parts.append(f"the model did not see {'<1' if loss < 1.0 else f'{loss:.0f}'} % "
                      "of the lungs")
     return "COVERAGE: " + "; ".join(parts) if parts else ""
