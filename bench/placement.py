@@ -16,10 +16,15 @@ case's DICOM as ``medassist report`` does, with both placements, and prints per 
   superiorly), which the draft's technique states;
 * ``grid_cuts_lung``: the cases whose placed grid leaves some lung out, below, above or
   in-plane (its field across, fixed in mm, narrower than a large chest);
-* ``seconds_median``: the time of ``load_study`` per case (DICOM read, resampling, placement).
+* ``seconds_median``: the time of ``load_study`` per case (DICOM read, resampling, placement);
+* with ``--fast-path SYNTH_CONFIG`` (the config, ``--seed``, ``--split`` and ``--shift`` the
+  ``--data`` folders were written with): ``fast_path``, the training path's grid
+  (``medassist.synth.fast_path.placed_grid``, the case regenerated from its index) against the
+  DICOM path's: the difference of the first slice's z (mm), how many cases agree within one
+  slice, how many it moved, and its time per case.
 
     .venv/bin/python bench/placement.py [--checkpoint models/demo] --data DIR [--data DIR ...]
-        [--real STUDY ...]
+        [--real STUDY ...] [--fast-path SYNTH_CONFIG --seed 7 --split test [--shift]]
 
 Prints one JSON object.
 """
@@ -46,6 +51,47 @@ def _shares(v: Sequence[float]) -> dict[str, Any]:
     return {"median": round(float(np.median(a)), 4), "min": round(float(a.min()), 4),
             "below_1": int((a < 1.0).sum()), "below_0.9": int((a < 0.9).sum()),
             "below_0.5": int((a < 0.5).sum())}
+
+
+def _grid_z0(study: Any) -> float:
+    """World z (mm) of the model grid's first slice centre."""
+    src = study.to_source((0.0, 0.0, 0.0))
+    return float((study.affine @ np.append(src, 1.0))[2])
+
+
+def fast_path(studies: Sequence[Path], cfg: Any, synth_config: str, seed: int,
+              split: str, shift: bool = False) -> dict[str, Any]:
+    from medassist.drafting import load_study
+    from medassist.synth.case import make_case
+    from medassist.synth.config import load_config
+    from medassist.synth.fast_path import model_grid, placed_grid
+    from medassist.synth.findings import load_vocabulary
+
+    scfg = load_config(synth_config)
+    scfg = dataclasses.replace(scfg, fast_path=dataclasses.replace(
+        scfg.fast_path, shape=cfg.ct.grid_shape, spacing_mm=cfg.ct.spacing_mm,
+        pad_hu=cfg.ct.pad_hu, placement=cfg.ct.placement,
+        placement_max_loss=cfg.ct.placement_max_loss))
+    vocab = load_vocabulary(scfg.findings.vocabulary_path())
+    diffs: list[float] = []
+    moved = 0
+    times: list[float] = []
+    for s in studies:
+        index = int(s.parent.name.rsplit("_", 1)[-1])
+        case = make_case(scfg, vocab, seed, index, split, shift)
+        if case.case_id != s.parent.name:
+            raise RuntimeError(f"{s.parent}: regenerated as {case.case_id}; pass the config, "
+                               "--seed, --split and --shift the folder was written with")
+        t0 = time.perf_counter()
+        g = placed_grid(case, scfg.fast_path)
+        times.append(time.perf_counter() - t0)
+        moved += g.origin[0] != model_grid(case, scfg.fast_path).origin[0]
+        diffs.append(g.origin[0] - _grid_z0(load_study(s, cfg)))
+    d = np.abs(np.asarray(diffs))
+    return {"z0_diff_mm": {"median": round(float(np.median(d)), 2),
+                           "max": round(float(d.max()), 2)},
+            "within_one_slice": int((d <= cfg.ct.spacing_mm[0] + 1e-6).sum()),
+            "moved": moved, "seconds_median": round(float(np.median(times)), 3)}
 
 
 def score(studies: Sequence[Path], cfg: Any) -> dict[str, Any]:
@@ -93,6 +139,11 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=str(REPO / "models/demo"))
     ap.add_argument("--data", action="append", default=[], help="a medassist synth folder")
     ap.add_argument("--real", action="append", default=[], help="a real CT study")
+    ap.add_argument("--fast-path", default="", metavar="SYNTH_CONFIG",
+                    help="compare the training fast path's grid with the DICOM path's")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--shift", action="store_true", help="the folders were written --shift")
     args = ap.parse_args()
 
     from multimodal.checkpoint import load_checkpoint
@@ -101,8 +152,11 @@ def main() -> None:
     out: dict[str, Any] = {"checkpoint": args.checkpoint,
                            "grid_mm": cfg.ct.grid_shape[0] * cfg.ct.spacing_mm[0]}
     for d in args.data:
-        out[d] = score(sorted(c / "dicom" for c in Path(d).iterdir()
-                              if (c / "dicom").is_dir()), cfg)
+        studies = sorted(c / "dicom" for c in Path(d).iterdir() if (c / "dicom").is_dir())
+        out[d] = score(studies, cfg)
+        if args.fast_path:
+            out[d]["fast_path"] = fast_path(studies, cfg, args.fast_path, args.seed,
+                                            args.split, args.shift)
     for s in args.real:
         out[s] = score([Path(s)], cfg)
     print(json.dumps(out, indent=1))

@@ -92,7 +92,8 @@ def report_target_text(report_text: str) -> str:
 
 def synth_records(synth_config: str, model_cfg: Any, seed: int, n: int, split: str = "train",
                   shift: bool = False, start: int = 0) -> Iterator[CaseRecord]:
-    """Cases of the generator rendered by its fast tensor path onto the model grid."""
+    """Cases of the generator rendered by its fast tensor path onto the model grid, placed as
+    the model's CT stem places it on a DICOM scan (``ct.placement``)."""
     from medassist.synth.case import make_case
     from medassist.synth.config import FastPathConfig, load_config
     from medassist.synth.fast_path import render_tensor
@@ -101,7 +102,8 @@ def synth_records(synth_config: str, model_cfg: Any, seed: int, n: int, split: s
     cfg = load_config(synth_config)
     vocab = load_vocabulary(cfg.findings.vocabulary_path())
     fp = FastPathConfig(shape=model_cfg.ct.grid_shape, spacing_mm=model_cfg.ct.spacing_mm,
-                        pad_hu=model_cfg.ct.pad_hu)
+                        pad_hu=model_cfg.ct.pad_hu, placement=model_cfg.ct.placement,
+                        placement_max_loss=model_cfg.ct.placement_max_loss)
     for i in range(start, start + n):
         case = make_case(cfg, vocab, seed, i, split, shift)
         hu, lab = render_tensor(case, fp)
@@ -205,8 +207,11 @@ def _cached_chunk(cache_dir: str | Path, synth_config: str, model_cfg: Any, seed
                   ) -> list[CaseRecord]:
     import hashlib
 
-    key = json.dumps([Path(synth_config).read_text(encoding="utf-8"), seed, split, shift,
-                      model_cfg.ct.grid_shape, model_cfg.ct.spacing_mm, model_cfg.ct.pad_hu])
+    key_parts = [Path(synth_config).read_text(encoding="utf-8"), seed, split, shift,
+                 model_cfg.ct.grid_shape, model_cfg.ct.spacing_mm, model_cfg.ct.pad_hu]
+    if model_cfg.ct.placement != "centre":  # the grid may move on a longer scan
+        key_parts += [model_cfg.ct.placement, model_cfg.ct.placement_max_loss]
+    key = json.dumps(key_parts)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{split}-{digest}-{start:06d}-{n}.npz"
     if not path.is_file():

@@ -256,11 +256,16 @@ class DicomConfig:
 
 @dataclass(frozen=True)
 class FastPathConfig:
-    """The model input grid of the tensor path (centred on the acquired volume)."""
+    """The model input grid of the tensor path: centred on the acquired volume, or with
+    ``placement`` "lungs" placed along z as the DICOM path places it on a scan longer than the
+    grid (:func:`medassist.synth.fast_path.placed_grid`; ``multimodal.config.CTStemConfig``'s
+    ``placement`` and ``placement_max_loss``)."""
 
     shape: tuple[int, int, int] = (72, 128, 128)
     spacing_mm: tuple[float, float, float] = (5.0, 3.5, 3.5)
     pad_hu: float = -1024.0
+    placement: str = "centre"
+    placement_max_loss: float = 0.1
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or any(s < 4 or s > 1024 for s in self.shape):
@@ -268,6 +273,12 @@ class FastPathConfig:
                 f"fast_path.shape must be 3 sizes in [4, 1024], got {self.shape}")
         if len(self.spacing_mm) != 3 or any(s <= 0.2 or s > 20 for s in self.spacing_mm):
             raise SynthConfigError("fast_path.spacing_mm must be 3 values in (0.2, 20]")
+        if self.placement not in ("centre", "lungs"):
+            raise SynthConfigError(
+                f"fast_path.placement must be 'centre' or 'lungs', got {self.placement!r}")
+        if not 0.0 <= self.placement_max_loss < 1.0:
+            raise SynthConfigError(f"fast_path.placement_max_loss must be in [0, 1), got "
+                                   f"{self.placement_max_loss!r}")
 
 
 @dataclass(frozen=True)

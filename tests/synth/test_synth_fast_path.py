@@ -11,8 +11,9 @@ import torch
 
 from dicom_io import load_volume
 from medassist.synth.case import make_case
-from medassist.synth.config import DicomConfig, SynthConfig
-from medassist.synth.fast_path import model_grid, render_tensor, resample_to_grid
+from medassist.synth.config import DicomConfig, FastPathConfig, SynthConfig
+from medassist.synth.errors import SynthConfigError
+from medassist.synth.fast_path import model_grid, placed_grid, render_tensor, resample_to_grid
 from medassist.synth.findings import Vocabulary
 from medassist.synth.phantom import Grid
 from medassist.synth.writer import write_case
@@ -75,3 +76,82 @@ def test_fast_path_torch_output(small_cfg: SynthConfig, vocab: Vocabulary) -> No
     assert labels.shape == small_cfg.fast_path.shape
     t2, _ = render_tensor(case, small_cfg.fast_path, as_torch=True)
     assert torch.equal(t, t2)
+
+
+def test_fast_path_places_the_grid_on_the_lungs_as_the_dicom_path(
+        tmp_path: Path, small_cfg: SynthConfig, vocab: Vocabulary) -> None:
+    """A chest-and-abdomen scan (500-560 mm from just above the apices): the 355 mm grid
+    centred on it leaves the apices out.  With ``placement`` "lungs" the fast path moves the
+    grid along z, by whole slices, to where the DICOM path (``ResampleToGrid(...,
+    "lungs").place`` on the scan read back) puts it, and renders what that path reads there."""
+    from multimodal.transforms import ResampleToGrid
+
+    fp = dataclasses.replace(small_cfg.fast_path, placement="lungs")
+    cfg = dataclasses.replace(
+        small_cfg, geometry=dataclasses.replace(small_cfg.geometry, coverage_mm=(500.0, 560.0)),
+        scanner=dataclasses.replace(small_cfg.scanner, noise=False), fast_path=fp,
+        dicom=DicomConfig(write_labels=False))
+    case = make_case(cfg, vocab, 99, 0, "test")
+    dz = fp.spacing_mm[0]
+    centred, placed = model_grid(case, fp), placed_grid(case, fp)
+    moved = (placed.origin[0] - centred.origin[0]) / dz
+    assert moved >= 5 and abs(moved - round(moved)) < 1e-6  # towards the head, whole slices
+    assert placed.origin[1:] == centred.origin[1:] and placed.shape == centred.shape
+    assert placed_grid(case, dataclasses.replace(fp, placement="centre")) == centred
+    # the DICOM path: the scan read back, resampled and placed by the model's transform
+    write_case(case, cfg, tmp_path)
+    vol = load_volume(tmp_path / "dicom")
+    arr = np.asarray(vol.array, dtype=np.float32)
+    o = vol.index_to_lps([0, 0, 0])
+    if vol.affine[2, 0] < 0:  # slices top-down: flip to inferior-first
+        arr = arr[::-1]
+        o = vol.index_to_lps([vol.shape[0] - 1, 0, 0])
+    _, where = ResampleToGrid(fp.spacing_mm, fp.shape, fp.pad_hu, "lungs",
+                              fp.placement_max_loss).place(arr, vol.spacing)
+    size = round(vol.shape[0] * vol.spacing[0] / dz)
+    # the world z of the placed grid's first slice (as medassist.drafting.Study.to_source)
+    z0 = float(o[2]) + vol.spacing[0] * ((where.start[0] + 0.5) * vol.shape[0] / size - 0.5)
+    print(f"grid moved {moved:.0f} slices; first slice at z {placed.origin[0]:.1f} mm (fast) "
+          f"and {z0:.1f} mm (DICOM path)")
+    assert abs(placed.origin[0] - z0) <= dz
+    src = Grid((float(o[2]), float(o[1]), float(o[0])), vol.spacing, vol.shape)
+    ref = resample_to_grid(arr, src, placed, pad=fp.pad_hu)
+    fast, _ = render_tensor(case, fp, noise=False)
+    body = (ref > -500) | (fast > -500)
+    assert float(np.mean(np.abs(fast[body] - ref[body]))) < MAE_BOUND_HU
+    # the centred render holds less of the lungs than the placed one
+    flat, _ = render_tensor(case, dataclasses.replace(fp, placement="centre"), noise=False)
+    assert int((fast < -400).sum()) > int((flat < -400).sum())
+
+
+def test_fast_path_placement_leaves_shorter_scans_and_is_validated(
+        small_cfg: SynthConfig, vocab: Vocabulary) -> None:
+    fp = dataclasses.replace(small_cfg.fast_path, placement="lungs")
+    case = make_case(small_cfg, vocab, 1, 0, "train")  # 300-340 mm: inside the 355 mm grid
+    assert placed_grid(case, fp) == model_grid(case, fp)
+    a, _ = render_tensor(case, fp, noise=False)
+    b, _ = render_tensor(case, small_cfg.fast_path, noise=False)
+    assert np.array_equal(a, b)
+    with pytest.raises(SynthConfigError, match="placement must be"):
+        FastPathConfig(placement="apex")
+    with pytest.raises(SynthConfigError, match="placement_max_loss"):
+        FastPathConfig(placement_max_loss=1.0)
+
+
+def test_fast_path_placement_needs_no_render_where_the_lungs_fit(
+        small_cfg: SynthConfig, vocab: Vocabulary, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scan a little longer than the grid whose lungs the centred grid holds: the anatomy's
+    lungs settle it (no extra render: training data costs what it did)."""
+    import medassist.synth.fast_path as fast_path
+
+    fp = dataclasses.replace(small_cfg.fast_path, placement="lungs")
+    cfg = dataclasses.replace(
+        small_cfg, geometry=dataclasses.replace(small_cfg.geometry, coverage_mm=(370.0, 380.0)))
+    case = make_case(cfg, vocab, 99, 1, "test")
+    assert case.acquisition.grid.shape[0] * case.acquisition.grid.spacing[0] > 360.0
+
+    def no_render(*_a: object, **_k: object) -> None:
+        raise AssertionError("rendered")
+
+    monkeypatch.setattr(fast_path, "render", no_render)
+    assert fast_path.placed_grid(case, fp) == model_grid(case, fp)
