@@ -336,7 +336,8 @@ class InputsInfo:
 #: the scan's ends that can cut through the lungs
 SCAN_ENDS = ("inferior", "superior")
 #: the share of the lungs outside the model's grid below which no draft or view states a loss
-#: (air enclosed in the table reads as lung: A0001's grid "leaves out" 0.03 %)
+#: (until stop 34 the air in the table's core read as lung and A0001's grid "left out" 0.03 %;
+#: a table touching the patient, or air between the body's pieces, can still read so)
 STATED_MIN_LOSS = 0.005
 
 

@@ -6,7 +6,8 @@ writes a typical value.  This module measures it on the HU volume of the model g
 (:class:`multimodal.config.MeasureConfig`, ``ratio_labels``):
 
 1. Lung: voxels below ``air_hu`` that are not connected, within their axial slice, to the
-   air outside the body (a flood fill from the slice's border).
+   air outside the body (a flood fill from the slice's border through all but the body's
+   tissue, so the table's hollow core is not lung; :func:`lung_mask`).
 2. Slices: those whose lung area is at least half the largest slice's (the bases, where the
    liver and the diaphragm lie between the lungs, are left out) and that have both lungs (the
    smaller side at least ``_MIN_SIDE_SHARE`` of the larger, either side of the body's
@@ -39,6 +40,8 @@ _SOFT_MAX_HU = 500.0  # above: bone or contrast-dense bone marrow
 _MIN_SOFT_HU = -30.0  # below: fat
 _ANTERIOR = 0.6  # share of the lungs' antero-posterior extent searched for the heart
 _MIN_SIDE_SHARE = 0.3  # a slice has both lungs: the smaller side's area over the larger's
+#: a slice's piece of tissue at least this share of its largest is the patient's body
+_BODY_PIECE_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,8 @@ class CardiacMeasurement:
 
 def _spread(air: npt.NDArray[np.bool_], seen: npt.NDArray[np.bool_], axis: int
             ) -> npt.NDArray[np.bool_]:
-    """``seen`` grown to every air voxel whose straight run of air along ``axis`` holds a
-    seen voxel."""
+    """``seen`` grown to every voxel of ``air`` (the voxels a fill may pass) whose straight
+    run of them along ``axis`` holds a seen voxel."""
     a = np.moveaxis(air, axis, -1)
     s = np.moveaxis(seen, axis, -1)
     start = a.copy()
@@ -65,22 +68,66 @@ def _spread(air: npt.NDArray[np.bool_], seen: npt.NDArray[np.bool_], axis: int
     return np.moveaxis(a & hit[run], -1, axis)
 
 
+def _run_max(lab: npt.NDArray[np.int64], axis: int) -> npt.NDArray[np.int64]:
+    """Every labelled voxel takes the largest label of its straight run along ``axis``."""
+    a = np.moveaxis(lab, axis, -1)
+    on = a > 0
+    start = on.copy()
+    start[..., 1:] &= ~on[..., :-1]
+    flat, first = a[on], start[on]  # C order: a run's voxels are consecutive
+    if flat.size == 0:
+        return lab
+    best = np.maximum.reduceat(flat, np.flatnonzero(first))
+    out = np.zeros_like(a)
+    out[on] = best[np.cumsum(first) - 1]
+    return np.moveaxis(out, -1, axis)
+
+
+def components(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """(N, Y, X) bool -> labels: 0 outside, each 4-connected piece of a slice its own number
+    (unique over all slices, not consecutive); by straight runs along x and y in turn until
+    nothing changes."""
+    lab = np.where(mask, np.arange(1, mask.size + 1, dtype=np.int64).reshape(mask.shape), 0)
+    while True:
+        new = _run_max(_run_max(lab, 2), 1)
+        if np.array_equal(new, lab):
+            return lab
+        lab = new
+
+
+def _body(hu: npt.NDArray[np.floating], air_hu: float) -> npt.NDArray[np.bool_]:
+    """(Z, Y, X) the patient's body on each axial slice: its pieces of tissue (``air_hu`` or
+    denser, 4-connected) at least :data:`_BODY_PIECE_SHARE` of the slice's largest (a body
+    wider than the field of view comes in two halves); the table, arms and other small pieces
+    are left out."""
+    lab = components(np.asarray(hu >= air_hu))
+    body = np.zeros(lab.shape, dtype=bool)
+    for k in range(lab.shape[0]):
+        ids, counts = np.unique(lab[k][lab[k] > 0], return_counts=True)
+        if ids.size:
+            body[k] = np.isin(lab[k], ids[counts >= _BODY_PIECE_SHARE * counts.max()])
+    return body
+
+
 def lung_mask(hu: npt.NDArray[np.floating], air_hu: float, lateral: bool = True
               ) -> npt.NDArray[np.bool_]:
-    """(Z, Y, X) voxels below ``air_hu`` that the air outside the body does not reach within
-    their axial slice (a flood fill from the slice's border, by straight runs along y and x
-    in turn until nothing changes).  With ``lateral`` False the fill starts from the
-    anterior and posterior borders only: a lung that the field of view cuts at its left or
-    right edge stays lung (the air beside the body still reaches those borders)."""
+    """(Z, Y, X) voxels below ``air_hu`` enclosed by the body within their axial slice: a
+    flood fill from the slice's border through everything but the body (:func:`_body`), by
+    straight runs along y and x in turn until nothing changes.  Air that other tissue
+    encloses (the table's hollow core, air between an arm and the chest) is reached through
+    that tissue and is not lung.  With ``lateral`` False the fill starts from the anterior
+    and posterior borders only: a lung that the field of view cuts at its left or right edge
+    stays lung (the air beside the body still reaches those borders)."""
     air = np.asarray(hu < air_hu)
+    free = ~_body(hu, air_hu)
     outside = np.zeros_like(air)
     edges: list[tuple[slice | int, ...]] = [np.s_[:, 0, :], np.s_[:, -1, :]]
     if lateral:
         edges += [np.s_[:, :, 0], np.s_[:, :, -1]]
     for edge in edges:
-        outside[edge] = air[edge]
+        outside[edge] = free[edge]
     for _ in range(sum(hu.shape[1:])):  # a path through a slice never turns more often
-        grown = _spread(air, _spread(air, outside, 2), 1)
+        grown = _spread(free, _spread(free, outside, 2), 1)
         if np.array_equal(grown, outside):
             break
         outside = grown

@@ -45,7 +45,13 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from multimodal.cardiac import body_midline, chest_slices, flanking_lung, lung_mask
+from multimodal.cardiac import (
+    body_midline,
+    chest_slices,
+    components,
+    flanking_lung,
+    lung_mask,
+)
 from multimodal.errors import ShapeError
 
 _SOFT_HU = (-30.0, 500.0)  # soft tissue and fluid: not fat, not bone
@@ -93,33 +99,6 @@ def _open(mask: npt.NDArray[np.bool_], r: int) -> npt.NDArray[np.bool_]:
     return (_box_count(core, r) > 0) & mask
 
 
-def _run_max(lab: npt.NDArray[np.int64], axis: int) -> npt.NDArray[np.int64]:
-    """Every labelled voxel takes the largest label of its straight run along ``axis``."""
-    a = np.moveaxis(lab, axis, -1)
-    on = a > 0
-    start = on.copy()
-    start[..., 1:] &= ~on[..., :-1]
-    flat, first = a[on], start[on]  # C order: a run's voxels are consecutive
-    if flat.size == 0:
-        return lab
-    best = np.maximum.reduceat(flat, np.flatnonzero(first))
-    out = np.zeros_like(a)
-    out[on] = best[np.cumsum(first) - 1]
-    return np.moveaxis(out, -1, axis)
-
-
-def _components(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-    """(N, Y, X) bool -> labels: 0 outside, each 4-connected piece of a slice its own number
-    (unique over all slices, not consecutive); by straight runs along x and y in turn until
-    nothing changes."""
-    lab = np.where(mask, np.arange(1, mask.size + 1, dtype=np.int64).reshape(mask.shape), 0)
-    while True:
-        new = _run_max(_run_max(lab, 2), 1)
-        if np.array_equal(new, lab):
-            return lab
-        lab = new
-
-
 def _sections(hu: npt.NDArray[np.floating], lung: npt.NDArray[np.bool_],
               spacing: tuple[float, float, float], air_hu: float
               ) -> dict[int, npt.NDArray[np.bool_]]:
@@ -138,7 +117,7 @@ def _sections(hu: npt.NDArray[np.floating], lung: npt.NDArray[np.bool_],
     for i in range(zs.size):  # the anterior share of the slice's lung extent
         yl = ys[rows[i].any(1)]
         cand[i, int(yl[0] + _ANTERIOR * (yl[-1] - yl[0] + 1)):] = False
-    lab = _components(_open(cand, max(1, round(_OPEN_MM / spacing[2]))))
+    lab = components(_open(cand, max(1, round(_OPEN_MM / spacing[2]))))
     n = int(lab.max())
     size = np.bincount(lab.ravel(), minlength=n + 1)
     cx = np.bincount(lab.ravel(), weights=np.broadcast_to(xs, lab.shape).ravel(),

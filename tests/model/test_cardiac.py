@@ -29,6 +29,25 @@ def with_heart(half_width_mm: float) -> np.ndarray:
     return np.where(q < 1, np.float32(60.0), hu).astype(np.float32)
 
 
+def test_the_tables_hollow_core_is_not_lung_and_a_cut_body_keeps_its_lungs() -> None:
+    """A CT table under the patient (a 200 HU shell round a hollow core, 6 mm of air below the
+    back) encloses air as the chest does; it is the table's, not the body's.  A body wider
+    than the field of view comes in two halves, and both still enclose the lungs."""
+    hu = chest()
+    _z, y, x = _mm()
+    shell = (y > 332) & (y < 346) & (np.abs(x - 176.0) < 116)
+    core = (y > 336) & (y < 342) & (np.abs(x - 176.0) < 110)
+    hu = np.where(shell & ~core, np.float32(200.0), hu).astype(np.float32)
+    lungs = hu == np.float32(-850.0)
+    for lateral in (True, False):
+        lung = lung_mask(hu, -400.0, lateral=lateral)
+        assert not (lung & np.broadcast_to(core, hu.shape)).any()
+        assert np.array_equal(lung, lungs)
+    cut = hu[:, :, 12:-12]  # the body's sides (and the lungs' outer edges) out of the field
+    lung = lung_mask(cut, -400.0, lateral=False)
+    assert np.array_equal(lung, lungs[:, :, 12:-12])
+
+
 @pytest.mark.parametrize("half_width", [65.0, 90.0])
 def test_ratio_is_the_heart_over_the_thorax(half_width: float) -> None:
     m = cardiothoracic_ratio(with_heart(half_width), SPACING)

@@ -240,6 +240,12 @@ def test_a_scan_without_lungs_is_refused(tmp_path: Path, shared_data: Path,
     assert main(["report", str(head), "--min-lung-ml", "0", "--db",
                  f"sqlite:///{tmp_path / 'x.db'}"]) == 2
     assert "drop --db" in capsys.readouterr().err
+    # the Philips head phantom: a thin shell (bits of under a quarter of a slice's largest
+    # piece of tissue on the model grid) round air; the air the body does not enclose is not
+    # lung (stop 33 read 820 mL here and drafted a chest)
+    phantom = shared_data / "ct" / "dcm_qa_ct" / "Philips-S21610"
+    assert main(["report", str(phantom), "--json"]) == 3
+    assert f"{phantom}: the scan holds" in capsys.readouterr().err
     _m, cfg, *_ = load_checkpoint(REPO / "models/demo")
     from tests.dicom_factory import write_series
 
