@@ -21,10 +21,11 @@ case's DICOM as ``medassist report`` does, with both placements, and prints per 
   ``--data`` folders were written with): ``fast_path``, the training path's grid
   (``medassist.synth.fast_path.placed_grid``, the case regenerated from its index) against the
   DICOM path's: the difference of the first slice's z (mm), how many cases agree within one
-  slice, how many it moved, and its time per case.
+  slice, how many it moved, and its time per case (``--coarsen N``: the render that finds the
+  lungs at N times the grid's in-plane spacing instead of the fast path's own).
 
     .venv/bin/python bench/placement.py [--checkpoint models/demo] --data DIR [--data DIR ...]
-        [--real STUDY ...] [--fast-path SYNTH_CONFIG --seed 7 --split test [--shift]]
+        [--real STUDY ...] [--fast-path SYNTH_CONFIG --seed 7 --split test [--shift] [--coarsen N]]
 
 Prints one JSON object.
 """
@@ -60,12 +61,16 @@ def _grid_z0(study: Any) -> float:
 
 
 def fast_path(studies: Sequence[Path], cfg: Any, synth_config: str, seed: int,
-              split: str, shift: bool = False) -> dict[str, Any]:
+              split: str, shift: bool = False, coarsen: int = 0) -> dict[str, Any]:
     from medassist.drafting import load_study
+    from medassist.synth import fast_path as fp_module
     from medassist.synth.case import make_case
     from medassist.synth.config import load_config
     from medassist.synth.fast_path import model_grid, placed_grid
     from medassist.synth.findings import load_vocabulary
+
+    if coarsen:
+        fp_module.PLACEMENT_COARSEN = coarsen
 
     scfg = load_config(synth_config)
     scfg = dataclasses.replace(scfg, fast_path=dataclasses.replace(
@@ -91,7 +96,8 @@ def fast_path(studies: Sequence[Path], cfg: Any, synth_config: str, seed: int,
     return {"z0_diff_mm": {"median": round(float(np.median(d)), 2),
                            "max": round(float(d.max()), 2)},
             "within_one_slice": int((d <= cfg.ct.spacing_mm[0] + 1e-6).sum()),
-            "moved": moved, "seconds_median": round(float(np.median(times)), 3)}
+            "moved": moved, "seconds_median": round(float(np.median(times)), 3),
+            "coarsen": fp_module.PLACEMENT_COARSEN}
 
 
 def score(studies: Sequence[Path], cfg: Any) -> dict[str, Any]:
@@ -144,6 +150,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--split", default="test")
     ap.add_argument("--shift", action="store_true", help="the folders were written --shift")
+    ap.add_argument("--coarsen", type=int, default=0,
+                    help="the fast path's in-plane coarsening for the lungs (default: its own)")
     args = ap.parse_args()
 
     from multimodal.checkpoint import load_checkpoint
@@ -156,7 +164,7 @@ def main() -> None:
         out[d] = score(studies, cfg)
         if args.fast_path:
             out[d]["fast_path"] = fast_path(studies, cfg, args.fast_path, args.seed,
-                                            args.split, args.shift)
+                                            args.split, args.shift, args.coarsen)
     for s in args.real:
         out[s] = score([Path(s)], cfg)
     print(json.dumps(out, indent=1))

@@ -44,9 +44,8 @@ def model_grid(case: Case, fp: FastPathConfig) -> Grid:
 
 #: in-plane coarsening of the render that finds the lungs for ``placement`` "lungs" (2: about
 #: 0.12 s a case on the demo grid; the grid start agrees with the DICOM path's within one slice
-#: on 100 of 100 chest-and-abdomen scans, ``bench/placement.py --fast-path``; 4 on 94, some
-#: small lungs lost in the coarser voxels; 1, a full-resolution render without noise or blur,
-#: on 67: the table's hollow core reads as air inside the body on every slice)
+#: on 100 of 100 chest-and-abdomen scans, ``bench/placement.py --fast-path``; 1 on 100 too, at
+#: 0.6 s; 4 on 94, some small lungs lost in the coarser voxels)
 PLACEMENT_COARSEN = 2
 
 
