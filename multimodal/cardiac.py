@@ -55,15 +55,15 @@ class CardiacMeasurement:
     thoracic_slice: int  # z index where the thorax is widest
 
 
-def _spread(air: npt.NDArray[np.bool_], seen: npt.NDArray[np.bool_], axis: int
+def _spread(passable: npt.NDArray[np.bool_], seen: npt.NDArray[np.bool_], axis: int
             ) -> npt.NDArray[np.bool_]:
-    """``seen`` grown to every voxel of ``air`` (the voxels a fill may pass) whose straight
-    run of them along ``axis`` holds a seen voxel."""
-    a = np.moveaxis(air, axis, -1)
+    """``seen`` grown to every ``passable`` voxel whose straight run of passable voxels along
+    ``axis`` holds a seen voxel."""
+    a = np.moveaxis(passable, axis, -1)
     s = np.moveaxis(seen, axis, -1)
     start = a.copy()
-    start[..., 1:] &= ~a[..., :-1]  # an air run begins here
-    run = np.cumsum(start.ravel()).reshape(a.shape)  # run id (meaningful on air voxels)
+    start[..., 1:] &= ~a[..., :-1]  # a passable run begins here
+    run = np.cumsum(start.ravel()).reshape(a.shape)  # run id (meaningful on passable voxels)
     hit = np.bincount(run[a & s], minlength=int(run.max()) + 1) > 0
     return np.moveaxis(a & hit[run], -1, axis)
 
