@@ -22,6 +22,18 @@ MAE_BOUND_HU = 25.0  # noise-free, voxels inside the body
 NOISE_RATIO = (0.65, 1.35)
 
 
+def _read_back(out: Path) -> tuple[np.ndarray, Grid]:
+    """The series written under ``out`` read with dicom_io: the volume inferior slice first
+    and its grid in patient mm."""
+    vol = load_volume(out / "dicom")
+    arr = np.asarray(vol.array, dtype=np.float32)
+    o = vol.index_to_lps([0, 0, 0])
+    if vol.affine[2, 0] < 0:  # slices top-down: flip to inferior-first
+        arr = arr[::-1]
+        o = vol.index_to_lps([vol.shape[0] - 1, 0, 0])
+    return arr, Grid((float(o[2]), float(o[1]), float(o[0])), vol.spacing, vol.shape)
+
+
 def _dicom_path(case_cfg: SynthConfig, vocab: Vocabulary, index: int, out: Path,
                 noise: bool) -> tuple[np.ndarray, object]:
     cfg = dataclasses.replace(
@@ -29,13 +41,7 @@ def _dicom_path(case_cfg: SynthConfig, vocab: Vocabulary, index: int, out: Path,
         dicom=DicomConfig(write_labels=False))
     case = make_case(cfg, vocab, 99, index, "test")
     write_case(case, cfg, out)
-    vol = load_volume(out / "dicom")
-    arr = np.asarray(vol.array, dtype=np.float32)
-    o = vol.index_to_lps([0, 0, 0])
-    if vol.affine[2, 0] < 0:  # slices top-down: flip to inferior-first
-        arr = arr[::-1]
-        o = vol.index_to_lps([vol.shape[0] - 1, 0, 0])
-    src = Grid((float(o[2]), float(o[1]), float(o[0])), vol.spacing, vol.shape)
+    arr, src = _read_back(out)
     dst = model_grid(case, cfg.fast_path)
     return resample_to_grid(arr, src, dst, pad=cfg.fast_path.pad_hu), case
 
@@ -100,21 +106,15 @@ def test_fast_path_places_the_grid_on_the_lungs_as_the_dicom_path(
     assert placed_grid(case, dataclasses.replace(fp, placement="centre")) == centred
     # the DICOM path: the scan read back, resampled and placed by the model's transform
     write_case(case, cfg, tmp_path)
-    vol = load_volume(tmp_path / "dicom")
-    arr = np.asarray(vol.array, dtype=np.float32)
-    o = vol.index_to_lps([0, 0, 0])
-    if vol.affine[2, 0] < 0:  # slices top-down: flip to inferior-first
-        arr = arr[::-1]
-        o = vol.index_to_lps([vol.shape[0] - 1, 0, 0])
+    arr, src = _read_back(tmp_path)
     _, where = ResampleToGrid(fp.spacing_mm, fp.shape, fp.pad_hu, "lungs",
-                              fp.placement_max_loss).place(arr, vol.spacing)
-    size = round(vol.shape[0] * vol.spacing[0] / dz)
+                              fp.placement_max_loss).place(arr, src.spacing)
+    size = round(src.shape[0] * src.spacing[0] / dz)
     # the world z of the placed grid's first slice (as medassist.drafting.Study.to_source)
-    z0 = float(o[2]) + vol.spacing[0] * ((where.start[0] + 0.5) * vol.shape[0] / size - 0.5)
+    z0 = src.origin[0] + src.spacing[0] * ((where.start[0] + 0.5) * src.shape[0] / size - 0.5)
     print(f"grid moved {moved:.0f} slices; first slice at z {placed.origin[0]:.1f} mm (fast) "
           f"and {z0:.1f} mm (DICOM path)")
     assert abs(placed.origin[0] - z0) <= dz
-    src = Grid((float(o[2]), float(o[1]), float(o[0])), vol.spacing, vol.shape)
     ref = resample_to_grid(arr, src, placed, pad=fp.pad_hu)
     fast, _ = render_tensor(case, fp, noise=False)
     body = (ref > -500) | (fast > -500)
