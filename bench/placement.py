@@ -60,9 +60,10 @@ def _grid_z0(study: Any) -> float:
     return float((study.affine @ np.append(src, 1.0))[2])
 
 
-def fast_path(studies: Sequence[Path], cfg: Any, synth_config: str, seed: int,
-              split: str, shift: bool = False, coarsen: int = 0) -> dict[str, Any]:
-    from medassist.drafting import load_study
+def fast_path(studies: Sequence[Path], dicom_z0: Sequence[float], cfg: Any,
+              synth_config: str, seed: int, split: str, shift: bool = False,
+              coarsen: int = 0) -> dict[str, Any]:
+    """``dicom_z0``: per study, the DICOM path's first grid slice z (from :func:`score`)."""
     from medassist.synth import fast_path as fp_module
     from medassist.synth.case import make_case
     from medassist.synth.config import load_config
@@ -81,7 +82,7 @@ def fast_path(studies: Sequence[Path], cfg: Any, synth_config: str, seed: int,
     diffs: list[float] = []
     moved = 0
     times: list[float] = []
-    for s in studies:
+    for s, z0 in zip(studies, dicom_z0, strict=True):
         index = int(s.parent.name.rsplit("_", 1)[-1])
         case = make_case(scfg, vocab, seed, index, split, shift)
         if case.case_id != s.parent.name:
@@ -91,7 +92,7 @@ def fast_path(studies: Sequence[Path], cfg: Any, synth_config: str, seed: int,
         g = placed_grid(case, scfg.fast_path)
         times.append(time.perf_counter() - t0)
         moved += g.origin[0] != model_grid(case, scfg.fast_path).origin[0]
-        diffs.append(g.origin[0] - _grid_z0(load_study(s, cfg)))
+        diffs.append(g.origin[0] - z0)
     d = np.abs(np.asarray(diffs))
     return {"z0_diff_mm": {"median": round(float(np.median(d)), 2),
                            "max": round(float(d.max()), 2)},
@@ -100,7 +101,9 @@ def fast_path(studies: Sequence[Path], cfg: Any, synth_config: str, seed: int,
             "coarsen": fp_module.PLACEMENT_COARSEN}
 
 
-def score(studies: Sequence[Path], cfg: Any) -> dict[str, Any]:
+def score(studies: Sequence[Path], cfg: Any, grid_z0: list[float] | None = None
+          ) -> dict[str, Any]:
+    """``grid_z0``, if given, gets each placed grid's first slice z (mm)."""
     from medassist.drafting import load_study
 
     centred = dataclasses.replace(cfg, ct=dataclasses.replace(cfg.ct, placement="centre"))
@@ -114,6 +117,8 @@ def score(studies: Sequence[Path], cfg: Any) -> dict[str, Any]:
     for s in studies:
         t0 = time.perf_counter()
         placed = load_study(s, cfg)
+        if grid_z0 is not None:
+            grid_z0.append(_grid_z0(placed))
         times.append(time.perf_counter() - t0)
         centre = load_study(s, centred)
         if placed.placement is None or centre.placement is None:
@@ -161,9 +166,10 @@ def main() -> None:
                            "grid_mm": cfg.ct.grid_shape[0] * cfg.ct.spacing_mm[0]}
     for d in args.data:
         studies = sorted(c / "dicom" for c in Path(d).iterdir() if (c / "dicom").is_dir())
-        out[d] = score(studies, cfg)
+        z0: list[float] = []
+        out[d] = score(studies, cfg, z0)
         if args.fast_path:
-            out[d]["fast_path"] = fast_path(studies, cfg, args.fast_path, args.seed,
+            out[d]["fast_path"] = fast_path(studies, z0, cfg, args.fast_path, args.seed,
                                             args.split, args.shift, args.coarsen)
     for s in args.real:
         out[s] = score([Path(s)], cfg)
