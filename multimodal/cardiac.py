@@ -55,44 +55,38 @@ class CardiacMeasurement:
     thoracic_slice: int  # z index where the thorax is widest
 
 
-def _spread(passable: npt.NDArray[np.bool_], seen: npt.NDArray[np.bool_], axis: int
-            ) -> npt.NDArray[np.bool_]:
-    """``seen`` grown to every ``passable`` voxel whose straight run of passable voxels along
-    ``axis`` holds a seen voxel."""
-    a = np.moveaxis(passable, axis, -1)
-    s = np.moveaxis(seen, axis, -1)
-    start = a.copy()
-    start[..., 1:] &= ~a[..., :-1]  # a passable run begins here
-    run = np.cumsum(start.ravel()).reshape(a.shape)  # run id (meaningful on passable voxels)
-    hit = np.bincount(run[a & s], minlength=int(run.max()) + 1) > 0
-    return np.moveaxis(a & hit[run], -1, axis)
-
-
-def _run_max(lab: npt.NDArray[np.int64], axis: int) -> npt.NDArray[np.int64]:
-    """Every labelled voxel takes the largest label of its straight run along ``axis``."""
-    a = np.moveaxis(lab, axis, -1)
-    on = a > 0
-    start = on.copy()
-    start[..., 1:] &= ~on[..., :-1]
-    flat, first = a[on], start[on]  # C order: a run's voxels are consecutive
-    if flat.size == 0:
-        return lab
-    best = np.maximum.reduceat(flat, np.flatnonzero(first))
-    out = np.zeros_like(a)
-    out[on] = best[np.cumsum(first) - 1]
-    return np.moveaxis(out, -1, axis)
-
-
 def components(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
     """(N, Y, X) bool -> labels: 0 outside, each 4-connected piece of a slice its own number
-    (unique over all slices, not consecutive); by straight runs along x and y in turn until
-    nothing changes."""
-    lab = np.where(mask, np.arange(1, mask.size + 1, dtype=np.int64).reshape(mask.shape), 0)
-    while True:
-        new = _run_max(_run_max(lab, 2), 1)
+    (unique over all slices, not consecutive).  The straight runs along x are the nodes; runs
+    of adjacent rows of a slice that share a column are joined (label propagation to the
+    smallest run number, with pointer jumping, until nothing changes)."""
+    m = np.ascontiguousarray(mask, dtype=bool)
+    if m.ndim != 3:
+        raise ShapeError(f"mask must be (N, Y, X), got shape {m.shape}")
+    start = m.copy()
+    start[..., 1:] &= ~m[..., :-1]  # a run begins here (every row's first column included)
+    run = np.cumsum(start.ravel(), dtype=np.int64).reshape(m.shape)  # 1.. where m
+    n = int(run.flat[-1]) if m.size else 0
+    both = m[:, 1:, :] & m[:, :-1, :]  # the same column of two adjacent rows
+    key = np.unique(run[:, :-1, :][both] * (n + 1) + run[:, 1:, :][both])
+    a, b = key // (n + 1), key % (n + 1)  # joined runs
+    lab = np.arange(n + 1, dtype=np.int64)  # every run's label: a run number, its root's
+    while a.size:
+        la, lb = lab[a], lab[b]
+        low = np.minimum(la, lb)
+        new = lab.copy()
+        np.minimum.at(new, la, low)  # hook both roots onto the smaller label
+        np.minimum.at(new, lb, low)
+        while True:  # pointer jumping: every run straight to its root
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
         if np.array_equal(new, lab):
-            return lab
+            break
         lab = new
+    out: npt.NDArray[np.int64] = np.where(m, lab[run], 0)
+    return out
 
 
 def _body(hu: npt.NDArray[np.floating], air_hu: float) -> npt.NDArray[np.bool_]:
@@ -101,37 +95,30 @@ def _body(hu: npt.NDArray[np.floating], air_hu: float) -> npt.NDArray[np.bool_]:
     wider than the field of view comes in two halves); the table, arms and other small pieces
     are left out."""
     lab = components(np.asarray(hu >= air_hu))
-    body = np.zeros(lab.shape, dtype=bool)
-    for k in range(lab.shape[0]):
-        ids, counts = np.unique(lab[k][lab[k] > 0], return_counts=True)
-        if ids.size:
-            body[k] = np.isin(lab[k], ids[counts >= _BODY_PIECE_SHARE * counts.max()])
-    return body
+    size = np.bincount(lab.ravel())
+    size[0] = 0
+    piece = size[lab.reshape(lab.shape[0], -1)]  # (Z, Y*X): each voxel's piece's size
+    body: npt.NDArray[np.bool_] = (piece > 0) \
+        & (piece >= _BODY_PIECE_SHARE * piece.max(1, keepdims=True))
+    return body.reshape(lab.shape)
 
 
 def lung_mask(hu: npt.NDArray[np.floating], air_hu: float, lateral: bool = True
               ) -> npt.NDArray[np.bool_]:
-    """(Z, Y, X) voxels below ``air_hu`` enclosed by the body within their axial slice: a
-    flood fill from the slice's border through everything but the body (:func:`_body`), by
-    straight runs along y and x in turn until nothing changes.  Air that other tissue
-    encloses (the table's hollow core, air between an arm and the chest) is reached through
-    that tissue and is not lung.  With ``lateral`` False the fill starts from the anterior
-    and posterior borders only: a lung that the field of view cuts at its left or right edge
-    stays lung (the air beside the body still reaches those borders)."""
+    """(Z, Y, X) voxels below ``air_hu`` enclosed by the body within their axial slice: not in
+    a 4-connected piece of everything but the body (:func:`_body`) that reaches the slice's
+    border.  Air that other tissue encloses (the table's hollow core, air between an arm and
+    the chest) is reached through that tissue and is not lung.  With ``lateral`` False only
+    the anterior and posterior borders count: a lung that the field of view cuts at its left
+    or right edge stays lung (the air beside the body still reaches those borders)."""
     air = np.asarray(hu < air_hu)
-    free = ~_body(hu, air_hu)
-    outside = np.zeros_like(air)
-    edges: list[tuple[slice | int, ...]] = [np.s_[:, 0, :], np.s_[:, -1, :]]
+    lab = components(~_body(hu, air_hu))
+    edges = [lab[:, 0, :], lab[:, -1, :]]
     if lateral:
-        edges += [np.s_[:, :, 0], np.s_[:, :, -1]]
-    for edge in edges:
-        outside[edge] = free[edge]
-    for _ in range(sum(hu.shape[1:])):  # a path through a slice never turns more often
-        grown = _spread(free, _spread(free, outside, 2), 1)
-        if np.array_equal(grown, outside):
-            break
-        outside = grown
-    return air & ~outside
+        edges += [lab[:, :, 0], lab[:, :, -1]]
+    outside = np.unique(np.concatenate([e.ravel() for e in edges]))
+    out: npt.NDArray[np.bool_] = air & ~np.isin(lab, outside[outside > 0])
+    return out
 
 
 def _runs(row: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:

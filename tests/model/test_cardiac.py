@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from multimodal.cardiac import cardiothoracic_ratio, lung_mask
+from multimodal.cardiac import cardiothoracic_ratio, components, lung_mask
 from multimodal.config import MeasureConfig
 from multimodal.errors import ModelConfigError, ShapeError
 from multimodal.measure import measure_findings, measured_ratios, measured_sizes
@@ -27,6 +27,45 @@ def with_heart(half_width_mm: float) -> np.ndarray:
                   + ((x - 176.0) / (half_width_mm + 4.0)) ** 2) < 1
     hu = np.where(fat, np.float32(-90.0), hu)
     return np.where(q < 1, np.float32(60.0), hu).astype(np.float32)
+
+
+def _bfs_pieces(mask: np.ndarray) -> list[set[tuple[int, int, int]]]:
+    """Each slice's 4-connected pieces of ``mask``, by a plain breadth-first search."""
+    seen = np.zeros_like(mask)
+    pieces = []
+    for start in zip(*np.nonzero(mask), strict=True):
+        if seen[start]:
+            continue
+        seen[start] = True
+        piece, todo = set(), [tuple(int(v) for v in start)]
+        while todo:
+            k, i, j = todo.pop()
+            piece.add((k, i, j))
+            for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
+                if 0 <= a < mask.shape[1] and 0 <= b < mask.shape[2] and mask[k, a, b] \
+                        and not seen[k, a, b]:
+                    seen[k, a, b] = True
+                    todo.append((k, a, b))
+        pieces.append(piece)
+    return pieces
+
+
+@pytest.mark.parametrize("density", [0.3, 0.55, 0.7])
+def test_components_are_each_slices_4_connected_pieces(density: float) -> None:
+    """components() labels exactly the breadth-first search's pieces: one number per piece,
+    none shared between pieces or slices (random masks about the percolation threshold,
+    where pieces wind and touch diagonally)."""
+    rng = np.random.default_rng(int(density * 100))
+    mask = rng.random((4, 23, 31)) < density
+    lab = components(mask)
+    assert np.array_equal(lab > 0, mask)
+    pieces = _bfs_pieces(mask)
+    numbers = [{int(lab[v]) for v in piece} for piece in pieces]
+    assert all(len(n) == 1 for n in numbers)
+    assert len({n.pop() for n in numbers}) == len(pieces)
+    assert not components(np.zeros((2, 5, 5), dtype=bool)).any()
+    with pytest.raises(ShapeError):
+        components(mask[0])
 
 
 def test_the_tables_hollow_core_is_not_lung_and_a_cut_body_keeps_its_lungs() -> None:
@@ -78,7 +117,7 @@ def test_outside_air_is_not_lung_and_implausible_ratios_are_refused() -> None:
     for bad in ({"ratio_range": (0.8, 0.3)}, {"ratio_labels": ("",)},
                 {"ratio_labels": ("lung_mass",)}):
         with pytest.raises(ModelConfigError):
-            MeasureConfig(**bad)  # type: ignore[arg-type]
+            MeasureConfig(**bad)
 
 
 def _pred(label: str, present: bool = True) -> FindingPrediction:
