@@ -41,7 +41,8 @@ def add_ellipsoid(hu: Arr, centre: tuple[float, float, float],
     q = np.sqrt(((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
                 + ((x - centre[2]) / radii[2]) ** 2)
     occ = np.clip(0.5 - (q - 1) * float(np.mean(radii)) / 2.0, 0, 1)
-    return (hu * (1 - occ) + value * occ).astype(np.float32)
+    out: Arr = (hu * (1 - occ) + value * occ).astype(np.float32)
+    return out
 
 
 def add_spicules(hu: Arr, centre: tuple[float, float, float], radius: float,
@@ -209,7 +210,7 @@ def test_bad_arguments_and_config_are_refused() -> None:
                 {"enclosure": (1.2,)}, {"trim": 1.5}, {"min_depth_mm": 80.0},
                 {"n_tries": 0}, {"max_wall_share": 1.0}, {"max_wall_share": -0.1}):
         with pytest.raises(ModelConfigError):
-            MeasureConfig(**bad)  # type: ignore[arg-type]
+            MeasureConfig(**bad)
     heads = from_mapping(HeadsConfig, {"labels": ["lung_mass"], "measure": {
         "enabled": False, "lesions": [["lung_mass", 30, 90]]}}, "heads")
     assert heads.measure == MeasureConfig(enabled=False, lesions=(("lung_mass", 30.0, 90.0),))
