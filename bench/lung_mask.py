@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,16 @@ def _baseline() -> Iterator[None]:
     import multimodal.cardiac as cardiac
     import multimodal.pericardium as peri
 
-    saved = (cardiac.lung_mask, peri.lung_mask, peri.components)
-    cardiac.lung_mask = peri.lung_mask = baseline_lung_mask
-    peri.components = baseline_components
+    patch = ((cardiac, "lung_mask", baseline_lung_mask), (peri, "lung_mask", baseline_lung_mask),
+             (peri, "components", baseline_components))
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patch]
+    for mod, name, f in patch:
+        setattr(mod, name, f)
     try:
         yield
     finally:
-        cardiac.lung_mask, peri.lung_mask, peri.components = saved
+        for mod, name, f in saved:
+            setattr(mod, name, f)
 
 
 # --- the comparison ---------------------------------------------------------------------------
@@ -145,8 +149,8 @@ def compare(hu: npt.NDArray[np.float32], spacing: tuple[float, float, float]
     same = True
     secs: dict[str, tuple[float, float]] = {}
     for lateral in (True, False):
-        old, t_old = _timed(lambda lat=lateral: baseline_lung_mask(hu, _AIR_HU, lat))
-        new, t_new = _timed(lambda lat=lateral: lung_mask(hu, _AIR_HU, lat))
+        old, t_old = _timed(partial(baseline_lung_mask, hu, _AIR_HU, lateral))
+        new, t_new = _timed(partial(lung_mask, hu, _AIR_HU, lateral))
         same &= bool(np.array_equal(old, new))
         if lateral:
             secs["lung_mask"] = (t_old, t_new)
@@ -194,8 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in secs.items():
             times.setdefault(k, []).append(v)
     med = {}
-    for k, v in times.items():
-        old, new = np.median([t[0] for t in v]), np.median([t[1] for t in v])
+    for k, pairs in times.items():
+        old, new = np.median([t[0] for t in pairs]), np.median([t[1] for t in pairs])
         med[k] = {"baseline": round(float(old), 4), "current": round(float(new), 4),
                   "speedup": round(float(old / new), 2)}
     print(json.dumps({"n_cases": len(studies), "identical": n_same, "differ": differ,
