@@ -363,6 +363,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
            preds: Sequence[Any], w: Any, unreliable: frozenset[str] = frozenset(),
            never: frozenset[str] = frozenset()
            ) -> dict[str, Any]:
+    from medassist.history import read_history
     from medassist.labeler import (
         complete,
         guard,
@@ -425,10 +426,13 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     impression, r_imp, u_imp = restate_ratios(impression, ratios, called_ratio)
     ratio_restated |= r_imp
     ratio_unmeasured |= u_imp
+    # what the note states, read by rule: a sentence resting on a history it does not state
+    # is marked
+    note_history = read_history(prep.emr) if has_emr and prep.emr else None
     findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr, lobes,
-                                        measured, min_mm)
+                                        measured, min_mm, note_history)
     impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr, lobes,
-                                         measured, min_mm)
+                                         measured, min_mm, note_history)
     contradicted |= contradicted_imp
     spans_chr = sample.get("emr_spans")
     items = []

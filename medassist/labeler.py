@@ -12,6 +12,8 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from medassist.history import NoteHistory, unsupported
+
 LEXICON: dict[str, tuple[str, ...]] = {
     "lung_nodule": (r"\bnodules?\b",),
     "lung_mass": (r"\bmass(?:es)?\b",),
@@ -281,9 +283,10 @@ def guard(text: str, head: Mapping[str, bool],
           has_emr: bool = True,
           lobes: Mapping[str, str | None] | None = None,
           measured: Collection[str] = (),
-          min_mm: Mapping[str, float] | None = None) -> tuple[str, set[str]]:
+          min_mm: Mapping[str, float] | None = None,
+          note_history: NoteHistory | None = None) -> tuple[str, set[str]]:
     """Flag sentences that contradict the findings head, or that rest on a detector the
-    checkpoint does not have reliably.
+    checkpoint does not have reliably, or on a history the note does not state.
 
     A sentence contradicts the head when it affirms a finding the head calls absent or
     negates one it calls present; with ``sides`` (label -> the stated laterality), also when
@@ -300,7 +303,11 @@ def guard(text: str, head: Mapping[str, bool],
     it; so is one drawing a conclusion that rests on it ("metastatic", "cardiogenic",
     "pneumonia").  With ``min_mm`` (label -> the smallest size its detector was trained on,
     ``presence_min_mm``), a sentence that negates such a label is marked: "no nodules" from
-    a detector of nodules of 10 mm or more does not exclude a 6 mm one.  Returns the text
+    a detector of nodules of 10 mm or more does not exclude a 6 mm one.  With
+    ``note_history`` (what the EMR states, :func:`medassist.history.read_history`), a sentence
+    that states a fact of the history or draws a conclusion from one ("in the setting of
+    fever and leukocytosis consistent with pneumonia") that the note does not state is marked
+    (:func:`medassist.history.unsupported`).  Returns the text
     with each such sentence prefixed by ``[UNVERIFIED: ...]`` (the reasons) and the set of
     labels that were contradicted."""
     out: list[str] = []
@@ -327,8 +334,10 @@ def guard(text: str, head: Mapping[str, bool],
         plain = ANNOTATION.sub(" ", s.text).lower()
         history = not has_emr and HISTORY.search(plain) is not None
         concluded = not has_emr and not history and HISTORY_CONCLUSION.search(plain) is not None
+        unstated = unsupported(plain, note_history) \
+            if has_emr and note_history is not None else []
         if clash or side_clash or size_off or lobe_clash or weak or small or history \
-                or concluded:
+                or concluded or unstated:
             bad.update(clash + side_clash + size_off + lobe_clash)
             why = [f"contradicts the findings head ({', '.join(clash)})"] if clash else []
             why += [f"names the other side than the findings head ({side_clash[0]})"] \
@@ -346,6 +355,8 @@ def guard(text: str, head: Mapping[str, bool],
             why += ["states patient history, but no EMR was given"] if history else []
             why += ["draws a conclusion that rests on patient history, but no EMR was given"] \
                 if concluded else []
+            why += [f"rests on history the note does not state ({', '.join(unstated)})"] \
+                if unstated else []
             # reasons joined by " / ": a ";" would end the sentence for the labeler
             out.append(f"[UNVERIFIED: {' / '.join(why)}] {s.text}")
         else:

@@ -31,10 +31,19 @@ def impression_metrics(records: Sequence[CaseRecord], texts: Sequence[str]) -> d
     per conclusion's key phrase (a case may count under more than one);
     ``impression_by_code``, per EMR-dependent code the cases whose reference draws it and
     those whose impression states it (which conclusions are missed: the nodule-based ones,
-    "metastatic" and "heavy smoker", need a nodule to be called first)."""
+    "metastatic" and "heavy smoker", need a nodule to be called first);
+    ``history_unstated``, the cases whose impression has a sentence resting on a history its
+    note does not state (:func:`medassist.history.unsupported`, which the draft's guard
+    marks), and of them those that state an EMR-dependent conclusion the reference does not
+    draw (``unfounded``: the mark is right) and those whose reference draws every one stated
+    (``founded``: the rule missed the note's statement)."""
+    from medassist.history import read_history, unsupported
+    from medassist.labeler import label_text
+
     hits, false = [], []
     by_phrase = dict.fromkeys(EMR_DEPENDENT.values(), 0)
     by_code = {c: {"cases": 0, "stated": 0} for c in EMR_DEPENDENT}
+    unstated = {"cases": 0, "unfounded": 0, "founded": 0}
     for r, t in zip(records, texts, strict=True):
         codes = {i["code"] for i in r.meta.get("impression", [])} & set(EMR_DEPENDENT)
         imp = split_sections(t)[1].lower()
@@ -48,9 +57,15 @@ def impression_metrics(records: Sequence[CaseRecord], texts: Sequence[str]) -> d
         false.append(bool(unfounded))
         for w in unfounded:
             by_phrase[w] += 1
+        if r.emr and r.emr.strip():
+            hist = read_history(r.emr)
+            if any(unsupported(sent.text, hist) for sent in label_text(imp)):
+                unstated["cases"] += 1
+                unstated["unfounded" if unfounded else "founded"] += 1
     return {"impression_acc_emr_dependent": float(np.mean(hits)) if hits else None,
             "n_emr_dependent": len(hits), "n_impression_false_emr_dependent": int(sum(false)),
-            "impression_false_by_phrase": by_phrase, "impression_by_code": by_code}
+            "impression_false_by_phrase": by_phrase, "impression_by_code": by_code,
+            "history_unstated": unstated}
 
 
 def side_indices(cases: Sequence[Sequence[Any]]) -> npt.NDArray[np.int64]:

@@ -1,0 +1,154 @@
+"""What the patient's note states: the history a draft's conclusions rest on.
+
+The reports draw four conclusions from the note, not the image (``medassist.synth.report``):
+consolidation "consistent with pneumonia" in the setting of fever and leukocytosis, an
+effusion "likely cardiogenic" given heart failure, nodules "suspicious for metastatic disease"
+in a patient with a known cancer, and a spiculated nodule in a heavy smoker (30 pack-years or
+more).  The decoder writes them from the context head's reading of the note
+(:mod:`multimodal.context`), which can be wrong: it reads "WBC 5.1" and "WBC 11.3" alike.
+This module reads the note itself, by rule, so that the consistency guard
+(:func:`medassist.labeler.guard`) marks a sentence stating a history the note does not.
+
+The rules read each sentence (a line, or up to ".", ";"; a decimal point does not end one):
+
+* fever: "fever" / "febrile" / "pyrexia" not negated, or a temperature of 38.0 C (100.4 F) or
+  more ("T 38.7 C", "fever to 39.3 C");
+* leukocytosis: "leukocytosis" not negated, or a white count of 11.0 x 10^3/uL or more ("WBC
+  14.6 10*3/uL"; a count of 1,000 or more is read per uL; a note prints 11.04 as "11");
+* heart failure: "heart failure", "CHF", "HFrEF", "HFpEF" or "HFmrEF" not negated;
+* known cancer: a cancer word ("cancer", "carcinoma", "malignancy", "malignant neoplasm",
+  "lymphoma", "melanoma", "sarcoma", "myeloma", "leukemia") not negated, not in a sentence on
+  screening for one ("lung cancer screening") and not a relative's ("FHx: sister with breast
+  ca");
+* heavy smoking: 30 or more pack-years ("35 pk-yr", "40 pack-year smoking history").
+
+A negation ("no", "denies", "without", "negative for", "not", "free of") covers what follows
+it in its sentence up to a word that starts a new statement ("p/w", "presents", "reports",
+"but", "with"): "no significant PMH p/w fever" states a fever.  The rules are deliberately
+lenient where a note is ambiguous (any white count above the limit counts, an earlier
+admission's too): a statement they cannot find is marked, one they find is not.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: the facts a conclusion can rest on
+FEVER = "fever"
+LEUKOCYTOSIS = "leukocytosis"
+HEART_FAILURE = "heart failure"
+KNOWN_CANCER = "a known cancer"
+HEAVY_SMOKING = "30 or more pack-years"
+FACTS = (FEVER, LEUKOCYTOSIS, HEART_FAILURE, KNOWN_CANCER, HEAVY_SMOKING)
+
+FEVER_C = 38.0
+WBC_LIMIT = 11.0  # x 10^3 per uL
+HEAVY_PACK_YEARS = 30.0
+
+_SENT = re.compile(r"(?:[^.\n;]|\.(?=\d))+[.\n;]?")
+_NEG = re.compile(r"\b(?:no|denies|denied|without|negative for|not|free of)\b")
+#: words after which a negation no longer holds (a new statement begins)
+_NEG_END = re.compile(r"\b(?:p/w|presents?|presenting|reports?|but|with|c/o)\b")
+_FAMILY = re.compile(r"\b(?:fhx|family history|fh:|mother|father|sister|brother|aunt|uncle|"
+                     r"grandmother|grandfather|son|daughter|sibling|parent)\b")
+_SCREENING = re.compile(r"\bscreening\b")
+_FEVER = re.compile(r"\b(?:fever|febrile|pyrexia)\b")
+_TEMP = re.compile(r"\b(?:t|temp|temperature|tmax|fever(?: to)?)\s*:?\s*(\d{2,3}(?:\.\d+)?)\s*"
+                   r"(?:°\s*)?([cf])\b")
+_LEUKO = re.compile(r"\bleukocytosis\b")
+_WBC = re.compile(r"\b(?:wbc|white (?:blood )?(?:cell )?count)\b\D{0,12}?(\d+(?:,\d{3})*"
+                  r"(?:\.\d+)?)")
+_HF = re.compile(r"\b(?:heart failure|chf|hfref|hfpef|hfmref)\b")
+_CANCER = re.compile(r"\b(?:cancer|carcinoma|adenocarcinoma|malignancy|malignant neoplasm|"
+                     r"lymphoma|melanoma|sarcoma|myeloma|leukemia)\b")
+_PACK = re.compile(r"(\d+(?:\.\d+)?)\s*-?\s*(?:pack[- ]?years?|pk[- ]?yrs?)\b")
+
+
+@dataclass(frozen=True)
+class NoteHistory:
+    """The facts of :data:`FACTS` a note states."""
+
+    stated: frozenset[str]
+
+    def __post_init__(self) -> None:
+        unknown = set(self.stated) - set(FACTS)
+        if unknown:
+            raise ValueError(f"unknown history facts {sorted(unknown)}; known: {FACTS}")
+
+    def states(self, fact: str) -> bool:
+        return fact in self.stated
+
+
+def _negated(sentence: str, at: int) -> bool:
+    """Is the mention at ``at`` of the (lower-case) sentence negated?"""
+    before = sentence[:at]
+    cues = list(_NEG.finditer(before))
+    if not cues:
+        return False
+    return _NEG_END.search(before, cues[-1].end()) is None
+
+
+def _affirmed(pattern: re.Pattern[str], sentence: str) -> bool:
+    return any(not _negated(sentence, m.start()) for m in pattern.finditer(sentence))
+
+
+def _sentences(text: str) -> list[str]:
+    return [m.group(0).strip().lower() for m in _SENT.finditer(text) if m.group(0).strip()]
+
+
+def read_history(note: str) -> NoteHistory:
+    """The facts of :data:`FACTS` that ``note`` states (the module's rules)."""
+    stated: set[str] = set()
+    for s in _sentences(note):
+        if _affirmed(_FEVER, s):
+            stated.add(FEVER)
+        for m in _TEMP.finditer(s):
+            value = float(m.group(1))
+            if (m.group(2) == "c" and value >= FEVER_C) \
+                    or (m.group(2) == "f" and value >= FEVER_C * 9 / 5 + 32):
+                stated.add(FEVER)
+        if _affirmed(_LEUKO, s):
+            stated.add(LEUKOCYTOSIS)
+        for m in _WBC.finditer(s):
+            value = float(m.group(1).replace(",", ""))
+            if (value / 1000.0 if value >= 1000 else value) >= WBC_LIMIT:
+                stated.add(LEUKOCYTOSIS)
+        if _affirmed(_HF, s) and not _FAMILY.search(s):
+            stated.add(HEART_FAILURE)
+        if _affirmed(_CANCER, s) and not _FAMILY.search(s) and not _SCREENING.search(s):
+            stated.add(KNOWN_CANCER)
+        if any(float(m.group(1)) >= HEAVY_PACK_YEARS for m in _PACK.finditer(s)):
+            stated.add(HEAVY_SMOKING)
+    return NoteHistory(frozenset(stated))
+
+
+#: what a draft sentence claims about the history: wording -> the facts it rests on
+CLAIMS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (re.compile(r"\bpneumonia\b"), (FEVER, LEUKOCYTOSIS)),
+    (_FEVER, (FEVER,)),
+    (_LEUKO, (LEUKOCYTOSIS,)),
+    (re.compile(r"\bcardiogenic\b"), (HEART_FAILURE,)),
+    (_HF, (HEART_FAILURE,)),
+    (re.compile(r"\bmetasta\w*"), (KNOWN_CANCER,)),
+    # "in a patient with known breast cancer" (not "the known heart failure")
+    (re.compile(r"\bknown\b[^.;]*?\b(?:primary|cancer|carcinoma|malignancy|lymphoma|melanoma|"
+                r"sarcoma|myeloma|leukemia)\b"), (KNOWN_CANCER,)),
+    (re.compile(r"\bheavy smoker\b"), (HEAVY_SMOKING,)),
+)
+
+
+def claimed_history(sentence: str) -> list[str]:
+    """The facts of :data:`FACTS` that a draft sentence affirms or draws a conclusion from, in
+    :data:`FACTS` order."""
+    s = sentence.lower()
+    need: set[str] = set()
+    for pattern, facts in CLAIMS:
+        if _affirmed(pattern, s):
+            need.update(facts)
+    return [f for f in FACTS if f in need]
+
+
+def unsupported(sentence: str, history: NoteHistory) -> list[str]:
+    """The facts a draft sentence rests on that the note (``history``) does not state."""
+    return [f for f in claimed_history(sentence) if not history.states(f)]
