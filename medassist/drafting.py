@@ -367,6 +367,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     from medassist.labeler import (
         complete,
         guard,
+        history_unstated_labels,
         mark_unmeasured_sizes,
         restate_ratios,
         restate_sizes,
@@ -434,6 +435,8 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr, lobes,
                                          measured, min_mm, note_history)
     contradicted |= contradicted_imp
+    history_unstated = history_unstated_labels(findings_text) \
+        | history_unstated_labels(impression)
     spans_chr = sample.get("emr_spans")
     items = []
     for p in preds:
@@ -475,6 +478,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             flags.append("text_contradicts_head")
         if p.label in omitted:
             flags.append("text_omitted_finding")
+        if p.label in history_unstated:
+            # a sentence about it rests on a history the note does not state (marked
+            # [UNVERIFIED: ...]; medassist.history)
+            flags.append("text_history_unstated")
         if p.label in unreliable:
             # the checkpoint did not detect this finding reliably on its validation cases:
             # neither "present" nor "absent" should be taken from it

@@ -51,6 +51,8 @@ HISTORY = re.compile(r"\b(?:in a patient with|history of|known)\b")
 #: conclusions that rest on the history (a known primary, heart failure, fever): the reference
 #: reports draw them only from the note
 HISTORY_CONCLUSION = re.compile(r"\b(?:metastatic|cardiogenic|pneumonia)\b")
+#: the guard's reason for a sentence resting on a history the note does not state
+HISTORY_UNSTATED = "rests on history the note does not state"
 # a sentence ends at ".", ";" or a newline; a decimal point ("6.6 cm") does not end one
 _SENT = re.compile(r"(?:[^.\n;]|\.(?=\d))+[.\n;]?")
 
@@ -119,6 +121,13 @@ def complete(text: str, head: Mapping[str, bool], sentences: Mapping[str, str]
 
 _SIDE_WORDS = {"left": re.compile(r"\bleft\b|\bL[UL]L\b"),
                "right": re.compile(r"\bright\b|\bR[UML]L\b")}
+
+
+def history_unstated_labels(text: str) -> set[str]:
+    """The labels affirmed by sentences of a guarded text marked as resting on a history the
+    note does not state (:func:`guard` with ``note_history``)."""
+    return {lab for s in label_text(text) if HISTORY_UNSTATED in s.text
+            for lab, pos in s.labels.items() if pos}
 
 
 def _side_clash(sentence: str, side: str | None) -> bool:
@@ -355,8 +364,7 @@ def guard(text: str, head: Mapping[str, bool],
             why += ["states patient history, but no EMR was given"] if history else []
             why += ["draws a conclusion that rests on patient history, but no EMR was given"] \
                 if concluded else []
-            why += [f"rests on history the note does not state ({', '.join(unstated)})"] \
-                if unstated else []
+            why += [f"{HISTORY_UNSTATED} ({', '.join(unstated)})"] if unstated else []
             # reasons joined by " / ": a ";" would end the sentence for the labeler
             out.append(f"[UNVERIFIED: {' / '.join(why)}] {s.text}")
         else:

@@ -18,7 +18,7 @@ from medassist.history import (
     read_history,
     unsupported,
 )
-from medassist.labeler import guard, label_text
+from medassist.labeler import guard, history_unstated_labels, label_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,6 +81,8 @@ def test_the_guard_marks_a_conclusion_the_note_does_not_support() -> None:
     assert out == ("[UNVERIFIED: rests on history the note does not state (leukocytosis)] "
                    + sentence)
     assert bad == set()  # the findings head is not contradicted
+    assert history_unstated_labels(out) == {"consolidation"}  # the finding's flag
+    assert history_unstated_labels(sentence) == set()
     assert guard(sentence, head, note_history=raised)[0] == sentence
     assert guard(sentence, head)[0] == sentence  # no history read: nothing to hold it to
     plain = "Consolidation in the left lower lobe, nonspecific."
