@@ -12,7 +12,7 @@ This module reads the note itself, by rule, so that the consistency guard
 The rules read each sentence (a line, or up to ".", ";"; a decimal point does not end one):
 
 * fever: "fever" / "febrile" / "pyrexia" not negated, or a temperature of 38.0 C (100.4 F) or
-  more ("T 38.7 C", "fever to 39.3 C");
+  more, with its unit ("T 38.7 C", "fever to 39.3 C", "temperature of 101.2 F");
 * leukocytosis: "leukocytosis" not negated, or a white count of 11.0 x 10^3/uL or more ("WBC
   14.6 10*3/uL"; a count of 1,000 or more is read per uL; a note prints 11.04 as "11");
 * heart failure: "heart failure", "CHF", "HFrEF", "HFpEF" or "HFmrEF" not negated;
@@ -54,8 +54,8 @@ _FAMILY = re.compile(r"\b(?:fhx|family history|fh:|mother|father|sister|brother|
                      r"grandmother|grandfather|son|daughter|sibling|parent)\b")
 _SCREENING = re.compile(r"\bscreening\b")
 _FEVER = re.compile(r"\b(?:fever|febrile|pyrexia)\b")
-_TEMP = re.compile(r"\b(?:t|temp|temperature|tmax|fever(?: to)?)\s*:?\s*(\d{2,3}(?:\.\d+)?)\s*"
-                   r"(?:°\s*)?([cf])\b")
+_TEMP = re.compile(r"\b(?:t|temp|temperature|tmax|fever)\s*(?::|of|to|was|at)?\s*"
+                   r"(\d{2,3}(?:\.\d+)?)\s*(?:°\s*)?([cf])\b")
 _LEUKO = re.compile(r"\bleukocytosis\b")
 _WBC = re.compile(r"\b(?:wbc|white (?:blood )?(?:cell )?count)\b\D{0,12}?(\d+(?:,\d{3})*"
                   r"(?:\.\d+)?)")

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("51 yo F w/ no significant PMH p/w fever and cough.", {FEVER}),
     ("Vitals: T 38.6 C, HR 104.", {FEVER}),
     ("Temp 101.3 F overnight.", {FEVER}),
+    ("A temperature of 38.9 C on arrival.", {FEVER}),
     ("Temp 99.1 F.", set()),
     ("Labs:\n  09/13/2023 WBC 5.1 10*3/uL\n  09/13/2023 CRP 163.2 mg/L", set()),
     ("  08/03/2021 WBC 11.3 10*3/uL", {LEUKOCYTOSIS}),
