@@ -41,9 +41,11 @@ from medassist import audit
 from medassist.audit import Actor, ObjectType
 from medassist.draft import ReportDraft
 from medassist.drafting import LoadedModel
+from medassist.emr import read_note
 from medassist.errors import (
     DraftError,
     IdentityMismatchError,
+    InputError,
     MedAssistError,
     NotAChestCTError,
     PipelineError,
@@ -288,11 +290,14 @@ def store(session: Session, d: ReportDraft, *, study_uid: str, patient_pseudo_id
 def find_emr(study_dir: Path, study_uid: str, emr_dir: Path | None = None) -> Path | None:
     """The EMR note of a study: ``<emr_dir>/<study_uid>.txt`` or ``<emr_dir>/<case>.txt``
     (``case`` = the study folder, or its parent for a ``dicom/`` folder written by
-    ``medassist synth``), else ``emr.txt`` next to or above the ``dicom/`` folder."""
+    ``medassist synth``), or the same names ending ``.json`` (a FHIR Bundle or
+    DocumentReference holding the note, :mod:`medassist.emr`), else ``emr.txt`` next to or
+    above the ``dicom/`` folder."""
     case = study_dir.parent if study_dir.name == "dicom" else study_dir
     candidates: list[Path] = []
     if emr_dir is not None:
-        candidates += [emr_dir / f"{study_uid}.txt", emr_dir / f"{case.name}.txt"]
+        candidates += [emr_dir / f"{study_uid}.txt", emr_dir / f"{case.name}.txt",
+                       emr_dir / f"{study_uid}.json", emr_dir / f"{case.name}.json"]
     candidates += [study_dir / "emr.txt", case / "emr.txt"]
     for c in candidates:
         if c.is_file():
@@ -360,11 +365,11 @@ class PipelineProcessor:
             raise PipelineError("no EMR note found for the study (emr.txt next to the DICOM "
                                 "folder or --emr-dir); the draft contract needs one",
                                 stage="find_emr", kind="MissingEMR")
-        try:
-            emr_text = emr_path.read_text(encoding="utf-8") if emr_path is not None else None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PipelineError(f"cannot read the EMR note: {type(exc).__name__}",
-                                stage="find_emr", kind=type(exc).__name__) from exc
+        try:  # text, or the note a FHIR Bundle / DocumentReference holds
+            emr_text = read_note(emr_path) if emr_path is not None else None
+        except InputError as exc:
+            raise PipelineError(str(exc).removeprefix(f"{exc.path}: "), stage="find_emr",
+                            path=exc.path, kind=exc.kind) from exc
         files = series_files(series)
         key = hash_inputs(files, emr_text, self.checkpoint_sha256)
         cross_check_identity(session, series, emr_text, study_uid=study_uid, actor=self.actor)

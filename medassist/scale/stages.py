@@ -39,6 +39,7 @@ from dicom_io.index import SeriesIndex
 from medassist import audit
 from medassist.audit import Actor
 from medassist.drafting import LoadedModel, Prepared
+from medassist.emr import read_note
 from medassist.errors import (
     DraftError,
     InputError,
@@ -103,11 +104,11 @@ def prepare_study(study_dir: Path, study_uid: str | None, model_cfg: Any,
         raise PipelineError("no EMR note found for the study (emr.txt next to the DICOM "
                             "folder or --emr-dir); the draft contract needs one",
                             stage="find_emr", kind="MissingEMR")
-    try:
-        emr_text = emr_path.read_text(encoding="utf-8") if emr_path is not None else None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"cannot read the EMR note: {type(exc).__name__}",
-                            stage="find_emr", kind=type(exc).__name__) from exc
+    try:  # text, or the note a FHIR Bundle / DocumentReference holds
+        emr_text = read_note(emr_path) if emr_path is not None else None
+    except InputError as exc:
+        raise PipelineError(str(exc).removeprefix(f"{exc.path}: "), stage="find_emr",
+                            path=exc.path, kind=exc.kind) from exc
     key = hash_inputs(series_files(series), emr_text, checkpoint_sha256)
     emr_sha = hashlib.sha256(emr_text.encode("utf-8")).hexdigest() if emr_text is not None \
         else None

@@ -304,6 +304,39 @@ def test_report_command_stores_the_draft_once(tmp_path: Path, corpus: dict[str, 
     assert main([*argv, "--int8"]) == 2  # a usage error, not a stored int8 draft
 
 
+def test_report_reads_the_note_from_a_fhir_bundle(tmp_path: Path, corpus: dict[str, Path],
+                                                 checkpoint: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`medassist report --emr emr_fhir.json` (the Bundle `medassist synth` writes) drafts
+    from the same note as `--emr emr.txt`: the same draft, the same EMR hash.  A Bundle
+    without the note is an input error naming the file (exit 3); in the pipeline the study
+    fails at find_emr with the reason and no path."""
+    import json
+
+    from medassist.cli import main
+    from medassist.pipeline import store_study
+
+    case = corpus["good"] / "case_00002"
+    argv = ["report", str(case / "dicom"), "--checkpoint", str(checkpoint), "--json"]
+    assert main([*argv, "--emr", str(case / "emr.txt")]) == 0
+    from_text = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--emr", str(case / "emr_fhir.json")]) == 0
+    from_fhir = json.loads(capsys.readouterr().out)
+    for d in (from_text, from_fhir):
+        d.pop("created_at", None)
+    assert from_fhir == from_text
+    bad = tmp_path / "labs_only.json"
+    bad.write_text(json.dumps({"resourceType": "Bundle", "entry": [
+        {"resource": {"resourceType": "Observation"}}]}), encoding="utf-8")
+    assert main([*argv, "--emr", str(bad)]) == 3
+    assert "without a DocumentReference" in capsys.readouterr().err
+    _url, factory = _db(tmp_path)
+    with unit_of_work(factory) as s, pytest.raises(PipelineError) as info:
+        store_study(s, case / "dicom", checkpoint=checkpoint, emr_path=bad)
+    assert info.value.stage == "find_emr" and info.value.kind == "EMRInput"
+    assert str(bad) not in str(info.value) and "without a DocumentReference" in str(info.value)
+
+
 def test_a_scan_without_lungs_fails_the_batch_study_not_the_batch(
         tmp_path: Path, corpus: dict[str, Path], checkpoint: Path, shared_data: Path) -> None:
     """The shared head CT among generated chest studies: refused at the draft stage as no
