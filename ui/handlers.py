@@ -30,6 +30,7 @@ from medassist.draft import STATED_MIN_LOSS, Coverage, ReportDraft
 from medassist.errors import (
     AuthenticationError,
     ConflictError,
+    InputError,
     MedAssistError,
     NotFoundError,
     ReportValidationError,
@@ -449,6 +450,7 @@ class Handlers:
         return key, self.s.images.get(key, load)
 
     def _emr(self, session: Session, rep: Report, draft: ReportDraft) -> EmrView:
+        from medassist.emr import read_note
         from medassist.pipeline import find_emr
 
         folder = study_location(session, rep.study.study_uid)
@@ -456,9 +458,9 @@ class Handlers:
         path = find_emr(folder, rep.study.study_uid, emr_dir) if folder is not None else None
         if path is None:
             return EmrView(False, "No EMR note found for this study.", [])
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+        try:  # text, or the note a FHIR Bundle / DocumentReference holds, as drafted
+            text = read_note(path)
+        except InputError:
             return EmrView(False, "The EMR note cannot be read.", [])
         if hashlib.sha256(text.encode("utf-8")).hexdigest() != rep.emr_sha256:
             return EmrView(False, "The EMR note changed since the draft was made; its "

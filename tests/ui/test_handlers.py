@@ -241,6 +241,22 @@ def test_changed_emr_is_not_shown(h: Handlers, seeded: Seeded, tmp_path: Path) -
     assert not v.emr.available and "changed" in v.emr.message and v.emr.segments == []
 
 
+def test_unreadable_emr_is_not_shown(h: Handlers, seeded: Seeded, tmp_path: Path) -> None:
+    """A note that is not UTF-8 (medassist.emr.read_note's input error) is said to be
+    unreadable, not shown garbled and not a crash of the handler."""
+    from medassist.pacs.models import IngestItem
+
+    case = tmp_path / "case"
+    shutil.copytree(seeded.cases["model0"], case)
+    (case / "emr.txt").write_bytes("Patient f\u00e9brile.".encode("latin-1"))
+    with unit_of_work(h.s.factory) as s:
+        row = s.scalars(select(IngestItem).where(
+            IngestItem.study_uid == seeded.study_uids["model0"])).one()
+        row.location = str(case / "dicom")
+    v = h.open_study(_login(h, "dr.alice"), seeded.reports["model0"])
+    assert not v.emr.available and "cannot be read" in v.emr.message and v.emr.segments == []
+
+
 def test_render_windows_overlay_and_cache(h: Handlers, seeded: Seeded) -> None:
     tok = _login(h, "dr.alice")
     rid = seeded.reports["truth"]
