@@ -292,9 +292,9 @@ class Prepared:
 
 
 def prepare(study_path: str | Path, emr_path: str | Path | None, cfg: Any) -> Prepared:
-    study = load_study(study_path, cfg)
     from medassist.emr import read_note
 
+    study = load_study(study_path, cfg)
     # text, or the note a FHIR Bundle / DocumentReference holds
     emr = read_note(emr_path) if emr_path is not None else None
     return Prepared(study=study, emr=emr)
