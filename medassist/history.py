@@ -17,7 +17,8 @@ The rules read each sentence (a line, or up to ".", ";"; a decimal point does no
   14.6 10*3/uL"; a count of 1,000 or more is read per uL; a note prints 11.04 as "11");
 * heart failure: "heart failure", "CHF", "HFrEF", "HFpEF" or "HFmrEF" not negated;
 * known cancer: a cancer word ("cancer", "carcinoma", "malignancy", "malignant neoplasm",
-  "lymphoma", "melanoma", "sarcoma", "myeloma", "leukemia") not negated, not in a sentence on
+  "lymphoma", "melanoma", "sarcoma", "myeloma", "leukemia", "NSCLC", an organ's "ca": "breast
+  ca", not the calcium "Ca 9.2") not negated, not in a sentence on
   screening for one ("lung cancer screening") and not a relative's ("FHx: sister with breast
   ca");
 * heavy smoking: 30 or more pack-years ("35 pk-yr", "40 pack-year smoking history").
@@ -61,7 +62,10 @@ _WBC = re.compile(r"\b(?:wbc|white (?:blood )?(?:cell )?count)\b\D{0,12}?(\d+(?:
                   r"(?:\.\d+)?)")
 _HF = re.compile(r"\b(?:heart failure|chf|hfref|hfpef|hfmref)\b")
 _CANCER = re.compile(r"\b(?:cancer|carcinoma|adenocarcinoma|malignancy|malignant neoplasm|"
-                     r"lymphoma|melanoma|sarcoma|myeloma|leukemia)\b")
+                     r"lymphoma|melanoma|sarcoma|myeloma|leukemia|nsclc|sclc|hcc|rcc|"
+                     # "breast ca" (not "Ca 9.2 mg/dL", calcium)
+                     r"(?:breast|lung|colon|colorectal|rectal|prostate|bladder|renal|"
+                     r"pancreatic|gastric|ovarian|cervical|thyroid|esophageal) ca)\b")
 _PACK = re.compile(r"(\d+(?:\.\d+)?)\s*-?\s*(?:pack[- ]?years?|pk[- ]?yrs?)\b")
 
 
