@@ -526,4 +526,33 @@ def load_volume(path: str | Path, series_uid: str | None = None,
     return assemble(series, cfg)
 
 
-__all__ = ["Provenance", "Volume", "assemble", "load_volume"]
+def read_source(source: str) -> bytes:
+    """The bytes of one of :attr:`Provenance.source_files`: a file, or a zip archive's member
+    named ``archive.zip!member`` (the first ``!`` after which the prefix is a zip file).
+
+    Raises:
+        UnreadableFileError: the file or member cannot be read.
+    """
+    from dicom_io.errors import UnreadableFileError
+
+    if Path(source).is_file():
+        try:
+            return Path(source).read_bytes()
+        except OSError as exc:
+            raise UnreadableFileError(f"cannot read the file ({exc.strerror})",
+                                      path=source) from None
+    at = source.find("!")
+    while at != -1:
+        archive, member = source[:at], source[at + 1:]
+        if Path(archive).is_file() and zipfile.is_zipfile(archive):
+            try:
+                with zipfile.ZipFile(archive) as zf:
+                    return zf.read(member)
+            except (KeyError, zipfile.BadZipFile, OSError, RuntimeError, EOFError) as exc:
+                raise UnreadableFileError(f"cannot read the archive member ({exc})",
+                                          path=source) from None
+        at = source.find("!", at + 1)
+    raise UnreadableFileError("no such file or archive member", path=source)
+
+
+__all__ = ["Provenance", "Volume", "assemble", "load_volume", "read_source"]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ def load_study(path: str | Path, model_cfg: Any) -> Study:
     to the model grid."""
     import pydicom
 
-    from dicom_io.volume import load_volume
+    from dicom_io.volume import load_volume, read_source
     from multimodal.transforms import ResampleToGrid
 
     vol = load_volume(path)
@@ -131,9 +132,10 @@ def load_study(path: str | Path, model_cfg: Any) -> Study:
             "--min-lung-ml 0` (a chest whose lungs are airless).", path=str(path),
             kind="NotAChestCT")
     h = hashlib.sha256()
-    for f in vol.provenance.source_files:
-        h.update(Path(f).read_bytes())
-    ds = pydicom.dcmread(vol.provenance.source_files[0], stop_before_pixels=True)
+    for f in vol.provenance.source_files:  # a file, or a zip archive's member (a!b)
+        h.update(read_source(f))
+    ds = pydicom.dcmread(io.BytesIO(read_source(vol.provenance.source_files[0])),
+                         stop_before_pixels=True)
     header = {k: ds.get(k) for k in ("KVP", "Exposure", "SliceThickness", "ConvolutionKernel",
                                       "ContrastBolusAgent", "StudyDescription")}
     return Study(hu=hu, affine=aff, src_shape=(arr.shape[0], arr.shape[1], arr.shape[2]),

@@ -12,8 +12,9 @@ import pydicom
 import pytest
 
 from dicom_io.config import DicomIOConfig
+from dicom_io.errors import UnreadableFileError
 from dicom_io.index import scan
-from dicom_io.volume import Volume, assemble, load_volume
+from dicom_io.volume import Volume, assemble, load_volume, read_source
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,14 @@ def test_zip_input_gives_same_volume(a0001: Path, tmp_path: Path, vol: Volume) -
     zipped = load_volume(archive)
     assert np.array_equal(zipped.array, vol.array)
     assert zipped.provenance.source_files[0].startswith(archive + "!")
+    # each source's bytes, as the draft hashes them: the member's, equal to the file's
+    for zsrc, fsrc in zip(zipped.provenance.source_files, vol.provenance.source_files,
+                          strict=True):
+        assert read_source(zsrc) == read_source(fsrc) == Path(fsrc).read_bytes()
+    with pytest.raises(UnreadableFileError):
+        read_source(archive + "!no/such/member.dcm")
+    with pytest.raises(UnreadableFileError):
+        read_source(str(tmp_path / "missing.dcm"))
 
 
 def test_nifti_affine_is_ras(vol: Volume) -> None:

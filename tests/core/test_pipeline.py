@@ -337,6 +337,25 @@ def test_report_reads_the_note_from_a_fhir_bundle(tmp_path: Path, corpus: dict[s
     assert str(bad) not in str(info.value) and "without a DocumentReference" in str(info.value)
 
 
+def test_report_drafts_a_zipped_study(tmp_path: Path, corpus: dict[str, Path],
+                                      checkpoint: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`medassist report study.zip`: the same draft as from the folder, the same DICOM hash
+    (the archive's members' bytes; the draft read them as files and crashed before)."""
+    import json
+
+    from medassist.cli import main
+
+    case = corpus["good"] / "case_00001"
+    archive = shutil.make_archive(str(tmp_path / "study"), "zip", root_dir=case / "dicom")
+    drafts = []
+    for study in (str(case / "dicom"), archive):
+        assert main(["report", study, "--emr", str(case / "emr.txt"), "--checkpoint",
+                     str(checkpoint), "--json"]) == 0
+        drafts.append(json.loads(capsys.readouterr().out))
+    assert drafts[1] == drafts[0]
+
+
 def test_a_scan_without_lungs_fails_the_batch_study_not_the_batch(
         tmp_path: Path, corpus: dict[str, Path], checkpoint: Path, shared_data: Path) -> None:
     """The shared head CT among generated chest studies: refused at the draft stage as no
