@@ -32,7 +32,7 @@ from medassist.storage import (
 from tests.ui.conftest import USERS, XSS, Seeded, copy_db
 from ui.config import UIConfig, load_config
 from ui.errors import LockedOutError, NotLoggedInError, SessionExpiredError, UIConfigError, UIError
-from ui.handlers import ClientInfo, Handlers, emr_segments, make_services, priority
+from ui.handlers import ClientInfo, EmrView, Handlers, emr_segments, make_services, priority
 from ui.imaging import PRESETS, StudyImages, window_volume
 from ui.report_text import compose, reviews_from_text, split_findings, split_text
 from ui.sessions import SessionStore
@@ -227,34 +227,31 @@ def test_open_study_view_emr_and_audit(h: Handlers, seeded: Seeded) -> None:
         h.open_study(_login(h, "adm.adam"), v.report_id)
 
 
-def test_changed_emr_is_not_shown(h: Handlers, seeded: Seeded, tmp_path: Path) -> None:
+def _with_note(h: Handlers, seeded: Seeded, tmp_path: Path, note: bytes) -> EmrView:
+    """The study view of model0's draft with its study moved to a copy whose emr.txt holds
+    ``note``."""
     from medassist.pacs.models import IngestItem
 
     case = tmp_path / "case"
     shutil.copytree(seeded.cases["model0"], case)
-    (case / "emr.txt").write_text("another note", encoding="utf-8")
+    (case / "emr.txt").write_bytes(note)
     with unit_of_work(h.s.factory) as s:
         row = s.scalars(select(IngestItem).where(
             IngestItem.study_uid == seeded.study_uids["model0"])).one()
         row.location = str(case / "dicom")
-    v = h.open_study(_login(h, "dr.alice"), seeded.reports["model0"])
-    assert not v.emr.available and "changed" in v.emr.message and v.emr.segments == []
+    return h.open_study(_login(h, "dr.alice"), seeded.reports["model0"]).emr
+
+
+def test_changed_emr_is_not_shown(h: Handlers, seeded: Seeded, tmp_path: Path) -> None:
+    emr = _with_note(h, seeded, tmp_path, b"another note")
+    assert not emr.available and "changed" in emr.message and emr.segments == []
 
 
 def test_unreadable_emr_is_not_shown(h: Handlers, seeded: Seeded, tmp_path: Path) -> None:
     """A note that is not UTF-8 (medassist.emr.read_note's input error) is said to be
     unreadable, not shown garbled and not a crash of the handler."""
-    from medassist.pacs.models import IngestItem
-
-    case = tmp_path / "case"
-    shutil.copytree(seeded.cases["model0"], case)
-    (case / "emr.txt").write_bytes("Patient f\u00e9brile.".encode("latin-1"))
-    with unit_of_work(h.s.factory) as s:
-        row = s.scalars(select(IngestItem).where(
-            IngestItem.study_uid == seeded.study_uids["model0"])).one()
-        row.location = str(case / "dicom")
-    v = h.open_study(_login(h, "dr.alice"), seeded.reports["model0"])
-    assert not v.emr.available and "cannot be read" in v.emr.message and v.emr.segments == []
+    emr = _with_note(h, seeded, tmp_path, "Patient f\u00e9brile.".encode("latin-1"))
+    assert not emr.available and "cannot be read" in emr.message and emr.segments == []
 
 
 def test_render_windows_overlay_and_cache(h: Handlers, seeded: Seeded) -> None:
