@@ -15,12 +15,15 @@ The rules read each sentence (a line, or up to ".", ";"; a decimal point does no
   more, with its unit ("T 38.7 C", "fever to 39.3 C", "temperature of 101.2 F");
 * leukocytosis: "leukocytosis" not negated, or a white count of 11.0 x 10^3/uL or more ("WBC
   14.6 10*3/uL"; a count of 1,000 or more is read per uL; a note prints 11.04 as "11");
-* heart failure: "heart failure", "CHF", "HFrEF", "HFpEF" or "HFmrEF" not negated;
+* heart failure: "heart failure", "CHF", "HFrEF", "HFpEF" or "HFmrEF", the patient's;
 * known cancer: a cancer word ("cancer", "carcinoma", "malignancy", "malignant neoplasm",
   "lymphoma", "melanoma", "sarcoma", "myeloma", "leukemia", "NSCLC", an organ's "ca": "breast
-  ca", not the calcium "Ca 9.2") not negated, not in a sentence on
-  screening for one ("lung cancer screening") and not a relative's ("FHx: sister with breast
-  ca");
+  ca", not the calcium "Ca 9.2"), the patient's;
+
+  the patient's: not negated, not in a sentence on the family's history ("FHx: ..."), and
+  not in a clause (up to a comma) naming a relative ("sister with breast ca"; but "CHF,
+  daughter at bedside") or a screening ("lung cancer screening"; but "history of breast
+  cancer, here for lung cancer screening");
 * heavy smoking: 30 or more pack-years ("35 pk-yr", "40 pack-year smoking history").
 
 A negation ("no", "denies", "without", "negative for", "not", "free of") covers what follows
@@ -51,8 +54,12 @@ _SENT = re.compile(r"(?:[^.\n;]|\.(?=\d))+[.\n;]?")
 _NEG = re.compile(r"\b(?:no|denies|denied|without|negative for|not|free of)\b")
 #: words after which a negation no longer holds (a new statement begins)
 _NEG_END = re.compile(r"\b(?:p/w|presents?|presenting|reports?|but|with|c/o)\b")
-_FAMILY = re.compile(r"\b(?:fhx|family history|fh:|mother|father|sister|brother|aunt|uncle|"
-                     r"grandmother|grandfather|son|daughter|sibling|parent)\b")
+#: a sentence on the family's history
+_FHX = re.compile(r"\b(?:fhx|family history|fh)\b")
+#: a relative named in the mention's clause (up to a comma): "sister with breast ca", not
+#: "CHF, daughter at bedside"
+_RELATIVE = re.compile(r"\b(?:mother|father|sister|brother|aunt|uncle|grandmother|"
+                       r"grandfather|son|daughter|sibling|parent|cousin)s?\b")
 _SCREENING = re.compile(r"\bscreening\b")
 _FEVER = re.compile(r"\b(?:fever|febrile|pyrexia)\b")
 _TEMP = re.compile(r"\b(?:t|temp|temperature|tmax|fever)\s*(?::|of|to|was|at)?\s*"
@@ -93,8 +100,23 @@ def _negated(sentence: str, at: int) -> bool:
     return _NEG_END.search(before, cues[-1].end()) is None
 
 
-def _affirmed(pattern: re.Pattern[str], sentence: str) -> bool:
-    return any(not _negated(sentence, m.start()) for m in pattern.finditer(sentence))
+def _clause(sentence: str, at: int) -> str:
+    """The part of the sentence between the commas around position ``at``."""
+    return sentence[sentence.rfind(",", 0, at) + 1:
+                    (sentence.find(",", at) + 1 or len(sentence) + 1) - 1]
+
+
+def _affirmed(pattern: re.Pattern[str], sentence: str, own: bool = False) -> bool:
+    """A mention of ``pattern`` not negated; with ``own``, also the patient's own: not in a
+    sentence on the family's history, nor in a clause naming a relative or a screening."""
+    for m in pattern.finditer(sentence):
+        if _negated(sentence, m.start()):
+            continue
+        if own and (_FHX.search(sentence) or _RELATIVE.search(_clause(sentence, m.start()))
+                    or _SCREENING.search(_clause(sentence, m.start()))):
+            continue
+        return True
+    return False
 
 
 def _sentences(text: str) -> list[str]:
@@ -118,9 +140,9 @@ def read_history(note: str) -> NoteHistory:
             value = float(m.group(1).replace(",", ""))
             if (value / 1000.0 if value >= 1000 else value) >= WBC_LIMIT:
                 stated.add(LEUKOCYTOSIS)
-        if _affirmed(_HF, s) and not _FAMILY.search(s):
+        if _affirmed(_HF, s, own=True):
             stated.add(HEART_FAILURE)
-        if _affirmed(_CANCER, s) and not _FAMILY.search(s) and not _SCREENING.search(s):
+        if _affirmed(_CANCER, s, own=True):
             stated.add(KNOWN_CANCER)
         if any(float(m.group(1)) >= HEAVY_PACK_YEARS for m in _PACK.finditer(s)):
             stated.add(HEAVY_SMOKING)
