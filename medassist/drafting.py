@@ -25,6 +25,7 @@ import numpy.typing as npt
 from medassist.errors import MedAssistError
 
 if TYPE_CHECKING:
+    from medassist.history import NoteHistory
     from multimodal.transforms import GridPlacement
 
 DEFAULT_CHECKPOINT = Path("models/demo")
@@ -291,15 +292,29 @@ class Prepared:
 
     study: Study
     emr: str | None
+    #: the history facts a FHIR Bundle's structured resources state besides the note's text
+    #: (medassist.history.facts_from_fhir)
+    emr_facts: frozenset[str] = frozenset()
 
 
 def prepare(study_path: str | Path, emr_path: str | Path | None, cfg: Any) -> Prepared:
-    from medassist.emr import read_note
+    from medassist.emr import read_emr
 
     study = load_study(study_path, cfg)
     # text, or the note a FHIR Bundle / DocumentReference holds
-    emr = read_note(emr_path) if emr_path is not None else None
-    return Prepared(study=study, emr=emr)
+    emr = read_emr(emr_path) if emr_path is not None else None
+    return Prepared(study=study, emr=emr.text if emr else None,
+                    emr_facts=emr.facts if emr else frozenset())
+
+
+def note_history(prep: Prepared) -> NoteHistory | None:
+    """What the draft's note states of the history (its text read by rule, with a FHIR
+    Bundle's structured facts); None without a note."""
+    from medassist.history import NoteHistory, read_history
+
+    if not (prep.emr and prep.emr.strip()):
+        return None
+    return NoteHistory(read_history(prep.emr).stated | prep.emr_facts)
 
 
 def make_report(study_path: str | Path, emr_path: str | Path | None = None,
@@ -368,7 +383,6 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
            preds: Sequence[Any], w: Any, unreliable: frozenset[str] = frozenset(),
            never: frozenset[str] = frozenset()
            ) -> dict[str, Any]:
-    from medassist.history import read_history
     from medassist.labeler import (
         complete,
         guard,
@@ -434,11 +448,11 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     ratio_unmeasured |= u_imp
     # what the note states, read by rule: a sentence resting on a history it does not state
     # is marked
-    note_history = read_history(prep.emr) if has_emr and prep.emr else None
+    hist = note_history(prep)
     findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr, lobes,
-                                        measured, min_mm, note_history)
+                                        measured, min_mm, hist)
     impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr, lobes,
-                                         measured, min_mm, note_history)
+                                         measured, min_mm, hist)
     contradicted |= contradicted_imp
     history_unstated = history_unstated_labels(findings_text) \
         | history_unstated_labels(impression)

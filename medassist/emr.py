@@ -11,6 +11,11 @@ reads either:
   the model reads the note's text, and a lab it does not state is not in it;
 * anything else: UTF-8 text, as it is.
 
+:func:`read_emr` also returns what a Bundle's Conditions and Observations state of the
+history a draft's conclusions rest on (a white count, a temperature, heart failure, a
+cancer), so that the guard does not mark a conclusion the record supports but the note's
+text does not spell out.
+
 Every failure is an :class:`medassist.errors.InputError` (kind ``EMRInput``) naming the file
 and what to give instead; nothing is fetched (an attachment given by URL only is refused).
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +72,16 @@ def _document_texts(path: Path, doc: dict[str, Any], where: str) -> list[str]:
             for i, c in enumerate(content)]
 
 
+@dataclass(frozen=True)
+class EmrInput:
+    """The note a draft reads, and what a FHIR Bundle's structured resources state besides
+    (:func:`medassist.history.facts_from_fhir`: the guard holds the text's conclusions to
+    both; the model reads the text only)."""
+
+    text: str
+    facts: frozenset[str] = frozenset()
+
+
 def note_from_fhir(resource: Any, path: Path) -> str:
     """The note text of a FHIR R4 DocumentReference or Bundle (``path`` names it in errors)."""
     if not isinstance(resource, dict) or "resourceType" not in resource:
@@ -91,6 +107,13 @@ def note_from_fhir(resource: Any, path: Path) -> str:
 
 def read_note(path: str | Path) -> str:
     """The EMR note of ``path``: UTF-8 text, or the note a FHIR R4 JSON resource holds."""
+    return read_emr(path).text
+
+
+def read_emr(path: str | Path) -> EmrInput:
+    """:func:`read_note`'s text, with the facts a FHIR Bundle's other resources state."""
+    from medassist.history import facts_from_fhir
+
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -109,6 +132,10 @@ def read_note(path: str | Path) -> str:
             if p.suffix.lower() == ".json":
                 raise _error(p, f"not valid JSON ({exc.msg}, line {exc.lineno}); give the "
                              "note as text, or a FHIR Bundle or DocumentReference") from exc
-            return text  # a text note that starts with "{"
-        return note_from_fhir(resource, p)
-    return text
+            return EmrInput(text)  # a text note that starts with "{"
+        entries = resource.get("entry") if isinstance(resource, dict) \
+            and resource.get("resourceType") == "Bundle" else None
+        facts = facts_from_fhir(e.get("resource") for e in entries or []
+                                if isinstance(e, dict))
+        return EmrInput(note_from_fhir(resource, p), facts)
+    return EmrInput(text)

@@ -36,7 +36,9 @@ admission's too): a statement they cannot find is marked, one they find is not.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 #: the facts a conclusion can rest on
 FEVER = "fever"
@@ -147,6 +149,65 @@ def read_history(note: str) -> NoteHistory:
         if any(float(m.group(1)) >= HEAVY_PACK_YEARS for m in _PACK.finditer(s)):
             stated.add(HEAVY_SMOKING)
     return NoteHistory(frozenset(stated))
+
+
+#: LOINC codes of the FHIR Observations read by :func:`facts_from_fhir`
+WBC_LOINC = ("6690-2", "26464-8")  # leukocytes in blood, automated count / count
+TEMP_LOINC = ("8310-5", "8331-1")  # body temperature / oral temperature
+_VOID = ("refuted", "entered-in-error")
+
+
+def _codes(concept: Any) -> list[tuple[str, str]]:
+    """(system, code) of a CodeableConcept's codings."""
+    if not isinstance(concept, dict):
+        return []
+    return [(str(c.get("system", "")), str(c.get("code", "")))
+            for c in concept.get("coding") or [] if isinstance(c, dict)]
+
+
+def _quantity(obs: dict[str, Any]) -> tuple[float, str] | None:
+    q = obs.get("valueQuantity")
+    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float):
+        return None
+    return float(q["value"]), str(q.get("code") or q.get("unit") or "")
+
+
+def facts_from_fhir(resources: Iterable[Any]) -> frozenset[str]:
+    """The facts of :data:`FACTS` that structured FHIR R4 resources state: a Condition coded
+    in ICD-10 I50 (heart failure) or C00-C97 (a cancer), not refuted nor entered in error; an
+    Observation of the white count (LOINC 6690-2, 26464-8) of 11.0 x 10^3/uL or more, or of
+    the body temperature (8310-5, 8331-1) of 38.0 Cel (100.4 [degF]) or more, not refuted nor
+    entered in error.  A smoking history is read from its text (:func:`read_history`)."""
+    stated: set[str] = set()
+    for r in resources:
+        if not isinstance(r, dict):
+            continue
+        rtype = r.get("resourceType")
+        if rtype == "Condition":
+            status = {c for _s, c in _codes(r.get("verificationStatus"))}
+            if status & set(_VOID):
+                continue
+            for system, code in _codes(r.get("code")):
+                if "icd-10" not in system.lower():
+                    continue
+                if code.upper().startswith("I50"):
+                    stated.add(HEART_FAILURE)
+                if re.fullmatch(r"C(?:[0-8]\d|9[0-7])(?:\..*)?", code.upper()):
+                    stated.add(KNOWN_CANCER)
+        elif rtype == "Observation" and r.get("status") not in _VOID:
+            loinc = {c for system, c in _codes(r.get("code")) if "loinc" in system.lower()}
+            q = _quantity(r)
+            if q is None:
+                continue
+            value, unit = q
+            if loinc & set(WBC_LOINC) and (value / 1000.0 if value >= 1000 else value) \
+                    >= WBC_LIMIT:
+                stated.add(LEUKOCYTOSIS)
+            if loinc & set(TEMP_LOINC):
+                fahrenheit = "f" in unit.lower() and "cel" not in unit.lower()
+                if value >= (FEVER_C * 9 / 5 + 32 if fahrenheit else FEVER_C):
+                    stated.add(FEVER)
+    return frozenset(stated)
 
 
 #: what a draft sentence claims about the history: wording -> the facts it rests on

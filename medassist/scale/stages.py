@@ -39,7 +39,7 @@ from dicom_io.index import SeriesIndex
 from medassist import audit
 from medassist.audit import Actor
 from medassist.drafting import LoadedModel, Prepared
-from medassist.emr import read_note
+from medassist.emr import read_emr
 from medassist.errors import (
     DraftError,
     InputError,
@@ -105,15 +105,18 @@ def prepare_study(study_dir: Path, study_uid: str | None, model_cfg: Any,
                             "folder or --emr-dir); the draft contract needs one",
                             stage="find_emr", kind="MissingEMR")
     try:  # text, or the note a FHIR Bundle / DocumentReference holds
-        emr_text = read_note(emr_path) if emr_path is not None else None
+        emr = read_emr(emr_path) if emr_path is not None else None
     except InputError as exc:
         raise PipelineError(str(exc).removeprefix(f"{exc.path}: "), stage="find_emr",
                             path=exc.path, kind=exc.kind) from exc
+    emr_text = emr.text if emr is not None else None
     key = hash_inputs(series_files(series), emr_text, checkpoint_sha256)
     emr_sha = hashlib.sha256(emr_text.encode("utf-8")).hexdigest() if emr_text is not None \
         else None
+    prepared = Prepared(study=prep.study, emr=emr_text,
+                        emr_facts=emr.facts if emr is not None else frozenset())
     return PreparedStudy(study_uid=uid, folder=str(study_dir), series=series, input_key=key,
-                         emr_sha256=emr_sha, prepared=Prepared(study=prep.study, emr=emr_text))
+                         emr_sha256=emr_sha, prepared=prepared)
 
 
 def draft_batch(lm: LoadedModel, batch: Sequence[PreparedStudy], threshold: float | None = None

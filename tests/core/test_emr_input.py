@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from medassist.emr import read_note
+from medassist.emr import read_emr, read_note
 from medassist.errors import InputError
+from medassist.history import FEVER, HEART_FAILURE, KNOWN_CANCER, LEUKOCYTOSIS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,3 +95,54 @@ def test_unreadable_text_notes_are_input_errors(tmp_path: Path) -> None:
         read_note(latin)
     with pytest.raises(InputError, match="cannot read the EMR note"):
         read_note(tmp_path / "missing.txt")
+
+
+def _obs(loinc: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+            "valueQuantity": {"value": value, "unit": unit,
+                              "system": "http://unitsofmeasure.org", "code": unit}, **extra}
+
+
+def _cond(icd: str, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Condition",
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": icd}]},
+            **extra}
+
+
+def test_a_bundles_structured_history(tmp_path: Path) -> None:
+    """What a Bundle's Conditions and Observations state beside the note: the guard holds a
+    conclusion to both (a white count in an Observation supports "leukocytosis" though the
+    note's text does not state it); refuted or erroneous entries, other codes and a text note
+    state nothing."""
+    from medassist.drafting import Prepared, note_history
+    from medassist.labeler import guard
+
+    entries = [_doc("p/w fever to 39.1 C and cough."), _obs("6690-2", 14.2, "10*3/uL"),
+               _obs("8310-5", 101.8, "[degF]"), _cond("I50.22"), _cond("C50.911"),
+               _obs("6690-2", 30.0, "10*3/uL", status="entered-in-error"),
+               _cond("C34.1", verificationStatus={"coding": [{"code": "refuted"}]}),
+               _cond("D50.9"), _obs("2160-0", 1.4, "mg/dL")]
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": r} for r in entries]}
+    emr = read_emr(_write(tmp_path, "b.json", bundle))
+    assert emr.text == "p/w fever to 39.1 C and cough."
+    assert emr.facts == {LEUKOCYTOSIS, FEVER, HEART_FAILURE, KNOWN_CANCER}
+    only_void = {"resourceType": "Bundle", "entry": [{"resource": r} for r in (
+        entries[0], entries[5], entries[6], entries[7], entries[8],
+        _obs("6690-2", 7.1, "10*3/uL"), _obs("8310-5", 37.2, "Cel"))]}
+    assert read_emr(_write(tmp_path, "v.json", only_void)).facts == frozenset()
+    txt = tmp_path / "emr.txt"
+    txt.write_text("WBC 14.2", encoding="utf-8")
+    assert read_emr(txt).facts == frozenset()
+
+    sentence = ("Consolidation in the left lower lobe, in the setting of fever and leukocytosis "
+                "consistent with pneumonia.")
+    with_facts = note_history(Prepared(study=None, emr=emr.text,  # type: ignore[arg-type]
+                                       emr_facts=emr.facts))
+    text_only = note_history(Prepared(study=None, emr=emr.text))  # type: ignore[arg-type]
+    assert with_facts is not None and text_only is not None
+    assert guard(sentence, {"consolidation": True}, note_history=with_facts)[0] == sentence
+    assert "note does not state (leukocytosis)" in guard(
+        sentence, {"consolidation": True}, note_history=text_only)[0]
+    assert note_history(Prepared(study=None, emr=" ")) is None  # type: ignore[arg-type]
