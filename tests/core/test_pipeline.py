@@ -308,15 +308,20 @@ def test_report_reads_the_note_from_a_fhir_bundle(tmp_path: Path, corpus: dict[s
                                                  checkpoint: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """`medassist report --emr emr_fhir.json` (the Bundle `medassist synth` writes) drafts
-    from the same note as `--emr emr.txt`: the same draft, the same EMR hash.  A Bundle
+    from the same note as `--emr emr.txt`: the same draft, the same EMR hash (this case's
+    Bundle states no history beyond its note's text, which could unmark a sentence).  A Bundle
     without the note is an input error naming the file (exit 3); in the pipeline the study
     fails at find_emr with the reason and no path."""
     import json
 
     from medassist.cli import main
+    from medassist.emr import read_emr
+    from medassist.history import read_history
     from medassist.pipeline import store_study
 
     case = corpus["good"] / "case_00002"
+    emr = read_emr(case / "emr_fhir.json")
+    assert emr.facts <= read_history(emr.text).stated
     argv = ["report", str(case / "dicom"), "--checkpoint", str(checkpoint), "--json"]
     assert main([*argv, "--emr", str(case / "emr.txt")]) == 0
     from_text = json.loads(capsys.readouterr().out)
