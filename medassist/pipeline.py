@@ -291,14 +291,16 @@ def find_emr(study_dir: Path, study_uid: str, emr_dir: Path | None = None) -> Pa
     """The EMR note of a study: ``<emr_dir>/<study_uid>.txt`` or ``<emr_dir>/<case>.txt``
     (``case`` = the study folder, or its parent for a ``dicom/`` folder written by
     ``medassist synth``), or the same names ending ``.json`` (a FHIR Bundle or
-    DocumentReference holding the note, :mod:`medassist.emr`), else ``emr.txt`` next to or
-    above the ``dicom/`` folder."""
+    DocumentReference holding the note, :mod:`medassist.emr`), else ``emr.txt``, ``emr.json``
+    or ``emr_fhir.json`` (as ``medassist synth`` names its Bundle) next to or above the
+    ``dicom/`` folder, in that order."""
     case = study_dir.parent if study_dir.name == "dicom" else study_dir
     candidates: list[Path] = []
     if emr_dir is not None:
         candidates += [emr_dir / f"{study_uid}.txt", emr_dir / f"{case.name}.txt",
                        emr_dir / f"{study_uid}.json", emr_dir / f"{case.name}.json"]
-    candidates += [study_dir / "emr.txt", case / "emr.txt"]
+    candidates += [d / name for name in ("emr.txt", "emr.json", "emr_fhir.json")
+                   for d in (study_dir, case)]
     for c in candidates:
         if c.is_file():
             return c

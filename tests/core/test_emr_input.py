@@ -146,3 +146,22 @@ def test_a_bundles_structured_history(tmp_path: Path) -> None:
     assert "note does not state (leukocytosis)" in guard(
         sentence, {"consolidation": True}, note_history=text_only)[0]
     assert note_history(Prepared(study=None, emr=" ")) is None  # type: ignore[arg-type]
+
+
+def test_find_emr_takes_text_then_fhir(tmp_path: Path) -> None:
+    """Beside a study (or above its dicom/ folder) emr.txt comes first, then emr.json, then
+    emr_fhir.json; in --emr-dir the study UID's or case's .txt, then .json."""
+    from medassist.pipeline import find_emr
+
+    case = tmp_path / "case_00007"
+    (case / "dicom").mkdir(parents=True)
+    assert find_emr(case / "dicom", "1.2.3") is None
+    for name in ("emr_fhir.json", "emr.json", "emr.txt"):
+        (case / name).write_text("{}", encoding="utf-8")
+        assert find_emr(case / "dicom", "1.2.3") == case / name
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "case_00007.json").write_text("{}", encoding="utf-8")
+    assert find_emr(case / "dicom", "1.2.3", notes) == notes / "case_00007.json"
+    (notes / "1.2.3.txt").write_text("note", encoding="utf-8")
+    assert find_emr(case / "dicom", "1.2.3", notes) == notes / "1.2.3.txt"
