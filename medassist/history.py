@@ -52,7 +52,9 @@ FEVER_C = 38.0
 WBC_LIMIT = 11.0  # x 10^3 per uL
 HEAVY_PACK_YEARS = 30.0
 
-_SENT = re.compile(r"(?:[^.\n;]|\.(?=\d))+[.\n;]?")
+#: a sentence ends at ".", ";" or a newline; a decimal point ("6.6 cm") does not end one (the
+#: labeler's sentences too)
+SENTENCE = re.compile(r"(?:[^.\n;]|\.(?=\d))+[.\n;]?")
 _NEG = re.compile(r"\b(?:no|denies|denied|without|negative for|not|free of)\b")
 #: words after which a negation no longer holds (a new statement begins)
 _NEG_END = re.compile(r"\b(?:p/w|presents?|presenting|reports?|but|with|c/o)\b")
@@ -122,7 +124,7 @@ def _affirmed(pattern: re.Pattern[str], sentence: str, own: bool = False) -> boo
 
 
 def _sentences(text: str) -> list[str]:
-    return [m.group(0).strip().lower() for m in _SENT.finditer(text) if m.group(0).strip()]
+    return [m.group(0).strip().lower() for m in SENTENCE.finditer(text) if m.group(0).strip()]
 
 
 def read_history(note: str) -> NoteHistory:

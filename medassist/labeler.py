@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from medassist.history import NoteHistory, unsupported
+from medassist.history import SENTENCE, NoteHistory, unsupported
 
 LEXICON: dict[str, tuple[str, ...]] = {
     "lung_nodule": (r"\bnodules?\b",),
@@ -53,8 +53,6 @@ HISTORY = re.compile(r"\b(?:in a patient with|history of|known)\b")
 HISTORY_CONCLUSION = re.compile(r"\b(?:metastatic|cardiogenic|pneumonia)\b")
 #: the guard's reason for a sentence resting on a history the note does not state
 HISTORY_UNSTATED = "rests on history the note does not state"
-# a sentence ends at ".", ";" or a newline; a decimal point ("6.6 cm") does not end one
-_SENT = re.compile(r"(?:[^.\n;]|\.(?=\d))+[.\n;]?")
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ def label_sentence(sentence: str) -> dict[str, bool]:
 
 def label_text(text: str) -> list[SentenceLabels]:
     res = []
-    for m in _SENT.finditer(text):
+    for m in SENTENCE.finditer(text):
         sent = m.group(0).strip()
         if sent:
             res.append(SentenceLabels(sent, m.start(), label_sentence(sent)))
