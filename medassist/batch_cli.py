@@ -8,9 +8,13 @@ finished in the same transaction as the stored draft, so a killed run restarts w
 with no duplicate and no lost report (a dead worker's claim is taken back at once on the same
 host).  A study that fails is recorded with its stage and reason and the batch goes on.
 
-Study folders: every ``dicom/`` folder under INPUT (``medassist synth`` output, the EMR note is
-the ``emr.txt`` beside it), else every sub-folder of INPUT (else INPUT itself).  EMR notes in
-``--emr-dir D`` are ``D/<StudyInstanceUID>.txt`` or ``D/<case folder>.txt``.
+Studies: every ``dicom/`` folder under INPUT (``medassist synth`` output, the EMR note is
+the ``emr.txt`` beside it) and every ``*.zip`` file the same walk finds outside them, else every
+sub-folder and ``*.zip`` file of INPUT (else INPUT itself).  A zip file is one study (its
+members read as ``dicom_io`` reads an archive; the note beside it is ``<zip stem>.txt`` or
+``.json``, or ``emr.txt`` above a ``dicom.zip``); one that is not a readable archive is recorded
+with its reason and the batch goes on.  EMR notes in ``--emr-dir D`` are
+``D/<StudyInstanceUID>.txt`` or ``D/<case folder or zip stem>.txt`` (or ``.json``).
 
 Engines (docs/scale.md): ``inprocess`` (default) runs ``--workers`` processes on this machine,
 each loading the checkpoint once (``PipelineProcessor``); ``ray`` runs the same stages on a Ray
@@ -50,18 +54,27 @@ FINAL_STATES = (IngestState.DONE.value, IngestState.FAILED.value,
 
 @dataclass(frozen=True)
 class StudyFolder:
+    """One study found under the batch input: a folder or a zip file (``path``)."""
+
     path: Path
     study_uid: str | None
     reason: str | None = None  # why no UID could be read (not queued)
 
 
-def _dicom_dirs(root: Path) -> list[Path]:
-    """Every folder named ``dicom`` under ``root``, through symbolic links to folders too (an
-    archive of links; ``Path.rglob`` does not follow them before Python 3.13), each real
-    folder once (a link loop ends)."""
-    out: list[Path] = []
+def is_study_archive(path: Path) -> bool:
+    """A file named ``*.zip`` (any case): one study, whatever it holds."""
+    return path.suffix.lower() == ".zip" and path.is_file()
+
+
+def _walk_studies(root: Path) -> tuple[list[Path], list[Path]]:
+    """Every folder named ``dicom`` under ``root`` and every ``*.zip`` file outside them,
+    through symbolic links to folders too (an archive of links; ``Path.rglob`` does not follow
+    them before Python 3.13), each real folder and file once (a link loop ends)."""
+    dicom: list[Path] = []
+    zips: list[Path] = []
     seen: set[str] = set()
-    for here, dirs, _files in os.walk(root, followlinks=True):
+    seen_zips: set[str] = set()
+    for here, dirs, files in os.walk(root, followlinks=True):
         dirs.sort()  # the first of two links to one study, in name order, is kept
         real = os.path.realpath(here)
         if real in seen:
@@ -69,27 +82,41 @@ def _dicom_dirs(root: Path) -> list[Path]:
             continue
         seen.add(real)
         if Path(here).name == "dicom" and Path(here) != root:
-            out.append(Path(here))
+            dicom.append(Path(here))
             dirs[:] = []  # a study's own subfolders hold no further studies
-    return sorted(out)
+            continue  # nor do its files (the folder is the study)
+        for name in sorted(files):
+            p = Path(here) / name
+            if is_study_archive(p) and os.path.realpath(p) not in seen_zips:
+                seen_zips.add(os.path.realpath(p))
+                zips.append(p)
+    return sorted(dicom), sorted(zips)
 
 
 def study_folders(root: Path) -> list[Path]:
-    """The study folders under ``root`` (sorted)."""
+    """The studies under ``root`` (sorted): every ``dicom/`` folder and every ``*.zip`` file
+    found outside them; when there is no ``dicom/`` folder, every sub-folder and ``*.zip`` file
+    of ``root``, else ``root`` itself."""
     if not root.is_dir():
         raise InputError(f"batch input {root} is not a folder", path=str(root))
-    dicom = _dicom_dirs(root)
+    dicom, zips = _walk_studies(root)
     if dicom:
-        return dicom
-    subs = sorted(p for p in root.iterdir() if p.is_dir())
+        return sorted(dicom + zips)
+    subs = sorted(p for p in root.iterdir() if p.is_dir() or is_study_archive(p))
     return subs or [root]
 
 
+_NO_UID = "enumerate: no readable DICOM file with a StudyInstanceUID"
+
+
 def read_study_uid(folder: Path) -> StudyFolder:
-    """The StudyInstanceUID of the first readable DICOM file (headers only)."""
+    """The StudyInstanceUID of the first readable DICOM file (headers only) of a study folder
+    or, for a zip file, of its first readable member (in name order)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    if is_study_archive(folder):
+        return _archive_study_uid(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "emr.txt")
     for f in files:
         try:
@@ -100,8 +127,41 @@ def read_study_uid(folder: Path) -> StudyFolder:
         uid = ds.get("StudyInstanceUID")
         if uid:
             return StudyFolder(folder, str(uid))
-    return StudyFolder(folder, None, "enumerate: no readable DICOM file with a "
-                                     "StudyInstanceUID")
+    return StudyFolder(folder, None, _NO_UID)
+
+
+def _archive_study_uid(archive: Path) -> StudyFolder:
+    """:func:`read_study_uid` of a zip file: each member's headers are read from the archive
+    (nothing is extracted), skipping what is not DICOM and, as ``dicom_io`` does, members
+    larger than :data:`dicom_io.index.MAX_MEMBER_BYTES`."""
+    import zipfile
+    import zlib
+
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from dicom_io.index import MAX_MEMBER_BYTES
+
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        return StudyFolder(archive, None, f"enumerate: not a readable zip archive "
+                                          f"({type(exc).__name__}: {exc})")
+    with zf:
+        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            if info.is_dir() or info.file_size > MAX_MEMBER_BYTES:
+                continue
+            try:
+                with zf.open(info) as fh:
+                    ds = pydicom.dcmread(fh, stop_before_pixels=True,
+                                         specific_tags=["StudyInstanceUID"])
+            except (InvalidDicomError, zipfile.BadZipFile, zlib.error, OSError, ValueError,
+                    EOFError, KeyError, TypeError, RuntimeError, NotImplementedError):
+                continue  # not DICOM, encrypted, or a damaged member
+            uid = ds.get("StudyInstanceUID")
+            if uid:
+                return StudyFolder(archive, str(uid))
+    return StudyFolder(archive, None, f"{_NO_UID} in the zip archive")
 
 
 def _factory(db: str | None) -> sessionmaker[Session]:
@@ -353,10 +413,11 @@ def add_parser(sub: Any) -> None:
 
     p = sub.add_parser("batch", help="draft reports for every study under a folder "
                                      "(resumable, through the ingest queue)")
-    p.add_argument("input", help="folder with one sub-folder per study (or medassist synth "
-                                 "output: its dicom/ folders)")
+    p.add_argument("input", help="folder with one sub-folder or zip file per study (or "
+                                 "medassist synth output: its dicom/ folders)")
     p.add_argument("--emr-dir", default=None,
-                   help="EMR notes as <StudyInstanceUID>.txt or <case folder>.txt")
+                   help="EMR notes as <StudyInstanceUID>.txt or <case folder or zip "
+                        "stem>.txt")
     p.add_argument("--db", default=None, help="database URL (default: $MEDASSIST_DB_URL, "
                                               "else the local SQLite file)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")

@@ -293,14 +293,25 @@ def find_emr(study_dir: Path, study_uid: str, emr_dir: Path | None = None) -> Pa
     ``medassist synth``), or the same names ending ``.json`` (a FHIR Bundle or
     DocumentReference holding the note, :mod:`medassist.emr`), else ``emr.txt``, ``emr.json``
     or ``emr_fhir.json`` (as ``medassist synth`` names its Bundle) next to or above the
-    ``dicom/`` folder, in that order."""
-    case = study_dir.parent if study_dir.name == "dicom" else study_dir
+    ``dicom/`` folder, in that order.
+
+    A study in a zip file (``study.zip``, as ``medassist batch`` finds them): ``case`` is its
+    stem, and beside it ``study.txt`` then ``study.json``; a ``dicom.zip`` is the zipped
+    ``dicom/`` folder, its case the folder above with the notes named as for ``dicom/``."""
+    archive = study_dir.suffix.lower() == ".zip" and study_dir.is_file()
+    if archive and study_dir.stem != "dicom":
+        case_name = study_dir.stem
+        beside = [study_dir.with_name(f"{case_name}{ext}") for ext in (".txt", ".json")]
+    else:
+        case = study_dir.parent if archive or study_dir.name == "dicom" else study_dir
+        case_name = case.name
+        beside = [d / name for name in ("emr.txt", "emr.json", "emr_fhir.json")
+                  for d in (study_dir, case)]
     candidates: list[Path] = []
     if emr_dir is not None:
-        candidates += [emr_dir / f"{study_uid}.txt", emr_dir / f"{case.name}.txt",
-                       emr_dir / f"{study_uid}.json", emr_dir / f"{case.name}.json"]
-    candidates += [d / name for name in ("emr.txt", "emr.json", "emr_fhir.json")
-                   for d in (study_dir, case)]
+        candidates += [emr_dir / f"{study_uid}.txt", emr_dir / f"{case_name}.txt",
+                       emr_dir / f"{study_uid}.json", emr_dir / f"{case_name}.json"]
+    candidates += beside
     for c in candidates:
         if c.is_file():
             return c

@@ -174,8 +174,8 @@ def process_one(factory: sessionmaker[Session], client: PacsClient | None,
     tmp: Path | None = None
     try:
         if claim.location is not None:
-            study_dir = Path(claim.location)
-            if not study_dir.is_dir():
+            study_dir = Path(claim.location)  # a folder, or a zip file (batch)
+            if not (study_dir.is_dir() or study_dir.is_file()):
                 return _close(factory, claim, IngestState.FAILED,
                               f"study folder {study_dir} is missing", backoff)
         else:
