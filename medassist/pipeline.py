@@ -109,8 +109,16 @@ def build_volume(series: SeriesIndex) -> Volume:
 
 
 def series_files(series: SeriesIndex) -> list[Path]:
-    """The instance files of the series (sorted, unique)."""
+    """The instance files of the series (sorted, unique): for a study in a zip file, the
+    archive itself (what :func:`hash_inputs` hashes)."""
     return sorted({Path(h.path) for h in series.instances})
+
+
+def series_sources(series: SeriesIndex) -> list[str]:
+    """The instances of the series as ``dicom_io`` names them (sorted, unique): file paths,
+    or ``archive.zip!member`` for a study in a zip file, each member once; what the SR export
+    reads (:func:`medassist.export.sr.read_source_dataset`)."""
+    return sorted({h.source for h in series.instances})
 
 
 def _file_sha256(path: Path) -> str:
@@ -442,4 +450,4 @@ def _processor_for(checkpoint: str, emr_dir: str | None) -> PipelineProcessor:
 __all__ = ["STAGES", "EmrIdentity", "PipelineProcessor", "Stored", "build_volume",
            "cross_check_identity", "default_processor", "draft", "emr_identity",
            "existing_report", "find_emr", "hash_inputs", "patient_pseudonym", "select_series",
-           "series_files", "store", "store_study"]
+           "series_files", "series_sources", "store", "store_study"]

@@ -446,6 +446,7 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
             r = h.sign(tok, report_id, ver, pw)
             msg = ("Signed; exported: " + ", ".join(f"{k} {Path(v).name}" for k, v in
                                                     sorted(r.exports.items()))
+                   + (f" ({r.export_note})" if r.export_note else "")
                    if not r.export_error else
                    f"Signed, but the export failed ({r.export_error}); export it again with "
                    "`medassist export`.")

@@ -30,6 +30,7 @@ from medassist.draft import STATED_MIN_LOSS, Coverage, ReportDraft
 from medassist.errors import (
     AuthenticationError,
     ConflictError,
+    ExportError,
     InputError,
     MedAssistError,
     NotFoundError,
@@ -194,6 +195,17 @@ class SignResult:
     content_sha256: str
     exports: dict[str, str]
     export_error: str = ""
+    #: why the export holds no DICOM SR ("" when it does; :attr:`Exports.note`)
+    export_note: str = ""
+
+
+@dataclass(frozen=True)
+class Exports:
+    """The files a report was exported to (format -> path) and, when there is no DICOM SR
+    among them, why (its source CT instances are not here); "" when there is one."""
+
+    paths: dict[str, str]
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -246,30 +258,75 @@ PRIORITY_ORDER = {"high": 0, "check": 1, "routine": 2}
 
 
 def study_location(session: Session, study_uid: str) -> Path | None:
-    """The study's DICOM folder: the ingest queue keeps it for batch and listen studies."""
+    """Where the study's DICOM files are: the ingest queue keeps it for batch and listen
+    studies, a folder or (``medassist batch``) a zip file holding the study."""
     from medassist.pacs.models import IngestItem
 
     loc = session.scalar(select(IngestItem.location).where(IngestItem.study_uid == study_uid))
     return Path(loc) if loc else None
 
 
-def _accession(folder: Path | None, cache: dict[str, str]) -> str:
-    if folder is None:
+def location_present(location: Path | None) -> bool:
+    """Whether a recorded study location is still there: a folder, or a (zip) file."""
+    return location is not None and (location.is_dir() or location.is_file())
+
+
+_HEADER_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError,
+                  AttributeError, RuntimeError, NotImplementedError)
+
+
+def _first_accession(location: Path) -> str:
+    """The AccessionNumber of the first readable DICOM file of a study folder or member of a
+    study zip (name order; headers only, nothing extracted; members over ``dicom_io``'s
+    size limit skipped as the indexer skips them); "" when none is readable."""
+    import zipfile
+    import zlib
+
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from dicom_io.index import MAX_MEMBER_BYTES
+
+    def acc_of(fh: Any) -> str | None:
+        try:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True,
+                                 specific_tags=["AccessionNumber"])
+        except (InvalidDicomError, zlib.error, zipfile.BadZipFile, *_HEADER_ERRORS):
+            return None  # not DICOM, or damaged: try the next one
+        return str(ds.get("AccessionNumber", "") or "")
+
+    if location.is_dir():
+        for p in sorted(location.rglob("*")):
+            if p.is_file() and (acc := acc_of(p)) is not None:
+                return acc
         return ""
-    key = str(folder)
+    try:
+        with zipfile.ZipFile(location) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                if info.is_dir() or info.file_size > MAX_MEMBER_BYTES:
+                    continue
+                try:
+                    fh = zf.open(info)
+                except (zipfile.BadZipFile, zlib.error, *_HEADER_ERRORS):
+                    continue  # encrypted or damaged member
+                with fh:
+                    if (acc := acc_of(fh)) is not None:
+                        return acc
+    except (zipfile.BadZipFile, zlib.error, *_HEADER_ERRORS):
+        pass  # not a readable archive
+    return ""
+
+
+def _accession(location: Path | None, cache: dict[str, str]) -> str:
+    """The study's AccessionNumber from its recorded location (cached); "" if unreadable."""
+    if location is None:
+        return ""
+    key = str(location)
     if key in cache:
         return cache[key]
-    import pydicom
-
-    acc = ""
     try:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                ds = pydicom.dcmread(p, stop_before_pixels=True,
-                                     specific_tags=["AccessionNumber"])
-                acc = str(ds.get("AccessionNumber", "") or "")
-                break
-    except (OSError, ValueError, pydicom.errors.InvalidDicomError):
+        acc = _first_accession(location)
+    except OSError:
         acc = ""
     cache[key] = acc
     return acc
@@ -420,27 +477,33 @@ class Handlers:
     # ---- study ---------------------------------------------------------------------------
 
     def _load_images(self, session: Session, rep: Report) -> tuple[str, StudyImages]:
+        from dicom_io.errors import DicomIOError
         from medassist.pipeline import build_volume, select_series
 
         study_uid = rep.study.study_uid
         key = f"{rep.series_id}:{rep.dicom_sha256}"
         if key in self.s.images:
             return key, self.s.images.get(key, lambda: StudyImages(np.zeros((1, 1, 1))))
-        folder = study_location(session, study_uid)
-        if folder is None or not folder.is_dir():
+        location = study_location(session, study_uid)
+        if location is None:
             raise StudyDataError(f"the images of study {study_uid} are not available here: "
-                                 "the ingest queue has no folder for it (only studies queued "
-                                 "by `medassist batch` or `pacs listen` keep one)")
+                                 "the ingest queue has no folder or zip file for it (only "
+                                 "studies queued by `medassist batch` or `pacs listen` keep "
+                                 "one)")
+        if not location_present(location):
+            raise StudyDataError(f"the images of study {study_uid} are not available here: "
+                                 "its folder or zip file is no longer where the ingest queue "
+                                 "recorded it")
         want = rep.series.series_uid if rep.series is not None else None
 
         def load() -> StudyImages:
             try:
-                series = select_series(folder, study_uid)
+                series = select_series(location, study_uid)
                 if want is not None and series.series_uid != want:
-                    raise StudyDataError("the study folder now holds another series than the "
-                                         "one the draft was made from")
+                    raise StudyDataError("the study folder or zip file now holds another "
+                                         "series than the one the draft was made from")
                 vol = build_volume(series)
-            except MedAssistError as exc:
+            except (MedAssistError, DicomIOError) as exc:  # DicomIOError: no CT series
                 if isinstance(exc, StudyDataError):
                     raise
                 raise StudyDataError(f"cannot read the images of study {study_uid}: "
@@ -616,34 +679,53 @@ class Handlers:
             sig = reports.sign_report(s, rep.id, actor, password or "", int(expected_version))
             result = (sig.signer_name, sig.signed_at, sig.meaning, sig.content_sha256)
         try:
-            exports = self.export(token, int(report_id))
-            problem = ""
+            ex = self.export(token, int(report_id))
+            exports, note, problem = ex.paths, ex.note, ""
         except MedAssistError as exc:  # signed and committed: report the export problem
             log.warning("export of signed report %s failed: %s", report_id, type(exc).__name__)
-            exports, problem = {}, f"{type(exc).__name__}: {exc}"
-        return SignResult(*result, exports=exports, export_error=problem)
+            exports, note, problem = {}, "", f"{type(exc).__name__}: {exc}"
+        return SignResult(*result, exports=exports, export_error=problem, export_note=note)
 
-    def export(self, token: str | None, report_id: int) -> dict[str, str]:
-        """Write the SR and FHIR exports of a report under the export folder (audited)."""
+    def export(self, token: str | None, report_id: int) -> Exports:
+        """Write the FHIR and SR exports of a report under the export folder (audited).
+
+        The SR needs the source CT instances: those of the series in the study's folder or
+        zip file the ingest queue recorded (a zip's members are read in place). Without one
+        (a ``pacs watch`` study; a location no longer there) only FHIR is written and
+        :attr:`Exports.note` says why; a series that cannot be read raises (``PipelineError``,
+        ``ExportError``), as a failed export."""
+        from dicom_io.errors import DicomIOError
         from medassist.export import export_report
-        from medassist.pipeline import select_series, series_files
+        from medassist.pipeline import select_series, series_sources
 
         us = self._session(token, CLINICIAN, "export reports", ObjectType.REPORT, report_id)
         out = self.s.export_dir / f"report-{int(report_id)}"
         paths: dict[str, str] = {}
         with unit_of_work(self.s.factory) as s:
             rep = reports.get_report(s, int(report_id))
-            folder = study_location(s, rep.study.study_uid)
+            location = study_location(s, rep.study.study_uid)
             uid = rep.study.study_uid
         with unit_of_work(self.s.factory) as s:
             paths["fhir"] = str(export_report(s, int(report_id), self._actor(us), "fhir",
                                               out / "report.fhir.json"))
-        if folder is not None and folder.is_dir():
-            files = series_files(select_series(folder, uid))
-            with unit_of_work(self.s.factory) as s:
-                paths["sr"] = str(export_report(s, int(report_id), self._actor(us), "sr",
-                                                out / "report.sr.dcm", sources=files))
-        return paths
+        if location is None:
+            return Exports(paths, "no DICOM SR: the ingest queue keeps no folder or zip "
+                                  "file of this study's CT (only `medassist batch` and `pacs "
+                                  "listen` studies keep one); make it with `medassist pacs "
+                                  "send` or `medassist export --dicom`")
+        if not location_present(location):
+            return Exports(paths, "no DICOM SR: the study's folder or zip file is no longer "
+                                  "where the ingest queue recorded it; export it with "
+                                  "`medassist export --dicom`")
+        try:
+            sources = series_sources(select_series(location, uid))
+        except DicomIOError as exc:  # NoDiagnosticSeriesError leaves select_series unchanged
+            raise ExportError(f"no DICOM SR: the study's CT series cannot be read "
+                              f"({type(exc).__name__}: {exc})") from exc
+        with unit_of_work(self.s.factory) as s:
+            paths["sr"] = str(export_report(s, int(report_id), self._actor(us), "sr",
+                                            out / "report.sr.dcm", sources=sources))
+        return Exports(paths)
 
     def reject(self, token: str | None, report_id: int, expected_version: int, reason: str
                ) -> str:

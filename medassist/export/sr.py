@@ -10,12 +10,15 @@ signed reports VERIFIED with the verifying observer (the signer).
 from __future__ import annotations
 
 import copy
+import io
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -50,16 +53,50 @@ def _cc(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
 
 
+#: what pydicom raises on a damaged or non-DICOM input (besides InvalidDicomError)
+_PARSE_ERRORS = (InvalidDicomError, OSError, ValueError, EOFError, KeyError, IndexError,
+                 TypeError, AttributeError, struct.error)
+
+
+def read_source_dataset(source: str | Path) -> Dataset:
+    """The headers (no pixel data) of one source CT instance named as ``dicom_io`` names them
+    (``Header.source``, ``Provenance.source_files``): a file, or a zip archive's member
+    ``archive.zip!member`` (a study batched from a zip file), whose bytes
+    :func:`dicom_io.volume.read_source` reads from the archive (nothing is extracted).
+
+    Raises:
+        ExportError: the file or archive member cannot be read or is not DICOM; the message
+            names it.
+    """
+    from dicom_io.errors import DicomIOError
+    from dicom_io.volume import read_source
+
+    name = str(source)
+    try:
+        if Path(name).is_file():  # a plain file: pydicom reads the headers only
+            return pydicom.dcmread(name, stop_before_pixels=True)
+        try:
+            data = read_source(name)
+        except DicomIOError as exc:
+            raise ExportError(f"cannot read the source instance {name}: {exc.reason}") from exc
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except _PARSE_ERRORS as exc:
+        raise ExportError(f"the source instance {name} is not readable DICOM "
+                          f"({type(exc).__name__}: {exc})") from exc
+
+
 def load_sources(sources: Sequence[Dataset | str | Path]) -> list[Dataset]:
     """Source CT headers (pixel data not needed), sorted along the slice axis.
+
+    ``sources``: datasets, or files and zip archive members (``archive.zip!member``) as
+    :func:`read_source_dataset` reads them.
 
     Sorting is by ImagePositionPatient projected on the slice normal (InstanceNumber when
     geometry is missing), which is the order the draft's slice indices refer to.
     """
     out: list[Dataset] = []
     for s in sources:
-        ds = copy.deepcopy(s) if isinstance(s, Dataset) else \
-            pydicom.dcmread(s, stop_before_pixels=True)
+        ds = copy.deepcopy(s) if isinstance(s, Dataset) else read_source_dataset(s)
         for kw in TYPE2_COPIED:  # highdicom copies these into the SR; type 2 may be empty
             if kw not in ds:
                 setattr(ds, kw, "")
@@ -135,7 +172,8 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
 def build_sr(view: ReportView, sources: Sequence[Dataset | str | Path], *,
              codes_: FindingCodes | None = None, institution: str = "medassist",
              series_number: int = 9901) -> hd.sr.Comprehensive3DSR:
-    """The SR of a stored report; ``sources``: the CT series' datasets or file paths."""
+    """The SR of a stored report; ``sources``: the CT series' datasets, file paths or zip
+    archive members (``archive.zip!member``, :func:`read_source_dataset`)."""
     codes_ = codes_ or load_codes()
     src = load_sources(sources)
     if src[0].StudyInstanceUID != view.study_uid:

@@ -42,23 +42,28 @@ class SourceResolver(Protocol):
 
 
 def local_sources(session: Session, study_uid: str, series_uid: str) -> list[Dataset]:
-    """Headers of the series from the study folder the ingest queue recorded."""
-    import pydicom
-
+    """Headers of the series from the study folder, or the zip file (``medassist batch``),
+    the ingest queue recorded; a zip's members are read in place."""
     from dicom_io.index import scan
     from dicom_io.uids import validate_uid
+    from medassist.errors import ExportError
+    from medassist.export.sr import read_source_dataset
 
     validate_uid(study_uid, what="StudyInstanceUID")
     item = session.scalars(select(IngestItem).where(IngestItem.study_uid == study_uid)
                            ).one_or_none()
-    if item is None or not item.location or not Path(item.location).is_dir():
-        raise SourcesUnavailableError(f"study {study_uid}: no local folder recorded")
-    series = scan(Path(item.location)).series(series_uid)
+    where = Path(item.location) if item is not None and item.location else None
+    if where is None or not (where.is_dir() or where.is_file()):
+        raise SourcesUnavailableError(f"study {study_uid}: no local folder or zip file "
+                                      "recorded")
+    series = scan(where).series(series_uid)
     if series is None:
         raise SourcesUnavailableError(f"study {study_uid}: series {series_uid} is not in the "
-                                      "recorded folder any more")
-    paths = sorted({h.path for h in series.instances})
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+                                      "recorded folder or zip file any more")
+    try:
+        return [read_source_dataset(src) for src in sorted({h.source for h in series.instances})]
+    except ExportError as exc:
+        raise SourcesUnavailableError(f"study {study_uid}: {exc}") from exc
 
 
 @dataclass

@@ -213,6 +213,55 @@ def test_a_size_says_whether_it_was_measured_on_the_ct_or_estimated(
     _dciodvfy_clean(sr_out)
 
 
+def test_sr_sources_read_from_zip_members(db: Db, tmp_path: Path, ct_files: list[Path]
+                                          ) -> None:
+    """Sources named ``archive.zip!member`` (a study batched from a zip file, as dicom_io
+    names its instances) are read from the archive through ``dicom_io.volume.read_source``:
+    the SR is the one the files give (same evidence, same slice references), whatever the
+    members' order; a missing member, a non-DICOM member and a missing archive are
+    ExportErrors naming the source."""
+    import zipfile
+
+    from medassist.export.sr import read_source_dataset
+
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("README.txt", "not DICOM\n")
+        for p in reversed(ct_files):  # stored out of slice order
+            zf.write(p, f"ct/{p.name}")
+    members = [f"{archive}!ct/{p.name}" for p in ct_files]
+    ds = read_source_dataset(members[40])
+    assert ds.SOPInstanceUID == pydicom.dcmread(ct_files[40]).SOPInstanceUID
+    assert "PixelData" not in ds
+    rid, doc = _stored(db, True)
+    from_zip, from_files = tmp_path / "zip.dcm", tmp_path / "files.dcm"
+    with db.factory.begin() as s:
+        export_report(s, rid, doc, "sr", from_zip, sources=members[::-1])
+        export_report(s, rid, doc, "sr", from_files, sources=[str(p) for p in ct_files])
+
+    def refs(path: Path) -> tuple[set[str], list[list[str]]]:
+        d = pydicom.dcmread(path)
+        ev = {i.ReferencedSOPInstanceUID for e in d.CurrentRequestedProcedureEvidenceSequence
+              for se in e.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+        groups = hd.sr.MeasurementReport.from_sequence([d]).get_image_measurement_groups()
+        return ev, [[r.referenced_sop_instance_uid for r in g.source_images] for g in groups]
+
+    check_sr(from_zip)
+    assert pydicom.dcmread(from_zip).StudyInstanceUID == STUDY_UID
+    sop_by_index = [pydicom.dcmread(p).SOPInstanceUID for p in ct_files]
+    assert refs(from_zip) == refs(from_files)
+    assert refs(from_zip)[1][0] == [sop_by_index[k] for k in (40, 41, 42)]
+    for bad, why in ((f"{archive}!ct/missing.dcm", "cannot read the source instance"),
+                     (f"{archive}!README.txt", "is not readable DICOM"),
+                     (f"{tmp_path / 'gone.zip'}!ct/{ct_files[0].name}", "cannot read")):
+        with pytest.raises(ExportError, match=why) as err:
+            read_source_dataset(bad)
+        assert bad in str(err.value)
+    with pytest.raises(ExportError, match=r"README\.txt"), db.factory.begin() as s:
+        export_report(s, rid, doc, "sr", tmp_path / "x.dcm",
+                      sources=[*members, f"{archive}!README.txt"])
+
+
 def test_sr_refuses_wrong_series(db: Db, tmp_path: Path) -> None:
     rid, doc = _stored(db, False)
     few = write_series(tmp_path / "few", axial_positions(5, 2.0), rows=4, cols=4,

@@ -17,6 +17,7 @@ from medassist import audit
 from medassist.errors import (
     AuthenticationError,
     IllegalTransitionError,
+    MedAssistError,
     NotFoundError,
     PermissionDeniedError,
     ReportValidationError,
@@ -371,6 +372,143 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
     assert _report(h, rid).status == "SIGNED"
     with pytest.raises(PermissionDeniedError):
         h.sign(_login(h, "adm.adam"), new, nv.version, USERS["adm.adam"][2])
+
+
+def _zip_folder(folder: Path, archive: Path) -> Path:
+    """``folder``'s files in a zip file (Python's zipfile), a non-DICOM member first."""
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("00_README.txt", "exported by a PACS\n")
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(f, f.relative_to(folder).as_posix())
+    return archive
+
+
+def _sr_refs(path: Path) -> tuple[set[str], list[list[str]]]:
+    """An SR's evidence (the SOPInstanceUIDs it lists) and each measurement group's source
+    image references."""
+    import highdicom as hd
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    evidence = {i.ReferencedSOPInstanceUID for e in ds.CurrentRequestedProcedureEvidenceSequence
+                for se in e.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+    groups = hd.sr.MeasurementReport.from_sequence([ds]).get_image_measurement_groups()
+    return evidence, [[r.referenced_sop_instance_uid for r in g.source_images] for g in groups]
+
+
+def test_a_study_batched_from_a_zip_file(seeded: Seeded, tmp_path: Path) -> None:
+    """A generated case's dicom/ folder zipped (a README member first) and batched by
+    `medassist batch` (its note beside it as <stem>.txt): the study view shows the same volume
+    as the case's folder gives, the worklist reads its accession from the archive, signing
+    writes an SR read from the archive's members with the study's UID and the same instance
+    references as an SR from the folder, and `pacs send`'s local resolver reads them too.
+    Without its location (none recorded, gone) only FHIR is written and the result says why;
+    a zip that is not an archive fails the export with a reason and gives no accession."""
+    import io
+
+    import pydicom
+
+    from medassist import reports
+    from medassist.batch_cli import run_batch
+    from medassist.export.sr import build_sr
+    from medassist.pacs.models import IngestItem
+    from medassist.pacs.sendback import local_sources
+    from medassist.pipeline import build_volume, select_series, series_files, series_sources
+    from medassist.storage import Study
+    from ui.handlers import _accession
+    from ui.seed import generate_cases
+
+    h = _handlers(seeded, tmp_path)
+    (case,) = generate_cases(tmp_path / "gen", [6])
+    inp = tmp_path / "zips"
+    inp.mkdir()
+    archive = _zip_folder(case / "dicom", inp / "study6.zip")
+    shutil.copy(case / "emr.txt", inp / "study6.txt")
+    sink = io.StringIO()
+    summary = run_batch(inp, db=f"sqlite:///{tmp_path / 'ui.db'}",
+                        checkpoint=str(seeded.checkpoint), err=sink, out=sink)
+    assert (summary["done"], summary["failed"]) == (1, 0), sink.getvalue()
+    series = select_series(case / "dicom")
+    uid = series.study_uid
+    with unit_of_work(h.s.factory) as s:
+        rid = s.scalars(select(Report.id).join(Study, Report.study_id == Study.id)
+                        .where(Study.study_uid == uid)).one()
+        assert s.scalars(select(IngestItem.location).where(IngestItem.study_uid == uid)
+                         ).one() == str(archive)
+    tok = _login(h, "dr.alice")
+    # images: the same HU volume as the case's folder gives
+    v = h.open_study(tok, rid)
+    folder_vol = build_volume(series)
+    folder_hu = np.asarray(folder_vol.array)
+    with unit_of_work(h.s.factory) as s:
+        _, imgs = h._load_images(s, reports.get_report(s, rid))
+    assert imgs.hu.shape == folder_hu.shape and np.array_equal(imgs.hu, folder_hu)
+    assert v.n_slices == folder_hu.shape[0] and v.emr.available
+    assert np.asarray(h.render(tok, rid, v.n_slices // 2, *PRESETS["lung"], False)).ndim == 2
+    # accession: the first DICOM member's (the README before it is skipped)
+    accession = str(pydicom.dcmread(series_files(series)[0]).AccessionNumber)
+    row = next(r for r in h.worklist(tok) if r.report_id == rid)
+    assert accession and row.accession == accession
+    assert [r.report_id for r in h.worklist(tok, "all", accession)] == [rid]
+    # sign: FHIR and an SR whose sources are the archive's members
+    r = h.save(tok, rid, v.version, dict(v.sections, impression="No acute findings."),
+               v.reviews)
+    sig = h.sign(tok, rid, r.version, USERS["dr.alice"][2])
+    assert (sig.export_error, sig.export_note) == ("", "")
+    assert sorted(sig.exports) == ["fhir", "sr"]
+    sr_path = Path(sig.exports["sr"])
+    ds = pydicom.dcmread(sr_path)
+    assert ds.StudyInstanceUID == uid and ds.VerificationFlag == "VERIFIED"
+    folder_sops = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+                   for p in series_files(series)}
+    with unit_of_work(h.s.factory) as s:
+        view = reports.report_view(s, reports.get_report(s, rid))
+    from_folder = tmp_path / "from_folder.dcm"
+    build_sr(view, [str(p) for p in series_files(series)]).save_as(from_folder,
+                                                                   enforce_file_format=True)
+    evidence, groups = _sr_refs(sr_path)
+    assert evidence == folder_sops and (evidence, groups) == _sr_refs(from_folder)
+    assert len(groups) == len(view.draft.findings)
+    # the tiny model cites no slices: with some cited, the archive's members give the same
+    # references as the folder's files, the instances at those positions along the axis
+    f0 = view.draft.findings[0]
+    cited = replace(view, draft=replace(view.draft, findings=(
+        replace(f0, evidence=replace(f0.evidence, slices=(3, 4, 5))),
+        *view.draft.findings[1:])))
+    for sources, out in ((series_sources(select_series(archive)), tmp_path / "z.dcm"),
+                         ([str(p) for p in series_files(series)], tmp_path / "f.dcm")):
+        build_sr(cited, sources).save_as(out, enforce_file_format=True)
+    zip_refs, folder_refs = _sr_refs(tmp_path / "z.dcm"), _sr_refs(tmp_path / "f.dcm")
+    assert zip_refs == folder_refs and len(zip_refs[1][0]) == 3
+    in_array_order = folder_vol.provenance.instance_uids  # the draft's slice indices' order
+    assert zip_refs[1][0] == [in_array_order[k] for k in (3, 4, 5)]
+    with unit_of_work(h.s.factory) as s:
+        local = local_sources(s, uid, series.series_uid)
+    assert {d.SOPInstanceUID for d in local} == folder_sops
+    # no location recorded, or gone: FHIR only, and the result says why
+    for location, why in ((None, "keeps no folder or zip file"),
+                          (str(tmp_path / "gone.zip"), "no longer where")):
+        with unit_of_work(h.s.factory) as s:
+            s.scalars(select(IngestItem).where(IngestItem.study_uid == uid)).one().location = \
+                location
+        ex = h.export(tok, rid)
+        assert sorted(ex.paths) == ["fhir"] and why in ex.note
+    fresh = Handlers(make_services(h.s.factory, h.s.config, tmp_path / "exports2"))
+    with pytest.raises(UIError, match="no longer where"):
+        fresh.open_study(_login(fresh, "dr.alice"), rid)
+    # a .zip that is not an archive: the export fails with its reason (sign reports it as
+    # export_error), the images say they cannot be read, and there is no accession
+    archive.write_bytes(b"not a zip archive" * 64)
+    with unit_of_work(h.s.factory) as s:
+        s.scalars(select(IngestItem).where(IngestItem.study_uid == uid)).one().location = \
+            str(archive)
+    with pytest.raises(MedAssistError, match="CT series"):
+        h.export(tok, rid)
+    with pytest.raises(UIError, match="cannot read the images"):
+        fresh.open_study(_login(fresh, "dr.alice"), rid)
+    assert _accession(archive, {}) == "" and _accession(tmp_path / "none.zip", {}) == ""
 
 
 def test_reject_needs_reason(h: Handlers, seeded: Seeded) -> None:
