@@ -132,7 +132,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     password = _password(args, f"password for {args.user}: ")
     sources: list[str | Path] = []
     if args.dicom:
-        sources = sorted(p for p in Path(args.dicom).rglob("*") if p.is_file())
+        src = Path(args.dicom)
+        if src.is_file():
+            # a study in a zip file: the diagnostic series' members (archive.zip!member)
+            from dicom_io.errors import DicomIOError
+            from medassist.errors import ExportError
+            from medassist.pipeline import select_series, series_sources
+
+            try:
+                sources = list(series_sources(select_series(src)))
+            except (DicomIOError, MedAssistError) as exc:
+                raise ExportError(f"--dicom {src}: no CT series to cite in the SR "
+                                  f"({type(exc).__name__}: {exc})") from exc
+        else:
+            sources = sorted(p for p in src.rglob("*") if p.is_file())
     engine = _engine(args)
     try:
         factory = session_factory(engine)
@@ -198,7 +211,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--user", required=True, help="clinician user name (asks for the password)")
     p.add_argument("--password-stdin", action="store_true")
-    p.add_argument("--dicom", help="folder of the source CT series (required for sr)")
+    p.add_argument("--dicom", help="folder of the source CT series, or the study's zip file "
+                                   "(required for sr)")
     db_opt(p)
     p.set_defaults(func=cmd_export)
 

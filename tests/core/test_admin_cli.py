@@ -92,3 +92,51 @@ def test_db_url_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert _run(["audit", "verify"], monkeypatch) == 0
     assert (tmp_path / "data" / "medassist.db").exists()
     capsys.readouterr()
+
+
+def test_export_sr_from_a_zipped_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``export --format sr --dicom study.zip`` (a study batched from a zip file) writes the
+    SR the study's folder gives; a file that is not a zip archive is a typed error (exit 1,
+    no traceback)."""
+    import zipfile
+
+    import pydicom
+
+    db = ["--db", f"sqlite:///{tmp_path / 'zip.db'}"]
+    assert _run(["db", "upgrade", *db], monkeypatch) == 0
+    assert _run(["user", "add", "dana", "--name", "Dr. Dana Diaz", "--role", "clinician",
+                 "--password-stdin", *db], monkeypatch, PASSWORD + "\n") == 0
+    engine = make_engine(db[1])
+    with session_factory(engine).begin() as s:
+        rid = reports.store_draft(s, ReportDraft.from_dict(DRAFT), study_uid=STUDY_UID,
+                                  patient_pseudo_id="PSEUDO-0003").id
+    engine.dispose()
+    files = write_series(tmp_path / "ct", axial_positions(64, 2.0), rows=4, cols=4,
+                         study_uid=STUDY_UID, series_uid=SERIES_UID)
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("README.txt", "not DICOM")
+        for f in reversed(sorted(files)):
+            zf.write(f, f"ct/{Path(f).name}")
+    got = {}
+    for name, src in (("folder", tmp_path / "ct"), ("zip", archive)):
+        out = tmp_path / f"{name}.sr.dcm"
+        assert _run(["export", str(rid), "--format", "sr", "--out", str(out), "--user", "dana",
+                     "--password-stdin", "--dicom", str(src), *db], monkeypatch,
+                    PASSWORD + "\n") == 0, capsys.readouterr().err
+        ds = pydicom.dcmread(out)
+        got[name] = (sorted(str(i.ReferencedSOPInstanceUID)
+                            for ev in ds.CurrentRequestedProcedureEvidenceSequence
+                            for se in ev.ReferencedSeriesSequence
+                            for i in se.ReferencedSOPSequence),
+                     str(ds.StudyInstanceUID))
+    assert got["zip"] == got["folder"] and got["zip"][1] == STUDY_UID
+    assert len(got["zip"][0]) == 64
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip archive")
+    assert _run(["export", str(rid), "--format", "sr", "--out", str(tmp_path / "b.dcm"),
+                 "--user", "dana", "--password-stdin", "--dicom", str(bad), *db], monkeypatch,
+                PASSWORD + "\n") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip()
