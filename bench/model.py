@@ -305,8 +305,12 @@ def long_emr(tokens: int, checkpoint: str | None) -> dict[str, Any]:
 def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> dict[str, Any]:
     """Memory tokens vs full attention (same weights) on ``n`` generated long-note cases, each
     note cut to its first ``tokens`` tokens: do the findings decisions, context classes,
-    Findings and Impression text agree?"""
-    from medassist.drafting import generate, split_sections
+    Findings and Impression text agree?  The text is conditioned as the drafts condition it
+    (the context class the note's history decides where it does, read by rule from the cut
+    note: ``medassist.drafting.note_context``); ``*_head`` keys: on the context head's
+    decisions alone."""
+    from medassist.drafting import generate, note_context, split_sections
+    from medassist.history import NoteHistory, read_history
     from medassist.model_data import record_sample, synth_records
     from medassist.model_eval import EMR_DEPENDENT
     from multimodal.checkpoint import load_checkpoint
@@ -325,21 +329,31 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
     recs = list(synth_records(str(ROOT / "configs/synth/long_notes.yaml"), cfg, seed, n,
                               "test"))
     samples = [record_sample(r, cfg, tok, tokens, with_report=False) for r in recs]
+    # the history the cut note states (the text the model reads: up to its last token's end)
+    hists = [NoteHistory(read_history((r.emr or "")[: int(smp["emr_spans"][-1][1])]).stated)
+             if smp["emr_spans"] is not None and len(smp["emr_spans"]) else None
+             for r, smp in zip(recs, samples, strict=True)]
     runs: dict[str, Any] = {}
     for name, m, c in (("memory", model, cfg), ("full", full, fcfg)):
         cases = []
         t0 = time.perf_counter()
         with torch.no_grad():
-            for o in predict(m, samples, batch_size=1):
+            for o, hist in zip(predict(m, samples, batch_size=1), hists, strict=True):
                 preds = predict_findings(o, c.heads, c.ct)
+                drafted, _ = note_context(o, c, preds, [hist])
                 text = tok.decode(generate(m, o, c.decoder.max_len - 1, preds,
-                                           tok.vocab)[0].tolist())
+                                           tok.vocab, drafted)[0].tolist())
+                head_text = tok.decode(generate(m, o, c.decoder.max_len - 1, preds,
+                                                tok.vocab)[0].tolist())
                 fnd, imp = split_sections(text)
                 ctx = (None if o.context_logits is None
                        else context_decisions(o.context_logits, o.emr_used)[0].tolist())
                 cases.append({"present": [p.label for p in preds[0] if p.present],
-                              "context": ctx,
-                              "findings": fnd, "impression": imp})
+                              "context_head": ctx,
+                              "context": None if drafted is None else drafted[0].tolist(),
+                              "findings": fnd, "impression": imp,
+                              "findings_head": split_sections(head_text)[0],
+                              "impression_head": split_sections(head_text)[1]})
         runs[name] = {"seconds": round(time.perf_counter() - t0, 2), "cases": cases}
     mem, ful = runs["memory"]["cases"], runs["full"]["cases"]
 
@@ -358,6 +372,9 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
         "seconds": {k: v["seconds"] for k, v in runs.items()},
         "same_findings": agree("present"), "same_context": agree("context"),
         "same_findings_text": agree("findings"), "same_impression": agree("impression"),
+        "same_context_head": agree("context_head"),
+        "same_findings_text_head": agree("findings_head"),
+        "same_impression_head": agree("impression_head"),
         "emr_dependent": len(dep),
         "emr_dependent_right": {"memory": sum(d[0] for d in dep),
                                 "full": sum(d[1] for d in dep)},

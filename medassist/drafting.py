@@ -365,7 +365,9 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
         # a called nodule's or mass's size measured on the CT where that succeeds
         all_preds = [measure_findings(preds, p.study.hu, cfg.ct.spacing_mm, cfg.heads.measure)
                      for preds, p in zip(all_preds, batch, strict=True)]
-        ids = generate(lm.model, out, cfg.decoder.max_len - 1, all_preds, lm.tok.vocab)
+        # a context class the note's history decides, read by rule (medassist.history)
+        ctx, all_preds = note_context(out, cfg, all_preds, [note_history(p) for p in batch])
+        ids = generate(lm.model, out, cfg.decoder.max_len - 1, all_preds, lm.tok.vocab, ctx)
     if lm.device != "cpu":
         from multimodal.training import to_device
 
@@ -383,6 +385,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
            preds: Sequence[Any], w: Any, unreliable: frozenset[str] = frozenset(),
            never: frozenset[str] = frozenset()
            ) -> dict[str, Any]:
+    from medassist.history import CONTEXT_FACTS, FACTS, stated_where
     from medassist.labeler import (
         complete,
         guard,
@@ -457,6 +460,8 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     history_unstated = history_unstated_labels(findings_text) \
         | history_unstated_labels(impression)
     spans_chr = sample.get("emr_spans")
+    # where the note states each fact of the history (the evidence of a context it decided)
+    where = stated_where(emr) if emr and emr.strip() else {}
     items = []
     for p in preds:
         slices: list[int] = []
@@ -481,10 +486,17 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             box_mm = [round(float(v), 2) for v in (*mlo, *mhi)]
             z_mm = [round(float(mlo[2]), 2), round(float(mhi[2]), 2)]
         emr_spans: list[list[int]] = []
+        if p.present and p.context_source == "note":
+            # the context the note's history decided: the sentences stating that history
+            for fact in FACTS:
+                if fact in CONTEXT_FACTS.get(p.context or "", frozenset()):
+                    emr_spans += [[a, b] for a, b in where.get(fact, [])
+                                  if [a, b] not in emr_spans]
         if spans_chr is not None:
             # the note passages behind the finding's EMR context (what makes its impression)
             # first, then those the findings head attributed the finding to
-            for t0, t1 in (*p.context_token_spans, *p.emr_token_spans):
+            for t0, t1 in (*(p.context_token_spans if p.context_source == "head" else ()),
+                           *p.emr_token_spans):
                 sp = [int(spans_chr[t0][0]), int(spans_chr[t1 - 1][1])]
                 if sp not in emr_spans:
                     emr_spans.append(sp)
@@ -505,6 +517,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             # the checkpoint did not detect this finding reliably on its validation cases:
             # neither "present" nor "absent" should be taken from it
             flags.append("unreliable_detector")
+        if p.present and p.context_source == "note":
+            # its impression's context (pneumonia, cardiogenic, metastatic, or none of them)
+            # is the history the note states, read by rule, not the context head's decision
+            flags.append("context_from_note")
         if p.present and p.present_source == "image":
             # called by a measurement on the CT (a fluid band around the heart), whatever
             # the presence head's probability
@@ -573,11 +589,12 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
 
 
 def generate(model: Any, out: Any, max_new: int, findings: Any = None,
-             vocab: Sequence[str] = ()) -> Any:
+             vocab: Sequence[str] = (), context: Any = None) -> Any:
     """Greedy report ids (B, L) of a FusionModel / LateFusionModel output; ``findings`` (the
-    post-processed predictions of the batch) condition the text where the model does. With
-    the tokenizer's ``vocab`` the checkpoint's ``decoder.no_repeat_ngram`` applies (no n-gram
-    twice within a sentence)."""
+    post-processed predictions of the batch) and ``context`` (the context class per slot,
+    :func:`note_context`) condition the text where the model does. With the tokenizer's
+    ``vocab`` the checkpoint's ``decoder.no_repeat_ngram`` applies (no n-gram twice within a
+    sentence)."""
     from multimodal.baseline import LateFusionModel
     from multimodal.decoder import RepeatGuard
     from multimodal.model import FusionModel
@@ -585,6 +602,44 @@ def generate(model: Any, out: Any, max_new: int, findings: Any = None,
     if not isinstance(model, FusionModel | LateFusionModel):
         raise ModelCLIError(f"cannot generate with {type(model).__name__}")
     guard = RepeatGuard.for_vocab(model.cfg.decoder.no_repeat_ngram, vocab) if vocab else None
-    return model.generate(out, max_new=max_new, findings=findings, guard=guard)
+    return model.generate(out, max_new=max_new, findings=findings, guard=guard,
+                          context=context)
+
+
+def note_context(out: Any, cfg: Any, preds: Sequence[Sequence[Any]],
+                 hists: Sequence[NoteHistory | None]) -> tuple[Any, list[list[Any]]]:
+    """The context class per slot (B, K) the text is conditioned on, and ``preds`` with it.
+    Where a case has a note (``hists``, :func:`note_history`; None without one) the history
+    it states, read by rule, decides (:func:`medassist.history.stated_context`): a class
+    whose facts the note states, else the context head's class unless it rests on a fact
+    the note does not state (then class 0, "the note adds nothing").  A present finding
+    whose class the rule changed carries it (``context``, ``context_source`` "note").
+    (None, ``preds``) for a checkpoint without a context head."""
+    import dataclasses
+
+    from medassist.history import stated_context
+    from multimodal.context import context_decisions
+
+    if len(hists) != len(preds):
+        raise ValueError(f"one history per case: {len(hists)} for {len(preds)} cases")
+    if out.context_logits is None or not cfg.context.labels:
+        return None, [list(case) for case in preds]
+    dec = context_decisions(out.context_logits, out.emr_used).cpu().clone()  # (B, K)
+    slot_of = {lab: k for k, lab in enumerate(cfg.context.labels)}
+    res: list[list[Any]] = []
+    for b, (case, hist) in enumerate(zip(preds, hists, strict=True)):
+        row = []
+        for p in case:
+            k = slot_of.get(p.label)
+            if hist is not None and k is not None:
+                i = stated_context(cfg.context.classes[k], hist.stated, int(dec[b, k]))
+                if i != int(dec[b, k]):
+                    dec[b, k] = i
+                    if p.present:
+                        p = dataclasses.replace(p, context=cfg.context.classes[k][i],
+                                                context_source="note")
+            row.append(p)
+        res.append(row)
+    return dec, res
 
 

@@ -36,7 +36,7 @@ admission's too): a statement they cannot find is marked, one they find is not.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,34 +123,61 @@ def _affirmed(pattern: re.Pattern[str], sentence: str, own: bool = False) -> boo
     return False
 
 
-def _sentences(text: str) -> list[str]:
-    return [m.group(0).strip().lower() for m in SENTENCE.finditer(text) if m.group(0).strip()]
+def _sentences(text: str) -> list[tuple[tuple[int, int], str]]:
+    """The sentences of ``text``: their character span [start, end) in ``text`` (surrounding
+    white space left out) and their lower-case text."""
+    out = []
+    for m in SENTENCE.finditer(text):
+        raw = m.group(0)
+        body = raw.strip()
+        if body:
+            a = m.start() + len(raw) - len(raw.lstrip())
+            out.append(((a, a + len(body)), body.lower()))
+    return out
+
+
+def _facts_of(s: str) -> set[str]:
+    """The facts of :data:`FACTS` that one (lower-case) sentence states."""
+    stated: set[str] = set()
+    if _affirmed(_FEVER, s):
+        stated.add(FEVER)
+    for m in _TEMP.finditer(s):
+        value = float(m.group(1))
+        if (m.group(2) == "c" and value >= FEVER_C) \
+                or (m.group(2) == "f" and value >= FEVER_C * 9 / 5 + 32):
+            stated.add(FEVER)
+    if _affirmed(_LEUKO, s):
+        stated.add(LEUKOCYTOSIS)
+    for m in _WBC.finditer(s):
+        value = float(m.group(1).replace(",", ""))
+        if (value / 1000.0 if value >= 1000 else value) >= WBC_LIMIT:
+            stated.add(LEUKOCYTOSIS)
+    if _affirmed(_HF, s, own=True):
+        stated.add(HEART_FAILURE)
+    if _affirmed(_CANCER, s, own=True):
+        stated.add(KNOWN_CANCER)
+    if any(float(m.group(1)) >= HEAVY_PACK_YEARS for m in _PACK.finditer(s)):
+        stated.add(HEAVY_SMOKING)
+    return stated
 
 
 def read_history(note: str) -> NoteHistory:
     """The facts of :data:`FACTS` that ``note`` states (the module's rules)."""
     stated: set[str] = set()
-    for s in _sentences(note):
-        if _affirmed(_FEVER, s):
-            stated.add(FEVER)
-        for m in _TEMP.finditer(s):
-            value = float(m.group(1))
-            if (m.group(2) == "c" and value >= FEVER_C) \
-                    or (m.group(2) == "f" and value >= FEVER_C * 9 / 5 + 32):
-                stated.add(FEVER)
-        if _affirmed(_LEUKO, s):
-            stated.add(LEUKOCYTOSIS)
-        for m in _WBC.finditer(s):
-            value = float(m.group(1).replace(",", ""))
-            if (value / 1000.0 if value >= 1000 else value) >= WBC_LIMIT:
-                stated.add(LEUKOCYTOSIS)
-        if _affirmed(_HF, s, own=True):
-            stated.add(HEART_FAILURE)
-        if _affirmed(_CANCER, s, own=True):
-            stated.add(KNOWN_CANCER)
-        if any(float(m.group(1)) >= HEAVY_PACK_YEARS for m in _PACK.finditer(s)):
-            stated.add(HEAVY_SMOKING)
+    for _span, s in _sentences(note):
+        stated |= _facts_of(s)
     return NoteHistory(frozenset(stated))
+
+
+def stated_where(note: str) -> dict[str, list[tuple[int, int]]]:
+    """Per fact of :data:`FACTS` that ``note`` states, the character spans [start, end) of
+    the sentences stating it, in the note's order (a draft's EMR evidence for a conclusion
+    resting on it)."""
+    where: dict[str, list[tuple[int, int]]] = {}
+    for span, s in _sentences(note):
+        for fact in _facts_of(s):
+            where.setdefault(fact, []).append(span)
+    return where
 
 
 #: LOINC codes of the FHIR Observations read by :func:`facts_from_fhir`
@@ -210,6 +237,38 @@ def facts_from_fhir(resources: Iterable[Any]) -> frozenset[str]:
                 if value >= (FEVER_C * 9 / 5 + 32 if fahrenheit else FEVER_C):
                     stated.add(FEVER)
     return frozenset(stated)
+
+
+#: the EMR context classes (:mod:`multimodal.context`) that rest on the patient's history,
+#: each with the facts it rests on, as the generator's reports (medassist.synth.report) and
+#: a reader draw them: a called consolidation with fever and leukocytosis is a pneumonia, an
+#: effusion with heart failure likely cardiogenic, nodules or enlarged nodes with a known
+#: cancer suspicious for metastasis, spiculated nodules in a heavy smoker suspicious for a
+#: primary lung cancer
+CONTEXT_FACTS: dict[str, frozenset[str]] = {
+    "metastatic_disease_suspected": frozenset({KNOWN_CANCER}),
+    "primary_lung_malignancy_suspected": frozenset({HEAVY_SMOKING}),
+    "pneumonia": frozenset({FEVER, LEUKOCYTOSIS}),
+    "effusion_cardiogenic": frozenset({HEART_FAILURE}),
+    "lymphadenopathy_metastasis_suspected": frozenset({KNOWN_CANCER}),
+}
+#: the classes of :data:`CONTEXT_FACTS` that their facts alone decide (a primary lung cancer
+#: needs a spiculated margin too, which the image shows, not the note)
+CONTEXT_DECIDED = frozenset(CONTEXT_FACTS) - {"primary_lung_malignancy_suspected"}
+
+
+def stated_context(classes: Sequence[str], stated: Collection[str], head: int = 0) -> int:
+    """One context slot's class (an index into its ``classes``, class 0 "the note adds
+    nothing") given the facts the note states (``stated``) and the context head's class
+    ``head``: the first class of :data:`CONTEXT_DECIDED` whose facts are all stated; else
+    the head's, unless it rests on a fact the note does not state (then class 0)."""
+    if not 0 <= head < len(classes):
+        raise ValueError(f"head class {head} is not one of the slot's {len(classes)} classes")
+    have = set(stated)
+    for i, cls in enumerate(classes):
+        if i > 0 and cls in CONTEXT_DECIDED and CONTEXT_FACTS[cls] <= have:
+            return i
+    return 0 if not CONTEXT_FACTS.get(classes[head], frozenset()) <= have else head
 
 
 #: what a draft sentence claims about the history: wording -> the facts it rests on

@@ -149,15 +149,20 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
         w = torch.cat([o.modality_weights for o in outs]).numpy()
         m["mean_modality_weights"] = {"ct": float(w[:, 0].mean()), "emr": float(w[:, 1].mean())}
         if tok is not None and records is not None:
-            texts = [tok.decode(row.tolist()) for o, fb in zip(
-                outs, per_batch[cfg.heads.side_from_evidence], strict=True)
-                     for row in generate(model, o, cfg.decoder.max_len - 1, fb, tok.vocab)]
+            texts, head_texts, n_note = _texts(model, cfg, tok, outs,
+                                               per_batch[cfg.heads.side_from_evidence],
+                                               records, note=mode != "emr")
             tpred = np.array([[text_findings(split_sections(t)[0], cfg.heads.labels)[lab]
                                for lab in cfg.heads.labels] for t in texts], bool)
             tm = findings_metrics(cfg.heads.labels, prob, tpred, truth, lat, lat_true, size,
                                   size_true)
             m["text_micro_f1"], m["text_macro_f1"] = tm["micro_f1"], tm["macro_f1"]
             m.update(impression_metrics(records, texts))
+            # the same with the context head's decisions alone (no history read by rule): what
+            # the model itself draws from the note
+            m["impression_acc_emr_dependent_head"] = impression_metrics(
+                records, head_texts)["impression_acc_emr_dependent"]
+            m["context_from_note"] = n_note
             m["text_size_vs_measured"] = text_size_agreement(
                 preds, texts, cfg.heads.measure.ratio_labels)
             m["lobe_agreement"] = lobe_agreement(preds, texts, records)
@@ -174,6 +179,39 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
                                                            threshold)
         res[{None: "full", "emr": "emr_removed", "ct": "ct_removed"}[mode]] = m
     return res
+
+
+def _texts(model: Any, cfg: Any, tok: Any, outs: Sequence[Any],
+           batches: Sequence[Sequence[Sequence[Any]]], records: Sequence[CaseRecord],
+           note: bool) -> tuple[list[str], list[str], int]:
+    """The reports as the drafts write them (the context class the note's history decides
+    where it does, :func:`medassist.drafting.note_context`; ``note`` False: the note was
+    removed), the reports with the context head's decisions alone, and the number of cases
+    with a called finding whose context the note's history decided."""
+    from medassist.drafting import note_context
+    from medassist.history import NoteHistory, read_history
+
+    hists = [NoteHistory(read_history(r.emr).stated) if note and r.emr and r.emr.strip()
+             else None for r in records]
+    texts: list[str] = []
+    head_texts: list[str] = []
+    changed, start = 0, 0
+    for o, fb in zip(outs, batches, strict=True):
+        ctx, stated = note_context(o, cfg, fb, hists[start: start + len(fb)])
+        start += len(fb)
+        gen = [tok.decode(row.tolist()) for row in generate(model, o, cfg.decoder.max_len - 1,
+                                                             fb, tok.vocab, ctx)]
+        texts += gen
+        # a case whose called finding's context the note decided (an absent finding's
+        # context conditions nothing: the text is the head's)
+        differs = [any(p.present and p.context_source == "note" for p in case)
+                   for case in stated]
+        changed += sum(differs)
+        head_texts += gen if not any(differs) else [
+            tok.decode(row.tolist()) if d else g
+            for row, d, g in zip(generate(model, o, cfg.decoder.max_len - 1, fb, tok.vocab),
+                                 differs, gen, strict=True)]
+    return texts, head_texts, changed
 
 
 def text_size_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str],

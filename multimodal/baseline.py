@@ -88,9 +88,9 @@ class LateFusionModel(nn.Module):
     @torch.no_grad()
     def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,
                  use_cache: bool = True, findings: object = None,
-                 guard: RepeatGuard | None = None) -> Tensor:
-        """Report token ids (B, L); ``findings`` is accepted for the fusion model's interface
-        and not used (the baseline's decoder is not conditioned)."""
+                 guard: RepeatGuard | None = None, context: object = None) -> Tensor:
+        """Report token ids (B, L); ``findings`` and ``context`` are accepted for the fusion
+        model's interface and not used (the baseline's decoder is not conditioned)."""
         if beam_size > 1:
             return self.decoder.beam(out.memory, out.memory_mask, max_new, beam_size,
                                      guard=guard)

@@ -241,10 +241,12 @@ class FusionModel(nn.Module):
     def generate(self, out: ModelOutput, max_new: int = 200, beam_size: int = 1,
                  use_cache: bool = True,
                  findings: list[list[FindingPrediction]] | None = None,
-                 guard: RepeatGuard | None = None) -> Tensor:
+                 guard: RepeatGuard | None = None, context: Tensor | None = None) -> Tensor:
         """Report token ids (B, L) from the fused memory of ``out``.  With decoder.condition
         the text is conditioned on ``findings`` (the post-processed decisions the draft
-        states), else on the head's raw decisions."""
+        states), else on the head's raw decisions; ``context`` (B, K) int64, one class per
+        context slot, replaces the context head's decisions (the draft's, where the note's
+        history read by rule decides a class)."""
         if findings is not None:
             cond = stated_decisions(findings, self.cfg.heads.labels)
             size = stated_sizes(findings)
@@ -256,6 +258,12 @@ class FusionModel(nn.Module):
             where = out.location_logits.detach().argmax(-1)
         ctx = None if out.context_logits is None else context_decisions(out.context_logits,
                                                                         out.emr_used)
+        if context is not None:
+            if ctx is None or context.shape != ctx.shape:
+                want = None if ctx is None else tuple(ctx.shape)
+                raise ValueError(f"context must be (B, K) = {want} (the context head's "
+                                 f"decisions), got {tuple(context.shape)}")
+            ctx = context.to(device=ctx.device, dtype=ctx.dtype)
         mem, mask = self.decoder_memory(out.memory, out.memory_mask, *cond, ctx, size, where)
         if beam_size > 1:
             return self.decoder.beam(mem, mask, max_new, beam_size, guard=guard)

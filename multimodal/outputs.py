@@ -158,3 +158,6 @@ class FindingPrediction:
     #: threshold) or "image" (a measurement on the CT found the finding, or found the heart
     #: and no fluid band around it: :mod:`multimodal.pericardium`)
     present_source: str = "head"
+    #: what decided ``context``: "head" (the context head) or "note" (the history the note
+    #: states, read by rule: medassist.history.CONTEXT_FACTS)
+    context_source: str = "head"

@@ -209,3 +209,96 @@ def test_with_context_names_the_class_and_its_note_spans(
     assert sum(c - a for a, c in spans) == 3
     no_note = {p.label: p for p in got[1]}["lung_nodule"]
     assert no_note.context == cfg.context.classes[k][0] and no_note.context_token_spans == ()
+
+
+def test_the_notes_history_decides_the_class_it_rests_on(
+        model: FusionModel, make_batch: Callable[..., ModelInput]) -> None:
+    """medassist.drafting.note_context: where the note states the history a slot's class
+    rests on (read by rule), that class conditions the text and the finding says so; a
+    head's class resting on a history the note does not state falls to class 0; without a
+    note the context head's decisions stand."""
+    from medassist.drafting import note_context
+    from medassist.history import (
+        FEVER,
+        HEART_FAILURE,
+        HEAVY_SMOKING,
+        KNOWN_CANCER,
+        LEUKOCYTOSIS,
+        NoteHistory,
+        stated_context,
+    )
+
+    cfg = model.cfg
+    x = make_batch(b=3, t=40, emr=(True, True, False))
+    with torch.no_grad():
+        out = model(x)
+    preds = [[dataclasses.replace(p, present=p.label != "pleural_effusion") for p in case]
+             for case in with_context(out, cfg.context,
+                                      predict_findings(out, cfg.heads, cfg.ct), n_spans=3)]
+    every = NoteHistory(frozenset({FEVER, LEUKOCYTOSIS, HEART_FAILURE, KNOWN_CANCER}))
+    # a head that draws each slot's last class, as if it read every history into the note
+    logits = out.context_logits
+    assert logits is not None
+    forced = torch.full_like(logits, -1e4)
+    for k, cls in enumerate(cfg.context.classes):
+        forced[:, k, len(cls) - 1] = 0.0
+    forced[:, :, 1:] = torch.where(torch.isinf(logits[:, :, 1:]), logits[:, :, 1:],
+                                   forced[:, :, 1:])
+    out = dataclasses.replace(out, context_logits=forced)
+    head = context_decisions(forced, out.emr_used)
+    assert head[0].tolist() == [len(c) - 1 for c in cfg.context.classes]
+    ctx, got = note_context(out, cfg, preds, [every, NoteHistory(frozenset()), None])
+    assert ctx is not None and ctx.shape == head.shape
+    # every history stated: nodule and nodes metastatic, pneumonia, cardiogenic (a class is
+    # decided whether or not its finding is called)
+    assert ctx[0].tolist() == [1, 1, 1, 1]
+    # nothing stated: each of the head's classes rests on a history, so none stands
+    assert ctx[1].tolist() == [0, 0, 0, 0]
+    assert torch.equal(ctx[2], head[2]) and got[2] == preds[2]  # no note: the head's
+    for b in (0, 1):
+        for p, q in zip(got[b], preds[b], strict=True):
+            if p.label not in cfg.context.labels or not p.present:
+                assert p == q  # no slot, or not called (the effusion): untouched
+                continue
+            k = cfg.context.labels.index(p.label)
+            changed = int(ctx[b, k]) != int(head[b, k])
+            assert p.context_source == ("note" if changed else "head")
+            if changed:
+                assert p.context == cfg.context.classes[k][int(ctx[b, k])]
+                assert dataclasses.replace(p, context=q.context, context_source="head") == q
+    nodule = cfg.context.classes[cfg.context.labels.index("lung_nodule")]
+    pneumonia = cfg.context.classes[cfg.context.labels.index("consolidation")]
+    # a fever alone is no pneumonia, and a head's pneumonia without both falls
+    assert stated_context(pneumonia, {FEVER}) == 0
+    assert stated_context(pneumonia, {FEVER}, head=1) == 0
+    assert stated_context(pneumonia, {FEVER, LEUKOCYTOSIS}) == 1
+    # a primary lung cancer needs a spiculated margin too: the pack-years alone keep the
+    # head's class, decide none, and a missing smoking history takes it back
+    smoker = nodule.index("primary_lung_malignancy_suspected")
+    assert stated_context(nodule, {HEAVY_SMOKING}) == 0
+    assert stated_context(nodule, {HEAVY_SMOKING}, head=smoker) == smoker
+    assert stated_context(nodule, {FEVER}, head=smoker) == 0
+    # a known cancer comes first, as in the reference reports
+    assert nodule[stated_context(nodule, {HEAVY_SMOKING, KNOWN_CANCER}, head=smoker)] == \
+        "metastatic_disease_suspected"
+    with pytest.raises(ValueError, match="one history per case"):
+        note_context(out, cfg, preds, [every, None])
+    with pytest.raises(ValueError, match="head class"):
+        stated_context(nodule, set(), head=len(nodule))
+
+
+def test_generate_states_the_context_it_is_given(
+        model: FusionModel, make_batch: Callable[..., ModelInput]) -> None:
+    """FusionModel.generate(context=...) replaces the context head's decisions: given the
+    head's own, the same tokens; a wrong shape is refused."""
+    cfg = model.cfg
+    with torch.no_grad():
+        out = model(make_batch(b=2, t=40))
+    preds = [[dataclasses.replace(p, present=True) for p in case]
+             for case in predict_findings(out, cfg.heads, cfg.ct)]
+    assert out.context_logits is not None
+    head = context_decisions(out.context_logits, out.emr_used)
+    plain = model.generate(out, max_new=12, findings=preds)
+    assert torch.equal(model.generate(out, max_new=12, findings=preds, context=head), plain)
+    with pytest.raises(ValueError, match="context must be"):
+        model.generate(out, max_new=4, findings=preds, context=head[:, :-1])

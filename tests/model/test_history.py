@@ -138,3 +138,56 @@ def test_generated_notes_and_their_reference_reports() -> None:
             assert missing == [], (case.case_id, s.text)
     assert min(seen.values()) >= 5, seen  # every fact stated in some notes
     assert short_marks <= 3  # rare: one of these 120 references
+
+
+def test_where_the_note_states_each_fact() -> None:
+    """stated_where: the sentences stating each fact, as character spans of the note."""
+    from medassist.history import stated_where
+
+    note = ("CC: 71F p/w cough.  Febrile to 38.9 C overnight.\nWBC 14.2 K/uL; lactate 1.1.\n"
+            "No heart failure. Hx of breast cancer (2015).")
+    where = stated_where(note)
+    assert set(where) == {FEVER, LEUKOCYTOSIS, KNOWN_CANCER} == set(read_history(note).stated)
+    assert [note[a:b] for a, b in where[FEVER]] == ["Febrile to 38.9 C overnight."]
+    assert [note[a:b] for a, b in where[LEUKOCYTOSIS]] == ["WBC 14.2 K/uL;"]
+    assert [note[a:b] for a, b in where[KNOWN_CANCER]] == ["Hx of breast cancer (2015)."]
+    assert stated_where("") == {}
+
+
+def test_a_draft_takes_the_context_its_note_states(tmp_path: Path) -> None:
+    """The shipped checkpoint on held-out shift case 13 (seed 7, configs/synth/
+    small_fleischner_body.yaml): a consolidation in a patient whose note states fever and
+    leukocytosis reads "consistent with pneumonia", flagged context_from_note, its EMR
+    evidence first the sentences stating them; the same case with those left out of the
+    note draws no pneumonia."""
+    from medassist.drafting import make_report
+    from medassist.history import stated_where
+    from medassist.synth.case import make_case
+    from medassist.synth.config import load_config
+    from medassist.synth.findings import load_vocabulary
+    from medassist.synth.writer import write_case
+
+    cfg = load_config(ROOT / "configs/synth/small_fleischner_body.yaml")
+    case = make_case(cfg, load_vocabulary(cfg.findings.vocabulary_path()), 7, 13, "test", True)
+    assert case.profile.fever and case.profile.leukocytosis
+    folder = tmp_path / "case"
+    write_case(case, cfg, folder)
+    note = (folder / "emr.txt").read_text(encoding="utf-8")
+    d = make_report(folder / "dicom", folder / "emr.txt")
+    cons = next(f for f in d["findings"] if f["label"] == "consolidation")
+    assert cons["present"] and "context_from_note" in cons["flags"]
+    assert "consistent with pneumonia" in d["sections"]["impression"]
+    where = stated_where(note)
+    facts = [sp for fact in (FEVER, LEUKOCYTOSIS) for sp in where[fact]]
+    first = [tuple(sp) for sp in cons["evidence"]["emr_spans"][: len(set(facts))]]
+    assert set(first) == set(facts)
+    assert all(read_history(note[a:b]).stated & {FEVER, LEUKOCYTOSIS} for a, b in first)
+    # the note without its fever and white count: no pneumonia is drawn from it
+    plain = "\n".join(line for line in note.splitlines()
+                      if not read_history(line).stated & {FEVER, LEUKOCYTOSIS})
+    assert not read_history(plain).stated & {FEVER, LEUKOCYTOSIS}
+    (folder / "plain.txt").write_text(plain, encoding="utf-8")
+    d2 = make_report(folder / "dicom", folder / "plain.txt")
+    imp = d2["sections"]["impression"]
+    assert "consistent with pneumonia" not in imp and "nonspecific" in imp
+    assert next(f for f in d2["findings"] if f["label"] == "consolidation")["present"]
