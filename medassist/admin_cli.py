@@ -13,20 +13,23 @@ import getpass
 import logging
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from sqlalchemy import Engine
-
-from medassist import audit
-from medassist.audit import SYSTEM, AuditAction, ObjectType
+# the parser is built from light modules only; storage, audit trail and SQLAlchemy are
+# imported by the commands that use them
+from medassist.audit.events import DEFAULT_CHAIN
 from medassist.errors import MedAssistError, UsageError
-from medassist.storage import make_engine, resolve_db_url, session_factory, unit_of_work
-from medassist.storage.migrate import require_current, upgrade
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger("medassist.admin")
 
 
 def _engine(args: argparse.Namespace, *, migrate: bool = True) -> Engine:
+    from medassist.storage import make_engine, resolve_db_url
+    from medassist.storage.migrate import require_current, upgrade
+
     engine = make_engine(resolve_db_url(getattr(args, "db", None)))
     if migrate:  # migrations run on start-up
         upgrade(engine)
@@ -45,6 +48,11 @@ def _password(args: argparse.Namespace, prompt: str, stdin: TextIO | None = None
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from medassist import audit
+    from medassist.audit import SYSTEM, AuditAction, ObjectType
+    from medassist.storage import make_engine, resolve_db_url, session_factory, unit_of_work
+    from medassist.storage.migrate import upgrade
+
     engine = make_engine(resolve_db_url(args.db))
     try:
         rev = upgrade(engine, app_role=args.app_role)
@@ -57,7 +65,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
+    from medassist.audit import SYSTEM
     from medassist.auth import create_user
+    from medassist.storage import session_factory, unit_of_work
 
     password = _password(args, f"password for {args.username}: ")
     engine = _engine(args)
@@ -73,7 +83,9 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_user_disable(args: argparse.Namespace) -> int:
+    from medassist.audit import SYSTEM
     from medassist.auth import disable_user
+    from medassist.storage import session_factory, unit_of_work
 
     engine = _engine(args)
     try:
@@ -87,6 +99,10 @@ def cmd_user_disable(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Exit 0 when the chain is intact, 1 naming the first broken event."""
+    from medassist import audit
+    from medassist.audit import SYSTEM, AuditAction, ObjectType
+    from medassist.storage import session_factory, unit_of_work
+
     engine = _engine(args)
     try:
         factory = session_factory(engine)
@@ -106,7 +122,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
+    from medassist import audit
+    from medassist.audit import SYSTEM, AuditAction, ObjectType
     from medassist.audit.export import render
+    from medassist.storage import session_factory, unit_of_work
 
     engine = _engine(args)
     try:
@@ -128,6 +147,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from medassist.auth import actor_of, authenticate
     from medassist.export import export_report
+    from medassist.storage import session_factory, unit_of_work
 
     password = _password(args, f"password for {args.user}: ")
     sources: list[str | Path] = []
@@ -195,13 +215,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = aus.add_parser("verify", help="verify the hash chain (exit 1 names the first broken "
                                       "event)")
     db_opt(p)
-    p.add_argument("--chain", default=audit.DEFAULT_CHAIN, help=argparse.SUPPRESS)
+    p.add_argument("--chain", default=DEFAULT_CHAIN, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_audit_verify)
     p = aus.add_parser("export", help="export audit events")
     p.add_argument("--since", help="ISO 8601 UTC date or time (e.g. 2026-01-31)")
     p.add_argument("--format", choices=["json", "atna-xml"], default="json")
     p.add_argument("--out", help="output file (default: standard output)")
-    p.add_argument("--chain", default=audit.DEFAULT_CHAIN, help=argparse.SUPPRESS)
+    p.add_argument("--chain", default=DEFAULT_CHAIN, help=argparse.SUPPRESS)
     db_opt(p)
     p.set_defaults(func=cmd_audit_export)
 

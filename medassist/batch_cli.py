@@ -37,19 +37,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from typing import TYPE_CHECKING, Any, TextIO
 
 from medassist.errors import InputError, UsageError
-from medassist.pacs.models import IngestItem, IngestState
+
+if TYPE_CHECKING:  # the commands import these (SQLAlchemy) when they run, not the parser
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from medassist.pacs.models import IngestItem
 
 ENGINES = ("inprocess", "ray")
-
-SKIPPED_STATES = (IngestState.NO_DIAGNOSTIC_CT.value,)
-FINAL_STATES = (IngestState.DONE.value, IngestState.FAILED.value,
-                IngestState.NO_DIAGNOSTIC_CT.value)
 
 
 @dataclass(frozen=True)
@@ -209,6 +206,9 @@ def _worker_main(db: str | None, checkpoint: str, emr_dir: str | None) -> None:
 
 
 def _rows(factory: sessionmaker[Session], uids: Sequence[str]) -> dict[str, IngestItem]:
+    from sqlalchemy import select
+
+    from medassist.pacs.models import IngestItem
     from medassist.storage import unit_of_work
 
     out: dict[str, IngestItem] = {}
@@ -246,6 +246,7 @@ def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str 
     ``engine="ray"`` runs the studies on Ray (``ray_config``: a
     :class:`medassist.scale.ray_engine.RayConfig`); the summary then has ``events`` (the job
     log) and ``ray`` (start-up and processing seconds, cluster size)."""
+    from medassist.pacs.models import IngestState
     from medassist.pipeline import PipelineProcessor
     from medassist.scale.stages import JobLog
 
@@ -270,9 +271,11 @@ def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str 
     factory = _factory(db)
     enqueue_all(factory, found)
     uids = sorted({f.study_uid for f in found if f.study_uid is not None})
+    final_states = (IngestState.DONE.value, IngestState.FAILED.value,
+                    IngestState.NO_DIAGNOSTIC_CT.value)
 
     def finished_count() -> int:
-        return sum(r.state in FINAL_STATES for r in _rows(factory, uids).values())
+        return sum(r.state in final_states for r in _rows(factory, uids).values())
 
     start_finished = finished_count()
     t0 = time.monotonic()
@@ -289,7 +292,7 @@ def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str 
         count = [start_finished]
 
         def on_row(r: dict[str, Any]) -> None:
-            if r["state"] in FINAL_STATES:
+            if r["state"] in final_states:
                 count[0] += 1
                 _progress(err, count[0], len(uids), count[0] - start_finished, t0)
 
@@ -338,6 +341,9 @@ def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str 
 
 def summarise(rows: dict[str, IngestItem], found: Sequence[StudyFolder]) -> dict[str, Any]:
     """done / skipped / failed / pending, with the reasons of the ones not done."""
+    from medassist.pacs.models import IngestState
+
+    skipped_states = (IngestState.NO_DIAGNOSTIC_CT.value,)
     res: dict[str, Any] = {"done": 0, "skipped": 0, "failed": 0, "pending": 0, "studies": []}
     for f in found:
         if f.study_uid is None:
@@ -348,7 +354,7 @@ def summarise(rows: dict[str, IngestItem], found: Sequence[StudyFolder]) -> dict
         r = rows.get(f.study_uid)
         state = r.state if r is not None else "missing"
         key = ("done" if state == IngestState.DONE.value else
-               "skipped" if state in SKIPPED_STATES else
+               "skipped" if state in skipped_states else
                "failed" if state == IngestState.FAILED.value else "pending")
         res[key] += 1
         res["studies"].append({"folder": str(f.path), "study_uid": f.study_uid,
@@ -358,6 +364,8 @@ def summarise(rows: dict[str, IngestItem], found: Sequence[StudyFolder]) -> dict
 
 
 def write_table(summary: dict[str, Any], out: TextIO) -> None:
+    from medassist.pacs.models import IngestState
+
     out.write(f"{'result':<10}{'studies':>8}\n")
     for k in ("done", "skipped", "failed", "pending"):
         out.write(f"{k:<10}{summary[k]:>8}\n")

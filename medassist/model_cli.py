@@ -13,25 +13,33 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# The report stage lives in medassist.drafting; these names are re-exported for callers.
-from medassist.drafting import DEFAULT_CHECKPOINT as DEFAULT_CHECKPOINT
-from medassist.drafting import DISCLAIMER as DISCLAIMER
-from medassist.drafting import ModelCLIError as ModelCLIError
-from medassist.drafting import make_report as make_report
-from medassist.model_data import (
-    CaseRecord,
-    build_tokenizer,
-    cached_synth_records,
-    compact,
-    finding_labels,
-    folder_records,
-    iter_cached_chunks,
-    record_sample,
-    synth_records,
-)
-from medassist.model_eval import evaluate
+# The report stage lives in medassist.drafting; DISCLAIMER, ModelCLIError and make_report are
+# re-exported for callers, loaded on first use (PEP 562). drafting, model_data and model_eval
+# load numpy: the commands import them when they run, not when the parser is built.
+if TYPE_CHECKING:
+    from medassist.drafting import DISCLAIMER as DISCLAIMER
+    from medassist.drafting import ModelCLIError as ModelCLIError
+    from medassist.drafting import make_report as make_report
+    from medassist.model_data import CaseRecord
+
+_FROM_DRAFTING = ("DISCLAIMER", "ModelCLIError", "make_report")
+
+#: The checkpoint the commands load by default: medassist.drafting.DEFAULT_CHECKPOINT's value
+#: (the parser needs it; tests/test_cli_startup.py checks the two agree).
+DEFAULT_CHECKPOINT = Path("models/demo")
+
+
+def __getattr__(name: str) -> object:
+    if name not in _FROM_DRAFTING:
+        raise AttributeError(f"module 'medassist.model_cli' has no attribute {name!r}")
+    import medassist.drafting
+
+    value = getattr(medassist.drafting, name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
 
 # --------------------------------------------------------------------------- config
 
@@ -75,6 +83,7 @@ class TrainConfig:
     trainable: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from medassist.drafting import ModelCLIError
         from multimodal.training import THRESHOLD_OBJECTIVES
 
         if self.model_kind not in ("fusion", "late"):
@@ -90,6 +99,7 @@ class TrainConfig:
         self.augment_config()  # a bad augment section fails when the file is read
 
     def augment_config(self) -> Any:
+        from medassist.drafting import ModelCLIError
         from multimodal.augment import AugmentConfig
         from multimodal.errors import ModelConfigError
 
@@ -102,6 +112,7 @@ class TrainConfig:
             raise ModelCLIError(f"train.augment: {exc}") from exc
 
     def optim_config(self) -> Any:
+        from medassist.drafting import ModelCLIError
         from multimodal.training import OptimConfig
 
         unknown = set(self.optim) - set(OptimConfig.__dataclass_fields__)
@@ -120,6 +131,8 @@ class TrainConfig:
 
 def load_train_config(path: str | Path) -> TrainConfig:
     import yaml
+
+    from medassist.drafting import ModelCLIError
 
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -142,6 +155,8 @@ def load_train_config(path: str | Path) -> TrainConfig:
 # --------------------------------------------------------------------------- samples
 
 def load_records(tc: TrainConfig, cfg: Any) -> list[CaseRecord]:
+    from medassist.model_data import cached_synth_records, folder_records, synth_records
+
     if tc.data_dir:
         return list(folder_records(tc.data_dir, cfg))[: tc.train_cases]
     if tc.cache_dir:
@@ -155,6 +170,7 @@ def training_samples(tc: TrainConfig, cfg: Any, tok: Any,
     """Compact training samples of ``records`` (consumed: each record is dropped as its
     sample is built), or with None of the case cache, one chunk of volumes at a time.  With
     ``train.augment`` each case is first zoomed (:func:`augmented`)."""
+    from medassist.model_data import compact, iter_cached_chunks, record_sample
     from multimodal.augment import RandZoom
 
     aug = tc.augment_config()
@@ -230,6 +246,7 @@ def train(tc: TrainConfig, *, device: str = "cpu", resume: bool = False,
           stop_after: int | None = None, log: Any = None) -> dict[str, Any]:
     """Train; in processes started by torchrun (WORLD_SIZE > 1) data-parallel, each rank on
     its share of every step's global batch (docs/model.md, "Distributed training")."""
+    from medassist.model_data import cached_synth_records
     from multimodal.config import load_model_config
     from multimodal.distributed import barrier, check_batch, env_world, process_group
 
@@ -249,6 +266,14 @@ def train(tc: TrainConfig, *, device: str = "cpu", resume: bool = False,
 
 def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None,
            log: Any) -> dict[str, Any]:
+    from medassist.drafting import ModelCLIError
+    from medassist.model_data import (
+        build_tokenizer,
+        cached_synth_records,
+        finding_labels,
+        record_sample,
+        synth_records,
+    )
     from multimodal.checkpoint import VOCAB, build_model
     from multimodal.config import load_model_config
     from multimodal.tokenizer import WordTokenizer
@@ -342,6 +367,7 @@ def init_weights(model: Any, folder: str | Path, kind: str) -> list[str]:
     config may add parameters to the checkpoint's (returned: they start fresh)."""
     from safetensors.torch import load_file
 
+    from medassist.drafting import ModelCLIError
     from multimodal.checkpoint import CONFIG, WEIGHTS, build_model
     from multimodal.config import ModelConfig, from_mapping
     from multimodal.errors import MultimodalError
@@ -382,6 +408,9 @@ def torch_seed(seed: int) -> None:
 # --------------------------------------------------------------------------- eval
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from medassist.drafting import ModelCLIError
+    from medassist.model_data import folder_records, record_sample
+    from medassist.model_eval import evaluate
     from multimodal.checkpoint import load_checkpoint
 
     model, cfg, kind, tok, _meta = load_checkpoint(args.checkpoint)
@@ -441,6 +470,8 @@ def per_finding_lines(per: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- report
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from medassist.drafting import ModelCLIError, make_report
+
     if args.db:  # through every pipeline stage, stored (idempotent: same inputs, same report)
         if args.min_lung_ml is not None:
             raise ModelCLIError("--min-lung-ml drafts a scan without lungs for review on the "
@@ -545,6 +576,7 @@ def add_parser(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry point (the lead wires :func:`add_parser` into medassist.cli)."""
+    from medassist.drafting import ModelCLIError
     from multimodal.errors import MultimodalError
 
     ap = argparse.ArgumentParser(prog="medassist-model")

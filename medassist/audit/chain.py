@@ -22,12 +22,11 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from medassist.audit.events import Actor, AuditAction, ObjectType, Outcome
+from medassist.audit.events import DEFAULT_CHAIN, Actor, AuditAction, ObjectType, Outcome
 from medassist.errors import AuditError
 from medassist.storage.models import AuditChainHead, AuditEvent
 
 GENESIS = "0" * 64
-DEFAULT_CHAIN = "main"
 
 #: The hashed fields, in order (everything except the surrogate key and row_hash itself).
 HASHED_FIELDS: tuple[str, ...] = (

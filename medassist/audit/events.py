@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from medassist.errors import AuditError
 
+#: The audit chain events go to unless told otherwise.
+DEFAULT_CHAIN = "main"
+
 
 class Outcome(enum.IntEnum):
     """EventOutcomeIndicator (PS3.15 A.5.3)."""
