@@ -417,7 +417,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """Register ``batch`` on an argparse subparsers object."""
-    from medassist.model_cli import DEFAULT_CHECKPOINT
+    from medassist.defaults import DEFAULT_CHECKPOINT
 
     p = sub.add_parser("batch", help="draft reports for every study under a folder "
                                      "(resumable, through the ingest queue)")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medassist.defaults import DEFAULT_CHECKPOINT
+
 # The report stage lives in medassist.drafting; DISCLAIMER, ModelCLIError and make_report are
 # re-exported for callers, loaded on first use (PEP 562). drafting, model_data and model_eval
 # load numpy: the commands import them when they run, not when the parser is built.
@@ -26,9 +28,6 @@ if TYPE_CHECKING:
 
 _FROM_DRAFTING = ("DISCLAIMER", "ModelCLIError", "make_report")
 
-#: The checkpoint the commands load by default: medassist.drafting.DEFAULT_CHECKPOINT's value
-#: (the parser needs it; tests/test_cli_startup.py checks the two agree).
-DEFAULT_CHECKPOINT = Path("models/demo")
 
 
 def __getattr__(name: str) -> object:

@@ -439,7 +439,9 @@ def default_processor(study_dir: Path, study_uid: str, session: Session) -> Proc
     :class:`PipelineProcessor` with ``$MEDASSIST_CHECKPOINT`` (else ``models/demo``) and
     ``$MEDASSIST_EMR_DIR``; built on first use and kept (the checkpoint is loaded once)."""
     emr = os.environ.get(EMR_DIR_ENV)
-    proc = _processor_for(os.environ.get(CHECKPOINT_ENV, "models/demo"), emr or None)
+    from medassist.defaults import DEFAULT_CHECKPOINT
+
+    proc = _processor_for(os.environ.get(CHECKPOINT_ENV, str(DEFAULT_CHECKPOINT)), emr or None)
     return proc(study_dir, study_uid, session)
 
 

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from medassist.defaults import DEFAULT_CHECKPOINT
+
 
 def add_parser(sub: Any) -> None:
     sp = sub.add_parser("serve", help="run the clinician review web app (Gradio) on loopback")
@@ -20,8 +22,8 @@ def add_parser(sub: Any) -> None:
     sp.add_argument("--demo", metavar="DIR",
                     help="first seed DIR with generated studies drafted by --checkpoint and "
                          "demo users (SQLite DIR/medassist.db unless --db), then serve it")
-    sp.add_argument("--checkpoint", default="models/demo",
-                    help="model checkpoint for --demo (default models/demo)")
+    sp.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                    help="model checkpoint for --demo (default: the shipped models/demo)")
     sp.add_argument("--cases", type=int, default=4, help="generated studies for --demo")
     sp.set_defaults(func=cmd_serve)
 
