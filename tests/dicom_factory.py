@@ -106,3 +106,15 @@ def write_series(
 def axial_positions(n: int, spacing: float, z0: float = 0.0,
                     xy: tuple[float, float] = (-32.0, -32.0)) -> list[list[float]]:
     return [[xy[0], xy[1], z0 + k * spacing] for k in range(n)]
+
+
+def zip_folder(folder: Path, archive: Path) -> Path:
+    """``folder``'s files in a zip file ``archive`` (Python's zipfile, deflated), a non-DICOM
+    member first, as a PACS export may hold one: a study kept as a zip file."""
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("00_README.txt", "exported by a PACS\n")
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(f, f.relative_to(folder).as_posix())
+    return archive

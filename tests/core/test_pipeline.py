@@ -44,6 +44,7 @@ from medassist.storage import (
     upgrade,
 )
 from tests.core.conftest import Db
+from tests.dicom_factory import zip_folder
 from tests.tiny_model import train_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -403,17 +404,6 @@ def test_study_folders_follow_links_once(tmp_path: Path) -> None:
         "again/dicom", "nested/linked2/dicom", "real/dicom"]  # linked1 is "again", in order
 
 
-def _zip_study(folder: Path, archive: Path) -> Path:
-    """``folder``'s files in a zip file (Python's zipfile), a non-DICOM member first."""
-    import zipfile
-
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("00_README.txt", "exported by a PACS\n")
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            zf.write(f, f.relative_to(folder).as_posix())
-    return archive
-
-
 def test_study_folders_take_zip_files_as_studies(tmp_path: Path) -> None:
     """Beside dicom/ folders, every zip file the same walk finds (not those inside a dicom/
     folder, each real file once); without dicom/ folders, the sub-folders and zip files of
@@ -425,7 +415,7 @@ def test_study_folders_take_zip_files_as_studies(tmp_path: Path) -> None:
     (root / "real" / "dicom").mkdir(parents=True)
     (root / "real" / "dicom" / "inner.zip").write_bytes(b"part of the folder study")
     (root / "nested").mkdir()
-    _zip_study(root / "nested", root / "nested" / "b.zip")
+    zip_folder(root / "nested", root / "nested" / "b.zip")
     (root / "a.ZIP").write_bytes(b"")
     (root / "c.zip").symlink_to(root / "nested" / "b.zip")  # b.zip again, first in name order
     (root / "notes.txt").write_text("x", encoding="utf-8")
@@ -488,7 +478,7 @@ def test_batch_drafts_zipped_studies_beside_a_bad_archive(
     inp.mkdir()
     notes.mkdir()
     for case in cases:
-        _zip_study(case / "dicom", inp / f"{case.name}.zip")
+        zip_folder(case / "dicom", inp / f"{case.name}.zip")
     shutil.copy(cases[0] / "emr.txt", inp / f"{cases[0].name}.txt")
     uid1 = select_series(cases[1] / "dicom").study_uid
     shutil.copy(cases[1] / "emr.txt", notes / f"{uid1}.txt")

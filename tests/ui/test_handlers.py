@@ -30,6 +30,7 @@ from medassist.storage import (
     session_factory,
     unit_of_work,
 )
+from tests.dicom_factory import zip_folder
 from tests.ui.conftest import USERS, XSS, Seeded, copy_db
 from ui.config import UIConfig, load_config
 from ui.errors import LockedOutError, NotLoggedInError, SessionExpiredError, UIConfigError, UIError
@@ -374,17 +375,6 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
         h.sign(_login(h, "adm.adam"), new, nv.version, USERS["adm.adam"][2])
 
 
-def _zip_folder(folder: Path, archive: Path) -> Path:
-    """``folder``'s files in a zip file (Python's zipfile), a non-DICOM member first."""
-    import zipfile
-
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("00_README.txt", "exported by a PACS\n")
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            zf.write(f, f.relative_to(folder).as_posix())
-    return archive
-
-
 def _sr_refs(path: Path) -> tuple[set[str], list[list[str]]]:
     """An SR's evidence (the SOPInstanceUIDs it lists) and each measurement group's source
     image references."""
@@ -424,7 +414,7 @@ def test_a_study_batched_from_a_zip_file(seeded: Seeded, tmp_path: Path) -> None
     (case,) = generate_cases(tmp_path / "gen", [6])
     inp = tmp_path / "zips"
     inp.mkdir()
-    archive = _zip_folder(case / "dicom", inp / "study6.zip")
+    archive = zip_folder(case / "dicom", inp / "study6.zip")
     shutil.copy(case / "emr.txt", inp / "study6.txt")
     sink = io.StringIO()
     summary = run_batch(inp, db=f"sqlite:///{tmp_path / 'ui.db'}",
