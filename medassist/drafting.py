@@ -366,7 +366,8 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
         all_preds = [measure_findings(preds, p.study.hu, cfg.ct.spacing_mm, cfg.heads.measure)
                      for preds, p in zip(all_preds, batch, strict=True)]
         # a context class the note's history decides, read by rule (medassist.history)
-        ctx, all_preds = note_context(out, cfg, all_preds, [note_history(p) for p in batch])
+        hists = [note_history(p) for p in batch]
+        ctx, all_preds = note_context(out, cfg, all_preds, hists)
         ids = generate(lm.model, out, cfg.decoder.max_len - 1, all_preds, lm.tok.vocab, ctx)
     if lm.device != "cpu":
         from multimodal.training import to_device
@@ -377,14 +378,16 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
     # with the fitted thresholds, a label fitted "never called" is neither present nor absent
     never = head.never_called(cfg.heads.labels) if threshold is None else frozenset()
     return [_draft(lm, p, s, tok.decode(ids[b].tolist()), all_preds[b],
-                   out.modality_weights[b], unreliable, never)
+                   out.modality_weights[b], unreliable, never, hists[b])
             for b, (p, s) in enumerate(zip(batch, samples, strict=True))]
 
 
 def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str,
            preds: Sequence[Any], w: Any, unreliable: frozenset[str] = frozenset(),
-           never: frozenset[str] = frozenset()
+           never: frozenset[str] = frozenset(), hist: NoteHistory | None = None
            ) -> dict[str, Any]:
+    """One study's draft JSON; ``hist`` is what its note states (:func:`note_history`, read
+    once per study by :func:`infer`)."""
     from medassist.history import CONTEXT_FACTS, FACTS, stated_where
     from medassist.labeler import (
         complete,
@@ -451,7 +454,6 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     ratio_unmeasured |= u_imp
     # what the note states, read by rule: a sentence resting on a history it does not state
     # is marked
-    hist = note_history(prep)
     findings_text, contradicted = guard(findings_text, head, sides, weak, sizes, has_emr, lobes,
                                         measured, min_mm, hist)
     impression, contradicted_imp = guard(impression, head, sides, weak, sizes, has_emr, lobes,
