@@ -13,8 +13,13 @@ the ``emr.txt`` beside it) and every ``*.zip`` file the same walk finds outside 
 sub-folder and ``*.zip`` file of INPUT (else INPUT itself).  A zip file is one study (its
 members read as ``dicom_io`` reads an archive; the note beside it is ``<zip stem>.txt`` or
 ``.json``, or ``emr.txt`` above a ``dicom.zip``); one that is not a readable archive is recorded
-with its reason and the batch goes on.  EMR notes in ``--emr-dir D`` are
-``D/<StudyInstanceUID>.txt`` or ``D/<case folder or zip stem>.txt`` (or ``.json``).
+with its reason and the batch goes on.  DICOM files that lie outside every study so found (loose
+files directly in INPUT beside its sub-folders and zip files; a folder outside the ``dicom/``
+folders) are not read: each such folder is recorded as failed, naming how many files and how
+to make them a study.  A study found twice (a folder and its zip file: one StudyInstanceUID) is
+drafted once; the other location is recorded as a skipped duplicate.  EMR notes in
+``--emr-dir D`` are ``D/<StudyInstanceUID>.txt`` or ``D/<case folder or zip stem>.txt``
+(or ``.json``).
 
 Engines (docs/scale.md): ``inprocess`` (default) runs ``--workers`` processes on this machine,
 each loading the checkpoint once (``PipelineProcessor``); ``ray`` runs the same stages on a Ray
@@ -56,6 +61,7 @@ class StudyFolder:
     path: Path
     study_uid: str | None
     reason: str | None = None  # why no UID could be read (not queued)
+    duplicate_of: Path | None = None  # an earlier location of the same StudyInstanceUID
 
 
 def is_study_archive(path: Path) -> bool:
@@ -104,6 +110,62 @@ def study_folders(root: Path) -> list[Path]:
 
 
 _NO_UID = "enumerate: no readable DICOM file with a StudyInstanceUID"
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble (what :func:`read_study_uid`
+    reads; pydicom without ``force`` reads no other)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def unread_dicom(root: Path, studies: Sequence[Path]) -> list[StudyFolder]:
+    """The folders under ``root`` holding DICOM files that no study in ``studies`` reads:
+    files directly in a folder that is neither a study nor inside one (loose files in INPUT
+    beside its sub-folders and zip files, a folder outside the ``dicom/`` folders).  One entry
+    per folder, with how many such files and how to make them a study; empty when ``root``
+    itself is the study."""
+    covered = {os.path.realpath(p) for p in studies if not is_study_archive(p)}
+    if os.path.realpath(root) in covered:
+        return []
+    out: list[StudyFolder] = []
+    seen: set[str] = set()
+    for here, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        real = os.path.realpath(here)
+        if real in seen or real in covered:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        loose = [name for name in sorted(files)
+                 if not is_study_archive(Path(here) / name)
+                 and _is_dicom_file(Path(here) / name)]
+        if loose:
+            out.append(StudyFolder(Path(here), None, (
+                f"enumerate: {len(loose)} DICOM file(s) in this folder (first {loose[0]!r}) "
+                "lie outside every study found under the batch input (a dicom/ folder, a "
+                "sub-folder of the input or a zip file) and were not read; move them into a "
+                "folder of their own and run the batch again")))
+    return out
+
+
+def mark_duplicates(found: Sequence[StudyFolder]) -> list[StudyFolder]:
+    """``found`` with each later location of a StudyInstanceUID already found marked
+    ``duplicate_of`` the first (the queue drafts a study once)."""
+    first: dict[str, Path] = {}
+    out: list[StudyFolder] = []
+    for f in found:
+        if f.study_uid is not None and f.study_uid in first:
+            out.append(StudyFolder(f.path, f.study_uid, f.reason, first[f.study_uid]))
+            continue
+        if f.study_uid is not None:
+            first[f.study_uid] = f.path
+        out.append(f)
+    return out
 
 
 def read_study_uid(folder: Path) -> StudyFolder:
@@ -177,7 +239,7 @@ def enqueue_all(factory: sessionmaker[Session], folders: Sequence[StudyFolder]) 
     new = 0
     with unit_of_work(factory) as s:
         for f in folders:
-            if f.study_uid is not None:
+            if f.study_uid is not None and f.duplicate_of is None:
                 _, created = queue.enqueue(s, f.study_uid, source="batch",
                                            location=str(f.path.resolve()))
                 new += int(created)
@@ -264,10 +326,10 @@ def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str 
         if ray_config is None:
             ray_config = ray_mod.RayConfig()
     PipelineProcessor(Path(checkpoint))  # fail fast on a bad checkpoint, before any work
-    folders = study_folders(input_dir)
-    if limit is not None:
-        folders = folders[:limit]
-    found = [read_study_uid(f) for f in folders]
+    every = study_folders(input_dir)
+    folders = every[:limit] if limit is not None else every
+    found = mark_duplicates([read_study_uid(f) for f in folders])
+    found += unread_dicom(input_dir, every)
     factory = _factory(db)
     enqueue_all(factory, found)
     uids = sorted({f.study_uid for f in found if f.study_uid is not None})
@@ -352,6 +414,13 @@ def summarise(rows: dict[str, IngestItem], found: Sequence[StudyFolder]) -> dict
                                    "state": "failed", "reason": f.reason})
             continue
         r = rows.get(f.study_uid)
+        if f.duplicate_of is not None:
+            res["skipped"] += 1
+            res["studies"].append({"folder": str(f.path), "study_uid": f.study_uid,
+                                   "state": "duplicate", "reason": (
+                                       f"enumerate: the same StudyInstanceUID as {f.duplicate_of}, "
+                                       "drafted once, from there")})
+            continue
         state = r.state if r is not None else "missing"
         key = ("done" if state == IngestState.DONE.value else
                "skipped" if state in skipped_states else

@@ -436,6 +436,78 @@ def test_study_folders_take_zip_files_as_studies(tmp_path: Path) -> None:
         assert found.study_uid is None and found.reason is not None and why in found.reason
 
 
+def test_unread_dicom_names_the_folders_no_study_reads(tmp_path: Path,
+                                                      corpus: dict[str, Path]) -> None:
+    """DICOM files outside every study found are named by folder, with how many: loose ones
+    directly in a flat INPUT beside its sub-folders and zip files, a folder without a dicom/
+    folder beside synth output's case folders; notes, zip files and the studies' own files are
+    not; when INPUT itself is the study, nothing is unread."""
+    from medassist.batch_cli import study_folders, unread_dicom
+
+    dcm = sorted((corpus["good"] / "case_00000" / "dicom").rglob("*.dcm"))[:3]
+    flat = tmp_path / "flat"
+    (flat / "s1").mkdir(parents=True)
+    shutil.copy(dcm[0], flat / "s1" / "a.dcm")
+    zip_folder(flat / "s1", flat / "s2.zip")
+    for f in dcm[1:]:
+        shutil.copy(f, flat / f.name)
+    (flat / "s2.txt").write_text("the zip's note", encoding="utf-8")
+    (flat / "readme").write_bytes(b"\0" * 128 + b"DICX")
+    unread = unread_dicom(flat, study_folders(flat))
+    assert [u.path for u in unread] == [flat]
+    assert unread[0].study_uid is None and unread[0].reason is not None
+    assert unread[0].reason.startswith(f"enumerate: 2 DICOM file(s) in this folder (first "
+                                       f"{dcm[1].name!r}) lie outside every study")
+    assert "move them into a folder of their own" in unread[0].reason
+
+    synth = tmp_path / "synth"
+    (synth / "case_1" / "dicom" / "series").mkdir(parents=True)
+    shutil.copy(dcm[0], synth / "case_1" / "dicom" / "series" / "1.dcm")
+    (synth / "case_1" / "emr.txt").write_text("note", encoding="utf-8")
+    (synth / "stray" / "deeper").mkdir(parents=True)
+    shutil.copy(dcm[1], synth / "stray" / "deeper" / "x.dcm")
+    assert [(u.path, u.reason is not None and u.reason.split(" in this")[0])
+            for u in unread_dicom(synth, study_folders(synth))] == [
+        (synth / "stray" / "deeper", "enumerate: 1 DICOM file(s)")]
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(dcm[0], only / "1.dcm")
+    assert study_folders(only) == [only] and unread_dicom(only, [only]) == []
+
+
+def test_batch_records_loose_files_and_a_study_found_twice(
+        tmp_path: Path, corpus: dict[str, Path], checkpoint: Path) -> None:
+    """A study as a folder and as its zip file is drafted once and the second location is a
+    skipped duplicate naming the first; DICOM files loose in INPUT beside them are a failed
+    entry with the reason (exit status 1), not silently left out."""
+    from medassist.cli import main
+
+    case = corpus["good"] / "case_00000"
+    inp = tmp_path / "input"
+    inp.mkdir()
+    (inp / "a_folder").symlink_to(case, target_is_directory=True)
+    zip_folder(case / "dicom", inp / "b_zipped.zip")
+    for f in sorted((corpus["good"] / "case_00001" / "dicom").rglob("*.dcm"))[:2]:
+        shutil.copy(f, inp / f.name)
+    url = f"sqlite:///{tmp_path / 'dup.db'}"
+    assert main(["batch", str(inp), "--db", url, "--checkpoint", str(checkpoint)]) == 1
+    summary = run_batch(inp, db=url, checkpoint=str(checkpoint), err=io.StringIO(),
+                        out=io.StringIO())
+    assert (summary["done"], summary["skipped"], summary["failed"], summary["pending"]) == (
+        1, 1, 1, 0)
+    by_name = {Path(s["folder"]).relative_to(tmp_path).as_posix(): s
+               for s in summary["studies"]}
+    assert {n: s["state"] for n, s in by_name.items()} == {
+        "input/a_folder/dicom": "done", "input/b_zipped.zip": "duplicate", "input": "failed"}
+    dup = by_name["input/b_zipped.zip"]
+    assert dup["study_uid"] == by_name["input/a_folder/dicom"]["study_uid"]
+    assert dup["reason"] == (f"enumerate: the same StudyInstanceUID as {inp}/a_folder/dicom, "
+                             "drafted once, from there")
+    assert by_name["input"]["reason"].startswith("enumerate: 2 DICOM file(s) in this folder")
+    with unit_of_work(session_factory(make_engine(url))) as s:
+        assert s.scalar(select(func.count()).select_from(Report)) == 1
+
+
 def test_find_emr_for_a_zipped_study(tmp_path: Path) -> None:
     """study.zip: --emr-dir's <study UID> or <zip stem> (.txt, then .json), else study.txt or
     study.json beside it, never an emr.txt beside it (the folder may hold many studies);
