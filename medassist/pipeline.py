@@ -129,12 +129,28 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def hash_inputs(files: Sequence[Path], emr_text: str | None, checkpoint_sha256: str) -> str:
-    """The idempotency key: SHA-256 over the sorted per-file SHA-256 digests of the instances,
-    the EMR bytes (UTF-8) and the model checkpoint hash, each part length-delimited."""
+def _source_sha256(source: str | Path) -> str:
+    """SHA-256 of one instance's bytes: a file (streamed), or a zip archive's member
+    (``archive.zip!member``, read through :func:`dicom_io.volume.read_source`)."""
+    if Path(source).is_file():
+        return _file_sha256(Path(source))
+    from dicom_io.volume import read_source
+
+    return hashlib.sha256(read_source(str(source))).hexdigest()
+
+
+def hash_inputs(files: Sequence[str | Path], emr_text: str | None,
+                checkpoint_sha256: str) -> str:
+    """The idempotency key: SHA-256 over the sorted per-instance SHA-256 digests, the EMR bytes
+    (UTF-8) and the model checkpoint hash, each part length-delimited.
+
+    ``files`` are the series' instances as :func:`series_sources` names them, so a study kept
+    in a zip file hashes its series' members, not the archive: the same instances give the
+    same key as a folder, a zip file or a zip file written again (since stop 37; the archive's
+    own bytes, other series and files in it included, were hashed before)."""
     try:
-        digests = sorted(_file_sha256(Path(f)) for f in files)
-    except OSError as exc:
+        digests = sorted(_source_sha256(f) for f in files)
+    except (OSError, DicomIOError) as exc:
         raise PipelineError(f"cannot read an instance file: {type(exc).__name__}",
                             stage="hash_inputs", kind=type(exc).__name__) from exc
     h = hashlib.sha256(b"medassist-pipeline-inputs/1\n")
@@ -391,8 +407,7 @@ class PipelineProcessor:
         except InputError as exc:
             raise PipelineError(str(exc).removeprefix(f"{exc.path}: "), stage="find_emr",
                             path=exc.path, kind=exc.kind) from exc
-        files = series_files(series)
-        key = hash_inputs(files, emr_text, self.checkpoint_sha256)
+        key = hash_inputs(series_sources(series), emr_text, self.checkpoint_sha256)
         cross_check_identity(session, series, emr_text, study_uid=study_uid, actor=self.actor)
         pids = {h.patient_id.strip() for h in series.instances if h.patient_id.strip()}
         if len(pids) != 1:

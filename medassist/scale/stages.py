@@ -81,7 +81,7 @@ def prepare_study(study_dir: Path, study_uid: str | None, model_cfg: Any,
     Raises dicom_io's :class:`NoDiagnosticSeriesError` unchanged (the queue's
     ``no_diagnostic_ct``) and :class:`PipelineError` naming the stage for anything else."""
     from medassist.drafting import prepare
-    from medassist.pipeline import find_emr, hash_inputs, select_series, series_files
+    from medassist.pipeline import find_emr, hash_inputs, select_series, series_sources
 
     study_dir = Path(study_dir)
     series = select_series(study_dir, study_uid)
@@ -110,7 +110,7 @@ def prepare_study(study_dir: Path, study_uid: str | None, model_cfg: Any,
         raise PipelineError(str(exc).removeprefix(f"{exc.path}: "), stage="find_emr",
                             path=exc.path, kind=exc.kind) from exc
     emr_text = emr.text if emr is not None else None
-    key = hash_inputs(series_files(series), emr_text, checkpoint_sha256)
+    key = hash_inputs(series_sources(series), emr_text, checkpoint_sha256)
     emr_sha = hashlib.sha256(emr_text.encode("utf-8")).hexdigest() if emr_text is not None \
         else None
     prepared = Prepared(study=prep.study, emr=emr_text,

@@ -508,6 +508,36 @@ def test_batch_records_loose_files_and_a_study_found_twice(
         assert s.scalar(select(func.count()).select_from(Report)) == 1
 
 
+def test_hash_inputs_of_a_study_however_it_is_packed(tmp_path: Path,
+                                                    corpus: dict[str, Path]) -> None:
+    """The idempotency key hashes the series' instances: a folder, its zip file and the same
+    files zipped again (stored, not deflated, another non-DICOM member) give one key; a changed
+    member a new one."""
+    import zipfile
+
+    from medassist.pipeline import series_sources
+
+    folder = corpus["good"] / "case_00000" / "dicom"
+
+    def key(study: Path) -> str:
+        return hash_inputs(series_sources(select_series(study)), "note", "a" * 64)
+
+    zipped = zip_folder(folder, tmp_path / "a.zip")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    again = tmp_path / "b.zip"
+    with zipfile.ZipFile(again, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("manifest.txt", "another export\n")
+        for f in reversed(files):
+            zf.write(f, "flat/" + f.name)
+    assert key(folder) == key(zipped) == key(again)
+    changed = tmp_path / "c.zip"
+    with zipfile.ZipFile(changed, "w") as zf:
+        for i, f in enumerate(files):
+            data = f.read_bytes()
+            zf.writestr(f.name, data + b"\0" if i == 0 else data)  # one byte more
+    assert key(changed) != key(folder)
+
+
 def test_find_emr_for_a_zipped_study(tmp_path: Path) -> None:
     """study.zip: --emr-dir's <study UID> or <zip stem> (.txt, then .json), else study.txt or
     study.json beside it, never an emr.txt beside it (the folder may hold many studies);
@@ -540,7 +570,8 @@ def test_batch_drafts_zipped_studies_beside_a_bad_archive(
     """INPUT holding two studies as zip files (each case's dicom/ folder zipped; one note beside
     its zip as <stem>.txt, the other in --emr-dir as <study UID>.txt) and a .zip of random
     bytes: exit status 1; the two drafted with the same report (text, DICOM and EMR hashes) as
-    the same studies batched from their folders; the bad archive recorded with its reason."""
+    the same studies batched from their folders (and the same idempotency key); the bad
+    archive recorded with its reason."""
     import random
 
     from medassist.cli import main
@@ -579,9 +610,11 @@ def test_batch_drafts_zipped_studies_beside_a_bad_archive(
     assert run_batch(ref, db=ref_url, checkpoint=str(checkpoint), err=io.StringIO(),
                      out=io.StringIO())["done"] == 2
 
-    def stored(db_url: str) -> dict[str, tuple[str, str, str, str]]:
+    def stored(db_url: str) -> dict[str, tuple[str, str, str, str, str | None]]:
         with unit_of_work(session_factory(make_engine(db_url))) as s:
-            return {r.study.study_uid: (r.text, r.ai_text, r.dicom_sha256, r.emr_sha256)
+            return {r.study.study_uid: (r.text, r.ai_text, r.dicom_sha256, r.emr_sha256,
+                                        s.scalar(select(Job.input_key).where(
+                                            Job.id == r.job_id)))
                     for r in s.scalars(select(Report))}
 
     zipped = stored(url)
