@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 WorldFn = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
 
@@ -62,7 +62,7 @@ def write_series(
                  + ii[..., None] * pixel_spacing[0] * c)
         hu = fn(world) if fn is not None else np.full((rows, cols), 40.0)
         stored = np.rint((hu - intercept) / slope).astype(np.int16)
-        sop = sop_uids[n] if sop_uids is not None else generate_uid(prefix=ROOT)
+        sop = UID(sop_uids[n]) if sop_uids is not None else generate_uid(prefix=ROOT)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = sop

@@ -61,6 +61,8 @@ def test_left_lung_mass_is_on_patient_left_in_nifti(vol: Volume, a0001: Path,
     out = tmp_path / "a0001.nii.gz"
     nib.save(vol.to_nifti(), str(out))
     img = nib.load(str(out))
+    if not isinstance(img, nib.Nifti1Image):
+        raise TypeError(f"{out} read back as {type(img).__name__}, not NIfTI-1")
     data = np.asarray(img.dataobj)
     assert data.shape == (512, 512, 64)
     z_by_file = {p.name: float(pydicom.dcmread(p, stop_before_pixels=True)

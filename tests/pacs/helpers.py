@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 from sqlalchemy.orm import Session
 
 from medassist.pacs.watch import ProcessResult, volume_summary_processor
@@ -34,7 +34,7 @@ def restamp(datasets: list[pydicom.Dataset], **changes: object) -> list[pydicom.
         for k, v in changes.items():
             setattr(d, k, v)
             if k == "SOPClassUID":
-                d.file_meta.MediaStorageSOPClassUID = v
+                d.file_meta.MediaStorageSOPClassUID = UID(str(v))
         out.append(d)
     return out
 
