@@ -66,11 +66,9 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-from finding_visibility import lung_mask  # noqa: E402
-from lung_realism import smooth  # noqa: E402
-
+from bench.finding_visibility import lung_mask  # noqa: E402
+from bench.lung_realism import smooth  # noqa: E402
 from medassist.drafting import load_model, load_study  # noqa: E402
 
 

@@ -54,11 +54,8 @@ import pydicom
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere: make dicom_io importable
     sys.path.insert(0, str(REPO))
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _gen_series import make_j2k_series, make_tall_series  # noqa: E402
-
+from bench._gen_series import make_j2k_series, make_tall_series  # noqa: E402
 from dicom_io.config import AssemblyConfig, DicomIOConfig  # noqa: E402
 from dicom_io.volume import load_volume  # noqa: E402
 

@@ -58,10 +58,8 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-from finding_visibility import lung_mask  # noqa: E402
-
+from bench.finding_visibility import lung_mask  # noqa: E402
 from medassist.drafting import load_study  # noqa: E402
 from medassist.model_data import cached_synth_records  # noqa: E402
 from multimodal.config import load_model_config  # noqa: E402

@@ -30,10 +30,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
-from nodule_candidates import candidates, lung_mask  # noqa: E402
-
+from bench.nodule_candidates import candidates, lung_mask  # noqa: E402
 from medassist.synth.case import make_case  # noqa: E402
 from medassist.synth.config import FastPathConfig, load_config  # noqa: E402
 from medassist.synth.fast_path import render_tensor  # noqa: E402

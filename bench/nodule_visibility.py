@@ -29,13 +29,11 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.finding_visibility import lung_mask  # noqa: E402
 from medassist.model_data import cached_synth_records  # noqa: E402
 from multimodal.config import load_model_config  # noqa: E402
 from multimodal.metrics import auroc  # noqa: E402
 from multimodal.transforms import BlobEnhance  # noqa: E402
-
-sys.path.insert(0, str(REPO / "bench"))
-from finding_visibility import lung_mask  # noqa: E402
 
 LUNG = {"lung_nodule", "lung_mass", "consolidation", "emphysema", "pneumothorax",
         "pleural_effusion"}

@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _send(port: int, called: str, datasets: list[pydicom.Dataset],
+def _send(port: int, called: str, datasets: Sequence[pydicom.Dataset],
           calling: str = "BENCHSCU") -> float:
     ae = AE(ae_title=calling)
     ae.requested_contexts = StoragePresentationContexts
@@ -79,7 +80,10 @@ class PlainSCP:
         root.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title="PLAIN")
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax)
+            syntax = cx.abstract_syntax
+            if syntax is None:
+                raise RuntimeError("a storage presentation context without an abstract syntax")
+            ae.add_supported_context(syntax)
         self.port = _free_port()
 
         def handle(event: evt.Event) -> int:
@@ -88,14 +92,17 @@ class PlainSCP:
             ds.save_as(root / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
             return 0x0000
 
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, handle)])
+        server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, handle)])
+        if server is None:  # block=False returns the running server
+            raise RuntimeError("the plain SCP did not start")
+        self.server = server
 
     def stop(self) -> None:
         self.server.shutdown()
 
 
-def receive_bench(series: list[pydicom.Dataset], rounds: int, tmp: Path) -> dict[str, Any]:
+def receive_bench(series: Sequence[pydicom.Dataset], rounds: int, tmp: Path) -> dict[str, Any]:
     runs: dict[str, list[float]] = {"plain": [], "hardened": [], "hardened_no_fsync": []}
     received: list[str] = []
     for r in range(rounds):
@@ -192,7 +199,7 @@ def stable_to_draft(files: list[Path], checkpoint: Path, tmp: Path) -> dict[str,
         orthanc.stop()
 
 
-def _send_orthanc(port: int, datasets: list[pydicom.Dataset]) -> None:
+def _send_orthanc(port: int, datasets: Sequence[pydicom.Dataset]) -> None:
     from tests.pacs.conftest import ORTHANC_AET, OUR_AET  # the AE Orthanc accepts stores from
 
     _send(port, ORTHANC_AET, datasets, calling=OUR_AET)

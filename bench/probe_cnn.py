@@ -24,8 +24,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,26 +35,34 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from medassist.model_data import cached_synth_records, label_targets  # noqa: E402
-from multimodal.config import load_model_config  # noqa: E402
+from medassist.model_data import CaseRecord, cached_synth_records, label_targets  # noqa: E402
+from multimodal.config import ModelConfig, load_model_config  # noqa: E402
 from multimodal.metrics import auroc  # noqa: E402
 from multimodal.transforms import MultiWindow  # noqa: E402
 
 
-def load(cache: str, cfg: object, split: str, n: int) -> tuple[torch.Tensor, ...]:
-    c = cfg  # ModelConfig
+def _volumes(r: CaseRecord) -> tuple[npt.NDArray[Any], npt.NDArray[np.uint8]]:
+    """The record's HU volume and label map (the cache returns both unless asked not to)."""
+    if r.hu is None or r.label_map is None:
+        raise ValueError(f"{r.case_id}: the cached record has no HU volume or label map")
+    return r.hu, r.label_map
+
+
+def load(cache: str, cfg: ModelConfig, split: str, n: int) -> tuple[torch.Tensor, ...]:
+    c = cfg
     recs = cached_synth_records(cache, str(REPO / "configs/synth/small.yaml"), c, 7, n, split)
-    mw = MultiWindow(c.ct.windows)  # type: ignore[attr-defined]
-    labels = c.heads.labels  # type: ignore[attr-defined]
-    x = np.stack([mw(r.hu).astype(np.float16) for r in recs])
-    y = np.stack([label_targets(r.findings, labels, c.heads.locations)["present"]  # type: ignore[attr-defined]
+    mw = MultiWindow(c.ct.windows)
+    labels = c.heads.labels
+    x = np.stack([mw(_volumes(r)[0]).astype(np.float16) for r in recs])
+    y = np.stack([label_targets(r.findings, labels, c.heads.locations)["present"]
                   for r in recs])
     maps = []
     for r in recs:
+        _hu, label_map = _volumes(r)
         vals: dict[str, list[int]] = {}
         for f in r.findings:
             vals.setdefault(f["kind"], []).append(int(f["label_value"]))
-        m = np.stack([np.isin(r.label_map, vals.get(lab, [])) for lab in labels])
+        m = np.stack([np.isin(label_map, vals.get(lab, [])) for lab in labels])
         maps.append(m.reshape(len(labels), 8, 4, 8, 8, 8, 8).max((2, 4, 6)))  # 8x8x8 patches
     return torch.tensor(x), torch.tensor(y), torch.tensor(np.stack(maps).astype(np.float32))
 
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             logits, (mt[idx].flatten(2) > 0).float(), pos_weight=torch.tensor(30.0))
         pres = F.binary_cross_entropy_with_logits(torch.logsumexp(logits, -1) - 2, yt[idx])
         opt.zero_grad()
-        (patch + pres).backward()
+        (patch + pres).backward()  # type: ignore[no-untyped-call]  # torch: unannotated
         opt.step()
         if step % args.every == 0:
             with torch.no_grad():

@@ -55,9 +55,11 @@ def test_volume_writes_ras_nifti(a0001: Path, tmp_path: Path,
     assert summary["z_range_mm"] == [-439.0, -124.0]
     assert summary["hu_min"] < -900 and summary["flags"] == []
     img = nib.load(str(out))
+    assert isinstance(img, nib.Nifti1Image)
     assert img.shape == (512, 512, 64)
     assert np.allclose(img.affine, summary["nifti_affine_ras"], atol=1e-5)
-    assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
+    # nibabel: aff2axcodes is unannotated
+    assert nib.aff2axcodes(img.affine) == ("L", "P", "S")  # type: ignore[no-untyped-call]
 
 
 def test_volume_cli_errors_are_typed(shared_data: Path, tmp_path: Path,

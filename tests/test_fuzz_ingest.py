@@ -8,14 +8,11 @@ the same harness at scale.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fuzz_cases import (
+from tests.fuzz_cases import (
     HANG_LIMIT_S,
     MUTATORS,
     NEST_VARIANTS,

@@ -40,7 +40,8 @@ def codes(v: Volume) -> set[str]:
 
 def centroid_lps(v: Volume, threshold: float = 0.0) -> np.ndarray:
     idx = np.argwhere(np.asarray(v.array) > threshold)
-    return v.index_to_lps(idx).mean(axis=0)
+    centre: np.ndarray = v.index_to_lps(idx).mean(axis=0)
+    return centre
 
 
 def test_regular_series_geometry(tmp_path: Path) -> None:

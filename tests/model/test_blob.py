@@ -29,8 +29,8 @@ def phantom(kind: str, r: float = 5.0) -> np.ndarray:
     """Lung-density background with one soft-tissue object of radius ``r`` mm at the centre:
     a sphere (nodule), a tube along z or along x (vessel) or a plate (fissure-like)."""
     z, y, x = grid()
-    d = {"sphere": np.sqrt(z**2 + y**2 + x**2), "tube_z": np.sqrt(y**2 + x**2),
-         "tube_x": np.sqrt(z**2 + y**2), "plate": np.abs(y)}[kind]
+    d: np.ndarray = {"sphere": np.sqrt(z**2 + y**2 + x**2), "tube_z": np.sqrt(y**2 + x**2),
+                     "tube_x": np.sqrt(z**2 + y**2), "plate": np.abs(y)}[kind]
     occ = np.clip(r + 0.5 - d, 0.0, 1.0)  # a one-voxel soft edge
     return (LUNG + (SOFT - LUNG) * occ).astype(np.float32)
 
@@ -44,7 +44,7 @@ def test_sphere_responds_and_tubes_and_plates_hardly_do() -> None:
         assert peak[k] < peak["sphere"] / 3, peak
     # the response sits on the sphere's centre, and a flat volume gives none
     r = be.response(phantom("sphere"), 3.0)
-    assert np.unravel_index(int(r.argmax()), r.shape) == (12, 24, 24)
+    assert tuple(int(i) for i in np.unravel_index(int(r.argmax()), r.shape)) == (12, 24, 24)
     assert float(be.response(np.full((8, 16, 16), LUNG, np.float32), 3.0).max()) == 0.0
     # a dark sphere (a cyst or a bulla in soft tissue) is not a bright blob
     dark = (SOFT + LUNG - phantom("sphere")).astype(np.float32)

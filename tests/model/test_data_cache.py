@@ -27,7 +27,8 @@ def test_cache_returns_the_generated_cases(tiny_cfg: ModelConfig, tmp_path: Path
     for a, b, c in zip(direct, first, again, strict=True):
         assert a.case_id == b.case_id == c.case_id and a.emr == c.emr
         assert a.findings == c.findings and a.report_text == c.report_text
-        assert a.hu is not None and c.hu is not None and a.label_map is not None
+        assert a.hu is not None and c.hu is not None
+        assert a.label_map is not None and c.label_map is not None
         assert np.abs(a.hu - c.hu).max() <= 0.5  # HU stored as int16
         assert np.array_equal(a.label_map, c.label_map)
     # text-only records (the trainer's tokenizer pass): the same cases without volumes

@@ -17,6 +17,7 @@ from multimodal.errors import ModelConfigError, ShapeError
 from multimodal.losses import Targets, compute_losses
 from multimodal.model import FusionModel
 from multimodal.outputs import ModelInput
+from multimodal.stems import CTStem
 
 
 def _dense_cfg(tiny: ModelConfig, hidden: int = 4) -> ModelConfig:
@@ -98,7 +99,8 @@ def test_balanced_bce_hard_negatives_push_down_the_top_cells_of_absent_cases(
     torch.testing.assert_close(balanced_bce(logits, tgt, hard_k=2),
                                base + torch.stack(hard).mean())
     x = logits.clone().requires_grad_(True)
-    (balanced_bce(x, tgt, hard_k=2) - balanced_bce(x, tgt)).backward()
+    hard_only = balanced_bce(x, tgt, hard_k=2) - balanced_bce(x, tgt)
+    hard_only.backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward is unannotated
     g = x.grad
     assert g is not None and float(g[0, 0].abs().sum()) == 0.0  # case 0 has label 0
     nz = (g[1, 0].flatten() != 0).nonzero().flatten()
@@ -145,7 +147,9 @@ def test_model_shapes_mil_link_and_gradient(tiny_cfg: ModelConfig,
     lo = compute_losses(out3, t, cfg)
     assert float(lo["dense"].detach()) > 0
     lo["total"].backward()  # type: ignore[no-untyped-call]
-    first = model.stems["ct"].conv[0]
+    stem = model.stems["ct"]
+    assert isinstance(stem, CTStem)
+    first = stem.conv[0]
     assert isinstance(first, torch.nn.Conv3d) and first.weight.grad is not None
     assert float(first.weight.grad.abs().sum()) > 0
     lo0 = compute_losses(out3, dataclasses.replace(t, dense_map=None), cfg)

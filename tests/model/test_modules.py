@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypedDict, Unpack
 
 import pytest
 import torch
@@ -17,6 +18,13 @@ from multimodal.heads import FindingsHead
 from multimodal.model import FusionModel
 from multimodal.outputs import ModelInput
 from multimodal.stems import CTStem, EMRStem, RelPosBias3D
+
+
+class _EMRMode(TypedDict, total=False):
+    """The :class:`~multimodal.config.LongEMRConfig` fields a test sets on the EMR encoder."""
+
+    full_attention: bool
+    full_attention_p: float
 
 
 def test_ct_stem_shapes(tiny_cfg: ModelConfig) -> None:
@@ -189,7 +197,7 @@ def test_full_attention_mix_in_training(tiny_cfg: ModelConfig,
     base = dataclasses.replace(tiny_cfg, gating=dataclasses.replace(tiny_cfg.gating,
                                                                     drop_emr=0.0, drop_ct=0.0))
 
-    def with_emr(**kw: object) -> FusionModel:
+    def with_emr(**kw: Unpack[_EMRMode]) -> FusionModel:
         torch.manual_seed(0)
         return FusionModel(dataclasses.replace(base, long_emr=dataclasses.replace(
             base.long_emr, **kw)))

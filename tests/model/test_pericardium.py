@@ -19,6 +19,12 @@ HEART = (160.0, 136.0, 186.0)  # z, y, x mm: anterior, 10 mm left of the midline
 HEART_RADII = (60.0, 45.0, 55.0)
 
 
+def _grown(radii: tuple[float, float, float], by: float) -> tuple[float, float, float]:
+    """The semi-axes of an ellipsoid ``by`` mm larger all round."""
+    rz, ry, rx = radii
+    return rz + by, ry + by, rx + by
+
+
 def chest_with_heart(effusion_mm: float, seed: int = 0) -> np.ndarray:
     """A body (40 HU) with two lungs (-850 HU) either side of a 14 mm mediastinum and a heart
     (45 HU) wrapped in 5 mm of fat (-100 HU); with ``effusion_mm`` > 0 a shell of fluid
@@ -31,9 +37,9 @@ def chest_with_heart(effusion_mm: float, seed: int = 0) -> np.ndarray:
         & (z > 20) & (z < 300)
     hu = np.where(body, np.float32(40.0), np.float32(-1000.0))
     hu = np.where(lungs, np.float32(-850.0), hu).astype(np.float32)
-    hu = add_ellipsoid(hu, HEART, tuple(r + 5.0 for r in HEART_RADII), -100.0)
+    hu = add_ellipsoid(hu, HEART, _grown(HEART_RADII, 5.0), -100.0)
     if effusion_mm > 0:
-        hu = add_ellipsoid(hu, HEART, tuple(r + effusion_mm for r in HEART_RADII), 10.0)
+        hu = add_ellipsoid(hu, HEART, _grown(HEART_RADII, effusion_mm), 10.0)
     hu = add_ellipsoid(hu, HEART, HEART_RADII, 45.0)
     noise = np.random.default_rng(seed).normal(0.0, 8.0, hu.shape).astype(np.float32)
     return (hu + np.where(body, noise, np.float32(0.0))).astype(np.float32)

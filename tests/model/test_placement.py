@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from medassist.drafting import Study
-from multimodal.config import CTStemConfig, ModelConfigError
+from multimodal.config import CTStemConfig
+from multimodal.errors import ModelConfigError
 from multimodal.transforms import GridPlacement, ResampleToGrid, crop_or_pad, place_grid
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,6 +24,7 @@ from multimodal.heads import (
 )
 from multimodal.model import FusionModel
 from multimodal.outputs import ModelInput, ModelOutput
+from multimodal.stems import CTStem
 from multimodal.training import NEVER, fit_thresholds
 from multimodal.transforms import BlockPool
 
@@ -56,7 +57,10 @@ def test_block_pool_matches_the_stem_and_keeps_small_dense_things(
     pool = BlockPool(cfg.ct.pre_pool, cfg.ct.pool_stats)
     pooled = np.stack([pool(a) for a in ct])
     assert pooled.shape == (2, 9, *cfg.ct.pooled_shape)
-    stem_pool = model.stems["ct"].pool(torch.from_numpy(ct))  # type: ignore[operator]
+    assert isinstance(model, FusionModel)
+    stem = model.stems["ct"]
+    assert isinstance(stem, CTStem)
+    stem_pool = stem.pool(torch.from_numpy(ct))
     # the same reduction order as the training storage: the same float values
     np.testing.assert_array_equal(stem_pool.numpy(), pooled)
     assert pooled[0, 1, 2, 4, 4] == 1.0  # window 0, "max", the block holding (5, 9, 9)
@@ -124,10 +128,10 @@ def test_predict_findings_uses_fitted_thresholds_and_evidence_side(
     out.patch_logits[0, 0] = -8.0
     _gz, gy, gx = cfg.ct.patch_grid
     out.patch_logits[0, 0, (1 * gy + 1) * gx + (gx - 1)] = 8.0  # evidence in the last column
-    model.findings.thresholds[0] = 0.6
+    model.findings.get_buffer("thresholds")[0] = 0.6
     p = predict_findings(out, cfg.heads, cfg.ct)[0][0]
     assert not p.present  # 0.5 < fitted 0.6
-    model.findings.thresholds[0] = 0.4
+    model.findings.get_buffer("thresholds")[0] = 0.4
     p = predict_findings(out, cfg.heads, cfg.ct)[0][0]
     assert p.present and p.laterality == "right"  # the head's side (side_from_evidence off)
     p = predict_findings(out, cfg.heads, cfg.ct, side_from_evidence=True)[0][0]
@@ -167,7 +171,7 @@ def test_evidence_side_labels_box_and_lobe(tiny_cfg: ModelConfig) -> None:
                                 evidence_side_labels=("lung_nodule",))
     cfg = dataclasses.replace(tiny_cfg, heads=heads)
     _model, out = _body_output(cfg)
-    assert out.mil_affine is not None
+    assert out.mil_affine is not None and out.patch_logits is not None
     _gz, gy, gx = cfg.ct.patch_grid
     out.presence_logits[0, :2] = 5.0
     for f in (0, 1):

@@ -64,7 +64,7 @@ def test_mil_patch_logits_shapes_masking_and_evidence(
     # evidence comes from the per-patch map when a finding is called present
     with torch.no_grad():
         head = model.findings
-        assert head.patch is not None
+        assert isinstance(head.patch, torch.nn.Sequential)
         lin = head.patch[1]
         assert isinstance(lin, torch.nn.Linear)
         lin.weight.zero_()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import UID
 from pynetdicom import AE, StoragePresentationContexts
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -127,7 +128,7 @@ def test_path_traversal_uid_is_refused(listener: ListenerProc, synth_case: Path)
     before = _files(listener.root)
     ds = restamp(read_series(case_dirs(synth_case)[0])[:1])[0]
     ds.SOPInstanceUID = "../../x"
-    ds.file_meta.MediaStorageSOPInstanceUID = "../../x"
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("../../x")
     old = _config.ENFORCE_UID_CONFORMANCE
     _config.ENFORCE_UID_CONFORMANCE = False
     try:

@@ -90,6 +90,8 @@ def test_send_back_survives_orthanc_down(orthanc: OrthancServer, synth_case: Pat
     sr = hd.sr.Comprehensive3DSR.from_dataset(got)
     assert sr.StudyInstanceUID == study and sr.SOPInstanceUID == sr_uid
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
-    assert len(sr.content.get_image_measurement_groups()) == 1
+    report = sr.content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    assert len(report.get_image_measurement_groups()) == 1
     # nothing goes twice
     assert outbox.deliver_pending(factory, client.store_bytes).sent == 0

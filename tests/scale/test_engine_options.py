@@ -18,8 +18,8 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     """Simulate a machine without the extra: ``import ray`` raises ImportError."""
     for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "ray", None)  # type: ignore[arg-type]
-    monkeypatch.setitem(sys.modules, "ray.data", None)  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
 
 
 def test_ray_missing_is_a_clear_typed_error(no_ray: None, tmp_path: Path,

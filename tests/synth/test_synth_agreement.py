@@ -7,8 +7,9 @@ import pytest
 
 from medassist.synth.case import Case, make_case
 from medassist.synth.config import SynthConfig
-from medassist.synth.findings import LOBES, STATIONS, Finding, Vocabulary
-from medassist.synth.phantom import N_RIBS
+from medassist.synth.findings import STATIONS, Finding, Vocabulary
+from medassist.synth.phantom import LOBES, N_RIBS
+from medassist.synth.report import _G as Grammar
 from medassist.synth.report import finding_sentence
 from medassist.synth.writer import render_case
 
@@ -161,7 +162,5 @@ def test_grammar_varies_phrasing(rendered: list[tuple[Case, np.ndarray, np.ndarr
     assert len(phrasings) >= 2
 
 
-def _G(rng: np.random.Generator) -> object:
-    from medassist.synth.report import _G as G
-
-    return G(rng)
+def _G(rng: np.random.Generator) -> Grammar:
+    return Grammar(rng)

@@ -9,14 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from anatomy_util import (
-    SEED,
-    assert_same_except,
-    grid_coords,
-    normal_case_index,
-    sample,
-    with_anatomy,
-)
 
 from medassist.synth.case import make_case
 from medassist.synth.config import AnatomyConfig, SynthConfig, config_from_mapping, load_config
@@ -25,6 +17,14 @@ from medassist.synth.fast_path import render_tensor
 from medassist.synth.findings import Vocabulary
 from medassist.synth.habitus import NECK_BELOW_APEX_MM, WALL_MM
 from medassist.synth.phantom import sd_liver
+from tests.synth.anatomy_util import (
+    SEED,
+    assert_same_except,
+    grid_coords,
+    normal_case_index,
+    sample,
+    with_anatomy,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

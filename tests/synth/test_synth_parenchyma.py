@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from anatomy_util import SEED, grid_coords, normal_case_index
-from anatomy_util import assert_same_except as _assert_same_except
-from anatomy_util import sample as _anatomy
-from anatomy_util import with_anatomy as _with_anatomy
 
 from medassist.synth.case import Case, make_case
 from medassist.synth.config import AnatomyConfig, SynthConfig, config_from_mapping, load_config
 from medassist.synth.errors import SynthConfigError
 from medassist.synth.fast_path import render_tensor
 from medassist.synth.findings import Vocabulary
+from tests.synth.anatomy_util import SEED, grid_coords, normal_case_index
+from tests.synth.anatomy_util import assert_same_except as _assert_same_except
+from tests.synth.anatomy_util import sample as _anatomy
+from tests.synth.anatomy_util import with_anatomy as _with_anatomy
 
 ROOT = Path(__file__).resolve().parents[2]
 
