@@ -30,6 +30,11 @@ class InputError(MedAssistError):
         super().__init__(message)
 
 
+class DatasetImportError(InputError):
+    """A study that ``medassist dataset import`` cannot make a case of (no report, a report
+    without FINDINGS and IMPRESSION sections); the import records it and goes on."""
+
+
 class NotAChestCTError(InputError):
     """The scan holds no lungs (a head or an abdomen CT, the wrong series): medassist drafts
     chest CT reports, and a draft of chest findings on it would be nonsense."""

@@ -54,7 +54,11 @@ class TrainConfig:
     data_seed: int = 7
     train_cases: int = 256
     #: generated validation cases (split "val") for presence-temperature calibration; 0 = none
+    #: (with ``val_dir``: at most this many of its cases; 0 = all)
     val_cases: int = 0
+    #: folder of validation cases (the layout of ``data_dir``: ``medassist synth`` output or
+    #: ``medassist dataset import``'s) for the calibration instead of generated ones
+    val_dir: str = ""
     max_emr_tokens: int = 2048
     out: str = "runs/model"
     #: folder for generated cases (HU as int16 + label maps + JSON), keyed by generator
@@ -256,7 +260,7 @@ def train(tc: TrainConfig, *, device: str = "cpu", resume: bool = False,
             if world.is_main:  # fill the shared case cache once; the other ranks read it
                 cfg = load_model_config(tc.model_config)
                 load_records(tc, cfg)
-                if tc.val_cases:
+                if tc.val_cases and not tc.val_dir:
                     cached_synth_records(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
                                          tc.val_cases, "val")
             barrier(world)
@@ -329,7 +333,13 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
             raise ModelCLIError(f"train.trainable {tc.trainable} matches no parameter; give "
                                 "parameter-name prefixes such as 'decoder.'")
     cal = None
-    if tc.val_cases:
+    if tc.val_dir:
+        from medassist.model_data import folder_records
+
+        held = list(folder_records(tc.val_dir, cfg))
+        held = held[:tc.val_cases] if tc.val_cases else held
+        cal = [record_sample(r, cfg, tok, tc.max_emr_tokens, with_report=False) for r in held]
+    elif tc.val_cases:
         val = cached_synth_records(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
                                    tc.val_cases, "val") if tc.cache_dir else \
             synth_records(tc.synth_config, cfg, tc.data_seed, tc.val_cases, split="val")
@@ -338,6 +348,7 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
     meta = {"model_config": tc.model_config, "data": {
         "source": tc.data_dir or f"medassist.synth fast path ({tc.synth_config})",
         "data_seed": tc.data_seed, "train_cases": tc.train_cases, "val_cases": tc.val_cases,
+        **({"val_source": tc.val_dir} if tc.val_dir else {}),
         **({"augment": tc.augment} if tc.augment_config().active else {})}}
     if tc.init_from:
         from multimodal.checkpoint import WEIGHTS, sha256_file
@@ -524,6 +535,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     tc = load_train_config(args.config)
     if args.out:
         tc = replace(tc, out=args.out)
+    if args.data_dir is not None:
+        tc = replace(tc, data_dir=args.data_dir)
+    if args.val_dir is not None:
+        tc = replace(tc, val_dir=args.val_dir)
     res = train(tc, device=args.device, resume=args.resume, stop_after=args.stop_after,
                 log=lambda line: print(line, file=sys.stderr, flush=True))
     if env_world()[0].is_main:  # under torchrun, rank 0 alone prints the summary
@@ -542,6 +557,12 @@ def add_parser(sub: Any) -> None:
                         "written there if STEP is a multiple of checkpoint_every)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="checkpoint folder (overrides the config's out)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="training cases: medassist synth or medassist dataset import output "
+                        "(overrides the config's data_dir)")
+    p.add_argument("--val-dir", default=None, metavar="DIR",
+                   help="validation cases for the calibration, the same layout (overrides "
+                        "the config's val_dir)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a checkpoint on cases written by medassist synth")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))

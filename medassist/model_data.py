@@ -20,9 +20,14 @@ FIXED_LOCATIONS = {"pleural_effusion": "pleural space", "pneumothorax": "pleural
                    "cardiomegaly": "heart", "liver_lesion": "liver", "rib_fracture": "rib"}
 
 
-def finding_labels(path: str | Path = "configs/findings.yaml") -> tuple[str, ...]:
+def finding_labels(path: str | Path | None = None) -> tuple[str, ...]:
+    """The finding labels of ``path`` (default: the source tree's ``configs/findings.yaml``,
+    whatever the working directory)."""
     import yaml
 
+    from medassist.defaults import DEFAULT_FINDINGS
+
+    path = DEFAULT_FINDINGS if path is None else path
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     return tuple(str(k) for k in raw["findings"])
 
@@ -51,7 +56,10 @@ def location_of(f: Mapping[str, Any]) -> str:
 
 def label_targets(findings: Sequence[Mapping[str, Any]], labels: Sequence[str],
                   locations: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
-    """Per-label presence, laterality, location and size (largest finding of the type)."""
+    """Per-label presence, laterality, location and size (largest finding of the type).
+
+    What a finding lists in ``unstated`` (``side``, ``location``, ``size``: a report-derived
+    finding whose report did not say, :mod:`medassist.dataset`) gets no target (-100, NaN)."""
     from multimodal.config import LATERALITY
 
     n = len(labels)
@@ -73,12 +81,15 @@ def label_targets(findings: Sequence[Mapping[str, Any]], labels: Sequence[str],
             side = "right"
         else:
             side = "none"
-        lat[li] = LATERALITY.index(side)
-        big = max(fs, key=lambda f: float(f["size_mm"]))
-        name = location_of(big)
-        loc[li] = locations.index(name) if name in locations else locations.index(
-            "other") if "other" in locations else 0
-        size[li] = float(big["size_mm"])
+        if not all("side" in f.get("unstated", ()) for f in fs):
+            lat[li] = LATERALITY.index(side)
+        big = max(fs, key=lambda f: -1.0 if f.get("size_mm") is None else float(f["size_mm"]))
+        if "location" not in big.get("unstated", ()):
+            name = location_of(big)
+            loc[li] = locations.index(name) if name in locations else locations.index(
+                "other") if "other" in locations else 0
+        if big.get("size_mm") is not None:
+            size[li] = float(big["size_mm"])
     return {"present": present, "laterality": lat, "location": loc, "size": size}
 
 
@@ -115,7 +126,8 @@ def synth_records(synth_config: str, model_cfg: Any, seed: int, n: int, split: s
 
 
 def folder_records(data: str | Path, model_cfg: Any) -> Iterator[CaseRecord]:
-    """Cases written by ``medassist synth`` (DICOM read with dicom_io, resampled)."""
+    """Cases written by ``medassist synth`` or ``medassist dataset import`` (DICOM read with
+    dicom_io, resampled)."""
     from medassist.synth.writer import read_labels
 
     root = Path(data)
@@ -125,7 +137,10 @@ def folder_records(data: str | Path, model_cfg: Any) -> Iterator[CaseRecord]:
     for tp in truths:
         case = tp.parent
         truth = json.loads(tp.read_text(encoding="utf-8"))
-        study = load_study(case / "dicom", model_cfg)
+        # a case of medassist dataset import may link a study kept as a zip file
+        dicom = case / "dicom" if (case / "dicom").exists() or not (
+            case / "dicom.zip").is_file() else case / "dicom.zip"
+        study = load_study(dicom, model_cfg)
         lab = None
         if (case / "labels.npy.gz").is_file():
             lab = study.resample_labels(read_labels(case / "labels.npy.gz"))

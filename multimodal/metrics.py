@@ -64,6 +64,7 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
     tps = fps = fns = 0
     tp_mask = pred & truth
     lat_hit = np.asarray(lat_pred) == np.asarray(lat_true)
+    lat_known = np.asarray(lat_true) >= 0  # a reference without a stated side is not scored
     st = np.asarray(size_true, np.float64)
     sp = np.asarray(size_pred, np.float64)
     err = np.abs(sp - st)
@@ -77,7 +78,9 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
         per[lab] = {"f1": f1(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn,
                     "support": int(truth[:, f].sum()),
                     "auroc": auroc(np.asarray(prob)[:, f], truth[:, f]),
-                    "laterality_acc_tp": float(lat_hit[tp_mask[:, f], f].mean()) if tp else None}
+                    "laterality_acc_tp": float(lat_hit[tp_mask[:, f] & lat_known[:, f], f]
+                                               .mean())
+                    if (tp_mask[:, f] & lat_known[:, f]).any() else None}
         # size error on this label's true positives with a reference size (which finding a
         # pooled size MAE comes from)
         has = tp_mask[:, f] & ~np.isnan(st[:, f])
@@ -91,7 +94,7 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
         per[lab]["false_calls_with"] = false_calls_with(labels, f, pred, truth)
     supported = [v["f1"] for v in per.values() if v["support"] > 0]
     aucs = [v["auroc"] for v in per.values() if v["auroc"] is not None]
-    lat_ok = lat_hit[tp_mask]
+    lat_ok = lat_hit[tp_mask & lat_known]
     sel = np.zeros_like(tp_mask)
     for f, lab in enumerate(labels):
         if lab in size_labels:

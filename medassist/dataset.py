@@ -1,0 +1,478 @@
+"""A hospital's own studies as training and evaluation cases, labelled from their reports.
+
+``medassist train`` (``train.data_dir``, ``train.val_dir``) and ``medassist eval --data`` read
+cases in the layout ``medassist synth`` writes: ``<case>/dicom/``, ``report.txt``, ``emr.txt``
+and ``truth.json`` (the reference findings and impression codes).  A hospital has the first
+three (the CT, the signed report, the note) but no ``truth.json``; :func:`import_cases` writes
+one per study from the report's own text, by the project's rule-based labeler
+(:mod:`medassist.labeler`, the lexicon and negation detection that score generated text):
+"silver" labels, as CT-RATE's and CheXpert's are drawn from their reports.
+
+Per finding label of ``configs/findings.yaml``:
+
+* present when a sentence of the report's FINDINGS or IMPRESSION section affirms it; absent
+  when the report negates it or does not mention it (a report that does not mention a finding
+  is read as not showing it); a finding every affirming sentence of which hedges it
+  ("possible", "cannot be excluded", :data:`HEDGE`) is present and marked ``uncertain``;
+* its side (``left`` / ``right`` / ``bilateral``) and, for nodules, masses and consolidation,
+  its lobe, where the sentences affirming it state exactly one; a lymph node's station where
+  one is named ("station 4R");
+* its size, the largest a sentence affirming that label alone states ("measuring 14 mm",
+  "6.6 cm"), for the labels whose size the model reports.
+
+What the report does not state is listed in the finding's ``unstated`` (``side``,
+``location``, ``size``), and training and evaluation leave it out (no target, no error), rather
+than reading silence as "none".  Impression codes (the context head's targets and the
+EMR-dependent impressions of ``medassist eval``) come from the impression's wording: "metastatic"
+or "metastasis", "pneumonia", "cardiogenic", "malignancy" (a nodule; a mass so described takes
+the mass's own code).
+
+The study's DICOM is not copied: ``<case>/dicom`` is a link to the study's folder (``dicom.zip``
+to a study kept as a zip file), read by
+``dicom_io`` when training (its diagnostic series selected as ``medassist report`` selects it);
+the note (text or FHIR JSON) is written as ``emr.txt`` text.  Nothing here de-identifies: the
+output holds what the input holds (``medassist deid`` de-identifies DICOM).  A study without a
+report, without FINDINGS and IMPRESSION sections or without a diagnostic CT series is recorded
+with its reason in ``import.json`` and the import goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medassist.errors import DatasetImportError, InputError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "medassist-import/1"
+REPORT_NAME = "report.txt"
+#: the note beside a study, first found (text, or FHIR R4 JSON read by medassist.emr)
+NOTE_NAMES = ("emr.txt", "emr.json", "emr_fhir.json")
+#: labels whose affirming sentence's stated size is the finding's size
+SIZED = ("lung_nodule", "lung_mass", "mediastinal_lymphadenopathy", "liver_lesion")
+#: labels located by lobe
+LOBED = ("lung_nodule", "lung_mass", "consolidation")
+_SECTIONS = re.compile(r"findings\s*:\s*(.*?)\s*impression\s*:\s*(.*)", re.S | re.I)
+_BILATERAL = re.compile(r"\bbilateral(?:ly)?\b|\bboth\b", re.I)
+_STATION = re.compile(r"\bstation\s*(\d{1,2}[RL]?)\b", re.I)
+_CASE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+_UID = re.compile(r"[0-9.]{1,64}")
+#: a line break inside a sentence: after a word or comma, before a lower-case word
+_WRAPPED = re.compile(r"(?<=[A-Za-z0-9,])\n(?=[a-z])")
+#: wording that hedges a mention ("possible consolidation", "pneumothorax cannot be
+#: excluded"): the finding is taken as present (as CheXpert's "U-Ones") and marked uncertain
+HEDGE = re.compile(r"\b(?:possibl[ey]|probabl[ey]|questionable|equivocal|indeterminate|"
+                   r"may represent|might represent|cannot be (?:excluded|ruled out)|"
+                   r"can ?not (?:exclude|rule out)|not (?:be )?excluded|versus|vs\.?|"
+                   r"differential (?:diagnosis )?includes)\b", re.I)
+#: impression wording -> code, with the labels the sentence must affirm (any of them); the first
+#: code of each context slot (``configs/model``'s ``context.classes``) is the label's own
+CONTEXT_WORDING: tuple[tuple[str, re.Pattern[str], tuple[str, ...]], ...] = (
+    ("metastatic_disease_suspected", re.compile(r"\bmetasta", re.I),
+     ("lung_nodule", "lung_mass")),
+    # a nodule suspicious for a primary malignancy (the generator's rests on a heavy smoker's
+    # history: EMR-dependent); a mass so described is the image's own conclusion
+    ("primary_lung_malignancy_suspected",
+     re.compile(r"\bmalignan|\bheavy smoker\b|\bbronchogenic\b", re.I), ("lung_nodule",)),
+    ("lung_mass_malignancy_suspected", re.compile(r"\bmalignan|\bbronchogenic\b", re.I),
+     ("lung_mass",)),
+    ("pneumonia", re.compile(r"\bpneumonia\b", re.I), ("consolidation",)),
+    ("effusion_cardiogenic", re.compile(r"\bcardiogenic\b|\bheart failure\b", re.I),
+     ("pleural_effusion",)),
+    ("lymphadenopathy_metastasis_suspected", re.compile(r"\bmetasta", re.I),
+     ("mediastinal_lymphadenopathy",)),
+)
+#: the code an affirmed finding of a context slot takes without a conclusion's wording
+BASE_CODES = {"lung_nodule": "pulmonary_nodule", "consolidation": "consolidation_nonspecific",
+              "pleural_effusion": "effusion_nonspecific",
+              "mediastinal_lymphadenopathy": "lymphadenopathy"}
+#: every code :func:`impression_codes` gives
+CODES = frozenset({c for c, _, _ in CONTEXT_WORDING} | set(BASE_CODES.values()))
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """One study: imported to ``case_dir`` or not (``reason``)."""
+
+    source: Path
+    case_id: str
+    case_dir: Path | None
+    reason: str | None = None
+    n_findings: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": str(self.source), "case_id": self.case_id,
+                "case_dir": str(self.case_dir) if self.case_dir else None,
+                "reason": self.reason, "n_findings": self.n_findings}
+
+
+def report_sections(text: str) -> tuple[str, str] | None:
+    """The FINDINGS and IMPRESSION sections (headings in any case), None where either lacks."""
+    m = _SECTIONS.search(text)
+    if m is None:
+        return None
+    return m.group(1).strip(), m.group(2).strip()
+
+
+def _side(sentences: Sequence[str]) -> str | None:
+    from medassist.labeler import _SIDE_WORDS
+
+    joined = " ".join(sentences)
+    if _BILATERAL.search(joined):
+        return "bilateral"
+    said = {s for s, rx in _SIDE_WORDS.items() if rx.search(joined)}
+    if said == {"left", "right"}:
+        return "bilateral"
+    return said.pop() if said else None
+
+
+def _span(text: str, body: str, offset: int, sentence: str, at: int) -> dict[str, Any]:
+    """A sentence of ``body`` (``text`` from ``offset``, wrapped lines joined) found at or
+    after ``at`` -> its text in ``text`` and its character span there."""
+    start = offset + body.index(sentence, at)
+    end = start + len(sentence)
+    return {"sentence": text[start:end], "start": start, "end": end}
+
+
+def report_findings(text: str, labels: Sequence[str]) -> list[dict[str, Any]]:
+    """The findings a report states, in the layout of ``truth.json`` (one per label that a
+    sentence of its FINDINGS or IMPRESSION section affirms; ``label_value`` 0: no voxel
+    labels), with ``unstated`` listing what its sentences leave open and ``evidence`` the
+    affirming sentences' character spans in ``text``."""
+    from medassist.labeler import label_text, stated_lobes, stated_size_mm
+
+    sections = report_sections(text)
+    if sections is None:
+        raise DatasetImportError("the report has no FINDINGS: and IMPRESSION: sections",
+                           kind="ReportSections")
+    body_at = _SECTIONS.search(text)
+    if body_at is None:  # unreachable: report_sections found them
+        raise DatasetImportError("the report has no FINDINGS: and IMPRESSION: sections")
+    # a line wrapped inside a sentence ("... in the left upper\nlobe.") is one sentence: the
+    # break becomes a space (same length, so the spans index ``text``)
+    body = _WRAPPED.sub(" ", text[body_at.start(1):])
+    offset = body_at.start(1)
+    out: list[dict[str, Any]] = []
+    sents = label_text(body)
+    for lab in labels:
+        aff = [s for s in sents if s.labels.get(lab)]
+        if not aff:
+            continue
+        attrs: dict[str, Any] = {}
+        unstated: list[str] = []
+        side = _side([s.text for s in aff])
+        if side is not None:
+            attrs["side"] = side
+        elif lab not in ("cardiomegaly", "pericardial_effusion"):
+            unstated.append("side")
+        else:
+            attrs["side"] = "midline"
+        if lab in LOBED:
+            lobes = set().union(*(stated_lobes(s.text) for s in aff))
+            if len(lobes) == 1:
+                attrs["lobe"] = lobes.pop()
+            else:
+                unstated.append("location")
+        elif lab == "mediastinal_lymphadenopathy":
+            st = {m.group(1).upper() for s in aff for m in _STATION.finditer(s.text)}
+            if len(st) == 1:
+                attrs["station"] = st.pop()
+                if "side" in unstated and attrs["station"][-1] in "RL":  # 4R, 10L
+                    attrs["side"] = "right" if attrs["station"][-1] == "R" else "left"
+                    unstated.remove("side")
+            else:
+                unstated.append("location")
+        size = None
+        if lab in SIZED:
+            alone = [stated_size_mm(s.text) for s in aff
+                     if [k for k, v in s.labels.items() if v] == [lab]]
+            sizes = [v for v in alone if v is not None]
+            size = max(sizes) if sizes else None
+            if size is None:
+                unstated.append("size")
+        out.append({"index": len(out), "label_value": 0, "kind": lab, "attributes": attrs,
+                    "size_mm": size, "unstated": unstated,
+                    "uncertain": all(HEDGE.search(s.text) for s in aff),
+                    "evidence": [_span(text, body, offset, s.text, s.start) for s in aff]})
+    return out
+
+
+def impression_codes(text: str, findings: Sequence[Mapping[str, Any]]
+                     ) -> list[dict[str, Any]]:
+    """The impression's codes (``truth.json``'s ``report.impression``): per impression sentence
+    that affirms a finding, a conclusion its wording draws (:data:`CONTEXT_WORDING`), and each
+    affirmed context-slot finding's own code where no conclusion is drawn for it."""
+    from medassist.labeler import label_text
+
+    sections = report_sections(text)
+    if sections is None:
+        return []
+    index = {str(f["kind"]): int(f["index"]) for f in findings}
+    items: list[dict[str, Any]] = []
+    concluded: set[str] = set()
+    for s in label_text(sections[1]):
+        affirmed = [k for k, v in s.labels.items() if v and k in index]
+        for code, rx, needs in CONTEXT_WORDING:
+            hit = [k for k in affirmed if k in needs]
+            if hit and rx.search(s.text):
+                items.append({"code": code, "text": s.text,
+                              "finding_indices": [index[k] for k in hit]})
+                concluded.update(hit)
+    for lab, code in BASE_CODES.items():
+        if lab in index and lab not in concluded:
+            items.append({"code": code, "text": "", "finding_indices": [index[lab]]})
+    return items
+
+
+def case_id_of(folder: Path, root: Path) -> str:
+    """A case id from the study folder's path under the input (path parts joined by ``_``,
+    other characters than letters, digits, ``.``, ``_`` and ``-`` replaced)."""
+    rel = folder.relative_to(root).as_posix() if folder != root else folder.name
+    return _CASE_ID.sub("-", rel.replace("/", "_")) or "case"
+
+
+def find_studies(root: Path) -> list[Path]:
+    """The folders under ``root`` holding a ``report.txt`` (sorted; links followed, each real
+    folder once)."""
+    if not root.is_dir():
+        raise InputError(f"dataset input {root} is not a folder", path=str(root))
+    out: list[Path] = []
+    seen: set[str] = set()
+    for here, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        if REPORT_NAME in files:
+            out.append(Path(here))
+            dirs[:] = []  # a study's own sub-folders hold its series, not further studies
+    return sorted(out)
+
+
+def _dicom_of(study: Path) -> Path:
+    """The study's DICOM: its ``dicom/`` sub-folder where it has one; else its one ``*.zip``
+    file where the folder holds no other file but the report and the note (a study kept as a
+    zip file, read in place as ``medassist report study.zip`` reads it); else the folder."""
+    if (study / "dicom").is_dir():
+        return study / "dicom"
+    files = [p for p in study.iterdir() if p.is_file() and p.name != REPORT_NAME
+             and p.name not in NOTE_NAMES]
+    if len(files) == 1 and files[0].suffix.lower() == ".zip":
+        return files[0]
+    return study
+
+
+def import_case(study: Path, out: Path, case_id: str, labels: Sequence[str]
+                ) -> ImportResult:
+    """Import one study folder (raises :class:`DatasetImportError` or ``dicom_io`` errors)."""
+    from medassist.emr import read_note
+    from medassist.pipeline import select_series
+
+    try:
+        text = (study / REPORT_NAME).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetImportError(f"cannot read {REPORT_NAME}: {type(exc).__name__}",
+                           path=str(study / REPORT_NAME), kind="Report") from exc
+    findings = report_findings(text, labels)
+    dicom = _dicom_of(study)
+    series = select_series(dicom)  # no diagnostic CT: NoDiagnosticSeriesError
+    note = next((study / n for n in NOTE_NAMES if (study / n).is_file()), None)
+    emr = read_note(note) if note is not None else None
+    case = out / case_id
+    case.mkdir(parents=True, exist_ok=False)
+    if dicom.is_dir():
+        (case / "dicom").symlink_to(dicom.resolve(), target_is_directory=True)
+    else:
+        (case / "dicom.zip").symlink_to(dicom.resolve())
+    (case / REPORT_NAME).write_text(text, encoding="utf-8")
+    if emr is not None:
+        (case / "emr.txt").write_text(emr, encoding="utf-8")
+    truth = {"schema": SCHEMA, "case_id": case_id, "source": str(study.resolve()),
+             "labels": "silver: medassist.labeler on the report's FINDINGS and IMPRESSION",
+             "study": {"study_uid": series.study_uid, "series_uid": series.series_uid},
+             "findings": findings,
+             "emr": {"kind": "imported" if emr is not None else "none",
+                     "source": note.name if note is not None else None},
+             "report": {"impression": impression_codes(text, findings)}}
+    (case / "truth.json").write_text(json.dumps(truth, indent=1), encoding="utf-8")
+    return ImportResult(study, case_id, case, None, len(findings))
+
+
+def import_cases(root: Path, out: Path, labels: Sequence[str] | None = None
+                 ) -> list[ImportResult]:
+    """Import every study under ``root`` into ``out`` (see the module); a study that fails
+    is recorded with its reason and the import goes on.  Writes ``out/import.json``."""
+    from dicom_io.errors import DicomIOError
+    from medassist.errors import MedAssistError
+    from medassist.model_data import finding_labels
+
+    labels = tuple(labels) if labels is not None else finding_labels()
+    studies = find_studies(root)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"dataset output {out} exists and is not empty; give a new folder",
+                         path=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[ImportResult] = []
+    ids: set[str] = set()
+    for study in studies:
+        cid = base = case_id_of(study, root)
+        n = 1
+        while cid in ids:
+            n += 1
+            cid = f"{base}-{n}"
+        ids.add(cid)
+        try:
+            results.append(import_case(study, out, cid, labels))
+        except (MedAssistError, DicomIOError, OSError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("dataset import: case %s not imported (%s)", cid, type(exc).__name__)
+            results.append(ImportResult(study, cid, None, reason))
+    summary = {"schema": SCHEMA, "input": str(root.resolve()), "labels": list(labels),
+               "imported": sum(r.case_dir is not None for r in results),
+               "failed": sum(r.case_dir is None for r in results),
+               "cases": [r.to_json() for r in results]}
+    (out / "import.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return results
+
+
+@dataclass(frozen=True)
+class SignedStudy:
+    """One study whose signed report :func:`export_signed` wrote to ``folder`` (or why not)."""
+
+    study_uid: str
+    report_id: int
+    folder: Path | None
+    reason: str | None = None
+
+
+def export_signed(session: Session, actor: Any, out: Path, emr_dir: Path | None = None
+                  ) -> list[SignedStudy]:
+    """The clinicians' signed reports as a folder :func:`import_cases` reads: per study, the
+    latest signed report (an amendment's, where one was signed) as ``<study UID>/report.txt``,
+    a link to the study's DICOM where the ingest queue knows its location (``dicom`` or
+    ``study.zip``) and the note :func:`medassist.pipeline.find_emr` finds there (or in
+    ``emr_dir``) as ``emr.txt``.  Each report read is audited as an export (clinicians only,
+    :func:`medassist.reports.read_report`); the caller owns the transaction.  A study whose
+    DICOM location is unknown (drafted from a PACS without a local copy) or gone is listed
+    with its reason and left out."""
+    from sqlalchemy import select
+
+    from medassist.audit import AuditAction
+    from medassist.emr import read_note
+    from medassist.pacs.models import IngestItem
+    from medassist.pipeline import find_emr
+    from medassist.reports import read_report
+    from medassist.storage.models import Report, ReportStatus, Study
+
+    rows = session.execute(select(Report.id, Study.study_uid).join(Study)
+                           .where(Report.status == ReportStatus.SIGNED.value)
+                           .order_by(Study.study_uid, Report.created_at.desc(),
+                                     Report.id.desc())).all()
+    latest: dict[str, int] = {}
+    for rid, uid in rows:
+        latest.setdefault(str(uid), int(rid))
+    done: list[SignedStudy] = []
+    todo: list[tuple[str, int, Path, str, str | None]] = []
+    for uid, rid in sorted(latest.items()):
+        if not _UID.fullmatch(uid):  # never a path from an unchecked UID
+            done.append(SignedStudy(uid[:64], rid, None, "not a valid DICOM UID"))
+            continue
+        item = session.scalar(select(IngestItem).where(IngestItem.study_uid == uid))
+        where = Path(item.location) if item is not None and item.location else None
+        if where is None or not where.exists():
+            done.append(SignedStudy(uid, rid, None, (
+                "no local DICOM location for the study (drafted from a PACS without a local "
+                "copy, or moved)" if where is None else f"its DICOM location {where} is gone")))
+            continue
+        view = read_report(session, rid, actor, action=AuditAction.EXPORT,
+                           detail="format=dataset")
+        note = find_emr(where, uid, emr_dir)
+        todo.append((uid, rid, where, view.text, read_note(note) if note else None))
+    # every read first (a refusal writes nothing), then the files
+    out.mkdir(parents=True, exist_ok=True)
+    for uid, rid, where, text, emr in todo:
+        folder = out / uid  # a validated UID ([0-9.]): a safe folder name
+        folder.mkdir(exist_ok=False)
+        (folder / REPORT_NAME).write_text(text, encoding="utf-8")
+        if where.is_dir():
+            (folder / "dicom").symlink_to(where.resolve(), target_is_directory=True)
+        else:
+            (folder / "study.zip").symlink_to(where.resolve())
+        if emr is not None:
+            (folder / "emr.txt").write_text(emr, encoding="utf-8")
+        done.append(SignedStudy(uid, rid, folder))
+    return sorted(done, key=lambda d: d.study_uid)
+
+
+def agreement(pairs: Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]],
+              labels: Sequence[str]) -> dict[str, Any]:
+    """How report-derived findings agree with reference ones (``(silver, reference)`` per
+    case): per label the presence confusion counts, and over labels present in both the
+    side, lobe and size (within 10 % or 1 mm) agreement where the report states them."""
+    per = {lab: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for lab in labels}
+    side = [0, 0]
+    lobe = [0, 0]
+    size = [0, 0]
+    for silver, ref in pairs:
+        s = {str(f["kind"]): f for f in silver}
+        r: dict[str, Mapping[str, Any]] = {}
+        for f in ref:  # the largest of a type, as training takes it
+            k = str(f["kind"])
+            if k not in r or float(f["size_mm"]) > float(r[k]["size_mm"]):
+                r[k] = f
+        for lab in labels:
+            key = ("tp" if lab in r else "fp") if lab in s else ("fn" if lab in r else "tn")
+            per[lab][key] += 1
+            if lab not in s or lab not in r:
+                continue
+            sa, ra = s[lab].get("attributes", {}), r[lab].get("attributes", {})
+            # the reference's side over all its findings of the type, as training takes it
+            sides = {str(f.get("attributes", {}).get("side")) for f in ref
+                     if str(f["kind"]) == lab}
+            ref_side = ("bilateral" if "bilateral" in sides or {"left", "right"} <= sides
+                        else "left" if "left" in sides else "right" if "right" in sides
+                        else None)
+            if "side" in sa and ref_side is not None:
+                side[0] += int(sa["side"] == ref_side)
+                side[1] += 1
+            if "lobe" in sa and "lobe" in ra:
+                lobe[0] += int(sa["lobe"] == ra["lobe"])
+                lobe[1] += 1
+            if s[lab].get("size_mm") is not None:
+                ref_mm = float(r[lab]["size_mm"])
+                # a report rounds to the millimetre (4.5 mm is "5 mm")
+                size[0] += int(abs(float(s[lab]["size_mm"]) - ref_mm)
+                               <= max(0.1 * ref_mm, 1.0))
+                size[1] += 1
+    tot = {k: sum(v[k] for v in per.values()) for k in ("tp", "fp", "fn", "tn")}
+    return {"per_label": per, "presence": tot,
+            "presence_accuracy": (tot["tp"] + tot["tn"]) / max(sum(tot.values()), 1),
+            "side": {"agree": side[0], "stated": side[1]},
+            "lobe": {"agree": lobe[0], "stated": lobe[1]},
+            "size_within_10pct_or_1mm": {"agree": size[0], "stated": size[1]}}
+
+
+__all__ = [
+    "ImportResult",
+    "SignedStudy",
+    "agreement",
+    "export_signed",
+    "find_studies",
+    "import_case",
+    "import_cases",
+    "impression_codes",
+    "report_findings",
+    "report_sections",
+]

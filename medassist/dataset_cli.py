@@ -1,0 +1,134 @@
+"""``medassist dataset import INPUT OUT [--json]``, ``medassist dataset signed OUT --user U``
+and ``medassist dataset agreement DIR``.
+
+``import``: every folder under INPUT holding a ``report.txt`` (the signed report, with FINDINGS
+and IMPRESSION sections) and the study's DICOM (the folder's files, or its ``dicom/``
+sub-folder; an ``emr.txt`` / ``emr.json`` / ``emr_fhir.json`` note beside them) becomes a case
+of OUT that ``medassist train`` (``train.data_dir`` / ``train.val_dir``) and ``medassist eval
+--data`` read, labelled from the report's text (:mod:`medassist.dataset`).  A study that cannot
+be imported is listed with its reason (``OUT/import.json``) and the import goes on; exit status 1
+when any failed.
+
+``signed``: the clinicians' signed reports (the latest per study, an amendment's where signed)
+with links to their studies' DICOM (where the ingest queue knows a local location) and notes,
+as the input of ``import``: drafts corrected and signed by clinicians become training labels.
+Every report read is audited as an export; a clinician's credentials are required.
+
+``agreement``: for cases that carry both a report and reference findings (``medassist synth``
+output), how the findings and impression codes read off each report agree with the reference:
+the labeler's error, which silver labels bring into training and evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from medassist.dataset import import_cases
+
+    results = import_cases(Path(args.input), Path(args.out))
+    done = [r for r in results if r.case_dir is not None]
+    failed = [r for r in results if r.case_dir is None]
+    if args.json:
+        json.dump({"imported": len(done), "failed": len(failed),
+                   "cases": [r.to_json() for r in results]}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(f"imported {len(done)} of {len(results)} studies into {args.out} "
+              f"(labels from the reports' text; {Path(args.out) / 'import.json'})")
+        for r in failed:
+            print(f"  not imported: {r.source}\n      {r.reason}")
+    return 1 if failed or not results else 0
+
+
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from medassist.dataset import CODES, agreement, impression_codes, report_findings
+    from medassist.errors import InputError
+    from medassist.model_data import finding_labels
+    from medassist.model_eval import EMR_DEPENDENT
+
+    labels = finding_labels()
+    root = Path(args.data)
+    truths = sorted(root.rglob("truth.json"))
+    if not truths:
+        raise InputError(f"no truth.json under {root}", path=str(root))
+    pairs: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
+    codes_equal = dependent_equal = 0
+    for tp in truths:
+        text = (tp.parent / "report.txt").read_text(encoding="utf-8")
+        truth = json.loads(tp.read_text(encoding="utf-8"))
+        silver = report_findings(text, labels)
+        pairs.append((silver, truth["findings"]))
+        got = {str(c["code"]) for c in impression_codes(text, silver)}
+        want = {str(c["code"]) for c in truth.get("report", {}).get("impression", [])}
+        codes_equal += int(got & CODES == want & CODES)
+        dependent_equal += int(got & set(EMR_DEPENDENT) == want & set(EMR_DEPENDENT))
+    res = agreement(pairs, labels)
+    res["impression_codes"] = {"context_codes_equal": codes_equal,
+                               "emr_dependent_equal": dependent_equal}
+    res["n_cases"] = len(pairs)
+    json.dump(res, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_signed(args: argparse.Namespace) -> int:
+    from medassist.admin_cli import _engine, _password
+    from medassist.auth import actor_of, authenticate
+    from medassist.dataset import export_signed
+    from medassist.errors import UsageError
+    from medassist.storage import session_factory, unit_of_work
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty; give a new folder")
+    password = _password(args, f"password for {args.user}: ")
+    engine = _engine(args)
+    try:
+        factory = session_factory(engine)
+        with unit_of_work(factory) as s:
+            actor = actor_of(authenticate(s, args.user, password))
+        with unit_of_work(factory) as s:  # one transaction: every read audited, or none
+            got = export_signed(s, actor, out, Path(args.emr_dir) if args.emr_dir else None)
+    finally:
+        engine.dispose()
+    written = [g for g in got if g.folder is not None]
+    print(f"{len(written)} of {len(got)} studies with a signed report written to {out}; "
+          f"make cases of them with: medassist dataset import {out} CASES")
+    for g in got:
+        if g.folder is None:
+            print(f"  left out: study {g.study_uid} (report {g.report_id}): {g.reason}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``dataset`` on an argparse subparsers object."""
+    p = sub.add_parser("dataset", help="a hospital's studies and reports as training and "
+                                       "evaluation cases (labels read off the reports)")
+    dsub = p.add_subparsers(dest="dataset_command", required=True)
+    q = dsub.add_parser("import", help="make cases of every study folder with a report.txt")
+    q.add_argument("input", help="folder of study folders, each with report.txt and DICOM")
+    q.add_argument("out", help="new folder for the cases (train.data_dir / eval --data)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_import)
+    q = dsub.add_parser("signed", help="the clinicians' signed reports, with links to their "
+                                       "studies and notes, as input for dataset import "
+                                       "(audited exports; clinicians only)")
+    q.add_argument("out", help="new folder")
+    q.add_argument("--user", required=True, help="a clinician's user name")
+    q.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of standard input")
+    q.add_argument("--db", help="database URL (default: $MEDASSIST_DB_URL, else SQLite in "
+                                "the data directory)")
+    q.add_argument("--emr-dir", default=None,
+                   help="notes as <StudyInstanceUID>.txt or <case>.txt (as batch reads them)")
+    q.set_defaults(func=cmd_signed)
+    q = dsub.add_parser("agreement", help="how report-derived labels agree with reference "
+                                          "findings (medassist synth output)")
+    q.add_argument("data", help="folder with truth.json and report.txt per case")
+    q.set_defaults(func=cmd_agreement)

@@ -1,0 +1,305 @@
+"""``medassist dataset``: a hospital's studies and signed reports as training and evaluation
+cases, labelled from the reports' text (medassist.dataset)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medassist.dataset import (
+    agreement,
+    find_studies,
+    import_cases,
+    impression_codes,
+    report_findings,
+)
+from medassist.errors import DatasetImportError
+from medassist.model_data import finding_labels, folder_records, label_targets
+from tests.dicom_factory import zip_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+LABELS = finding_labels()
+
+REPORT = """INDICATION: Cough and fever.
+
+TECHNIQUE: CT of the chest without contrast.
+
+FINDINGS:
+Lungs: Possible consolidation in the RLL. There is a 14 mm spiculated nodule in the left upper
+lobe. A 6 mm nodule and a 3.1 cm mass in the left lower lobe. No pneumothorax.
+Pleura: Small bilateral pleural effusions.
+Mediastinum: Enlarged station 4R lymph node, 13 mm in short axis. The heart is normal in size.
+Bones: No acute osseous abnormality.
+
+IMPRESSION:
+1. Left lung nodule and mass, suspicious for metastatic disease.
+2. Bilateral pleural effusions, likely cardiogenic.
+"""
+
+
+def _by_kind(text: str) -> dict[str, dict[str, object]]:
+    return {str(f["kind"]): f for f in report_findings(text, LABELS)}
+
+
+def test_report_findings_read_presence_side_location_size_and_hedges() -> None:
+    f = _by_kind(REPORT)
+    # negated ("No pneumothorax", "normal in size", "No acute osseous abnormality") and
+    # unmentioned labels are absent; the indication's words are not read
+    assert set(f) == {"lung_nodule", "lung_mass", "consolidation", "pleural_effusion",
+                      "mediastinal_lymphadenopathy"}
+    nod, mass, cons = f["lung_nodule"], f["lung_mass"], f["consolidation"]
+    assert nod["attributes"] == {"side": "left"}  # two lobes named: the lobe is left open
+    assert nod["unstated"] == ["location"]
+    # the size of a sentence about this label alone (not "a 6 mm nodule and a 3.1 cm mass")
+    assert nod["size_mm"] == 14.0
+    assert mass["attributes"] == {"side": "left", "lobe": "LLL"}
+    assert mass["size_mm"] is None and mass["unstated"] == ["size"]
+    assert cons["attributes"] == {"side": "right", "lobe": "RLL"} and cons["uncertain"] is True
+    assert nod["uncertain"] is False
+    assert f["pleural_effusion"]["attributes"] == {"side": "bilateral"}
+    node = f["mediastinal_lymphadenopathy"]
+    assert node["attributes"] == {"station": "4R", "side": "right"}
+    assert node["size_mm"] == 13.0 and node["unstated"] == []
+    # the evidence spans are the report's own sentences, whole (a wrapped line included)
+    assert [(ev["sentence"], REPORT[ev["start"]:ev["end"]])
+            for ev in nod["evidence"]] == [  # type: ignore[attr-defined]
+        ("There is a 14 mm spiculated nodule in the left upper\nlobe.",) * 2,
+        ("A 6 mm nodule and a 3.1 cm mass in the left lower lobe.",) * 2,
+        ("Left lung nodule and mass, suspicious for metastatic disease.",) * 2]
+
+
+def test_impression_codes_from_the_wording() -> None:
+    findings = report_findings(REPORT, LABELS)
+    codes = {c["code"]: c["finding_indices"] for c in impression_codes(REPORT, findings)}
+    idx = {f["kind"]: f["index"] for f in findings}
+    assert codes == {
+        "metastatic_disease_suspected": [idx["lung_nodule"], idx["lung_mass"]],
+        "effusion_cardiogenic": [idx["pleural_effusion"]],
+        "consolidation_nonspecific": [idx["consolidation"]],
+        "lymphadenopathy": [idx["mediastinal_lymphadenopathy"]]}
+    # a mass suspicious for malignancy is the image's own conclusion; a nodule so described
+    # (in a heavy smoker) the EMR-dependent one
+    text = ("FINDINGS: 4.1 cm mass in the RUL. 12 mm spiculated nodule in the LLL.\n"
+            "IMPRESSION: 4.1 cm mass in the right upper lobe, suspicious for primary lung "
+            "malignancy. Spiculated nodule in a heavy smoker, suspicious for malignancy.")
+    found = report_findings(text, LABELS)
+    assert {c["code"] for c in impression_codes(text, found)} == {
+        "lung_mass_malignancy_suspected", "primary_lung_malignancy_suspected"}
+
+
+def test_label_targets_leave_out_what_the_report_does_not_state() -> None:
+    from multimodal.config import LATERALITY
+
+    findings = report_findings(REPORT, LABELS)
+    locations = ("other", "RUL", "RML", "RLL", "LUL", "LLL", "4R")
+    t = label_targets(findings, LABELS, locations)
+    li = {lab: i for i, lab in enumerate(LABELS)}
+    assert t["present"][li["lung_nodule"]] == 1.0
+    assert t["location"][li["lung_nodule"]] == -100  # lobe not stated
+    assert t["size"][li["lung_nodule"]] == 14.0
+    assert t["location"][li["lung_mass"]] == locations.index("LLL")
+    assert t["size"][li["lung_mass"]] != t["size"][li["lung_mass"]]  # NaN: no size stated
+    assert t["laterality"][li["pleural_effusion"]] == LATERALITY.index("bilateral")
+    assert t["present"][li["pneumothorax"]] == 0.0 and t["laterality"][li["pneumothorax"]] == -100
+
+
+@pytest.mark.parametrize("text", ["Lungs are clear. Impression: normal.", "",
+                                  "FINDINGS: no nodule."])
+def test_a_report_without_both_sections_is_refused(text: str) -> None:
+    with pytest.raises(DatasetImportError, match="no FINDINGS: and IMPRESSION: sections"):
+        report_findings(text, LABELS)
+
+
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A hospital's folder: 3 studies (DICOM files loose in the study folder, or in a zip file
+    for the third, the signed report and the note beside them; generated cases, whose
+    truth.json is kept apart as the reference), one study whose report has no sections, one
+    with a report but no DICOM."""
+    from medassist.synth.case import make_case
+    from medassist.synth.config import load_config
+    from medassist.synth.findings import load_vocabulary
+    from medassist.synth.writer import write_case
+
+    base = tmp_path_factory.mktemp("dataset")
+    cfg = load_config(ROOT / "configs/synth/small.yaml")
+    vocab = load_vocabulary(cfg.findings.vocabulary_path())
+    inp, ref = base / "hospital", base / "reference"
+    for i in range(3):
+        case = base / "synth" / f"case_{i}"
+        write_case(make_case(cfg, vocab, 5, i, "test"), cfg, case)
+        study = inp / "2026" / f"acc{i:03d}"
+        if i < 2:
+            shutil.copytree(case / "dicom", study)
+        else:  # a study kept as a zip file beside its report
+            study.mkdir(parents=True)
+            zip_folder(case / "dicom", study / "study.zip")
+        for name in ("report.txt", "emr.txt"):
+            shutil.copy(case / name, study / name)
+        (ref / f"acc{i:03d}").mkdir(parents=True)
+        shutil.copy(case / "truth.json", ref / f"acc{i:03d}" / "truth.json")
+    no_sections = inp / "2026" / "acc900"
+    shutil.copytree(base / "synth" / "case_0" / "dicom", no_sections)
+    (no_sections / "report.txt").write_text("Lungs clear. Normal CT.", encoding="utf-8")
+    (inp / "2026" / "acc901").mkdir()
+    (inp / "2026" / "acc901" / "report.txt").write_text(REPORT, encoding="utf-8")
+    return {"input": inp, "reference": ref, "base": base}
+
+
+def test_import_makes_cases_and_records_the_studies_it_cannot(
+        hospital: dict[str, Path], tmp_path: Path) -> None:
+    from medassist.cli import main
+
+    assert [p.name for p in find_studies(hospital["input"])] == [
+        "acc000", "acc001", "acc002", "acc900", "acc901"]
+    out = tmp_path / "cases"
+    assert main(["dataset", "import", str(hospital["input"]), str(out)]) == 1
+    summary = json.loads((out / "import.json").read_text(encoding="utf-8"))
+    assert (summary["imported"], summary["failed"]) == (3, 2)
+    reasons = {Path(c["source"]).name: c["reason"] for c in summary["cases"]}
+    assert reasons["acc000"] is None
+    assert reasons["acc900"] == ("DatasetImportError: the report has no FINDINGS: and "
+                                 "IMPRESSION: sections")
+    assert reasons["acc901"] is not None and reasons["acc901"].startswith(
+        "NoDiagnosticSeriesError")
+    # the cases read back as training / evaluation records, their findings the reports'
+    records = {Path(r.case_id).name: r for r in folder_records(out, _tiny_cfg())}
+    assert sorted(records) == ["2026_acc000", "2026_acc001", "2026_acc002"]
+    for name, rec in records.items():
+        acc = name.split("_")[1]
+        ref = json.loads((hospital["reference"] / acc / "truth.json").read_text(
+            encoding="utf-8"))["findings"]
+        assert {f["kind"] for f in rec.findings} == {f["kind"] for f in ref}
+        assert rec.emr is not None and rec.hu is not None
+        assert (out / name / ("dicom.zip" if acc == "acc002" else "dicom")).is_symlink()
+    # a second import into the same folder is refused, nothing overwritten
+    with pytest.raises(Exception, match="exists and is not empty"):
+        import_cases(hospital["input"], out)
+
+
+def _tiny_cfg() -> object:
+    from multimodal.config import load_model_config
+
+    return load_model_config(ROOT / "configs/model/tiny.yaml", labels=LABELS)
+
+
+def test_train_and_eval_on_imported_cases(hospital: dict[str, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The loop a hospital's AI team runs: import, train (data_dir, val_dir for the
+    calibration), evaluate on the imported cases."""
+    from medassist.cli import main
+    from medassist.model_cli import TrainConfig, train
+    from tests.tiny_model import OPTIM
+
+    cases = tmp_path / "cases"
+    import_cases(hospital["input"], cases)
+    ck = tmp_path / "ck"
+    train(TrainConfig(model_config=str(ROOT / "configs/model/tiny.yaml"),
+                      data_dir=str(cases), val_dir=str(cases), train_cases=3,
+                      max_emr_tokens=256, out=str(ck), optim=OPTIM))
+    meta = json.loads((ck / "meta.json").read_text(encoding="utf-8"))
+    assert meta["data"]["source"] == str(cases) and meta["data"]["val_source"] == str(cases)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(ck), "--data", str(cases), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["full"]["n_cases"] == 3
+
+
+def test_agreement_with_reference_findings(hospital: dict[str, Path],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """On generated cases the reports' labels agree with the generator's findings; a changed
+    report shows as a disagreement."""
+    from medassist.cli import main
+
+    synth = hospital["base"] / "synth"
+    assert main(["dataset", "agreement", str(synth)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_cases"] == 3 and res["presence"]["fp"] == res["presence"]["fn"] == 0
+    assert res["impression_codes"] == {"context_codes_equal": 3, "emr_dependent_equal": 3}
+    truth = json.loads((synth / "case_0" / "truth.json").read_text(encoding="utf-8"))
+    text = (synth / "case_0" / "report.txt").read_text(encoding="utf-8")
+    silver = report_findings(text.replace("IMPRESSION:", "Pneumothorax on the left.\n"
+                                                         "IMPRESSION:"), LABELS)
+    got = agreement([(silver, truth["findings"])], LABELS)
+    assert got["per_label"]["pneumothorax"]["fp"] == (
+        0 if any(f["kind"] == "pneumothorax" for f in truth["findings"]) else 1)
+
+
+def test_signed_reports_become_cases(hospital: dict[str, Path], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch-drafted studies, one report corrected by a clinician (a pneumothorax added) and
+    signed, another left a draft: `dataset signed` writes the signed one (its text, links to
+    the study's DICOM and note), audited as an export; `dataset import` makes it a case whose
+    labels carry the clinician's correction.  A non-clinician may not export."""
+    import io
+
+    from sqlalchemy import select
+
+    from medassist import reports
+    from medassist.batch_cli import run_batch
+    from medassist.cli import main
+    from medassist.storage import (
+        AuditEvent,
+        Report,
+        make_engine,
+        session_factory,
+        unit_of_work,
+    )
+    from medassist.storage.models import Role
+    from tests.core.factories import PASSWORD, add_user
+    from tests.tiny_model import train_tiny_checkpoint
+
+    synth = hospital["base"] / "synth"
+    url = f"sqlite:///{tmp_path / 'signed.db'}"
+    ck = train_tiny_checkpoint(tmp_path / "ck")
+    assert run_batch(synth, db=url, checkpoint=str(ck), err=io.StringIO(),
+                     out=io.StringIO())["done"] == 3
+    factory = session_factory(make_engine(url))
+    with unit_of_work(factory) as s:
+        doc = add_user(s, "alice")
+        add_user(s, "root", role=Role.ADMIN)
+        first = s.scalars(select(Report).order_by(Report.id).limit(1)).one()
+        rid, study_uid = first.id, first.study.study_uid
+        text = reports.read_report(s, rid, doc).text
+    signed_text = text.replace("IMPRESSION:", "Small left apical pneumothorax.\n\nIMPRESSION:")
+    with unit_of_work(factory) as s:
+        reports.edit_report(s, rid, doc, signed_text, expected_version=1)
+    with unit_of_work(factory) as s:
+        reports.submit_for_review(s, rid, doc, expected_version=2)
+    with unit_of_work(factory) as s:
+        reports.sign_report(s, rid, doc, PASSWORD, expected_version=3)
+
+    out = tmp_path / "signed"
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["dataset", "signed", str(tmp_path / "refused"), "--user", "root",
+                 "--password-stdin", "--db", url]) != 0  # an admin reads no report text
+    assert not (tmp_path / "refused").exists()  # and nothing is written
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["dataset", "signed", str(out), "--user", "alice", "--password-stdin",
+                 "--db", url]) == 0
+    assert [p.name for p in out.iterdir()] == [study_uid]
+    folder = out / study_uid
+    assert (folder / "report.txt").read_text(encoding="utf-8") == signed_text
+    assert (folder / "dicom").is_symlink() and (folder / "emr.txt").is_file()
+    with unit_of_work(factory) as s:
+        events = [(e.event_type, e.object_id, e.detail) for e in s.scalars(select(AuditEvent))
+                  if e.event_type in ("EXPORT", "REFUSAL")]
+    assert events == [("REFUSAL", str(rid), "role 'admin' may not read reports"),
+                      ("EXPORT", str(rid), "format=dataset")]
+
+    cases = tmp_path / "cases"
+    assert main(["dataset", "import", str(out), str(cases)]) == 0
+    truth = json.loads((cases / study_uid / "truth.json").read_text(encoding="utf-8"))
+    ptx = [f for f in truth["findings"] if f["kind"] == "pneumothorax"]
+    assert len(ptx) == 1 and ptx[0]["attributes"]["side"] == "left"
+
+
+def test_finding_labels_whatever_the_working_directory(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The labels come from the source tree's configs/findings.yaml (a relative path failed
+    `medassist batch` and `dataset import` run from another folder)."""
+    monkeypatch.chdir(tmp_path)
+    assert finding_labels() == LABELS and "lung_nodule" in LABELS
