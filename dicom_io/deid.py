@@ -73,6 +73,7 @@ __all__ = [
     "deidentify_path",
     "is_safe_descriptor",
     "load_deid_options",
+    "remap_uid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -402,6 +403,12 @@ def _remap_uid(key: DeidKey, uid: str) -> str:
     value = (value & ~(0xF << 76)) | (0x8 << 76)  # version 8 (custom)
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC variant
     return f"2.25.{value}"
+
+
+def remap_uid(key: DeidKey, uid: str) -> str:
+    """The UID that de-identification under ``key`` gives ``uid`` (the same in every file
+    and run), so that a record kept beside de-identified files can name them."""
+    return _remap_uid(key, uid)
 
 
 def _pseudo_patient_id(key: DeidKey, patient_id: str) -> str:

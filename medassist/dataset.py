@@ -52,6 +52,8 @@ from medassist.errors import DatasetImportError, InputError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from dicom_io.deid import DeidKey
+
 log = logging.getLogger(__name__)
 
 SCHEMA = "medassist-import/1"
@@ -62,7 +64,12 @@ NOTE_NAMES = ("emr.txt", "emr.json", "emr_fhir.json")
 SIZED = ("lung_nodule", "lung_mass", "mediastinal_lymphadenopathy", "liver_lesion")
 #: labels located by lobe
 LOBED = ("lung_nodule", "lung_mass", "consolidation")
-_SECTIONS = re.compile(r"findings\s*:\s*(.*?)\s*impression\s*:\s*(.*)", re.S | re.I)
+#: the FINDINGS and IMPRESSION (or CONCLUSION) sections: a heading at the start of a line,
+#: followed by a colon or alone on it ("FINDINGS\n..."), in any case (not "prior findings" in
+#: an indication)
+_SECTIONS = re.compile(r"^[ \t]*findings[ \t]*(?::|$)\s*(.*?)\s*"
+                       r"^[ \t]*(?:impressions?|conclusions?)[ \t]*(?::|$)\s*(.*)",
+                       re.S | re.I | re.M)
 _BILATERAL = re.compile(r"\bbilateral(?:ly)?\b|\bboth\b", re.I)
 _STATION = re.compile(r"\bstation\s*(\d{1,2}[RL]?)\b", re.I)
 _CASE_ID = re.compile(r"[^A-Za-z0-9._-]+")
@@ -136,6 +143,15 @@ def _side(sentences: Sequence[str]) -> str | None:
     return said.pop() if said else None
 
 
+def report_sections_or_raise(text: str) -> tuple[str, str]:
+    """:func:`report_sections`, or :class:`DatasetImportError` where either section lacks."""
+    sections = report_sections(text)
+    if sections is None:
+        raise DatasetImportError("the report has no FINDINGS: and IMPRESSION: sections (nor "
+                                 "CONCLUSION:)", kind="ReportSections")
+    return sections
+
+
 def _span(text: str, body: str, offset: int, sentence: str, at: int) -> dict[str, Any]:
     """A sentence of ``body`` (``text`` from ``offset``, wrapped lines joined) found at or
     after ``at`` -> its text in ``text`` and its character span there."""
@@ -151,13 +167,11 @@ def report_findings(text: str, labels: Sequence[str]) -> list[dict[str, Any]]:
     affirming sentences' character spans in ``text``."""
     from medassist.labeler import label_text, stated_lobes, stated_size_mm
 
-    sections = report_sections(text)
-    if sections is None:
-        raise DatasetImportError("the report has no FINDINGS: and IMPRESSION: sections",
-                           kind="ReportSections")
+    report_sections_or_raise(text)
     body_at = _SECTIONS.search(text)
     if body_at is None:  # unreachable: report_sections found them
-        raise DatasetImportError("the report has no FINDINGS: and IMPRESSION: sections")
+        raise DatasetImportError("the report has no FINDINGS: and IMPRESSION: sections (nor "
+                                 "CONCLUSION:)")
     # a line wrapped inside a sentence ("... in the left upper\nlobe.") is one sentence: the
     # break becomes a space (same length, so the spans index ``text``)
     body = _WRAPPED.sub(" ", text[body_at.start(1):])
@@ -274,9 +288,70 @@ def _dicom_of(study: Path) -> Path:
     return study
 
 
-def import_case(study: Path, out: Path, case_id: str, labels: Sequence[str]
-                ) -> ImportResult:
-    """Import one study folder (raises :class:`DatasetImportError` or ``dicom_io`` errors)."""
+#: dates in a text (Safe Harbor: every element of a date but the year): 10/28/1941, 1941-10-28,
+#: 28.10.1941, Oct 28, 1941, 28 October 1941
+_DATES = re.compile(
+    r"\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b|"
+    r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.? \d{1,2}(?:st|nd|rd|th)?"
+    r",? \d{4}\b|\b\d{1,2}(?:st|nd|rd|th)? (?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|"
+    r"dec)[a-z]*\.?,? \d{4}\b", re.I)
+#: identifiers by form: telephone numbers, e-mail addresses, runs of 7 or more digits (record,
+#: account and accession numbers)
+_FORMS = re.compile(r"\b\d{3}[-. ]\d{3}[-. ]\d{4}\b|[\w.+-]+@[\w-]+\.[\w.-]+|\b\d{7,}\b")
+#: an age over 89 (Safe Harbor aggregates them as 90 or older)
+_OLD_AGE = re.compile(r"\b(?:9\d|1[0-4]\d)(?=\s*(?:yo\b|y/o\b|y\.o\.|-?year-old\b|years? old\b))",
+                      re.I)
+REDACTED = "[REDACTED]"
+
+
+def patient_identifiers(source: str) -> list[str]:
+    """The patient's identifiers a study's DICOM header states (``source``: a file or a zip
+    member, :func:`dicom_io.volume.read_source`): the name's parts, the patient and other
+    patient IDs, the accession number and the birth date as notes write it."""
+    import io
+
+    import pydicom
+
+    from dicom_io.volume import read_source
+
+    ds = pydicom.dcmread(io.BytesIO(read_source(source)), stop_before_pixels=True)
+    out: list[str] = []
+    name = str(ds.get("PatientName", "") or "")
+    out += [p for p in re.split(r"[\^=, ]+", name) if len(p) >= 2]
+    for kw in ("PatientID", "AccessionNumber", "OtherPatientIDs"):
+        v = ds.get(kw)
+        vals = v if isinstance(v, list | tuple | pydicom.multival.MultiValue) else [v]
+        out += [str(x).strip() for x in vals if x is not None and len(str(x).strip()) >= 3]
+    dob = str(ds.get("PatientBirthDate", "") or "")
+    if re.fullmatch(r"\d{8}", dob):
+        y, m, d = dob[:4], dob[4:6], dob[6:]
+        out += [f"{m}/{d}/{y}", f"{int(m)}/{int(d)}/{y}", f"{d}/{m}/{y}", f"{d}.{m}.{y}",
+                f"{y}-{m}-{d}", dob]
+    return sorted(set(out), key=len, reverse=True)
+
+
+def redact(text: str, identifiers: Iterable[str]) -> tuple[str, int]:
+    """``text`` with the patient's ``identifiers`` (whole words, any case), dates, telephone
+    numbers, e-mail addresses, runs of 7+ digits replaced by ``[REDACTED]`` and ages over 89
+    by ``90+``; and how many were replaced.  Names of other people (relatives, clinicians)
+    that the header does not state are not found: this redacts what is known, it does not
+    recognise names."""
+    n = 0
+    for ident in identifiers:
+        rx = re.compile(rf"(?<![\w]){re.escape(ident)}(?![\w])", re.I)
+        text, k = rx.subn(REDACTED, text)
+        n += k
+    for rx in (_DATES, _FORMS):
+        text, k = rx.subn(REDACTED, text)
+        n += k
+    text, k = _OLD_AGE.subn("90+", text)
+    return text, n + k
+
+
+def import_case(study: Path, out: Path, case_id: str, labels: Sequence[str],
+                key: DeidKey | None = None) -> ImportResult:
+    """Import one study folder (raises :class:`DatasetImportError` or ``dicom_io`` errors);
+    with ``key``, de-identified (:func:`import_cases`)."""
     from medassist.emr import read_note
     from medassist.pipeline import select_series
 
@@ -285,23 +360,47 @@ def import_case(study: Path, out: Path, case_id: str, labels: Sequence[str]
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetImportError(f"cannot read {REPORT_NAME}: {type(exc).__name__}",
                            path=str(study / REPORT_NAME), kind="Report") from exc
-    findings = report_findings(text, labels)
+    report_sections_or_raise(text)
     dicom = _dicom_of(study)
     series = select_series(dicom)  # no diagnostic CT: NoDiagnosticSeriesError
     note = next((study / n for n in NOTE_NAMES if (study / n).is_file()), None)
     emr = read_note(note) if note is not None else None
+    uids = {"study_uid": series.study_uid, "series_uid": series.series_uid}
+    redactions = None
+    if key is not None:
+        from dicom_io.deid import deidentify_path, remap_uid
+
+        if not dicom.is_dir():
+            raise DatasetImportError("a study kept in a zip file is not de-identified here; "
+                                     "unzip it into its folder first", kind="DeidZip")
+        idents = patient_identifiers(series.instances[0].source)
+        text, redactions = redact(text, idents)
+        if emr is not None:
+            emr, k = redact(emr, idents)
+            redactions += k
+        uids = {k: remap_uid(key, v) for k, v in uids.items()}
+    findings = report_findings(text, labels)  # on the text written (the spans index it)
     case = out / case_id
     case.mkdir(parents=True, exist_ok=False)
-    if dicom.is_dir():
+    if key is not None:
+        rep = deidentify_path(dicom, case / "dicom", key)
+        if not rep.written:
+            raise DatasetImportError("no DICOM file of the study could be de-identified",
+                                     kind="Deid")
+    elif dicom.is_dir():
         (case / "dicom").symlink_to(dicom.resolve(), target_is_directory=True)
     else:
         (case / "dicom.zip").symlink_to(dicom.resolve())
     (case / REPORT_NAME).write_text(text, encoding="utf-8")
     if emr is not None:
         (case / "emr.txt").write_text(emr, encoding="utf-8")
-    truth = {"schema": SCHEMA, "case_id": case_id, "source": str(study.resolve()),
+    truth = {"schema": SCHEMA, "case_id": case_id,
+             "source": str(study.resolve()) if key is None else None,
+             "deidentified": None if key is None else {
+                 "dicom": "PS3.15 Annex E (dicom_io.deid)", "key": key.fingerprint,
+                 "text_redactions": redactions},
              "labels": "silver: medassist.labeler on the report's FINDINGS and IMPRESSION",
-             "study": {"study_uid": series.study_uid, "series_uid": series.series_uid},
+             "study": uids,
              "findings": findings,
              "emr": {"kind": "imported" if emr is not None else "none",
                      "source": note.name if note is not None else None},
@@ -310,10 +409,18 @@ def import_case(study: Path, out: Path, case_id: str, labels: Sequence[str]
     return ImportResult(study, case_id, case, None, len(findings))
 
 
-def import_cases(root: Path, out: Path, labels: Sequence[str] | None = None
-                 ) -> list[ImportResult]:
+def import_cases(root: Path, out: Path, labels: Sequence[str] | None = None,
+                 key: DeidKey | None = None) -> list[ImportResult]:
     """Import every study under ``root`` into ``out`` (see the module); a study that fails
-    is recorded with its reason and the import goes on.  Writes ``out/import.json``."""
+    is recorded with its reason and the import goes on.  Writes ``out/import.json``.
+
+    With ``key`` (:class:`dicom_io.deid.DeidKey`) the cases are de-identified: each study's
+    DICOM is written through ``dicom_io.deid`` (PS3.15 Annex E: UIDs remapped, the patient a
+    pseudonym, dates shifted) instead of linked; the report and the note have the patient's
+    identifiers their DICOM header states, dates, telephone numbers, e-mail addresses and runs
+    of 7+ digits redacted (:func:`redact`); case ids are pseudonyms (HMAC of the study
+    folder's path under ``root``) and neither ``truth.json`` nor ``import.json`` names a
+    source path (the caller gets them in the results)."""
     from dicom_io.errors import DicomIOError
     from medassist.errors import MedAssistError
     from medassist.model_data import finding_labels
@@ -327,22 +434,31 @@ def import_cases(root: Path, out: Path, labels: Sequence[str] | None = None
     results: list[ImportResult] = []
     ids: set[str] = set()
     for study in studies:
-        cid = base = case_id_of(study, root)
+        cid = base = case_id_of(study, root) if key is None else "case-" + key.digest(
+            "medassist-dataset-case", study.relative_to(root).as_posix()).hex()[:16]
         n = 1
         while cid in ids:
             n += 1
             cid = f"{base}-{n}"
         ids.add(cid)
         try:
-            results.append(import_case(study, out, cid, labels))
+            results.append(import_case(study, out, cid, labels, key))
         except (MedAssistError, DicomIOError, OSError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            log.warning("dataset import: case %s not imported (%s)", cid, type(exc).__name__)
+            if key is not None:  # the study's path may name the patient: not in the output
+                reason = reason.replace(str(study), f"<study {cid}>").replace(
+                    str(root), "<input>")
+            # the folder's name may carry a patient's name: it is in import.json, not the log
+            log.warning("dataset import: a study not imported (%s)", type(exc).__name__)
             results.append(ImportResult(study, cid, None, reason))
-    summary = {"schema": SCHEMA, "input": str(root.resolve()), "labels": list(labels),
+    cases = [r.to_json() for r in results]
+    if key is not None:  # the source paths may name the patients
+        cases = [{k: v for k, v in c.items() if k != "source"} for c in cases]
+    summary = {"schema": SCHEMA, "input": str(root.resolve()) if key is None else None,
+               "deidentified": key is not None, "labels": list(labels),
                "imported": sum(r.case_dir is not None for r in results),
                "failed": sum(r.case_dir is None for r in results),
-               "cases": [r.to_json() for r in results]}
+               "cases": cases}
     (out / "import.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return results
 

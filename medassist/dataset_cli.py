@@ -1,5 +1,5 @@
-"""``medassist dataset import INPUT OUT [--json]``, ``medassist dataset signed OUT --user U``
-and ``medassist dataset agreement DIR``.
+"""``medassist dataset import INPUT OUT [--deid-key-file K] [--json]``, ``medassist dataset
+signed OUT --user U`` and ``medassist dataset agreement DIR``.
 
 ``import``: every folder under INPUT holding a ``report.txt`` (the signed report, with FINDINGS
 and IMPRESSION sections) and the study's DICOM (the folder's files, or its ``dicom/``
@@ -31,7 +31,12 @@ from typing import Any
 def cmd_import(args: argparse.Namespace) -> int:
     from medassist.dataset import import_cases
 
-    results = import_cases(Path(args.input), Path(args.out))
+    key = None
+    if args.deid_key_file:
+        from dicom_io.deid import DeidKey
+
+        key = DeidKey.from_file(args.deid_key_file)
+    results = import_cases(Path(args.input), Path(args.out), key=key)
     done = [r for r in results if r.case_dir is not None]
     failed = [r for r in results if r.case_dir is None]
     if args.json:
@@ -41,7 +46,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         print(f"imported {len(done)} of {len(results)} studies into {args.out} "
               f"(labels from the reports' text; {Path(args.out) / 'import.json'})")
-        for r in failed:
+        for r in failed:  # the operator's terminal: the source path (import.json may not)
             print(f"  not imported: {r.source}\n      {r.reason}")
     return 1 if failed or not results else 0
 
@@ -114,6 +119,11 @@ def add_parser(sub: Any) -> None:
     q = dsub.add_parser("import", help="make cases of every study folder with a report.txt")
     q.add_argument("input", help="folder of study folders, each with report.txt and DICOM")
     q.add_argument("out", help="new folder for the cases (train.data_dir / eval --data)")
+    q.add_argument("--deid-key-file", default=None, metavar="KEYFILE",
+                   help="de-identify the cases (the key file of medassist deid --key-file): "
+                        "DICOM through the PS3.15 Annex E profile, the patient's known "
+                        "identifiers and dates redacted in the report and note, pseudonymous "
+                        "case ids")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_import)
     q = dsub.add_parser("signed", help="the clinicians' signed reports, with links to their "

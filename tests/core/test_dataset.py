@@ -106,8 +106,22 @@ def test_label_targets_leave_out_what_the_report_does_not_state() -> None:
     assert t["present"][li["pneumothorax"]] == 0.0 and t["laterality"][li["pneumothorax"]] == -100
 
 
+def test_section_headings_as_reports_write_them() -> None:
+    """Headings with or without a colon, alone on their line, CONCLUSION for IMPRESSION, in
+    any case; "findings" inside an indication is no heading."""
+    for text in ("Indication: follow-up of prior findings\nFindings\nA 9 mm nodule in the "
+                 "RUL.\nConclusion\nNodule.",
+                 "INDICATION: prior findings:\nFINDINGS: 9 mm nodule, RUL.\nIMPRESSIONS: "
+                 "Nodule."):
+        (nod,) = report_findings(text, LABELS)
+        assert (nod["kind"], nod["attributes"], nod["size_mm"]) == (
+            "lung_nodule", {"side": "right", "lobe": "RUL"}, 9.0)
+        assert all("prior" not in ev["sentence"] for ev in nod["evidence"])
+
+
 @pytest.mark.parametrize("text", ["Lungs are clear. Impression: normal.", "",
-                                  "FINDINGS: no nodule."])
+                                  "FINDINGS: no nodule.",
+                                  "Indication: findings\nLungs clear.\nimpression: normal"])
 def test_a_report_without_both_sections_is_refused(text: str) -> None:
     with pytest.raises(DatasetImportError, match="no FINDINGS: and IMPRESSION: sections"):
         report_findings(text, LABELS)
@@ -162,7 +176,7 @@ def test_import_makes_cases_and_records_the_studies_it_cannot(
     reasons = {Path(c["source"]).name: c["reason"] for c in summary["cases"]}
     assert reasons["acc000"] is None
     assert reasons["acc900"] == ("DatasetImportError: the report has no FINDINGS: and "
-                                 "IMPRESSION: sections")
+                                 "IMPRESSION: sections (nor CONCLUSION:)")
     assert reasons["acc901"] is not None and reasons["acc901"].startswith(
         "NoDiagnosticSeriesError")
     # the cases read back as training / evaluation records, their findings the reports'
@@ -303,3 +317,75 @@ def test_finding_labels_whatever_the_working_directory(tmp_path: Path,
     `medassist batch` and `dataset import` run from another folder)."""
     monkeypatch.chdir(tmp_path)
     assert finding_labels() == LABELS and "lung_nodule" in LABELS
+
+
+def test_redact_known_identifiers_dates_and_forms() -> None:
+    from medassist.dataset import redact
+
+    note = ("Pt: FISCHER, Lukas   MRN: 59682894   DOB: 10/28/1941   Date: 05/29/2022 13:24\n"
+            "CC/HPI: 93 yo M w/ fever to 39.6 C; daughter Anna at 555-201-3344, "
+            "a.fischer@example.org. WBC 14.6. Seen Oct 3, 2021. Lukas's CT 2021-10-04.")
+    out, n = redact(note, ["FISCHER", "Lukas", "59682894"])
+    for gone in ("FISCHER", "Lukas", "59682894", "10/28/1941", "05/29/2022", "555-201-3344",
+                 "a.fischer@example.org", "Oct 3, 2021", "2021-10-04", "93 yo"):
+        assert gone not in out, gone
+    # the clinical content stays; a relative's name the header does not state is not found
+    for kept in ("fever to 39.6 C", "WBC 14.6", "90+ yo M", "13:24", "Anna"):
+        assert kept in out, kept
+    assert n == 11  # "Lukas" twice
+
+
+def test_a_deidentified_import(hospital: dict[str, Path], tmp_path: Path) -> None:
+    """--deid-key-file: DICOM written through dicom_io.deid (no original UID, name or ID), the
+    report and note without the header's identifiers or dates, pseudonymous case ids, no
+    source path in the output; the findings and the note's history are those of the plain
+    import."""
+    import pydicom
+
+    from dicom_io.deid import DeidKey
+    from medassist.cli import main
+    from medassist.history import read_history
+
+    key_file = tmp_path / "deid.key"
+    DeidKey.generate().save(key_file)
+    plain, deid = tmp_path / "plain", tmp_path / "deid"
+    import_cases(hospital["input"], plain)
+    assert main(["dataset", "import", str(hospital["input"]), str(deid),
+                 "--deid-key-file", str(key_file)]) == 1  # the two bad studies
+    summary = (deid / "import.json").read_text(encoding="utf-8")
+    assert "acc0" not in summary and "hospital" not in summary  # no source path or name
+    cases = sorted(p for p in deid.iterdir() if p.is_dir())
+    assert [p.name[:5] for p in cases] == ["case-"] * 2  # acc002 is a zip study: refused
+    assert "a study kept in a zip file is not de-identified here; unzip it" in summary
+    src = next((hospital["input"] / "2026" / "acc000").rglob("*.dcm"))
+    orig = pydicom.dcmread(src, stop_before_pixels=True)
+    name_parts = [p for p in str(orig.PatientName).replace("^", " ").split() if len(p) > 1]
+    by_uid = {}
+    for case in cases:
+        truth = json.loads((case / "truth.json").read_text(encoding="utf-8"))
+        assert truth["source"] is None and truth["deidentified"]["text_redactions"] > 0
+        files = sorted((case / "dicom").rglob("*.dcm"))
+        assert files and not (case / "dicom").is_symlink()
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        assert ds.PatientIdentityRemoved == "YES" and ds.StudyInstanceUID == truth[
+            "study"]["study_uid"]
+        by_uid[ds.StudyInstanceUID] = case
+        text = (case / "report.txt").read_text(encoding="utf-8") + (
+            case / "emr.txt").read_text(encoding="utf-8")
+        assert ds.StudyInstanceUID != orig.StudyInstanceUID
+        for ident in (str(orig.PatientID), *name_parts):
+            assert ident not in text
+    # the same findings and the same history as the plain import, case by case
+    for name in ("2026_acc000", "2026_acc001"):
+        p_truth = json.loads((plain / name / "truth.json").read_text(encoding="utf-8"))
+        from dicom_io.deid import remap_uid
+
+        case = by_uid[remap_uid(DeidKey.from_file(key_file), p_truth["study"]["study_uid"])]
+        d_truth = json.loads((case / "truth.json").read_text(encoding="utf-8"))
+        strip = [({k: v for k, v in f.items() if k != "evidence"}) for f in p_truth["findings"]]
+        assert [{k: v for k, v in f.items() if k != "evidence"}
+                for f in d_truth["findings"]] == strip
+        assert read_history((case / "emr.txt").read_text(encoding="utf-8")) == read_history(
+            (plain / name / "emr.txt").read_text(encoding="utf-8"))
+    # and the de-identified cases read back for training
+    assert len(list(folder_records(deid, _tiny_cfg()))) == 2
