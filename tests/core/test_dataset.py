@@ -389,3 +389,29 @@ def test_a_deidentified_import(hospital: dict[str, Path], tmp_path: Path) -> Non
             (plain / name / "emr.txt").read_text(encoding="utf-8"))
     # and the de-identified cases read back for training
     assert len(list(folder_records(deid, _tiny_cfg()))) == 2
+
+
+def test_import_a_real_ct_with_its_report(a0001: Path, tmp_path: Path) -> None:
+    """The shared Lung-PET-CT-Dx A0001 series (real DICOM, linked in place) with a report
+    written as a radiologist would for its annotated tumour: a case whose findings are the
+    report's and whose CT reads back on the model grid."""
+    study = tmp_path / "hospital" / "A0001"
+    study.mkdir(parents=True)
+    (study / "dicom").symlink_to(a0001, target_is_directory=True)  # dicom_io reads no
+    # linked file, a linked folder it does
+    (study / "report.txt").write_text(
+        "CLINICAL HISTORY: Lung mass.\n\nFINDINGS\nThere is a 5.2 cm mass in the left upper "
+        "lobe abutting the mediastinum.\nNo pleural effusion. No pneumothorax.\n\n"
+        "CONCLUSION\nLeft upper lobe mass, suspicious for primary lung malignancy.\n",
+        encoding="utf-8")
+    out = tmp_path / "cases"
+    (res,) = import_cases(tmp_path / "hospital", out)
+    assert res.reason is None and res.case_dir is not None
+    truth = json.loads((res.case_dir / "truth.json").read_text(encoding="utf-8"))
+    (mass,) = truth["findings"]
+    assert (mass["kind"], mass["attributes"], mass["size_mm"]) == (
+        "lung_mass", {"side": "left", "lobe": "LUL"}, 52.0)
+    assert [c["code"] for c in truth["report"]["impression"]] == [
+        "lung_mass_malignancy_suspected"]
+    (rec,) = folder_records(out, _tiny_cfg())
+    assert rec.hu is not None and rec.emr is None and rec.label_map is None
