@@ -1225,8 +1225,16 @@ class DeidReport:
 
 
 def _iter_files(root: Path, exclude: Path | None) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    """Every file under ``root`` but ``exclude``, through symbolic links to folders too (as
+    :func:`dicom_io.index.scan` reads a study), each real folder once (a link loop ends)."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
+        real = os.path.realpath(here)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         if exclude is not None:
             dirnames[:] = [d for d in dirnames if (here / d).resolve() != exclude]
         dirnames.sort()

@@ -211,13 +211,32 @@ def classify_series(instances: list[Header]) -> tuple[SeriesRole, str]:
     return SeriesRole.DIAGNOSTIC, "axial ORIGINAL/PRIMARY CT image stack"
 
 
-def _iter_folder(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+def _iter_folder(root: Path, rejected: list[RejectedFile]) -> Iterator[Path]:
+    """Every file under ``root``, through symbolic links to files and folders too (an archive
+    or a curated data set of links; each real folder and file once, so a link loop ends and a
+    file linked twice is one instance); a link whose target is missing is rejected with that
+    reason, never left out unsaid."""
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
         dirnames.sort()
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            if p.is_file() and not p.is_symlink():
-                yield p
+            if not p.is_file():
+                if p.is_symlink():
+                    rejected.append(RejectedFile(str(p), "UnreadableFileError",
+                                                 "a symbolic link whose target does not exist"))
+                continue
+            rp = os.path.realpath(p)
+            if rp in seen_files:
+                continue
+            seen_files.add(rp)
+            yield p
 
 
 def _headers_from_zip(path: Path, rejected: list[RejectedFile]) -> list[Header]:
@@ -340,7 +359,7 @@ def scan(path: str | Path, *, workers: int = 1) -> DicomIndex:
                 headers.append(r)
 
     if root.is_dir():
-        add_files([str(p) for p in _iter_folder(root)])
+        add_files([str(p) for p in _iter_folder(root, rejected)])
     elif zipfile.is_zipfile(root):
         headers.extend(_headers_from_zip(root, rejected))
     else:

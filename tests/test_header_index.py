@@ -199,3 +199,31 @@ def test_parallel_scan_equals_serial_scan(shared_data: Path) -> None:
     assert serial.to_dict() == parallel.to_dict()
     assert [h for s in serial.all_series() for h in s.instances] == [
         h for s in parallel.all_series() for h in s.instances]
+
+
+def test_scan_reads_through_links_once_and_names_broken_ones(tmp_path: Path) -> None:
+    """A study folder of links (a curated data set, an archive): linked files and folders are
+    read (they were silently left out), a file reached twice is one instance, a link loop
+    ends, and a link to nothing is rejected with that reason."""
+    from dicom_io.deid import DeidKey, deidentify_path
+    from tests.dicom_factory import axial_positions, write_series
+
+    store = tmp_path / "store"
+    files = write_series(store / "series", axial_positions(20, 2.0))
+    study = tmp_path / "study"
+    study.mkdir()
+    for f in files[:3]:
+        (study / f"link_{f.name}").symlink_to(f)  # three slices as links to files
+    (study / "rest").symlink_to(store / "series", target_is_directory=True)  # all again
+    (study / "rest_again").symlink_to(store, target_is_directory=True)  # and once more
+    (study / "loop").symlink_to(study, target_is_directory=True)
+    (study / "gone.dcm").symlink_to(tmp_path / "missing.dcm")
+    idx = scan(study)
+    (series,) = [s for st in idx.studies for s in st.series]
+    assert series.n_images == 20  # each slice once, whichever link reached it first
+    assert [(Path(r.path).name, r.reason) for r in idx.rejected] == [
+        ("gone.dcm", "a symbolic link whose target does not exist")]
+    assert load_volume(study).array.shape[0] == 20
+    # de-identification reads a linked folder too
+    report = deidentify_path(study / "rest", tmp_path / "deid", DeidKey.generate())
+    assert len(report.written) == 20

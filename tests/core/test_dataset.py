@@ -397,8 +397,7 @@ def test_import_a_real_ct_with_its_report(a0001: Path, tmp_path: Path) -> None:
     report's and whose CT reads back on the model grid."""
     study = tmp_path / "hospital" / "A0001"
     study.mkdir(parents=True)
-    (study / "dicom").symlink_to(a0001, target_is_directory=True)  # dicom_io reads no
-    # linked file, a linked folder it does
+    (study / "dicom").symlink_to(a0001, target_is_directory=True)
     (study / "report.txt").write_text(
         "CLINICAL HISTORY: Lung mass.\n\nFINDINGS\nThere is a 5.2 cm mass in the left upper "
         "lobe abutting the mediastinum.\nNo pleural effusion. No pneumothorax.\n\n"
