@@ -132,24 +132,24 @@ def report_sections(text: str) -> tuple[str, str] | None:
 
 
 def _side(sentences: Sequence[str]) -> str | None:
-    from medassist.labeler import _SIDE_WORDS
+    from medassist.labeler import stated_sides
 
     joined = " ".join(sentences)
     if _BILATERAL.search(joined):
         return "bilateral"
-    said = {s for s, rx in _SIDE_WORDS.items() if rx.search(joined)}
+    said = stated_sides(joined)
     if said == {"left", "right"}:
         return "bilateral"
     return said.pop() if said else None
 
 
-def report_sections_or_raise(text: str) -> tuple[str, str]:
-    """:func:`report_sections`, or :class:`DatasetImportError` where either section lacks."""
-    sections = report_sections(text)
-    if sections is None:
+def _sections_or_raise(text: str) -> re.Match[str]:
+    """The sections' match, or :class:`DatasetImportError` where either section lacks."""
+    m = _SECTIONS.search(text)
+    if m is None:
         raise DatasetImportError("the report has no FINDINGS: and IMPRESSION: sections (nor "
                                  "CONCLUSION:)", kind="ReportSections")
-    return sections
+    return m
 
 
 def _span(text: str, body: str, offset: int, sentence: str, at: int) -> dict[str, Any]:
@@ -167,11 +167,7 @@ def report_findings(text: str, labels: Sequence[str]) -> list[dict[str, Any]]:
     affirming sentences' character spans in ``text``."""
     from medassist.labeler import label_text, stated_lobes, stated_size_mm
 
-    report_sections_or_raise(text)
-    body_at = _SECTIONS.search(text)
-    if body_at is None:  # unreachable: report_sections found them
-        raise DatasetImportError("the report has no FINDINGS: and IMPRESSION: sections (nor "
-                                 "CONCLUSION:)")
+    body_at = _sections_or_raise(text)
     # a line wrapped inside a sentence ("... in the left upper\nlobe.") is one sentence: the
     # break becomes a space (same length, so the spans index ``text``)
     body = _WRAPPED.sub(" ", text[body_at.start(1):])
@@ -360,7 +356,7 @@ def import_case(study: Path, out: Path, case_id: str, labels: Sequence[str],
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetImportError(f"cannot read {REPORT_NAME}: {type(exc).__name__}",
                            path=str(study / REPORT_NAME), kind="Report") from exc
-    report_sections_or_raise(text)
+    _sections_or_raise(text)
     dicom = _dicom_of(study)
     series = select_series(dicom)  # no diagnostic CT: NoDiagnosticSeriesError
     note = next((study / n for n in NOTE_NAMES if (study / n).is_file()), None)

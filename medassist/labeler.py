@@ -121,6 +121,11 @@ _SIDE_WORDS = {"left": re.compile(r"\bleft\b|\bL[UL]L\b"),
                "right": re.compile(r"\bright\b|\bR[UML]L\b")}
 
 
+def stated_sides(sentence: str) -> set[str]:
+    """The sides (``left``, ``right``) a sentence names, by word or lobe code."""
+    return {side for side, rx in _SIDE_WORDS.items() if rx.search(sentence)}
+
+
 def history_unstated_labels(text: str) -> set[str]:
     """The labels affirmed by sentences of a guarded text marked as resting on a history the
     note does not state (:func:`guard` with ``note_history``)."""
