@@ -528,6 +528,60 @@ def export_signed(session: Session, actor: Any, out: Path, emr_dir: Path | None 
     return sorted(done, key=lambda d: d.study_uid)
 
 
+#: the columns of a hand-labelled agreement sample (:func:`read_hand_labels`)
+HAND_COLUMNS = ("case", "label", "side", "lobe", "size_mm")
+
+
+def read_hand_labels(path: Path, labels: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """A radiologist's labels of a sample of reports, to measure the report-derived labels
+    against (``medassist dataset agreement DIR --labels FILE``): a CSV with the header
+    ``case,label,side,lobe,size_mm``, one row per finding present (``case``: the report's
+    folder under DIR; ``side`` left / right / bilateral or empty; ``lobe`` RUL, RML, RLL, LUL,
+    LLL or empty; ``size_mm`` a number or empty) and a row with the label ``none`` for a
+    report that states no finding.  Raises :class:`DatasetImportError` naming the line."""
+    import csv
+
+    lobes = ("RUL", "RML", "RLL", "LUL", "LLL")
+    out: dict[str, list[dict[str, Any]]] = {}
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetImportError(f"cannot read the labels: {type(exc).__name__}",
+                                 path=str(path), kind="HandLabels") from exc
+    if not rows or tuple(c.strip() for c in rows[0]) != HAND_COLUMNS:
+        raise DatasetImportError(f"the first line must be {','.join(HAND_COLUMNS)}",
+                                 path=str(path), kind="HandLabels")
+    for n, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(HAND_COLUMNS):
+            raise DatasetImportError(f"line {n}: {len(row)} columns, expected "
+                                     f"{len(HAND_COLUMNS)}", path=str(path), kind="HandLabels")
+        case, lab, side, lobe, size = (c.strip() for c in row)
+        if not case:
+            raise DatasetImportError(f"line {n}: no case", path=str(path), kind="HandLabels")
+        found = out.setdefault(case, [])
+        if lab == "none":
+            continue
+        if lab not in labels:
+            raise DatasetImportError(f"line {n}: unknown label {lab!r}; one of "
+                                     f"{', '.join(labels)} or none", path=str(path),
+                                     kind="HandLabels")
+        if side not in ("", "left", "right", "bilateral") or lobe not in ("", *lobes):
+            raise DatasetImportError(f"line {n}: side must be left, right, bilateral or "
+                                     f"empty and lobe one of {', '.join(lobes)} or empty",
+                                     path=str(path), kind="HandLabels")
+        try:
+            mm = float(size) if size else None
+        except ValueError:
+            raise DatasetImportError(f"line {n}: size_mm {size!r} is not a number",
+                                     path=str(path), kind="HandLabels") from None
+        attrs = {k: v for k, v in (("side", side), ("lobe", lobe)) if v}
+        found.append({"kind": lab, "attributes": attrs, "size_mm": mm})
+    return out
+
+
 def agreement(pairs: Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]],
               labels: Sequence[str]) -> dict[str, Any]:
     """How report-derived findings agree with reference ones (``(silver, reference)`` per
@@ -540,9 +594,12 @@ def agreement(pairs: Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mappin
     for silver, ref in pairs:
         s = {str(f["kind"]): f for f in silver}
         r: dict[str, Mapping[str, Any]] = {}
+        def mm(f: Mapping[str, Any]) -> float:
+            return -1.0 if f.get("size_mm") is None else float(f["size_mm"])
+
         for f in ref:  # the largest of a type, as training takes it
             k = str(f["kind"])
-            if k not in r or float(f["size_mm"]) > float(r[k]["size_mm"]):
+            if k not in r or mm(f) > mm(r[k]):
                 r[k] = f
         for lab in labels:
             key = ("tp" if lab in r else "fp") if lab in s else ("fn" if lab in r else "tn")
@@ -562,7 +619,7 @@ def agreement(pairs: Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mappin
             if "lobe" in sa and "lobe" in ra:
                 lobe[0] += int(sa["lobe"] == ra["lobe"])
                 lobe[1] += 1
-            if s[lab].get("size_mm") is not None:
+            if s[lab].get("size_mm") is not None and r[lab].get("size_mm") is not None:
                 ref_mm = float(r[lab]["size_mm"])
                 # a report rounds to the millimetre (4.5 mm is "5 mm")
                 size[0] += int(abs(float(s[lab]["size_mm"]) - ref_mm)
@@ -585,6 +642,7 @@ __all__ = [
     "import_case",
     "import_cases",
     "impression_codes",
+    "read_hand_labels",
     "report_findings",
     "report_sections",
 ]

@@ -59,6 +59,24 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
     labels = finding_labels()
     root = Path(args.data)
+    if args.labels:  # a radiologist's labels of a sample of the reports
+        from medassist.dataset import read_hand_labels
+
+        hand = read_hand_labels(Path(args.labels), labels)
+        hand_pairs = []
+        for case, ref in sorted(hand.items()):
+            report = root / case / "report.txt"
+            try:
+                text = report.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(f"{report}: cannot read the labelled case's report "
+                                 f"({type(exc).__name__})", path=str(report)) from exc
+            hand_pairs.append((report_findings(text, labels), ref))
+        res = agreement(hand_pairs, labels)
+        res["n_cases"] = len(hand_pairs)
+        json.dump(res, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
     truths = sorted(root.rglob("truth.json"))
     if not truths:
         raise InputError(f"no truth.json under {root}", path=str(root))
@@ -140,5 +158,10 @@ def add_parser(sub: Any) -> None:
     q.set_defaults(func=cmd_signed)
     q = dsub.add_parser("agreement", help="how report-derived labels agree with reference "
                                           "findings (medassist synth output)")
-    q.add_argument("data", help="folder with truth.json and report.txt per case")
+    q.add_argument("data", help="folder with truth.json and report.txt per case (or, with "
+                                "--labels, report.txt per case folder)")
+    q.add_argument("--labels", default=None, metavar="CSV",
+                   help="a radiologist's labels of a sample of the reports: "
+                        "case,label,side,lobe,size_mm, one row per finding, label none for "
+                        "a normal report")
     q.set_defaults(func=cmd_agreement)
