@@ -14,17 +14,25 @@ from dataclasses import dataclass
 
 from medassist.history import SENTENCE, NoteHistory, unsupported
 
+#: organs whose "mass" is not a lung mass (a hepatic mass is a liver lesion)
+_OTHER_ORGAN = (r"(?<!hepatic )(?<!liver )(?<!adrenal )(?<!renal )(?<!kidney )"
+                r"(?<!pancreatic )(?<!breast )(?<!thyroid )(?<!splenic )(?<!mediastinal )")
+_LIVER_FINDING = r"(?:lesions?|mass(?:es)?|hypodensit(?:y|ies)|metastas[ie]s)"
 LEXICON: dict[str, tuple[str, ...]] = {
     "lung_nodule": (r"\bnodules?\b",),
-    "lung_mass": (r"\bmass(?:es)?\b",),
-    "consolidation": (r"\bconsolidation\b", r"\bpneumonia\b"),
-    "pleural_effusion": (r"\bpleural effusions?\b",),
+    "lung_mass": (_OTHER_ORGAN + r"\bmass(?:es)?\b",),
+    "consolidation": (r"\bconsolidation\b", r"\bpneumonia\b", r"\bconsolidative\b",
+                      r"\bairspace (?:disease|opacit(?:y|ies))\b"),
+    # a bare "effusion(s)" is pleural (reports write "small left effusion"), a pericardial
+    # one is not
+    "pleural_effusion": (r"\bpleural effusions?\b", r"(?<!pericardial )\beffusions?\b"),
     "pneumothorax": (r"\bpneumothora(?:x|ces)\b",),
-    "emphysema": (r"\bemphysema\b",),
-    "mediastinal_lymphadenopathy": (r"\blymphadenopathy\b", r"\blymph nodes?\b"),
+    "emphysema": (r"\bemphysema(?:tous)?\b",),
+    "mediastinal_lymphadenopathy": (r"\blymphadenopathy\b", r"\badenopathy\b",
+                                    r"\blymph nodes?\b"),
     "pericardial_effusion": (r"\bpericardial effusion\b",),
     "cardiomegaly": (r"\bcardiomegaly\b", r"\bheart is enlarged\b", r"\benlarged heart\b"),
-    "liver_lesion": (r"\b(?:liver|hepatic)\b[^.]*\blesions?\b",
+    "liver_lesion": (r"\b(?:liver|hepatic)\b[^.]*\b" + _LIVER_FINDING + r"\b",
                      r"\blesions?\b[^.]*\b(?:liver|hepatic)\b"),
     # the only fractures a chest CT draft reports are rib fractures; a decoder sentence that
     # drops the word ("there is an acute fracture.") still states one
@@ -79,7 +87,7 @@ def label_sentence(sentence: str) -> dict[str, bool]:
                 out[label] = NEGATION.search(s[: m.start()]) is None
                 break
     # "lymph node" mentions affirm lymphadenopathy only when enlarged
-    if out.get("mediastinal_lymphadenopathy") and "lymphadenopathy" not in s \
+    if out.get("mediastinal_lymphadenopathy") and "adenopathy" not in s \
             and "enlarged" not in s:
         del out["mediastinal_lymphadenopathy"]
     return out

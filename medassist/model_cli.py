@@ -7,10 +7,11 @@ Cases and training samples: :mod:`medassist.model_data`; evaluation metrics:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,9 +170,11 @@ def load_records(tc: TrainConfig, cfg: Any) -> list[CaseRecord]:
 
 
 def training_samples(tc: TrainConfig, cfg: Any, tok: Any,
-                     records: list[CaseRecord] | None) -> list[dict[str, Any]]:
+                     records: list[CaseRecord] | Iterator[CaseRecord] | None
+                     ) -> list[dict[str, Any]]:
     """Compact training samples of ``records`` (consumed: each record is dropped as its
-    sample is built), or with None of the case cache, one chunk of volumes at a time.  With
+    sample is built; an iterator, a folder's cases, is read one volume at a time), or with
+    None of the case cache, one chunk of volumes at a time.  With
     ``train.augment`` each case is first zoomed (:func:`augmented`)."""
     from medassist.model_data import compact, iter_cached_chunks, record_sample
     from multimodal.augment import RandZoom
@@ -192,6 +195,13 @@ def training_samples(tc: TrainConfig, cfg: Any, tok: Any,
                 add(r)
             del chunk
             release_free_heap()
+        return samples
+    if not isinstance(records, list):
+        for i, r in enumerate(records, start=1):
+            add(r)
+            if i % 200 == 0:
+                release_free_heap()
+        release_free_heap()
         return samples
     records.reverse()
     while records:
@@ -274,6 +284,7 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
         build_tokenizer,
         cached_synth_records,
         finding_labels,
+        folder_records,
         record_sample,
         synth_records,
     )
@@ -305,11 +316,15 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
     # the first pass reads the notes and reports only (the tokenizer's corpus), and the
     # samples are then built one chunk of volumes at a time
     chunked = bool(tc.cache_dir) and not tc.data_dir
+    streamed = bool(tc.data_dir)  # a folder's cases: texts first, then one volume at a time
     if finished:
         records: list[CaseRecord] = []
     elif chunked:
         records = cached_synth_records(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
                                        tc.train_cases, images=False)
+    elif streamed:
+        records = list(itertools.islice(folder_records(tc.data_dir, cfg, images=False),
+                                        tc.train_cases))
     else:
         records = load_records(tc, cfg)
     if resume:
@@ -318,7 +333,11 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
         tok = WordTokenizer.load(Path(tc.init_from) / VOCAB)
     else:
         tok = build_tokenizer(records, cfg.emr.vocab_size)
-    samples = training_samples(tc, cfg, tok, None if chunked and not finished else records)
+    if streamed and not finished:
+        samples = training_samples(tc, cfg, tok, itertools.islice(
+            folder_records(tc.data_dir, cfg), tc.train_cases))
+    else:
+        samples = training_samples(tc, cfg, tok, None if chunked and not finished else records)
     torch_seed(oc.seed)
     model = build_model(cfg, tc.model_kind)
     fresh: list[str] = []
@@ -334,11 +353,9 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
                                 "parameter-name prefixes such as 'decoder.'")
     cal = None
     if tc.val_dir:
-        from medassist.model_data import folder_records
-
-        held = list(folder_records(tc.val_dir, cfg))
-        held = held[:tc.val_cases] if tc.val_cases else held
-        cal = [record_sample(r, cfg, tok, tc.max_emr_tokens, with_report=False) for r in held]
+        cal = [record_sample(r, cfg, tok, tc.max_emr_tokens, with_report=False)
+               for r in itertools.islice(folder_records(tc.val_dir, cfg),
+                                         tc.val_cases or None)]
     elif tc.val_cases:
         val = cached_synth_records(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
                                    tc.val_cases, "val") if tc.cache_dir else \

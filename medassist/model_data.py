@@ -125,9 +125,11 @@ def synth_records(synth_config: str, model_cfg: Any, seed: int, n: int, split: s
                                "impression": case.report.to_json()["impression"]})
 
 
-def folder_records(data: str | Path, model_cfg: Any) -> Iterator[CaseRecord]:
+def folder_records(data: str | Path, model_cfg: Any, images: bool = True
+                   ) -> Iterator[CaseRecord]:
     """Cases written by ``medassist synth`` or ``medassist dataset import`` (DICOM read with
-    dicom_io, resampled)."""
+    dicom_io, resampled), one at a time; ``images=False`` reads their text alone (``hu`` and
+    ``label_map`` None: the tokenizer's corpus without reading a volume)."""
     from medassist.synth.writer import read_labels
 
     root = Path(data)
@@ -137,14 +139,16 @@ def folder_records(data: str | Path, model_cfg: Any) -> Iterator[CaseRecord]:
     for tp in truths:
         case = tp.parent
         truth = json.loads(tp.read_text(encoding="utf-8"))
-        # a case of medassist dataset import may link a study kept as a zip file
-        dicom = case / "dicom" if (case / "dicom").exists() or not (
-            case / "dicom.zip").is_file() else case / "dicom.zip"
-        study = load_study(dicom, model_cfg)
-        lab = None
-        if (case / "labels.npy.gz").is_file():
-            lab = study.resample_labels(read_labels(case / "labels.npy.gz"))
-        yield CaseRecord(case_id=str(case.relative_to(root)), hu=study.hu, label_map=lab,
+        hu = lab = None
+        if images:
+            # a case of medassist dataset import may link a study kept as a zip file
+            dicom = case / "dicom" if (case / "dicom").exists() or not (
+                case / "dicom.zip").is_file() else case / "dicom.zip"
+            study = load_study(dicom, model_cfg)
+            hu = study.hu
+            if (case / "labels.npy.gz").is_file():
+                lab = study.resample_labels(read_labels(case / "labels.npy.gz"))
+        yield CaseRecord(case_id=str(case.relative_to(root)), hu=hu, label_map=lab,
                          findings=list(truth["findings"]),
                          emr=(case / "emr.txt").read_text(encoding="utf-8")
                          if (case / "emr.txt").is_file() else None,

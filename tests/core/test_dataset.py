@@ -189,6 +189,10 @@ def test_import_makes_cases_and_records_the_studies_it_cannot(
         assert {f["kind"] for f in rec.findings} == {f["kind"] for f in ref}
         assert rec.emr is not None and rec.hu is not None
         assert (out / name / ("dicom.zip" if acc == "acc002" else "dicom")).is_symlink()
+    # the texts alone (training's tokenizer pass reads no volume), in the same order
+    texts = list(folder_records(out, _tiny_cfg(), images=False))
+    assert [Path(r.case_id).name for r in texts] == sorted(records)
+    assert all(r.hu is None and r.label_map is None and r.report_text for r in texts)
     # a second import into the same folder is refused, nothing overwritten
     with pytest.raises(Exception, match="exists and is not empty"):
         import_cases(hospital["input"], out)
@@ -419,14 +423,15 @@ def test_import_a_real_ct_with_its_report(a0001: Path, tmp_path: Path) -> None:
 def test_agreement_against_a_radiologists_labels(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """`dataset agreement DIR --labels CSV`: report-derived labels measured against hand
-    labels of a sample (here the labeler misses a bare "effusion" and reads a hepatic mass as
-    a lung mass: both show); a bad CSV line is named."""
+    labels of a sample (here the labeler misses "a lucency in the seventh rib", which the
+    radiologist reads as a rib fracture); a bad CSV line is named."""
     from medassist.cli import main
     from medassist.dataset import read_hand_labels
 
     reports = {
         "r1": REPORT,
-        "r2": "FINDINGS:\nSmall left effusion. 2.5 cm hepatic mass.\nIMPRESSION:\nEffusion.",
+        "r2": "FINDINGS:\nSmall left effusion. 2.5 cm hepatic mass. Lucent line through the "
+              "left seventh rib.\nIMPRESSION:\nEffusion.",
         "r3": "FINDINGS:\nLungs are clear. No pleural effusion.\nIMPRESSION:\nNormal CT.",
     }
     for case, text in reports.items():
@@ -437,18 +442,19 @@ def test_agreement_against_a_radiologists_labels(tmp_path: Path,
         "case,label,side,lobe,size_mm\n"
         "r1,lung_nodule,left,,14\nr1,lung_mass,left,LLL,31\nr1,consolidation,right,RLL,\n"
         "r1,pleural_effusion,bilateral,,\nr1,mediastinal_lymphadenopathy,right,,13\n"
-        "r2,pleural_effusion,left,,\nr2,liver_lesion,,,25\n"
+        "r2,pleural_effusion,left,,\nr2,liver_lesion,,,25\nr2,rib_fracture,left,,\n"
         "r3,none,,,\n", encoding="utf-8")
     assert main(["dataset", "agreement", str(tmp_path / "reports"), "--labels",
                  str(csv_file)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_cases"] == 3
     per = res["per_label"]
-    assert per["pleural_effusion"] == {"tp": 1, "fp": 0, "fn": 1, "tn": 1}
-    assert per["lung_mass"] == {"tp": 1, "fp": 1, "fn": 0, "tn": 1}
-    assert per["liver_lesion"]["fn"] == 1
-    assert res["side"] == {"agree": 5, "stated": 5}
-    assert res["size_within_10pct_or_1mm"] == {"agree": 2, "stated": 2}
+    assert per["pleural_effusion"] == {"tp": 2, "fp": 0, "fn": 0, "tn": 1}
+    assert per["lung_mass"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 2}
+    assert per["liver_lesion"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 2}
+    assert per["rib_fracture"] == {"tp": 0, "fp": 0, "fn": 1, "tn": 2}
+    assert res["side"] == {"agree": 6, "stated": 6}
+    assert res["size_within_10pct_or_1mm"] == {"agree": 3, "stated": 3}
     bad = tmp_path / "bad.csv"
     bad.write_text("case,label,side,lobe,size_mm\nr1,nodule,left,,\n", encoding="utf-8")
     with pytest.raises(DatasetImportError, match="line 2: unknown label 'nodule'"):

@@ -37,6 +37,18 @@ ROOT = Path(__file__).resolve().parents[2]
     ("There is a hypoattenuating lesion in the right hepatic lobe measuring 12 mm.",
      {"liver_lesion": True}),
     ("The imaged upper abdomen is unremarkable.", {"liver_lesion": False}),
+    # wording of real reports (since stop 37): a bare effusion is pleural, a pericardial one
+    # is not; an organ's mass is not a lung mass, a hepatic one a liver lesion
+    ("Small left effusion.", {"pleural_effusion": True}),
+    ("No effusion or pneumothorax.", {"pleural_effusion": False, "pneumothorax": False}),
+    ("Small pericardial effusion.", {"pericardial_effusion": True}),
+    ("Pericardial effusion and bilateral pleural effusions.",
+     {"pericardial_effusion": True, "pleural_effusion": True}),
+    ("A 2.5 cm hepatic mass.", {"liver_lesion": True}),
+    ("Left adrenal mass.", {}),
+    ("Mediastinal adenopathy.", {"mediastinal_lymphadenopathy": True}),
+    ("Emphysematous changes in both upper lobes.", {"emphysema": True}),
+    ("Airspace opacity in the right lower lobe.", {"consolidation": True}),
 ])
 def test_label_sentence(sentence: str, expected: dict[str, bool]) -> None:
     assert label_sentence(sentence) == expected
