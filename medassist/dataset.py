@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from dicom_io.deid import DeidKey
+    from dicom_io.index import SeriesIndex
 
 log = logging.getLogger(__name__)
 
@@ -344,22 +345,39 @@ def redact(text: str, identifiers: Iterable[str]) -> tuple[str, int]:
     return text, n + k
 
 
-def import_case(study: Path, out: Path, case_id: str, labels: Sequence[str],
+@dataclass(frozen=True)
+class StudyInput:
+    """Where one study's parts are: its DICOM (a folder or a zip file), its report and its
+    note (None: none), and its diagnostic series where already selected."""
+
+    source: Path
+    dicom: Path
+    report: Path
+    note: Path | None
+    series: SeriesIndex | None = None
+
+
+def import_case(study: Path | StudyInput, out: Path, case_id: str, labels: Sequence[str],
                 key: DeidKey | None = None) -> ImportResult:
-    """Import one study folder (raises :class:`DatasetImportError` or ``dicom_io`` errors);
-    with ``key``, de-identified (:func:`import_cases`)."""
+    """Import one study (a folder holding ``report.txt``, or a :class:`StudyInput`); raises
+    :class:`DatasetImportError` or ``dicom_io`` errors; with ``key``, de-identified
+    (:func:`import_cases`)."""
     from medassist.emr import read_note
     from medassist.pipeline import select_series
 
+    if isinstance(study, Path):
+        study = StudyInput(study, _dicom_of(study), study / REPORT_NAME,
+                           next((study / n for n in NOTE_NAMES if (study / n).is_file()), None))
     try:
-        text = (study / REPORT_NAME).read_text(encoding="utf-8")
+        text = study.report.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetImportError(f"cannot read {REPORT_NAME}: {type(exc).__name__}",
-                           path=str(study / REPORT_NAME), kind="Report") from exc
+        raise DatasetImportError(f"cannot read the report {study.report.name}: "
+                                 f"{type(exc).__name__}", path=str(study.report),
+                                 kind="Report") from exc
     _sections_or_raise(text)
-    dicom = _dicom_of(study)
-    series = select_series(dicom)  # no diagnostic CT: NoDiagnosticSeriesError
-    note = next((study / n for n in NOTE_NAMES if (study / n).is_file()), None)
+    dicom, note = study.dicom, study.note
+    # no diagnostic CT: NoDiagnosticSeriesError
+    series = study.series if study.series is not None else select_series(dicom)
     emr = read_note(note) if note is not None else None
     uids = {"study_uid": series.study_uid, "series_uid": series.series_uid}
     redactions = None
@@ -391,7 +409,7 @@ def import_case(study: Path, out: Path, case_id: str, labels: Sequence[str],
     if emr is not None:
         (case / "emr.txt").write_text(emr, encoding="utf-8")
     truth = {"schema": SCHEMA, "case_id": case_id,
-             "source": str(study.resolve()) if key is None else None,
+             "source": str(study.source.resolve()) if key is None else None,
              "deidentified": None if key is None else {
                  "dicom": "PS3.15 Annex E (dicom_io.deid)", "key": key.fingerprint,
                  "text_redactions": redactions},
@@ -402,13 +420,44 @@ def import_case(study: Path, out: Path, case_id: str, labels: Sequence[str],
                      "source": note.name if note is not None else None},
              "report": {"impression": impression_codes(text, findings)}}
     (case / "truth.json").write_text(json.dumps(truth, indent=1), encoding="utf-8")
-    return ImportResult(study, case_id, case, None, len(findings))
+    return ImportResult(study.source, case_id, case, None, len(findings))
+
+
+def _case_name(study: Path) -> str:
+    """A study's name as ``medassist batch`` and ``find_emr`` name it: a zip file's stem, a
+    ``dicom/`` folder's (or ``dicom.zip``'s) parent folder, else the folder's own name."""
+    if study.name == "dicom" or (study.suffix.lower() == ".zip" and study.stem == "dicom"):
+        return study.parent.name
+    return study.stem if study.suffix.lower() == ".zip" else study.name
+
+
+def locate_report(study: Path, series: SeriesIndex, reports_dir: Path) -> Path:
+    """The report of a study kept apart from it: ``reports_dir/<StudyInstanceUID>.txt``, else
+    ``<AccessionNumber>.txt``, else ``<study name>.txt`` (:func:`_case_name`).  Raises
+    :class:`DatasetImportError` naming what was looked for (not the values)."""
+    accession = next((h.accession_number.strip() for h in series.instances
+                      if h.accession_number.strip()), "")
+    names = [series.study_uid, accession, _case_name(study)]
+    for name in names:
+        if name and "/" not in name and name not in (".", ".."):
+            candidate = reports_dir / f"{name}.txt"
+            if candidate.is_file():
+                return candidate
+    raise DatasetImportError(f"no report for the study in {reports_dir} (looked for "
+                             "<StudyInstanceUID>.txt, <AccessionNumber>.txt and <study "
+                             "folder or zip name>.txt)", kind="NoReport")
 
 
 def import_cases(root: Path, out: Path, labels: Sequence[str] | None = None,
-                 key: DeidKey | None = None) -> list[ImportResult]:
+                 key: DeidKey | None = None, reports_dir: Path | None = None,
+                 emr_dir: Path | None = None) -> list[ImportResult]:
     """Import every study under ``root`` into ``out`` (see the module); a study that fails
     is recorded with its reason and the import goes on.  Writes ``out/import.json``.
+
+    Studies are the folders holding a ``report.txt``; with ``reports_dir``, the studies
+    ``medassist batch`` finds (``dicom/`` folders, sub-folders, zip files), each with its
+    report from ``reports_dir`` (:func:`locate_report`) and its note as batch finds it
+    (:func:`medassist.pipeline.find_emr`, ``emr_dir`` first).
 
     With ``key`` (:class:`dicom_io.deid.DeidKey`) the cases are de-identified: each study's
     DICOM is written through ``dicom_io.deid`` (PS3.15 Annex E: UIDs remapped, the patient a
@@ -422,7 +471,15 @@ def import_cases(root: Path, out: Path, labels: Sequence[str] | None = None,
     from medassist.model_data import finding_labels
 
     labels = tuple(labels) if labels is not None else finding_labels()
-    studies = find_studies(root)
+    if reports_dir is not None and not reports_dir.is_dir():
+        raise InputError(f"reports folder {reports_dir} is not a folder",
+                         path=str(reports_dir))
+    if reports_dir is None:
+        studies = find_studies(root)
+    else:
+        from medassist.batch_cli import study_folders
+
+        studies = study_folders(root)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"dataset output {out} exists and is not empty; give a new folder",
                          path=str(out))
@@ -438,7 +495,15 @@ def import_cases(root: Path, out: Path, labels: Sequence[str] | None = None,
             cid = f"{base}-{n}"
         ids.add(cid)
         try:
-            results.append(import_case(study, out, cid, labels, key))
+            if reports_dir is None:
+                results.append(import_case(study, out, cid, labels, key))
+            else:
+                from medassist.pipeline import find_emr, select_series
+
+                series = select_series(study)  # no diagnostic CT: NoDiagnosticSeriesError
+                item = StudyInput(study, study, locate_report(study, series, reports_dir),
+                                  find_emr(study, series.study_uid, emr_dir), series)
+                results.append(import_case(item, out, cid, labels, key))
         except (MedAssistError, DicomIOError, OSError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if key is not None:  # the study's path may name the patient: not in the output
@@ -636,12 +701,14 @@ def agreement(pairs: Iterable[tuple[Sequence[Mapping[str, Any]], Sequence[Mappin
 __all__ = [
     "ImportResult",
     "SignedStudy",
+    "StudyInput",
     "agreement",
     "export_signed",
     "find_studies",
     "import_case",
     "import_cases",
     "impression_codes",
+    "locate_report",
     "read_hand_labels",
     "report_findings",
     "report_sections",

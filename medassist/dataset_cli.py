@@ -1,10 +1,12 @@
-"""``medassist dataset import INPUT OUT [--deid-key-file K] [--json]``, ``medassist dataset
-signed OUT --user U`` and ``medassist dataset agreement DIR``.
+"""``medassist dataset import INPUT OUT [--reports DIR [--emr-dir D]] [--deid-key-file K]
+[--json]``, ``medassist dataset signed OUT --user U`` and ``medassist dataset agreement DIR``.
 
 ``import``: every folder under INPUT holding a ``report.txt`` (the signed report, with FINDINGS
 and IMPRESSION sections) and the study's DICOM (the folder's files, or its ``dicom/``
-sub-folder; an ``emr.txt`` / ``emr.json`` / ``emr_fhir.json`` note beside them) becomes a case
-of OUT that ``medassist train`` (``train.data_dir`` / ``train.val_dir``) and ``medassist eval
+sub-folder; an ``emr.txt`` / ``emr.json`` / ``emr_fhir.json`` note beside them), or with
+``--reports DIR`` every study ``medassist batch`` would find under INPUT with its report from DIR
+(by StudyInstanceUID, AccessionNumber or folder name) and its note as batch finds it, becomes a
+case of OUT that ``medassist train`` (``train.data_dir`` / ``train.val_dir``) and ``medassist eval
 --data`` read, labelled from the report's text (:mod:`medassist.dataset`).  A study that cannot
 be imported is listed with its reason (``OUT/import.json``) and the import goes on; exit status 1
 when any failed.
@@ -36,7 +38,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         from dicom_io.deid import DeidKey
 
         key = DeidKey.from_file(args.deid_key_file)
-    results = import_cases(Path(args.input), Path(args.out), key=key)
+    results = import_cases(Path(args.input), Path(args.out), key=key,
+                           reports_dir=Path(args.reports) if args.reports else None,
+                           emr_dir=Path(args.emr_dir) if args.emr_dir else None)
     done = [r for r in results if r.case_dir is not None]
     failed = [r for r in results if r.case_dir is None]
     if args.json:
@@ -135,8 +139,15 @@ def add_parser(sub: Any) -> None:
                                        "evaluation cases (labels read off the reports)")
     dsub = p.add_subparsers(dest="dataset_command", required=True)
     q = dsub.add_parser("import", help="make cases of every study folder with a report.txt")
-    q.add_argument("input", help="folder of study folders, each with report.txt and DICOM")
+    q.add_argument("input", help="folder of study folders, each with report.txt and DICOM "
+                                 "(with --reports: the studies as medassist batch finds them)")
     q.add_argument("out", help="new folder for the cases (train.data_dir / eval --data)")
+    q.add_argument("--reports", default=None, metavar="DIR",
+                   help="the reports kept apart: DIR/<StudyInstanceUID>.txt, "
+                        "<AccessionNumber>.txt or <study folder or zip name>.txt")
+    q.add_argument("--emr-dir", default=None, metavar="DIR",
+                   help="with --reports: notes as <StudyInstanceUID>.txt or <study name>.txt "
+                        "(as medassist batch reads them; else the note beside the study)")
     q.add_argument("--deid-key-file", default=None, metavar="KEYFILE",
                    help="de-identify the cases (the key file of medassist deid --key-file): "
                         "DICOM through the PS3.15 Annex E profile, the patient's known "

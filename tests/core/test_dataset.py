@@ -459,3 +459,45 @@ def test_agreement_against_a_radiologists_labels(tmp_path: Path,
     bad.write_text("case,label,side,lobe,size_mm\nr1,nodule,left,,\n", encoding="utf-8")
     with pytest.raises(DatasetImportError, match="line 2: unknown label 'nodule'"):
         read_hand_labels(bad, LABELS)
+
+
+def test_import_with_the_reports_kept_apart(hospital: dict[str, Path], tmp_path: Path) -> None:
+    """--reports DIR: the studies medassist batch finds (synth output's dicom/ folders, a zip
+    file), each report found by StudyInstanceUID, AccessionNumber or folder name, the note
+    as batch finds it (--emr-dir first); a study without a report is listed, named by what
+    was looked for."""
+    import pydicom
+
+    from medassist.cli import main
+
+    synth = hospital["base"] / "synth"
+    inp, reports, notes = tmp_path / "pacs_export", tmp_path / "reports", tmp_path / "notes"
+    for d in (inp, reports, notes):
+        d.mkdir()
+    heads = {}
+    for i in range(3):
+        case = synth / f"case_{i}"
+        heads[i] = pydicom.dcmread(next((case / "dicom").rglob("*.dcm")),
+                                   stop_before_pixels=True)
+    shutil.copytree(synth / "case_0" / "dicom", inp / "study_a")
+    zip_folder(synth / "case_1" / "dicom", inp / "study_b.zip")
+    shutil.copytree(synth / "case_2" / "dicom", inp / "study_c")
+    shutil.copy(synth / "case_0" / "report.txt", reports / f"{heads[0].StudyInstanceUID}.txt")
+    shutil.copy(synth / "case_1" / "report.txt", reports / f"{heads[1].AccessionNumber}.txt")
+    shutil.copy(synth / "case_0" / "emr.txt", notes / "study_a.txt")
+    out = tmp_path / "cases"
+    assert main(["dataset", "import", str(inp), str(out), "--reports", str(reports),
+                 "--emr-dir", str(notes)]) == 1
+    summary = json.loads((out / "import.json").read_text(encoding="utf-8"))
+    by = {Path(c["source"]).name: c for c in summary["cases"]}
+    assert by["study_a"]["reason"] is None and by["study_b.zip"]["reason"] is None
+    assert by["study_c"]["reason"] == (
+        f"DatasetImportError: no report for the study in {reports} (looked for "
+        "<StudyInstanceUID>.txt, <AccessionNumber>.txt and <study folder or zip name>.txt)")
+    assert (out / "study_a" / "emr.txt").is_file() and not (out / "study_b.zip" / "emr.txt"
+                                                             ).exists()
+    assert (out / "study_b.zip" / "dicom.zip").is_symlink()
+    ref = json.loads((hospital["reference"] / "acc001" / "truth.json").read_text(
+        encoding="utf-8"))
+    got = json.loads((out / "study_b.zip" / "truth.json").read_text(encoding="utf-8"))
+    assert {f["kind"] for f in got["findings"]} == {f["kind"] for f in ref["findings"]}
