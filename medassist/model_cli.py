@@ -581,7 +581,8 @@ def add_parser(sub: Any) -> None:
                    help="validation cases for the calibration, the same layout (overrides "
                         "the config's val_dir)")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="evaluate a checkpoint on cases written by medassist synth")
+    p = sub.add_parser("eval", help="evaluate a checkpoint on cases written by medassist synth "
+                                    "or medassist dataset import")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--data", required=True)
     p.add_argument("--int8", action="store_true",
