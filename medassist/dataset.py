@@ -345,6 +345,18 @@ def redact(text: str, identifiers: Iterable[str]) -> tuple[str, int]:
     return text, n + k
 
 
+def _statements(report: str, note: str | None, labels: Sequence[str]) -> tuple[Any, ...]:
+    """What a report and a note state, as training reads them: the report's findings (but
+    their evidence spans) and impression codes, the note's history."""
+    from medassist.history import read_history
+
+    found = report_findings(report, labels)
+    return (tuple(json.dumps({k: v for k, v in f.items() if k != "evidence"}, sort_keys=True)
+                  for f in found),
+            tuple(sorted(str(c["code"]) for c in impression_codes(report, found))),
+            read_history(note) if note is not None else None)
+
+
 @dataclass(frozen=True)
 class StudyInput:
     """Where one study's parts are: its DICOM (a folder or a zip file), its report and its
@@ -388,10 +400,18 @@ def import_case(study: Path | StudyInput, out: Path, case_id: str, labels: Seque
             raise DatasetImportError("a study kept in a zip file is not de-identified here; "
                                      "unzip it into its folder first", kind="DeidZip")
         idents = patient_identifiers(series.instances[0].source)
+        before = _statements(text, emr, labels)
         text, redactions = redact(text, idents)
         if emr is not None:
             emr, k = redact(emr, idents)
             redactions += k
+        if _statements(text, emr, labels) != before:
+            # a name part that is also a word of the text ("No", "May") would change what it
+            # states ("[REDACTED] pleural effusion"): never a label the report does not give
+            raise DatasetImportError(
+                "de-identification would change what the report or note states (a patient "
+                "identifier is also a word of the text); import this study without "
+                "--deid-key-file and de-identify its text by hand", kind="DeidChangesText")
         uids = {k: remap_uid(key, v) for k, v in uids.items()}
     findings = report_findings(text, labels)  # on the text written (the spans index it)
     case = out / case_id

@@ -501,3 +501,32 @@ def test_import_with_the_reports_kept_apart(hospital: dict[str, Path], tmp_path:
         encoding="utf-8"))
     got = json.loads((out / "study_b.zip" / "truth.json").read_text(encoding="utf-8"))
     assert {f["kind"] for f in got["findings"]} == {f["kind"] for f in ref["findings"]}
+
+
+def test_a_deidentified_import_never_changes_what_the_report_states(
+        hospital: dict[str, Path], tmp_path: Path) -> None:
+    """A patient whose name part is a word of the report ("No": "No pneumothorax" would read
+    "[REDACTED] pneumothorax", a pneumothorax affirmed) is refused with the reason, not
+    imported with a label its report does not give; the plain import takes it."""
+    import pydicom
+
+    from dicom_io.deid import DeidKey
+
+    src = hospital["input"] / "2026" / "acc000"
+    assert "No pneumothorax" in (src / "report.txt").read_text(encoding="utf-8")
+    study = tmp_path / "in" / "s1"
+    shutil.copytree(src, study)
+    for f in study.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.PatientName = "No^Anna"
+        ds.save_as(f)
+    key_file = tmp_path / "deid.key"
+    DeidKey.generate().save(key_file)
+    (res,) = import_cases(tmp_path / "in", tmp_path / "deid", key=DeidKey.from_file(key_file))
+    assert res.case_dir is None and res.reason is not None
+    assert res.reason.startswith("DatasetImportError: de-identification would change what the "
+                                 "report or note states")
+    (plain,) = import_cases(tmp_path / "in", tmp_path / "plain")
+    assert plain.case_dir is not None
+    truth = json.loads((plain.case_dir / "truth.json").read_text(encoding="utf-8"))
+    assert "pneumothorax" not in {f["kind"] for f in truth["findings"]}
