@@ -39,7 +39,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -69,12 +69,14 @@ def is_study_archive(path: Path) -> bool:
     return path.suffix.lower() == ".zip" and path.is_file()
 
 
-def _walk_studies(root: Path) -> tuple[list[Path], list[Path]]:
+def _walk_studies(root: Path) -> tuple[list[Path], list[Path], dict[Path, list[str]]]:
     """Every folder named ``dicom`` under ``root`` and every ``*.zip`` file outside them,
     through symbolic links to folders too (an archive of links; ``Path.rglob`` does not follow
-    them before Python 3.13), each real folder and file once (a link loop ends)."""
+    them before Python 3.13), each real folder and file once (a link loop ends); and the
+    other files of every folder outside them (by name, per folder: what no such study reads)."""
     dicom: list[Path] = []
     zips: list[Path] = []
+    others: dict[Path, list[str]] = {}
     seen: set[str] = set()
     seen_zips: set[str] = set()
     for here, dirs, files in os.walk(root, followlinks=True):
@@ -90,23 +92,33 @@ def _walk_studies(root: Path) -> tuple[list[Path], list[Path]]:
             continue  # nor do its files (the folder is the study)
         for name in sorted(files):
             p = Path(here) / name
-            if is_study_archive(p) and os.path.realpath(p) not in seen_zips:
+            if not is_study_archive(p):
+                others.setdefault(Path(here), []).append(name)
+            elif os.path.realpath(p) not in seen_zips:
                 seen_zips.add(os.path.realpath(p))
                 zips.append(p)
-    return sorted(dicom), sorted(zips)
+    return sorted(dicom), sorted(zips), others
+
+
+def input_studies(root: Path) -> tuple[list[Path], dict[Path, list[str]]]:
+    """The studies under ``root`` (sorted): every ``dicom/`` folder and every ``*.zip`` file
+    found outside them; when there is no ``dicom/`` folder, every sub-folder and ``*.zip`` file
+    of ``root``, else ``root`` itself.  And, per folder, the files that no study so found
+    reads (for :func:`unread_dicom`), from the same walk."""
+    if not root.is_dir():
+        raise InputError(f"batch input {root} is not a folder", path=str(root))
+    dicom, zips, others = _walk_studies(root)
+    if dicom:
+        return sorted(dicom + zips), others
+    subs = sorted(p for p in root.iterdir() if p.is_dir() or is_study_archive(p))
+    if subs:  # the sub-folders are the studies: only the input's own files are left
+        return subs, {root: others[root]} if root in others else {}
+    return [root], {}
 
 
 def study_folders(root: Path) -> list[Path]:
-    """The studies under ``root`` (sorted): every ``dicom/`` folder and every ``*.zip`` file
-    found outside them; when there is no ``dicom/`` folder, every sub-folder and ``*.zip`` file
-    of ``root``, else ``root`` itself."""
-    if not root.is_dir():
-        raise InputError(f"batch input {root} is not a folder", path=str(root))
-    dicom, zips = _walk_studies(root)
-    if dicom:
-        return sorted(dicom + zips)
-    subs = sorted(p for p in root.iterdir() if p.is_dir() or is_study_archive(p))
-    return subs or [root]
+    """The studies of :func:`input_studies`."""
+    return input_studies(root)[0]
 
 
 _NO_UID = "enumerate: no readable DICOM file with a StudyInstanceUID"
@@ -123,29 +135,16 @@ def _is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def unread_dicom(root: Path, studies: Sequence[Path]) -> list[StudyFolder]:
-    """The folders under ``root`` holding DICOM files that no study in ``studies`` reads:
-    files directly in a folder that is neither a study nor inside one (loose files in INPUT
-    beside its sub-folders and zip files, a folder outside the ``dicom/`` folders).  One entry
-    per folder, with how many such files and how to make them a study; empty when ``root``
-    itself is the study."""
-    covered = {os.path.realpath(p) for p in studies if not is_study_archive(p)}
-    if os.path.realpath(root) in covered:
-        return []
+def unread_dicom(left: Mapping[Path, Sequence[str]]) -> list[StudyFolder]:
+    """Of the files no study reads (:func:`input_studies`' second value, per folder), the
+    DICOM ones: one entry per folder holding any, with how many and how to make them a study
+    (loose files in INPUT beside its sub-folders and zip files, a folder outside the
+    ``dicom/`` folders)."""
     out: list[StudyFolder] = []
-    seen: set[str] = set()
-    for here, dirs, files in os.walk(root, followlinks=True):
-        dirs.sort()
-        real = os.path.realpath(here)
-        if real in seen or real in covered:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        loose = [name for name in sorted(files)
-                 if not is_study_archive(Path(here) / name)
-                 and _is_dicom_file(Path(here) / name)]
+    for folder, names in sorted(left.items()):
+        loose = [n for n in names if _is_dicom_file(folder / n)]
         if loose:
-            out.append(StudyFolder(Path(here), None, (
+            out.append(StudyFolder(folder, None, (
                 f"enumerate: {len(loose)} DICOM file(s) in this folder (first {loose[0]!r}) "
                 "lie outside every study found under the batch input (a dicom/ folder, a "
                 "sub-folder of the input or a zip file) and were not read; move them into a "
@@ -326,10 +325,10 @@ def run_batch(input_dir: Path, *, db: str | None, checkpoint: str, emr_dir: str 
         if ray_config is None:
             ray_config = ray_mod.RayConfig()
     PipelineProcessor(Path(checkpoint))  # fail fast on a bad checkpoint, before any work
-    every = study_folders(input_dir)
+    every, left = input_studies(input_dir)
     folders = every[:limit] if limit is not None else every
     found = mark_duplicates([read_study_uid(f) for f in folders])
-    found += unread_dicom(input_dir, every)
+    found += unread_dicom(left)
     factory = _factory(db)
     enqueue_all(factory, found)
     uids = sorted({f.study_uid for f in found if f.study_uid is not None})

@@ -442,7 +442,7 @@ def test_unread_dicom_names_the_folders_no_study_reads(tmp_path: Path,
     directly in a flat INPUT beside its sub-folders and zip files, a folder without a dicom/
     folder beside synth output's case folders; notes, zip files and the studies' own files are
     not; when INPUT itself is the study, nothing is unread."""
-    from medassist.batch_cli import study_folders, unread_dicom
+    from medassist.batch_cli import input_studies, unread_dicom
 
     dcm = sorted((corpus["good"] / "case_00000" / "dicom").rglob("*.dcm"))[:3]
     flat = tmp_path / "flat"
@@ -453,7 +453,7 @@ def test_unread_dicom_names_the_folders_no_study_reads(tmp_path: Path,
         shutil.copy(f, flat / f.name)
     (flat / "s2.txt").write_text("the zip's note", encoding="utf-8")
     (flat / "readme").write_bytes(b"\0" * 128 + b"DICX")
-    unread = unread_dicom(flat, study_folders(flat))
+    unread = unread_dicom(input_studies(flat)[1])
     assert [u.path for u in unread] == [flat]
     assert unread[0].study_uid is None and unread[0].reason is not None
     assert unread[0].reason.startswith(f"enumerate: 2 DICOM file(s) in this folder (first "
@@ -467,12 +467,12 @@ def test_unread_dicom_names_the_folders_no_study_reads(tmp_path: Path,
     (synth / "stray" / "deeper").mkdir(parents=True)
     shutil.copy(dcm[1], synth / "stray" / "deeper" / "x.dcm")
     assert [(u.path, u.reason is not None and u.reason.split(" in this")[0])
-            for u in unread_dicom(synth, study_folders(synth))] == [
+            for u in unread_dicom(input_studies(synth)[1])] == [
         (synth / "stray" / "deeper", "enumerate: 1 DICOM file(s)")]
     only = tmp_path / "only"
     only.mkdir()
     shutil.copy(dcm[0], only / "1.dcm")
-    assert study_folders(only) == [only] and unread_dicom(only, [only]) == []
+    assert input_studies(only) == ([only], {})
 
 
 def test_batch_records_loose_files_and_a_study_found_twice(
