@@ -47,6 +47,13 @@ NORMAL: dict[str, tuple[str, ...]] = {
     "mediastinal_lymphadenopathy": (r"\bno enlarged mediastinal lymph nodes?\b",),
 }
 NEGATION = re.compile(r"\b(?:no|without|negative for|free of|not|absent|resolved)\b")
+#: a negation right after the mention, as structured and real reports write it ("pleural
+#: effusion: none", "pneumothorax is not seen", "nodules are not identified"); not "not seen
+#: on the prior study" (a new finding)
+NEGATION_AFTER = re.compile(
+    r"^(?:es|s)?\s*(?::\s*(?:none|absent|negative|no)\b|(?:is|are|was|were)?\s*"
+    r"(?:not (?:seen|identified|present|demonstrated|visualized|evident|appreciated)"
+    r"(?! (?:on|in|at) (?:the )?(?:prior|previous|earlier|comparison))|absent)\b)")
 #: the draft's own bracketed annotations ([UNVERIFIED: ...], [ADDED FROM THE FINDINGS LIST]):
 #: not report content, so not read for findings or negation
 ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST|SIZE MEASURED ON CT"
@@ -84,7 +91,8 @@ def label_sentence(sentence: str) -> dict[str, bool]:
         for p in pats:
             m = re.search(p, s)
             if m:
-                out[label] = NEGATION.search(s[: m.start()]) is None
+                out[label] = NEGATION.search(s[: m.start()]) is None and \
+                    NEGATION_AFTER.match(s[m.end():]) is None
                 break
     # "lymph node" mentions affirm lymphadenopathy only when enlarged
     if out.get("mediastinal_lymphadenopathy") and "adenopathy" not in s \

@@ -49,6 +49,13 @@ ROOT = Path(__file__).resolve().parents[2]
     ("Mediastinal adenopathy.", {"mediastinal_lymphadenopathy": True}),
     ("Emphysematous changes in both upper lobes.", {"emphysema": True}),
     ("Airspace opacity in the right lower lobe.", {"consolidation": True}),
+    # a negation after the mention, as structured reports write it; not "not seen on the
+    # prior" (a new finding)
+    ("Pleural effusion: none.", {"pleural_effusion": False}),
+    ("Pneumothorax is not seen.", {"pneumothorax": False}),
+    ("Pulmonary nodules are not identified.", {"lung_nodule": False}),
+    ("A 6 mm nodule, not seen on the prior study.", {"lung_nodule": True}),
+    ("A 6 mm nodule not seen on prior.", {"lung_nodule": True}),
 ])
 def test_label_sentence(sentence: str, expected: dict[str, bool]) -> None:
     assert label_sentence(sentence) == expected
