@@ -28,12 +28,16 @@ or "metastasis", "pneumonia", "cardiogenic", "malignancy" (a nodule; a mass so d
 the mass's own code).
 
 The study's DICOM is not copied: ``<case>/dicom`` is a link to the study's folder (``dicom.zip``
-to a study kept as a zip file), read by
-``dicom_io`` when training (its diagnostic series selected as ``medassist report`` selects it);
-the note (text or FHIR JSON) is written as ``emr.txt`` text.  Nothing here de-identifies: the
-output holds what the input holds (``medassist deid`` de-identifies DICOM).  A study without a
-report, without FINDINGS and IMPRESSION sections or without a diagnostic CT series is recorded
-with its reason in ``import.json`` and the import goes on.
+to a study kept as a zip file), read by ``dicom_io`` when training (its diagnostic series
+selected as ``medassist report`` selects it); the note (text or FHIR JSON) is written as
+``emr.txt`` text.  Without a de-identification key the output holds what the input holds; with
+one (:func:`import_cases`) the DICOM is written through ``dicom_io.deid`` and the texts have
+the patient's known identifiers and dates redacted (:func:`redact`).  The reports may also be
+kept apart from the images (``reports_dir``: by StudyInstanceUID, AccessionNumber or folder
+name), and the clinicians' signed reports exported from the database (:func:`export_signed`)
+as such an input.  A study without a report, without FINDINGS and IMPRESSION sections or
+without a diagnostic CT series is recorded with its reason in ``import.json`` and the import
+goes on.
 """
 
 from __future__ import annotations
