@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
     from dicom_io.deid import DeidKey
     from dicom_io.index import SeriesIndex
+    from medassist.pacs.dicomweb import PacsClient
 
 log = logging.getLogger(__name__)
 
@@ -558,20 +560,23 @@ class SignedStudy:
     reason: str | None = None
 
 
-def export_signed(session: Session, actor: Any, out: Path, emr_dir: Path | None = None
-                  ) -> list[SignedStudy]:
+def export_signed(session: Session, actor: Any, out: Path, emr_dir: Path | None = None,
+                  pacs: PacsClient | None = None) -> list[SignedStudy]:
     """The clinicians' signed reports as a folder :func:`import_cases` reads: per study, the
     latest signed report (an amendment's, where one was signed) as ``<study UID>/report.txt``,
     a link to the study's DICOM where the ingest queue knows its location (``dicom`` or
     ``study.zip``) and the note :func:`medassist.pipeline.find_emr` finds there (or in
-    ``emr_dir``) as ``emr.txt``.  Each report read is audited as an export (clinicians only,
+    ``emr_dir``) as ``emr.txt``; a study drafted from the PACS (``pacs watch``: no local copy
+    kept) is retrieved from ``pacs`` (WADO-RS, its CT series) into ``<study UID>/dicom``.
+    Each report read is audited as an export (clinicians only,
     :func:`medassist.reports.read_report`); the caller owns the transaction.  A study whose
-    DICOM location is unknown (drafted from a PACS without a local copy) or gone is listed
-    with its reason and left out."""
+    DICOM is nowhere to be had (no location and no ``pacs``, a location gone, a retrieval
+    that fails or finds no CT) is listed with its reason and left out."""
     from sqlalchemy import select
 
     from medassist.audit import AuditAction
     from medassist.emr import read_note
+    from medassist.errors import PacsError
     from medassist.pacs.models import IngestItem
     from medassist.pipeline import find_emr
     from medassist.reports import read_report
@@ -585,32 +590,47 @@ def export_signed(session: Session, actor: Any, out: Path, emr_dir: Path | None 
     for rid, uid in rows:
         latest.setdefault(str(uid), int(rid))
     done: list[SignedStudy] = []
-    todo: list[tuple[str, int, Path, str, str | None]] = []
+    todo: list[tuple[str, int, Path | None, str, str | None]] = []
     for uid, rid in sorted(latest.items()):
         if not _UID.fullmatch(uid):  # never a path from an unchecked UID
             done.append(SignedStudy(uid[:64], rid, None, "not a valid DICOM UID"))
             continue
         item = session.scalar(select(IngestItem).where(IngestItem.study_uid == uid))
         where = Path(item.location) if item is not None and item.location else None
-        if where is None or not where.exists():
+        if where is not None and not where.exists():
+            done.append(SignedStudy(uid, rid, None, f"its DICOM location {where} is gone"))
+            continue
+        if where is None and pacs is None:
             done.append(SignedStudy(uid, rid, None, (
-                "no local DICOM location for the study (drafted from a PACS without a local "
-                "copy, or moved)" if where is None else f"its DICOM location {where} is gone")))
+                "no local DICOM location for the study (drafted from the PACS, which keeps "
+                "no local copy): give the PACS to retrieve it from (--orthanc URL)")))
             continue
         view = read_report(session, rid, actor, action=AuditAction.EXPORT,
                            detail="format=dataset")
-        note = find_emr(where, uid, emr_dir)
+        note = find_emr(where, uid, emr_dir) if where is not None else (
+            find_emr(out / uid, uid, emr_dir) if emr_dir is not None else None)
         todo.append((uid, rid, where, view.text, read_note(note) if note else None))
     # every read first (a refusal writes nothing), then the files
     out.mkdir(parents=True, exist_ok=True)
     for uid, rid, where, text, emr in todo:
         folder = out / uid  # a validated UID ([0-9.]): a safe folder name
         folder.mkdir(exist_ok=False)
-        (folder / REPORT_NAME).write_text(text, encoding="utf-8")
-        if where.is_dir():
+        if where is None and pacs is not None:
+            try:
+                _series, n = pacs.retrieve_study(uid, folder / "dicom")
+            except (PacsError, OSError) as exc:
+                n, why = 0, f"retrieving it from the PACS failed: {type(exc).__name__}: {exc}"
+            else:
+                why = "the PACS holds no CT image of the study"
+            if n == 0:
+                shutil.rmtree(folder, ignore_errors=True)
+                done.append(SignedStudy(uid, rid, None, why))
+                continue
+        elif where is not None and where.is_dir():
             (folder / "dicom").symlink_to(where.resolve(), target_is_directory=True)
-        else:
+        elif where is not None:
             (folder / "study.zip").symlink_to(where.resolve())
+        (folder / REPORT_NAME).write_text(text, encoding="utf-8")
         if emr is not None:
             (folder / "emr.txt").write_text(emr, encoding="utf-8")
         done.append(SignedStudy(uid, rid, folder))

@@ -12,7 +12,8 @@ be imported is listed with its reason (``OUT/import.json``) and the import goes 
 when any failed.
 
 ``signed``: the clinicians' signed reports (the latest per study, an amendment's where signed)
-with links to their studies' DICOM (where the ingest queue knows a local location) and notes,
+with links to their studies' DICOM (where the ingest queue knows a local location; with
+``--orthanc URL`` a study drafted from the PACS is retrieved from it) and notes,
 as the input of ``import``: drafts corrected and signed by clinicians become training labels.
 Every report read is audited as an export; a clinician's credentials are required.
 
@@ -120,8 +121,22 @@ def cmd_signed(args: argparse.Namespace) -> int:
         factory = session_factory(engine)
         with unit_of_work(factory) as s:
             actor = actor_of(authenticate(s, args.user, password))
+        pacs = None
+        if args.orthanc:  # studies drafted from the PACS: retrieved from it (WADO-RS)
+            import os
+
+            from medassist.pacs import config
+            from medassist.pacs.cli import ENV_PASSWORD, ENV_USER
+            from medassist.pacs.dicomweb import PacsClient
+
+            sec = config.section(config.load(args.pacs_config), "watch")
+            pacs = PacsClient(args.orthanc, user=os.environ.get(ENV_USER),
+                              password=os.environ.get(ENV_PASSWORD),
+                              dicomweb_root=str(sec.get("dicomweb_root", "/dicom-web")),
+                              timeout_s=float(sec.get("timeout_s", 30)))
         with unit_of_work(factory) as s:  # one transaction: every read audited, or none
-            got = export_signed(s, actor, out, Path(args.emr_dir) if args.emr_dir else None)
+            got = export_signed(s, actor, out, Path(args.emr_dir) if args.emr_dir else None,
+                                pacs=pacs)
     finally:
         engine.dispose()
     written = [g for g in got if g.folder is not None]
@@ -166,6 +181,12 @@ def add_parser(sub: Any) -> None:
                                 "the data directory)")
     q.add_argument("--emr-dir", default=None,
                    help="notes as <StudyInstanceUID>.txt or <case>.txt (as batch reads them)")
+    q.add_argument("--orthanc", default=None, metavar="URL",
+                   help="retrieve the studies drafted from the PACS (pacs watch keeps no "
+                        "local copy) from this Orthanc over DICOMweb (credentials: "
+                        "$MEDASSIST_ORTHANC_USER, $MEDASSIST_ORTHANC_PASSWORD)")
+    q.add_argument("--pacs-config", default=None,
+                   help="PACS settings (DICOMweb root, timeout; default configs/pacs.yaml)")
     q.set_defaults(func=cmd_signed)
     q = dsub.add_parser("agreement", help="how report-derived labels agree with reference "
                                           "findings (medassist synth output)")

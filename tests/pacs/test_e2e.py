@@ -1,10 +1,12 @@
 """End to end through the real Orthanc: C-STORE a generated study (pynetdicom SCU) → `watch`
 picks it up and the report pipeline stores a draft → a clinician signs it through the service
 layer → the SR goes back by STOW-RS → QIDO finds it in the same study, WADO-RS reads it, and
-highdicom validates it (VERIFIED, with the signer)."""
+highdicom validates it (VERIFIED, with the signer) → `medassist dataset signed --orthanc`
+retrieves the study for the signed report's training case."""
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
@@ -58,7 +60,8 @@ def _upload(orthanc: OrthancServer, case: Path, emr_dir: Path) -> str:
 
 def test_draft_sign_and_sr_back_in_orthanc(orthanc: OrthancServer, synth_case: Path,
                                            factory: sessionmaker[Session], checkpoint: Path,
-                                           tmp_path: Path) -> None:
+                                           tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     client = PacsClient(orthanc.url, timeout_s=10)
     orthanc.wait_all_stable()
     assert start_from_now(factory, client)       # the archive already there is not drafted
@@ -108,6 +111,27 @@ def test_draft_sign_and_sr_back_in_orthanc(orthanc: OrthancServer, synth_case: P
         assert verify_signature(s, rid).ok
         assert audit.verify(s).ok
         assert s.scalars(select(OutboxItem)).one().state == "sent"
+
+    # the signed report as a training case: the study, drafted from the PACS with no local
+    # copy, is retrieved from Orthanc (WADO-RS), its note found in emr_dir
+    from medassist.cli import main
+    from medassist.dataset import export_signed, import_cases
+
+    signed = tmp_path / "signed"
+    with unit_of_work(factory) as s:
+        (got,) = export_signed(s, doc, signed, emr_dir)
+        assert got.folder is None and got.reason is not None and "--orthanc" in got.reason
+    assert not signed.exists() or not any(signed.iterdir())
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["dataset", "signed", str(signed), "--user", "dr.e2e", "--password-stdin",
+                 "--db", f"sqlite:///{tmp_path / 'medassist.db'}", "--emr-dir", str(emr_dir),
+                 "--orthanc", orthanc.url]) == 0
+    assert len(list((signed / uid / "dicom").rglob("*.dcm"))) == len(read_series(
+        case_dirs(synth_case)[0]))
+    assert (signed / uid / "emr.txt").read_text(encoding="utf-8") == (
+        emr_dir / f"{uid}.txt").read_text(encoding="utf-8")
+    (case,) = import_cases(signed, tmp_path / "cases")
+    assert case.reason is None and case.case_dir is not None
     assert isinstance(ds, pydicom.Dataset)
 
 
