@@ -8,6 +8,7 @@ gradients, so the ranks keep identical weights (:func:`state_digest` checks that
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -80,7 +81,14 @@ def process_group(device: str) -> Iterator[tuple[World, str]]:
     try:
         yield world, device
     finally:
+        # DistributedDataParallel sits in a reference cycle (its hooks refer back to it), so
+        # after the block its reducer may still hold the process group; collected only at
+        # interpreter exit, the group's worker threads were torn down there and the process
+        # aborted ("terminate called without an active exception", exit -6) now and then
+        # after a finished run.  Collect it first, so that the group is released here.
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def check_batch(batch_size: int, world: World) -> None:

@@ -197,3 +197,36 @@ def test_world_shards_and_seeds() -> None:
     # rank 0 (and a single process) keeps the single-process seed; other ranks differ
     assert step_seed(2, 5, World(0, 2)) == 2 * 1_000_003 + 5 == step_seed(2, 5, World())
     assert step_seed(2, 5, World(1, 2)) != step_seed(2, 5, World(0, 2))
+
+
+_RELEASE = """
+import gc, sys, weakref
+import torch
+from multimodal.distributed import process_group, wrap
+gc.disable()  # no automatic collection: only what process_group does
+with process_group("cpu") as (world, dev):
+    net = wrap(torch.nn.Linear(3, 3), torch.device(dev))
+    net(torch.ones(2, 3)).sum().backward()
+    ref = weakref.ref(net)
+    del net
+    held = ref() is not None  # DistributedDataParallel sits in a reference cycle
+print(f"rank{world.rank} held={held} after={ref() is not None}", flush=True)
+"""
+
+
+def test_process_group_releases_ddp_before_exit(tmp_path: Path) -> None:
+    """The process group is released when the block ends, not at interpreter exit: a
+    DistributedDataParallel left in its reference cycle still held the group there, and the
+    teardown of its threads at exit aborted a finished run now and then (exit -6,
+    "terminate called without an active exception")."""
+    script = tmp_path / "release.py"
+    script.write_text(_RELEASE)
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", str(script)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = sorted(ln for ln in run.stdout.splitlines() if ln.startswith("rank"))
+    # held inside the block (the cycle is real), gone once the block has ended
+    assert lines == ["rank0 held=True after=False", "rank1 held=True after=False"], run.stdout
