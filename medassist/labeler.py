@@ -37,7 +37,10 @@ LEXICON: dict[str, tuple[str, ...]] = {
     # the only fractures a chest CT draft reports are rib fractures; a decoder sentence that
     # drops the word ("there is an acute fracture.") still states one
     "rib_fracture": (r"\brib fractures?\b", r"\bfracture of the\b[^.]*\brib\b",
-                     r"\bfractures?\b"),
+                     r"\bfractur(?:es?|ed)\b",
+                     # how a report may describe one without the word
+                     r"\bcortical (?:break|disruption|step-?off)\b",
+                     r"\blucen(?:t line|cy)\b[^.]*\bribs?\b"),
 }
 #: statements of normality that negate a label without a negation word
 NORMAL: dict[str, tuple[str, ...]] = {
@@ -101,12 +104,38 @@ def label_sentence(sentence: str) -> dict[str, bool]:
     return out
 
 
+#: a definite reference to an effusion named before ("The effusion is small.")
+_THE_EFFUSION = re.compile(r"\b(?:the|this|that) effusion\b")
+
+
+def _refers_to_pericardial(sentence: str, labels: Mapping[str, bool], last: str | None
+                           ) -> bool:
+    """A sentence whose only effusion is "the effusion", without a side or "pleural", after a
+    pericardial effusion was the last one affirmed: it speaks of that one, not of a pleural
+    one."""
+    s = ANNOTATION.sub(" ", sentence).lower()
+    return (last == "pericardial" and "pleural_effusion" in labels
+            and "pericardial_effusion" not in labels and "pleural" not in s
+            and not stated_sides(sentence) and _THE_EFFUSION.search(s) is not None)
+
+
 def label_text(text: str) -> list[SentenceLabels]:
+    """Each sentence of ``text`` with its labels (:func:`label_sentence`); "the effusion"
+    after a pericardial effusion is that pericardial effusion."""
     res = []
+    last: str | None = None  # the kind of effusion named last
     for m in SENTENCE.finditer(text):
         sent = m.group(0).strip()
-        if sent:
-            res.append(SentenceLabels(sent, m.start(), label_sentence(sent)))
+        if not sent:
+            continue
+        labels = label_sentence(sent)
+        if _refers_to_pericardial(sent, labels, last):
+            labels["pericardial_effusion"] = labels.pop("pleural_effusion")
+        if labels.get("pleural_effusion"):
+            last = "pleural"
+        elif labels.get("pericardial_effusion"):
+            last = "pericardial"
+        res.append(SentenceLabels(sent, m.start(), labels))
     return res
 
 

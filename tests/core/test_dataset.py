@@ -423,15 +423,15 @@ def test_import_a_real_ct_with_its_report(a0001: Path, tmp_path: Path) -> None:
 def test_agreement_against_a_radiologists_labels(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """`dataset agreement DIR --labels CSV`: report-derived labels measured against hand
-    labels of a sample (here the labeler misses "a lucency in the seventh rib", which the
-    radiologist reads as a rib fracture); a bad CSV line is named."""
+    labels of a sample (here the labeler misses "bulky subcarinal nodes", which the
+    radiologist reads as mediastinal lymphadenopathy); a bad CSV line is named."""
     from medassist.cli import main
     from medassist.dataset import read_hand_labels
 
     reports = {
         "r1": REPORT,
         "r2": "FINDINGS:\nSmall left effusion. 2.5 cm hepatic mass. Lucent line through the "
-              "left seventh rib.\nIMPRESSION:\nEffusion.",
+              "left seventh rib. Bulky subcarinal nodes.\nIMPRESSION:\nEffusion.",
         "r3": "FINDINGS:\nLungs are clear. No pleural effusion.\nIMPRESSION:\nNormal CT.",
     }
     for case, text in reports.items():
@@ -443,6 +443,7 @@ def test_agreement_against_a_radiologists_labels(tmp_path: Path,
         "r1,lung_nodule,left,,14\nr1,lung_mass,left,LLL,31\nr1,consolidation,right,RLL,\n"
         "r1,pleural_effusion,bilateral,,\nr1,mediastinal_lymphadenopathy,right,,13\n"
         "r2,pleural_effusion,left,,\nr2,liver_lesion,,,25\nr2,rib_fracture,left,,\n"
+        "r2,mediastinal_lymphadenopathy,,,\n"
         "r3,none,,,\n", encoding="utf-8")
     assert main(["dataset", "agreement", str(tmp_path / "reports"), "--labels",
                  str(csv_file)]) == 0
@@ -452,8 +453,9 @@ def test_agreement_against_a_radiologists_labels(tmp_path: Path,
     assert per["pleural_effusion"] == {"tp": 2, "fp": 0, "fn": 0, "tn": 1}
     assert per["lung_mass"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 2}
     assert per["liver_lesion"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 2}
-    assert per["rib_fracture"] == {"tp": 0, "fp": 0, "fn": 1, "tn": 2}
-    assert res["side"] == {"agree": 6, "stated": 6}
+    assert per["rib_fracture"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 2}
+    assert per["mediastinal_lymphadenopathy"] == {"tp": 1, "fp": 0, "fn": 1, "tn": 1}
+    assert res["side"] == {"agree": 7, "stated": 7}
     assert res["size_within_10pct_or_1mm"] == {"agree": 3, "stated": 3}
     bad = tmp_path / "bad.csv"
     bad.write_text("case,label,side,lobe,size_mm\nr1,nodule,left,,\n", encoding="utf-8")

@@ -56,9 +56,37 @@ ROOT = Path(__file__).resolve().parents[2]
     ("Pulmonary nodules are not identified.", {"lung_nodule": False}),
     ("A 6 mm nodule, not seen on the prior study.", {"lung_nodule": True}),
     ("A 6 mm nodule not seen on prior.", {"lung_nodule": True}),
+    # a rib fracture described without the word "rib fracture" (since stop 38)
+    ("There is a lucent line through the posterior seventh rib.", {"rib_fracture": True}),
+    ("Fractured left 5th rib.", {"rib_fracture": True}),
+    ("Cortical break of the right 4th rib.", {"rib_fracture": True}),
+    ("No lucency of the ribs.", {"rib_fracture": False}),
 ])
 def test_label_sentence(sentence: str, expected: dict[str, bool]) -> None:
     assert label_sentence(sentence) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # "the effusion" after a pericardial one is that one, not a pleural effusion
+    ("Small pericardial effusion. The effusion measures 8 mm.",
+     [{"pericardial_effusion": True}, {"pericardial_effusion": True}]),
+    # a side or "pleural" names a pleural one
+    ("Small pericardial effusion. The left effusion is small.",
+     [{"pericardial_effusion": True}, {"pleural_effusion": True}]),
+    ("Pericardial effusion. The pleural effusion is small.",
+     [{"pericardial_effusion": True}, {"pleural_effusion": True}]),
+    # the last one affirmed counts: a negated pericardial effusion is not referred to
+    ("Small right pleural effusion. No pericardial effusion. The effusion is simple.",
+     [{"pleural_effusion": True}, {"pericardial_effusion": False}, {"pleural_effusion": True}]),
+    ("No pericardial effusion. The effusion is small.",
+     [{"pericardial_effusion": False}, {"pleural_effusion": True}]),
+])
+def test_the_effusion_refers_to_the_last_one_named(text: str,
+                                                   expected: list[dict[str, bool]]) -> None:
+    assert [s.labels for s in label_text(text)] == expected
+    # what a report-level reading makes of it
+    found = text_findings(text, ("pleural_effusion", "pericardial_effusion"))
+    assert found["pleural_effusion"] == any(e.get("pleural_effusion") for e in expected)
 
 
 def test_labeler_agrees_with_generator_reports() -> None:
