@@ -230,6 +230,15 @@ def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
     return f"{side}{words}{where}{size_s}.".capitalize()
 
 
+def _air_bronchograms(label: str, loc: str | None, within: str) -> str:
+    """The sentence of a call taken back on the CT: the opacity read as ``label`` holds air
+    bronchograms, as ``within`` (a consolidation) does.  The labeler reads it as ``within``
+    affirmed and ``label`` negated."""
+    where = f" ({loc})" if loc and loc not in ("none", "other") else ""
+    return (f"Air bronchograms in the opacity{where}: {within.replace('_', ' ')}, not a "
+            f"{label.replace('_', ' ')}.")
+
+
 def _not_assessed(label: str) -> str:
     return f"{label.replace('_', ' ').capitalize()}: not assessed by this model."
 
@@ -415,7 +424,13 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     fluid_labels = frozenset(lm.cfg.heads.measure.fluid_labels)
     small_unassessed = {p.label for p in preds
                         if not p.present and p.label in min_mm and p.label not in never}
-    sentences = {p.label: _not_assessed(p.label) if p.label in never
+    # a call taken back on the CT: its box holds air bronchograms inside a called
+    # consolidation (multimodal.bronchogram)
+    bronchogram = {p.label for p in preds if not p.present and p.present_source == "image"
+                   and p.label in lm.cfg.heads.measure.bronchogram_labels}
+    sentences = {p.label: _air_bronchograms(p.label, p.location, lm.cfg.heads.measure
+                                            .bronchogram_within) if p.label in bronchogram
+                 else _not_assessed(p.label) if p.label in never
                  else _none_from(p.label, min_mm[p.label]) if p.label in small_unassessed
                  else _sentence(p.label, p.present, p.laterality, p.location, p.size_mm,
                                 ratio=p.label in ratio_labels,
@@ -527,6 +542,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             # called by a measurement on the CT (a fluid band around the heart), whatever
             # the presence head's probability
             flags.append("found_on_ct")
+        if p.label in bronchogram:
+            # the head called it, but its evidence box holds air bronchograms inside a
+            # called consolidation: reported as that consolidation (multimodal.bronchogram)
+            flags.append("air_bronchograms")
         if p.size_source == "image":
             # the size (a cardiothoracic ratio: "ratio_measured") is measured on the CT
             # (multimodal.measure, multimodal.cardiac), not the size head's

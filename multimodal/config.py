@@ -311,6 +311,21 @@ class MeasureConfig:
     #: gap between the 480 validation cases with an effusion, 0.932 or more, and those
     #: without, 0.466 or less: bench/pericardium.py --val 480)
     fluid_min_share: float = 0.7
+    #: labels whose call is taken back where their evidence box holds air bronchograms and
+    #: ``bronchogram_within`` is called (:mod:`multimodal.bronchogram`): a mass read in a
+    #: consolidation; () = never
+    bronchogram_labels: tuple[str, ...] = ("lung_mass",)
+    bronchogram_within: str = "consolidation"
+    #: at least this many air voxels enclosed by dense tissue: on the 480 validation cases,
+    #: 2 takes back 14 of the 24 false mass calls made with a consolidation and none of the
+    #: 16 true ones (1 would take back 17, and the real A0001 mass, which holds 1:
+    #: bench/bronchogram.py --val 480, docs/model.md "Twenty-eighth round")
+    bronchogram_min_voxels: int = 2
+    #: ... each with this share of the square of this radius around it in its slice dense
+    bronchogram_share: float = 0.7
+    bronchogram_radius_mm: float = 5.5
+    #: (air below, dense above) in HU
+    bronchogram_hu: tuple[float, float] = (-600.0, -300.0)
 
     def __post_init__(self) -> None:
         for i, les in enumerate(self.lesions):
@@ -347,6 +362,19 @@ class MeasureConfig:
             raise ModelConfigError("heads.measure needs fluid_band_mm > 0 and 0 < "
                                    f"fluid_min_share <= 1, got {self.fluid_band_mm}, "
                                    f"{self.fluid_min_share}; fluid_labels must name labels")
+        if not all(self.bronchogram_labels) or not self.bronchogram_within \
+                or self.bronchogram_within in self.bronchogram_labels:
+            raise ModelConfigError("heads.measure.bronchogram_labels must name labels and "
+                                   "bronchogram_within another one, got "
+                                   f"{self.bronchogram_labels}, {self.bronchogram_within!r}")
+        if self.bronchogram_min_voxels < 1 or not 0 < self.bronchogram_share <= 1 \
+                or self.bronchogram_radius_mm <= 0 or len(self.bronchogram_hu) != 2 \
+                or not -1024 < self.bronchogram_hu[0] < self.bronchogram_hu[1] < 1000:
+            raise ModelConfigError(
+                "heads.measure needs bronchogram_min_voxels >= 1, 0 < bronchogram_share <= 1, "
+                "bronchogram_radius_mm > 0 and bronchogram_hu [air, dense] with -1024 < air < "
+                f"dense < 1000, got {self.bronchogram_min_voxels}, {self.bronchogram_share}, "
+                f"{self.bronchogram_radius_mm}, {self.bronchogram_hu}")
         kinds = [{les[0] for les in self.lesions}, set(self.ratio_labels),
                  set(self.fluid_labels)]
         if any(kinds[i] & kinds[j] for i in range(3) for j in range(i + 1, 3)):

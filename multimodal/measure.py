@@ -40,6 +40,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from multimodal.bronchogram import withdraw_masses
 from multimodal.cardiac import cardiothoracic_ratio
 from multimodal.config import MeasureConfig
 from multimodal.errors import ShapeError
@@ -266,12 +267,19 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
 def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floating] | None,
                      spacing_mm: Sequence[float], cfg: MeasureConfig
                      ) -> list[FindingPrediction]:
-    """One case's predictions with each present lesion's ``size_mm`` measured on ``hu`` where
+    """One case's predictions with a mass read in a called consolidation not called
+    (:mod:`multimodal.bronchogram`), each present lesion's ``size_mm`` measured on ``hu`` where
     the measurement passes its checks (``size_source`` "image"), a present ratio label's
     cardiothoracic ratio, and each fluid label decided on ``hu`` where the heart is found
     (:func:`_fluid_call`); the others unchanged.  ``hu`` None (no CT) measures nothing.  The
     input is not modified."""
     ranges = {les[0]: (les[1], les[2]) for les in cfg.lesions}
+    if cfg.enabled and hu is not None and cfg.bronchogram_labels:
+        # a mass read in a called consolidation (air bronchograms in its box) is not called
+        preds = withdraw_masses(preds, np.asarray(hu), spacing_mm, cfg.bronchogram_labels,
+                                cfg.bronchogram_within, cfg.bronchogram_min_voxels,
+                                radius_mm=cfg.bronchogram_radius_mm,
+                                share=cfg.bronchogram_share, hu_range=cfg.bronchogram_hu)
     out = []
     for p in preds:
         if cfg.enabled and hu is not None and p.present and p.label in ranges \

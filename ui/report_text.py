@@ -53,7 +53,8 @@ class FindingReview:
         """What the model says: present, absent, or not assessed (a label its fitted
         threshold never calls: "absent" would be a finding it cannot make); present (found on
         the CT) where a measurement on the CT made the call (flag ``found_on_ct``), whatever
-        the head's probability."""
+        the head's probability; absent (air bronchograms) where the CT took the head's call
+        back (flag ``air_bronchograms``)."""
         if "not_assessed" in self.flags:
             return "not assessed"
         if "small_not_assessed" in self.flags and not self.present:
@@ -63,6 +64,9 @@ class FindingReview:
         if "found_on_ct" in self.flags and self.present:
             # called by a measurement on the CT, not by the probability shown beside it
             return "present (found on the CT)"
+        if "air_bronchograms" in self.flags and not self.present:
+            # the head's call taken back on the CT (multimodal.bronchogram)
+            return "absent (air bronchograms: the consolidation)"
         return "present" if self.present else "absent"
 
     @property

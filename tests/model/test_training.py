@@ -526,6 +526,51 @@ def test_an_effusion_decided_on_the_ct_is_drafted_so(synth_folder: Path,
     assert "not_assessed" in left["flags"] and "not assessed" in left["sentence"]
 
 
+def test_a_mass_call_taken_back_for_air_bronchograms_is_drafted_so(
+        synth_folder: Path, tiny_checkpoint: Path) -> None:
+    """A mass call measure_findings took back (its box holds air bronchograms inside a called
+    consolidation: multimodal.bronchogram): absent, flag air_bronchograms, and a sentence
+    that says why, read by the labeler as the consolidation and no mass."""
+    import dataclasses
+
+    from medassist.drafting import _draft, load_model, prepare
+    from medassist.labeler import label_sentence
+    from multimodal.outputs import FindingPrediction
+    from multimodal.training import make_sample
+
+    case = synth_folder / "test" / "case_00003"
+    lm = load_model(tiny_checkpoint)
+    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
+    sample = make_sample(lm.cfg, lm.tok, hu=prep.study.hu, emr=prep.emr)
+    labels = lm.cfg.heads.labels
+    preds = [FindingPrediction(label=lab, present=False, probability=0.01, laterality=None,
+                               location=None, size_mm=None, slices=None, box_voxels=None,
+                               emr_token_spans=()) for lab in labels]
+    m, c = labels.index("lung_mass"), labels.index("consolidation")
+    box = (4, 10, 12, 9, 20, 22)
+    preds[m] = dataclasses.replace(preds[m], probability=0.6, present_source="image",
+                                   location="RUL", size_mm=45.0, slices=(4, 9), box_voxels=box)
+    preds[c] = dataclasses.replace(preds[c], present=True, probability=0.9, laterality="right",
+                                   location="RUL", size_mm=50.0, slices=(4, 9), box_voxels=box)
+    text = "Findings: There is airspace consolidation in the right upper lobe. Impression: " \
+        "Consolidation."
+    d = _draft(lm, prep, sample, text, preds, torch.tensor([1.0, 0.0]), frozenset(),
+               frozenset())
+    _check_contract(d)
+    f = d["findings"][m]
+    assert not f["present"] and "air_bronchograms" in f["flags"]
+    assert f["sentence"] == ("Air bronchograms in the opacity (RUL): consolidation, not a "
+                             "lung mass.")
+    assert label_sentence(f["sentence"]) == {"consolidation": True, "lung_mass": False}
+    assert all("air_bronchograms" not in g["flags"] for j, g in enumerate(d["findings"])
+               if j != m)
+    # a mass the head did not call has no such flag
+    plain = dataclasses.replace(preds[m], present_source="head")
+    e = _draft(lm, prep, sample, text, [plain if j == m else p for j, p in enumerate(preds)],
+               torch.tensor([1.0, 0.0]), frozenset(), frozenset())["findings"][m]
+    assert "air_bronchograms" not in e["flags"] and e["sentence"] == "No lung mass."
+
+
 def _check_contract(rep: dict[str, Any]) -> None:
     assert set(rep) == {"status", "disclaimer", "sections", "findings", "modality_weights",
                         "model", "inputs", "coverage"}

@@ -614,10 +614,13 @@ def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls_and_fou
     rows = finding_rows([review(False, ("low_confidence", "not_assessed")),
                          review(False, ()), review(True, ("low_confidence",)),
                          review(False, ("small_not_assessed",)),
-                         review(True, ("found_on_ct", "size_measured"))])
+                         review(True, ("found_on_ct", "size_measured")),
+                         review(False, ("low_confidence", "air_bronchograms"))])
     assert [r[2] for r in rows] == ["not assessed", "absent", "present",
                                     "absent (small ones not assessed)",
-                                    "present (found on the CT)"]
+                                    "present (found on the CT)",
+                                    "absent (air bronchograms: the consolidation)"]
+    assert "FLAG air_bronchograms" in rows[5][4]
     # a call made by the CT measurement (a pericardial effusion) says so beside the head's
     # probability, which did not make it
     assert rows[4][4] == "FLAG found_on_ct"
