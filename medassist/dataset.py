@@ -305,6 +305,20 @@ _FORMS = re.compile(r"\b\d{3}[-. ]\d{3}[-. ]\d{4}\b|[\w.+-]+@[\w-]+\.[\w.-]+|\b\
 _OLD_AGE = re.compile(r"\b(?:9\d|1[0-4]\d)(?=\s*(?:yo\b|y/o\b|y\.o\.|-?year-old\b|years? old\b))",
                       re.I)
 REDACTED = "[REDACTED]"
+#: a name part: a capitalised word or an initial ("Smith", "O'Neil", "SMITH", "J.")
+_NAME = r"(?:[A-Z][A-Za-z'’-]+|[A-Z]\.)"
+#: people named by a title ("Dr. Jane Smith", "Mrs Jones") or by their credentials ("Jane
+#: Smith, MD"): the name is redacted, the title and credentials stay
+#: (in capitals only with the dot: "MS WITH" is multiple sclerosis, "MS. JONES" a person)
+_TITLED = re.compile(rf"\b((?:(?:Dr|Mr|Mrs|Ms|Miss|Prof)\.?|(?:DR|MR|MRS|MS|PROF)\.)\s+)"
+                     rf"{_NAME}(?:\s+{_NAME}){{0,2}}")
+_CREDENTIALED = re.compile(
+    rf"\b{_NAME}(?:\s+{_NAME}){{0,2}}(,?\s+(?:MD|M\.D\.|D\.O\.|PhD|RN|NP|PA-C|MBBS|FRCR)\b)")
+#: who dictated, read, signed or ordered: the rest of the line is a name (and perhaps a date)
+_SIGNED = re.compile(
+    r"(?im)^(\s*(?:electronically\s+)?(?:signed|dictated|transcribed|read|reported|verified|"
+    r"approved|reviewed)\s+by\b:?|\s*(?:attending|radiologist|resident|referring physician|"
+    r"ordering physician|referring provider|ordering provider)\s*:)[ \t]*\S[^\n]*$")
 
 
 def patient_identifiers(source: str) -> list[str]:
@@ -334,16 +348,23 @@ def patient_identifiers(source: str) -> list[str]:
 
 
 def redact(text: str, identifiers: Iterable[str]) -> tuple[str, int]:
-    """``text`` with the patient's ``identifiers`` (whole words, any case), dates, telephone
-    numbers, e-mail addresses, runs of 7+ digits replaced by ``[REDACTED]`` and ages over 89
-    by ``90+``; and how many were replaced.  Names of other people (relatives, clinicians)
-    that the header does not state are not found: this redacts what is known, it does not
+    """``text`` with the patient's ``identifiers`` (whole words, any case), the names of people
+    named by a title ("Dr. Jane Smith"), by credentials ("Jane Smith, MD") or on a signature
+    line ("Dictated by: ...", "Radiologist: ..."), dates, telephone numbers, e-mail addresses,
+    runs of 7+ digits replaced by ``[REDACTED]`` and ages over 89 by ``90+``; and how many
+    were replaced.  Other names (a relative named in passing: "daughter Anna") are not
+    found: this redacts what is known and what a name's form gives away, it does not
     recognise names."""
     n = 0
     for ident in identifiers:
         rx = re.compile(rf"(?<![\w]){re.escape(ident)}(?![\w])", re.I)
         text, k = rx.subn(REDACTED, text)
         n += k
+    # the keyword or title and the credentials stay, the name goes
+    text, k1 = _SIGNED.subn(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text, k2 = _TITLED.subn(lambda m: f"{m.group(1)}{REDACTED}", text)
+    text, k3 = _CREDENTIALED.subn(lambda m: f"{REDACTED}{m.group(1)}", text)
+    n += k1 + k2 + k3
     for rx in (_DATES, _FORMS):
         text, k = rx.subn(REDACTED, text)
         n += k

@@ -339,6 +339,36 @@ def test_redact_known_identifiers_dates_and_forms() -> None:
     assert n == 11  # "Lukas" twice
 
 
+def test_redact_names_a_title_credentials_or_a_signature_line_give_away() -> None:
+    """Clinicians' and others' names the header does not state, found by their form: the
+    title, keyword and credentials stay; clinical words in capitals are not taken for one."""
+    from medassist.dataset import REDACTED, redact
+
+    report = ("FINDINGS: Small right pneumothorax. Dr. Jane Smith was notified at 14:10; "
+              "discussed with Mr. O'Neil and Dr Brown.\n"
+              "IMPRESSION: Small right pneumothorax.\n"
+              "Dictated by: John A. Doe, MD\n"
+              "Electronically signed by Mary Major\n"
+              "Radiologist: R. ROE, FRCR\n"
+              "HISTORY OF MS WITH NEW DYSPNEA. Seen by Jane Roe, MD. Read by the resident.")
+    out, n = redact(report, [])
+    for gone in ("Jane", "Smith", "O'Neil", "Brown", "John", "Doe", "Mary", "Major", "ROE",
+                 "Roe"):
+        assert gone not in out, gone
+    for kept in ("Dr. " + REDACTED, "Mr. " + REDACTED, "Dictated by: " + REDACTED,
+                 "Electronically signed by " + REDACTED, "Radiologist: " + REDACTED,
+                 REDACTED + ", MD", "HISTORY OF MS WITH NEW DYSPNEA", "Read by the resident",
+                 "Small right pneumothorax. Dr.", "notified at 14:10"):
+        assert kept in out, kept
+    assert n == 7  # three titles, three signature lines, one name with credentials
+    # what the report states is unchanged by it (the evidence's offsets move)
+    def stated(text: str) -> list[dict[str, object]]:
+        return [{k: v for k, v in f.items() if k != "evidence"}
+                for f in report_findings(text, LABELS)]
+
+    assert stated(out) == stated(report) and stated(report)
+
+
 def test_a_deidentified_import(hospital: dict[str, Path], tmp_path: Path) -> None:
     """--deid-key-file: DICOM written through dicom_io.deid (no original UID, name or ID), the
     report and note without the header's identifiers or dates, pseudonymous case ids, no
