@@ -22,7 +22,6 @@ Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._sets import set_parser  # noqa: E402
 
 Case = tuple[Sequence[str] | None, np.ndarray, dict[str, Any]]
 
@@ -76,15 +76,7 @@ def score(found: Iterable[tuple[bool | None, int]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default=str(REPO / "models/demo"))
-    ap.add_argument("--val", type=int, default=0, help="validation cases (0: none)")
-    ap.add_argument("--synth-config",
-                    default=str(REPO / "configs/synth/small_fleischner_body.yaml"))
-    ap.add_argument("--cache", default=str(REPO / "runs/cache"))
-    ap.add_argument("--data", action="append", default=[], help="a medassist synth folder")
-    ap.add_argument("--real", action="append", default=[], help="a real CT study")
-    args = ap.parse_args()
+    args = set_parser(__doc__.split("\n")[0]).parse_args()
 
     from medassist.drafting import load_study
     from medassist.model_data import CaseRecord, folder_records, iter_cached_chunks, record_sample

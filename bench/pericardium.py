@@ -25,7 +25,6 @@ Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -37,6 +36,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench._sets import set_parser  # noqa: E402
 
 LABEL = "pericardial_effusion"
 
@@ -82,15 +83,7 @@ def _reference(findings: Sequence[dict[str, Any]]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default=str(REPO / "models/demo"))
-    ap.add_argument("--val", type=int, default=0, help="validation cases (0: none)")
-    ap.add_argument("--synth-config",
-                    default=str(REPO / "configs/synth/small_fleischner_body.yaml"))
-    ap.add_argument("--cache", default=str(REPO / "runs/cache"))
-    ap.add_argument("--data", action="append", default=[], help="a medassist synth folder")
-    ap.add_argument("--real", action="append", default=[], help="a real CT study")
-    args = ap.parse_args()
+    args = set_parser(__doc__.split("\n")[0]).parse_args()
 
     from medassist.drafting import load_study
     from medassist.model_data import folder_records, iter_cached_chunks
