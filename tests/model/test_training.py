@@ -466,7 +466,10 @@ def test_never_called_label_is_not_assessed(synth_folder: Path, tiny_checkpoint:
     assert first["label"] == labels[0] and not first["present"]
     assert "not_assessed" in first["flags"] and "not assessed" in first["sentence"]
     assert first["sentence"].lower() != f"no {labels[0].replace('_', ' ')}."
-    assert all(f["present"] and "not_assessed" not in f["flags"] for f in rest)
+    # every other label is called at threshold 0, but a mass the CT took back (its box holds
+    # air bronchograms inside the called consolidation: multimodal.bronchogram)
+    assert all((f["present"] or "air_bronchograms" in f["flags"])
+               and "not_assessed" not in f["flags"] for f in rest)
     given = infer(lm, [prep], threshold=0.0)[0]
     assert given["findings"][0]["present"]
     assert all("not_assessed" not in f["flags"] for f in given["findings"])
