@@ -447,14 +447,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
             model, {torch.nn.Linear}, dtype=torch.qint8)
     over = {k: v for k, v in (("placement", args.placement),
-                              ("placement_max_loss", args.placement_max_loss)) if v is not None}
+                              ("placement_max_loss", args.placement_max_loss),
+                              ("noise_max_index", args.noise_max_index)) if v is not None}
     if over:
         from multimodal.errors import ModelConfigError
 
         try:
             cfg = replace(cfg, ct=replace(cfg.ct, **over))
         except ModelConfigError as exc:
-            raise ModelCLIError(f"--placement / --placement-max-loss: {exc}") from exc
+            raise ModelCLIError(f"--placement / --placement-max-loss / --noise-max-index: "
+                                f"{exc}") from exc
     records = list(folder_records(args.data, cfg))
     samples = [record_sample(r, cfg, tok, with_report=False) for r in records]
     res = evaluate(model, cfg, samples, tok=tok, records=records)
@@ -463,6 +465,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res["int8"] = bool(args.int8)
     res["placement"] = cfg.ct.placement
     res["placement_max_loss"] = cfg.ct.placement_max_loss
+    res["noise_max_index"] = cfg.ct.noise_max_index
     if args.json:
         print(json.dumps(res, indent=1, sort_keys=True))
     else:
@@ -593,6 +596,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--placement-max-loss", type=float, default=None, metavar="SHARE",
                    help="the share of the lungs a centred grid may leave out before it moves "
                         "(overrides the checkpoint's ct.placement_max_loss)")
+    p.add_argument("--noise-max-index", type=float, default=None, metavar="HU",
+                   help="smooth a scan noisier than this down to it before the model reads it "
+                        "(overrides the checkpoint's ct.noise_max_index; 0: off; "
+                        "multimodal/noise.py)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("report", help="draft a report for one CT study (+ EMR)")

@@ -70,8 +70,15 @@ class CTStemConfig:
     #: a scan read from DICOM with less aerated lung than this (mL) is refused as no chest CT
     #: (a head CT's sinuses hold tens of mL, a chest CT litres); 0 drafts any scan
     min_lung_ml: float = 300.0
+    #: a scan noisier than this (:func:`multimodal.noise.noise_index`, HU) is smoothed in-plane
+    #: down to it before the model reads it (:func:`multimodal.noise.match_noise`): the noisiest
+    #: of the checkpoint's validation cases; 0 reads every scan as it is
+    noise_max_index: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.noise_max_index < 0:
+            raise ModelConfigError(f"ct.noise_max_index must be >= 0 (0: off), got "
+                                   f"{self.noise_max_index!r}")
         if self.placement not in ("lungs", "centre"):
             raise ModelConfigError(f"ct.placement must be 'lungs' or 'centre', got "
                                    f"{self.placement!r}")

@@ -34,6 +34,7 @@ from multimodal.distributed import (
 )
 from multimodal.errors import CheckpointError, ModelConfigError, ShapeError
 from multimodal.losses import Targets, compute_losses
+from multimodal.noise import match_noise
 from multimodal.outputs import ModelOutput
 from multimodal.tokenizer import WordTokenizer
 from multimodal.transforms import ct_channels
@@ -81,6 +82,8 @@ def make_sample(cfg: ModelConfig, tok: WordTokenizer, *, hu: npt.NDArray[Any] | 
     if hu is not None:
         if tuple(hu.shape) != cfg.ct.grid_shape:
             raise ShapeError(f"hu must be {cfg.ct.grid_shape}, got {hu.shape}")
+        if cfg.ct.noise_max_index > 0:  # a scan noisier than the training cases, smoothed
+            hu = match_noise(hu, cfg.ct.noise_max_index)[0]
         s["ct"] = ct_channels(hu, cfg.ct.windows, cfg.ct.spacing_mm, cfg.ct.blob_scales_mm,
                               cfg.ct.blob_full_scale)
         s["ct_quality"] = 1.0 if ct_quality is None else ct_quality

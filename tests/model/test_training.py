@@ -284,6 +284,19 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
         assert args8.func(args8) == 0
     ev8 = json.loads(buf8.getvalue())
     assert ev8["int8"] is True and ev8["full"]["n_cases"] == full["n_cases"]
+    # noise matching (multimodal/noise.py) off as the checkpoint has it, or set for the run
+    assert ev["noise_max_index"] == 0.0
+    argsn = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
+                           str(synth_folder), "--json", "--noise-max-index", "1"])
+    bufn = io.StringIO()
+    with contextlib.redirect_stdout(bufn):
+        assert argsn.func(argsn) == 0
+    evn = json.loads(bufn.getvalue())
+    assert evn["noise_max_index"] == 1.0 and evn["full"]["n_cases"] == full["n_cases"]
+    bad = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
+                         str(synth_folder), "--noise-max-index", "-1"])
+    with pytest.raises(ModelCLIError, match="noise_max_index"):
+        bad.func(bad)
     # without --json: one summary line per mode, with the size MAE where there is one
     args_txt = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
                               str(synth_folder)])
