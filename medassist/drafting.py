@@ -187,6 +187,22 @@ def coverage_text(placement: GridPlacement | None, grid_shape: Sequence[int],
     return " ".join(parts)
 
 
+def noise_text(hu: npt.NDArray[np.floating], max_index: float) -> str:
+    """What the technique says where the model read the scan smoothed (``ct.noise_max_index``,
+    :func:`multimodal.noise.match_noise`): its noise and the level it was brought to; "" where
+    the level is off or the scan is not above it."""
+    from multimodal.noise import noise_index
+
+    if max_index <= 0:
+        return ""
+    idx = noise_index(hu)
+    if idx is None or idx <= max_index:
+        return ""
+    return (f"Image noise ({idx:.1f} HU on the model's grid) is above that of the scans the "
+            f"draft model was trained on ({max_index:g} HU): it read the images smoothed to "
+            "that level.")
+
+
 def _indication(emr: str | None) -> str:
     if not emr:
         return "Not provided (no EMR)."
@@ -593,7 +609,8 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
                      "technique": " ".join(t for t in (
                          technique_from_header(study.header),
                          coverage_text(study.placement, study.grid_shape,
-                                       study.grid_spacing)) if t),
+                                       study.grid_spacing),
+                         noise_text(study.hu, lm.cfg.ct.noise_max_index)) if t),
                      "findings": findings_text, "impression": impression},
         "findings": items,
         "modality_weights": {"ct": round(float(w[0]), 4), "emr": round(float(w[1]), 4)},

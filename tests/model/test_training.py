@@ -587,6 +587,36 @@ def test_a_mass_call_taken_back_for_air_bronchograms_is_drafted_so(
     assert "air_bronchograms" not in e["flags"] and e["sentence"] == "No lung mass."
 
 
+def test_a_scan_read_smoothed_is_said_so_in_the_technique(synth_folder: Path,
+                                                           tiny_checkpoint: Path) -> None:
+    """With ct.noise_max_index below a scan's noise (multimodal.noise), the model reads it
+    smoothed and the technique says so, with both figures; off or above the scan's noise,
+    nothing is said and the model reads the scan as it is."""
+    import dataclasses
+
+    from medassist.drafting import infer, load_model, noise_text, prepare
+    from multimodal.noise import noise_index
+
+    case = synth_folder / "test" / "case_00003"
+    lm = load_model(tiny_checkpoint)
+    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
+    idx = noise_index(prep.study.hu)
+    assert idx is not None
+    plain = infer(lm, [prep])[0]
+    assert "Image noise" not in plain["sections"]["technique"]
+    low = dataclasses.replace(lm, cfg=dataclasses.replace(
+        lm.cfg, ct=dataclasses.replace(lm.cfg.ct, noise_max_index=idx / 2)))
+    smoothed = infer(low, [prep])[0]
+    _check_contract(smoothed)
+    tech = smoothed["sections"]["technique"]
+    assert tech.startswith(plain["sections"]["technique"])
+    assert f"Image noise ({idx:.1f} HU" in tech and f"({idx / 2:g} HU)" in tech
+    # what the model read changed, so its probabilities did
+    assert [f["probability"] for f in smoothed["findings"]] != \
+        [f["probability"] for f in plain["findings"]]
+    assert noise_text(prep.study.hu, idx * 2) == "" and noise_text(prep.study.hu, 0.0) == ""
+
+
 def _check_contract(rep: dict[str, Any]) -> None:
     assert set(rep) == {"status", "disclaimer", "sections", "findings", "modality_weights",
                         "model", "inputs", "coverage"}
