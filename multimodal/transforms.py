@@ -214,6 +214,23 @@ def _gauss(sigma: float) -> torch.Tensor:
     return g / g.sum()
 
 
+def gaussian_smooth(a: torch.Tensor, sd_voxels: Sequence[float]) -> torch.Tensor:
+    """(1, 1, Z, Y, X) smoothed by a separable Gaussian of ``sd_voxels`` (z, y, x) voxels,
+    edges replicated; an axis whose SD is below 0.3 voxel is left as it is."""
+    for ax in range(3):
+        sd = float(sd_voxels[ax])
+        if sd < 0.3:
+            continue
+        k = _gauss(sd)
+        n = k.numel()
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + ax] = n
+        pad = [0] * 6
+        pad[2 * (2 - ax)] = pad[2 * (2 - ax) + 1] = n // 2
+        a = F.conv3d(F.pad(a, pad, mode="replicate"), k.view(shape))
+    return a
+
+
 class BlobEnhance:
     """(z, y, x) HU -> (S, z, y, x) float32 in [0, 1]: one dot-enhancement channel per scale.
 
@@ -244,18 +261,8 @@ class BlobEnhance:
         self.hu_range = (float(hu_range[0]), float(hu_range[1]))
 
     def _smooth(self, a: torch.Tensor, scale: float) -> torch.Tensor:
-        for ax in range(3):  # a: (1, 1, Z, Y, X), separable along z, y, x
-            sd = scale / self.spacing[ax]
-            if sd < 0.3:
-                continue
-            k = _gauss(sd)
-            n = k.numel()
-            shape = [1, 1, 1, 1, 1]
-            shape[2 + ax] = n
-            pad = [0] * 6
-            pad[2 * (2 - ax)] = pad[2 * (2 - ax) + 1] = n // 2
-            a = F.conv3d(F.pad(a, pad, mode="replicate"), k.view(shape))
-        return a
+        # a: (1, 1, Z, Y, X), separable along z, y, x
+        return gaussian_smooth(a, [scale / s for s in self.spacing])
 
     def response(self, hu: npt.ArrayLike, scale: float) -> torch.Tensor:
         """The raw (unnormalised) response (z, y, x) at one scale (mm)."""
