@@ -12,10 +12,11 @@ from each case's ``truth.json``):
 
 With ``--calls`` each folder's acquisition groups also count the checkpoint's false calls per
 label (its presence decisions with CT and note and the rules on the CT, as ``medassist eval``
-makes them, at the checkpoint's own ``noise_max_index``).
+makes them, at the checkpoint's own ``noise_max_index`` or ``--noise-max-index``).
 
     .venv/bin/python bench/noise.py [--checkpoint models/demo] [--val 480]
         [--cache runs/cache] [--data DIR ...] [--real STUDY ...] [--calls]
+        [--noise-max-index HU]
 
 Prints one JSON object: per set (and acquisition) the count, min, median and max index.
 """
@@ -26,6 +27,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,8 @@ def main() -> None:
     ap = set_parser(__doc__.split("\n")[0])
     ap.add_argument("--calls", action="store_true",
                     help="count the checkpoint's false calls per acquisition (--data)")
+    ap.add_argument("--noise-max-index", type=float, default=None, metavar="HU",
+                    help="the level --calls smooths to (overrides ct.noise_max_index; 0: off)")
     args = ap.parse_args()
 
     from medassist.drafting import load_study
@@ -74,6 +78,8 @@ def main() -> None:
     from multimodal.noise import noise_index
 
     model, cfg, _kind, tok, _meta = load_checkpoint(args.checkpoint)
+    if args.noise_max_index is not None:
+        cfg = replace(cfg, ct=replace(cfg.ct, noise_max_index=args.noise_max_index))
     out: dict[str, Any] = {"checkpoint": args.checkpoint,
                            "noise_max_index": cfg.ct.noise_max_index}
     if args.val:

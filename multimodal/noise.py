@@ -4,7 +4,7 @@ A scan noisier than any the model was trained on (low kVp, thin slices, a large 
 the model call findings in the noise: on the generated shift split the 31 scans at 80 kVp with
 3 mm slices held 6 of the 6 false pleural effusions, 8 of the 12 false emphysemas and 4 of the
 8 false consolidations (docs/model.md "Twenty-eighth round").  :func:`noise_index` measures the
-noise where the body is soft tissue; :func:`match_noise` smooths a volume above
+noise in the air around the body; :func:`match_noise` smooths a volume above
 ``ct.noise_max_index`` in-plane with the smallest Gaussian that brings it to that level (the
 noisiest of the checkpoint's validation cases), so that the model reads a scan as noisy as the
 ones it learnt from.  Nothing changes at or below the level.  Everything is numpy on the CPU.
@@ -23,8 +23,11 @@ from multimodal.transforms import gaussian_smooth
 
 F32 = npt.NDArray[np.float32]
 
-#: soft tissue (fat to muscle and blood): where the noise is measured
-SOFT_HU = (-200.0, 150.0)
+#: air (outside the body, the airways): where the noise is measured.  Soft tissue is not
+#: uniform on a real scan (fat septa, vessels, organ edges): measured there, A0001 read as
+#: 15.2 HU, noisier than every generated 80 kVp 7.5 mm scan's median, though its air reads
+#: 4.2, within the generator's validation cases (docs/model.md "Twenty-eighth round")
+AIR_HU = (-1100.0, -900.0)
 #: the in-plane Gaussian widths tried, in voxels, smallest first (0.3 or more: narrower ones
 #: leave the scan as it is, :func:`multimodal.transforms.gaussian_smooth`)
 SIGMAS = (0.35, 0.45, 0.55, 0.65, 0.8, 1.0, 1.25, 1.5, 2.0)
@@ -33,17 +36,19 @@ SIGMAS = (0.35, 0.45, 0.55, 0.65, 0.8, 1.0, 1.25, 1.5, 2.0)
 def noise_index(hu: npt.NDArray[np.floating]) -> float | None:
     """The noise of a (Z, Y, X) volume in HU: the robust SD (1.4826 x the median absolute
     deviation) of each voxel's difference from the mean of its four in-plane neighbours, over
-    the voxels that, with those neighbours, are soft tissue; None where fewer than 1,000 are
-    (no body on the grid)."""
+    the voxels that, with those neighbours, are air (:data:`AIR_HU`) and not exactly alike (a
+    constant fill outside the reconstructed field holds no noise); None where fewer than
+    1,000 are."""
     if hu.ndim != 3:
         raise ShapeError(f"expected hu (Z, Y, X), got {hu.shape}")
     h = np.asarray(hu, np.float32)
     centre = h[:, 1:-1, 1:-1]
     sides = (h[:, :-2, 1:-1], h[:, 2:, 1:-1], h[:, 1:-1, :-2], h[:, 1:-1, 2:])
-    soft = (centre > SOFT_HU[0]) & (centre < SOFT_HU[1])
+    air = (centre > AIR_HU[0]) & (centre < AIR_HU[1])
     for s in sides:
-        soft &= (s > SOFT_HU[0]) & (s < SOFT_HU[1])
-    r = (centre - 0.25 * (sides[0] + sides[1] + sides[2] + sides[3]))[soft]
+        air &= (s > AIR_HU[0]) & (s < AIR_HU[1])
+    r = (centre - 0.25 * (sides[0] + sides[1] + sides[2] + sides[3]))[air]
+    r = r[r != 0]
     if r.size < 1000:
         return None
     return float(1.4826 * np.median(np.abs(r - np.median(r))))

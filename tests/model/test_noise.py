@@ -23,11 +23,17 @@ def noisy_chest(sd: float, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("sd", [5.0, 12.0, 25.0])
-def test_the_index_is_the_noise_of_the_soft_tissue(sd: float) -> None:
+def test_the_index_is_the_noise_of_the_air_around_the_body(sd: float) -> None:
     # white noise: a voxel minus the mean of 4 neighbours has sd * sqrt(1 + 1/4)
     idx = noise_index(noisy_chest(sd))
     assert idx is not None and idx == pytest.approx(sd * 1.25 ** 0.5, rel=0.05)
-    # the lungs and the air around the body do not count
+    # the body's texture does not count: a body of 40 HU texture in air of 5 HU noise reads 5
+    rng = np.random.default_rng(3)
+    base = chest()
+    texture = np.where(base > -900, rng.normal(0, 40, base.shape), rng.normal(0, 5, base.shape))
+    idx5 = noise_index((base + texture).astype(np.float32))
+    assert idx5 is not None and idx5 == pytest.approx(5 * 1.25 ** 0.5, rel=0.1)
+    # a constant fill (outside the reconstructed field) holds no noise
     assert noise_index(np.full((8, 32, 32), -1000.0, np.float32)) is None
     with pytest.raises(ShapeError, match="Z, Y, X"):
         noise_index(np.zeros((32, 32), np.float32))
@@ -61,7 +67,9 @@ def test_make_sample_reads_a_noisy_scan_smoothed_where_configured(tiny_cfg: Mode
     tok = WordTokenizer.build(["a note"], 300)
     shape = tiny_cfg.ct.grid_shape
     rng = np.random.default_rng(0)
-    hu = np.where(rng.random(shape) < 0.5, 30.0, 45.0).astype(np.float32)
+    # a body beside air, both noisy
+    hu = np.full(shape, 40.0, np.float32)
+    hu[..., : shape[2] // 2] = -1000.0
     hu += rng.normal(0.0, 30.0, shape).astype(np.float32)
     raw = make_sample(tiny_cfg, tok, hu=hu, emr=None)["ct"]
     ct = tiny_cfg.ct
