@@ -59,6 +59,10 @@ class Study:
     #: where the model grid lies on the resampled scan and how much of the lungs it holds
     #: (None: the grid centred on the scan)
     placement: GridPlacement | None = None
+    #: :func:`multimodal.noise.noise_index` of ``hu``, measured once where the model config
+    #: smooths noisy scans (``ct.noise_max_index`` > 0; else None): the sample and the
+    #: technique sentence both read it
+    noise_index: float | None = None
 
     def _starts(self) -> list[int]:
         """The resampled scan's voxel at the grid's voxel 0 per axis."""
@@ -106,6 +110,7 @@ def load_study(path: str | Path, model_cfg: Any) -> Study:
     import pydicom
 
     from dicom_io.volume import load_volume, read_source
+    from multimodal.noise import noise_index
     from multimodal.transforms import ResampleToGrid
 
     vol = load_volume(path)
@@ -143,7 +148,8 @@ def load_study(path: str | Path, model_cfg: Any) -> Study:
                  src_spacing=spacing, series_uid=vol.provenance.series_uid,
                  dicom_sha256=h.hexdigest(), header=header,
                  grid_shape=model_cfg.ct.grid_shape, grid_spacing=model_cfg.ct.spacing_mm,
-                 flipped=(flipped[0], flipped[1], flipped[2]), placement=placement)
+                 flipped=(flipped[0], flipped[1], flipped[2]), placement=placement,
+                 noise_index=noise_index(hu) if model_cfg.ct.noise_max_index > 0 else None)
 
 
 def technique_from_header(h: Mapping[str, Any]) -> str:
@@ -187,16 +193,11 @@ def coverage_text(placement: GridPlacement | None, grid_shape: Sequence[int],
     return " ".join(parts)
 
 
-def noise_text(hu: npt.NDArray[np.floating], max_index: float) -> str:
+def noise_text(idx: float | None, max_index: float) -> str:
     """What the technique says where the model read the scan smoothed (``ct.noise_max_index``,
-    :func:`multimodal.noise.match_noise`): its noise and the level it was brought to; "" where
-    the level is off or the scan is not above it."""
-    from multimodal.noise import noise_index
-
-    if max_index <= 0:
-        return ""
-    idx = noise_index(hu)
-    if idx is None or idx <= max_index:
+    :func:`multimodal.noise.match_noise`): its noise ``idx`` (:attr:`Study.noise_index`) and the
+    level it was brought to; "" where the level is off or the scan is not above it."""
+    if max_index <= 0 or idx is None or idx <= max_index:
         return ""
     return (f"Image noise ({idx:.1f} HU on the model's grid) is above that of the scans the "
             f"draft model was trained on ({max_index:g} HU): it read the images smoothed to "
@@ -376,7 +377,8 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
     if not batch:
         return []
     cfg, tok = lm.cfg, lm.tok
-    samples = [make_sample(cfg, tok, hu=p.study.hu, emr=p.emr) for p in batch]
+    samples = [make_sample(cfg, tok, hu=p.study.hu, emr=p.emr, noise=p.study.noise_index)
+               for p in batch]
     x, _ = collate(samples)
     if lm.device != "cpu":
         from multimodal.training import to_device
@@ -610,7 +612,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
                          technique_from_header(study.header),
                          coverage_text(study.placement, study.grid_shape,
                                        study.grid_spacing),
-                         noise_text(study.hu, lm.cfg.ct.noise_max_index)) if t),
+                         noise_text(study.noise_index, lm.cfg.ct.noise_max_index)) if t),
                      "findings": findings_text, "impression": impression},
         "findings": items,
         "modality_weights": {"ct": round(float(w[0]), 4), "emr": round(float(w[1]), 4)},

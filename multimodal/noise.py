@@ -55,13 +55,15 @@ def noise_index(hu: npt.NDArray[np.floating]) -> float | None:
 
 
 def match_noise(hu: npt.NDArray[np.floating], max_index: float,
-                sigmas: Sequence[float] = SIGMAS) -> tuple[F32, float]:
+                sigmas: Sequence[float] = SIGMAS, *, index: float | None = None
+                ) -> tuple[F32, float]:
     """``hu`` (Z, Y, X) smoothed in-plane with the smallest Gaussian of ``sigmas`` whose result
     has a :func:`noise_index` of ``max_index`` or less (the largest where none does), and that
     width in voxels; unchanged (a float32 copy) and 0.0 where the index is ``max_index`` or
-    less, or not measurable.  The input is not modified."""
+    less, or not measurable.  ``index``: the scan's :func:`noise_index` where the caller has
+    it (not measured again).  The input is not modified."""
     h = np.array(hu, np.float32)
-    idx = noise_index(h)
+    idx = noise_index(h) if index is None else index
     if max_index <= 0 or idx is None or idx <= max_index:
         return h, 0.0
     out, used = h, 0.0

@@ -75,15 +75,16 @@ def make_sample(cfg: ModelConfig, tok: WordTokenizer, *, hu: npt.NDArray[Any] | 
                 label_values: Mapping[str, Sequence[int]] | None = None,
                 targets: Mapping[str, npt.NDArray[Any]] | None = None,
                 ct_quality: float | None = None, max_emr_tokens: int | None = None,
-                ) -> dict[str, Any]:
+                noise: float | None = None) -> dict[str, Any]:
     """One sample dict (numpy).  ``hu`` is (Z, Y, X) on the model grid; ``label_map`` the same
-    grid with finding values, ``label_values[label]`` the values belonging to each label."""
+    grid with finding values, ``label_values[label]`` the values belonging to each label;
+    ``noise`` the scan's :func:`multimodal.noise.noise_index` where the caller measured it."""
     s: dict[str, Any] = {"ct": None, "emr_ids": None, "emr_spans": None}
     if hu is not None:
         if tuple(hu.shape) != cfg.ct.grid_shape:
             raise ShapeError(f"hu must be {cfg.ct.grid_shape}, got {hu.shape}")
         if cfg.ct.noise_max_index > 0:  # a scan noisier than the training cases, smoothed
-            hu = match_noise(hu, cfg.ct.noise_max_index)[0]
+            hu = match_noise(hu, cfg.ct.noise_max_index, index=noise)[0]
         s["ct"] = ct_channels(hu, cfg.ct.windows, cfg.ct.spacing_mm, cfg.ct.blob_scales_mm,
                               cfg.ct.blob_full_scale)
         s["ct_quality"] = 1.0 if ct_quality is None else ct_quality

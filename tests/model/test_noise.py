@@ -56,6 +56,10 @@ def test_a_noisier_scan_is_smoothed_down_to_the_level_and_a_quieter_one_left() -
     assert half is not None and half > level
     # the anatomy stays: the lungs are still lung, the body still soft tissue
     assert abs(float(out[32, 64, 100]) - float(chest()[32, 64, 100])) < 30.0
+    # an index the caller measured is taken as it is (drafts measure it once, at load)
+    given, given_sigma = match_noise(loud, level, index=noise_index(loud))
+    assert given_sigma == sigma and np.array_equal(given, out)
+    assert match_noise(loud, level, index=0.0)[1] == 0.0
     # 0 switches it off
     assert match_noise(loud, 0.0)[1] == 0.0
 

@@ -600,13 +600,16 @@ def test_a_scan_read_smoothed_is_said_so_in_the_technique(synth_folder: Path,
     case = synth_folder / "test" / "case_00003"
     lm = load_model(tiny_checkpoint)
     prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
+    assert prep.study.noise_index is None  # the level is off: not measured
     idx = noise_index(prep.study.hu)
     assert idx is not None
     plain = infer(lm, [prep])[0]
     assert "Image noise" not in plain["sections"]["technique"]
     low = dataclasses.replace(lm, cfg=dataclasses.replace(
         lm.cfg, ct=dataclasses.replace(lm.cfg.ct, noise_max_index=idx / 2)))
-    smoothed = infer(low, [prep])[0]
+    prep_low = prepare(case / "dicom", case / "emr.txt", low.cfg)
+    assert prep_low.study.noise_index == idx  # measured once, at load, where the level is on
+    smoothed = infer(low, [prep_low])[0]
     _check_contract(smoothed)
     tech = smoothed["sections"]["technique"]
     assert tech.startswith(plain["sections"]["technique"])
@@ -614,7 +617,8 @@ def test_a_scan_read_smoothed_is_said_so_in_the_technique(synth_folder: Path,
     # what the model read changed, so its probabilities did
     assert [f["probability"] for f in smoothed["findings"]] != \
         [f["probability"] for f in plain["findings"]]
-    assert noise_text(prep.study.hu, idx * 2) == "" and noise_text(prep.study.hu, 0.0) == ""
+    assert noise_text(idx, idx * 2) == "" and noise_text(idx, 0.0) == ""
+    assert noise_text(None, 1.0) == ""
 
 
 def _check_contract(rep: dict[str, Any]) -> None:
