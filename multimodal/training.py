@@ -263,17 +263,38 @@ THRESHOLD_OBJECTIVES = ("label_f1", "micro_f1")
 NEVER = 2.0
 
 
+def _middle(cands: Sequence[float], tied: Collection[float]) -> float:
+    """The candidate in the middle (in log-odds) of the run of consecutive ``tied`` candidates
+    around the one nearest 0.5: the threshold furthest from the cases on either side of the
+    gap, not the gap's edge (ties: nearer 0.5, then the higher)."""
+    anchor = max(tied, key=lambda t: (-abs(t - 0.5), t))
+    i = j = cands.index(anchor)
+    while i > 0 and cands[i - 1] in tied:
+        i -= 1
+    while j < len(cands) - 1 and cands[j + 1] in tied:
+        j += 1
+    run = cands[i: j + 1]
+    mid = (math.log(run[0] / (1 - run[0])) + math.log(run[-1] / (1 - run[-1]))) / 2
+    return min(run, key=lambda t: (abs(math.log(t / (1 - t)) - mid), abs(t - 0.5), -t))
+
+
 def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: float = 0.8,
                    min_pos: int = 3, objective: str = "label_f1",
                    never: Collection[int] = ()) -> torch.Tensor:
     """(N, F) calibrated probabilities and 0/1 truth -> (F,) thresholds.
 
-    ``label_f1``: per label, the one of 0.20, 0.25, ..., 0.80 with the best F1 on these cases
-    (ties: the closest to 0.5).  For a detector at chance that is "call every case" (F1
-    2p / (1 + p) at prevalence p beats any threshold that calls fewer).
+    ``label_f1``: per label, the one of 0.20, 0.25, ..., 0.80 with the best F1 on these cases.
+    Ties: the middle, in log-odds, of the run of tied thresholds around the one nearest 0.5
+    (:func:`_middle`): where the positives and negatives of these cases are apart, the
+    threshold halfway across the gap, so a case a little past the cases seen here (another
+    scanner) still falls on its side; the gap's edge next to 0.5 was taken until stop 39.
+    (A grid down to 0.05 was tried then: it fitted pneumothorax to one validation case at
+    0.06 and called one on the real A0001 at p 0.12; docs/model.md "Twenty-ninth round".)
+    For a detector at chance that is "call every case" (F1 2p / (1 + p) at prevalence p beats
+    any threshold that calls fewer).
     ``micro_f1``: starting there, coordinate ascent on the micro-F1 over all labels, each
     label's candidates being the same grid plus :data:`NEVER` (not called), until no label
-    changes (ties: :data:`NEVER`, then the closest to 0.5): a label is called only where its
+    changes (ties: :data:`NEVER`, then the middle as above): a label is called only where its
     calls raise the F1 of all calls together (what ``medassist eval`` reports as micro-F1),
     and one that calls nothing on these cases at any threshold is never called.  With
     calibrated probabilities that is about calling where p >= F1 / 2 (Lipton et al., 2014),
@@ -287,6 +308,8 @@ def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: flo
     if prob.ndim != 2 or prob.shape != y.shape:
         raise ValueError(f"prob and y must be the same (N, F) shape, got {tuple(prob.shape)} "
                          f"and {tuple(y.shape)}")
+    if not 0 < lo < hi < 1:
+        raise ValueError(f"threshold grid must have 0 < lo < hi < 1, got {lo}, {hi}")
     cands = [round(lo + 0.05 * i, 2) for i in range(round((hi - lo) / 0.05) + 1)]
     out = torch.full((prob.shape[1],), 0.5)
     truth = y > 0.5
@@ -295,13 +318,13 @@ def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: flo
     for f in never:
         out[f] = NEVER
     for f in fitted:
-        scores = []
+        scores = {}
         for t in cands:
             pred = prob[:, f] >= t
             den = int(pred.sum()) + int(truth[:, f].sum())
-            scores.append((2 * int((pred & truth[:, f]).sum()) / den if den else 0.0,
-                           -abs(t - 0.5), t))
-        out[f] = max(scores)[2]
+            scores[t] = 2 * int((pred & truth[:, f]).sum()) / den if den else 0.0
+        best = max(scores.values())
+        out[f] = _middle(cands, [t for t, v in scores.items() if v == best])
     if objective == "label_f1":
         return out
 
@@ -311,19 +334,22 @@ def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: flo
         den = int(pred.sum()) + int(truth.sum())
         return 2 * tp / den if den else 0.0
 
-    # each change raises the micro-F1, or keeps it and moves that label to NEVER or nearer
-    # 0.5, so no assignment repeats; it converges in a few passes
+    # a label's pick is a function of the others' thresholds (the best micro-F1, then
+    # NEVER, then the middle of the tied run); the passes stop when no label moves
     for _ in range(20):
         changed = False
         for f in fitted:
             cur = float(out[f])
-            best = (micro(out), cur == NEVER, -abs(cur - 0.5), cur)
+            scores = {}
             for t in (*cands, NEVER):
                 trial = out.clone()
                 trial[f] = t
-                best = max(best, (micro(trial), t == NEVER, -abs(t - 0.5), t))
-            if best[3] != cur:
-                out[f] = best[3]
+                scores[t] = micro(trial)
+            best = max(scores.values())
+            tied = [t for t, v in scores.items() if v == best]
+            pick = NEVER if NEVER in tied else _middle(cands, tied)
+            if abs(pick - cur) > 1e-6:
+                out[f] = pick
                 changed = True
         if not changed:
             break

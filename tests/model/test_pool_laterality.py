@@ -200,8 +200,32 @@ def test_fit_thresholds() -> None:
                          [0.31, 0.1]])
     y = torch.tensor([[1, 1], [1, 0], [1, 0], [0, 0], [0, 0], [1, 0]]).float()
     t = fit_thresholds(prob, y)
-    assert float(t[0]) == pytest.approx(0.3)  # all four positives are 0.30..0.35
+    # the four positives are 0.30..0.35, the negatives 0.10 or less: every threshold of the
+    # grid from 0.20 to 0.30 separates them, and the middle of that run (in log-odds) is taken
+    assert float(t[0]) == pytest.approx(0.25)
     assert float(t[1]) == 0.5  # one positive: too few to fit, stays 0.5
+    with pytest.raises(ValueError, match="grid"):
+        fit_thresholds(prob, y, lo=0.0)
+
+
+def test_fit_thresholds_takes_the_middle_of_the_gap() -> None:
+    """Positives at 0.66 or more, negatives at 0.04 or less: the fitted threshold lies
+    midway across the gap (log-odds), not at its edge next to 0.5, so a positive read a
+    little lower on another scanner (0.45) is still called and a negative a little higher
+    (0.08) is not; under the micro-F1 objective too."""
+    pos = torch.tensor([0.66, 0.7, 0.8, 0.9, 0.95])
+    neg = torch.tensor([0.01, 0.02, 0.03, 0.04] * 5)
+    prob = torch.cat([pos, neg])[:, None]
+    y = torch.cat([torch.ones(5), torch.zeros(20)])[:, None]
+    for obj in ("label_f1", "micro_f1"):
+        t = float(fit_thresholds(prob, y, objective=obj)[0])
+        assert t == pytest.approx(0.4), t  # the run 0.20 .. 0.65, its log-odds middle
+        assert 0.08 < t < 0.45  # a positive at 0.45 (another scanner) still called
+        # on a finer grid the run is 0.05 .. 0.65
+        assert float(fit_thresholds(prob, y, lo=0.05, objective=obj)[0]) == pytest.approx(0.25)
+    # a positive below the grid is not chased: the run starts at the grid's lowest, 0.20
+    prob2 = torch.cat([torch.tensor([0.06, 0.7, 0.8, 0.9, 0.95]), neg])[:, None]
+    assert float(fit_thresholds(prob2, y)[0]) == pytest.approx(0.45)  # run 0.20 .. 0.70
 
 
 def _micro_f1(prob: torch.Tensor, y: torch.Tensor, thr: torch.Tensor) -> float:
