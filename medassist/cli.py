@@ -129,7 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     dicom_opts(sp)
     sp.set_defaults(func=cmd_volume)
 
-    from medassist import admin_cli, batch_cli, dataset_cli, deid_cli, model_cli
+    from medassist import (
+        admin_cli,
+        batch_cli,
+        calibrate_cli,
+        dataset_cli,
+        deid_cli,
+        model_cli,
+    )
     from medassist.pacs import cli as pacs_cli
     from medassist.synth import cli as synth_cli
 
@@ -138,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cli.add_parser(sub)
     pacs_cli.add_parser(sub)
     model_cli.add_parser(sub)
+    calibrate_cli.add_parser(sub)
     batch_cli.add_parser(sub)
     dataset_cli.add_parser(sub)
     add_plugin_commands(sub)
