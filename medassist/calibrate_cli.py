@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -85,8 +86,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     old = meta.get("calibration") or {}
     cal = fit_temperature(model, samples, threshold_objective=objective,
                           min_call_auroc=min_auroc)
+    # the source as a path under the working directory where it is one (no machine's
+    # absolute path in a checkpoint that travels); its weights' sha256 identifies it
+    where = os.path.relpath(src.resolve())
     new_meta = {**meta, "calibration": cal, "recalibrated": {
-        "from": str(src), "weights_sha256": sha256_file(src / WEIGHTS),
+        "from": str(src.resolve()) if where.startswith("..") else where,
+        "weights_sha256": sha256_file(src / WEIGHTS),
         "val_cases": len(samples), "max_emr_tokens": args.max_emr_tokens, **val}}
     save_checkpoint(out, model, cfg, kind, tok, new_meta)
     card = src / "MODEL_CARD.md"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from medassist.cli import main as cli_main
 from medassist.model_cli import ModelCLIError, TrainConfig, train
-from multimodal.checkpoint import WEIGHTS
+from multimodal.checkpoint import WEIGHTS, sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNTH = str(ROOT / "configs/synth/small.yaml")
@@ -59,6 +59,8 @@ def test_recalibration_reproduces_the_training_fit(tiny_checkpoint: Path,
         {k: v for k, v in src_meta["calibration"].items() if k not in drop}
     rec = meta["recalibrated"]
     assert rec["synth_config"] == SYNTH and rec["data_seed"] == 3 and rec["val_cases"] == 4
+    assert Path(rec["from"]).resolve() == tiny_checkpoint.resolve()
+    assert rec["weights_sha256"] == sha256_file(tiny_checkpoint / WEIGHTS)
     a, b = load_file(str(tiny_checkpoint / WEIGHTS)), load_file(str(out / WEIGHTS))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a if k not in CAL_BUFFERS)
@@ -94,3 +96,26 @@ def test_recalibration_options_and_errors(tiny_checkpoint: Path, tmp_path: Path)
         run("--out", str(tmp_path / "y"), "--threshold-objective", "macro")
     with pytest.raises(ModelCLIError, match="min-call-auroc"):
         run("--out", str(tmp_path / "z"), "--min-call-auroc", "2")
+
+
+def test_recalibration_on_a_sites_own_cases(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """``--val-dir``: cases written as DICOM (here by ``medassist synth``; a hospital's by
+    ``medassist dataset import``), read with dicom_io; the copy records where they came from
+    and is calibrated on all of them."""
+    from medassist.synth.case import make_case
+    from medassist.synth.config import load_config
+    from medassist.synth.findings import load_vocabulary
+    from medassist.synth.writer import write_case
+
+    cfg = load_config(SYNTH)
+    vocab = load_vocabulary(cfg.findings.vocabulary_path())
+    val = tmp_path / "val"
+    for i in range(3):
+        write_case(make_case(cfg, vocab, 5, i, "val"), cfg, val / f"case_{i:05d}")
+    out = tmp_path / "site"
+    res = _calibrate("--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                     "--val-dir", str(val))
+    assert res["n_cases"] == 3
+    rec = json.loads((out / "meta.json").read_text())["recalibrated"]
+    assert rec["val_source"] == str(val) and rec["val_cases"] == 3
+    assert "synth_config" not in rec
