@@ -335,7 +335,9 @@ def fit_thresholds(prob: torch.Tensor, y: torch.Tensor, lo: float = 0.2, hi: flo
         return 2 * tp / den if den else 0.0
 
     # a label's pick is a function of the others' thresholds (the best micro-F1, then
-    # NEVER, then the middle of the tied run); the passes stop when no label moves
+    # NEVER, then the middle of the tied run); the passes stop when no label moves, or after
+    # 20 (a move between thresholds of equal micro-F1 need not raise it, so unlike a strict
+    # ascent this is not guaranteed to settle; on the shipped validation cases it does)
     for _ in range(20):
         changed = False
         for f in fitted:
