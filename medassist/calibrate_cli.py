@@ -13,7 +13,6 @@ positives and negatives, docs/model.md "Twenty-ninth round") or to a site's own 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import re
@@ -39,12 +38,7 @@ def _defaults(meta: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from medassist.drafting import ModelCLIError
-    from medassist.model_data import (
-        cached_synth_records,
-        folder_records,
-        record_sample,
-        synth_records,
-    )
+    from medassist.model_data import validation_samples
     from multimodal.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint, sha256_file
     from multimodal.training import THRESHOLD_OBJECTIVES, fit_temperature
 
@@ -61,26 +55,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     min_auroc = d["min_call_auroc"] if args.min_call_auroc is None else args.min_call_auroc
     if not 0.0 <= min_auroc <= 1.0:
         raise ModelCLIError(f"--min-call-auroc must be in [0, 1] (0: off), got {min_auroc}")
-    n = args.val_cases if args.val_cases is not None else d["val_cases"]
     val: dict[str, Any]
     if args.val_dir:
         if not Path(args.val_dir).is_dir():
             raise ModelCLIError(f"--val-dir {args.val_dir}: no such folder")
-        records = list(itertools.islice(folder_records(args.val_dir, cfg),
-                                        args.val_cases or None))
+        samples = validation_samples(cfg, tok, args.max_emr_tokens, val_dir=args.val_dir,
+                                     val_cases=args.val_cases or 0)
         val = {"val_source": args.val_dir}
     else:
+        n = args.val_cases if args.val_cases is not None else d["val_cases"]
         synth = args.synth_config or d["synth_config"]
         seed = args.data_seed if args.data_seed is not None else d["data_seed"]
         if not synth or seed is None or not n:
             raise ModelCLIError(f"{src}: its meta.json names no generated validation set; "
                                 "give --val-dir, or --synth-config, --data-seed and "
                                 "--val-cases")
-        records = (cached_synth_records(args.cache_dir, synth, cfg, seed, n, "val")
-                   if args.cache_dir else list(synth_records(synth, cfg, seed, n, "val")))
+        samples = validation_samples(cfg, tok, args.max_emr_tokens, val_cases=n,
+                                     synth_config=synth, seed=seed, cache_dir=args.cache_dir)
         val = {"synth_config": synth, "data_seed": seed}
-    samples = [record_sample(r, cfg, tok, args.max_emr_tokens, with_report=False)
-               for r in records]
     if not any(s.get("ct") is not None for s in samples):
         raise ModelCLIError("no validation case with a CT to calibrate on")
     old = meta.get("calibration") or {}

@@ -285,8 +285,7 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
         cached_synth_records,
         finding_labels,
         folder_records,
-        record_sample,
-        synth_records,
+        validation_samples,
     )
     from multimodal.checkpoint import VOCAB, build_model
     from multimodal.config import load_model_config
@@ -351,16 +350,9 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
         if frozen == sum(1 for _ in model.parameters()):
             raise ModelCLIError(f"train.trainable {tc.trainable} matches no parameter; give "
                                 "parameter-name prefixes such as 'decoder.'")
-    cal = None
-    if tc.val_dir:
-        cal = [record_sample(r, cfg, tok, tc.max_emr_tokens, with_report=False)
-               for r in itertools.islice(folder_records(tc.val_dir, cfg),
-                                         tc.val_cases or None)]
-    elif tc.val_cases:
-        val = cached_synth_records(tc.cache_dir, tc.synth_config, cfg, tc.data_seed,
-                                   tc.val_cases, "val") if tc.cache_dir else \
-            synth_records(tc.synth_config, cfg, tc.data_seed, tc.val_cases, split="val")
-        cal = [record_sample(r, cfg, tok, tc.max_emr_tokens, with_report=False) for r in val]
+    cal = validation_samples(cfg, tok, tc.max_emr_tokens, val_dir=tc.val_dir,
+                             val_cases=tc.val_cases, synth_config=tc.synth_config,
+                             seed=tc.data_seed, cache_dir=tc.cache_dir) or None
     t_data = time.perf_counter() - t0  # cases read or generated, samples built
     meta = {"model_config": tc.model_config, "data": {
         "source": tc.data_dir or f"medassist.synth fast path ({tc.synth_config})",

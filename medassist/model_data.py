@@ -211,6 +211,26 @@ def cached_synth_records(cache_dir: str | Path, synth_config: str, model_cfg: An
                                               split, shift, images) for r in chunk]
 
 
+def validation_samples(cfg: Any, tok: Any, max_emr_tokens: int, *, val_dir: str = "",
+                       val_cases: int = 0, synth_config: str = "", seed: int = 7,
+                       cache_dir: str = "") -> list[dict[str, Any]]:
+    """The calibration samples of ``medassist train`` and ``medassist calibrate``: the cases
+    of ``val_dir`` (at most ``val_cases``; 0 = all), else ``val_cases`` generated ``val``
+    cases of ``synth_config`` (cached under ``cache_dir`` where given); none without
+    either."""
+    import itertools
+
+    if val_dir:
+        records: Iterator[CaseRecord] | list[CaseRecord] = itertools.islice(
+            folder_records(val_dir, cfg), val_cases or None)
+    elif val_cases:
+        records = cached_synth_records(cache_dir, synth_config, cfg, seed, val_cases, "val") \
+            if cache_dir else synth_records(synth_config, cfg, seed, val_cases, split="val")
+    else:
+        return []
+    return [record_sample(r, cfg, tok, max_emr_tokens, with_report=False) for r in records]
+
+
 def iter_cached_chunks(cache_dir: str | Path, synth_config: str, model_cfg: Any, seed: int,
                        n: int, split: str = "train", shift: bool = False,
                        images: bool = True) -> Iterator[list[CaseRecord]]:
