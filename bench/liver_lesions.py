@@ -68,24 +68,21 @@ BoolArr = npt.NDArray[np.bool_]
 @dataclass(frozen=True)
 class LiverLesion:
     """One focal lesion: its equivalent diameter, mean difference from the liver (HU),
-    voxel box (z0, y0, x0, z1, y1, x1; inclusive), centre (voxels) and liver share around."""
+    voxel box (z0, y0, x0, z1, y1, x1; inclusive) and the liver's share around it."""
 
     diameter_mm: float
     delta_hu: float
     box_voxels: tuple[int, int, int, int, int, int]
-    centre: tuple[float, float, float]
     enclosure: float
 
 
 @dataclass(frozen=True)
 class LiverReading:
-    """The liver of one CT: its density, slices, size (voxels) and the lesions found
+    """The liver of one CT: its density, slices, noise and the lesions found
     (largest first; empty where the liver shows none)."""
 
     liver_hu: float
     slices: tuple[int, int]
-    n_voxels: int
-    midline_x: float
     noise_hu: float
     lesions: tuple[LiverLesion, ...]
 
@@ -103,10 +100,10 @@ def _open(mask: BoolArr) -> BoolArr:
     return out
 
 
-def _dilate(mask: BoolArr, r: int, rz: int = 0) -> BoolArr:
-    t = torch.from_numpy(mask.astype(np.float32))[None, None]
-    out: BoolArr = (F.max_pool3d(t, (2 * rz + 1, 2 * r + 1, 2 * r + 1), 1, (rz, r, r))[0, 0]
-                    > 0.5).numpy()
+def _dilate(mask: BoolArr, r: int) -> BoolArr:
+    """Each slice dilated by a square of 2r + 1 voxels."""
+    t = torch.from_numpy(mask.astype(np.float32))[:, None]
+    out: BoolArr = (F.max_pool2d(t, 2 * r + 1, 1, r)[:, 0] > 0.5).numpy()
     return out
 
 
@@ -244,13 +241,11 @@ def liver_reading(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float], *,
             continue
         lesions.append(LiverLesion(
             diameter_mm=d, delta_hu=delta, box_voxels=(z0, y0, x0, z1, y1, x1),
-            centre=(float(zz.mean()), float(yy.mean()), float(xx.mean())),
             enclosure=enclosure))
     zs = np.flatnonzero(liver.any((1, 2)))
     lesions.sort(key=lambda les: -les.diameter_mm)
     return LiverReading(liver_hu=liver_hu, slices=(int(zs[0]), int(zs[-1])),
-                        n_voxels=int(liver.sum()), midline_x=mid, noise_hu=noise,
-                        lesions=tuple(lesions))
+                        noise_hu=noise, lesions=tuple(lesions))
 
 
 Case = tuple[str, list[float], npt.NDArray[np.float32]]
