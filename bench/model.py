@@ -302,13 +302,34 @@ def long_emr(tokens: int, checkpoint: str | None) -> dict[str, Any]:
     }
 
 
+def statements(text: str) -> tuple[list[tuple[Any, ...]], list[str]]:
+    """What a text states, whatever its wording: each finding it affirms, one sentence at a
+    time, with the sides, lobes and largest size that sentence names (sorted), and the
+    findings it only negates (``medassist.labeler``)."""
+    from medassist.labeler import label_text, stated_lobes, stated_sides, stated_size_mm
+
+    affirmed: list[tuple[Any, ...]] = []
+    negated: set[str] = set()
+    for sent in label_text(text):
+        for label, pos in sent.labels.items():
+            if pos:
+                affirmed.append((label, sorted(stated_sides(sent.text)),
+                                 sorted(stated_lobes(sent.text)), stated_size_mm(sent.text)))
+            else:
+                negated.add(label)
+    return sorted(affirmed, key=repr), sorted(negated - {a[0] for a in affirmed})
+
+
 def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> dict[str, Any]:
     """Memory tokens vs full attention (same weights) on ``n`` generated long-note cases, each
     note cut to its first ``tokens`` tokens: do the findings decisions, context classes,
     Findings and Impression text agree?  The text is conditioned as the drafts condition it
     (the context class the note's history decides where it does, read by rule from the cut
     note: ``medassist.drafting.note_context``); ``*_head`` keys: on the context head's
-    decisions alone."""
+    decisions alone.  ``same_*_text`` / ``same_impression`` compare the words;
+    ``same_*_statements`` what the texts state (:func:`statements`: the findings affirmed
+    with their sides, lobes and sizes, and those negated), so that "no mediastinal
+    lymphadenopathy" and "no enlarged mediastinal lymph nodes" agree."""
     from medassist.drafting import generate, note_context, split_sections
     from medassist.history import NoteHistory, read_history
     from medassist.model_data import record_sample, synth_records
@@ -360,6 +381,10 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
     def agree(key: str) -> int:
         return sum(a[key] == b[key] for a, b in zip(mem, ful, strict=True))
 
+    def agree_statements(key: str) -> int:
+        return sum(statements(a[key]) == statements(b[key])
+                   for a, b in zip(mem, ful, strict=True))
+
     dep = []
     for r, a, b in zip(recs, mem, ful, strict=True):
         codes = {i["code"] for i in r.meta.get("impression", [])} & set(EMR_DEPENDENT)
@@ -372,6 +397,8 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
         "seconds": {k: v["seconds"] for k, v in runs.items()},
         "same_findings": agree("present"), "same_context": agree("context"),
         "same_findings_text": agree("findings"), "same_impression": agree("impression"),
+        "same_findings_statements": agree_statements("findings"),
+        "same_impression_statements": agree_statements("impression"),
         "same_context_head": agree("context_head"),
         "same_findings_text_head": agree("findings_head"),
         "same_impression_head": agree("impression_head"),
@@ -500,7 +527,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--cuda", action="store_true",
                     help="train_throughput also on the GPU (fp32 and bf16 autocast)")
-    ap.add_argument("--long-cases", type=int, default=6, help="long-note cases (0: skip)")
+    ap.add_argument("--long-cases", type=int, default=20, help="long-note cases (0: skip)")
     ap.add_argument("--measure-cases", type=int, default=60,
                     help="generated body cases for the size-measurement timing (0: skip)")
     ap.add_argument("--only", choices=("latency", "kv_cache", "long_emr", "long_cases",
