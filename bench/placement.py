@@ -17,6 +17,11 @@ case's DICOM as ``medassist report`` does, with both placements, and prints per 
 * ``grid_cuts_lung``: the cases whose placed grid leaves some lung out, below, above or
   in-plane (its field across, fixed in mm, narrower than a large chest);
 * ``seconds_median``: the time of ``load_study`` per case (DICOM read, resampling, placement);
+* ``midline_air``: the share of the body's midline that is air on the slices with the most
+  lung (``multimodal.transforms.midline_air``; median and largest), and ``refused``: the
+  cases ``medassist report`` refuses as no chest CT (less aerated lung than
+  ``ct.min_lung_ml``, or more midline air than ``ct.max_midline_air``); every case is read
+  here whatever it holds;
 * with ``--fast-path SYNTH_CONFIG`` (the config, ``--seed``, ``--split`` and ``--shift`` the
   ``--data`` folders were written with): ``fast_path``, the training path's grid
   (``medassist.synth.fast_path.placed_grid``, the case regenerated from its index) against the
@@ -106,7 +111,11 @@ def score(studies: Sequence[Path], cfg: Any, grid_z0: list[float] | None = None
     """``grid_z0``, if given, gets each placed grid's first slice z (mm)."""
     from medassist.drafting import load_study
 
+    limits = cfg.ct
+    cfg = dataclasses.replace(cfg, ct=dataclasses.replace(cfg.ct, min_lung_ml=0.0))
     centred = dataclasses.replace(cfg, ct=dataclasses.replace(cfg.ct, placement="centre"))
+    midline: list[float] = []
+    refused = 0
     placed_in: list[float] = []
     centre_in: list[float] = []
     centre_z: list[float] = []
@@ -123,6 +132,9 @@ def score(studies: Sequence[Path], cfg: Any, grid_z0: list[float] | None = None
         centre = load_study(s, centred)
         if placed.placement is None or centre.placement is None:
             raise RuntimeError(f"{s}: no placement recorded")
+        midline.append(placed.placement.midline_air)
+        refused += int(placed.placement.lung_ml < limits.min_lung_ml
+                       or placed.placement.midline_air > limits.max_midline_air)
         placed_in.append(placed.placement.lung_in_grid)
         centre_in.append(centre.placement.lung_in_grid)
         centre_z.append(centre.placement.lung_in_z)
@@ -142,6 +154,9 @@ def score(studies: Sequence[Path], cfg: Any, grid_z0: list[float] | None = None
             np.abs(moved)))} if moved else None,
         "scan_cuts_lung": cuts, "grid_cuts_lung": grid_cuts,
         "seconds_median": round(float(np.median(times)), 3),
+        "midline_air": {"median": round(float(np.median(midline)), 4),
+                        "max": round(max(midline), 4)},
+        "refused": refused,
     }
 
 

@@ -137,6 +137,16 @@ def load_study(path: str | Path, model_cfg: Any) -> Study:
             "reports. Give the chest series, or draft anyway with `medassist report "
             "--min-lung-ml 0` (a chest whose lungs are airless).", path=str(path),
             kind="NotAChestCT")
+    if model_cfg.ct.min_lung_ml > 0 and placement.midline_air > model_cfg.ct.max_midline_air:
+        from medassist.errors import NotAChestCTError
+
+        raise NotAChestCTError(
+            f"{path}: its air fills {placement.midline_air:.0%} of the body's midline on the "
+            f"slices with the most of it (a chest's mediastinum leaves at most "
+            f"{model_cfg.ct.max_midline_air:.0%}): a hollow phantom or object, not two lungs "
+            "beside a mediastinum; medassist drafts chest CT reports. Give a chest series, or "
+            "draft anyway with `medassist report --min-lung-ml 0`.", path=str(path),
+            kind="NotAChestCT")
     h = hashlib.sha256()
     for f in vol.provenance.source_files:  # a file, or a zip archive's member (a!b)
         h.update(read_source(f))

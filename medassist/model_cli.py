@@ -606,7 +606,8 @@ def add_parser(sub: Any) -> None:
                    "database URL; prints the report id")
     p.add_argument("--min-lung-ml", type=float, default=None, metavar="ML",
                    help="refuse a scan with less aerated lung than this (default: the "
-                        "checkpoint's ct.min_lung_ml, 300); 0 drafts any scan")
+                        "checkpoint's ct.min_lung_ml, 300); 0 drafts any scan (nor is its "
+                        "midline checked for a mediastinum)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 

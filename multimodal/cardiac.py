@@ -111,14 +111,22 @@ def lung_mask(hu: npt.NDArray[np.floating], air_hu: float, lateral: bool = True
     the chest) is reached through that tissue and is not lung.  With ``lateral`` False only
     the anterior and posterior borders count: a lung that the field of view cuts at its left
     or right edge stays lung (the air beside the body still reaches those borders)."""
+    return body_and_lungs(hu, air_hu, lateral)[1]
+
+
+def body_and_lungs(hu: npt.NDArray[np.floating], air_hu: float, lateral: bool = True
+                   ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """(Z, Y, X) the body (:func:`_body`) and the lungs (:func:`lung_mask`) of one scan, the
+    body labelled once for both."""
     air = np.asarray(hu < air_hu)
-    lab = components(~_body(hu, air_hu))
+    body = _body(hu, air_hu)
+    lab = components(~body)
     edges = [lab[:, 0, :], lab[:, -1, :]]
     if lateral:
         edges += [lab[:, :, 0], lab[:, :, -1]]
     outside = np.unique(np.concatenate([e.ravel() for e in edges]))
     out: npt.NDArray[np.bool_] = air & ~np.isin(lab, outside[outside > 0])
-    return out
+    return body, out
 
 
 def _runs(row: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:

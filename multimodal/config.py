@@ -70,6 +70,13 @@ class CTStemConfig:
     #: a scan read from DICOM with less aerated lung than this (mL) is refused as no chest CT
     #: (a head CT's sinuses hold tens of mL, a chest CT litres); 0 drafts any scan
     min_lung_ml: float = 300.0
+    #: a scan read from DICOM whose "lungs" fill more than this share of the body's midline
+    #: (:func:`multimodal.transforms.midline_air`) is refused as no chest CT: a chest has its
+    #: mediastinum there (400 generated chests 0.05 median, 0.09 at most; the shared real
+    #: A0001 0.21; bench/placement.py), the air
+    #: inside a hollow phantom crosses it (the shared Philips head phantom 0.90); 1 turns the
+    #: check off, and so does ``min_lung_ml`` 0
+    max_midline_air: float = 0.65
     #: a scan noisier than this (:func:`multimodal.noise.noise_index`, HU) is smoothed in-plane
     #: down to it before the model reads it (:func:`multimodal.noise.match_noise`): the noisiest
     #: of the checkpoint's validation cases; 0 reads every scan as it is
@@ -84,6 +91,9 @@ class CTStemConfig:
                                    f"{self.placement!r}")
         if self.min_lung_ml < 0:
             raise ModelConfigError(f"ct.min_lung_ml must be >= 0, got {self.min_lung_ml!r}")
+        if not 0.0 < self.max_midline_air <= 1.0:
+            raise ModelConfigError(f"ct.max_midline_air must be in (0, 1] (1: off), got "
+                                   f"{self.max_midline_air!r}")
         if not 0.0 <= self.placement_max_loss < 1.0:
             raise ModelConfigError(f"ct.placement_max_loss must be in [0, 1), got "
                                    f"{self.placement_max_loss!r}")

@@ -65,7 +65,10 @@ class GridPlacement:
     ("inferior": its first slice, "superior": its last), so that part of the chest was not
     imaged at all.  ``lung_in_z``: the share in the grid's slices, in-plane losses left
     aside (what the move looks at).  ``lung_ml``: the lungs' volume in the scan (0 where no
-    lung was found; a chest CT holds litres)."""
+    lung was found; a chest CT holds litres).  ``midline_air``: on the slices with the most
+    lung (half the largest area or more), the median share of the body's midline that is
+    "lung" (:func:`midline_air`): a chest has its mediastinum there, an air-filled phantom or
+    object does not."""
 
     start: tuple[int, int, int]
     lung_slices: tuple[int, int] | None = None
@@ -74,11 +77,38 @@ class GridPlacement:
     grid_cuts_lung: tuple[str, ...] = ()
     lung_in_z: float = 1.0
     lung_ml: float = 0.0
+    midline_air: float = 0.0
 
 
 _LUNG_AIR_HU = -400.0  # below: air or lung
 _LUNG_RUN_SHARE = 0.02  # a slice is in the lungs' run with this share of the largest area
 _SCAN_CUT_SHARE = 0.1  # lung on the scan's end slice with this share of the largest area
+_CHEST_SLICE_SHARE = 0.5  # the slices with the most lung: this share of the largest area
+_MIDLINE_BAND = 0.05  # the body's midline: this share of its width on the slice
+
+
+def midline_air(lung: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_]) -> float:
+    """(Z, Y, X) lung and body masks of one scan -> on the slices whose lung area is at least
+    half the largest, the median over slices of the share of the body's midline that is lung:
+    the columns within :data:`_MIDLINE_BAND` of the body's width around its middle (the
+    centre of its left and right edges on that slice), from its front to its back.  A
+    chest's midline is mediastinum (the trachea, where the band crosses it, is a few
+    hundredths); the air inside a hollow phantom or object crosses it.  0.0 without lung."""
+    area = lung.sum(axis=(1, 2))
+    if area.max(initial=0) == 0:
+        return 0.0
+    shares = []
+    for z in np.flatnonzero(area >= _CHEST_SLICE_SHARE * area.max()):
+        cols = np.flatnonzero(body[z].any(axis=0))
+        if cols.size == 0:
+            continue
+        half = max(1, round(_MIDLINE_BAND * (cols[-1] - cols[0] + 1) / 2))
+        mid = (int(cols[0]) + int(cols[-1])) // 2
+        band = slice(max(mid - half, 0), mid + half + 1)
+        rows = np.flatnonzero((body[z, :, band] | lung[z, :, band]).any(axis=1))
+        inside = slice(int(rows[0]), int(rows[-1]) + 1)
+        shares.append(float(lung[z, inside, band].mean()))
+    return round(float(np.median(shares)), 4) if shares else 0.0
 
 
 def place_grid(a: F32, shape: Sequence[int], placement: str = "lungs",
@@ -97,14 +127,14 @@ def place_grid(a: F32, shape: Sequence[int], placement: str = "lungs",
     of it (gas in the bowel below is left out).  The move looks at the lungs along z only;
     the share reported counts what the in-plane field leaves out too.  ``voxel_ml``: the
     volume of one voxel of ``a`` (for ``lung_ml``)."""
-    from multimodal.cardiac import lung_mask
+    from multimodal.cardiac import body_and_lungs
 
     if placement not in ("centre", "lungs"):
         raise ValueError(f"placement must be 'centre' or 'lungs', got {placement!r}")
     if not 0.0 <= max_loss < 1.0:
         raise ValueError(f"max_loss must be in [0, 1), got {max_loss!r}")
     centre = centre_start(a.shape, shape)
-    lung = lung_mask(a, _LUNG_AIR_HU, lateral=False)
+    body, lung = body_and_lungs(a, _LUNG_AIR_HU, lateral=False)
     area = lung.sum(axis=(1, 2))
     if area.max(initial=0) == 0:
         return GridPlacement(start=(centre[0], centre[1], centre[2]))
@@ -145,7 +175,8 @@ def place_grid(a: F32, shape: Sequence[int], placement: str = "lungs",
     return GridPlacement(start=(z, centre[1], centre[2]), lung_slices=(k0, k1),
                          lung_in_grid=round(inside / total, 4), scan_cuts_lung=cut,
                          grid_cuts_lung=grid_cuts, lung_in_z=round(held(z), 4),
-                         lung_ml=round(total * voxel_ml, 1))
+                         lung_ml=round(total * voxel_ml, 1),
+                         midline_air=midline_air(lung, body))
 
 
 class ResampleToGrid:

@@ -264,3 +264,64 @@ def test_a_scan_without_lungs_is_refused(tmp_path: Path, shared_data: Path,
     assert anyway.placement is not None and anyway.placement.lung_ml == 0.0
     with pytest.raises(ModelConfigError, match="min_lung_ml"):
         CTStemConfig(min_lung_ml=-5.0)
+
+
+def test_midline_air_tells_a_mediastinum_from_a_hollow_object() -> None:
+    """Two lungs beside a mediastinum leave the body's midline tissue; the air inside a hollow
+    shell crosses it; lung slices with less than half the largest area are not read."""
+    from multimodal.cardiac import body_and_lungs
+    from multimodal.transforms import midline_air
+
+    body, lung = body_and_lungs(chest(12, (2, 9)), -400.0, lateral=False)
+    assert lung.any() and midline_air(lung, body) == 0.0
+    y, x = np.mgrid[:48, :48]
+    r = np.hypot(y - 24, x - 24)
+    shell = np.full((12, 48, 48), -1000.0, np.float32)
+    shell[:, (r >= 16) & (r < 20)] = 40.0
+    body, lung = body_and_lungs(shell, -400.0, lateral=False)
+    assert 0.75 < midline_air(lung, body) < 0.85  # 31 of 39 midline voxels are air
+    # a chest whose few top slices hold a hollow ring: the median of the chest slices rules
+    mixed = chest(12, (0, 11))
+    mixed[10:] = shell[10:]
+    body, lung = body_and_lungs(mixed, -400.0, lateral=False)
+    assert midline_air(lung, body) == 0.0
+    assert midline_air(np.zeros((3, 8, 8), bool), np.ones((3, 8, 8), bool)) == 0.0
+    # the placement reports it (the body labelled once for the lungs and the midline)
+    body, lung = body_and_lungs(shell, -400.0, lateral=False)
+    assert place_grid(shell, (12, 48, 48)).midline_air == midline_air(lung, body) > 0.75
+    assert place_grid(chest(12, (2, 9)), (12, 48, 48)).midline_air == 0.0
+
+
+def test_a_hollow_object_is_refused(tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """An air-filled shell with a wall as thick as a chest's (litres of enclosed air, so the
+    lung-volume check passes) is no chest: `load_study` refuses it with a typed input error
+    naming the folder, `medassist report` exits 3, and `--min-lung-ml 0` drafts it anyway;
+    the generated chest beside it and its setting are accepted."""
+    from medassist.cli import main
+    from medassist.drafting import load_study
+    from medassist.errors import NotAChestCTError
+    from multimodal.checkpoint import load_checkpoint
+    from tests.dicom_factory import write_series
+
+    _m, cfg, *_ = load_checkpoint(REPO / "models/demo")
+    assert cfg.ct.max_midline_air == 0.65
+    shell = tmp_path / "shell"
+    write_series(shell, [(0.0, 0.0, 5.0 * k) for k in range(24)], rows=64, cols=64,
+                 pixel_spacing=(5.0, 5.0),
+                 fn=lambda p: np.where(np.abs(np.hypot(p[..., 0] - 160, p[..., 1] - 160)
+                                              - 110) < 12, 40.0, -1000.0))
+    with pytest.raises(NotAChestCTError, match="of the body's midline") as info:
+        load_study(shell, cfg)
+    assert info.value.path == str(shell) and info.value.exit_code == 3
+    assert main(["report", str(shell), "--json"]) == 3
+    assert f"{shell}: its air fills" in capsys.readouterr().err
+    anyway = load_study(shell, dataclasses.replace(cfg, ct=dataclasses.replace(
+        cfg.ct, min_lung_ml=0.0)))
+    assert anyway.placement is not None and anyway.placement.midline_air > 0.65
+    assert anyway.placement.lung_ml > 300.0  # the volume check alone would draft it
+    off = dataclasses.replace(cfg, ct=dataclasses.replace(cfg.ct, max_midline_air=1.0))
+    assert load_study(shell, off).placement is not None
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ModelConfigError, match="max_midline_air"):
+            CTStemConfig(max_midline_air=bad)
