@@ -73,9 +73,8 @@ class CTStemConfig:
     #: a scan read from DICOM whose "lungs" fill more than this share of the body's midline
     #: (:func:`multimodal.transforms.midline_air`) is refused as no chest CT: a chest has its
     #: mediastinum there (400 generated chests 0.05 median, 0.09 at most; the shared real
-    #: A0001 0.21; bench/placement.py), the air
-    #: inside a hollow phantom crosses it (the shared Philips head phantom 0.90); 1 turns the
-    #: check off, and so does ``min_lung_ml`` 0
+    #: A0001 0.21; bench/placement.py), the air inside a hollow phantom crosses it (the
+    #: shared Philips head phantom 0.90); 1 turns the check off, and so does ``min_lung_ml`` 0
     max_midline_air: float = 0.65
     #: a scan noisier than this (:func:`multimodal.noise.noise_index`, HU) is smoothed in-plane
     #: down to it before the model reads it (:func:`multimodal.noise.match_noise`): the noisiest
