@@ -75,8 +75,9 @@ class TrainConfig:
     #: whatever the threshold objective would pick (a detector at chance whose calls raise the
     #: validation F1 does so by chance); 0 = off
     min_call_auroc: float = 0.0
-    #: zoom augmentation of the training cases (``multimodal.augment.AugmentConfig`` keys: p,
-    #: zoom, min_kept, seed); empty = none
+    #: augmentation of the training cases (``multimodal.augment.AugmentConfig`` keys: p,
+    #: zoom, min_kept, seed for the zoom; shift_p, shift_mm for an in-plane move); empty =
+    #: none
     augment: dict[str, Any] = field(default_factory=dict)
     #: a checkpoint folder whose weights and vocabulary start the run (fine-tuning); its
     #: architecture must be the model config's, or the config may add modules (their
@@ -175,17 +176,18 @@ def training_samples(tc: TrainConfig, cfg: Any, tok: Any,
     """Compact training samples of ``records`` (consumed: each record is dropped as its
     sample is built; an iterator, a folder's cases, is read one volume at a time), or with
     None of the case cache, one chunk of volumes at a time.  With
-    ``train.augment`` each case is first zoomed (:func:`augmented`)."""
+    ``train.augment`` each case is first zoomed and / or moved in-plane (:func:`augmented`)."""
     from medassist.model_data import compact, iter_cached_chunks, record_sample
-    from multimodal.augment import RandZoom
+    from multimodal.augment import RandShift, RandZoom
 
     aug = tc.augment_config()
     t = RandZoom(aug) if aug.active else None
+    shift = RandShift(aug, cfg.ct.spacing_mm) if aug.shift_active else None
     samples: list[dict[str, Any]] = []
 
     def add(r: CaseRecord) -> None:
         if t is not None:
-            r = augmented(r, t, aug.seed, tc.data_seed, len(samples))
+            r = augmented(r, t, aug.seed, tc.data_seed, len(samples), shift)
         samples.append(compact(record_sample(r, cfg, tok, tc.max_emr_tokens), cfg))
 
     if records is None:
@@ -234,23 +236,35 @@ def release_free_heap() -> bool:
     return True
 
 
-def augmented(r: CaseRecord, t: Any, seed: int, data_seed: int, index: int) -> CaseRecord:
+def augmented(r: CaseRecord, t: Any, seed: int, data_seed: int, index: int,
+              shift: Any = None) -> CaseRecord:
     """``r`` zoomed by ``t`` (:class:`multimodal.augment.RandZoom`) with training case
     ``index``'s own generator: volume, label map and every finding's size (mm) scale
-    together; the factor goes to ``meta["zoom"]`` (None: left as generated)."""
+    together; the factor goes to ``meta["zoom"]`` (None: left as generated).  Then, with
+    ``shift`` (:class:`multimodal.augment.RandShift`), volume and label map move in-plane
+    with the same generator's next draws; the move (rows, columns) goes to
+    ``meta["shift"]`` (None: not moved).  Without ``shift`` no draw is added, so a zoom-only
+    run draws as before."""
     import dataclasses
 
     from multimodal.augment import case_rng
 
     if r.hu is None:
         return r
-    hu, lab, f = t(r.hu, r.label_map, case_rng(seed, data_seed, index))
+    rng = case_rng(seed, data_seed, index)
+    hu, lab, f = t(r.hu, r.label_map, rng)
+    meta: dict[str, Any] = {**r.meta, "zoom": f}
+    findings = r.findings if f is None else [
+        {**x, "size_mm": float(x["size_mm"]) * f} if "size_mm" in x else x
+        for x in r.findings]
     if f is None:
-        return dataclasses.replace(r, meta={**r.meta, "zoom": None})
-    findings = [{**x, "size_mm": float(x["size_mm"]) * f} if "size_mm" in x else x
-                for x in r.findings]
-    return dataclasses.replace(r, hu=hu, label_map=lab, findings=findings,
-                               meta={**r.meta, "zoom": f})
+        hu, lab = r.hu, r.label_map
+    if shift is not None:
+        moved_hu, moved_lab, d = shift(hu, lab, rng)
+        meta["shift"] = None if d is None else [int(d[0]), int(d[1])]
+        if d is not None:
+            hu, lab = moved_hu, moved_lab
+    return dataclasses.replace(r, hu=hu, label_map=lab, findings=findings, meta=meta)
 
 
 # --------------------------------------------------------------------------- train

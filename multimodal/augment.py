@@ -1,4 +1,5 @@
-"""Training augmentation: the same chest at another patient size (isotropic zoom).
+"""Training augmentation: the same chest at another patient size (isotropic zoom), and at
+another place in-plane (a shift, as a patient lies higher or lower on the table).
 
 On the fixed physical grid a larger patient is a magnified chest, and the finding sizes grow
 with it.  :class:`RandZoom` magnifies (factor > 1) or shrinks a (z, y, x) HU volume and its
@@ -8,6 +9,11 @@ surround is air, along z the edge slices continue (a scan is cut from a longer b
 case draws its own factor with a generator seeded by the case, so a training run and its
 resume see the same volumes.  MONAI-style: inputs are never mutated, and
 :class:`RandZoomd` leaves a missing CT missing.
+
+:class:`RandShift` moves the volume and its label map in-plane by whole voxels (up to
+``shift_mm`` along y and along x, air coming in): the generated chests all lie at the grid's
+centre, and a findings head trained on them reads a body 33 mm off it as consolidated
+(``bench/position.py``, docs/model.md "Thirtieth round").
 """
 
 from __future__ import annotations
@@ -36,9 +42,14 @@ class AugmentConfig:
     p: float = 0.0
     #: the zoom factor's range (drawn log-uniformly): > 1 a larger patient
     zoom: tuple[float, float] = (1.0, 1.0)
-    #: a zoom is kept only if every finding keeps this share of its voxels on the grid
+    #: a zoom (or shift) is kept only if every finding keeps this share of its voxels on the
+    #: grid
     min_kept: float = 0.5
     seed: int = 0
+    #: share of the training cases moved in-plane (after any zoom)
+    shift_p: float = 0.0
+    #: the largest move along y and along x (mm; drawn uniformly per axis, whole voxels)
+    shift_mm: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "zoom", tuple(float(x) for x in self.zoom))
@@ -49,10 +60,24 @@ class AugmentConfig:
                                    f"got {list(self.zoom)}")
         if not 0.0 <= self.min_kept <= 1.0:
             raise ModelConfigError(f"augment.min_kept must be in [0, 1], got {self.min_kept}")
+        if not 0.0 <= self.shift_p <= 1.0:
+            raise ModelConfigError(f"augment.shift_p must be in [0, 1], got {self.shift_p}")
+        if not 0.0 <= self.shift_mm <= 200.0:
+            raise ModelConfigError(f"augment.shift_mm must be in [0, 200], got "
+                                   f"{self.shift_mm}")
+
+    @property
+    def zoom_active(self) -> bool:
+        return self.p > 0.0 and self.zoom != (1.0, 1.0)
+
+    @property
+    def shift_active(self) -> bool:
+        return self.shift_p > 0.0 and self.shift_mm > 0.0
 
     @property
     def active(self) -> bool:
-        return self.p > 0.0 and self.zoom != (1.0, 1.0)
+        """Anything to do: a zoom or a shift."""
+        return self.zoom_active or self.shift_active
 
 
 def zoom_volume(hu: npt.ArrayLike, factor: float, labels: npt.ArrayLike | None = None
@@ -99,7 +124,7 @@ class RandZoom:
 
     def draw(self, rng: np.random.Generator) -> float | None:
         c = self.cfg
-        if not c.active or rng.random() >= c.p:
+        if not c.zoom_active or rng.random() >= c.p:
             return None
         return float(np.exp(rng.uniform(np.log(c.zoom[0]), np.log(c.zoom[1]))))
 
@@ -118,6 +143,64 @@ class RandZoom:
                 if (lab == v).sum() < self.cfg.min_kept * (lab_in == v).sum() * min(f, 1.0) ** 3:
                     return a.copy(), lab_in.copy(), None
         return out, lab, f
+
+
+def shift_volume(hu: npt.ArrayLike, dy: int, dx: int, labels: npt.ArrayLike | None = None
+                 ) -> tuple[F32, npt.NDArray[np.uint8] | None]:
+    """(z, y, x) HU (and label map) moved by ``dy`` rows (+: towards the back) and ``dx``
+    columns in-plane; the same shape out, air (label 0) where nothing comes in."""
+    a = np.asarray(hu, np.float32)
+    if a.ndim != 3:
+        raise ShapeError(f"expected a (z, y, x) HU volume, got shape {a.shape}")
+    if labels is not None and np.shape(labels) != a.shape:
+        raise ShapeError(f"label map {np.shape(labels)} does not match the volume {a.shape}")
+
+    def span(d: int, n: int) -> tuple[slice, slice]:  # (source, destination)
+        d = max(-n, min(n, d))
+        return (slice(0, n - d), slice(d, n)) if d >= 0 else (slice(-d, n), slice(0, n + d))
+
+    (ys, yd), (xs, xd) = span(dy, a.shape[1]), span(dx, a.shape[2])
+    out = np.full(a.shape, AIR, np.float32)
+    out[:, yd, xd] = a[:, ys, xs]
+    lab = None
+    if labels is not None:
+        lab = np.zeros(a.shape, np.uint8)
+        lab[:, yd, xd] = np.asarray(labels, np.uint8)[:, ys, xs]
+    return out, lab
+
+
+class RandShift:
+    """(hu, label map or None, generator) -> (hu, label map, (dy, dx) in voxels, or None: left
+    as is); ``spacing_mm`` the grid's (z, y, x) voxel size."""
+
+    def __init__(self, cfg: AugmentConfig, spacing_mm: Sequence[float]) -> None:
+        if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
+            raise ShapeError(f"spacing_mm must be 3 values > 0, got {tuple(spacing_mm)}")
+        self.cfg = cfg
+        self.spacing = tuple(float(s) for s in spacing_mm)
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int] | None:
+        c = self.cfg
+        if not c.shift_active or rng.random() >= c.shift_p:
+            return None
+        dy, dx = (round(float(rng.uniform(-c.shift_mm, c.shift_mm)) / s)
+                  for s in self.spacing[1:])
+        return (dy, dx) if (dy, dx) != (0, 0) else None
+
+    def __call__(self, hu: npt.ArrayLike, labels: npt.ArrayLike | None,
+                 rng: np.random.Generator
+                 ) -> tuple[F32, npt.NDArray[np.uint8] | None, tuple[int, int] | None]:
+        a = np.asarray(hu, np.float32)
+        lab_in = None if labels is None else np.asarray(labels, np.uint8)
+        d = self.draw(rng)
+        if d is None:
+            return a.copy(), None if lab_in is None else lab_in.copy(), None
+        out, lab = shift_volume(a, d[0], d[1], lab_in)
+        if lab_in is not None and lab is not None:
+            for v in np.unique(lab_in[lab_in > 0]):
+                if (lab == v).sum() < self.cfg.min_kept * (lab_in == v).sum():
+                    return a.copy(), lab_in.copy(), None
+        return out, lab, d
 
 
 def case_rng(seed: int, data_seed: int, index: int) -> np.random.Generator:
@@ -145,4 +228,25 @@ class RandZoomd(MapTransformd):
         return out
 
 
-__all__ = ["AugmentConfig", "RandZoom", "RandZoomd", "case_rng", "zoom_volume"]
+class RandShiftd(MapTransformd):
+    """Moves the HU volume under each key and ``{key}_labels`` when present
+    (:class:`RandShift`), with ``data["rng"]``; writes ``{key}_shift`` ((dy, dx) or None)."""
+
+    def __init__(self, keys: Sequence[str], cfg: AugmentConfig, spacing_mm: Sequence[float],
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.t = RandShift(cfg, spacing_mm)
+
+    def apply(self, key: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        rng = data.get("rng")
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError("RandShiftd needs data['rng'], a numpy Generator")
+        hu, lab, d = self.t(data[key], data.get(f"{key}_labels"), rng)
+        out: dict[str, Any] = {key: hu, f"{key}_shift": d}
+        if lab is not None:
+            out[f"{key}_labels"] = lab
+        return out
+
+
+__all__ = ["AugmentConfig", "RandShift", "RandShiftd", "RandZoom", "RandZoomd", "case_rng",
+           "shift_volume", "zoom_volume"]

@@ -121,3 +121,102 @@ def test_sample_building_returns_the_free_heap() -> None:
 
     # glibc (every Linux CI image here) has malloc_trim; elsewhere the call reports False
     assert release_free_heap() is (ctypes.util.find_library("c") is not None)
+
+
+def test_shift_moves_volume_and_labels_in_plane() -> None:
+    """Whole voxels along y (+: towards the back) and x, air and label 0 coming in; a move
+    past the grid leaves air; bad shapes refused; the input untouched."""
+    from multimodal.augment import AIR, shift_volume
+
+    hu = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
+    lab = np.zeros((2, 5, 6), np.uint8)
+    lab[:, 1, 2] = 3
+    out, moved = shift_volume(hu, 2, -1, lab)
+    assert moved is not None and out.shape == hu.shape
+    assert np.array_equal(out[:, 2:, :5], hu[:, :3, 1:])
+    assert (out[:, :2, :] == AIR).all() and (out[:, :, 5] == AIR).all()
+    assert np.argwhere(moved[0] == 3).tolist() == [[3, 1]] and moved.sum() == 6
+    assert hu[0, 0, 0] == 0 and lab.sum() == 6
+    gone, _ = shift_volume(hu, 9, 0)
+    assert (gone == AIR).all()
+    with pytest.raises(ShapeError):
+        shift_volume(hu[0], 1, 1)
+    with pytest.raises(ShapeError):
+        shift_volume(hu, 1, 1, lab[:, :4])
+
+
+def test_rand_shift_draws_whole_voxels_keeps_findings_and_validates() -> None:
+    from multimodal.augment import RandShift, RandShiftd
+
+    shape = (8, 40, 40)
+    hu = np.full(shape, -800.0, np.float32)
+    lab = _ball(shape, (4, 20, 20), 3).astype(np.uint8)
+    t = RandShift(AugmentConfig(shift_p=1.0, shift_mm=11.0), (5.0, 2.75, 2.75))
+    moves = [t(hu, lab, case_rng(0, 7, i))[2] for i in range(30)]
+    assert all(d is None or max(abs(d[0]), abs(d[1])) <= 4 for d in moves)  # 11 / 2.75
+    assert sum(d is not None for d in moves) >= 25
+    assert moves == [t(hu, lab, case_rng(0, 7, i))[2] for i in range(30)]
+    out, moved, d = t(hu, lab, case_rng(0, 7, 0))
+    assert d is not None and moved is not None
+    assert np.array_equal(np.roll(np.roll(lab, d[0], 1), d[1], 2), moved)  # inside the grid
+    assert (out == -1024.0).any()  # air came in where the volume moved away
+    edge = _ball(shape, (4, 20, 38), 2).astype(np.uint8)  # most of it would leave the grid
+    far = RandShift(AugmentConfig(shift_p=1.0, shift_mm=30.0), (5.0, 1.0, 1.0))
+    left = [far(hu, edge, case_rng(1, 7, i)) for i in range(20)]
+    for kept, kept_lab, dd in left:
+        assert kept_lab is not None
+        if dd is None:
+            assert np.array_equal(kept_lab, edge) and np.array_equal(kept, hu)
+        else:
+            assert (kept_lab > 0).sum() >= 0.5 * (edge > 0).sum()
+    assert any(dd is None for _k, _l, dd in left)
+    off = RandShift(AugmentConfig(shift_p=0.0, shift_mm=10.0), (5.0, 2.75, 2.75))
+    same, same_lab, none = off(hu, lab, np.random.default_rng(0))
+    assert none is None and np.array_equal(same, hu) and same is not hu
+    assert same_lab is not None and np.array_equal(same_lab, lab)
+    assert AugmentConfig(shift_p=0.5, shift_mm=20.0).active
+    assert not AugmentConfig(shift_p=0.5).active and not AugmentConfig(shift_mm=9.0).active
+    for bad in ({"shift_p": 1.5}, {"shift_mm": -1.0}, {"shift_mm": 500.0}):
+        with pytest.raises(ModelConfigError, match=r"augment\.shift"):
+            AugmentConfig(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ShapeError):
+        RandShift(AugmentConfig(), (5.0, 0.0, 2.75))
+    d_t = RandShiftd(("ct",), AugmentConfig(shift_p=1.0, shift_mm=11.0), (5.0, 2.75, 2.75),
+                     allow_missing_keys=True)
+    assert d_t({"ct": None, "rng": np.random.default_rng(0)})["ct"] is None
+    got = d_t({"ct": hu, "ct_labels": lab, "rng": case_rng(0, 7, 0)})
+    assert got["ct_shift"] == d and np.array_equal(got["ct_labels"], moved)
+    with pytest.raises(ValueError, match="rng"):
+        d_t({"ct": hu})
+
+
+def test_training_case_shift_after_the_zoom_with_the_same_draws() -> None:
+    """A training case moved in-plane: the label map moves with it, the sizes stay; the move
+    is recorded; a zoom-only run draws as before the shift existed."""
+    shape = (16, 32, 32)
+    lab = _ball(shape, (8, 16, 16), 3).astype(np.uint8)
+    rec = CaseRecord(case_id="c", hu=np.full(shape, -800, np.int16), label_map=lab,
+                     findings=[{"kind": "lung_nodule", "label_value": 1, "size_mm": 8.0}],
+                     emr=None, report_text="", meta={"impression": []})
+    from multimodal.augment import RandShift
+
+    aug = AugmentConfig(shift_p=1.0, shift_mm=8.25)
+    zoom = RandZoom(aug)
+    cases = [augmented(rec, zoom, 0, 7, i, RandShift(aug, (5.0, 2.75, 2.75)))
+             for i in range(10)]
+    for c in cases:
+        assert c.meta["zoom"] is None and c.findings[0]["size_mm"] == 8.0
+        d = c.meta["shift"]
+        assert c.label_map is not None
+        if d is None:
+            assert np.array_equal(c.label_map, lab)
+        else:
+            assert np.array_equal(c.label_map, np.roll(np.roll(lab, d[0], 1), d[1], 2))
+    assert any(c.meta["shift"] for c in cases)
+    both = AugmentConfig(p=0.5, zoom=(0.9, 1.2), shift_p=1.0, shift_mm=8.25)
+    only = AugmentConfig(p=0.5, zoom=(0.9, 1.2))
+    assert [augmented(rec, RandZoom(both), 0, 7, i, RandShift(both, (5.0, 2.75, 2.75)))
+            .meta["zoom"] for i in range(20)] == \
+        [augmented(rec, RandZoom(only), 0, 7, i).meta["zoom"] for i in range(20)]
+    assert "shift" not in augmented(rec, RandZoom(only), 0, 7, 0).meta
+    assert rec.label_map is lab and rec.meta == {"impression": []}
