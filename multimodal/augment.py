@@ -137,12 +137,20 @@ class RandZoom:
         if f is None:
             return a.copy(), None if lab_in is None else lab_in.copy(), None
         out, lab = zoom_volume(a, f, lab_in)
-        if lab_in is not None and lab is not None:
-            for v in np.unique(lab_in[lab_in > 0]):
-                # voxel counts scale by f^3; a finding cut by the grid edge loses more
-                if (lab == v).sum() < self.cfg.min_kept * (lab_in == v).sum() * min(f, 1.0) ** 3:
-                    return a.copy(), lab_in.copy(), None
+        # voxel counts scale by f^3; a finding cut by the grid edge loses more
+        if not _findings_kept(lab_in, lab, self.cfg.min_kept * min(f, 1.0) ** 3):
+            return a.copy(), None if lab_in is None else lab_in.copy(), None
         return out, lab, f
+
+
+def _findings_kept(before: npt.NDArray[np.uint8] | None, after: npt.NDArray[np.uint8] | None,
+                   share: float) -> bool:
+    """Every finding of label map ``before`` keeps at least ``share`` of its voxel count in
+    ``after`` (True without label maps)."""
+    if before is None or after is None:
+        return True
+    return all((after == v).sum() >= share * (before == v).sum()
+               for v in np.unique(before[before > 0]))
 
 
 def shift_volume(hu: npt.ArrayLike, dy: int, dx: int, labels: npt.ArrayLike | None = None
@@ -196,10 +204,8 @@ class RandShift:
         if d is None:
             return a.copy(), None if lab_in is None else lab_in.copy(), None
         out, lab = shift_volume(a, d[0], d[1], lab_in)
-        if lab_in is not None and lab is not None:
-            for v in np.unique(lab_in[lab_in > 0]):
-                if (lab == v).sum() < self.cfg.min_kept * (lab_in == v).sum():
-                    return a.copy(), lab_in.copy(), None
+        if not _findings_kept(lab_in, lab, self.cfg.min_kept):
+            return a.copy(), None if lab_in is None else lab_in.copy(), None
         return out, lab, d
 
 
@@ -208,44 +214,46 @@ def case_rng(seed: int, data_seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, data_seed, index])
 
 
-class RandZoomd(MapTransformd):
-    """Zooms the HU volume under each key and ``{key}_labels`` when present
-    (:class:`RandZoom`), with ``data["rng"]``; writes ``{key}_zoom`` (the factor or None)."""
+class _RandMapd(MapTransformd):
+    """Applies the array transform ``t`` ((hu, label map, generator) -> (hu, label map, what
+    it drew)) to the HU volume under each key and ``{key}_labels`` when present, with
+    ``data["rng"]``; writes ``{key}_{name}`` (what it drew, or None)."""
+
+    name = ""
+
+    def __init__(self, keys: Sequence[str], t: Any, allow_missing_keys: bool) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.t = t
+
+    def apply(self, key: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        rng = data.get("rng")
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"{type(self).__name__} needs data['rng'], a numpy Generator")
+        hu, lab, drawn = self.t(data[key], data.get(f"{key}_labels"), rng)
+        out: dict[str, Any] = {key: hu, f"{key}_{self.name}": drawn}
+        if lab is not None:
+            out[f"{key}_labels"] = lab
+        return out
+
+
+class RandZoomd(_RandMapd):
+    """Zooms (:class:`RandZoom`); writes ``{key}_zoom`` (the factor or None)."""
+
+    name = "zoom"
 
     def __init__(self, keys: Sequence[str], cfg: AugmentConfig,
                  allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.t = RandZoom(cfg)
-
-    def apply(self, key: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        rng = data.get("rng")
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError("RandZoomd needs data['rng'], a numpy Generator")
-        hu, lab, f = self.t(data[key], data.get(f"{key}_labels"), rng)
-        out: dict[str, Any] = {key: hu, f"{key}_zoom": f}
-        if lab is not None:
-            out[f"{key}_labels"] = lab
-        return out
+        super().__init__(keys, RandZoom(cfg), allow_missing_keys)
 
 
-class RandShiftd(MapTransformd):
-    """Moves the HU volume under each key and ``{key}_labels`` when present
-    (:class:`RandShift`), with ``data["rng"]``; writes ``{key}_shift`` ((dy, dx) or None)."""
+class RandShiftd(_RandMapd):
+    """Moves in-plane (:class:`RandShift`); writes ``{key}_shift`` ((dy, dx) or None)."""
+
+    name = "shift"
 
     def __init__(self, keys: Sequence[str], cfg: AugmentConfig, spacing_mm: Sequence[float],
                  allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.t = RandShift(cfg, spacing_mm)
-
-    def apply(self, key: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        rng = data.get("rng")
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError("RandShiftd needs data['rng'], a numpy Generator")
-        hu, lab, d = self.t(data[key], data.get(f"{key}_labels"), rng)
-        out: dict[str, Any] = {key: hu, f"{key}_shift": d}
-        if lab is not None:
-            out[f"{key}_labels"] = lab
-        return out
+        super().__init__(keys, RandShift(cfg, spacing_mm), allow_missing_keys)
 
 
 __all__ = ["AugmentConfig", "RandShift", "RandShiftd", "RandZoom", "RandZoomd", "case_rng",
