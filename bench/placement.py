@@ -109,7 +109,7 @@ def fast_path(studies: Sequence[Path], dicom_z0: Sequence[float], cfg: Any,
 def score(studies: Sequence[Path], cfg: Any, grid_z0: list[float] | None = None
           ) -> dict[str, Any]:
     """``grid_z0``, if given, gets each placed grid's first slice z (mm)."""
-    from medassist.drafting import load_study
+    from medassist.drafting import load_study, not_a_chest
 
     limits = cfg.ct
     cfg = dataclasses.replace(cfg, ct=dataclasses.replace(cfg.ct, min_lung_ml=0.0))
@@ -133,8 +133,7 @@ def score(studies: Sequence[Path], cfg: Any, grid_z0: list[float] | None = None
         if placed.placement is None or centre.placement is None:
             raise RuntimeError(f"{s}: no placement recorded")
         midline.append(placed.placement.midline_air)
-        refused += int(placed.placement.lung_ml < limits.min_lung_ml
-                       or placed.placement.midline_air > limits.max_midline_air)
+        refused += bool(not_a_chest(placed.placement, limits))
         placed_in.append(placed.placement.lung_in_grid)
         centre_in.append(centre.placement.lung_in_grid)
         centre_z.append(centre.placement.lung_in_z)

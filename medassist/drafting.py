@@ -104,6 +104,25 @@ class Study:
         return crop_or_pad(r, self.grid_shape, 0.0, self._starts()).astype(np.uint8)
 
 
+def not_a_chest(placement: Any, ct: Any) -> str:
+    """Why a scan read from DICOM is no chest CT, by its grid placement
+    (:class:`multimodal.transforms.GridPlacement`) and the checkpoint's ``ct`` settings:
+    less aerated lung than ``ct.min_lung_ml``, or air filling more of the body's midline
+    than ``ct.max_midline_air``; "" where it is one (and always with ``min_lung_ml`` 0)."""
+    if placement.lung_ml < ct.min_lung_ml:
+        return (f"the scan holds {placement.lung_ml:.0f} mL of aerated lung, less than the "
+                f"{ct.min_lung_ml:g} mL of any chest CT; medassist drafts chest CT reports. "
+                "Give the chest series, or draft anyway with `medassist report --min-lung-ml "
+                "0` (a chest whose lungs are airless).")
+    if ct.min_lung_ml > 0 and placement.midline_air > ct.max_midline_air:
+        return (f"its air fills {placement.midline_air:.0%} of the body's midline on the "
+                f"slices with the most of it (a chest's mediastinum leaves at most "
+                f"{ct.max_midline_air:.0%}): a hollow phantom or object, not two lungs beside "
+                "a mediastinum; medassist drafts chest CT reports. Give a chest series, or "
+                "draft anyway with `medassist report --min-lung-ml 0`.")
+    return ""
+
+
 def load_study(path: str | Path, model_cfg: Any) -> Study:
     """Read the CT with dicom_io, orient it canonically (z, y, x ascending LPS) and resample it
     to the model grid."""
@@ -128,25 +147,11 @@ def load_study(path: str | Path, model_cfg: Any) -> Study:
     rs = ResampleToGrid(model_cfg.ct.spacing_mm, model_cfg.ct.grid_shape, model_cfg.ct.pad_hu,
                         model_cfg.ct.placement, model_cfg.ct.placement_max_loss)
     hu, placement = rs.place(np.ascontiguousarray(arr), spacing)
-    if placement.lung_ml < model_cfg.ct.min_lung_ml:
+    reason = not_a_chest(placement, model_cfg.ct)
+    if reason:
         from medassist.errors import NotAChestCTError
 
-        raise NotAChestCTError(
-            f"{path}: the scan holds {placement.lung_ml:.0f} mL of aerated lung, less than the "
-            f"{model_cfg.ct.min_lung_ml:g} mL of any chest CT; medassist drafts chest CT "
-            "reports. Give the chest series, or draft anyway with `medassist report "
-            "--min-lung-ml 0` (a chest whose lungs are airless).", path=str(path),
-            kind="NotAChestCT")
-    if model_cfg.ct.min_lung_ml > 0 and placement.midline_air > model_cfg.ct.max_midline_air:
-        from medassist.errors import NotAChestCTError
-
-        raise NotAChestCTError(
-            f"{path}: its air fills {placement.midline_air:.0%} of the body's midline on the "
-            f"slices with the most of it (a chest's mediastinum leaves at most "
-            f"{model_cfg.ct.max_midline_air:.0%}): a hollow phantom or object, not two lungs "
-            "beside a mediastinum; medassist drafts chest CT reports. Give a chest series, or "
-            "draft anyway with `medassist report --min-lung-ml 0`.", path=str(path),
-            kind="NotAChestCT")
+        raise NotAChestCTError(f"{path}: {reason}", path=str(path), kind="NotAChestCT")
     h = hashlib.sha256()
     for f in vol.provenance.source_files:  # a file, or a zip archive's member (a!b)
         h.update(read_source(f))

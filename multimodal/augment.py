@@ -135,12 +135,18 @@ class RandZoom:
         lab_in = None if labels is None else np.asarray(labels, np.uint8)
         f = self.draw(rng)
         if f is None:
-            return a.copy(), None if lab_in is None else lab_in.copy(), None
+            return _as_is(a, lab_in)
         out, lab = zoom_volume(a, f, lab_in)
         # voxel counts scale by f^3; a finding cut by the grid edge loses more
         if not _findings_kept(lab_in, lab, self.cfg.min_kept * min(f, 1.0) ** 3):
-            return a.copy(), None if lab_in is None else lab_in.copy(), None
+            return _as_is(a, lab_in)
         return out, lab, f
+
+
+def _as_is(hu: F32, labels: npt.NDArray[np.uint8] | None
+           ) -> tuple[F32, npt.NDArray[np.uint8] | None, None]:
+    """A case left as it was: copies of its volume and label map, nothing drawn."""
+    return hu.copy(), None if labels is None else labels.copy(), None
 
 
 def _findings_kept(before: npt.NDArray[np.uint8] | None, after: npt.NDArray[np.uint8] | None,
@@ -202,10 +208,10 @@ class RandShift:
         lab_in = None if labels is None else np.asarray(labels, np.uint8)
         d = self.draw(rng)
         if d is None:
-            return a.copy(), None if lab_in is None else lab_in.copy(), None
+            return _as_is(a, lab_in)
         out, lab = shift_volume(a, d[0], d[1], lab_in)
         if not _findings_kept(lab_in, lab, self.cfg.min_kept):
-            return a.copy(), None if lab_in is None else lab_in.copy(), None
+            return _as_is(a, lab_in)
         return out, lab, d
 
 
