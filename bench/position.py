@@ -25,21 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def moved(hu: npt.NDArray[np.float32], dy: int, dx: int, pad: float) -> npt.NDArray[np.float32]:
-    """``hu`` (Z, Y, X) with its content moved by ``dy`` rows and ``dx`` columns, the
-    uncovered border filled with ``pad``."""
-    out = np.full_like(hu, pad)
-    ys, yd = (slice(0, hu.shape[1] - dy), slice(dy, None)) if dy >= 0 else \
-        (slice(-dy, None), slice(0, hu.shape[1] + dy))
-    xs, xd = (slice(0, hu.shape[2] - dx), slice(dx, None)) if dx >= 0 else \
-        (slice(-dx, None), slice(0, hu.shape[2] + dx))
-    out[:, yd, xd] = hu[:, ys, xs]
-    return out
 
 
 def main() -> None:
@@ -54,6 +41,7 @@ def main() -> None:
     import torch
 
     from medassist.model_data import folder_records, label_targets, record_sample
+    from multimodal.augment import shift_volume
     from multimodal.checkpoint import load_checkpoint
     from multimodal.heads import predict_findings
     from multimodal.training import predict
@@ -67,7 +55,8 @@ def main() -> None:
         truth = label_targets(r.findings, labels, cfg.heads.locations)["present"] > 0
         hu = np.asarray(r.hu, np.float32)
         for dy, dx in moves:
-            rec = dataclasses.replace(r, hu=moved(hu, dy, dx, cfg.ct.pad_hu), label_map=None)
+            moved, _ = shift_volume(hu, dy, dx, pad=cfg.ct.pad_hu)
+            rec = dataclasses.replace(r, hu=moved, label_map=None)
             with torch.no_grad():
                 out = predict(model, [record_sample(rec, cfg, tok, with_report=False)], 1)[0]
             called = np.array([p.present for p in predict_findings(out, cfg.heads, cfg.ct)[0]])

@@ -159,10 +159,10 @@ def _findings_kept(before: npt.NDArray[np.uint8] | None, after: npt.NDArray[np.u
                for v in np.unique(before[before > 0]))
 
 
-def shift_volume(hu: npt.ArrayLike, dy: int, dx: int, labels: npt.ArrayLike | None = None
-                 ) -> tuple[F32, npt.NDArray[np.uint8] | None]:
+def shift_volume(hu: npt.ArrayLike, dy: int, dx: int, labels: npt.ArrayLike | None = None,
+                 pad: float = AIR) -> tuple[F32, npt.NDArray[np.uint8] | None]:
     """(z, y, x) HU (and label map) moved by ``dy`` rows (+: towards the back) and ``dx``
-    columns in-plane; the same shape out, air (label 0) where nothing comes in."""
+    columns in-plane; the same shape out, ``pad`` HU (label 0) where nothing comes in."""
     a = np.asarray(hu, np.float32)
     if a.ndim != 3:
         raise ShapeError(f"expected a (z, y, x) HU volume, got shape {a.shape}")
@@ -174,7 +174,7 @@ def shift_volume(hu: npt.ArrayLike, dy: int, dx: int, labels: npt.ArrayLike | No
         return (slice(0, n - d), slice(d, n)) if d >= 0 else (slice(-d, n), slice(0, n + d))
 
     (ys, yd), (xs, xd) = span(dy, a.shape[1]), span(dx, a.shape[2])
-    out = np.full(a.shape, AIR, np.float32)
+    out = np.full(a.shape, pad, np.float32)
     out[:, yd, xd] = a[:, ys, xs]
     lab = None
     if labels is not None:

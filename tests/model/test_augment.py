@@ -125,7 +125,8 @@ def test_sample_building_returns_the_free_heap() -> None:
 
 def test_shift_moves_volume_and_labels_in_plane() -> None:
     """Whole voxels along y (+: towards the back) and x, air and label 0 coming in; a move
-    past the grid leaves air; bad shapes refused; the input untouched."""
+    past the grid leaves air, or the padding asked for; bad shapes refused; the input
+    untouched."""
     from multimodal.augment import AIR, shift_volume
 
     hu = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
@@ -139,6 +140,8 @@ def test_shift_moves_volume_and_labels_in_plane() -> None:
     assert hu[0, 0, 0] == 0 and lab.sum() == 6
     gone, _ = shift_volume(hu, 9, 0)
     assert (gone == AIR).all()
+    padded, _ = shift_volume(hu, 0, 2, pad=-1000.0)  # a grid's own padding (bench/position.py)
+    assert (padded[:, :, :2] == -1000.0).all() and np.array_equal(padded[:, :, 2:], hu[:, :, :4])
     with pytest.raises(ShapeError):
         shift_volume(hu[0], 1, 1)
     with pytest.raises(ShapeError):
