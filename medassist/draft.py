@@ -132,6 +132,18 @@ def _axes(v: Any, where: str, flags: Collection[str]) -> tuple[float, float, flo
     return vals[0], vals[1], vals[2]
 
 
+def _side_evidence(v: Any, where: str, laterality: str | None) -> tuple[float, float] | None:
+    """The pooled presence of a finding's left and right patches ({"left": p, "right": p}),
+    the evidence its side was read from; only a sided finding has it."""
+    if v is None:
+        return None
+    if laterality is None:
+        raise DraftError("side evidence is given only for a finding with a laterality",
+                         field=where)
+    d = _obj(v, where, ("left", "right"))
+    return _prob(d["left"], f"{where}.left"), _prob(d["right"], f"{where}.right")
+
+
 # --- the dataclasses ------------------------------------------------------------------
 
 
@@ -209,18 +221,25 @@ class Finding:
     #: of its largest axial section and its craniocaudal extent, mm; None otherwise.
     #: Optional in the JSON (drafts before stop 31).
     size_axes_mm: tuple[float, float, float] | None = None
+    #: the pooled presence of its left and right patches, from which its side was read
+    #: (flag ``side_uncertain`` where they are near equal); None where the side was not read
+    #: per side.  Optional in the JSON (drafts before stop 42).
+    side_evidence: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         _ratio(self.ratio, f"finding {self.label}.ratio")
         _axes(None if self.size_axes_mm is None else list(self.size_axes_mm),
               f"finding {self.label}.size_axes_mm", self.flags)
+        _side_evidence(None if self.side_evidence is None else dict(
+            zip(("left", "right"), self.side_evidence, strict=True)),
+            f"finding {self.label}.side_evidence", self.laterality)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "finding",
                   labels: Collection[str] | None = None) -> Finding:
         d = _obj(data, where, ("label", "present", "probability", "laterality", "location",
                                "size_mm", "sentence", "evidence", "flags"),
-                  optional=("ratio", "size_axes_mm"))
+                  optional=("ratio", "size_axes_mm", "side_evidence"))
         label = _str(d["label"], f"{where}.label", nonempty=True)
         if labels is not None and label not in labels:
             raise DraftError(f"unknown finding label {label!r}; known: {sorted(labels)}",
@@ -236,6 +255,7 @@ class Finding:
                       for i, v in enumerate(_list(d["flags"], f"{where}.flags")))
         ratio = _ratio(d.get("ratio"), f"{where}.ratio")
         axes = _axes(d.get("size_axes_mm"), f"{where}.size_axes_mm", flags)
+        side_ev = _side_evidence(d.get("side_evidence"), f"{where}.side_evidence", lat)
         return cls(
             label=label,
             present=_bool(d["present"], f"{where}.present"),
@@ -245,7 +265,7 @@ class Finding:
             size_mm=size,
             sentence=_str(d["sentence"], f"{where}.sentence"),
             evidence=Evidence.from_dict(d["evidence"], f"{where}.evidence"),
-            flags=flags, ratio=ratio, size_axes_mm=axes,
+            flags=flags, ratio=ratio, size_axes_mm=axes, side_evidence=side_ev,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,6 +279,9 @@ class Finding:
             out["ratio"] = self.ratio
         if self.size_axes_mm is not None:
             out["size_axes_mm"] = list(self.size_axes_mm)
+        if self.side_evidence is not None:
+            out["side_evidence"] = {"left": self.side_evidence[0],
+                                    "right": self.side_evidence[1]}
         return out
 
 

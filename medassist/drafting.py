@@ -435,6 +435,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
         complete,
         guard,
         history_unstated_labels,
+        mark_uncertain_sides,
         mark_unmeasured_sizes,
         restate_ratios,
         restate_sizes,
@@ -475,6 +476,13 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     # sentences (of the Findings and the Impression) contradicting the findings head, or
     # resting on an unreliable detector, are marked
     findings_text, omitted = complete(findings_text, head, sentences)
+    # a called finding whose side rests on near-equal evidence on the left and the right:
+    # every sentence stating its side is marked (its own sentence too)
+    side_uncertain = {p.label for p in preds if p.present and p.side_uncertain}
+    findings_text, _ = mark_uncertain_sides(findings_text, side_uncertain)
+    impression, _ = mark_uncertain_sides(impression, side_uncertain)
+    sentences.update({lab: mark_uncertain_sides(sentences[lab], side_uncertain)[0]
+                      for lab in side_uncertain})
     sides = {p.label: p.laterality for p in preds if p.present}
     sizes = {p.label: p.size_mm for p in preds if p.present and p.label not in ratio_labels}
     has_emr = bool(prep.emr and prep.emr.strip())
@@ -595,6 +603,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
         if p.label in ratio_unmeasured:
             # a sentence states a ratio the CT did not give: marked [UNVERIFIED: ...]
             flags.append("text_ratio_unmeasured")
+        if p.label in side_uncertain:
+            # its side rests on near-equal evidence on both sides (odds within
+            # heads.min_side_odds_ratio; evidence.side below): sentences stating it marked
+            flags.append("side_uncertain")
         if p.label in never:
             # the fitted threshold never calls it (its calls lowered the validation micro-F1):
             # "absent" here is not a finding
@@ -611,6 +623,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             "evidence": {"slices": slices, "z_mm": z_mm, "box_voxels": box_v,
                          "box_mm": box_mm, "emr_spans": emr_spans},
             "flags": flags}
+        if p.present and p.laterality is not None and p.side_evidence is not None:
+            # the pooled presence of its left and right patches, which its side was read from
+            item["side_evidence"] = {"left": round(p.side_evidence[0], 4),
+                                     "right": round(p.side_evidence[1], 4)}
         if p.label in ratios:
             # the cardiothoracic ratio measured on the CT, as a number (the SR and FHIR
             # exports code it); only a called, measured ratio label has one

@@ -162,13 +162,36 @@ def complete(text: str, head: Mapping[str, bool], sentences: Mapping[str, str]
     return " ".join(parts), set(added)
 
 
-_SIDE_WORDS = {"left": re.compile(r"\bleft\b|\bL[UL]L\b"),
-               "right": re.compile(r"\bright\b|\bR[UML]L\b")}
+_SIDE_WORDS = {"left": re.compile(r"\bleft\b|\bL[UL]L\b", re.I),
+               "right": re.compile(r"\bright\b|\bR[UML]L\b", re.I)}
 
 
 def stated_sides(sentence: str) -> set[str]:
     """The sides (``left``, ``right``) a sentence names, by word or lobe code."""
     return {side for side, rx in _SIDE_WORDS.items() if rx.search(sentence)}
+
+
+#: the mark in front of a sentence that states the side of a finding whose side rests on
+#: near-equal image evidence on the left and the right (:func:`mark_uncertain_sides`)
+SIDE_UNCERTAIN = "[UNVERIFIED: side uncertain on the CT]"
+
+
+def mark_uncertain_sides(text: str, uncertain: Collection[str]) -> tuple[str, set[str]]:
+    """Mark the sides the CT does not settle: a sentence that affirms a finding of
+    ``uncertain`` (called, its side read off near-equal evidence on both sides) and names a
+    side outside the draft's own annotations is prefixed :data:`SIDE_UNCERTAIN` (once).
+    Returns the text (rebuilt sentence by sentence) and the labels marked."""
+    out: list[str] = []
+    marked: set[str] = set()
+    for sent in label_text(text):
+        hit = [lab for lab, pos in sent.labels.items() if pos and lab in uncertain]
+        if hit and SIDE_UNCERTAIN not in sent.text \
+                and stated_sides(ANNOTATION.sub(" ", sent.text)):
+            out.append(f"{SIDE_UNCERTAIN} {sent.text}")
+            marked.update(hit)
+            continue
+        out.append(sent.text)
+    return " ".join(out), marked
 
 
 def history_unstated_labels(text: str) -> set[str]:

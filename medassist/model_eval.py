@@ -145,6 +145,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             m[f"laterality_acc_tp_{name}"] = findings_metrics(
                 cfg.heads.labels, prob, pred, truth, side_indices(by_side[ev]), lat_true,
                 size, size_true)["laterality_acc_tp"]
+        m["side_uncertainty"] = side_uncertainty(preds, truth, lat_true)
         m.update(context_metrics(cfg, outs, samples))
         w = torch.cat([o.modality_weights for o in outs]).numpy()
         m["mean_modality_weights"] = {"ct": float(w[:, 0].mean()), "emr": float(w[:, 1].mean())}
@@ -284,6 +285,26 @@ def size_measured_counts(labels: Sequence[str], preds: Sequence[Sequence[Any]],
                     "tp": sum(bool(truth[b, f]) for b, _ in called),
                     "tp_measured": sum(bool(truth[b, f]) and p.size_source == "image"
                                        for b, p in called)}
+    return out
+
+
+def side_uncertainty(preds: Sequence[Sequence[Any]], truth: npt.NDArray[np.bool_],
+                     lat_true: npt.NDArray[np.int64]) -> dict[str, int]:
+    """True positives whose side was read per side (``side_evidence``), by whether the draft
+    flags that side uncertain: how many (``flagged``, ``unflagged``) and how many of each state
+    the reference side (``flagged_right_side``, ``unflagged_right_side``).  Does the flag
+    fall on the sides that are wrong, and how many right ones does it cost?"""
+    from multimodal.config import LATERALITY
+
+    out = dict.fromkeys(("flagged", "flagged_right_side", "unflagged",
+                         "unflagged_right_side"), 0)
+    for b, case in enumerate(preds):
+        for f, p in enumerate(case):
+            if not (p.present and truth[b, f]) or p.side_evidence is None:
+                continue
+            key = "flagged" if p.side_uncertain else "unflagged"
+            out[key] += 1
+            out[f"{key}_right_side"] += int(p.laterality == LATERALITY[int(lat_true[b, f])])
     return out
 
 

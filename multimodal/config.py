@@ -421,6 +421,10 @@ class HeadsConfig:
     #: (the default of each label's cut-off, which calibration fits on the validation cases
     #: when it has enough sided positives: multimodal.calibration)
     bilateral_min_prob: float = 0.5
+    #: with MIL and ``side_from_evidence``, a one-sided call whose stated side's pooled odds
+    #: are less than this many times the other side's is ``side_uncertain`` (the draft flags
+    #: it and marks the sentences stating its side); 1 turns it off
+    min_side_odds_ratio: float = 2.0
     #: a label whose presence AUROC on the calibration (validation) cases is below this, or
     #: that had too few positives there to measure it, is flagged ``unreliable_detector`` in
     #: every draft, present or absent (the decision itself is unchanged); 0 turns it off
@@ -442,6 +446,9 @@ class HeadsConfig:
                                    "heads.labels; list only labels the model predicts")
         if not 0 < self.bilateral_min_prob < 1:
             raise ModelConfigError("heads.bilateral_min_prob must be in (0, 1)")
+        if not self.min_side_odds_ratio >= 1:
+            raise ModelConfigError("heads.min_side_odds_ratio must be >= 1 (1: off), got "
+                                   f"{self.min_side_odds_ratio}")
         if not 0 <= self.min_reliable_auroc <= 1:
             raise ModelConfigError("heads.min_reliable_auroc must be in [0, 1] (0: off)")
 

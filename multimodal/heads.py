@@ -234,6 +234,19 @@ def side_from_probs(left: float, right: float, bilateral_min: float) -> str:
     return "left" if left > right else "right"
 
 
+def side_is_uncertain(side: str, left: float, right: float, min_odds_ratio: float) -> bool:
+    """A one-sided call (``side`` left or right) whose side's pooled odds are less than
+    ``min_odds_ratio`` times the other side's: the side rests on near-equal evidence.
+    Bilateral (or no side) is never uncertain this way; ``min_odds_ratio`` 1 never flags."""
+    if side not in ("left", "right"):
+        return False
+    eps = 1e-6
+    lo = [math.log(min(max(p, eps), 1 - eps) / (1 - min(max(p, eps), 1 - eps)))
+          for p in (left, right)]
+    margin = lo[0] - lo[1] if side == "left" else lo[1] - lo[0]
+    return margin < math.log(min_odds_ratio)
+
+
 _LOBE_SIDE = {"RUL": "right", "RML": "right", "RLL": "right", "LUL": "left", "LLL": "left"}
 
 
@@ -302,11 +315,13 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 fixed or (not heads.evidence_side_labels and side != "none"))
             slices = box = None
             weights = None
+            side_ev: tuple[float, float] | None = None
             if present and out.patch_logits is not None:
                 m = torch.sigmoid(out.patch_logits[b, f].detach().float()).reshape(grid).cpu()
                 keep = torch.ones(grid, dtype=torch.bool)
                 if use_ev and sides is not None:
-                    side = side_from_probs(float(sides[0][f]), float(sides[1][f]), bmin[f])
+                    side_ev = (float(sides[0][f]), float(sides[1][f]))
+                    side = side_from_probs(*side_ev, bmin[f])
                     if side != "bilateral":  # the box shows the stated side's evidence
                         cols = sides[2] if side == "left" else ~sides[2]
                         keep = keep & cols.view(1, 1, -1)
@@ -332,6 +347,8 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 laterality=side if present else None,
                 location=_location(loc_all[b, f], heads.locations, side) if present else None,
                 size_mm=round(float(size[b, f]), 1) if present else None,
-                slices=slices, box_voxels=box, emr_token_spans=spans))
+                slices=slices, box_voxels=box, emr_token_spans=spans, side_evidence=side_ev,
+                side_uncertain=side_ev is not None and side_is_uncertain(
+                    side, *side_ev, heads.min_side_odds_ratio)))
         res.append(case)
     return res

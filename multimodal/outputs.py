@@ -161,3 +161,10 @@ class FindingPrediction:
     #: what decided ``context``: "head" (the context head) or "note" (the history the note
     #: states, read by rule: medassist.history.CONTEXT_FACTS)
     context_source: str = "head"
+    #: a present finding whose side was read off the image per side (MIL,
+    #: :func:`multimodal.heads.side_probs`): the pooled presence of its left and right
+    #: patches, the evidence the side rests on
+    side_evidence: tuple[float, float] | None = None
+    #: its stated side (left or right) rests on near-equal evidence on both sides (odds
+    #: within ``heads.min_side_odds_ratio``, :func:`multimodal.heads.side_is_uncertain`)
+    side_uncertain: bool = False

@@ -99,7 +99,8 @@ def finding_rows(reviews: list[FindingReview]) -> list[list[Any]]:
         marks += [f"FLAG {f}" for f in r.consistency_flags]
         sl = f"{r.slices[0]}-{r.slices[-1]}" if r.slices else "-"
         rows.append([r.index, r.label, r.status,
-                     f"{r.probability:.2f}", "; ".join(marks) or "-", r.decision, r.side or "-",
+                     f"{r.probability:.2f}", "; ".join(marks) or "-", r.decision,
+                     f"{r.side} (uncertain on CT)" if r.side_uncertain else r.side or "-",
                      _size_cell(r),
                      r.text, sl])
     return rows

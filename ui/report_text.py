@@ -43,10 +43,19 @@ class FindingReview:
     #: a measured lesion's axial long and short axis and craniocaudal extent (draft
     #: ``Finding.size_axes_mm``)
     size_axes_mm: tuple[float, float, float] | None = None
+    #: the side the draft stated (``side`` is the reviewer's once edited)
+    model_side: str = ""
 
     @property
     def low_confidence(self) -> bool:
         return "low_confidence" in self.flags
+
+    @property
+    def side_uncertain(self) -> bool:
+        """The draft's side, resting on near-equal evidence on the left and the right (flag
+        ``side_uncertain``); a side the reviewer changed is theirs."""
+        return "side_uncertain" in self.flags and bool(self.side) and \
+            self.side == self.model_side
 
     @property
     def status(self) -> str:
@@ -97,7 +106,8 @@ def from_draft(f: Finding, index: int) -> FindingReview:
                          probability=f.probability, flags=f.flags,
                          slices=f.evidence.slices, decision="pending",
                          side=f.laterality or "", size_mm=f.size_mm, text=f.sentence,
-                         ratio=f.ratio, model_size_mm=f.size_mm, size_axes_mm=f.size_axes_mm)
+                         ratio=f.ratio, model_size_mm=f.size_mm, size_axes_mm=f.size_axes_mm,
+                         model_side=f.laterality or "")
 
 
 def split_text(text: str) -> dict[str, str]:

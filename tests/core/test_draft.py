@@ -128,6 +128,32 @@ def test_a_measured_lesions_axes_are_optional_and_round_trip() -> None:
     assert with_axes.content_hash() != base.content_hash()
 
 
+def test_side_evidence_is_optional_validated_and_round_trips() -> None:
+    """``side_evidence`` (the left and right evidence a finding's side was read from) may be
+    left out, as drafts stored before it are; given, it needs a sided finding and two
+    probabilities."""
+    base = ReportDraft.from_dict(DRAFT, labels=LABELS)
+    assert all(f.side_evidence is None for f in base.findings)
+    assert all("side_evidence" not in f for f in base.to_dict()["findings"])
+    d = draft_dict()
+    d["findings"][0]["side_evidence"] = {"left": 0.143, "right": 0.163}
+    d["findings"][0]["flags"] = [*d["findings"][0]["flags"], "side_uncertain"]
+    with_sides = ReportDraft.from_dict(d, labels=LABELS)
+    assert with_sides.findings[0].side_evidence == (0.143, 0.163)
+    assert with_sides.to_dict() == d
+    assert with_sides.content_hash() != base.content_hash()
+    for i, bad, field in ((1, {"left": 0.1}, "findings[1].side_evidence"),
+                          (1, {"left": 0.1, "right": 1.5}, "findings[1].side_evidence.right"),
+                          (1, {"left": "x", "right": 0.1}, "findings[1].side_evidence.left"),
+                          # absent, no laterality: no side to have evidence for
+                          (2, {"left": 0.1, "right": 0.2}, "findings[2].side_evidence")):
+        wrong = copy.deepcopy(d)
+        wrong["findings"][i]["side_evidence"] = bad
+        with pytest.raises(DraftError) as info:
+            ReportDraft.from_dict(wrong, labels=LABELS)
+        assert info.value.field == field, bad
+
+
 def test_coverage_is_optional_validated_and_round_trips() -> None:
     """``coverage`` (how much of the lungs the scan and the model saw) may be left out, as
     drafts stored before it are (their hash unchanged); given, it is validated by field."""

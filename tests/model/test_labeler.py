@@ -296,6 +296,34 @@ def test_mark_unmeasured_sizes_marks_the_decoders_number() -> None:
         assert mark_unmeasured_sizes(t, labs) == (t, set()), t
 
 
+def test_mark_uncertain_sides_marks_every_sentence_stating_the_side() -> None:
+    from medassist.labeler import ADDED_MARK, SIDE_UNCERTAIN, mark_uncertain_sides
+
+    text = ("there is a 3.4 cm lobulated mass in the left upper lobe. consolidation in the "
+            "left lower lobe. the mass abuts the pleura. no pleural effusion.")
+    out, marked = mark_uncertain_sides(text, {"lung_mass"})
+    assert marked == {"lung_mass"}
+    assert out == (f"{SIDE_UNCERTAIN} there is a 3.4 cm lobulated mass in the left upper "
+                   "lobe. consolidation in the left lower lobe. the mass abuts the pleura. "
+                   "no pleural effusion.")  # the third names no side
+    head = {"lung_mass": True, "consolidation": True}
+    assert text_findings(out, head) == text_findings(text, head)  # an annotation only
+    # the draft's own sentence (capitalised, a lobe code) and one added from the list
+    own = "Left lung mass (lul), about 45 mm (estimated, not measured on the CT)."
+    assert mark_uncertain_sides(own, {"lung_mass"}) == (f"{SIDE_UNCERTAIN} {own}",
+                                                        {"lung_mass"})
+    added = f"{ADDED_MARK} {own}"
+    assert mark_uncertain_sides(added, {"lung_mass"})[0] == f"{SIDE_UNCERTAIN} {added}"
+    # marked once; a side named only inside an annotation, a negated finding or another
+    # label: left alone
+    once = f"{SIDE_UNCERTAIN} {own}"
+    for t, labs in ((once, {"lung_mass"}), (text, set()),
+                    ("[UNVERIFIED: the left side] a lobulated mass.", {"lung_mass"}),
+                    ("no mass in the left lung.", {"lung_mass"}),
+                    ("consolidation in the left lower lobe.", {"lung_mass"})):
+        assert mark_uncertain_sides(t, labs) == (t, set()), t
+
+
 def test_restate_ratios_puts_the_measured_ratio_in_or_marks_the_decoders() -> None:
     from medassist.labeler import RATIO_MARK, RATIO_UNMEASURED, restate_ratios
 

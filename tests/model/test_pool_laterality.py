@@ -20,6 +20,7 @@ from multimodal.heads import (
     predict_findings,
     side_from_map,
     side_from_probs,
+    side_is_uncertain,
     side_probs,
 )
 from multimodal.model import FusionModel
@@ -193,6 +194,81 @@ def test_evidence_side_labels_box_and_lobe(tiny_cfg: ModelConfig) -> None:
         dataclasses.replace(heads, evidence_side_labels=("spleen",))
     with pytest.raises(ModelConfigError, match="bilateral_min_prob"):
         dataclasses.replace(heads, bilateral_min_prob=1.0)
+
+
+def test_side_is_uncertain_by_the_odds_of_the_two_sides() -> None:
+    # A0001's mass with the shipped model: left 0.163 against right 0.143, odds 1.17 x
+    assert side_is_uncertain("left", 0.163, 0.143, 2.0)
+    assert not side_is_uncertain("left", 0.163, 0.143, 1.0)  # 1: off
+    assert not side_is_uncertain("left", 0.163, 0.05, 2.0)  # odds 3.7 x
+    assert side_is_uncertain("right", 0.163, 0.143, 2.0)  # the weaker side stated: uncertain
+    assert not side_is_uncertain("right", 0.0, 0.9, 2.0)  # no evidence on the left at all
+    assert not side_is_uncertain("bilateral", 0.8, 0.8, 2.0)
+    assert not side_is_uncertain("none", 0.5, 0.5, 2.0)
+    # the same odds ratio at any level of presence (log-odds, not a difference of p)
+    assert side_is_uncertain("left", 0.95, 0.92, 2.0)
+    assert not side_is_uncertain("left", 0.95, 0.85, 2.0)
+
+
+def test_predict_findings_flags_a_side_on_near_equal_evidence(tiny_cfg: ModelConfig) -> None:
+    """The per-side evidence travels with a called finding whose side was read per side, and
+    a side whose odds are within ``min_side_odds_ratio`` of the other side's is flagged."""
+    heads = dataclasses.replace(tiny_cfg.heads, mil=True, side_from_evidence=True,
+                                evidence_side_labels=("lung_nodule",))
+    cfg = dataclasses.replace(tiny_cfg, heads=heads)
+    _model, out = _body_output(cfg)
+    assert out.patch_logits is not None
+    _gz, gy, gx = cfg.ct.patch_grid
+    out.presence_logits[0, :2] = 5.0
+    out.patch_logits[0, 0] = -8.0
+    left_col, right_col = (1 * gy + 1) * gx + (gx - 1), (1 * gy + 1) * gx + 0
+    out.patch_logits[0, 0, left_col] = 3.0
+    out.patch_logits[0, 0, right_col] = 2.9  # nearly as strong on the right
+    nod, mass = predict_findings(out, cfg.heads, cfg.ct)[0][:2]
+    # a fresh model's MIL affine: scale 1, bias -6, so each side is about sigmoid(its
+    # strongest patch's logit - 6) (the other patches, at -8, add a little to the logsumexp)
+    assert nod.side_evidence == pytest.approx((1 / (1 + np.exp(3.0)), 1 / (1 + np.exp(3.1))),
+                                              abs=1e-4)
+    assert nod.laterality == "left" and nod.side_uncertain  # odds 1.1 x
+    assert mass.side_evidence is None and not mass.side_uncertain  # side not read per side
+    out.patch_logits[0, 0, right_col] = -8.0  # the right side has nothing
+    nod = predict_findings(out, cfg.heads, cfg.ct)[0][0]
+    assert nod.laterality == "left" and not nod.side_uncertain
+    off = dataclasses.replace(heads, min_side_odds_ratio=1.0)
+    out.patch_logits[0, 0, right_col] = 2.9
+    assert not predict_findings(out, off, cfg.ct)[0][0].side_uncertain
+    # a finding not called carries no side evidence
+    out.presence_logits[0, 0] = -20.0
+    out.patch_logits[0, 0] = -20.0
+    gone = predict_findings(out, cfg.heads, cfg.ct)[0][0]
+    assert not gone.present and gone.side_evidence is None and not gone.side_uncertain
+    with pytest.raises(ModelConfigError, match="min_side_odds_ratio"):
+        dataclasses.replace(heads, min_side_odds_ratio=0.5)
+
+
+def test_eval_counts_true_positives_by_the_side_flag() -> None:
+    """``medassist eval``'s ``side_uncertainty``: true positives whose side was read per
+    side, flagged or not, and how many of each state the reference side."""
+    from medassist.model_eval import side_uncertainty
+    from multimodal.outputs import FindingPrediction
+
+    def pred(present: bool, side: str | None, ev: tuple[float, float] | None,
+             flag: bool) -> FindingPrediction:
+        return FindingPrediction(label="lung_mass", present=present, probability=0.9,
+                                 laterality=side, location=None, size_mm=None, slices=None,
+                                 box_voxels=None, emr_token_spans=(), side_evidence=ev,
+                                 side_uncertain=flag)
+
+    preds = [[pred(True, "left", (0.16, 0.14), True)],  # flagged, right side
+             [pred(True, "left", (0.16, 0.14), True)],  # flagged, wrong side
+             [pred(True, "right", (0.1, 0.9), False)],  # clear, right side
+             [pred(True, "left", None, False)],  # side not read per side: not counted
+             [pred(True, "left", (0.2, 0.1), True)],  # a false positive: not counted
+             [pred(False, None, None, False)]]
+    truth = np.array([[True], [True], [True], [True], [False], [True]])
+    lat_true = np.array([[1], [2], [2], [1], [0], [1]])  # LATERALITY: none, left, right, ...
+    assert side_uncertainty(preds, truth, lat_true) == {
+        "flagged": 2, "flagged_right_side": 1, "unflagged": 1, "unflagged_right_side": 1}
 
 
 def test_fit_thresholds() -> None:

@@ -32,3 +32,30 @@ def test_shipped_checkpoint_loads_and_matches_its_card() -> None:
     assert "## Quality bars (issue 4)" in card
     assert f"({len(cfg.ct.windows) * len(cfg.ct.pool_stats)} channels" in card
     assert len(tok) > 0 and re.search(r"\bDRAFT\b", card)
+
+
+def test_shipped_draft_of_the_real_chest_a0001(a0001: Path) -> None:
+    """The issue's real-CT bar on the shipped weights: the left lung mass called, its
+    evidence slices overlapping the annotated tumour (z -234 to -184 mm), no right-sided
+    mass; and its side states the evidence it was read from, flagged where the two sides are
+    near equal (``heads.min_side_odds_ratio``) and its sentences marked then."""
+    from medassist.labeler import SIDE_UNCERTAIN
+    from medassist.model_cli import make_report
+    from multimodal.heads import side_is_uncertain
+
+    rep = make_report(a0001, None, DEMO)
+    cfg = load_checkpoint(DEMO)[1]
+    mass = next(f for f in rep["findings"] if f["label"] == "lung_mass")
+    assert mass["present"] and mass["laterality"] == "left"
+    z0, z1 = mass["evidence"]["z_mm"]
+    assert z0 <= -184.0 and z1 >= -234.0  # overlaps the annotated z range
+    assert not any(f["present"] and f["laterality"] in ("right", "bilateral")
+                   and f["label"] in ("lung_mass", "lung_nodule") for f in rep["findings"])
+    for f in rep["findings"]:
+        if not (f["present"] and "side_evidence" in f):
+            continue
+        ev = f["side_evidence"]
+        uncertain = side_is_uncertain(f["laterality"], ev["left"], ev["right"],
+                                      cfg.heads.min_side_odds_ratio)
+        assert ("side_uncertain" in f["flags"]) == uncertain, f["label"]
+        assert (SIDE_UNCERTAIN in f["sentence"]) == uncertain, f["label"]

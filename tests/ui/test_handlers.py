@@ -628,6 +628,23 @@ def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls_and_fou
     assert rows[3][4] == "FLAG small_not_assessed"
 
 
+def test_finding_rows_say_a_side_resting_on_near_equal_evidence_is_uncertain() -> None:
+    from ui.app import finding_rows
+    from ui.report_text import FindingReview
+
+    def review(side: str, model_side: str, flags: tuple[str, ...]) -> FindingReview:
+        return FindingReview(index=0, label="lung_mass", present=True, probability=0.29,
+                             flags=flags, slices=(), decision="pending", side=side,
+                             size_mm=None, text="Left lung mass (lul).",
+                             model_side=model_side)
+
+    rows = finding_rows([review("left", "left", ("side_uncertain",)),
+                         review("left", "left", ()),
+                         review("right", "left", ("side_uncertain",))])  # reviewer's side
+    assert [r[6] for r in rows] == ["left (uncertain on CT)", "left", "right"]
+    assert rows[0][4] == "FLAG side_uncertain"
+
+
 def test_coverage_note() -> None:
     from medassist.draft import Coverage
     from ui.handlers import coverage_note
