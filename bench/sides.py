@@ -6,8 +6,11 @@ the multiple-instance presence of the patches on each side of the body midline
 DICOM folder or zip, read as ``medassist report`` reads it, no note) and each checkpoint
 (``--checkpoint``, repeatable) this prints, per finding (``--labels``), the presence
 probability and threshold, the laterality head's probabilities, and the per-side scores
-with their margin (left − right): a margin near 0 is a side that a small change of the
-weights or of the scan can flip.
+with their margin (left − right) and odds ratio (the stronger side's odds over the other's):
+a margin near 0 is a side that a small change of the weights or of the scan can flip.  A
+called finding's draft flags such a side ``side_uncertain`` (``side_uncertain`` here: the
+same rule, ``multimodal.heads.side_is_uncertain`` with ``heads.min_side_odds_ratio``, on the
+side the per-side scores give; for a finding not called it says what a call would get).
 
     .venv/bin/python bench/sides.py ../shared/data/ct/lung-pet-ct-dx/Lung_Dx-A0001 \\
         --checkpoint models/demo [--checkpoint runs/demo_shift] [--labels lung_mass ...]
@@ -39,7 +42,7 @@ def main() -> None:
     from medassist.drafting import load_model, prepare
     from multimodal.batching import collate
     from multimodal.config import LATERALITY
-    from multimodal.heads import side_probs
+    from multimodal.heads import side_from_probs, side_is_uncertain, side_probs
     from multimodal.training import make_sample
 
     res: dict[str, Any] = {"study": args.study, "checkpoints": {}}
@@ -62,10 +65,17 @@ def main() -> None:
                                     out.mil_affine[1].detach().float(), mid,
                                     cfg.ct.patch[2])
         thr = out.thresholds
+        bmin = out.bilateral_min
         rows: dict[str, Any] = {}
         for name in args.labels:
             f = cfg.heads.labels.index(name)
             lat = torch.softmax(out.laterality_logits[0, f].float(), -1)
+            lp, rp = float(left[f]), float(right[f])
+            cut = cfg.heads.bilateral_min_prob if bmin is None or float(bmin[f]) < 0 \
+                else float(bmin[f])
+            side = side_from_probs(lp, rp, cut)
+            odds = [min(max(p, 1e-6), 1 - 1e-6) for p in (lp, rp)]
+            odds = [p / (1 - p) for p in odds]
             rows[name] = {
                 "probability": round(float(out.presence_prob[0, f]), 3),
                 "threshold": None if thr is None else round(float(thr[f]), 3),
@@ -73,7 +83,11 @@ def main() -> None:
                                     for i, v in enumerate(lat)},
                 "side_left": round(float(left[f]), 3),
                 "side_right": round(float(right[f]), 3),
-                "margin_left_minus_right": round(float(left[f] - right[f]), 3),
+                "margin_left_minus_right": round(lp - rp, 3),
+                "odds_ratio": round(max(odds) / min(odds), 3),
+                "side": side,
+                "side_uncertain": side_is_uncertain(side, lp, rp,
+                                                    cfg.heads.min_side_odds_ratio),
             }
         res["checkpoints"][ck] = {"midline_column": round(mid, 1), "findings": rows}
     print(json.dumps(res, indent=1))
