@@ -123,6 +123,7 @@ def latency(model: Any, cfg: Any, reps: int, vocab: Sequence[str] = ()) -> dict[
     """fp32 draft (forward + greedy report with the checkpoint's repeat guard, as `medassist
     report` writes it) against the stock operators, int8, and the same draft unguarded."""
     from multimodal.decoder import RepeatGuard
+    from multimodal.image_pass import without_note
 
     x = _input(cfg, 400)
     guard = RepeatGuard.for_vocab(cfg.decoder.no_repeat_ngram, vocab) if vocab else None
@@ -132,13 +133,21 @@ def latency(model: Any, cfg: Any, reps: int, vocab: Sequence[str] = ()) -> dict[
             out = m(x)
             m.generate(out, max_new=cfg.decoder.max_len - 1, guard=g)
 
+    def draft_image() -> None:
+        """decoder.image_pass: a second forward without the note, the text from it."""
+        with torch.no_grad():
+            model(x)
+            img = model(without_note(x))
+            model.generate(img, max_new=cfg.decoder.max_len - 1, guard=guard)
+
     stock = stock_operators(model)
     # interleaved, so all see the same machine load
-    fp32 = stock_s = bare = 0.0
+    fp32 = stock_s = bare = image = 0.0
     for _ in range(3):
         fp32 += _time(lambda: draft(model), reps) / 3
         stock_s += _time(lambda: draft(stock), reps) / 3
         bare += _time(lambda: draft(model, None), reps) / 3
+        image += _time(draft_image, reps) / 3
     with torch.no_grad():
         same = model(x).presence_prob, stock(x).presence_prob
         # the two replaced parts alone, same inputs: the pre-pool of the full-grid volume,
@@ -179,6 +188,9 @@ def latency(model: Any, cfg: Any, reps: int, vocab: Sequence[str] = ()) -> dict[
     return {"fp32_s": round(fp32, 4),
             "repeat_guard": None if guard is None else guard.n,
             "fp32_without_guard_s": round(bare, 4),
+            # the draft with decoder.image_pass (two forward passes), against fp32_s
+            "image_pass_s": round(image, 4),
+            "image_pass_x_fp32": round(image / fp32, 3),
             "native_conv_pool_s": round(stock_s, 4),
             "fast_path_speedup": round(stock_s / fp32, 3),
             "fast_path_max_prob_diff": round(float((same[0] - same[1]).abs().max()), 6),
@@ -320,7 +332,8 @@ def statements(text: str) -> tuple[list[tuple[Any, ...]], list[str]]:
     return sorted(affirmed, key=repr), sorted(negated - {a[0] for a in affirmed})
 
 
-def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> dict[str, Any]:
+def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11,
+               image_pass: bool | None = None) -> dict[str, Any]:
     """Memory tokens vs full attention (same weights) on ``n`` generated long-note cases, each
     note cut to its first ``tokens`` tokens: do the findings decisions, context classes,
     Findings and Impression text agree?  The text is conditioned as the drafts condition it
@@ -329,7 +342,10 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
     decisions alone.  ``same_*_text`` / ``same_impression`` compare the words;
     ``same_*_statements`` what the texts state (:func:`statements`: the findings affirmed
     with their sides, lobes and sizes, and those negated), so that "no mediastinal
-    lymphadenopathy" and "no enlarged mediastinal lymph nodes" agree."""
+    lymphadenopathy" and "no enlarged mediastinal lymph nodes" agree.  ``image_pass`` (None:
+    the checkpoint's ``decoder.image_pass``): the text, and the locations and sizes it
+    states, from the same weights without the note (``multimodal.image_pass``), as the
+    drafts write it."""
     from medassist.drafting import generate, note_context, split_sections
     from medassist.history import NoteHistory, read_history
     from medassist.model_data import record_sample, synth_records
@@ -337,11 +353,15 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
     from multimodal.checkpoint import load_checkpoint
     from multimodal.context import context_decisions
     from multimodal.heads import predict_findings
+    from multimodal.image_pass import image_geometry
     from multimodal.training import predict
 
     if not (checkpoint and (Path(checkpoint) / "model.safetensors").is_file()):
         return {"skipped": "needs a trained checkpoint (text and thresholds)"}
     model, cfg, _k, tok, _m = load_checkpoint(checkpoint)
+    if image_pass is not None:
+        cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder,
+                                                                   image_pass=image_pass))
     fcfg = dataclasses.replace(cfg, long_emr=dataclasses.replace(cfg.long_emr,
                                                                  full_attention=True))
     full = type(model)(fcfg)
@@ -359,16 +379,23 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
         cases = []
         t0 = time.perf_counter()
         with torch.no_grad():
-            for o, hist in zip(predict(m, samples, batch_size=1), hists, strict=True):
+            outs = predict(m, samples, batch_size=1)
+            # the pass the text is written from (decoder.image_pass: without the note)
+            mems = predict(m, samples, batch_size=1, drop="emr") if c.decoder.image_pass \
+                else outs
+            for o, mem, hist in zip(outs, mems, hists, strict=True):
                 preds = predict_findings(o, c.heads, c.ct)
+                if c.decoder.image_pass:
+                    preds = image_geometry(preds, mem, c.heads)
                 drafted, _ = note_context(o, c, preds, [hist])
-                text = tok.decode(generate(m, o, c.decoder.max_len - 1, preds,
+                head_ctx = (None if o.context_logits is None
+                            else context_decisions(o.context_logits, o.emr_used))
+                text = tok.decode(generate(m, mem, c.decoder.max_len - 1, preds,
                                            tok.vocab, drafted)[0].tolist())
-                head_text = tok.decode(generate(m, o, c.decoder.max_len - 1, preds,
-                                                tok.vocab)[0].tolist())
+                head_text = tok.decode(generate(m, mem, c.decoder.max_len - 1, preds,
+                                                tok.vocab, head_ctx)[0].tolist())
                 fnd, imp = split_sections(text)
-                ctx = (None if o.context_logits is None
-                       else context_decisions(o.context_logits, o.emr_used)[0].tolist())
+                ctx = None if head_ctx is None else head_ctx[0].tolist()
                 cases.append({"present": [p.label for p in preds[0] if p.present],
                               "context_head": ctx,
                               "context": None if drafted is None else drafted[0].tolist(),
@@ -392,7 +419,7 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11) -> d
             dep.append([all(EMR_DEPENDENT[k] in x["impression"].lower() for k in codes)
                         for x in (a, b)])
     return {
-        "cases": len(recs), "seed": seed,
+        "cases": len(recs), "seed": seed, "image_pass": cfg.decoder.image_pass,
         "note_tokens": [len(s["emr_ids"]) for s in samples],
         "seconds": {k: v["seconds"] for k, v in runs.items()},
         "same_findings": agree("present"), "same_context": agree("context"),
@@ -530,6 +557,9 @@ def main() -> None:
     ap.add_argument("--long-cases", type=int, default=20, help="long-note cases (0: skip)")
     ap.add_argument("--measure-cases", type=int, default=60,
                     help="generated body cases for the size-measurement timing (0: skip)")
+    ap.add_argument("--image-pass", choices=("on", "off"), default=None,
+                    help="long_cases: the text from a pass without the note "
+                         "(decoder.image_pass; default: the checkpoint's)")
     ap.add_argument("--only", choices=("latency", "kv_cache", "long_emr", "long_cases",
                                        "train_throughput", "measure"))
     args = ap.parse_args()
@@ -544,7 +574,9 @@ def main() -> None:
         "kv_cache": lambda: kv_cache(model, cfg, reps),
         "long_emr": lambda: long_emr(4096 if args.quick else args.tokens, args.checkpoint),
         "long_cases": lambda: long_cases(args.long_cases, args.checkpoint,
-                                         4096 if args.quick else args.tokens)
+                                         4096 if args.quick else args.tokens,
+                                         image_pass=None if args.image_pass is None
+                                         else args.image_pass == "on")
         if args.long_cases > 0 else {"skipped": "--long-cases 0"},
         "train_throughput": lambda: throughput(cfg, 2 if args.quick else 4, args.cuda),
         "measure": lambda: measure(args.measure_cases, args.checkpoint)

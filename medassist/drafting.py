@@ -386,6 +386,7 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
     from multimodal.batching import collate
     from multimodal.context import with_context
     from multimodal.heads import predict_findings
+    from multimodal.image_pass import image_geometry, image_pass
     from multimodal.measure import measure_findings
     from multimodal.training import make_sample
 
@@ -401,16 +402,21 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
         x = to_device(x, torch.device(lm.device))
     with torch.no_grad():
         out = lm.model(x)
+        # decoder.image_pass: the text, and the locations and sizes it states, from the
+        # same weights without the note (out itself where that would not differ)
+        img = image_pass(lm.model, cfg, x, out)
         all_preds = with_context(out, cfg.context,
                                  predict_findings(out, cfg.heads, cfg.ct, threshold),
                                  cfg.heads.n_emr_spans)
+        if cfg.decoder.image_pass:
+            all_preds = image_geometry(all_preds, img, cfg.heads)
         # a called nodule's or mass's size measured on the CT where that succeeds
         all_preds = [measure_findings(preds, p.study.hu, cfg.ct.spacing_mm, cfg.heads.measure)
                      for preds, p in zip(all_preds, batch, strict=True)]
         # a context class the note's history decides, read by rule (medassist.history)
         hists = [note_history(p) for p in batch]
         ctx, all_preds = note_context(out, cfg, all_preds, hists)
-        ids = generate(lm.model, out, cfg.decoder.max_len - 1, all_preds, lm.tok.vocab, ctx)
+        ids = generate(lm.model, img, cfg.decoder.max_len - 1, all_preds, lm.tok.vocab, ctx)
     if lm.device != "cpu":
         from multimodal.training import to_device
 

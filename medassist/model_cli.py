@@ -463,6 +463,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except ModelConfigError as exc:
             raise ModelCLIError(f"--placement / --placement-max-loss / --noise-max-index: "
                                 f"{exc}") from exc
+    if args.image_pass is not None:
+        cfg = replace(cfg, decoder=replace(cfg.decoder, image_pass=args.image_pass == "on"))
     records = list(folder_records(args.data, cfg))
     samples = [record_sample(r, cfg, tok, with_report=False) for r in records]
     res = evaluate(model, cfg, samples, tok=tok, records=records)
@@ -472,6 +474,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res["placement"] = cfg.ct.placement
     res["placement_max_loss"] = cfg.ct.placement_max_loss
     res["noise_max_index"] = cfg.ct.noise_max_index
+    res["image_pass"] = cfg.decoder.image_pass
     if args.json:
         print(json.dumps(res, indent=1, sort_keys=True))
     else:
@@ -606,6 +609,10 @@ def add_parser(sub: Any) -> None:
                    help="smooth a scan noisier than this down to it before the model reads it "
                         "(overrides the checkpoint's ct.noise_max_index; 0: off; "
                         "multimodal/noise.py)")
+    p.add_argument("--image-pass", choices=("on", "off"), default=None,
+                   help="write the text, and the locations and sizes it states, from a pass "
+                        "without the note (overrides the checkpoint's decoder.image_pass; "
+                        "multimodal/image_pass.py)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("report", help="draft a report for one CT study (+ EMR)")

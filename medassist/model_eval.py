@@ -89,6 +89,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
 
     from medassist.labeler import text_findings
     from multimodal.heads import predict_findings
+    from multimodal.image_pass import image_geometry
     from multimodal.measure import measure_findings
     from multimodal.metrics import findings_metrics
     from multimodal.training import predict
@@ -101,16 +102,25 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
         if mode == "emr" and all(s.get("emr_ids") is None for s in samples):
             continue
         outs = predict(model, samples, drop=mode)
+        # decoder.image_pass: the text, and the locations and sizes it states, from the same
+        # weights without the note, as the drafts write it (with the note removed, or
+        # without a CT, there is no second pass: multimodal.image_pass)
+        image = cfg.decoder.image_pass and mode is None
+        imgs = predict(model, samples, drop="emr") if image else outs
         prob = torch.cat([o.presence_prob for o in outs]).numpy()
         # both ways of stating the side (presence does not depend on it); the draft uses the
         # configured one
         per_batch = {ev: [predict_findings(o, cfg.heads, cfg.ct, threshold,
                                            side_from_evidence=ev) for o in outs]
                      for ev in (False, True)}
+        if image:
+            per_batch = {ev: [image_geometry(pb, img, cfg.heads)
+                              for pb, img in zip(b, imgs, strict=True)]
+                         for ev, b in per_batch.items()}
         by_side = {ev: [p for b in per_batch[ev] for p in b] for ev in (False, True)}
         preds = by_side[cfg.heads.side_from_evidence]
         pred = np.array([[fp.present for fp in case] for case in preds], bool)
-        head_size = torch.cat([o.size_mm for o in outs]).numpy()
+        head_size = torch.cat([o.size_mm for o in imgs]).numpy()
         size = head_size
         if records is not None:
             # the size the draft states: a called nodule or mass measured on the CT where
@@ -152,7 +162,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
         if tok is not None and records is not None:
             texts, head_texts, n_note = _texts(model, cfg, tok, outs,
                                                per_batch[cfg.heads.side_from_evidence],
-                                               records, note=mode != "emr")
+                                               records, note=mode != "emr", mems=imgs)
             tpred = np.array([[text_findings(split_sections(t)[0], cfg.heads.labels)[lab]
                                for lab in cfg.heads.labels] for t in texts], bool)
             tm = findings_metrics(cfg.heads.labels, prob, tpred, truth, lat, lat_true, size,
@@ -184,23 +194,29 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
 
 def _texts(model: Any, cfg: Any, tok: Any, outs: Sequence[Any],
            batches: Sequence[Sequence[Sequence[Any]]], records: Sequence[CaseRecord],
-           note: bool) -> tuple[list[str], list[str], int]:
+           note: bool, mems: Sequence[Any] | None = None) -> tuple[list[str], list[str], int]:
     """The reports as the drafts write them (the context class the note's history decides
     where it does, :func:`medassist.drafting.note_context`; ``note`` False: the note was
     removed), the reports with the context head's decisions alone, and the number of cases
-    with a called finding whose context the note's history decided."""
+    with a called finding whose context the note's history decided.  ``mems``: the outputs
+    the decoder reads (``decoder.image_pass``), one per batch; default ``outs``."""
     from medassist.drafting import note_context
     from medassist.history import NoteHistory, read_history
+    from multimodal.context import context_decisions
 
     hists = [NoteHistory(read_history(r.emr).stated) if note and r.emr and r.emr.strip()
              else None for r in records]
     texts: list[str] = []
     head_texts: list[str] = []
     changed, start = 0, 0
-    for o, fb in zip(outs, batches, strict=True):
+    for o, mem, fb in zip(outs, mems if mems is not None else outs, batches, strict=True):
         ctx, stated = note_context(o, cfg, fb, hists[start: start + len(fb)])
+        # the context head's own decisions, from the pass that read the note
+        head_ctx = (None if o.context_logits is None
+                    else context_decisions(o.context_logits, o.emr_used))
         start += len(fb)
-        gen = [tok.decode(row.tolist()) for row in generate(model, o, cfg.decoder.max_len - 1,
+        gen = [tok.decode(row.tolist()) for row in generate(model, mem,
+                                                             cfg.decoder.max_len - 1,
                                                              fb, tok.vocab, ctx)]
         texts += gen
         # a case whose called finding's context the note decided (an absent finding's
@@ -210,8 +226,8 @@ def _texts(model: Any, cfg: Any, tok: Any, outs: Sequence[Any],
         changed += sum(differs)
         head_texts += gen if not any(differs) else [
             tok.decode(row.tolist()) if d else g
-            for row, d, g in zip(generate(model, o, cfg.decoder.max_len - 1, fb, tok.vocab),
-                                 differs, gen, strict=True)]
+            for row, d, g in zip(generate(model, mem, cfg.decoder.max_len - 1, fb, tok.vocab,
+                                          head_ctx), differs, gen, strict=True)]
     return texts, head_texts, changed
 
 

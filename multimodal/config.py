@@ -478,6 +478,12 @@ class DecoderConfig:
     #: tokens attended to it), the decisions and the context classes, so the text does not
     #: read how the note was compressed
     emr_memory: bool = True
+    #: the text is written from a second pass of the same weights without the note: the
+    #: decoder reads that pass's memory, and a called finding's location and size (the
+    #: heads' own) come from it (multimodal.image_pass); the note reaches the text only
+    #: through the findings head's decisions and the context classes.  Inference only:
+    #: training is unchanged
+    image_pass: bool = False
     #: decoding never writes a word n-gram of this length twice within one sentence (a
     #: degenerate loop: "ratio approximately (cardiothoracic ratio approximately ..."); 0: off.
     #: Decoding only: training is unchanged

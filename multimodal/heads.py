@@ -250,7 +250,7 @@ def side_is_uncertain(side: str, left: float, right: float, min_odds_ratio: floa
 _LOBE_SIDE = {"RUL": "right", "RML": "right", "RLL": "right", "LUL": "left", "LLL": "left"}
 
 
-def _location(logits: Tensor, locations: tuple[str, ...], side: str | None) -> str:
+def location_on_side(logits: Tensor, locations: tuple[str, ...], side: str | None) -> str:
     """The most likely location; a lobe on the other side than the finding's stated side
     (left or right) is not chosen while a lobe of that side is a candidate."""
     order: list[int] = logits.argsort(descending=True).tolist()
@@ -276,7 +276,7 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
     evidence lies relative to the body midline (:func:`side_from_map`): the side is read off
     the image evidence that the draft shows; with MIL, from the per-side pooled patch scores
     (:func:`side_probs`), and the evidence box keeps that side's patches.  A lobe location
-    agrees with the stated side (:func:`_location`)."""
+    agrees with the stated side (:func:`location_on_side`)."""
     by_evidence = heads.side_from_evidence if side_from_evidence is None else side_from_evidence
     prob = out.presence_prob.detach().float().cpu()
     lat = out.laterality_logits.argmax(-1).cpu()
@@ -345,7 +345,8 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
             case.append(FindingPrediction(
                 label=label, present=present, probability=p,
                 laterality=side if present else None,
-                location=_location(loc_all[b, f], heads.locations, side) if present else None,
+                location=location_on_side(loc_all[b, f], heads.locations, side)
+                if present else None,
                 size_mm=round(float(size[b, f]), 1) if present else None,
                 slices=slices, box_voxels=box, emr_token_spans=spans, side_evidence=side_ev,
                 side_uncertain=side_ev is not None and side_is_uncertain(

@@ -337,6 +337,50 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
     assert no_emr["modality_weights"]["emr"] == 0.0 and no_emr["inputs"]["emr_sha256"] is None
 
 
+def test_image_pass_drafts_the_text_from_the_ct(synth_folder: Path, tiny_checkpoint: Path,
+                                               tmp_path: Path) -> None:
+    """decoder.image_pass: the draft's text, and the locations and sizes it states, come from
+    the pass without the note: a case drafted with its note and with another note states the
+    same text where the two drafts make the same decisions; the decisions, probabilities and
+    modality weights are still the pass with the note's."""
+    import dataclasses
+
+    from medassist.drafting import infer, load_model, prepare
+
+    case = synth_folder / "test" / "case_00003"
+    lm = load_model(tiny_checkpoint)
+    on = dataclasses.replace(lm, cfg=dataclasses.replace(lm.cfg, decoder=dataclasses.replace(
+        lm.cfg.decoder, image_pass=True)))
+    other = tmp_path / "other.txt"
+    other.write_text("Patient with a long history of heavy smoking and weight loss. " * 20,
+                     encoding="utf-8")
+    notes = [prepare(case / "dicom", n, lm.cfg) for n in (case / "emr.txt", other)]
+    first = infer(lm, notes[:1], threshold=0.0)[0]
+    a, b = (infer(on, [p], threshold=0.0)[0] for p in notes)
+    for d in (a, b):
+        _check_contract(d)
+    # the pass with the note decides and weighs, as without the image pass
+    assert [f["probability"] for f in a["findings"]] == \
+        [f["probability"] for f in first["findings"]]
+    assert a["modality_weights"] == first["modality_weights"] and a["modality_weights"]["emr"] > 0
+    # the two notes lead to the same decisions here (threshold 0, the same sides) ...
+    assert [(f["present"], f["laterality"]) for f in a["findings"]] == \
+        [(f["present"], f["laterality"]) for f in b["findings"]]
+    # ... so the text, the locations and the sizes are the same
+    assert (a["sections"]["findings"], a["sections"]["impression"]) == \
+        (b["sections"]["findings"], b["sections"]["impression"])
+    assert [(f["location"], f["size_mm"]) for f in a["findings"]] == \
+        [(f["location"], f["size_mm"]) for f in b["findings"]]
+    # the image pass is the pass without the note: its locations are those of the draft
+    # without a note, finding by finding where the side agrees
+    bare = infer(lm, [prepare(case / "dicom", None, lm.cfg)], threshold=0.0)[0]
+    same_side = [(fa, fn) for fa, fn in zip(a["findings"], bare["findings"], strict=True)
+                 if fa["present"] and fn["present"] and fa["laterality"] == fn["laterality"]]
+    assert same_side
+    assert all((fa["location"], fa["size_mm"]) == (fn["location"], fn["size_mm"])
+               for fa, fn in same_side)
+
+
 def test_unreliable_detector_flag(synth_folder: Path, tiny_checkpoint: Path) -> None:
     """A label the checkpoint did not detect reliably on its validation cases (AUROC below
     heads.min_reliable_auroc, or not measurable) is flagged in every draft, present or not;

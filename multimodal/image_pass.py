@@ -1,0 +1,71 @@
+"""The image pass (``decoder.image_pass``): the text written from what the CT shows.
+
+The note takes part in every decision the findings head makes (presence and side, through
+fusion) and decides the context classes the text is conditioned on.  With
+``decoder.image_pass`` the report decoder reads the memory of a second pass of the same
+weights over the same batch without the note, and a called finding's location and size
+(the heads' own; a size measured on the CT replaces it later, as before) are read off that
+pass too.  The note then reaches the text only through those decisions, so how a long note
+was compressed (the memory tokens or full attention) cannot change what the text says about
+the image: where a finding lies, how large it is, or how it is worded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from multimodal.config import HeadsConfig, ModelConfig
+from multimodal.heads import location_on_side
+from multimodal.outputs import FindingPrediction, ModelInput, ModelOutput
+
+
+def without_note(x: ModelInput) -> ModelInput:
+    """``x`` with the note removed from every case (a new input; ``x`` is not changed)."""
+    return dataclasses.replace(x, emr_present=torch.zeros_like(x.emr_present), emr_ids=None,
+                               emr_mask=None)
+
+
+def needs_image_pass(cfg: ModelConfig, x: ModelInput) -> bool:
+    """A second pass differs from the first: ``decoder.image_pass`` is on, some case of the
+    batch has a note, and every case has a CT (a case without one has no image to write
+    from; its text reads the only pass there is)."""
+    return (cfg.decoder.image_pass and bool(x.emr_present.any())
+            and bool(x.ct_present.all()))
+
+
+@torch.no_grad()
+def image_pass(model: nn.Module, cfg: ModelConfig, x: ModelInput, out: ModelOutput
+               ) -> ModelOutput:
+    """The output the text is written from: ``out`` (the pass over ``x``) where
+    :func:`needs_image_pass` says no second pass would differ, else ``model`` over ``x``
+    without the note."""
+    if not needs_image_pass(cfg, x):
+        return out
+    return typing.cast(ModelOutput, model(without_note(x)))
+
+
+def image_geometry(preds: Sequence[Sequence[FindingPrediction]], img: ModelOutput,
+                   heads: HeadsConfig) -> list[list[FindingPrediction]]:
+    """``preds`` (a batch, from the pass with the note) with each present finding's location
+    (a lobe on its stated side, :func:`multimodal.heads.location_on_side`) and size (the size
+    head's, mm) read off ``img``, the pass without it; every other field, and every absent
+    finding, unchanged.  New predictions: ``preds`` is not changed."""
+    if len(preds) != img.size_mm.shape[0]:
+        raise ValueError(f"one prediction list per case: {len(preds)} for "
+                         f"{img.size_mm.shape[0]} cases")
+    loc = img.location_logits.detach().float().cpu()  # (B, F, n_locations)
+    size = img.size_mm.detach().float().cpu()  # (B, F)
+    res = []
+    for b, case in enumerate(preds):
+        if len(case) != size.shape[1]:
+            raise ValueError(f"case {b}: {len(case)} predictions for {size.shape[1]} labels")
+        res.append([dataclasses.replace(
+            p, location=location_on_side(loc[b, f], heads.locations, p.laterality),
+            size_mm=round(float(size[b, f]), 1)) if p.present else p
+            for f, p in enumerate(case)])
+    return res
