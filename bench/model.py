@@ -276,12 +276,15 @@ def long_emr_child(mode: str, tokens: int, checkpoint: str | None) -> dict[str, 
         m2 = type(model)(cfg)
         m2.load_state_dict(model.state_dict())
         model = m2.eval()
+    from multimodal.image_pass import image_pass
+
     x = _input(cfg, tokens)
     base = _peak_rss_kb()
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model(x)
-        ids = model.generate(out, max_new=cfg.decoder.max_len - 1)
+        # as the draft writes it: with decoder.image_pass, from a pass without the note
+        ids = model.generate(image_pass(model, cfg, x, out), max_new=cfg.decoder.max_len - 1)
     dt = time.perf_counter() - t0
     peak = _peak_rss_kb()
     n_q = len(cfg.heads.labels) + cfg.fusion.n_extra_queries
@@ -289,6 +292,7 @@ def long_emr_child(mode: str, tokens: int, checkpoint: str | None) -> dict[str, 
     return {"seconds": round(dt, 3), "peak_rss_mb": round(peak / 1024, 1),
             "rss_increase_mb": round((peak - base) / 1024, 1),
             "emr_tokens_to_fusion": int(emr_tokens),
+            "image_pass": cfg.decoder.image_pass,
             "presence": [round(float(v), 4) for v in out.presence_prob[0]],
             "report_ids": ids[0].tolist()}
 
@@ -303,9 +307,10 @@ def long_emr(tokens: int, checkpoint: str | None) -> dict[str, Any]:
         res[mode] = json.loads(out.stdout)
     m, f = res["memory"], res["full"]
     return {
-        "tokens": tokens,
-        "memory": {k: v for k, v in m.items() if k not in ("presence", "report_ids")},
-        "full": {k: v for k, v in f.items() if k not in ("presence", "report_ids")},
+        "tokens": tokens, "image_pass": m["image_pass"],
+        "memory": {k: v for k, v in m.items()
+                   if k not in ("presence", "report_ids", "image_pass")},
+        "full": {k: v for k, v in f.items() if k not in ("presence", "report_ids", "image_pass")},
         "time_ratio": round(m["seconds"] / f["seconds"], 3),
         "rss_increase_ratio": round(m["rss_increase_mb"] / max(f["rss_increase_mb"], 1e-6), 3),
         "token_ratio": round(m["emr_tokens_to_fusion"] / f["emr_tokens_to_fusion"], 4),
