@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pytest
@@ -274,19 +275,23 @@ def test_a_lesion_sentence_says_where_its_size_comes_from() -> None:
                      axes=(52.1, 41.0, 48.2)) == est
 
 
+def _marks_the_first_sentence_only(mark_fn: Callable[[str, Collection[str]],
+                                                    tuple[str, set[str]]],
+                                   mark: str, text: str) -> None:
+    """``mark_fn`` on ``text`` for the lung mass marks its first sentence (the mass's) and
+    no other, and the mark is an annotation: the findings read the same."""
+    out, marked = mark_fn(text, {"lung_mass"})
+    assert marked == {"lung_mass"} and out == f"{mark} {text}"
+    head = {"lung_mass": True, "consolidation": True}
+    assert text_findings(out, head) == text_findings(text, head)
+
+
 def test_mark_unmeasured_sizes_marks_the_decoders_number() -> None:
     from medassist.labeler import ADDED_MARK, SIZE_UNMEASURED, mark_unmeasured_sizes
 
     text = ("there is a 3.4 cm lobulated mass in the left upper lobe. consolidation in the "
             "left lower lobe measuring about 4.7 cm. the mass abuts the pleura.")
-    out, marked = mark_unmeasured_sizes(text, {"lung_mass"})
-    assert marked == {"lung_mass"}
-    assert out == (f"{SIZE_UNMEASURED} there is a 3.4 cm lobulated mass in the left upper "
-                   "lobe. consolidation in the left lower lobe measuring about 4.7 cm. the "
-                   "mass abuts the pleura.")
-    # the mark is an annotation: the findings read the same
-    head = {"lung_mass": True, "consolidation": True}
-    assert text_findings(out, head) == text_findings(text, head)
+    _marks_the_first_sentence_only(mark_unmeasured_sizes, SIZE_UNMEASURED, text)
     # measured (not in the set), no size, two findings in one sentence, or the draft's own
     # added sentence: left alone
     for t, labs in ((text, set()), ("a lobulated mass in the left upper lobe.", {"lung_mass"}),
@@ -299,15 +304,10 @@ def test_mark_unmeasured_sizes_marks_the_decoders_number() -> None:
 def test_mark_uncertain_sides_marks_every_sentence_stating_the_side() -> None:
     from medassist.labeler import ADDED_MARK, SIDE_UNCERTAIN, mark_uncertain_sides
 
+    # the third sentence names no side
     text = ("there is a 3.4 cm lobulated mass in the left upper lobe. consolidation in the "
             "left lower lobe. the mass abuts the pleura. no pleural effusion.")
-    out, marked = mark_uncertain_sides(text, {"lung_mass"})
-    assert marked == {"lung_mass"}
-    assert out == (f"{SIDE_UNCERTAIN} there is a 3.4 cm lobulated mass in the left upper "
-                   "lobe. consolidation in the left lower lobe. the mass abuts the pleura. "
-                   "no pleural effusion.")  # the third names no side
-    head = {"lung_mass": True, "consolidation": True}
-    assert text_findings(out, head) == text_findings(text, head)  # an annotation only
+    _marks_the_first_sentence_only(mark_uncertain_sides, SIDE_UNCERTAIN, text)
     # the draft's own sentence (capitalised, a lobe code) and one added from the list
     own = "Left lung mass (lul), about 45 mm (estimated, not measured on the CT)."
     assert mark_uncertain_sides(own, {"lung_mass"}) == (f"{SIDE_UNCERTAIN} {own}",
