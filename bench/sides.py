@@ -42,7 +42,7 @@ def main() -> None:
     from medassist.drafting import load_model, prepare
     from multimodal.batching import collate
     from multimodal.config import LATERALITY
-    from multimodal.heads import side_from_probs, side_is_uncertain, side_probs
+    from multimodal.heads import side_from_probs, side_is_uncertain, side_odds_ratio, side_probs
     from multimodal.training import make_sample
 
     res: dict[str, Any] = {"study": args.study, "checkpoints": {}}
@@ -74,8 +74,6 @@ def main() -> None:
             cut = cfg.heads.bilateral_min_prob if bmin is None or float(bmin[f]) < 0 \
                 else float(bmin[f])
             side = side_from_probs(lp, rp, cut)
-            odds = [min(max(p, 1e-6), 1 - 1e-6) for p in (lp, rp)]
-            odds = [p / (1 - p) for p in odds]
             rows[name] = {
                 "probability": round(float(out.presence_prob[0, f]), 3),
                 "threshold": None if thr is None else round(float(thr[f]), 3),
@@ -84,7 +82,9 @@ def main() -> None:
                 "side_left": round(float(left[f]), 3),
                 "side_right": round(float(right[f]), 3),
                 "margin_left_minus_right": round(lp - rp, 3),
-                "odds_ratio": round(max(odds) / min(odds), 3),
+                # the stronger side's odds over the other's
+                "odds_ratio": round(side_odds_ratio("left" if lp >= rp else "right", lp, rp),
+                                    3),
                 "side": side,
                 "side_uncertain": side_is_uncertain(side, lp, rp,
                                                     cfg.heads.min_side_odds_ratio),

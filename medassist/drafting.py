@@ -611,7 +611,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             flags.append("text_ratio_unmeasured")
         if p.label in side_uncertain:
             # its side rests on near-equal evidence on both sides (odds within
-            # heads.min_side_odds_ratio; evidence.side below): sentences stating it marked
+            # heads.min_side_odds_ratio; side_evidence below): sentences stating it marked
             flags.append("side_uncertain")
         if p.label in never:
             # the fitted threshold never calls it (its calls lowered the validation micro-F1):

@@ -103,9 +103,10 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             continue
         outs = predict(model, samples, drop=mode)
         # decoder.image_pass: the text, and the locations and sizes it states, from the same
-        # weights without the note, as the drafts write it (with the note removed, or
-        # without a CT, there is no second pass: multimodal.image_pass)
-        image = cfg.decoder.image_pass and mode is None
+        # weights without the note, as the drafts write it (with the note removed, or a
+        # case without a CT, there is no second pass: multimodal.image_pass)
+        image = cfg.decoder.image_pass and mode is None and all(
+            s.get("ct") is not None for s in samples)
         imgs = predict(model, samples, drop="emr") if image else outs
         prob = torch.cat([o.presence_prob for o in outs]).numpy()
         # both ways of stating the side (presence does not depend on it); the draft uses the

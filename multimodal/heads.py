@@ -234,17 +234,26 @@ def side_from_probs(left: float, right: float, bilateral_min: float) -> str:
     return "left" if left > right else "right"
 
 
+def side_odds_ratio(side: str, left: float, right: float) -> float:
+    """The pooled odds of ``side`` (left or right) over the other side's, each probability
+    clipped to [1e-6, 1 - 1e-6]."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be left or right, got {side!r}")
+
+    def log_odds(p: float) -> float:
+        p = min(max(p, 1e-6), 1 - 1e-6)
+        return math.log(p / (1 - p))
+
+    margin = log_odds(left) - log_odds(right)
+    return math.exp(margin if side == "left" else -margin)
+
+
 def side_is_uncertain(side: str, left: float, right: float, min_odds_ratio: float) -> bool:
     """A one-sided call (``side`` left or right) whose side's pooled odds are less than
     ``min_odds_ratio`` times the other side's: the side rests on near-equal evidence.
     Bilateral (or no side) is never uncertain this way; ``min_odds_ratio`` 1 never flags."""
-    if side not in ("left", "right"):
-        return False
-    eps = 1e-6
-    lo = [math.log(min(max(p, eps), 1 - eps) / (1 - min(max(p, eps), 1 - eps)))
-          for p in (left, right)]
-    margin = lo[0] - lo[1] if side == "left" else lo[1] - lo[0]
-    return margin < math.log(min_odds_ratio)
+    return side in ("left", "right") and \
+        side_odds_ratio(side, left, right) < min_odds_ratio
 
 
 _LOBE_SIDE = {"RUL": "right", "RML": "right", "RLL": "right", "LUL": "left", "LLL": "left"}

@@ -21,6 +21,7 @@ from multimodal.heads import (
     side_from_map,
     side_from_probs,
     side_is_uncertain,
+    side_odds_ratio,
     side_probs,
 )
 from multimodal.model import FusionModel
@@ -208,6 +209,11 @@ def test_side_is_uncertain_by_the_odds_of_the_two_sides() -> None:
     # the same odds ratio at any level of presence (log-odds, not a difference of p)
     assert side_is_uncertain("left", 0.95, 0.92, 2.0)
     assert not side_is_uncertain("left", 0.95, 0.85, 2.0)
+    assert side_odds_ratio("left", 0.163, 0.143) == pytest.approx(1.168, abs=1e-3)
+    assert side_odds_ratio("right", 0.163, 0.143) == pytest.approx(1 / 1.168, abs=1e-3)
+    assert side_odds_ratio("left", 1.0, 0.0) == pytest.approx(1e12, rel=1e-3)  # clipped
+    with pytest.raises(ValueError, match="left or right"):
+        side_odds_ratio("bilateral", 0.5, 0.5)
 
 
 def test_predict_findings_flags_a_side_on_near_equal_evidence(tiny_cfg: ModelConfig) -> None:
