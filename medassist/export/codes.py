@@ -89,6 +89,13 @@ def size_concept(label: str) -> Code:
 #: AI probability's.
 CARDIOTHORACIC_RATIO = Code("MA-CTR", "99MEDASSIST", "Cardiothoracic ratio")
 
+#: the evidence a finding's side was read from (draft ``Finding.side_evidence``): the pooled
+#: AI probability of presence of its left and of its right patches; private codes, as the
+#: AI probability's.  Exported wherever the draft has them, so a side the draft flags
+#: ``side_uncertain`` shows why.
+SIDE_EVIDENCE = (Code("MA-PROB-L", "99MEDASSIST", "AI probability of presence, left side"),
+                 Code("MA-PROB-R", "99MEDASSIST", "AI probability of presence, right side"))
+
 
 def evaluation(present: bool, flags: Sequence[str]) -> Code:
     """Present, Absent, or Not Evaluated: a finding flagged ``not_assessed``, and one flagged

@@ -21,6 +21,7 @@ from medassist.export.codes import (
     CARDIOTHORACIC_RATIO,
     LONG_AXIS,
     SHORT_AXIS,
+    SIDE_EVIDENCE,
     Code,
     FindingCodes,
     evaluation,
@@ -71,6 +72,13 @@ def _observation(i: int, f: Finding, codes_: FindingCodes, status: str,
             "code": _concept(CARDIOTHORACIC_RATIO),
             "valueQuantity": {"value": f.ratio, "unit": "1",
                               "system": "http://unitsofmeasure.org", "code": "1"}})
+    if f.side_evidence is not None:
+        # the per-side evidence the side was read from (flag side_uncertain: near equal)
+        for code, value in zip(SIDE_EVIDENCE, f.side_evidence, strict=True):
+            obs["component"].append({
+                "code": _concept(code),
+                "valueQuantity": {"value": value, "unit": "1",
+                                  "system": "http://unitsofmeasure.org", "code": "1"}})
     site = codes_.locations.get(f.location) if f.location else None
     site = site or fc.site
     if site is not None:

@@ -29,6 +29,7 @@ from medassist.export.codes import (
     LONG_AXIS,
     MEASURED,
     SHORT_AXIS,
+    SIDE_EVIDENCE,
     Code,
     FindingCodes,
     evaluation,
@@ -157,6 +158,11 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
         measurements.append(hd.sr.Measurement(name=_cc(CARDIOTHORACIC_RATIO), value=f.ratio,
                                               unit=NO_UNITS, method=_cc(MEASURED),
                                               algorithm_id=algo))
+    if f.side_evidence is not None:
+        # the per-side evidence the side was read from (flag side_uncertain: near equal)
+        for code, value in zip(SIDE_EVIDENCE, f.side_evidence, strict=True):
+            measurements.append(hd.sr.Measurement(name=_cc(code), value=value, unit=NO_UNITS,
+                                                  algorithm_id=algo))
     evaluations = [hd.sr.QualitativeEvaluation(_cc(fc.finding),
                                                _cc(evaluation(f.present, f.flags)))]
     if lat is not None:

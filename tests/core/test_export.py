@@ -180,6 +180,26 @@ def test_a_measured_ratio_is_coded_and_small_ones_not_assessed_are_not_evaluated
     _dciodvfy_clean(sr_out)
 
 
+def test_the_side_evidence_is_exported_with_the_side(db: Db, tmp_path: Path,
+                                                     ct_files: list[Path]) -> None:
+    """A finding's per-side evidence (draft ``side_evidence``; flag side_uncertain where it
+    is near equal) is two measurements of its SR group and two components of its FHIR
+    Observation (private codes, no units); a finding without it has none."""
+    d = draft_dict()
+    d["findings"][0] = {**d["findings"][0], "flags": ["side_uncertain"],
+                        "side_evidence": {"left": 0.143, "right": 0.163}}
+    groups, contained, sr_out = _sr_and_fhir(db, d, tmp_path, ct_files)
+    sides = [[(m.name.value, m.value, m.unit.value) for m in g.get_measurements()
+              if m.name.value.startswith("MA-PROB-")] for g in groups]
+    assert sides == [[("MA-PROB-L", 0.143, "1"), ("MA-PROB-R", 0.163, "1")], [], []]
+    comps = [[(c["code"]["coding"][0]["code"], c["valueQuantity"]["value"])
+              for c in contained[f"finding-{i}"]["component"]
+              if c["code"].get("coding", [{}])[0].get("code", "").startswith("MA-PROB-")]
+             for i in (1, 2, 3)]
+    assert comps == [[("MA-PROB-L", 0.143), ("MA-PROB-R", 0.163)], [], []]
+    _dciodvfy_clean(sr_out)
+
+
 def test_a_size_says_whether_it_was_measured_on_the_ct_or_estimated(
         db: Db, tmp_path: Path, ct_files: list[Path]) -> None:
     """A size measured on the CT (flag size_measured) is coded with the measurement method
