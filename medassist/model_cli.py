@@ -181,12 +181,13 @@ def training_samples(tc: TrainConfig, cfg: Any, tok: Any,
     from multimodal.augment import RandShift, RandZoom
 
     aug = tc.augment_config()
-    t = RandZoom(aug) if aug.active else None
+    # only what is on: a shift-only run does not pass each volume through an idle zoom
+    t = RandZoom(aug) if aug.zoom_active else None
     shift = RandShift(aug, cfg.ct.spacing_mm) if aug.shift_active else None
     samples: list[dict[str, Any]] = []
 
     def add(r: CaseRecord) -> None:
-        if t is not None:
+        if t is not None or shift is not None:
             r = augmented(r, t, aug.seed, tc.data_seed, len(samples), shift)
         samples.append(compact(record_sample(r, cfg, tok, tc.max_emr_tokens), cfg))
 
@@ -238,13 +239,13 @@ def release_free_heap() -> bool:
 
 def augmented(r: CaseRecord, t: Any, seed: int, data_seed: int, index: int,
               shift: Any = None) -> CaseRecord:
-    """``r`` zoomed by ``t`` (:class:`multimodal.augment.RandZoom`) with training case
-    ``index``'s own generator: volume, label map and every finding's size (mm) scale
-    together; the factor goes to ``meta["zoom"]`` (None: left as generated).  Then, with
-    ``shift`` (:class:`multimodal.augment.RandShift`), volume and label map move in-plane
-    with the same generator's next draws; the move (rows, columns) goes to
-    ``meta["shift"]`` (None: not moved).  Without ``shift`` no draw is added, so a zoom-only
-    run draws as before."""
+    """``r`` zoomed by ``t`` (:class:`multimodal.augment.RandZoom`; None: no zoom, the same
+    as one whose zoom is off, which draws nothing) with training case ``index``'s own
+    generator: volume, label map and every finding's size (mm) scale together; the factor
+    goes to ``meta["zoom"]`` (None: left as generated).  Then, with ``shift``
+    (:class:`multimodal.augment.RandShift`), volume and label map move in-plane with the
+    same generator's next draws; the move (rows, columns) goes to ``meta["shift"]`` (None:
+    not moved).  Without ``shift`` no draw is added, so a zoom-only run draws as before."""
     import dataclasses
 
     from multimodal.augment import case_rng
@@ -252,7 +253,7 @@ def augmented(r: CaseRecord, t: Any, seed: int, data_seed: int, index: int,
     if r.hu is None:
         return r
     rng = case_rng(seed, data_seed, index)
-    hu, lab, f = t(r.hu, r.label_map, rng)
+    hu, lab, f = t(r.hu, r.label_map, rng) if t is not None else (r.hu, r.label_map, None)
     meta: dict[str, Any] = {**r.meta, "zoom": f}
     findings = r.findings if f is None else [
         {**x, "size_mm": float(x["size_mm"]) * f} if "size_mm" in x else x

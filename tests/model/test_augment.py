@@ -223,3 +223,10 @@ def test_training_case_shift_after_the_zoom_with_the_same_draws() -> None:
         [augmented(rec, RandZoom(only), 0, 7, i).meta["zoom"] for i in range(20)]
     assert "shift" not in augmented(rec, RandZoom(only), 0, 7, 0).meta
     assert rec.label_map is lab and rec.meta == {"impression": []}
+    # no zoom at all (a shift-only run passes none): the same cases as an idle zoom's
+    bare = [augmented(rec, None, 0, 7, i, RandShift(aug, (5.0, 2.75, 2.75)))
+            for i in range(10)]
+    assert [c.meta for c in bare] == [c.meta for c in cases]
+    assert all(c.hu is not None and a.hu is not None and np.array_equal(c.hu, a.hu)
+               for c, a in zip(bare, cases, strict=True))
+    assert all(c.hu is rec.hu for c in bare if c.meta["shift"] is None)  # left as it was
