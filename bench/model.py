@@ -358,7 +358,7 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11,
     from multimodal.checkpoint import load_checkpoint
     from multimodal.context import context_decisions
     from multimodal.heads import predict_findings
-    from multimodal.image_pass import image_geometry
+    from multimodal.image_pass import image_geometry, image_pass_outputs
     from multimodal.training import predict
 
     if not (checkpoint and (Path(checkpoint) / "model.safetensors").is_file()):
@@ -386,11 +386,10 @@ def long_cases(n: int, checkpoint: str | None, tokens: int, seed: int = 11,
         with torch.no_grad():
             outs = predict(m, samples, batch_size=1)
             # the pass the text is written from (decoder.image_pass: without the note)
-            mems = predict(m, samples, batch_size=1, drop="emr") if c.decoder.image_pass \
-                else outs
+            mems = image_pass_outputs(m, c, samples, outs, batch_size=1)
             for o, mem, hist in zip(outs, mems, hists, strict=True):
                 preds = predict_findings(o, c.heads, c.ct)
-                if c.decoder.image_pass:
+                if mem is not o:
                     preds = image_geometry(preds, mem, c.heads)
                 drafted, _ = note_context(o, c, preds, [hist])
                 head_ctx = (None if o.context_logits is None

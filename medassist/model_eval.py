@@ -89,7 +89,7 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
 
     from medassist.labeler import text_findings
     from multimodal.heads import predict_findings
-    from multimodal.image_pass import image_geometry
+    from multimodal.image_pass import image_geometry, image_pass_outputs
     from multimodal.measure import measure_findings
     from multimodal.metrics import findings_metrics
     from multimodal.training import predict
@@ -105,9 +105,8 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
         # decoder.image_pass: the text, and the locations and sizes it states, from the same
         # weights without the note, as the drafts write it (with the note removed, or a
         # case without a CT, there is no second pass: multimodal.image_pass)
-        image = cfg.decoder.image_pass and mode is None and all(
-            s.get("ct") is not None for s in samples)
-        imgs = predict(model, samples, drop="emr") if image else outs
+        imgs = image_pass_outputs(model, cfg, samples, outs) if mode is None else outs
+        image = any(i is not o for i, o in zip(imgs, outs, strict=True))
         prob = torch.cat([o.presence_prob for o in outs]).numpy()
         # both ways of stating the side (presence does not depend on it); the draft uses the
         # configured one

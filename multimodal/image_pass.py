@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +48,21 @@ def image_pass(model: nn.Module, cfg: ModelConfig, x: ModelInput, out: ModelOutp
     if not needs_image_pass(cfg, x):
         return out
     return typing.cast(ModelOutput, model(without_note(x)))
+
+
+def image_pass_outputs(model: nn.Module, cfg: ModelConfig,
+                       samples: Sequence[Mapping[str, Any]], outs: Sequence[ModelOutput],
+                       batch_size: int = 8) -> list[ModelOutput]:
+    """:func:`image_pass` for ``outs``, the outputs of :func:`multimodal.training.predict`
+    over ``samples`` in batches of ``batch_size``: ``outs`` itself where a second pass would
+    not differ (off, no note, or a case without CT), else the same batches without the
+    note."""
+    from multimodal.training import predict
+
+    if not (cfg.decoder.image_pass and any(s.get("emr_ids") is not None for s in samples)
+            and all(s.get("ct") is not None for s in samples)):
+        return list(outs)
+    return predict(model, samples, batch_size=batch_size, drop="emr")
 
 
 def image_geometry(preds: Sequence[Sequence[FindingPrediction]], img: ModelOutput,

@@ -115,3 +115,32 @@ def test_image_geometry_replaces_location_and_size_of_present_findings_only(
         image_geometry(preds[:1], img, tiny_cfg.heads)
     with pytest.raises(ValueError, match="predictions for"):
         image_geometry([case[:2] for case in preds], img, tiny_cfg.heads)
+
+
+def test_image_pass_outputs_follow_the_same_rule_over_samples(tiny_cfg: ModelConfig) -> None:
+    """Over samples in batches (``medassist eval``, the benches): the outputs themselves
+    where a second pass would not differ, else the same batches without the note."""
+    from multimodal.image_pass import image_pass_outputs
+    from multimodal.training import predict
+
+    cfg = _on(tiny_cfg)
+    model = _model(cfg)
+    g = torch.Generator().manual_seed(0)
+    z, y, x = cfg.ct.grid_shape
+
+    def sample(ct: bool, note: bool) -> dict[str, object]:
+        return {"ct": torch.rand((3, z, y, x), generator=g).numpy() if ct else None,
+                "emr_ids": torch.randint(5, 50, (12,), generator=g).numpy() if note else None}
+
+    both = [sample(True, True), sample(True, False), sample(True, True)]
+    outs = predict(model, both, batch_size=2)
+    imgs = image_pass_outputs(model, cfg, both, outs, batch_size=2)
+    ref = predict(model, both, batch_size=2, drop="emr")
+    assert len(imgs) == 2 and all(i is not o for i, o in zip(imgs, outs, strict=True))
+    assert all(torch.equal(i.memory, r.memory) for i, r in zip(imgs, ref, strict=True))
+    for samples in ([sample(True, False)] * 2, [sample(True, True), sample(False, True)]):
+        o = predict(model, samples, batch_size=2)
+        assert all(a is b for a, b in zip(image_pass_outputs(model, cfg, samples, o,
+                                                              batch_size=2), o, strict=True))
+    assert all(a is b for a, b in zip(image_pass_outputs(model, tiny_cfg, both, outs,
+                                                          batch_size=2), outs, strict=True))

@@ -371,6 +371,10 @@ def test_image_pass_drafts_the_text_from_the_ct(synth_folder: Path, tiny_checkpo
         (b["sections"]["findings"], b["sections"]["impression"])
     assert [(f["location"], f["size_mm"]) for f in a["findings"]] == \
         [(f["location"], f["size_mm"]) for f in b["findings"]]
+    # from the pass with the note they are not: the other note reaches them
+    other_first = infer(lm, notes[1:], threshold=0.0)[0]
+    assert [(f["location"], f["size_mm"]) for f in first["findings"]] != \
+        [(f["location"], f["size_mm"]) for f in other_first["findings"]]
     # the image pass is the pass without the note: its locations are those of the draft
     # without a note, finding by finding where the side agrees
     bare = infer(lm, [prepare(case / "dicom", None, lm.cfg)], threshold=0.0)[0]
