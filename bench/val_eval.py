@@ -6,6 +6,8 @@ post-processing rules before the held-out test splits are scored.
                                       [--data DIR] [--synth-config configs/synth/small.yaml]
                                       [--sides] [--sizes [--min-fit-fraction F]
                                       [--max-wall-share W]]
+                                      [--evidence [--evidence-box patches|cells]
+                                       [--evidence-cell-prob P [P ...]]]
 
 Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
 the side read off the image), ``per_finding`` (F1, TP / FP / FN, AUROC and the stated side
@@ -20,7 +22,11 @@ states (measured on the CT where that succeeds, ``multimodal.measure``): their M
 true positives, the size head's alone, the (reference, stated) pairs and how many calls were
 measured; ``--min-fit-fraction`` and ``--max-wall-share`` set ``heads.measure.min_fit_fraction`` and
 ``max_wall_share`` for the run (how the measurement's settings are chosen on validation
-cases).  The cases come from
+cases).  ``--evidence`` adds ``evidence_localisation`` (the evidence boxes of the true
+positives against their labelled voxels, as ``medassist eval`` reports it), once per
+``--evidence-cell-prob`` (``heads.evidence_cell_prob``; default the checkpoint's) under
+``evidence_by_cell_prob`` (how that setting is chosen on validation cases);
+``--evidence-box`` sets ``heads.evidence_box`` for the run.  The cases come from
 ``medassist.model_data.cached_synth_records`` (``--synth-config``, default
 configs/synth/small.yaml; seed 7, split val).
 """
@@ -83,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="heads.measure.min_fit_fraction for this run (with --sizes)")
     ap.add_argument("--max-wall-share", type=float, default=None,
                     help="heads.measure.max_wall_share for this run (with --sizes)")
+    ap.add_argument("--evidence", action="store_true",
+                    help="add the evidence boxes' localisation on the true positives")
+    ap.add_argument("--evidence-box", choices=("patches", "cells"), default=None,
+                    help="heads.evidence_box for this run (with --evidence)")
+    ap.add_argument("--evidence-cell-prob", type=float, nargs="+", default=None,
+                    help="heads.evidence_cell_prob values to score (with --evidence)")
     ap.add_argument("--synth-config", default=str(REPO / "configs/synth/small.yaml"),
                     help="generator config of the cached validation cases")
     a = ap.parse_args(argv)
@@ -94,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = replace(cfg, heads=replace(cfg.heads, measure=replace(cfg.heads.measure,
                                                                     **over)))
+    if a.evidence_box is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, heads=replace(cfg.heads, evidence_box=a.evidence_box))
     if a.data:
         recs = list(folder_records(a.data, cfg))
     else:
@@ -101,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     samples = [record_sample(r, cfg, tok, with_report=False) for r in recs]
     with torch.no_grad():
         full = evaluate(model, cfg, samples, tok=tok if a.text else None,
-                        records=recs if a.text or a.sizes else None, modes=(None,),
-                        injection=False)["full"]
+                        records=recs if a.text or a.sizes or a.evidence else None,
+                        modes=(None,), injection=False)["full"]
     keys = ["micro_f1", "macro_auroc", "laterality_acc_tp", "laterality_acc_tp_head",
             "laterality_acc_tp_evidence", "per_finding", "detection_by_size"]
     if a.text:
@@ -121,6 +137,19 @@ def main(argv: list[str] | None = None) -> int:
                                    if lab in full["per_finding"]}
     if a.sides:
         res["side_confusion"] = side_confusion(model, cfg, samples)
+    if a.evidence:
+        from dataclasses import replace
+
+        by_prob = {}
+        for prob in a.evidence_cell_prob or [cfg.heads.evidence_cell_prob]:
+            c = replace(cfg, heads=replace(cfg.heads, evidence_cell_prob=prob))
+            with torch.no_grad():
+                by_prob[str(prob)] = full["evidence_localisation"] \
+                    if prob == cfg.heads.evidence_cell_prob else evaluate(
+                        model, c, samples, records=recs, modes=(None,),
+                        injection=False)["full"]["evidence_localisation"]
+        res["evidence_box"] = cfg.heads.evidence_box
+        res["evidence_by_cell_prob"] = by_prob
     print(json.dumps(res, indent=1))
     return 0
 

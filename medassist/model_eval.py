@@ -156,6 +156,9 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
                 cfg.heads.labels, prob, pred, truth, side_indices(by_side[ev]), lat_true,
                 size, size_true)["laterality_acc_tp"]
         m["side_uncertainty"] = side_uncertainty(preds, truth, lat_true)
+        if records is not None and mode != "ct":
+            m["evidence_localisation"] = evidence_localisation(
+                cfg.heads.labels, preds, truth, records, cfg.ct.spacing_mm)
         m.update(context_metrics(cfg, outs, samples))
         w = torch.cat([o.modality_weights for o in outs]).numpy()
         m["mean_modality_weights"] = {"ct": float(w[:, 0].mean()), "emr": float(w[:, 1].mean())}
@@ -322,6 +325,68 @@ def side_uncertainty(preds: Sequence[Sequence[Any]], truth: npt.NDArray[np.bool_
             out[key] += 1
             out[f"{key}_right_side"] += int(p.laterality == LATERALITY[int(lat_true[b, f])])
     return out
+
+
+def _lesion_boxes(record: CaseRecord, label: str
+                  ) -> list[tuple[npt.NDArray[np.bool_], tuple[int, ...]]]:
+    """Each of ``record``'s findings of ``label`` with labelled voxels on the model grid: (its
+    voxels, its inclusive bounding box (z0, y0, x0, z1, y1, x1))."""
+    if record.label_map is None:
+        return []
+    out = []
+    for i, f in enumerate(record.findings):
+        if f.get("kind") != label:
+            continue
+        vox = record.label_map == int(f.get("label_value", i + 1))
+        idx = np.nonzero(vox)
+        if idx[0].size:
+            out.append((vox, (*(int(a.min()) for a in idx), *(int(a.max()) for a in idx))))
+    return out
+
+
+def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
+    """IoU of two inclusive voxel boxes (z0, y0, x0, z1, y1, x1)."""
+    inter = np.prod([max(0, min(a[i + 3], b[i + 3]) - max(a[i], b[i]) + 1) for i in range(3)])
+    va = np.prod([a[i + 3] - a[i] + 1 for i in range(3)])
+    vb = np.prod([b[i + 3] - b[i] + 1 for i in range(3)])
+    return float(inter / (va + vb - inter))
+
+
+def evidence_localisation(labels: Sequence[str], preds: Sequence[Sequence[Any]],
+                          truth: npt.NDArray[np.bool_], records: Sequence[CaseRecord],
+                          spacing_mm: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """Where the evidence box of a true positive lies against the finding's labelled voxels
+    (cases with a label map; a finding too small to keep a voxel on the model grid is left
+    out).  Per label with any scored: ``tp`` (scored), ``hit`` (boxes holding some of the
+    label's voxels), ``coverage`` (median share of the label's voxels inside the box),
+    ``box_iou`` (median over the true positives of the best IoU of the box with one lesion's
+    bounding box) and ``box_ml`` (median box volume); ``all`` pools them."""
+    vox_ml = float(np.prod(spacing_mm)) / 1000.0
+    rows: dict[str, list[tuple[bool, float, float, float]]] = {}
+    for b, case in enumerate(preds):
+        for f, p in enumerate(case):
+            if not (p.present and truth[b, f]) or p.box_voxels is None:
+                continue
+            lesions = _lesion_boxes(records[b], labels[f])
+            if not lesions:
+                continue
+            bx = p.box_voxels
+            inside = np.zeros_like(lesions[0][0])
+            inside[bx[0]:bx[3] + 1, bx[1]:bx[4] + 1, bx[2]:bx[5] + 1] = True
+            vox = np.logical_or.reduce([v for v, _ in lesions])
+            n_in = int((vox & inside).sum())
+            vol = float(np.prod([bx[i + 3] - bx[i] + 1 for i in range(3)])) * vox_ml
+            rows.setdefault(labels[f], []).append(
+                (n_in > 0, n_in / int(vox.sum()), max(box_iou(bx, lb) for _, lb in lesions),
+                 vol))
+    rows["all"] = [r for v in rows.values() for r in v]
+
+    def summary(rs: list[tuple[bool, float, float, float]]) -> dict[str, Any]:
+        return {"tp": len(rs), "hit": sum(r[0] for r in rs),
+                "coverage": round(float(np.median([r[1] for r in rs])), 4) if rs else None,
+                "box_iou": round(float(np.median([r[2] for r in rs])), 4) if rs else None,
+                "box_ml": round(float(np.median([r[3] for r in rs])), 1) if rs else None}
+    return {k: summary(v) for k, v in rows.items()}
 
 
 def context_metrics(cfg: Any, outs: Sequence[Any], samples: Sequence[Mapping[str, Any]]

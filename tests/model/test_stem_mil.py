@@ -203,3 +203,41 @@ def test_detection_by_size() -> None:
     assert rows[1]["recall"] is None and rows[1]["auroc"] is None
     assert rows[2]["auroc"] == 1.0 and rows[3]["max_mm"] is None
     assert detection_by_size(["a"], prob, prob > 0.5, truth, size, ["b"]) == {}
+
+
+def test_evidence_localisation_scores_the_box_against_the_labelled_voxels() -> None:
+    """``medassist eval``'s ``evidence_localisation``: on true positives with labelled voxels,
+    whether the box holds some (hit), the share it holds (coverage), its IoU with the
+    nearest lesion's bounding box and its volume; false positives, and lesions too small to
+    keep a voxel, are not scored."""
+    from medassist.model_data import CaseRecord
+    from medassist.model_eval import box_iou, evidence_localisation
+    from multimodal.outputs import FindingPrediction
+
+    lab = np.zeros((10, 20, 20), np.uint8)
+    lab[2:4, 2:6, 2:6] = 1  # finding 1 (a mass): 2 x 4 x 4 voxels
+    lab[6:8, 10:12, 10:12] = 2  # finding 2 (another mass): 2 x 2 x 2
+    findings: list[dict[str, object]] = [
+        {"kind": "lung_mass", "label_value": 1}, {"kind": "lung_mass"},
+        {"kind": "lung_nodule", "label_value": 3}]  # no voxel left on the grid
+    rec = CaseRecord(case_id="c", hu=None, label_map=lab, findings=findings, emr=None,
+                     report_text="")
+
+    def pred(label: str, box: tuple[int, int, int, int, int, int]) -> FindingPrediction:
+        return FindingPrediction(label=label, present=True, probability=0.9, laterality=None,
+                                 location=None, size_mm=None, slices=(box[0], box[3]),
+                                 box_voxels=box, emr_token_spans=())
+
+    labels = ("lung_mass", "lung_nodule", "consolidation")
+    preds = [[pred("lung_mass", (2, 2, 2, 3, 5, 5)), pred("lung_nodule", (0, 0, 0, 9, 19, 19)),
+              pred("consolidation", (0, 0, 0, 1, 1, 1))]]
+    truth = np.array([[True, True, False]])
+    res = evidence_localisation(labels, preds, truth, [rec], (5.0, 2.0, 2.0))
+    # the box is finding 1's own bounding box: 32 of the 40 labelled voxels, IoU 1, 32 x 20 mm3
+    assert res["lung_mass"] == {"tp": 1, "hit": 1, "coverage": 0.8, "box_iou": 1.0,
+                                "box_ml": 0.6}
+    assert set(res) == {"lung_mass", "all"} and res["all"]["tp"] == 1
+    assert box_iou((0, 0, 0, 1, 1, 1), (1, 1, 1, 2, 2, 2)) == pytest.approx(1 / 15)
+    missed = [[pred("lung_mass", (0, 15, 15, 1, 19, 19)), *preds[0][1:]]]
+    assert evidence_localisation(labels, missed, truth, [rec], (5.0, 2.0, 2.0))[
+        "lung_mass"] == {"tp": 1, "hit": 0, "coverage": 0.0, "box_iou": 0.0, "box_ml": 1.0}
