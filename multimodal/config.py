@@ -429,10 +429,25 @@ class HeadsConfig:
     #: that had too few positives there to measure it, is flagged ``unreliable_detector`` in
     #: every draft, present or absent (the decision itself is unchanged); 0 turns it off
     min_reliable_auroc: float = 0.0
+    #: the evidence box a present finding is shown with: "patches", the bounding box of its
+    #: selected patches (those the side and the rules on the CT read); "cells", within them,
+    #: of the dense detector's cells of probability ``evidence_cell_prob`` or more
+    #: (ct.dense_hidden; the patches
+    #: where it has none) and, for a nodule or mass measured on the CT, of the fitted
+    #: ellipsoid (:func:`multimodal.measure.focus_evidence`)
+    evidence_box: str = "cells"
+    #: the dense cells' probability that "cells" takes
+    evidence_cell_prob: float = 0.5
     #: a called nodule's or mass's size measured on the image instead of the size head's
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
     def __post_init__(self) -> None:
+        if self.evidence_box not in ("patches", "cells"):
+            raise ModelConfigError(f"heads.evidence_box must be 'patches' or 'cells', got "
+                                   f"{self.evidence_box!r}")
+        if not 0 < self.evidence_cell_prob < 1:
+            raise ModelConfigError(f"heads.evidence_cell_prob must be in (0, 1), got "
+                                   f"{self.evidence_cell_prob}")
         if not self.labels or len(set(self.labels)) != len(self.labels):
             raise ModelConfigError("heads.labels must be a non-empty list of unique labels")
         if len(self.locations) < 2 or self.locations[0] != "none":

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from multimodal.config import LATERALITY, CTStemConfig, HeadsConfig
+from multimodal.errors import ShapeError
 from multimodal.outputs import FindingPrediction, ModelOutput
 
 
@@ -143,6 +144,22 @@ def _box(mask: Tensor, patch: tuple[int, int, int]) -> tuple[int, int, int, int,
     hi = idx.max(0).values.tolist()
     return (lo[0] * patch[0], lo[1] * patch[1], lo[2] * patch[2],
             (hi[0] + 1) * patch[0] - 1, (hi[1] + 1) * patch[1] - 1, (hi[2] + 1) * patch[2] - 1)
+
+
+def cells_box(dense: Tensor, patches: Tensor, block: tuple[int, int, int],
+              min_prob: float = 0.5) -> tuple[int, int, int, int, int, int] | None:
+    """One finding's dense cell logits (z, y, x) and its selected patches, a (gz, gy, gx) bool
+    mask -> the bounding box (inclusive model-grid voxels; ``block``: voxels per cell) of the
+    cells inside those patches with probability ``min_prob`` or more; None where there is
+    none."""
+    rep = [c // g for c, g in zip(dense.shape, patches.shape, strict=True)]
+    if any(r < 1 or r * g != c for r, g, c in zip(rep, patches.shape, dense.shape, strict=True)):
+        raise ShapeError(f"dense cells {tuple(dense.shape)} do not tile the patch grid "
+                         f"{tuple(patches.shape)}")
+    inside = patches.repeat_interleave(rep[0], 0).repeat_interleave(rep[1], 1) \
+        .repeat_interleave(rep[2], 2)  # (z, y, x)
+    sel = (dense >= math.log(min_prob / (1 - min_prob))) & inside
+    return _box(sel, block) if bool(sel.any()) else None
 
 
 def top_spans(attr: Tensor, n: int) -> tuple[tuple[int, int], ...]:
@@ -322,7 +339,7 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
             fixed = label in heads.evidence_side_labels
             use_ev = by_evidence and present and (
                 fixed or (not heads.evidence_side_labels and side != "none"))
-            slices = box = None
+            slices = box = focus = None
             weights = None
             side_ev: tuple[float, float] | None = None
             if present and out.patch_logits is not None:
@@ -340,6 +357,9 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 box = _box(sel, ct.patch)
                 slices = (box[0], box[3])
                 weights = m * sel
+                if heads.evidence_box == "cells" and out.dense_logits is not None:
+                    focus = cells_box(out.dense_logits[b, f].detach().float().cpu(), sel,
+                                      ct.dense_block, heads.evidence_cell_prob)
             elif present and out.loc_logits is not None:
                 m = torch.softmax(out.loc_logits[b, f].detach().float(), -1).reshape(grid).cpu()
                 sel = m >= heads.rel_threshold * m.max()
@@ -359,6 +379,7 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 size_mm=round(float(size[b, f]), 1) if present else None,
                 slices=slices, box_voxels=box, emr_token_spans=spans, side_evidence=side_ev,
                 side_uncertain=side_ev is not None and side_is_uncertain(
-                    side, *side_ev, heads.min_side_odds_ratio)))
+                    side, *side_ev, heads.min_side_odds_ratio),
+                focus_box=focus))
         res.append(case)
     return res

@@ -73,6 +73,18 @@ class Measurement:
     #: axial section: what a reader measures on the axial slice), and its craniocaudal extent
     axial_mm: tuple[float, float]
     craniocaudal_mm: float
+    #: half the ellipsoid's extent along z, y and x (mm): its axis-aligned bounding box
+    half_extent_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def box_voxels(self, spacing_mm: Sequence[float], shape: Sequence[int]
+                   ) -> tuple[int, int, int, int, int, int]:
+        """The voxels (inclusive, clipped to ``shape``) of the ellipsoid's bounding box."""
+        c = np.asarray(self.centre_voxel)
+        h = np.asarray(self.half_extent_mm) / np.asarray(spacing_mm, np.float64)
+        last = np.asarray(shape) - 1
+        lo = np.clip(np.floor(c - h + 0.5), 0, last).astype(int)
+        hi = np.clip(np.ceil(c + h - 0.5), lo, last).astype(int)
+        return (int(lo[0]), int(lo[1]), int(lo[2]), int(hi[0]), int(hi[1]), int(hi[2]))
 
 
 def _fibonacci_dirs(n: int) -> F64:
@@ -254,11 +266,13 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
                     axes = sorted((float(2 * r) for r in radii), reverse=True)
                     cv = centre / spacing
                     axial, cc = _reading_axes(amat)
+                    half = np.sqrt(np.diag(np.linalg.inv(amat)))
                     return Measurement(
                         diameter_mm=diameter, axes_mm=(axes[0], axes[1], axes[2]),
                         centre_voxel=(float(cv[0]), float(cv[1]), float(cv[2])),
                         fit_fraction=fraction, wall_share=wall, axial_mm=axial,
-                        craniocaudal_mm=cc)
+                        craniocaudal_mm=cc,
+                        half_extent_mm=(float(half[0]), float(half[1]), float(half[2])))
             if len(tried) >= cfg.n_tries:
                 break
     return None
@@ -289,7 +303,10 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
                 p = dataclasses.replace(
                     p, size_mm=round(m.diameter_mm, 1), size_source="image",
                     size_axes_mm=(round(m.axial_mm[0], 1), round(m.axial_mm[1], 1),
-                                  round(m.craniocaudal_mm, 1)))
+                                  round(m.craniocaudal_mm, 1)),
+                    # the lesion measured is the tighter evidence (heads.evidence_box cells)
+                    focus_box=None if p.focus_box is None
+                    else m.box_voxels(spacing_mm, np.shape(hu)))
         elif cfg.enabled and hu is not None and p.present and p.label in cfg.ratio_labels:
             # the size of such a label is a ratio (cardiothoracic), not a length
             c = cardiothoracic_ratio(np.asarray(hu), spacing_mm, ratio_range=cfg.ratio_range)
@@ -297,8 +314,18 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
                 p = dataclasses.replace(p, size_mm=round(c.ratio, 2), size_source="image")
         elif cfg.enabled and hu is not None and p.label in cfg.fluid_labels:
             p = _fluid_call(p, hu, spacing_mm, cfg)
-        out.append(p)
+        out.append(focus_evidence(p))
     return out
+
+
+def focus_evidence(p: FindingPrediction) -> FindingPrediction:
+    """``p`` with its evidence box and slices its ``focus_box`` where it has one (the rules
+    on the CT above read the wider ``box_voxels`` first; a box the fluid call found is the
+    fluid's own); else ``p``."""
+    if p.focus_box is None or p.present_source == "image":
+        return p
+    f = p.focus_box
+    return dataclasses.replace(p, box_voxels=f, slices=(f[0], f[3]), focus_box=None)
 
 
 def _fluid_call(p: FindingPrediction, hu: npt.NDArray[np.floating],

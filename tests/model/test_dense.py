@@ -211,3 +211,41 @@ def test_make_sample_writes_the_dense_target(tiny_cfg: ModelConfig) -> None:
     s0 = make_sample(tiny_cfg, tok, hu=hu, emr=None, label_map=lab,
                      label_values={"lung_nodule": [1]}, targets=tg)
     assert "dense_map" not in s0
+
+
+def test_the_evidence_box_is_the_dense_cells_within_the_selected_patches(
+        tiny_cfg: ModelConfig, make_batch: Callable[..., ModelInput]) -> None:
+    """``heads.evidence_box`` "cells": a present finding is shown with the box of its
+    selected patches' dense cells of probability 0.5 or more (a cell outside those patches
+    does not widen it), once the rules on the CT have read the patch box; where no cell
+    reaches 0.5, and with "patches", the patch box stays."""
+    from multimodal.heads import cells_box, predict_findings
+    from multimodal.measure import measure_findings
+
+    cfg = _dense_cfg(tiny_cfg)
+    torch.manual_seed(0)
+    out = FusionModel(cfg).eval()(make_batch(b=1))
+    assert out.patch_logits is not None and out.dense_logits is not None
+    patch = torch.full_like(out.patch_logits, -10.0)
+    patch[0, 0, 0] = 10.0  # finding 0: the first patch alone (voxels 0-3, 0-7, 0-7)
+    dense = torch.full_like(out.dense_logits, -5.0)
+    dense[0, 0, 0, 1, 2] = 3.0  # inside the first patch (2 x 4 x 4 cells of 2 voxels)
+    dense[0, 0, 7, 15, 15] = 3.0  # outside it
+    out = dataclasses.replace(out, patch_logits=patch, dense_logits=dense)
+
+    def shown(heads_cfg: object, o: object = out) -> tuple[object, object, object]:
+        p = predict_findings(o, heads_cfg, cfg.ct, threshold=0.0)[0][0]  # type: ignore[arg-type]
+        q = measure_findings([p], None, cfg.ct.spacing_mm, cfg.heads.measure)[0]
+        return p.box_voxels, q.box_voxels, q.slices
+
+    cells = dataclasses.replace(cfg.heads, evidence_box="cells")
+    assert shown(cells) == ((0, 0, 0, 3, 7, 7), (0, 2, 4, 1, 3, 5), (0, 1))
+    patches = dataclasses.replace(cfg.heads, evidence_box="patches")
+    assert shown(patches) == ((0, 0, 0, 3, 7, 7), (0, 0, 0, 3, 7, 7), (0, 3))
+    faint = dense.clone()
+    faint[0, 0, 0, 1, 2] = -1.0
+    assert shown(cells, dataclasses.replace(out, dense_logits=faint))[1] == (0, 0, 0, 3, 7, 7)
+    with pytest.raises(ShapeError, match="do not tile"):
+        cells_box(dense[0, 0, :7], torch.ones(4, 4, 4, dtype=torch.bool), (2, 2, 2))
+    with pytest.raises(ModelConfigError, match="evidence_box"):
+        dataclasses.replace(cfg.heads, evidence_box="voxels")

@@ -216,3 +216,21 @@ def test_bad_arguments_and_config_are_refused() -> None:
     assert heads.measure == MeasureConfig(enabled=False, lesions=(("lung_mass", 30.0, 90.0),))
     with pytest.raises(ModelConfigError, match="unknown keys"):
         from_mapping(HeadsConfig, {"labels": ["lung_mass"], "measure": {"size": 1}}, "heads")
+
+
+def test_a_measured_lesion_is_shown_by_its_own_box() -> None:
+    """With a tighter box to show (``focus_box``, heads.evidence_box "cells"), a measured
+    lesion's evidence becomes the fitted ellipsoid's bounding box; the search still ran in
+    the wide box. A fluid band found on the CT keeps its own box."""
+    hu = add_ellipsoid(chest(), LEFT_LUNG, (20.0, 16.0, 15.0))
+    wide = _pred("lung_mass")
+    p = dataclasses.replace(wide, focus_box=(30, 60, 90, 31, 61, 91))
+    (m,) = measure_findings([p], hu, SPACING, MeasureConfig())
+    assert m.size_source == "image" and m.focus_box is None
+    # z 140-180 mm, y 160-192, x 245-275 (voxels 28-36, 58.2-69.8, 89.1-100)
+    assert m.box_voxels == pytest.approx((28, 58, 89, 36, 70, 100), abs=1)
+    assert m.box_voxels is not None and m.slices == (m.box_voxels[0], m.box_voxels[3])
+    (w,) = measure_findings([wide], hu, SPACING, MeasureConfig())
+    assert w.box_voxels == wide.box_voxels  # nothing to show instead: the wide box stays
+    fluid = dataclasses.replace(p, label="pericardial_effusion", present_source="image")
+    assert measure_findings([fluid], None, SPACING, MeasureConfig())[0] == fluid
