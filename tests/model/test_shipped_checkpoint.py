@@ -4,6 +4,7 @@ are copied in fails here)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -36,9 +37,10 @@ def test_shipped_checkpoint_loads_and_matches_its_card() -> None:
 
 def test_shipped_draft_of_the_real_chest_a0001(a0001: Path) -> None:
     """The issue's real-CT bar on the shipped weights: the left lung mass called, its
-    evidence slices overlapping the annotated tumour (z -234 to -184 mm), no right-sided
-    mass; and its side states the evidence it was read from, flagged where the two sides are
-    near equal (``heads.min_side_odds_ratio``) and its sentences marked then."""
+    evidence slices overlapping the annotated tumour (z -234 to -184 mm) and its box holding
+    the annotated boxes' centres, no right-sided mass; and its side states the evidence it
+    was read from, flagged where the two sides are near equal
+    (``heads.min_side_odds_ratio``) and its sentences marked then."""
     from medassist.labeler import SIDE_UNCERTAIN
     from medassist.model_cli import make_report
     from multimodal.heads import side_is_uncertain
@@ -49,6 +51,13 @@ def test_shipped_draft_of_the_real_chest_a0001(a0001: Path) -> None:
     assert mass["present"] and mass["laterality"] == "left"
     z0, z1 = mass["evidence"]["z_mm"]
     assert z0 <= -184.0 and z1 >= -234.0  # overlaps the annotated z range
+    # the box shown (heads.evidence_box) holds the centre of every annotated box in-plane
+    # (box_voxels: slice, row, column; bbox_pixels: column, row, column, row)
+    _, r0, c0, _, r1, c1 = mass["evidence"]["box_voxels"]
+    notes = json.loads((a0001.parent / "annotations-A0001.json").read_text(encoding="utf-8"))
+    for b in notes["boxes"]:
+        x0, y0, x1, y1 = b["bbox_pixels"]
+        assert c0 <= (x0 + x1) / 2 <= c1 and r0 <= (y0 + y1) / 2 <= r1, b["file"]
     assert not any(f["present"] and f["laterality"] in ("right", "bilateral")
                    and f["label"] in ("lung_mass", "lung_nodule") for f in rep["findings"])
     for f in rep["findings"]:
