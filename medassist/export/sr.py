@@ -1,9 +1,11 @@
 """DICOM Comprehensive 3D SR (TID 1500 Measurement Report) built with highdicom.
 
-Each finding becomes a TID 1501 measurement group: finding type and site (SNOMED CT), a
-qualitative evaluation (present / absent / not evaluated), laterality, the size (UCUM mm), a
-measured cardiothoracic ratio (no units) and the AI probability as measurements, the source
-CT instances of its evidence slices, and the algorithm identification. Drafts are UNVERIFIED;
+Each finding becomes a measurement group: finding type and site (SNOMED CT), a qualitative
+evaluation (present / absent / not evaluated), laterality, the size (UCUM mm), a measured
+cardiothoracic ratio (no units) and the AI probability as measurements, and the algorithm
+identification.  A finding with an evidence box is a TID 1411 volumetric ROI group whose
+regions draw the box on each evidence slice; one without (not called, or called without
+CT evidence) a TID 1501 group citing its evidence slices, if any. Drafts are UNVERIFIED;
 signed reports VERIFIED with the verifying observer (the signer).
 """
 
@@ -14,8 +16,10 @@ import io
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -125,7 +129,9 @@ def load_sources(sources: Sequence[Dataset | str | Path]) -> list[Dataset]:
 
 
 def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
-           algo: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+           algo: hd.sr.AlgorithmIdentification
+           ) -> (hd.sr.MeasurementsAndQualitativeEvaluations
+                 | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations):
     fc = codes_.for_label(f.label)
     lat = codes_.lateralities.get(f.laterality) if f.laterality else None
     site_code = codes_.locations.get(f.location) if f.location else None
@@ -167,12 +173,44 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
                                                _cc(evaluation(f.present, f.flags)))]
     if lat is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(LATERALITY, _cc(lat)))
+    tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"finding {i + 1}: {f.label}")
+    regions = _evidence_regions(i, f, sources)
+    if regions:
+        # TID 1411: the evidence box drawn on each evidence slice (the regions reference the
+        # slices' instances, as the source images of a TID 1501 group would)
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_regions=regions,
+            finding_type=_cc(fc.finding), algorithm_id=algo, finding_sites=sites or None,
+            measurements=measurements, qualitative_evaluations=evaluations)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
-                                                     identifier=f"finding {i + 1}: {f.label}"),
-        finding_type=_cc(fc.finding), algorithm_id=algo, finding_sites=sites or None,
-        measurements=measurements, qualitative_evaluations=evaluations,
-        source_images=refs or None)
+        tracking_identifier=tracking, finding_type=_cc(fc.finding), algorithm_id=algo,
+        finding_sites=sites or None, measurements=measurements,
+        qualitative_evaluations=evaluations, source_images=refs or None)
+
+
+def _evidence_regions(i: int, f: Finding, sources: Sequence[Dataset]
+                      ) -> list[hd.sr.ImageRegion]:
+    """A finding's evidence box as a closed rectangle (SCOORD POLYLINE, in pixel coordinates
+    whose origin is the top left corner of the top left pixel) around its rows and columns, on
+    each of its evidence slices; none without a box.  ``sources``: the series in slice order
+    (the slices were checked against it)."""
+    box = f.evidence.box_voxels
+    if box is None or not f.evidence.slices:
+        return []
+    x0, y0, x1, y1 = box[2], box[1], box[5] + 1, box[4] + 1
+    rect = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], np.float64)
+    out = []
+    for k in f.evidence.slices:
+        ds = sources[k]
+        if y1 > int(ds.Rows) or x1 > int(ds.Columns):
+            raise ExportError(f"finding {i} ({f.label}): its evidence box (rows {box[1]}-"
+                              f"{box[4]}, columns {box[2]}-{box[5]}) lies outside slice {k}'s "
+                              f"{ds.Rows} x {ds.Columns} pixels; pass the series the draft "
+                              f"was made on")
+        out.append(hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=rect,
+            source_image=hd.sr.SourceImageForRegion(ds.SOPClassUID, ds.SOPInstanceUID)))
+    return out
 
 
 def build_sr(view: ReportView, sources: Sequence[Dataset | str | Path], *,
@@ -219,6 +257,34 @@ def build_sr(view: ReportView, sources: Sequence[Dataset | str | Path], *,
         verifying_organization=institution if signed else None)
     sr.SeriesDescription = "medassist AI report" + ("" if signed else " (DRAFT)")
     return sr
+
+
+def measurement_groups(ds: Dataset) -> list[Any]:
+    """The measurement groups of an SR built by :func:`build_sr`, in the drafts' finding
+    order, whichever template each is (TID 1501, or TID 1411 with the evidence box)."""
+    report = hd.sr.MeasurementReport.from_sequence([ds])
+    groups = [*report.get_image_measurement_groups(),
+              *report.get_volumetric_roi_measurement_groups()]
+    return sorted(groups, key=lambda g: _finding_number(str(g.tracking_identifier)))
+
+
+def _finding_number(identifier: str) -> int:
+    """``"finding 3: lung_nodule"`` -> 3 (the tracking identifier :func:`_group` gives)."""
+    head = identifier.split(":", 1)[0].split()
+    if len(head) != 2 or head[0] != "finding" or not head[1].isdigit():
+        raise ExportError(f"measurement group {identifier!r} was not written by medassist")
+    return int(head[1])
+
+
+def group_source_uids(group: Any) -> list[str]:
+    """The SOP Instance UIDs of the CT slices a measurement group cites: its source images
+    (TID 1501), or the images its regions are drawn on (TID 1411)."""
+    if isinstance(group, hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations):
+        regions = group.roi if isinstance(group.roi, list) else []
+        # each region's SELECTED FROM image item
+        return [str(r.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                for r in regions]
+    return [str(r.referenced_sop_instance_uid) for r in group.source_images]
 
 
 def _pn(name: str) -> str:

@@ -22,7 +22,7 @@ from medassist.draft import ReportDraft
 from medassist.errors import ExportError
 from medassist.export import export_report
 from medassist.export.codes import load_codes
-from medassist.export.sr import check_sr
+from medassist.export.sr import check_sr, group_source_uids, measurement_groups
 from medassist.storage import AuditEvent
 from tests.dicom_factory import axial_positions, write_series
 
@@ -41,7 +41,9 @@ def _walk(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
 @pytest.fixture(scope="module")
 def ct_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     out = tmp_path_factory.mktemp("ct")
-    return write_series(out, axial_positions(64, 2.0), rows=8, cols=8, study_uid=STUDY_UID,
+    # as large as the drafts' evidence boxes need (factories.DRAFT: rows 100-112, columns
+    # 150-162)
+    return write_series(out, axial_positions(64, 2.0), rows=192, cols=192, study_uid=STUDY_UID,
                         series_uid=SERIES_UID)
 
 
@@ -79,8 +81,7 @@ def test_sr_round_trip(db: Db, tmp_path: Path, ct_files: list[Path], signed: boo
     assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     sr2 = hd.sr.srread(out)
     assert sr2.SOPInstanceUID == sr.SOPInstanceUID
-    report = hd.sr.MeasurementReport.from_sequence([ds])
-    mgroups = report.get_image_measurement_groups()
+    mgroups = measurement_groups(ds)
     assert len(mgroups) == 3
     g0 = mgroups[0]
     assert g0.finding_type is not None and g0.finding_type.value == "786838002"
@@ -96,12 +97,44 @@ def test_sr_round_trip(db: Db, tmp_path: Path, ct_files: list[Path], signed: boo
     assert absent.value.value == "2667000"
     # image references point at the evidence slices' instances
     sop_by_index = [pydicom.dcmread(p).SOPInstanceUID for p in ct_files]
-    refs = [r.referenced_sop_instance_uid for r in g0.source_images]
+    refs = group_source_uids(g0)
     assert refs == [sop_by_index[k] for k in (40, 41, 42)]
+    assert group_source_uids(mgroups[1]) == [sop_by_index[60]]  # no box: TID 1501
+    assert group_source_uids(mgroups[2]) == []
     ev = {i.ReferencedSOPInstanceUID for e in ds.CurrentRequestedProcedureEvidenceSequence
           for se in e.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
     assert set(refs) <= ev
     _dciodvfy_clean(out)
+
+
+def test_the_evidence_box_is_drawn_on_each_evidence_slice(db: Db, tmp_path: Path,
+                                                           ct_files: list[Path]) -> None:
+    """A finding with an evidence box is a TID 1411 group whose regions are the box, a closed
+    rectangle around its rows and columns (pixel edges: the top left corner of the first
+    pixel is 0, 0), on each evidence slice; one without a box stays TID 1501."""
+    groups, _, sr_out = _sr_and_fhir(db, draft_dict(), tmp_path, ct_files)
+    assert [type(g).__name__ for g in groups] == [
+        "VolumetricROIMeasurementsAndQualitativeEvaluations",
+        "MeasurementsAndQualitativeEvaluations", "MeasurementsAndQualitativeEvaluations"]
+    regions = groups[0].roi
+    assert isinstance(regions, list) and len(regions) == 3
+    for r in regions:
+        assert r.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        assert r.value.tolist() == [[150.0, 100.0], [163.0, 100.0], [163.0, 113.0],
+                                    [150.0, 113.0], [150.0, 100.0]]
+    # the draft's box: rows 100-112, columns 150-162 of slices 40-42
+    assert groups[0].get_qualitative_evaluations()[0].value.value == "52101004"
+    _dciodvfy_clean(sr_out)
+
+
+def test_an_evidence_box_outside_the_slices_is_refused(db: Db, tmp_path: Path,
+                                                       ct_files: list[Path]) -> None:
+    d = draft_dict()
+    d["findings"][0]["evidence"]["box_voxels"] = [40, 100, 150, 42, 112, 192]
+    rid, doc = _stored(db, False, d)
+    with pytest.raises(ExportError, match=r"finding 0 \(lung_nodule\).*outside slice 40"), \
+            db.factory.begin() as s:
+        export_report(s, rid, doc, "sr", tmp_path / "x.dcm", sources=[str(p) for p in ct_files])
 
 
 def _dciodvfy_clean(path: Path) -> None:
@@ -127,8 +160,7 @@ def _sr_and_fhir(db: Db, draft: dict[str, Any], tmp_path: Path, ct_files: list[P
     with db.factory.begin() as s:
         export_report(s, rid, doc, "sr", sr_out, sources=[str(p) for p in ct_files])
         export_report(s, rid, doc, "fhir", fhir_out)
-    groups = hd.sr.MeasurementReport.from_sequence(
-        [pydicom.dcmread(sr_out)]).get_image_measurement_groups()
+    groups = measurement_groups(pydicom.dcmread(sr_out))
     data = json.loads(fhir_out.read_text())
     DiagnosticReport.model_validate(data)
     return list(groups), {c["id"]: c for c in data["contained"]}, sr_out
@@ -263,8 +295,7 @@ def test_sr_sources_read_from_zip_members(db: Db, tmp_path: Path, ct_files: list
         d = pydicom.dcmread(path)
         ev = {i.ReferencedSOPInstanceUID for e in d.CurrentRequestedProcedureEvidenceSequence
               for se in e.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
-        groups = hd.sr.MeasurementReport.from_sequence([d]).get_image_measurement_groups()
-        return ev, [[r.referenced_sop_instance_uid for r in g.source_images] for g in groups]
+        return ev, [group_source_uids(g) for g in measurement_groups(d)]
 
     check_sr(from_zip)
     assert pydicom.dcmread(from_zip).StudyInstanceUID == STUDY_UID

@@ -378,14 +378,14 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
 def _sr_refs(path: Path) -> tuple[set[str], list[list[str]]]:
     """An SR's evidence (the SOPInstanceUIDs it lists) and each measurement group's source
     image references."""
-    import highdicom as hd
     import pydicom
+
+    from medassist.export.sr import group_source_uids, measurement_groups
 
     ds = pydicom.dcmread(path)
     evidence = {i.ReferencedSOPInstanceUID for e in ds.CurrentRequestedProcedureEvidenceSequence
                 for se in e.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
-    groups = hd.sr.MeasurementReport.from_sequence([ds]).get_image_measurement_groups()
-    return evidence, [[r.referenced_sop_instance_uid for r in g.source_images] for g in groups]
+    return evidence, [group_source_uids(g) for g in measurement_groups(ds)]
 
 
 def test_a_study_batched_from_a_zip_file(seeded: Seeded, tmp_path: Path) -> None:
