@@ -42,7 +42,8 @@ def test_admin_commands(empty_url: str, tmp_path: Path, monkeypatch: pytest.Monk
     with session_factory(engine).begin() as s:
         rid = reports.store_draft(s, ReportDraft.from_dict(DRAFT), study_uid=STUDY_UID,
                                   patient_pseudo_id="PSEUDO-0003").id
-    ct = write_series(tmp_path / "ct", axial_positions(64, 2.0), rows=4, cols=4,
+    # as large as the draft's evidence box needs (rows 100-112, columns 150-162)
+    ct = write_series(tmp_path / "ct", axial_positions(64, 2.0), rows=192, cols=192,
                       study_uid=STUDY_UID, series_uid=SERIES_UID)
     assert ct
     for fmt in ("txt", "fhir", "sr", "pdf"):
@@ -112,7 +113,7 @@ def test_export_sr_from_a_zipped_study(tmp_path: Path, monkeypatch: pytest.Monke
         rid = reports.store_draft(s, ReportDraft.from_dict(DRAFT), study_uid=STUDY_UID,
                                   patient_pseudo_id="PSEUDO-0003").id
     engine.dispose()
-    files = write_series(tmp_path / "ct", axial_positions(64, 2.0), rows=4, cols=4,
+    files = write_series(tmp_path / "ct", axial_positions(64, 2.0), rows=192, cols=192,
                          study_uid=STUDY_UID, series_uid=SERIES_UID)
     archive = tmp_path / "study.zip"
     with zipfile.ZipFile(archive, "w") as zf:
