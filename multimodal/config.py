@@ -431,10 +431,9 @@ class HeadsConfig:
     min_reliable_auroc: float = 0.0
     #: the evidence box a present finding is shown with: "patches", the bounding box of its
     #: selected patches (those the side and the rules on the CT read); "cells", within them,
-    #: of the dense detector's cells of probability ``evidence_cell_prob`` or more
-    #: (ct.dense_hidden; the patches
-    #: where it has none) and, for a nodule or mass measured on the CT, of the fitted
-    #: ellipsoid (:func:`multimodal.measure.focus_evidence`)
+    #: that of the dense detector's cells of probability ``evidence_cell_prob`` or more
+    #: (ct.dense_hidden; the patches' where it has none) and, for a nodule or mass measured
+    #: on the CT, that of the fitted ellipsoid (:func:`multimodal.measure.focus_evidence`)
     evidence_box: str = "cells"
     #: the dense cells' probability that "cells" takes
     evidence_cell_prob: float = 0.5
