@@ -490,6 +490,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 if k == "full":
                     for line in per_finding_lines(r["per_finding"]):
                         print(f"  {line}")
+                    loc = r.get("evidence_localisation", {}).get("all")
+                    if loc and loc["tp"]:
+                        print(f"  {evidence_line(loc)}")
     return 0
 
 
@@ -505,6 +508,13 @@ def per_finding_lines(per: dict[str, Any]) -> list[str]:
                 f"{other} {n}" for other, n in with_.items())
         out.append(line)
     return out
+
+
+def evidence_line(loc: dict[str, Any]) -> str:
+    """An eval's pooled ``evidence_localisation`` as one line."""
+    return (f"evidence boxes: {loc['hit']} of {loc['tp']} true positives hold their finding; "
+            f"median IoU {loc['box_iou']:.2f}, coverage {loc['coverage']:.2f}, "
+            f"{loc['box_ml']:,.0f} mL")
 
 
 # --------------------------------------------------------------------------- report

@@ -186,6 +186,12 @@ def test_eval_summary_lines_state_what_false_calls_stand_for() -> None:
         "lung_mass: F1 0.40 (TP 5, FP 10, FN 5); false calls in cases with consolidation 10, "
         "none 1",
         "pleural_effusion: F1 1.00 (TP 12, FP 0, FN 0)"]
+    from medassist.model_cli import evidence_line
+
+    assert evidence_line({"tp": 62, "hit": 61, "coverage": 0.9948, "box_iou": 0.5076,
+                          "box_ml": 1622.6}) == (
+        "evidence boxes: 61 of 62 true positives hold their finding; median IoU 0.51, "
+        "coverage 0.99, 1,623 mL")
 
 
 def test_detection_by_size() -> None:
