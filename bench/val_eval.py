@@ -37,6 +37,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     over = {k: v for k, v in (("min_fit_fraction", a.min_fit_fraction),
                               ("max_wall_share", a.max_wall_share)) if v is not None}
     if over:
-        from dataclasses import replace
-
         cfg = replace(cfg, heads=replace(cfg.heads, measure=replace(cfg.heads.measure,
                                                                     **over)))
     if a.evidence_box is not None:
-        from dataclasses import replace
-
         cfg = replace(cfg, heads=replace(cfg.heads, evidence_box=a.evidence_box))
     if a.data:
         recs = list(folder_records(a.data, cfg))
@@ -138,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.sides:
         res["side_confusion"] = side_confusion(model, cfg, samples)
     if a.evidence:
-        from dataclasses import replace
-
         by_prob = {}
         for prob in a.evidence_cell_prob or [cfg.heads.evidence_cell_prob]:
             c = replace(cfg, heads=replace(cfg.heads, evidence_cell_prob=prob))
