@@ -5,7 +5,7 @@ post-processing rules before the held-out test splits are scored.
     .venv/bin/python bench/val_eval.py CHECKPOINT [--val 192] [--cache runs/cache] [--text]
                                       [--data DIR] [--synth-config configs/synth/small.yaml]
                                       [--sides] [--sizes [--min-fit-fraction F]
-                                      [--max-wall-share W]]
+                                      [--max-wall-share W] [--island-labels [L ...]]]
                                       [--evidence [--evidence-box patches|cells]
                                        [--evidence-cell-prob P [P ...]]]
 
@@ -22,8 +22,10 @@ states (measured on the CT where that succeeds, ``multimodal.measure``): their M
 true positives, the size head's alone, the (reference, stated) pairs and how many calls were
 measured; ``--min-fit-fraction`` and ``--max-wall-share`` set ``heads.measure.min_fit_fraction`` and
 ``max_wall_share`` for the run (how the measurement's settings are chosen on validation
-cases).  ``--evidence`` adds ``evidence_localisation`` (the evidence boxes of the true
-positives against their labelled voxels, as ``medassist eval`` reports it), once per
+cases), ``--island-labels`` ``heads.measure.island_labels`` (the labels also looked for on
+the whole CT where the head does not call them, ``multimodal.islands``; given alone: none).
+``--evidence`` adds ``evidence_localisation`` (the evidence boxes of the true positives
+against their labelled voxels, as ``medassist eval`` reports it), once per
 ``--evidence-cell-prob`` (``heads.evidence_cell_prob``; default the checkpoint's) under
 ``evidence_by_cell_prob`` (how that setting is chosen on validation cases);
 ``--evidence-box`` sets ``heads.evidence_box`` for the run.  The cases come from
@@ -90,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="heads.measure.min_fit_fraction for this run (with --sizes)")
     ap.add_argument("--max-wall-share", type=float, default=None,
                     help="heads.measure.max_wall_share for this run (with --sizes)")
+    ap.add_argument("--island-labels", nargs="*", default=None, metavar="LABEL",
+                    help="heads.measure.island_labels for this run (with --sizes; none "
+                         "given: off)")
     ap.add_argument("--evidence", action="store_true",
                     help="add the evidence boxes' localisation on the true positives")
     ap.add_argument("--evidence-box", choices=("patches", "cells"), default=None,
@@ -100,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="generator config of the cached validation cases")
     a = ap.parse_args(argv)
     model, cfg, _kind, tok, _meta = load_checkpoint(a.checkpoint)
-    over = {k: v for k, v in (("min_fit_fraction", a.min_fit_fraction),
-                              ("max_wall_share", a.max_wall_share)) if v is not None}
+    over: dict[str, Any] = {k: v for k, v in (("min_fit_fraction", a.min_fit_fraction),
+                              ("max_wall_share", a.max_wall_share),
+                              ("island_labels", None if a.island_labels is None
+                               else tuple(a.island_labels))) if v is not None}
     if over:
         cfg = replace(cfg, heads=replace(cfg.heads, measure=replace(cfg.heads.measure,
                                                                     **over)))
@@ -129,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.sizes:
         res["min_fit_fraction"] = cfg.heads.measure.min_fit_fraction
         res["max_wall_share"] = cfg.heads.measure.max_wall_share
+        res["island_labels"] = list(cfg.heads.measure.island_labels)
         res["size_pairs_mm_tp"] = {lab: full["per_finding"][lab].get("size_pairs_mm_tp")
                                    for lab in ("lung_nodule", "lung_mass")
                                    if lab in full["per_finding"]}

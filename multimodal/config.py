@@ -342,6 +342,21 @@ class MeasureConfig:
     bronchogram_radius_mm: float = 5.5
     #: (air below, dense above) in HU
     bronchogram_hu: tuple[float, float] = (-600.0, -300.0)
+    #: lesion labels (of ``lesions``) also looked for on the CT where the head does not call
+    #: them (:mod:`multimodal.islands`): a piece of tissue the lung surrounds in which a
+    #: lesion of the label's diameter range is measured calls the finding ("found on the CT");
+    #: () = never (the default: the shipped config names lung_mass)
+    island_labels: tuple[str, ...] = ()
+    #: islands smaller than this (mL) are not measured (a vessel cut across)
+    island_min_ml: float = 4.0
+    #: the share of an island's in-plane rim that must be lung
+    island_lung_share: float = 0.9
+    #: a lesion found so is taken only if at most this share of the voxels inside its
+    #: ellipsoid (its extents scaled by 0.8) is air (below ``air_hu``): air bronchograms or
+    #: a cavity say consolidation, on the 480 validation cases no mass held any
+    island_max_air_share: float = 0.0
+    #: at most this many islands (the largest first) are measured
+    island_max_tries: int = 12
 
     def __post_init__(self) -> None:
         for i, les in enumerate(self.lesions):
@@ -391,6 +406,17 @@ class MeasureConfig:
                 "bronchogram_radius_mm > 0 and bronchogram_hu [air, dense] with -1024 < air < "
                 f"dense < 1000, got {self.bronchogram_min_voxels}, {self.bronchogram_share}, "
                 f"{self.bronchogram_radius_mm}, {self.bronchogram_hu}")
+        lesion_labels = {les[0] for les in self.lesions}
+        if not set(self.island_labels) <= lesion_labels:
+            raise ModelConfigError("heads.measure.island_labels must be lesion labels (of "
+                                   f"heads.measure.lesions), got {self.island_labels}")
+        if self.island_min_ml <= 0 or not 0 < self.island_lung_share <= 1 \
+                or not 0 <= self.island_max_air_share < 1 or self.island_max_tries < 1:
+            raise ModelConfigError(
+                "heads.measure needs island_min_ml > 0, 0 < island_lung_share <= 1, "
+                "0 <= island_max_air_share < 1 and island_max_tries >= 1, got "
+                f"{self.island_min_ml}, {self.island_lung_share}, {self.island_max_air_share}, "
+                f"{self.island_max_tries}")
         kinds = [{les[0] for les in self.lesions}, set(self.ratio_labels),
                  set(self.fluid_labels)]
         if any(kinds[i] & kinds[j] for i in range(3) for j in range(i + 1, 3)):

@@ -273,7 +273,7 @@ def side_is_uncertain(side: str, left: float, right: float, min_odds_ratio: floa
         side_odds_ratio(side, left, right) < min_odds_ratio
 
 
-_LOBE_SIDE = {"RUL": "right", "RML": "right", "RLL": "right", "LUL": "left", "LLL": "left"}
+LOBE_SIDE = {"RUL": "right", "RML": "right", "RLL": "right", "LUL": "left", "LLL": "left"}
 
 
 def location_on_side(logits: Tensor, locations: tuple[str, ...], side: str | None) -> str:
@@ -281,10 +281,10 @@ def location_on_side(logits: Tensor, locations: tuple[str, ...], side: str | Non
     (left or right) is not chosen while a lobe of that side is a candidate."""
     order: list[int] = logits.argsort(descending=True).tolist()
     best = locations[order[0]]
-    if side not in ("left", "right") or _LOBE_SIDE.get(best, side) == side:
+    if side not in ("left", "right") or LOBE_SIDE.get(best, side) == side:
         return best
     for i in order:
-        if _LOBE_SIDE.get(locations[i]) == side:
+        if LOBE_SIDE.get(locations[i]) == side:
             return locations[i]
     return best
 
@@ -380,6 +380,9 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 slices=slices, box_voxels=box, emr_token_spans=spans, side_evidence=side_ev,
                 side_uncertain=side_ev is not None and side_is_uncertain(
                     side, *side_ev, heads.min_side_odds_ratio),
-                focus_box=focus))
+                focus_box=focus,
+                location_order=tuple(heads.locations[i] for i in
+                                     loc_all[b, f].argsort(descending=True).tolist())
+                if has_ct else ()))
         res.append(case)
     return res

@@ -41,9 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from multimodal.bronchogram import withdraw_masses
-from multimodal.cardiac import cardiothoracic_ratio
+from multimodal.cardiac import body_midline, cardiothoracic_ratio
 from multimodal.config import MeasureConfig
 from multimodal.errors import ShapeError
+from multimodal.heads import LOBE_SIDE
+from multimodal.islands import inner_air_share, lung_islands
 from multimodal.outputs import FindingPrediction
 from multimodal.pericardium import pericardial_fluid
 
@@ -296,8 +298,12 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
                                 share=cfg.bronchogram_share, hu_range=cfg.bronchogram_hu)
     out = []
     for p in preds:
+        if cfg.enabled and hu is not None and not p.present and p.present_source == "head" \
+                and p.label in cfg.island_labels and p.label in ranges:
+            # not called by the head (nor taken back above): looked for on the whole CT
+            p = _island_call(p, hu, spacing_mm, cfg, ranges[p.label])
         if cfg.enabled and hu is not None and p.present and p.label in ranges \
-                and p.box_voxels is not None:
+                and p.box_voxels is not None and p.present_source == "head":
             m = measure_lesion(hu, spacing_mm, p.box_voxels, cfg, ranges[p.label])
             if m is not None:
                 p = dataclasses.replace(
@@ -316,6 +322,47 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
             p = _fluid_call(p, hu, spacing_mm, cfg)
         out.append(focus_evidence(p))
     return out
+
+
+def find_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
+                cfg: MeasureConfig, diameter_range_mm: tuple[float, float]
+                ) -> Measurement | None:
+    """A lesion of ``diameter_range_mm`` found on the whole of ``hu`` (Z, Y, X), where no
+    evidence box points to one: the first of the islands the lung surrounds
+    (:func:`multimodal.islands.lung_islands`, the largest first, at most
+    ``cfg.island_max_tries``) in whose box :func:`measure_lesion` measures a lesion with at
+    most ``cfg.island_max_air_share`` air inside (:func:`multimodal.islands.inner_air_share`:
+    air bronchograms or a cavity say consolidation); None where none does."""
+    islands = lung_islands(hu, spacing_mm, air_hu=cfg.air_hu, lung_share=cfg.island_lung_share,
+                           min_ml=cfg.island_min_ml)
+    for island in islands[:cfg.island_max_tries]:
+        m = measure_lesion(hu, spacing_mm, island.box_voxels, cfg, diameter_range_mm)
+        if m is not None and inner_air_share(
+                hu, m.centre_voxel, m.half_extent_mm, spacing_mm,
+                air_hu=cfg.air_hu) <= cfg.island_max_air_share:
+            return m
+    return None
+
+
+def _island_call(p: FindingPrediction, hu: npt.NDArray[np.floating],
+                 spacing_mm: Sequence[float], cfg: MeasureConfig,
+                 diameter_range_mm: tuple[float, float]) -> FindingPrediction:
+    """``p`` (not called by the head) called where :func:`find_lesion` finds its lesion
+    (``present_source`` "image"): its size measured, its evidence the lesion's box, its side
+    where the lesion's centre lies against the body's midline (+x is the patient's left, DICOM
+    LPS) and its lobe the location head's likeliest on that side; else ``p``."""
+    m = find_lesion(hu, spacing_mm, cfg, diameter_range_mm)
+    if m is None:
+        return p
+    side = "left" if m.centre_voxel[2] > body_midline(np.asarray(hu), cfg.air_hu) else "right"
+    lobe = next((loc for loc in p.location_order if LOBE_SIDE.get(loc) == side), None)
+    box = m.box_voxels(spacing_mm, np.shape(hu))
+    return dataclasses.replace(
+        p, present=True, present_source="image", laterality=side, location=lobe,
+        size_mm=round(m.diameter_mm, 1), size_source="image",
+        size_axes_mm=(round(m.axial_mm[0], 1), round(m.axial_mm[1], 1),
+                      round(m.craniocaudal_mm, 1)),
+        slices=(box[0], box[3]), box_voxels=box, focus_box=None)
 
 
 def focus_evidence(p: FindingPrediction) -> FindingPrediction:

@@ -168,6 +168,10 @@ class FindingPrediction:
     #: its stated side (left or right) rests on near-equal evidence on both sides (odds
     #: within ``heads.min_side_odds_ratio``, :func:`multimodal.heads.side_is_uncertain`)
     side_uncertain: bool = False
+    #: the location head's codes for this label, most likely first (every case with a CT,
+    #: present or not): where a finding the CT alone calls (:mod:`multimodal.islands`) takes
+    #: its lobe from
+    location_order: tuple[str, ...] = ()
     #: the tighter box (same convention as ``box_voxels``) that the draft shows in place of
     #: ``box_voxels`` once the rules on the CT have read the latter (``heads.evidence_box``
     #: "cells": :func:`multimodal.measure.focus_evidence`); None: ``box_voxels`` is shown
