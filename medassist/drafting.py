@@ -231,6 +231,12 @@ def _indication(emr: str | None) -> str:
     return "See clinical notes."
 
 
+def _first_upper(s: str) -> str:
+    """``s`` with its first letter upper case and the rest as written (a lobe or lymph-node
+    station code stays "LUL", "4R"; ``str.capitalize`` would lower it)."""
+    return s[:1].upper() + s[1:]
+
+
 def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
               size: float | None, *, ratio: bool = False, measured: bool = False,
               lesion: bool = False, axes: tuple[float, float, float] | None = None,
@@ -247,7 +253,7 @@ def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
     side = f"{lat} " if lat in ("left", "right", "bilateral") else ""
     where = f" ({loc})" if loc and loc not in ("none", "other") else ""
     if ratio:
-        head = f"{side}{words}{where}".capitalize()
+        head = _first_upper(f"{side}{words}{where}")
         return head + (f", cardiothoracic ratio {size:.2f} measured on the CT."
                        if measured and size is not None else ".")
     if fluid and measured and size is not None:
@@ -255,11 +261,11 @@ def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
     if lesion and size is not None:
         dims = "" if axes is None or not measured else (
             f" (axial {axes[0]:.0f} x {axes[1]:.0f} mm, craniocaudal {axes[2]:.0f} mm)")
-        return f"{side}{words}{where}".capitalize() + (
+        return _first_upper(f"{side}{words}{where}") + (
             f", {size:.0f} mm measured on the CT{dims}." if measured
             else f", about {size:.0f} mm (estimated, not measured on the CT).")
     size_s = f", about {size:.0f} mm" if size is not None else ""
-    return f"{side}{words}{where}{size_s}.".capitalize()
+    return _first_upper(f"{side}{words}{where}{size_s}.")
 
 
 def _air_bronchograms(label: str, loc: str | None, within: str) -> str:
@@ -586,8 +592,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
             # is the history the note states, read by rule, not the context head's decision
             flags.append("context_from_note")
         if p.present and p.present_source == "image":
-            # called by a measurement on the CT (a fluid band around the heart), whatever
-            # the presence head's probability
+            # called by a measurement on the CT (a fluid band around the heart, or a mass
+            # the head did not call measured in tissue the lung surrounds:
+            # multimodal.islands), whatever the presence head's probability
             flags.append("found_on_ct")
         if p.label in bronchogram:
             # the head called it, but its evidence box holds air bronchograms inside a

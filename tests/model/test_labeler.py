@@ -255,9 +255,9 @@ def test_a_lesion_sentence_says_where_its_size_comes_from() -> None:
 
     # a nodule's or mass's size: measured on the CT, or the size head's estimate
     assert _sentence("lung_mass", True, "left", "LUL", 55.3, lesion=True,
-                     measured=True) == "Left lung mass (lul), 55 mm measured on the CT."
+                     measured=True) == "Left lung mass (LUL), 55 mm measured on the CT."
     est = _sentence("lung_mass", True, "left", "LUL", 45.2, lesion=True)
-    assert est == "Left lung mass (lul), about 45 mm (estimated, not measured on the CT)."
+    assert est == "Left lung mass (LUL), about 45 mm (estimated, not measured on the CT)."
     # read back as the mass, affirmed: "not measured" negates nothing; one sentence
     assert label_sentence(est) == {"lung_mass": True} and len(label_text(est)) == 1
     assert guard(est, {"lung_mass": True}, sizes={"lung_mass": 45.2})[1] == set()
@@ -265,7 +265,7 @@ def test_a_lesion_sentence_says_where_its_size_comes_from() -> None:
     # measured diameter, so the guard holds it to that
     dims = _sentence("lung_mass", True, "left", "LUL", 55.3, lesion=True, measured=True,
                      axes=(52.1, 41.0, 48.2))
-    assert dims == ("Left lung mass (lul), 55 mm measured on the CT (axial 52 x 41 mm, "
+    assert dims == ("Left lung mass (LUL), 55 mm measured on the CT (axial 52 x 41 mm, "
                     "craniocaudal 48 mm).")
     assert label_sentence(dims) == {"lung_mass": True} and len(label_text(dims)) == 1
     assert stated_size_mm(dims) == 55.0
@@ -309,7 +309,7 @@ def test_mark_uncertain_sides_marks_every_sentence_stating_the_side() -> None:
             "left lower lobe. the mass abuts the pleura. no pleural effusion.")
     _marks_the_first_sentence_only(mark_uncertain_sides, SIDE_UNCERTAIN, text)
     # the draft's own sentence (capitalised, a lobe code) and one added from the list
-    own = "Left lung mass (lul), about 45 mm (estimated, not measured on the CT)."
+    own = "Left lung mass (LUL), about 45 mm (estimated, not measured on the CT)."
     assert mark_uncertain_sides(own, {"lung_mass"}) == (f"{SIDE_UNCERTAIN} {own}",
                                                         {"lung_mass"})
     added = f"{ADDED_MARK} {own}"

@@ -635,6 +635,47 @@ def test_a_mass_call_taken_back_for_air_bronchograms_is_drafted_so(
     assert "air_bronchograms" not in e["flags"] and e["sentence"] == "No lung mass."
 
 
+def test_a_mass_found_on_the_ct_is_drafted_so(synth_folder: Path,
+                                              tiny_checkpoint: Path) -> None:
+    """A mass the head did not call that measure_findings found on the CT (an island of
+    tissue the lung surrounds: multimodal.islands): present with flags found_on_ct and
+    size_measured, its probability the head's (low), its sentence the measured size and
+    axes, read by the labeler as a mass; the text's own other size for it is replaced."""
+    import dataclasses
+
+    from medassist.drafting import _draft, load_model, prepare
+    from medassist.labeler import label_sentence
+    from multimodal.outputs import FindingPrediction
+    from multimodal.training import make_sample
+
+    case = synth_folder / "test" / "case_00003"
+    lm = load_model(tiny_checkpoint)
+    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
+    sample = make_sample(lm.cfg, lm.tok, hu=prep.study.hu, emr=prep.emr)
+    labels = lm.cfg.heads.labels
+    preds = [FindingPrediction(label=lab, present=False, probability=0.01, laterality=None,
+                               location=None, size_mm=None, slices=None, box_voxels=None,
+                               emr_token_spans=()) for lab in labels]
+    m = labels.index("lung_mass")
+    preds[m] = dataclasses.replace(
+        preds[m], present=True, probability=0.04, present_source="image", size_source="image",
+        laterality="left", location="LLL", size_mm=38.4, size_axes_mm=(36.0, 31.0, 38.0),
+        slices=(4, 9), box_voxels=(4, 10, 12, 9, 20, 22))
+    text = "Findings: Left lower lobe mass measuring 5.1 cm. Impression: Lung mass."
+    d = _draft(lm, prep, sample, text, preds, torch.tensor([1.0, 0.0]), frozenset(),
+               frozenset())
+    _check_contract(d)
+    f = d["findings"][m]
+    assert f["present"] and f["probability"] == 0.04 and f["laterality"] == "left"
+    assert {"found_on_ct", "size_measured"} <= set(f["flags"])
+    assert f["sentence"] == ("Left lung mass (LLL), 38 mm measured on the CT (axial 36 x 31 "
+                             "mm, craniocaudal 38 mm).")
+    assert label_sentence(f["sentence"])["lung_mass"] is True
+    assert "5.1 cm" not in d["sections"]["findings"]
+    assert f["evidence"]["slices"] and f["evidence"]["box_mm"] is not None
+    assert all("found_on_ct" not in g["flags"] for j, g in enumerate(d["findings"]) if j != m)
+
+
 def test_a_scan_read_smoothed_is_said_so_in_the_technique(synth_folder: Path,
                                                            tiny_checkpoint: Path) -> None:
     """With ct.noise_max_index below a scan's noise (multimodal.noise), the model reads it
