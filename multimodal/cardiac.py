@@ -70,14 +70,24 @@ def components(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
     both = m[:, 1:, :] & m[:, :-1, :]  # the same column of two adjacent rows
     key = np.unique(run[:, :-1, :][both] * (n + 1) + run[:, 1:, :][both])
     a, b = key // (n + 1), key % (n + 1)  # joined runs
-    lab = np.arange(n + 1, dtype=np.int64)  # every run's label: a run number, its root's
+    lab = join_labels(np.arange(n + 1, dtype=np.int64), a, b)  # each run's root run
+    out: npt.NDArray[np.int64] = np.where(m, lab[run], 0)
+    return out
+
+
+def join_labels(labels: npt.NDArray[np.int64], a: npt.NDArray[np.int64],
+                b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``labels`` (each label's own number, ``arange``) with the pairs ``(a[i], b[i])``
+    joined: per label, the smallest label it is joined to, directly or through others (label
+    propagation to the smallest number, with pointer jumping, until nothing changes)."""
+    lab = labels
     while a.size:
         la, lb = lab[a], lab[b]
         low = np.minimum(la, lb)
         new = lab.copy()
         np.minimum.at(new, la, low)  # hook both roots onto the smaller label
         np.minimum.at(new, lb, low)
-        while True:  # pointer jumping: every run straight to its root
+        while True:  # pointer jumping: every label straight to its root
             jumped = new[new]
             if np.array_equal(jumped, new):
                 break
@@ -85,8 +95,7 @@ def components(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
         if np.array_equal(new, lab):
             break
         lab = new
-    out: npt.NDArray[np.int64] = np.where(m, lab[run], 0)
-    return out
+    return lab
 
 
 def _body(hu: npt.NDArray[np.floating], air_hu: float) -> npt.NDArray[np.bool_]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from multimodal.cardiac import body_and_lungs, components
+from multimodal.cardiac import body_and_lungs, components, join_labels
 from multimodal.errors import ShapeError
 
 
@@ -41,28 +41,6 @@ class Island:
     #: (z0, y0, x0, z1, y1, x1), inclusive, model-grid voxels
     box_voxels: tuple[int, int, int, int, int, int]
     volume_ml: float
-
-
-def _join(labels: npt.NDArray[np.int64], a: npt.NDArray[np.int64],
-          b: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Union of the label pairs (a[i], b[i]): per label, the smallest label it is joined to
-    (label propagation with pointer jumping, as :func:`multimodal.cardiac.components`)."""
-    root = labels.copy()
-    while a.size:
-        ra, rb = root[a], root[b]
-        low = np.minimum(ra, rb)
-        new = root.copy()
-        np.minimum.at(new, ra, low)
-        np.minimum.at(new, rb, low)
-        while True:
-            jumped = new[new]
-            if np.array_equal(jumped, new):
-                break
-            new = jumped
-        if np.array_equal(new, root):
-            break
-        root = new
-    return root
 
 
 def lung_islands(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float], *, air_hu: float,
@@ -99,7 +77,7 @@ def lung_islands(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float], *, a
     both = sections[1:] & sections[:-1]
     pairs = np.unique(np.stack([lab[:-1][both], lab[1:][both]], 1), axis=0) if both.any() \
         else np.zeros((0, 2), np.int64)
-    root = _join(np.arange(n, dtype=np.int64), pairs[:, 0], pairs[:, 1])
+    root = join_labels(np.arange(n, dtype=np.int64), pairs[:, 0], pairs[:, 1])
     island = np.where(sections, root[lab], 0)
     voxel_ml = float(np.prod(np.asarray(spacing_mm, np.float64))) / 1000.0
     ids, counts = np.unique(island[island > 0], return_counts=True)

@@ -538,6 +538,24 @@ def test_never_called_label_is_not_assessed(synth_folder: Path, tiny_checkpoint:
         [f["probability"] for f in rep["findings"]]
 
 
+def _nothing_called(synth_folder: Path, tiny_checkpoint: Path
+                    ) -> tuple[Any, Any, dict[str, Any], list[Any]]:
+    """The loaded model, a prepared test case, its sample and one absent prediction per label
+    (p 0.01): the draft inputs the tests below change one finding of."""
+    from medassist.drafting import load_model, prepare
+    from multimodal.outputs import FindingPrediction
+    from multimodal.training import make_sample
+
+    case = synth_folder / "test" / "case_00003"
+    lm = load_model(tiny_checkpoint)
+    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
+    sample = make_sample(lm.cfg, lm.tok, hu=prep.study.hu, emr=prep.emr)
+    preds = [FindingPrediction(label=lab, present=False, probability=0.01, laterality=None,
+                               location=None, size_mm=None, slices=None, box_voxels=None,
+                               emr_token_spans=()) for lab in lm.cfg.heads.labels]
+    return lm, prep, sample, preds
+
+
 def test_an_effusion_decided_on_the_ct_is_drafted_so(synth_folder: Path,
                                                       tiny_checkpoint: Path) -> None:
     """A label the fitted threshold never calls (pericardial effusion on the demo checkpoint)
@@ -547,19 +565,11 @@ def test_an_effusion_decided_on_the_ct_is_drafted_so(synth_folder: Path,
     effusion." (not "not assessed"); undecided (no heart found), it stays not assessed."""
     import dataclasses
 
-    from medassist.drafting import _draft, load_model, prepare
-    from multimodal.outputs import FindingPrediction
-    from multimodal.training import make_sample
+    from medassist.drafting import _draft
 
-    case = synth_folder / "test" / "case_00003"
-    lm = load_model(tiny_checkpoint)
-    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
-    sample = make_sample(lm.cfg, lm.tok, hu=prep.study.hu, emr=prep.emr)
+    lm, prep, sample, base = _nothing_called(synth_folder, tiny_checkpoint)
     labels = lm.cfg.heads.labels
     i = labels.index("pericardial_effusion")
-    base = [FindingPrediction(label=lab, present=False, probability=0.01, laterality=None,
-                              location=None, size_mm=None, slices=None, box_voxels=None,
-                              emr_token_spans=()) for lab in labels]
     found = list(base)
     found[i] = dataclasses.replace(
         base[i], present=True, present_source="image", size_source="image", size_mm=12.0,
@@ -597,19 +607,11 @@ def test_a_mass_call_taken_back_for_air_bronchograms_is_drafted_so(
     that says why, read by the labeler as the consolidation and no mass."""
     import dataclasses
 
-    from medassist.drafting import _draft, load_model, prepare
+    from medassist.drafting import _draft
     from medassist.labeler import label_sentence
-    from multimodal.outputs import FindingPrediction
-    from multimodal.training import make_sample
 
-    case = synth_folder / "test" / "case_00003"
-    lm = load_model(tiny_checkpoint)
-    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
-    sample = make_sample(lm.cfg, lm.tok, hu=prep.study.hu, emr=prep.emr)
+    lm, prep, sample, preds = _nothing_called(synth_folder, tiny_checkpoint)
     labels = lm.cfg.heads.labels
-    preds = [FindingPrediction(label=lab, present=False, probability=0.01, laterality=None,
-                               location=None, size_mm=None, slices=None, box_voxels=None,
-                               emr_token_spans=()) for lab in labels]
     m, c = labels.index("lung_mass"), labels.index("consolidation")
     box = (4, 10, 12, 9, 20, 22)
     preds[m] = dataclasses.replace(preds[m], probability=0.6, present_source="image",
@@ -643,19 +645,11 @@ def test_a_mass_found_on_the_ct_is_drafted_so(synth_folder: Path,
     axes, read by the labeler as a mass; the text's own other size for it is replaced."""
     import dataclasses
 
-    from medassist.drafting import _draft, load_model, prepare
+    from medassist.drafting import _draft
     from medassist.labeler import label_sentence
-    from multimodal.outputs import FindingPrediction
-    from multimodal.training import make_sample
 
-    case = synth_folder / "test" / "case_00003"
-    lm = load_model(tiny_checkpoint)
-    prep = prepare(case / "dicom", case / "emr.txt", lm.cfg)
-    sample = make_sample(lm.cfg, lm.tok, hu=prep.study.hu, emr=prep.emr)
+    lm, prep, sample, preds = _nothing_called(synth_folder, tiny_checkpoint)
     labels = lm.cfg.heads.labels
-    preds = [FindingPrediction(label=lab, present=False, probability=0.01, laterality=None,
-                               location=None, size_mm=None, slices=None, box_voxels=None,
-                               emr_token_spans=()) for lab in labels]
     m = labels.index("lung_mass")
     preds[m] = dataclasses.replace(
         preds[m], present=True, probability=0.04, present_source="image", size_source="image",
