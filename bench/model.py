@@ -446,7 +446,10 @@ def measure(n: int, checkpoint: str | None, seed: int = 7) -> dict[str, Any]:
     case, measured right after it), over ``n`` generated body test cases: for the cases that
     call a nodule or mass (its size measured), and, under ``all_cases``, for every case
     (since stop 32 every draft measures the fluid band around the heart,
-    ``multimodal.pericardium``)."""
+    ``multimodal.pericardium``).  With ``heads.measure.island_labels`` (stop 44: a mass the
+    head does not call looked for on the whole CT, ``multimodal.islands``) each case is also
+    measured without it, right after: ``all_cases.without_islands_s_median`` and the median
+    ratio of the two."""
     from medassist.model_data import record_sample, synth_records
     from multimodal.checkpoint import load_checkpoint
     from multimodal.heads import predict_findings
@@ -457,6 +460,8 @@ def measure(n: int, checkpoint: str | None, seed: int = 7) -> dict[str, Any]:
         return {"skipped": "needs a trained checkpoint (thresholds and evidence boxes)"}
     model, cfg, _k, tok, _m = load_checkpoint(checkpoint)
     lesions = {les[0] for les in cfg.heads.measure.lesions}
+    plain = dataclasses.replace(cfg.heads.measure, island_labels=()) \
+        if cfg.heads.measure.island_labels else None
     rows: list[dict[str, Any]] = []
     everyone: list[dict[str, float]] = []
     for r in synth_records(str(ROOT / "configs/synth/small_fleischner_body.yaml"), cfg, seed,
@@ -472,6 +477,10 @@ def measure(n: int, checkpoint: str | None, seed: int = 7) -> dict[str, Any]:
         t0 = time.perf_counter()
         out = measure_findings(preds, r.hu, cfg.ct.spacing_mm, cfg.heads.measure)
         everyone.append({"draft_s": draft_s, "measure_s": time.perf_counter() - t0})
+        if plain is not None:
+            t0 = time.perf_counter()
+            measure_findings(preds, r.hu, cfg.ct.spacing_mm, plain)
+            everyone[-1]["plain_s"] = time.perf_counter() - t0
         if not any(p.present and p.label in lesions for p in preds):
             continue
         rows.append({**everyone[-1], "measured": sum(p.size_source == "image" and p.label
@@ -483,6 +492,11 @@ def measure(n: int, checkpoint: str | None, seed: int = 7) -> dict[str, Any]:
                  "draft_s_median": round(sorted(x["draft_s"] for x in everyone)[
                      len(everyone) // 2], 3),
                  "measure_over_draft_median": round(er[len(er) // 2], 2)} if everyone else {}
+    if plain is not None and everyone:
+        pa = sorted(x["plain_s"] for x in everyone)
+        pr = sorted(x["measure_s"] / x["plain_s"] for x in everyone)
+        all_cases["without_islands_s_median"] = round(pa[len(pa) // 2], 3)
+        all_cases["with_over_without_islands_median"] = round(pr[len(pr) // 2], 2)
     if not rows:
         return {"cases": n, "cases_with_a_called_lesion": 0, "all_cases": all_cases}
     ms = sorted(x["measure_s"] for x in rows)
