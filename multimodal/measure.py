@@ -284,7 +284,9 @@ def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floa
                      spacing_mm: Sequence[float], cfg: MeasureConfig
                      ) -> list[FindingPrediction]:
     """One case's predictions with a mass read in a called consolidation not called
-    (:mod:`multimodal.bronchogram`), each present lesion's ``size_mm`` measured on ``hu`` where
+    (:mod:`multimodal.bronchogram`), a label of ``cfg.island_labels`` the head did not call
+    called where :func:`find_lesion` finds its lesion on the whole CT (:func:`_island_call`),
+    each present lesion's ``size_mm`` measured on ``hu`` where
     the measurement passes its checks (``size_source`` "image"), a present ratio label's
     cardiothoracic ratio, and each fluid label decided on ``hu`` where the heart is found
     (:func:`_fluid_call`); the others unchanged.  ``hu`` None (no CT) measures nothing.  The
