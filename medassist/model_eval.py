@@ -292,8 +292,10 @@ def lobe_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str],
 def size_measured_counts(labels: Sequence[str], preds: Sequence[Sequence[Any]],
                          truth: npt.NDArray[np.bool_], measured: Sequence[str]
                          ) -> dict[str, dict[str, int]]:
-    """Per label in ``measured``: its calls and true positives, and how many of each had
-    their size measured on the CT (the rest keep the size head's)."""
+    """Per label in ``measured``: its calls and true positives, how many of each had their
+    size measured on the CT (the rest keep the size head's), and how many of each the CT
+    measurement made where the head did not (``present_source`` "image": a fluid band around
+    the heart, a mass found in tissue the lung surrounds; flag ``found_on_ct``)."""
     out: dict[str, dict[str, int]] = {}
     for f, lab in enumerate(labels):
         if lab not in measured:
@@ -303,7 +305,10 @@ def size_measured_counts(labels: Sequence[str], preds: Sequence[Sequence[Any]],
                     "measured": sum(p.size_source == "image" for _, p in called),
                     "tp": sum(bool(truth[b, f]) for b, _ in called),
                     "tp_measured": sum(bool(truth[b, f]) and p.size_source == "image"
-                                       for b, p in called)}
+                                       for b, p in called),
+                    "found_on_ct": sum(p.present_source == "image" for _, p in called),
+                    "tp_found_on_ct": sum(bool(truth[b, f]) and p.present_source == "image"
+                                          for b, p in called)}
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from multimodal.config import MeasureConfig
@@ -114,3 +115,18 @@ def test_island_settings_are_validated() -> None:
                 {"island_max_tries": 0}):
         with pytest.raises(ModelConfigError):
             MeasureConfig(**bad)
+
+
+def test_the_eval_counts_the_calls_found_on_the_ct() -> None:
+    """``medassist eval``'s ``size_measured``: per label, the calls and true positives the CT
+    measurement made where the head did not, beside those whose size it measured."""
+    from medassist.model_eval import size_measured_counts
+
+    head = dataclasses.replace(_pred("lung_mass"), size_source="image")
+    found = dataclasses.replace(head, present_source="image")
+    absent = _absent()
+    preds = [[head], [found], [found], [absent]]
+    truth = np.array([[True], [True], [False], [True]])
+    assert size_measured_counts(["lung_mass"], preds, truth, ["lung_mass"]) == {
+        "lung_mass": {"called": 3, "measured": 3, "tp": 2, "tp_measured": 2,
+                      "found_on_ct": 2, "tp_found_on_ct": 1}}

@@ -267,6 +267,7 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
         assert lab in ("lung_nodule", "lung_mass", "cardiomegaly", "pericardial_effusion")
         assert 0 <= n["measured"] <= n["called"] and 0 <= n["tp_measured"] <= n["tp"] <= n[
             "called"]
+        assert 0 <= n["tp_found_on_ct"] <= n["found_on_ct"] <= n["called"]
     assert 0.0 <= full["injection_identical"]["cases"] <= full["injection_identical"][
         "labels"] <= 1.0
     lobes = full["lobe_agreement"]
