@@ -349,12 +349,15 @@ def _lesion_boxes(record: CaseRecord, label: str
     return out
 
 
+def box_size(box: Sequence[int]) -> int:
+    """Voxels in an inclusive voxel box (z0, y0, x0, z1, y1, x1)."""
+    return int(np.prod([box[i + 3] - box[i] + 1 for i in range(3)]))
+
+
 def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
     """IoU of two inclusive voxel boxes (z0, y0, x0, z1, y1, x1)."""
     inter = np.prod([max(0, min(a[i + 3], b[i + 3]) - max(a[i], b[i]) + 1) for i in range(3)])
-    va = np.prod([a[i + 3] - a[i] + 1 for i in range(3)])
-    vb = np.prod([b[i + 3] - b[i] + 1 for i in range(3)])
-    return float(inter / (va + vb - inter))
+    return float(inter / (box_size(a) + box_size(b) - inter))
 
 
 def evidence_localisation(labels: Sequence[str], preds: Sequence[Sequence[Any]],
@@ -380,7 +383,7 @@ def evidence_localisation(labels: Sequence[str], preds: Sequence[Sequence[Any]],
             inside[bx[0]:bx[3] + 1, bx[1]:bx[4] + 1, bx[2]:bx[5] + 1] = True
             vox = np.logical_or.reduce([v for v, _ in lesions])
             n_in = int((vox & inside).sum())
-            vol = float(np.prod([bx[i + 3] - bx[i] + 1 for i in range(3)])) * vox_ml
+            vol = box_size(bx) * vox_ml
             rows.setdefault(labels[f], []).append(
                 (n_in > 0, n_in / int(vox.sum()), max(box_iou(bx, lb) for _, lb in lesions),
                  vol))

@@ -173,7 +173,7 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
                                                _cc(evaluation(f.present, f.flags)))]
     if lat is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(LATERALITY, _cc(lat)))
-    tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"finding {i + 1}: {f.label}")
+    tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=_tracking_name(i, f.label))
     regions = _evidence_regions(i, f, sources)
     if regions:
         # TID 1411: the evidence box drawn on each evidence slice (the regions reference the
@@ -268,8 +268,15 @@ def measurement_groups(ds: Dataset) -> list[Any]:
     return sorted(groups, key=lambda g: _finding_number(str(g.tracking_identifier)))
 
 
+def _tracking_name(i: int, label: str) -> str:
+    """The tracking identifier of the draft's ``i``-th finding (0-based): "finding 3:
+    lung_nodule"; :func:`_finding_number` reads it back."""
+    return f"finding {i + 1}: {label}"
+
+
 def _finding_number(identifier: str) -> int:
-    """``"finding 3: lung_nodule"`` -> 3 (the tracking identifier :func:`_group` gives)."""
+    """``"finding 3: lung_nodule"`` -> 3 (the tracking identifier :func:`_tracking_name`
+    writes)."""
     head = identifier.split(":", 1)[0].split()
     if len(head) != 2 or head[0] != "finding" or not head[1].isdigit():
         raise ExportError(f"measurement group {identifier!r} was not written by medassist")
