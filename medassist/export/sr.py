@@ -140,13 +140,7 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
         anat = site_code if site_code is not None else fc.site
         if anat is not None:
             sites.append(hd.sr.FindingSite(_cc(anat), laterality=_cc(lat) if lat else None))
-    refs: list[hd.sr.SourceImageForMeasurementGroup] = []
-    for k in f.evidence.slices:
-        if k >= len(sources):
-            raise ExportError(f"finding {i} ({f.label}) cites slice {k} but the series has "
-                              f"{len(sources)} instances; pass the series the draft was made on")
-        ds = sources[k]
-        refs.append(hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID))
+    slices = _evidence_slices(i, f, sources)
     measurements = [hd.sr.Measurement(name=PROBABILITY, value=f.probability, unit=NO_UNITS,
                                       algorithm_id=algo)]
     if f.size_mm is not None:
@@ -174,7 +168,7 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
     if lat is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(LATERALITY, _cc(lat)))
     tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=_tracking_name(i, f.label))
-    regions = _evidence_regions(i, f, sources)
+    regions = _evidence_regions(i, f, slices)
     if regions:
         # TID 1411: the evidence box drawn on each evidence slice (the regions reference the
         # slices' instances, as the source images of a TID 1501 group would)
@@ -185,23 +179,33 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking, finding_type=_cc(fc.finding), algorithm_id=algo,
         finding_sites=sites or None, measurements=measurements,
-        qualitative_evaluations=evaluations, source_images=refs or None)
+        qualitative_evaluations=evaluations,
+        source_images=[hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID)
+                       for ds in slices] or None)
 
 
-def _evidence_regions(i: int, f: Finding, sources: Sequence[Dataset]
+def _evidence_slices(i: int, f: Finding, sources: Sequence[Dataset]) -> list[Dataset]:
+    """The instances of a finding's evidence slices (``sources``: the series in slice
+    order); an ``ExportError`` where it cites a slice the series does not have."""
+    for k in f.evidence.slices:
+        if k >= len(sources):
+            raise ExportError(f"finding {i} ({f.label}) cites slice {k} but the series has "
+                              f"{len(sources)} instances; pass the series the draft was made on")
+    return [sources[k] for k in f.evidence.slices]
+
+
+def _evidence_regions(i: int, f: Finding, slices: Sequence[Dataset]
                       ) -> list[hd.sr.ImageRegion]:
     """A finding's evidence box as a closed rectangle (SCOORD POLYLINE, in pixel coordinates
     whose origin is the top left corner of the top left pixel) around its rows and columns, on
-    each of its evidence slices; none without a box.  ``sources``: the series in slice order
-    (the slices were checked against it)."""
+    each of its evidence slices (``slices``: their instances); none without a box."""
     box = f.evidence.box_voxels
-    if box is None or not f.evidence.slices:
+    if box is None or not slices:
         return []
     x0, y0, x1, y1 = box[2], box[1], box[5] + 1, box[4] + 1
     rect = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], np.float64)
     out = []
-    for k in f.evidence.slices:
-        ds = sources[k]
+    for k, ds in zip(f.evidence.slices, slices, strict=True):
         if y1 > int(ds.Rows) or x1 > int(ds.Columns):
             raise ExportError(f"finding {i} ({f.label}): its evidence box (rows {box[1]}-"
                               f"{box[4]}, columns {box[2]}-{box[5]}) lies outside slice {k}'s "
