@@ -246,8 +246,14 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
     vol = torch.from_numpy(np.ascontiguousarray(hu, np.float32))[None, None]
     c, enc, depth = _candidates(hu, (*lo, *hi), spacing, cfg)
     lo_mm, hi_mm = lo * spacing - 5.0, hi * spacing + 5.0
+    # a fit from a candidate of depth d is taken only up to a diameter of 3 d + 10 mm: a
+    # candidate too shallow for the range's smallest diameter cannot be measured (they come
+    # last in the depth order, so leaving them out changes no result)
+    min_depth = max(cfg.min_depth_mm, (diameter_range_mm[0] - 10.0) / 3.0)
+    fits: dict[int, tuple[F64, F64, F64, float, float] | None] = {}  # per candidate: the
+    # fit does not depend on the enclosure level, which only decides who is tried
     for level in cfg.enclosure:
-        idx = np.nonzero((enc >= level) & (depth >= cfg.min_depth_mm))[0]
+        idx = np.nonzero((enc >= level) & (depth >= min_depth))[0]
         idx = idx[np.argsort(-depth[idx], kind="stable")]
         tried: list[F64] = []
         for j in idx:
@@ -255,7 +261,9 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
             if any(np.linalg.norm(start - q) < 15.0 for q in tried):
                 continue
             tried.append(start)
-            got = _edge_fit(vol, start, spacing, cfg)
+            if int(j) not in fits:
+                fits[int(j)] = _edge_fit(vol, start, spacing, cfg)
+            got = fits[int(j)]
             if got is not None:
                 centre, radii, amat, fraction, wall = got
                 diameter = float(2 * radii.max())

@@ -234,3 +234,34 @@ def test_a_measured_lesion_is_shown_by_its_own_box() -> None:
     assert w.box_voxels == wide.box_voxels  # nothing to show instead: the wide box stays
     fluid = dataclasses.replace(p, label="pericardial_effusion", present_source="image")
     assert measure_findings([fluid], None, SPACING, MeasureConfig())[0] == fluid
+
+
+def test_each_start_is_fitted_once_and_none_too_shallow_for_the_range(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The work ``measure_lesion`` saves, with the same result: a candidate tried at both
+    enclosure levels is fitted once, and one too shallow for the range's smallest diameter
+    (a fit from depth d is taken only up to 3 d + 10 mm) is not fitted at all."""
+    import multimodal.measure as measure
+
+    starts: list[tuple[float, ...]] = []
+    real = measure._edge_fit
+
+    def counting(vol: object, c_mm: npt.NDArray[np.float64], *args: object) -> object:
+        starts.append(tuple(float(v) for v in c_mm))
+        return real(vol, c_mm, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(measure, "_edge_fit", counting)
+    # half in the chest wall: refused, after tries at both enclosure levels
+    centre = (160.0, 176.0, 321.0)
+    hu = add_ellipsoid(chest(), centre, (20.0, 20.0, 20.0))
+    assert measure_lesion(hu, SPACING, box_around(centre), MeasureConfig()) is None
+    assert len(starts) >= 2 and len(set(starts)) == len(starts)
+    # a 20 mm nodule: no candidate is deeper than 6 mm, so no mass (30 mm or more) can be
+    # measured from it; it is measured as a nodule
+    starts.clear()
+    hu = add_ellipsoid(chest(), LEFT_LUNG, (10.0, 10.0, 10.0))
+    assert measure_lesion(hu, SPACING, box_around(LEFT_LUNG), MeasureConfig(),
+                          (30.0, 120.0)) is None
+    assert starts == []
+    m = measure_lesion(hu, SPACING, box_around(LEFT_LUNG), MeasureConfig(), (3.0, 30.0))
+    assert m is not None and m.diameter_mm == pytest.approx(20.0, abs=1.0) and starts
