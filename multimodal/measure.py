@@ -114,8 +114,9 @@ def _sample(vol: torch.Tensor, pts_mm: F64, spacing: F64) -> F64:
 
 
 def _candidates(hu: npt.NDArray[np.floating], box: Sequence[int], spacing: F64,
-                cfg: MeasureConfig) -> tuple[F64, F64, F64]:
-    """Candidate centres (N, 3) voxels in the inclusive box, their enclosure and depth (mm)."""
+                cfg: MeasureConfig, min_depth_mm: float) -> tuple[F64, F64, F64]:
+    """Candidate centres (N, 3) voxels in the inclusive box at least ``min_depth_mm`` deep,
+    their enclosure and depth (mm)."""
     z0, y0, x0, z1, y1, x1 = (int(v) for v in box)
     n = (z1 - z0 + 1) * (y1 - y0 + 1) * (x1 - x0 + 1)
     stride = max(1, math.ceil(math.sqrt(n / _MAX_CANDIDATES)))  # in-plane, every slice
@@ -129,6 +130,16 @@ def _candidates(hu: npt.NDArray[np.floating], box: Sequence[int], spacing: F64,
     steps = (_SEARCH_DIRS[:, None, :] * t[None, :, None]) / spacing  # (26, T, 3) voxels
     last = np.asarray(hu.shape) - 1
     strides = np.array([hu.shape[1] * hu.shape[2], hu.shape[2], 1])
+    # a ray that reaches air short of min_depth_mm makes a candidate too shallow, whatever
+    # the rest of its rays read: those few steps first, the whole rays for the others
+    near = int(np.searchsorted(t, min_depth_mm))  # the steps t < min_depth_mm
+    if near:
+        keep = np.ones(len(c), bool)
+        for a in range(0, len(c), _CHUNK):
+            pts = np.rint(c[a:a + _CHUNK, None, None, :] + steps[None, :, :near]
+                          ).astype(np.int64)
+            keep[a:a + _CHUNK] = ~air[np.clip(pts, 0, last) @ strides].any((1, 2))
+        c = c[keep]
     enc, depth = np.zeros(len(c)), np.zeros(len(c))
     for a in range(0, len(c), _CHUNK):
         pts = np.rint(c[a:a + _CHUNK, None, None, :] + steps[None]).astype(np.int64)
@@ -244,12 +255,12 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
     hi = np.clip(np.asarray(box_voxels[3:]), lo, np.asarray(hu.shape) - 1)
     spacing = np.asarray(spacing_mm, np.float64)
     vol = torch.from_numpy(np.ascontiguousarray(hu, np.float32))[None, None]
-    c, enc, depth = _candidates(hu, (*lo, *hi), spacing, cfg)
-    lo_mm, hi_mm = lo * spacing - 5.0, hi * spacing + 5.0
     # a fit from a candidate of depth d is taken only up to a diameter of 3 d + 10 mm: a
     # candidate too shallow for the range's smallest diameter cannot be measured (they come
     # last in the depth order, so leaving them out changes no result)
     min_depth = max(cfg.min_depth_mm, (diameter_range_mm[0] - 10.0) / 3.0)
+    c, enc, depth = _candidates(hu, (*lo, *hi), spacing, cfg, min_depth)
+    lo_mm, hi_mm = lo * spacing - 5.0, hi * spacing + 5.0
     fits: dict[int, tuple[F64, F64, F64, float, float] | None] = {}  # per candidate: the
     # fit does not depend on the enclosure level, which only decides who is tried
     for level in cfg.enclosure:

@@ -265,3 +265,20 @@ def test_each_start_is_fitted_once_and_none_too_shallow_for_the_range(
     assert starts == []
     m = measure_lesion(hu, SPACING, box_around(LEFT_LUNG), MeasureConfig(), (3.0, 30.0))
     assert m is not None and m.diameter_mm == pytest.approx(20.0, abs=1.0) and starts
+
+
+@pytest.mark.parametrize("min_depth", [6.0, 20.0 / 3.0, 9.0])
+def test_shallow_candidates_are_left_out_before_their_whole_rays(min_depth: float) -> None:
+    """``_candidates`` with a depth floor: exactly the candidates (with the same enclosure
+    and depth) that reach it without the floor."""
+    from multimodal.measure import _candidates
+
+    hu = add_ellipsoid(chest(), LEFT_LUNG, (20.0, 16.0, 15.0))
+    sp = np.asarray(SPACING, np.float64)
+    c0, e0, d0 = _candidates(hu, box_around(LEFT_LUNG), sp, MeasureConfig(), 0.0)
+    c1, e1, d1 = _candidates(hu, box_around(LEFT_LUNG), sp, MeasureConfig(), min_depth)
+    deep = d0 >= min_depth
+    assert 0 < len(c1) < len(c0)
+    np.testing.assert_array_equal(c1, c0[deep])
+    np.testing.assert_array_equal(e1, e0[deep])
+    np.testing.assert_array_equal(d1, d0[deep])
