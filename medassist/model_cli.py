@@ -466,6 +466,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                 f"{exc}") from exc
     if args.image_pass is not None:
         cfg = replace(cfg, decoder=replace(cfg.decoder, image_pass=args.image_pass == "on"))
+    if args.island_labels is not None:
+        from multimodal.errors import ModelConfigError
+
+        try:
+            cfg = replace(cfg, heads=replace(cfg.heads, measure=replace(
+                cfg.heads.measure, island_labels=tuple(args.island_labels))))
+        except ModelConfigError as exc:
+            raise ModelCLIError(f"--island-labels: {exc}") from exc
     records = list(folder_records(args.data, cfg))
     samples = [record_sample(r, cfg, tok, with_report=False) for r in records]
     res = evaluate(model, cfg, samples, tok=tok, records=records)
@@ -476,6 +484,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res["placement_max_loss"] = cfg.ct.placement_max_loss
     res["noise_max_index"] = cfg.ct.noise_max_index
     res["image_pass"] = cfg.decoder.image_pass
+    res["island_labels"] = list(cfg.heads.measure.island_labels)
     if args.json:
         print(json.dumps(res, indent=1, sort_keys=True))
     else:
@@ -624,6 +633,11 @@ def add_parser(sub: Any) -> None:
                    help="write the text, and the locations and sizes it states, from a pass "
                         "without the note (overrides the checkpoint's decoder.image_pass; "
                         "multimodal/image_pass.py)")
+    p.add_argument("--island-labels", nargs="*", default=None, metavar="LABEL",
+                   help="the labels also looked for on the whole CT where the head does not "
+                        "call them (overrides the checkpoint's heads.measure.island_labels; "
+                        "given alone: none; multimodal/islands.py), e.g. to score a "
+                        "checkpoint trained without the setting like for like")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("report", help="draft a report for one CT study (+ EMR)")

@@ -298,6 +298,19 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
                          str(synth_folder), "--noise-max-index", "-1"])
     with pytest.raises(ModelCLIError, match="noise_max_index"):
         bad.func(bad)
+    # the search for a missed mass off as the checkpoint has it, or set for the run
+    assert ev["island_labels"] == []
+    argsi = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
+                           str(synth_folder), "--json", "--island-labels", "lung_mass"])
+    bufi = io.StringIO()
+    with contextlib.redirect_stdout(bufi):
+        assert argsi.func(argsi) == 0
+    evi = json.loads(bufi.getvalue())
+    assert evi["island_labels"] == ["lung_mass"] and evi["full"]["n_cases"] == full["n_cases"]
+    badi = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
+                          str(synth_folder), "--island-labels", "pleural_effusion"])
+    with pytest.raises(ModelCLIError, match="island_labels"):
+        badi.func(badi)
     # without --json: one summary line per mode, with the size MAE where there is one
     args_txt = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
                               str(synth_folder)])
