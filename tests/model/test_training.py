@@ -247,12 +247,20 @@ def test_init_from_a_config_that_adds_parameters_training_the_decoder_alone(
 def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: Path) -> None:
     ap = argparse.ArgumentParser()
     add_parser(ap.add_subparsers(dest="cmd", required=True))
-    args = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
-                          str(synth_folder), "--json"])
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert args.func(args) == 0
-    ev = json.loads(buf.getvalue())
+
+    def eval_args(*extra: str) -> argparse.Namespace:
+        return ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
+                              str(synth_folder), *extra])
+
+    def eval_json(*extra: str) -> dict[str, Any]:
+        args = eval_args("--json", *extra)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert args.func(args) == 0
+        out: dict[str, Any] = json.loads(buf.getvalue())
+        return out
+
+    ev = eval_json()
     for k in ("full", "emr_removed", "ct_removed"):
         assert 0.0 <= ev[k]["micro_f1"] <= 1.0 and 0.0 <= ev[k]["ece"] <= 1.0
         assert set(ev[k]["per_finding"]) >= {"lung_nodule", "rib_fracture"}
@@ -278,42 +286,23 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
     assert 0 <= full["looping_texts"] <= full["n_cases"] and 0 <= full["looping_refs"] <= 2
     assert ev["int8"] is False
     # the int8 model is evaluated as `report --int8` runs it
-    args8 = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
-                           str(synth_folder), "--json", "--int8"])
-    buf8 = io.StringIO()
-    with contextlib.redirect_stdout(buf8):
-        assert args8.func(args8) == 0
-    ev8 = json.loads(buf8.getvalue())
+    ev8 = eval_json("--int8")
     assert ev8["int8"] is True and ev8["full"]["n_cases"] == full["n_cases"]
-    # noise matching (multimodal/noise.py) off as the checkpoint has it, or set for the run
-    assert ev["noise_max_index"] == 0.0
-    argsn = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
-                           str(synth_folder), "--json", "--noise-max-index", "1"])
-    bufn = io.StringIO()
-    with contextlib.redirect_stdout(bufn):
-        assert argsn.func(argsn) == 0
-    evn = json.loads(bufn.getvalue())
-    assert evn["noise_max_index"] == 1.0 and evn["full"]["n_cases"] == full["n_cases"]
-    bad = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
-                         str(synth_folder), "--noise-max-index", "-1"])
-    with pytest.raises(ModelCLIError, match="noise_max_index"):
-        bad.func(bad)
-    # the search for a missed mass off as the checkpoint has it, or set for the run
-    assert ev["island_labels"] == []
-    argsi = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
-                           str(synth_folder), "--json", "--island-labels", "lung_mass"])
-    bufi = io.StringIO()
-    with contextlib.redirect_stdout(bufi):
-        assert argsi.func(argsi) == 0
-    evi = json.loads(bufi.getvalue())
-    assert evi["island_labels"] == ["lung_mass"] and evi["full"]["n_cases"] == full["n_cases"]
-    badi = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
-                          str(synth_folder), "--island-labels", "pleural_effusion"])
-    with pytest.raises(ModelCLIError, match="island_labels"):
-        badi.func(badi)
+    # noise matching (multimodal/noise.py) and the search for a missed mass (multimodal/
+    # islands.py) off as the checkpoint has them, or set for the run; bad values refused
+    assert ev["noise_max_index"] == 0.0 and ev["island_labels"] == []
+    for flag, value, key, echoed in (("--noise-max-index", "1", "noise_max_index", 1.0),
+                                     ("--island-labels", "lung_mass", "island_labels",
+                                      ["lung_mass"])):
+        evo = eval_json(flag, value)
+        assert evo[key] == echoed and evo["full"]["n_cases"] == full["n_cases"]
+    for flag, value, key in (("--noise-max-index", "-1", "noise_max_index"),
+                             ("--island-labels", "pleural_effusion", "island_labels")):
+        bad = eval_args(flag, value)
+        with pytest.raises(ModelCLIError, match=key):
+            bad.func(bad)
     # without --json: one summary line per mode, with the size MAE where there is one
-    args_txt = ap.parse_args(["eval", "--checkpoint", str(tiny_checkpoint), "--data",
-                              str(synth_folder)])
+    args_txt = eval_args()
     buf_txt = io.StringIO()
     with contextlib.redirect_stdout(buf_txt):
         assert args_txt.func(args_txt) == 0
