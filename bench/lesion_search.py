@@ -8,8 +8,8 @@ levels re-tried the same starts, (2) leaves out a candidate too shallow for the 
 range's smallest value (a fit from depth d is taken only up to 3 d + 10 mm), and (3) leaves
 out a candidate too shallow for the depth floor after the first few steps of its rays,
 before casting them whole.  Until then (stop 44) every candidate's rays were cast whole and
-every start fitted at every level; that search is kept here as the baseline (the same
-private functions, called as they were).
+every start fitted at every level; that search is kept here as the baseline (its loop,
+calling the same private functions: the candidates, the fit and the checks on it).
 
 For every case of each ``medassist synth`` folder (``--data``, repeatable; ``--limit`` the
 first N of each), read as ``medassist eval`` reads it onto the model grid of
@@ -70,24 +70,10 @@ def baseline_measure(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
             if any(np.linalg.norm(start - q) < 15.0 for q in tried):
                 continue
             tried.append(start)
-            got = measure._edge_fit(vol, start, spacing, cfg)
-            if got is not None:
-                centre, radii, amat, fraction, wall = got
-                diameter = float(2 * radii.max())
-                explained = fraction * (1.0 - wall) if wall > cfg.max_wall_share else fraction
-                if explained >= cfg.min_fit_fraction and diameter <= 3 * depth[j] + 10.0 \
-                        and bool((centre >= lo_mm).all() and (centre <= hi_mm).all()) \
-                        and diameter_range_mm[0] <= diameter <= diameter_range_mm[1]:
-                    axes = sorted((float(2 * r) for r in radii), reverse=True)
-                    cv = centre / spacing
-                    axial, cc = measure._reading_axes(amat)
-                    half = np.sqrt(np.diag(np.linalg.inv(amat)))
-                    return measure.Measurement(
-                        diameter_mm=diameter, axes_mm=(axes[0], axes[1], axes[2]),
-                        centre_voxel=(float(cv[0]), float(cv[1]), float(cv[2])),
-                        fit_fraction=fraction, wall_share=wall, axial_mm=axial,
-                        craniocaudal_mm=cc,
-                        half_extent_mm=(float(half[0]), float(half[1]), float(half[2])))
+            m = measure._accepted(measure._edge_fit(vol, start, spacing, cfg), float(depth[j]),
+                                  (lo_mm, hi_mm), spacing, cfg, diameter_range_mm)
+            if m is not None:
+                return m
             if len(tried) >= cfg.n_tries:
                 break
     return None

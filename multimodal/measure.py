@@ -274,29 +274,42 @@ def measure_lesion(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
             tried.append(start)
             if int(j) not in fits:
                 fits[int(j)] = _edge_fit(vol, start, spacing, cfg)
-            got = fits[int(j)]
-            if got is not None:
-                centre, radii, amat, fraction, wall = got
-                diameter = float(2 * radii.max())
-                # the share of all rays the ellipsoid explains or, up to max_wall_share of
-                # rays into the wall, the share of the others
-                explained = fraction * (1.0 - wall) if wall > cfg.max_wall_share else fraction
-                if explained >= cfg.min_fit_fraction and diameter <= 3 * depth[j] + 10.0 \
-                        and bool((centre >= lo_mm).all() and (centre <= hi_mm).all()) \
-                        and diameter_range_mm[0] <= diameter <= diameter_range_mm[1]:
-                    axes = sorted((float(2 * r) for r in radii), reverse=True)
-                    cv = centre / spacing
-                    axial, cc = _reading_axes(amat)
-                    half = np.sqrt(np.diag(np.linalg.inv(amat)))
-                    return Measurement(
-                        diameter_mm=diameter, axes_mm=(axes[0], axes[1], axes[2]),
-                        centre_voxel=(float(cv[0]), float(cv[1]), float(cv[2])),
-                        fit_fraction=fraction, wall_share=wall, axial_mm=axial,
-                        craniocaudal_mm=cc,
-                        half_extent_mm=(float(half[0]), float(half[1]), float(half[2])))
+            m = _accepted(fits[int(j)], float(depth[j]), (lo_mm, hi_mm), spacing, cfg,
+                          diameter_range_mm)
+            if m is not None:
+                return m
             if len(tried) >= cfg.n_tries:
                 break
     return None
+
+
+def _accepted(got: tuple[F64, F64, F64, float, float] | None, depth_mm: float,
+              box_mm: tuple[F64, F64], spacing: F64, cfg: MeasureConfig,
+              diameter_range_mm: tuple[float, float]) -> Measurement | None:
+    """The measurement of a fit (:func:`_edge_fit`) from a candidate ``depth_mm`` deep, if it
+    passes the checks: it explains ``cfg.min_fit_fraction`` of the rays, its diameter is at
+    most 3 depths + 10 mm and in ``diameter_range_mm``, its centre in ``box_mm`` (lo, hi);
+    else None."""
+    if got is None:
+        return None
+    centre, radii, amat, fraction, wall = got
+    diameter = float(2 * radii.max())
+    # the share of all rays the ellipsoid explains or, up to max_wall_share of rays into the
+    # wall, the share of the others
+    explained = fraction * (1.0 - wall) if wall > cfg.max_wall_share else fraction
+    if not (explained >= cfg.min_fit_fraction and diameter <= 3 * depth_mm + 10.0
+            and bool((centre >= box_mm[0]).all() and (centre <= box_mm[1]).all())
+            and diameter_range_mm[0] <= diameter <= diameter_range_mm[1]):
+        return None
+    axes = sorted((float(2 * r) for r in radii), reverse=True)
+    cv = centre / spacing
+    axial, cc = _reading_axes(amat)
+    half = np.sqrt(np.diag(np.linalg.inv(amat)))
+    return Measurement(
+        diameter_mm=diameter, axes_mm=(axes[0], axes[1], axes[2]),
+        centre_voxel=(float(cv[0]), float(cv[1]), float(cv[2])),
+        fit_fraction=fraction, wall_share=wall, axial_mm=axial, craniocaudal_mm=cc,
+        half_extent_mm=(float(half[0]), float(half[1]), float(half[2])))
 
 
 def measure_findings(preds: Sequence[FindingPrediction], hu: npt.NDArray[np.floating] | None,
