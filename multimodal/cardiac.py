@@ -68,7 +68,11 @@ def components(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
     run = np.cumsum(start.ravel(), dtype=np.int64).reshape(m.shape)  # 1.. where m
     n = int(run.flat[-1]) if m.size else 0
     both = m[:, 1:, :] & m[:, :-1, :]  # the same column of two adjacent rows
-    key = np.unique(run[:, :-1, :][both] * (n + 1) + run[:, 1:, :][both])
+    pair = run[:, :-1, :] * (n + 1) + run[:, 1:, :]  # (N, Y-1, X) the two rows' runs
+    # along x a pair repeats while both runs go on: its first column stands for the rest
+    first = both.copy()
+    first[..., 1:] &= ~(both[..., :-1] & (pair[..., 1:] == pair[..., :-1]))
+    key = np.unique(pair[first])
     a, b = key // (n + 1), key % (n + 1)  # joined runs
     lab = join_labels(np.arange(n + 1, dtype=np.int64), a, b)  # each run's root run
     out: npt.NDArray[np.int64] = np.where(m, lab[run], 0)
