@@ -446,6 +446,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from medassist.model_data import folder_records, record_sample
     from medassist.model_eval import evaluate
     from multimodal.checkpoint import load_checkpoint
+    from multimodal.errors import ModelConfigError
 
     model, cfg, kind, tok, _meta = load_checkpoint(args.checkpoint)
     if args.int8:  # the same dynamic int8 as `report --int8`
@@ -457,8 +458,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               ("placement_max_loss", args.placement_max_loss),
                               ("noise_max_index", args.noise_max_index)) if v is not None}
     if over:
-        from multimodal.errors import ModelConfigError
-
         try:
             cfg = replace(cfg, ct=replace(cfg.ct, **over))
         except ModelConfigError as exc:
@@ -467,8 +466,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.image_pass is not None:
         cfg = replace(cfg, decoder=replace(cfg.decoder, image_pass=args.image_pass == "on"))
     if args.island_labels is not None:
-        from multimodal.errors import ModelConfigError
-
         try:
             cfg = replace(cfg, heads=replace(cfg.heads, measure=replace(
                 cfg.heads.measure, island_labels=tuple(args.island_labels))))
