@@ -2,24 +2,28 @@
 reviewer's decision on each AI finding (accepted / rejected / edited with side, size, text).
 
 Everything a reviewer changes therefore lives in the versioned report text: it is diffed
-against the AI draft, hashed into the audit trail and covered by the signature.
+against the AI draft, hashed into the audit trail and covered by the signature. The block's
+format is the core's (:mod:`medassist.review`), which the exports read it with.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 from medassist.draft import Finding, ReportDraft
+from medassist.review import (
+    BLOCK,
+    DECISIONS,
+    HEADERS,
+    SECTIONS,
+    SIDES,
+    decision_line,
+    split_findings,
+    split_text,
+)
 
-SECTIONS = ("indication", "technique", "findings", "impression")
-HEADERS = {s: s.upper() + ":" for s in SECTIONS}
-BLOCK = "Reviewed AI findings:"
-DECISIONS = ("pending", "accepted", "rejected", "edited")
-SIDES = ("", "left", "right", "bilateral", "midline")
-_LINE = re.compile(r"^- (?P<label>[a-z0-9_]+) \[(?P<decision>accepted|rejected|edited)\]"
-                   r"(?: side=(?P<side>[a-z]+))?(?: size=(?P<size>[0-9]+(?:\.[0-9]+)?) mm)?"
-                   r"(?:: (?P<text>.*))?$")
+__all__ = ["BLOCK", "DECISIONS", "HEADERS", "SECTIONS", "SIDES", "FindingReview", "compose",
+           "finding_line", "from_draft", "reviews_from_text", "split_findings", "split_text"]
 
 
 @dataclass(frozen=True)
@@ -97,10 +101,6 @@ class FindingReview:
                      if f not in ("low_confidence", "size_measured", "ratio_measured"))
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def from_draft(f: Finding, index: int) -> FindingReview:
     return FindingReview(index=index, label=f.label, present=f.present,
                          probability=f.probability, flags=f.flags,
@@ -110,36 +110,6 @@ def from_draft(f: Finding, index: int) -> FindingReview:
                          model_side=f.laterality or "")
 
 
-def split_text(text: str) -> dict[str, str]:
-    """Section name → body (stripped); text outside the known headers goes to ``findings``."""
-    out = dict.fromkeys(SECTIONS, "")
-    current = "findings"
-    buf: dict[str, list[str]] = {s: [] for s in SECTIONS}
-    for line in text.splitlines():
-        key = next((s for s, h in HEADERS.items() if line.strip() == h), None)
-        if key is not None:
-            current = key
-            continue
-        buf[current].append(line)
-    for s in SECTIONS:
-        out[s] = "\n".join(buf[s]).strip()
-    return out
-
-
-def split_findings(body: str) -> tuple[str, dict[str, tuple[str, str, float | None, str]]]:
-    """FINDINGS body → (narrative, {label: (decision, side, size, text)})."""
-    if BLOCK not in body:
-        return body.strip(), {}
-    narrative, _, block = body.partition(BLOCK)
-    decided: dict[str, tuple[str, str, float | None, str]] = {}
-    for line in block.splitlines():
-        m = _LINE.match(line.strip())
-        if m:
-            decided[m["label"]] = (m["decision"], m["side"] or "",
-                                   float(m["size"]) if m["size"] else None, m["text"] or "")
-    return narrative.strip(), decided
-
-
 def reviews_from_text(draft: ReportDraft, text: str) -> list[FindingReview]:
     """The findings of ``draft`` with the decisions recorded in ``text`` applied."""
     _, decided = split_findings(split_text(text)["findings"])
@@ -147,22 +117,15 @@ def reviews_from_text(draft: ReportDraft, text: str) -> list[FindingReview]:
     for i, f in enumerate(draft.findings):
         r = from_draft(f, i)
         if f.label in decided:
-            d, side, size, t = decided[f.label]
-            r = replace(r, decision=d, side=side, size_mm=size, text=t or r.text)
+            d = decided[f.label]
+            r = replace(r, decision=d.decision, side=d.side, size_mm=d.size_mm,
+                        text=d.text or r.text)
         out.append(r)
     return out
 
 
 def finding_line(r: FindingReview) -> str:
-    parts = [f"- {r.label} [{r.decision}]"]
-    if r.decision != "rejected":
-        if r.side:
-            parts.append(f" side={r.side}")
-        if r.size_mm is not None:
-            parts.append(f" size={r.size_mm:g} mm")
-        if r.text.strip():
-            parts.append(f": {_one_line(r.text)}")
-    return "".join(parts)
+    return decision_line(r.label, r.decision, r.side, r.size_mm, r.text)
 
 
 def compose(sections: dict[str, str], reviews: list[FindingReview]) -> str:

@@ -51,8 +51,12 @@ MEASURED = Code("258104002", "SCT", "Measured")
 ESTIMATED = Code("414135002", "SCT", "Estimated")
 
 
-def size_method(flags: Sequence[str]) -> Code:
-    """The method of a finding's ``size_mm``: measured on the CT or estimated."""
+def size_method(flags: Sequence[str]) -> Code | None:
+    """The method of a finding's ``size_mm``: measured on the CT, or the model's estimate;
+    None for a size the reviewer stated (flag ``reviewer_size``, :mod:`medassist.review`):
+    the report says how they took it, if at all, not the export."""
+    if "reviewer_size" in flags:
+        return None
     return MEASURED if "size_measured" in flags else ESTIMATED
 
 

@@ -30,6 +30,7 @@ from medassist.export.codes import (
     size_method,
 )
 from medassist.reports import ReportView
+from medassist.review import reviewed_findings
 
 PSEUDONYM_SYSTEM = "urn:medassist:pseudonym"
 
@@ -54,7 +55,8 @@ def _observation(i: int, f: Finding, codes_: FindingCodes, status: str,
     if f.size_mm is not None:
         # a component has no method of its own: the code's text says whether the size was
         # measured on the CT or is the model's estimate (the SR codes it)
-        how = size_method(f.flags).meaning.lower()
+        method = size_method(f.flags)
+        how = "stated by the reviewer" if method is None else method.meaning.lower()
         what = size_concept(f.label)
         obs["component"].append({
             "code": {**_concept(what), "text": f"{what.meaning} ({how})"},
@@ -91,8 +93,10 @@ def build_fhir(view: ReportView, *, codes_: FindingCodes | None = None) -> Diagn
     signed = view.status == "SIGNED" and view.signature is not None
     status = "final" if signed else "preliminary"
     subject = {"identifier": {"system": PSEUDONYM_SYSTEM, "value": view.patient_pseudo_id}}
+    # the findings as the report's current text decided them (a rejected one left out; the
+    # ids keep the draft's numbering)
     observations = [_observation(i, f, codes_, status, subject)
-                    for i, f in enumerate(view.draft.findings)]
+                    for i, f in reviewed_findings(view.draft, view.text)]
     study = {"resourceType": "ImagingStudy", "id": "study", "status": "available",
              "subject": subject,
              "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{view.study_uid}"}]}

@@ -6,7 +6,10 @@ cardiothoracic ratio (no units) and the AI probability as measurements, and the 
 identification.  A finding with an evidence box is a TID 1411 volumetric ROI group whose
 regions draw the box on each evidence slice; one without (not called, or called without
 CT evidence) a TID 1501 group citing its evidence slices, if any. Drafts are UNVERIFIED;
-signed reports VERIFIED with the verifying observer (the signer).
+signed reports VERIFIED with the verifying observer (the signer). The findings are the
+draft's as the report's text decided them (:func:`medassist.review.reviewed_findings`: a
+rejected one left out, the reviewer's side and size), and a side flagged ``side_uncertain``
+that no reviewer set or kept is not coded.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from medassist.export.codes import (
     size_method,
 )
 from medassist.reports import ReportView
+from medassist.review import reviewed_findings
 
 LATERALITY = hd.sr.CodedConcept("272741003", "SCT", "Laterality")
 MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
@@ -133,7 +137,10 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
            ) -> (hd.sr.MeasurementsAndQualitativeEvaluations
                  | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations):
     fc = codes_.for_label(f.label)
-    lat = codes_.lateralities.get(f.laterality) if f.laterality else None
+    # a side resting on near-equal evidence that no reviewer set or confirmed is not coded
+    # as fact (the text marks it, MA-PROB-L / MA-PROB-R below show the evidence)
+    lat = codes_.lateralities.get(f.laterality) \
+        if f.laterality and "side_uncertain" not in f.flags else None
     site_code = codes_.locations.get(f.location) if f.location else None
     sites = []
     if site_code is not None or fc.site is not None:
@@ -144,11 +151,13 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
     measurements = [hd.sr.Measurement(name=PROBABILITY, value=f.probability, unit=NO_UNITS,
                                       algorithm_id=algo)]
     if f.size_mm is not None:
-        # measured on the CT, or the size head's estimate (TID 300 Measurement Method)
-        measurements.append(hd.sr.Measurement(name=_cc(size_concept(f.label)),
-                                              value=f.size_mm, unit=MM,
-                                              method=_cc(size_method(f.flags)),
-                                              algorithm_id=algo))
+        # measured on the CT, or the size head's estimate (TID 300 Measurement Method); a
+        # size the reviewer stated is theirs: no method, no algorithm
+        method = size_method(f.flags)
+        measurements.append(hd.sr.Measurement(
+            name=_cc(size_concept(f.label)), value=f.size_mm, unit=MM,
+            method=None if method is None else _cc(method),
+            algorithm_id=None if method is None else algo))
     if f.size_axes_mm is not None:
         # a measured lesion's axial long and short axis, as a reader states them
         for name, value in ((LONG_AXIS, f.size_axes_mm[0]), (SHORT_AXIS, f.size_axes_mm[1])):
@@ -245,7 +254,9 @@ def build_sr(view: ReportView, sources: Sequence[Dataset | str | Path], *,
                 name=_pn(view.signature.signer_name)))
     context = hd.sr.ObservationContext(observer_person_context=person,
                                        observer_device_context=device)
-    groups = [_group(i, f, codes_, src, algo) for i, f in enumerate(d.findings)]
+    # the findings as the report's current text decided them (a rejected one left out; the
+    # tracking identifiers keep the draft's numbering)
+    groups = [_group(i, f, codes_, src, algo) for i, f in reviewed_findings(d, view.text)]
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=CT_CHEST,
                                      imaging_measurements=groups)
     ident = ["medassist-sr", str(view.report_id), str(view.version_id), view.status]

@@ -23,6 +23,7 @@ from medassist.errors import ExportError
 from medassist.export import export_report
 from medassist.export.codes import load_codes
 from medassist.export.sr import check_sr, group_source_uids, measurement_groups
+from medassist.review import BLOCK, decision_line
 from medassist.storage import AuditEvent
 from tests.dicom_factory import axial_positions, write_series
 
@@ -430,3 +431,98 @@ def test_a_size_is_coded_as_what_it_measures(db: Db, tmp_path: Path,
     assert [c["code"]["text"] for c in comp] == ["Width (measured)"]
     assert comp[0]["valueQuantity"]["value"] == 12.4
     _dciodvfy_clean(sr_out)
+
+
+def _reviewed(draft: dict[str, Any], lines: list[str]) -> str:
+    """The draft's text with a reviewer's decision block under FINDINGS (as the UI writes
+    it)."""
+    text = ReportDraft.from_dict(draft).render_text()
+    return text.replace("\n\nIMPRESSION:", "\n\n" + "\n".join([BLOCK, *lines]) +
+                        "\n\nIMPRESSION:")
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_exports_state_the_reviewers_decisions(db: Db, tmp_path: Path,
+                                                    ct_files: list[Path], signed: bool) -> None:
+    """The SR and FHIR state the findings as the report's text decided them, signed or not:
+    a rejected finding is left out (the others keep the draft's numbering), a side and size
+    the reviewer set are theirs (the size without the model's method or algorithm), their
+    text is the Observation's note; a finding no one decided stays as drafted."""
+    text = _reviewed(DRAFT, [
+        decision_line("lung_nodule", "edited", "left", 11.0, "An 11 mm nodule, left upper."),
+        decision_line("pleural_effusion", "rejected", "left", 14.0, "")])
+    with db.factory.begin() as s:
+        doc = add_user(s, "carol", display_name="Dr. Carol Chen")
+        rid = reports.store_draft(s, ReportDraft.from_dict(DRAFT), study_uid=STUDY_UID,
+                                  patient_pseudo_id="PSEUDO-0002").id
+        reports.edit_report(s, rid, doc, text, 1)
+        if signed:
+            reports.submit_for_review(s, rid, doc, 2)
+            reports.sign_report(s, rid, doc, PASSWORD, 3)
+    sr_out, fhir_out = tmp_path / "r.dcm", tmp_path / "r.json"
+    with db.factory.begin() as s:
+        export_report(s, rid, doc, "sr", sr_out, sources=[str(p) for p in ct_files])
+        export_report(s, rid, doc, "fhir", fhir_out)
+    ds = pydicom.dcmread(sr_out)
+    assert ds.VerificationFlag == ("VERIFIED" if signed else "UNVERIFIED")
+    groups = measurement_groups(ds)
+    assert [str(g.tracking_identifier) for g in groups] == ["finding 1: lung_nodule",
+                                                            "finding 3: pneumothorax"]
+    evals = {e.name.value: e.value.value for e in groups[0].get_qualitative_evaluations()}
+    assert evals["272741003"] == "7771000"  # left, the reviewer's (the model: right)
+    sizes = [m for m in groups[0].get_measurements() if m.name.value == "81827009"]
+    assert [(m.value, m.method) for m in sizes] == [(11.0, None)]
+
+    def algorithms(m: Any) -> list[str]:
+        return [i.TextValue for i in _walk(m[0]) if i.ConceptNameCodeSequence[0].CodeValue ==
+                "111001"]  # Algorithm Name
+
+    assert algorithms(sizes[0]) == []
+    probs = [m for m in groups[0].get_measurements() if m.name.value == "MA-PROB"]
+    assert algorithms(probs[0]) == ["medassist-fusion"]  # the probability stays the model's
+    absent = groups[1].get_qualitative_evaluations()[0]
+    assert absent.value.value == "2667000"  # the pneumothorax, undecided: as drafted
+    data = json.loads(fhir_out.read_text())
+    DiagnosticReport.model_validate(data)
+    obs = {c["id"]: c for c in data["contained"] if c["resourceType"] == "Observation"}
+    assert sorted(obs) == ["finding-1", "finding-3"]
+    assert [r["reference"] for r in data["result"]] == ["#finding-1", "#finding-3"]
+    assert obs["finding-1"]["note"] == [{"text": "An 11 mm nodule, left upper."}]
+    comps = [(c["code"]["text"], c["valueQuantity"]["value"])
+             for c in obs["finding-1"]["component"]
+             if c["code"].get("coding", [{}])[0].get("code") == "81827009"]
+    assert comps == [("Diameter (stated by the reviewer)", 11.0)]
+    assert obs["finding-1"]["status"] == ("final" if signed else "preliminary")
+    _dciodvfy_clean(sr_out)
+
+
+def test_an_uncertain_side_is_coded_once_a_reviewer_confirms_it(
+        db: Db, tmp_path: Path, ct_files: list[Path]) -> None:
+    """A side the draft flags side_uncertain is not coded as fact in the SR while no one has
+    decided the finding (its evidence, MA-PROB-L / MA-PROB-R, is); once the reviewer accepts
+    it with that side, it is."""
+    d = draft_dict()
+    d["findings"][0] = {**d["findings"][0], "flags": ["side_uncertain"],
+                        "side_evidence": {"left": 0.143, "right": 0.163}}
+
+    def lateralities(text: str | None) -> list[list[str]]:
+        with db.factory.begin() as s:
+            doc = add_user(s, f"u{len(text or '')}", display_name="Dr. Carol Chen")
+            rid = reports.store_draft(s, ReportDraft.from_dict(d), study_uid=STUDY_UID,
+                                      patient_pseudo_id="PSEUDO-0002").id
+            if text is not None:
+                reports.edit_report(s, rid, doc, text, 1)
+        out = tmp_path / f"r{rid}.dcm"
+        with db.factory.begin() as s:
+            export_report(s, rid, doc, "sr", out, sources=[str(p) for p in ct_files])
+        _dciodvfy_clean(out)
+        groups = measurement_groups(pydicom.dcmread(out))
+        assert [m.name.value for m in groups[0].get_measurements()
+                if m.name.value.startswith("MA-PROB-")] == ["MA-PROB-L", "MA-PROB-R"]
+        return [[e.value.value for e in g.get_qualitative_evaluations()
+                 if e.name.value == "272741003"] for g in groups]
+
+    assert lateralities(None) == [[], ["7771000"], []]  # the effusion's left stays
+    accepted = _reviewed(d, [decision_line("lung_nodule", "accepted", "right", 9.0,
+                                           "A 9 mm solid nodule in the RUL.")])
+    assert lateralities(accepted) == [["24028007"], ["7771000"], []]

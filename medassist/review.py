@@ -1,0 +1,150 @@
+"""The reviewer's decisions on the AI findings, as the report text records them.
+
+A report's text has four sections; under FINDINGS a block headed ``Reviewed AI findings:``
+holds one line per AI finding the reviewer decided::
+
+    - lung_mass [edited] side=left size=42 mm: Left upper lobe mass, 42 mm.
+    - consolidation [rejected]
+
+The UI writes the block (``ui/report_text.py``); the text is versioned, diffed, hashed into
+the audit trail and covered by the signature, so these lines are what the signer stands by.
+:func:`reviewed_findings` applies them to the draft's findings for the structured exports
+(DICOM SR, FHIR): a rejected finding is left out, a side or size the reviewer stated replaces
+the model's, and a finding no one decided stays as the model drafted it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Literal, cast
+
+from medassist.draft import Finding, Laterality, ReportDraft
+
+SECTIONS = ("indication", "technique", "findings", "impression")
+HEADERS = {s: s.upper() + ":" for s in SECTIONS}
+BLOCK = "Reviewed AI findings:"
+DECISIONS = ("pending", "accepted", "rejected", "edited")
+SIDES = ("", "left", "right", "bilateral", "midline")
+_LINE = re.compile(r"^- (?P<label>[a-z0-9_]+) \[(?P<decision>accepted|rejected|edited)\]"
+                   r"(?: side=(?P<side>[a-z]+))?(?: size=(?P<size>[0-9]+(?:\.[0-9]+)?) mm)?"
+                   r"(?:: (?P<text>.*))?$")
+
+#: flags :func:`reviewed_findings` adds: the side is the reviewer's (set or confirmed), the
+#: size is the reviewer's (not the model's, measured or estimated)
+REVIEWER_SIDE = "reviewer_side"
+REVIEWER_SIZE = "reviewer_size"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One line of the block: the reviewer's decision on an AI finding."""
+
+    decision: Literal["accepted", "rejected", "edited"]
+    #: the side the line states ("" for none; one of :data:`SIDES`)
+    side: str
+    size_mm: float | None
+    text: str
+
+
+def decision_line(label: str, decision: str, side: str, size_mm: float | None,
+                  text: str) -> str:
+    """The block's line for one decided finding (:func:`split_findings` reads it back); a
+    rejected finding's line states nothing else."""
+    parts = [f"- {label} [{decision}]"]
+    if decision != "rejected":
+        if side:
+            parts.append(f" side={side}")
+        if size_mm is not None:
+            parts.append(f" size={size_mm:g} mm")
+        if text.strip():
+            parts.append(f": {' '.join(text.split())}")
+    return "".join(parts)
+
+
+def split_text(text: str) -> dict[str, str]:
+    """Section name → body (stripped); text outside the known headers goes to ``findings``."""
+    current = "findings"
+    buf: dict[str, list[str]] = {s: [] for s in SECTIONS}
+    for line in text.splitlines():
+        key = next((s for s, h in HEADERS.items() if line.strip() == h), None)
+        if key is not None:
+            current = key
+            continue
+        buf[current].append(line)
+    return {s: "\n".join(buf[s]).strip() for s in SECTIONS}
+
+
+def split_findings(body: str) -> tuple[str, dict[str, Decision]]:
+    """FINDINGS body → (narrative, {label: decision}); a line that is not a decision is
+    ignored, and a label decided twice keeps its last line."""
+    if BLOCK not in body:
+        return body.strip(), {}
+    narrative, _, block = body.partition(BLOCK)
+    decided: dict[str, Decision] = {}
+    for line in block.splitlines():
+        m = _LINE.match(line.strip())
+        if m:
+            decided[m["label"]] = Decision(
+                decision=cast("Literal['accepted', 'rejected', 'edited']", m["decision"]),
+                side=m["side"] or "", size_mm=float(m["size"]) if m["size"] else None,
+                text=m["text"] or "")
+    return narrative.strip(), decided
+
+
+def _laterality(side: str) -> Laterality | None:
+    """A reviewer's side as a draft laterality: none stated → None; midline → "none" (a
+    side-less finding: CID 244 has no midline)."""
+    if not side:
+        return None
+    return cast("Laterality", "none" if side == "midline" else side)
+
+
+def reviewed_finding(f: Finding, d: Decision | None) -> Finding | None:
+    """``f`` as the reviewer decided it: None where rejected; the reviewer's side and size
+    where the line states them (flags :data:`REVIEWER_SIDE`, :data:`REVIEWER_SIZE`; a side
+    the reviewer set or kept is no longer ``side_uncertain``, a size they changed is no
+    longer the CT's measurement), the line's text as the sentence; ``f`` itself where no
+    one decided it."""
+    if d is None:
+        return f
+    if d.decision == "rejected":
+        return None
+    flags = list(f.flags)
+    lat = _laterality(d.side)
+    side_evidence = f.side_evidence
+    if lat != f.laterality or (lat is not None and "side_uncertain" in flags):
+        flags = [x for x in flags if x != "side_uncertain"]
+        flags.append(REVIEWER_SIDE)
+        if lat is None:
+            side_evidence = None  # evidence of a side no one states any more
+    size, axes = f.size_mm, f.size_axes_mm
+    if d.size_mm is not None and (f.size_mm is None or round(d.size_mm, 1) != round(f.size_mm,
+                                                                                     1)):
+        size, axes = d.size_mm, None
+        flags = [x for x in flags if x != "size_measured"]
+        flags.append(REVIEWER_SIZE)
+    elif d.size_mm is None and f.size_mm is not None:
+        size, axes = None, None  # the reviewer removed the size
+        flags = [x for x in flags if x != "size_measured"]
+    return replace(f, laterality=lat, size_mm=size, size_axes_mm=axes,
+                   side_evidence=side_evidence, flags=tuple(flags),
+                   sentence=d.text.strip() or f.sentence)
+
+
+def reviewed_findings(draft: ReportDraft, text: str
+                      ) -> tuple[tuple[int, Finding], ...]:
+    """The draft's findings with the decisions recorded in the report ``text`` applied, each
+    with its index in the draft (a rejected one is left out, so the indices show which)."""
+    _, decided = split_findings(split_text(text)["findings"])
+    out = []
+    for i, f in enumerate(draft.findings):
+        r = reviewed_finding(f, decided.get(f.label))
+        if r is not None:
+            out.append((i, r))
+    return tuple(out)
+
+
+__all__ = ["BLOCK", "DECISIONS", "HEADERS", "REVIEWER_SIDE", "REVIEWER_SIZE", "SECTIONS",
+           "SIDES", "Decision", "decision_line", "reviewed_finding", "reviewed_findings",
+           "split_findings", "split_text"]

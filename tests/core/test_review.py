@@ -1,0 +1,96 @@
+"""The reviewer's decisions read from the report text and applied to the draft's findings
+(:mod:`medassist.review`), which the SR and FHIR exports state."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from medassist.draft import ReportDraft
+from medassist.review import (
+    BLOCK,
+    REVIEWER_SIDE,
+    REVIEWER_SIZE,
+    Decision,
+    decision_line,
+    reviewed_finding,
+    reviewed_findings,
+    split_findings,
+    split_text,
+)
+
+from .factories import draft_dict
+
+
+def _draft(**finding0: object) -> ReportDraft:
+    d = draft_dict()
+    d["findings"][0] = {**d["findings"][0], **finding0}
+    return ReportDraft.from_dict(d)
+
+
+def test_a_line_reads_back_as_written() -> None:
+    lines = [decision_line("lung_nodule", "edited", "left", 11.25, "An 11 mm\n nodule."),
+             decision_line("pleural_effusion", "rejected", "left", 14.0, "ignored"),
+             decision_line("pneumothorax", "accepted", "", None, "")]
+    assert lines == ["- lung_nodule [edited] side=left size=11.25 mm: An 11 mm nodule.",
+                     "- pleural_effusion [rejected]", "- pneumothorax [accepted]"]
+    narrative, decided = split_findings("Some text.\n\n" + "\n".join([BLOCK, *lines,
+                                                                      "not a line"]))
+    assert narrative == "Some text."
+    assert decided == {
+        "lung_nodule": Decision("edited", "left", 11.25, "An 11 mm nodule."),
+        "pleural_effusion": Decision("rejected", "", None, ""),
+        "pneumothorax": Decision("accepted", "", None, "")}
+    assert split_findings("No block.") == ("No block.", {})
+    assert split_text("loose\nIMPRESSION:\n1. x\n")["impression"] == "1. x"
+
+
+def test_an_accepted_finding_is_the_drafts() -> None:
+    draft = _draft(size_mm=55.31234, flags=["size_measured"], size_axes_mm=[55.3, 40.0, 48.0])
+    f = draft.findings[0]
+    # the line as the UI writes it (side and size as drafted; the size printed with :g)
+    d = split_findings(BLOCK + "\n" + decision_line("lung_nodule", "accepted", "right",
+                                                     f.size_mm, f.sentence))[1]["lung_nodule"]
+    assert d.size_mm == 55.3123
+    assert reviewed_finding(f, d) == f
+    assert reviewed_finding(f, None) is f
+
+
+def test_a_rejected_finding_is_left_out_and_the_others_keep_their_index() -> None:
+    draft = _draft()
+    text = draft.render_text().replace(
+        "\n\nIMPRESSION:", f"\n\n{BLOCK}\n- lung_nodule [rejected]\n\nIMPRESSION:")
+    assert [i for i, _ in reviewed_findings(draft, text)] == [1, 2]
+    assert reviewed_findings(draft, draft.render_text()) == tuple(enumerate(draft.findings))
+
+
+def test_the_reviewers_side_and_size() -> None:
+    f = _draft(flags=["size_measured", "side_uncertain"], size_axes_mm=[9.0, 8.0, 7.0],
+               side_evidence={"left": 0.14, "right": 0.16}).findings[0]
+    moved = reviewed_finding(f, Decision("edited", "left", 12.0, "A left nodule."))
+    assert moved is not None
+    assert (moved.laterality, moved.size_mm, moved.size_axes_mm, moved.sentence) == (
+        "left", 12.0, None, "A left nodule.")
+    assert moved.flags == (REVIEWER_SIDE, REVIEWER_SIZE)
+    assert moved.side_evidence == (0.14, 0.16)  # the model's evidence stays
+    kept = reviewed_finding(f, Decision("accepted", "right", 9.0, ""))
+    assert kept is not None
+    # the side confirmed, the measured size unchanged, the draft's sentence kept
+    assert kept.flags == ("size_measured", REVIEWER_SIDE)
+    assert (kept.size_axes_mm, kept.sentence) == (f.size_axes_mm, f.sentence)
+    unsided = reviewed_finding(f, Decision("edited", "", None, ""))
+    assert unsided is not None
+    assert (unsided.laterality, unsided.side_evidence, unsided.size_mm) == (None, None, None)
+    assert "size_measured" not in unsided.flags
+    midline = reviewed_finding(replace(f, side_evidence=None),
+                               Decision("edited", "midline", 9.0, ""))
+    assert midline is not None and midline.laterality == "none"
+    assert reviewed_finding(f, Decision("rejected", "", None, "")) is None
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_sure_side_kept_is_not_marked_as_the_reviewers(side: str) -> None:
+    f = _draft(laterality=side).findings[0]
+    r = reviewed_finding(f, Decision("accepted", side, f.size_mm, ""))
+    assert r == f
