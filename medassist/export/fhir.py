@@ -30,7 +30,7 @@ from medassist.export.codes import (
     size_method,
 )
 from medassist.reports import ReportView
-from medassist.review import reviewed_findings
+from medassist.review import HEADERS, reviewed_findings, split_text
 
 PSEUDONYM_SYSTEM = "urn:medassist:pseudonym"
 
@@ -115,7 +115,7 @@ def build_fhir(view: ReportView, *, codes_: FindingCodes | None = None) -> Diagn
                                                                      " (DRAFT)"),
                            "data": base64.b64encode(view.text.encode("utf-8")).decode()}],
     }
-    conclusion = (view.draft.sections.impression if not signed else _impression(view)).strip()
+    conclusion = _impression(view).strip()
     if conclusion:  # FHIR strings must not be empty: an empty impression is left out
         data["conclusion"] = conclusion
     if signed and view.signature is not None:
@@ -128,12 +128,12 @@ def build_fhir(view: ReportView, *, codes_: FindingCodes | None = None) -> Diagn
 
 
 def _impression(view: ReportView) -> str:
-    """The impression section of the (possibly edited) signed text, else the draft's."""
-    text = view.text
-    marker = "IMPRESSION:"
-    if marker in text:
-        return text.split(marker, 1)[1].strip()
-    return view.draft.sections.impression
+    """The impression section of the report's current text (the reviewer's, edited or not,
+    signed or not: a preliminary report states the current version too), else the
+    draft's where the text has no IMPRESSION header."""
+    if not any(line.strip() == HEADERS["impression"] for line in view.text.splitlines()):
+        return view.draft.sections.impression
+    return split_text(view.text)["impression"]
 
 
 def to_json(view: ReportView, *, codes_: FindingCodes | None = None) -> str:

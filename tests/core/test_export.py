@@ -451,6 +451,7 @@ def test_the_exports_state_the_reviewers_decisions(db: Db, tmp_path: Path,
     text = _reviewed(DRAFT, [
         decision_line("lung_nodule", "edited", "left", 11.0, "An 11 mm nodule, left upper."),
         decision_line("pleural_effusion", "rejected", "left", 14.0, "")])
+    text = text.replace("2. Small left pleural effusion.", "2. No pleural effusion.")
     with db.factory.begin() as s:
         doc = add_user(s, "carol", display_name="Dr. Carol Chen")
         rid = reports.store_draft(s, ReportDraft.from_dict(DRAFT), study_uid=STUDY_UID,
@@ -493,6 +494,8 @@ def test_the_exports_state_the_reviewers_decisions(db: Db, tmp_path: Path,
              if c["code"].get("coding", [{}])[0].get("code") == "81827009"]
     assert comps == [("Diameter (stated by the reviewer)", 11.0)]
     assert obs["finding-1"]["status"] == ("final" if signed else "preliminary")
+    # the conclusion is the current text's impression, a preliminary report's too
+    assert data["conclusion"] == "1. Right upper lobe nodule, 9 mm.\n2. No pleural effusion."
     _dciodvfy_clean(sr_out)
 
 
