@@ -173,14 +173,19 @@ def report_findings(text: str, labels: Sequence[str]) -> list[dict[str, Any]]:
     labels), with ``unstated`` listing what its sentences leave open and ``evidence`` the
     affirming sentences' character spans in ``text``."""
     from medassist.labeler import label_text, stated_lobes, stated_size_mm
+    from medassist.review import mask_decisions
 
     body_at = _sections_or_raise(text)
     # a line wrapped inside a sentence ("... in the left upper\nlobe.") is one sentence: the
     # break becomes a space (same length, so the spans index ``text``)
     body = _WRAPPED.sub(" ", text[body_at.start(1):])
+    # a medassist report's block of the reviewer's decisions (medassist.review): only the
+    # sentences the reviewer kept are read, and a side or size a decision states is the
+    # finding's (the same length, so the spans still index ``text``)
+    read, decided = mask_decisions(body)
     offset = body_at.start(1)
     out: list[dict[str, Any]] = []
-    sents = label_text(body)
+    sents = label_text(read)
     for lab in labels:
         aff = [s for s in sents if s.labels.get(lab)]
         if not aff:
@@ -217,6 +222,14 @@ def report_findings(text: str, labels: Sequence[str]) -> list[dict[str, Any]]:
             size = max(sizes) if sizes else None
             if size is None:
                 unstated.append("size")
+        d = decided.get(lab)
+        if d is not None and d.decision != "rejected":
+            if d.side:
+                attrs["side"] = d.side
+                unstated = [u for u in unstated if u != "side"]
+            if d.size_mm is not None and lab in SIZED:
+                size = d.size_mm
+                unstated = [u for u in unstated if u != "size"]
         out.append({"index": len(out), "label_value": 0, "kind": lab, "attributes": attrs,
                     "size_mm": size, "unstated": unstated,
                     "uncertain": all(HEDGE.search(s.text) for s in aff),

@@ -94,11 +94,16 @@ def label_targets(findings: Sequence[Mapping[str, Any]], labels: Sequence[str],
 
 
 def report_target_text(report_text: str) -> str:
-    """The decoder writes the Findings and Impression sections."""
+    """The decoder writes the Findings and Impression sections (of a signed medassist
+    report, the Findings' prose without the block of the reviewer's decisions,
+    :mod:`medassist.review`)."""
+    from medassist.review import BLOCK
+
     m = re.search(r"FINDINGS:\s*(.*?)\s*IMPRESSION:\s*(.*)", report_text, re.S)
     if not m:
         return report_text.strip()
-    return f"findings: {m.group(1).strip()} impression: {m.group(2).strip()}"
+    findings = m.group(1).partition(BLOCK)[0]
+    return f"findings: {findings.strip()} impression: {m.group(2).strip()}"
 
 
 def synth_records(synth_config: str, model_cfg: Any, seed: int, n: int, split: str = "train",

@@ -85,11 +85,40 @@ def split_findings(body: str) -> tuple[str, dict[str, Decision]]:
     for line in block.splitlines():
         m = _LINE.match(line.strip())
         if m:
-            decided[m["label"]] = Decision(
-                decision=cast("Literal['accepted', 'rejected', 'edited']", m["decision"]),
-                side=m["side"] or "", size_mm=float(m["size"]) if m["size"] else None,
-                text=m["text"] or "")
+            decided[m["label"]] = _decision(m)
     return narrative.strip(), decided
+
+
+def _decision(m: re.Match[str]) -> Decision:
+    """The decision of a line :data:`_LINE` matched."""
+    return Decision(decision=cast("Literal['accepted', 'rejected', 'edited']", m["decision"]),
+                    side=m["side"] or "", size_mm=float(m["size"]) if m["size"] else None,
+                    text=m["text"] or "")
+
+
+def mask_decisions(body: str) -> tuple[str, dict[str, Decision]]:
+    """A FINDINGS body as a labeler should read it: the block's header and each decision
+    line's prefix (``- label [decision] side=… size=… mm: ``) blanked, and a rejected line
+    whole, so only the sentences the reviewer kept remain (the same length: character spans
+    still index ``body``); with the decisions (:func:`split_findings`). Read whole, a line
+    such as ``- consolidation [rejected]`` affirms a consolidation, and ``- pneumothorax
+    [accepted]: No pneumothorax.`` names the finding before its negation."""
+    at = body.find(BLOCK)
+    if at < 0:
+        return body, {}
+    out = [body[:at], " " * len(BLOCK)]
+    decided: dict[str, Decision] = {}
+    for line in re.split(r"(\n)", body[at + len(BLOCK):]):
+        m = _LINE.match(line.strip())
+        if m is None:
+            out.append(line)
+            continue
+        lead = len(line) - len(line.lstrip())
+        keep = m.start("text") if m["text"] is not None and m["decision"] != "rejected" else \
+            len(line.strip())
+        out.append(" " * (lead + keep) + line[lead + keep:])
+        decided[m["label"]] = _decision(m)
+    return "".join(out), decided
 
 
 def _laterality(side: str) -> Laterality | None:
@@ -146,5 +175,5 @@ def reviewed_findings(draft: ReportDraft, text: str
 
 
 __all__ = ["BLOCK", "DECISIONS", "HEADERS", "REVIEWER_SIDE", "REVIEWER_SIZE", "SECTIONS",
-           "SIDES", "Decision", "decision_line", "reviewed_finding", "reviewed_findings",
-           "split_findings", "split_text"]
+           "SIDES", "Decision", "decision_line", "mask_decisions", "reviewed_finding",
+           "reviewed_findings", "split_findings", "split_text"]

@@ -71,6 +71,30 @@ def test_report_findings_read_presence_side_location_size_and_hedges() -> None:
         ("Left lung nodule and mass, suspicious for metastatic disease.",) * 2]
 
 
+def test_a_signed_reports_decisions_are_read_as_the_reviewer_left_them() -> None:
+    """A medassist report's block of the reviewer's decisions (medassist.review): a rejected
+    line affirms nothing, a line's own sentence is read with its negation, the side and
+    size a decision states are the finding's, and the decoder's target is the prose alone."""
+    from medassist.model_data import report_target_text
+    from medassist.review import BLOCK, decision_line
+
+    text = ("FINDINGS:\nA right lower lobe nodule.\n\n" + "\n".join([
+        BLOCK, decision_line("consolidation", "rejected", "", None, ""),
+        decision_line("pneumothorax", "accepted", "", None, "No pneumothorax."),
+        decision_line("lung_nodule", "edited", "left", 12.0, "Right lower lobe nodule."),
+    ]) + "\n\nIMPRESSION:\n1. Lung nodule.\n")
+    f = _by_kind(text)
+    assert set(f) == {"lung_nodule"}  # not the rejected consolidation, not the pneumothorax
+    assert f["lung_nodule"]["attributes"] == {"side": "left", "lobe": "RLL"}
+    assert f["lung_nodule"]["size_mm"] == 12.0 and f["lung_nodule"]["unstated"] == []
+    assert [(ev["sentence"], text[ev["start"]:ev["end"]]) for ev in
+            f["lung_nodule"]["evidence"]] == [  # type: ignore[attr-defined]
+        ("A right lower lobe nodule.",) * 2, ("Right lower lobe nodule.",) * 2,
+        ("Lung nodule.",) * 2]
+    assert report_target_text(text) == ("findings: A right lower lobe nodule. impression: 1. "
+                                         "Lung nodule.")
+
+
 def test_impression_codes_from_the_wording() -> None:
     findings = report_findings(REPORT, LABELS)
     codes = {c["code"]: c["finding_indices"] for c in impression_codes(REPORT, findings)}

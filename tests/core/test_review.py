@@ -94,3 +94,16 @@ def test_a_sure_side_kept_is_not_marked_as_the_reviewers(side: str) -> None:
     f = _draft(laterality=side).findings[0]
     r = reviewed_finding(f, Decision("accepted", side, f.size_mm, ""))
     assert r == f
+
+
+def test_masking_keeps_the_kept_sentences_in_place() -> None:
+    from medassist.review import mask_decisions
+
+    body = ("Prose.\n" + BLOCK + "\n  - consolidation [rejected]\r\n"
+            "- pneumothorax [accepted]: No pneumothorax.\nnot a decision")
+    read, decided = mask_decisions(body)
+    assert len(read) == len(body)
+    assert read.split() == ["Prose.", "No", "pneumothorax.", "not", "a", "decision"]
+    assert read.index("No pneumothorax.") == body.index("No pneumothorax.")
+    assert sorted(decided) == ["consolidation", "pneumothorax"]
+    assert mask_decisions("No block.") == ("No block.", {})
