@@ -257,6 +257,10 @@ def build_sr(view: ReportView, sources: Sequence[Dataset | str | Path], *,
     # the findings as the report's current text decided them (a rejected one left out; the
     # tracking identifiers keep the draft's numbering)
     groups = [_group(i, f, codes_, src, algo) for i, f in reviewed_findings(d, view.text)]
+    if not groups:
+        raise ExportError(f"report {view.report_id}: the reviewer rejected every AI finding, "
+                          "and a TID 1500 SR holds one measurement group at least, so there "
+                          "is no SR to write; the report is in the FHIR, text and PDF exports")
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=CT_CHEST,
                                      imaging_measurements=groups)
     ident = ["medassist-sr", str(view.report_id), str(view.version_id), view.status]

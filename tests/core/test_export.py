@@ -529,3 +529,28 @@ def test_an_uncertain_side_is_coded_once_a_reviewer_confirms_it(
     accepted = _reviewed(d, [decision_line("lung_nodule", "accepted", "right", 9.0,
                                            "A 9 mm solid nodule in the RUL.")])
     assert lateralities(accepted) == [["24028007"], ["7771000"], []]
+
+
+def test_a_report_whose_every_finding_was_rejected_has_no_sr(
+        db: Db, tmp_path: Path, ct_files: list[Path]) -> None:
+    """Every AI finding rejected: FHIR has no Observation and is valid; the SR, which needs
+    one measurement group at least (TID 1500), is refused with the reason, nothing written."""
+    text = _reviewed(DRAFT, [decision_line(f["label"], "rejected", "", None, "")
+                             for f in DRAFT["findings"]])
+    with db.factory.begin() as s:
+        doc = add_user(s, "carol", display_name="Dr. Carol Chen")
+        rid = reports.store_draft(s, ReportDraft.from_dict(DRAFT), study_uid=STUDY_UID,
+                                  patient_pseudo_id="PSEUDO-0002").id
+        reports.edit_report(s, rid, doc, text, 1)
+        reports.submit_for_review(s, rid, doc, 2)
+        reports.sign_report(s, rid, doc, PASSWORD, 3)
+    sr_out, fhir_out = tmp_path / "r.dcm", tmp_path / "r.json"
+    with db.factory.begin() as s:
+        export_report(s, rid, doc, "fhir", fhir_out)
+        with pytest.raises(ExportError, match="rejected every AI finding"):
+            export_report(s, rid, doc, "sr", sr_out, sources=[str(p) for p in ct_files])
+    assert not sr_out.exists()
+    data = json.loads(fhir_out.read_text())
+    DiagnosticReport.model_validate(data)
+    assert [c["resourceType"] for c in data["contained"]] == ["ImagingStudy"]
+    assert "result" not in data
