@@ -35,6 +35,10 @@ class Code:
         return FHIR_SYSTEMS.get(self.scheme, "urn:medassist:codes")
 
 
+#: the concept a finding's side is coded under (the SR's qualitative evaluation and finding
+#: site modifier, FHIR's component)
+LATERALITY = Code("272741003", "SCT", "Laterality")
+
 #: the qualitative evaluation of a finding (SNOMED CT qualifier values)
 PRESENT = Code("52101004", "SCT", "Present")
 ABSENT = Code("2667000", "SCT", "Absent")
@@ -128,6 +132,15 @@ class FindingCodes:
             raise ExportError(f"finding label {label!r} has no code in finding_codes.yaml; "
                               "add one (finding, site) there")
         return self.findings[label]
+
+    def laterality_of(self, laterality: str | None, flags: Sequence[str]) -> Code | None:
+        """The code of a finding's side as the exports state it: none for no side, for one
+        the vocabulary has no code for ("none"), and for a side resting on near-equal
+        evidence that no reviewer set or kept (flag ``side_uncertain``: the text marks it,
+        the side evidence shows it)."""
+        if not laterality or "side_uncertain" in flags:
+            return None
+        return self.lateralities.get(laterality)
 
 
 def _code(d: Any, where: str) -> Code:

@@ -19,6 +19,7 @@ from medassist.draft import Finding
 from medassist.errors import ExportError
 from medassist.export.codes import (
     CARDIOTHORACIC_RATIO,
+    LATERALITY,
     LONG_AXIS,
     SHORT_AXIS,
     SIDE_EVIDENCE,
@@ -74,6 +75,12 @@ def _observation(i: int, f: Finding, codes_: FindingCodes, status: str,
             "code": _concept(CARDIOTHORACIC_RATIO),
             "valueQuantity": {"value": f.ratio, "unit": "1",
                               "system": "http://unitsofmeasure.org", "code": "1"}})
+    lat = codes_.laterality_of(f.laterality, f.flags)
+    if lat is not None:
+        # the side, as the SR's Laterality evaluation (R4's Observation has no laterality of
+        # its own)
+        obs["component"].append({"code": _concept(LATERALITY),
+                                 "valueCodeableConcept": _concept(lat)})
     if f.side_evidence is not None:
         # the per-side evidence the side was read from (flag side_uncertain: near equal)
         for code, value in zip(SIDE_EVIDENCE, f.side_evidence, strict=True):

@@ -33,6 +33,7 @@ from medassist.draft import Finding
 from medassist.errors import ExportError
 from medassist.export.codes import (
     CARDIOTHORACIC_RATIO,
+    LATERALITY,
     LONG_AXIS,
     MEASURED,
     SHORT_AXIS,
@@ -47,7 +48,6 @@ from medassist.export.codes import (
 from medassist.reports import ReportView
 from medassist.review import reviewed_findings
 
-LATERALITY = hd.sr.CodedConcept("272741003", "SCT", "Laterality")
 MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 PROBABILITY = hd.sr.CodedConcept("MA-PROB", "99MEDASSIST", "AI probability of presence")
@@ -137,10 +137,9 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
            ) -> (hd.sr.MeasurementsAndQualitativeEvaluations
                  | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations):
     fc = codes_.for_label(f.label)
-    # a side resting on near-equal evidence that no reviewer set or confirmed is not coded
-    # as fact (the text marks it, MA-PROB-L / MA-PROB-R below show the evidence)
-    lat = codes_.lateralities.get(f.laterality) \
-        if f.laterality and "side_uncertain" not in f.flags else None
+    # a side resting on near-equal evidence that no reviewer set or kept is not coded as
+    # fact (the text marks it, MA-PROB-L / MA-PROB-R below show the evidence)
+    lat = codes_.laterality_of(f.laterality, f.flags)
     site_code = codes_.locations.get(f.location) if f.location else None
     sites = []
     if site_code is not None or fc.site is not None:
@@ -175,7 +174,7 @@ def _group(i: int, f: Finding, codes_: FindingCodes, sources: Sequence[Dataset],
     evaluations = [hd.sr.QualitativeEvaluation(_cc(fc.finding),
                                                _cc(evaluation(f.present, f.flags)))]
     if lat is not None:
-        evaluations.append(hd.sr.QualitativeEvaluation(LATERALITY, _cc(lat)))
+        evaluations.append(hd.sr.QualitativeEvaluation(_cc(LATERALITY), _cc(lat)))
     tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=_tracking_name(i, f.label))
     regions = _evidence_regions(i, f, slices)
     if regions:

@@ -493,6 +493,10 @@ def test_the_exports_state_the_reviewers_decisions(db: Db, tmp_path: Path,
              for c in obs["finding-1"]["component"]
              if c["code"].get("coding", [{}])[0].get("code") == "81827009"]
     assert comps == [("Diameter (stated by the reviewer)", 11.0)]
+    sides = [c["valueCodeableConcept"]["coding"][0]["code"]
+             for c in obs["finding-1"]["component"]
+             if c["code"].get("coding", [{}])[0].get("code") == "272741003"]
+    assert sides == ["7771000"]  # Laterality: left, the reviewer's, as in the SR
     assert obs["finding-1"]["status"] == ("final" if signed else "preliminary")
     # the conclusion is the current text's impression, a preliminary report's too
     assert data["conclusion"] == "1. Right upper lobe nodule, 9 mm.\n2. No pleural effusion."
@@ -501,34 +505,43 @@ def test_the_exports_state_the_reviewers_decisions(db: Db, tmp_path: Path,
 
 def test_an_uncertain_side_is_coded_once_a_reviewer_confirms_it(
         db: Db, tmp_path: Path, ct_files: list[Path]) -> None:
-    """A side the draft flags side_uncertain is not coded as fact in the SR while no one has
-    decided the finding (its evidence, MA-PROB-L / MA-PROB-R, is); once the reviewer accepts
-    it with that side, it is."""
+    """A side the draft flags side_uncertain is not coded as fact in the SR nor in FHIR (a
+    Laterality component, as the SR's evaluation) while no one has decided the finding (its
+    evidence, MA-PROB-L / MA-PROB-R, is); once the reviewer accepts it with that side, it
+    is."""
     d = draft_dict()
     d["findings"][0] = {**d["findings"][0], "flags": ["side_uncertain"],
                         "side_evidence": {"left": 0.143, "right": 0.163}}
 
-    def lateralities(text: str | None) -> list[list[str]]:
+    def lateralities(text: str | None) -> tuple[list[list[str]], list[list[str]]]:
+        """The SR groups' Laterality evaluations and the FHIR Observations' components."""
         with db.factory.begin() as s:
             doc = add_user(s, f"u{len(text or '')}", display_name="Dr. Carol Chen")
             rid = reports.store_draft(s, ReportDraft.from_dict(d), study_uid=STUDY_UID,
                                       patient_pseudo_id="PSEUDO-0002").id
             if text is not None:
                 reports.edit_report(s, rid, doc, text, 1)
-        out = tmp_path / f"r{rid}.dcm"
+        out, fhir_out = tmp_path / f"r{rid}.dcm", tmp_path / f"r{rid}.json"
         with db.factory.begin() as s:
             export_report(s, rid, doc, "sr", out, sources=[str(p) for p in ct_files])
+            export_report(s, rid, doc, "fhir", fhir_out)
         _dciodvfy_clean(out)
         groups = measurement_groups(pydicom.dcmread(out))
         assert [m.name.value for m in groups[0].get_measurements()
                 if m.name.value.startswith("MA-PROB-")] == ["MA-PROB-L", "MA-PROB-R"]
-        return [[e.value.value for e in g.get_qualitative_evaluations()
-                 if e.name.value == "272741003"] for g in groups]
+        data = json.loads(fhir_out.read_text())
+        DiagnosticReport.model_validate(data)
+        return ([[e.value.value for e in g.get_qualitative_evaluations()
+                  if e.name.value == "272741003"] for g in groups],
+                [[c["valueCodeableConcept"]["coding"][0]["code"] for c in o["component"]
+                  if c["code"].get("coding", [{}])[0].get("code") == "272741003"]
+                 for o in data["contained"] if o["resourceType"] == "Observation"])
 
-    assert lateralities(None) == [[], ["7771000"], []]  # the effusion's left stays
+    # the effusion's left stays; the pneumothorax has no side
+    assert lateralities(None) == ([[], ["7771000"], []],) * 2
     accepted = _reviewed(d, [decision_line("lung_nodule", "accepted", "right", 9.0,
                                            "A 9 mm solid nodule in the RUL.")])
-    assert lateralities(accepted) == [["24028007"], ["7771000"], []]
+    assert lateralities(accepted) == ([["24028007"], ["7771000"], []],) * 2
 
 
 def test_a_report_whose_every_finding_was_rejected_has_no_sr(
