@@ -323,6 +323,8 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
     va, vb = h.open_study(a, rid), h.open_study(b, rid)
     i = [r.present for r in va.reviews].index(True)
     revs = h.apply_finding(a, va.reviews, i, "edited", "left", 25, "Left upper lobe nodule.")
+    j = [r.present for r in va.reviews].index(False)
+    revs = h.apply_finding(a, revs, j, "rejected", "", None, "")
     with pytest.raises(UIError):
         h.apply_finding(a, va.reviews, i, "maybe", "", None, "")
     with pytest.raises(UIError):
@@ -363,6 +365,14 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
     assert Path(sig.exports["fhir"]).is_file() and Path(sig.exports["sr"]).is_file()
     fhir = json.loads(Path(sig.exports["fhir"]).read_text(encoding="utf-8"))
     assert fhir["status"] == "final"
+    # the exports state the signed decisions: the rejected finding left out, the edited
+    # one's side and size the reviewer's
+    obs = {o["id"]: o for o in fhir["contained"] if o["resourceType"] == "Observation"}
+    assert f"finding-{j + 1}" not in obs and len(obs) == len(va.reviews) - 1
+    comps = {c["code"]["text"]: c for c in obs[f"finding-{i + 1}"]["component"]}
+    assert comps["Laterality"]["valueCodeableConcept"]["text"] == "Left"
+    assert [c["valueQuantity"]["value"] for t, c in comps.items()
+            if t.endswith("(stated by the reviewer)")] == [25.0]
     v = h.open_study(a, rid)
     assert v.read_only and v.signature is not None and v.status == "SIGNED"
     with pytest.raises(IllegalTransitionError):
