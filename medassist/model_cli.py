@@ -365,9 +365,14 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
         if frozen == sum(1 for _ in model.parameters()):
             raise ModelCLIError(f"train.trainable {tc.trainable} matches no parameter; give "
                                 "parameter-name prefixes such as 'decoder.'")
-    cal = validation_samples(cfg, tok, tc.max_emr_tokens, val_dir=tc.val_dir,
-                             val_cases=tc.val_cases, synth_config=tc.synth_config,
-                             seed=tc.data_seed, cache_dir=tc.cache_dir) or None
+    def calibration_samples() -> list[dict[str, Any]]:
+        # built once training is done (train_loop calls it, on rank 0 only): the validation
+        # cases' full-grid float32 volumes (16.8 MB a case with the demo config, 8 GB for
+        # 480) are never held beside the training samples
+        return validation_samples(cfg, tok, tc.max_emr_tokens, val_dir=tc.val_dir,
+                                  val_cases=tc.val_cases, synth_config=tc.synth_config,
+                                  seed=tc.data_seed, cache_dir=tc.cache_dir)
+
     t_data = time.perf_counter() - t0  # cases read or generated, samples built
     meta = {"model_config": tc.model_config, "data": {
         "source": tc.data_dir or f"medassist.synth fast path ({tc.synth_config})",
@@ -382,9 +387,13 @@ def _train(tc: TrainConfig, *, device: str, resume: bool, stop_after: int | None
                              **({"new_parameters": fresh} if fresh else {})}
     if tc.trainable:
         meta["trainable"] = list(tc.trainable)
-    res = train_loop(model, cfg, tc.model_kind, tok, samples, oc, out, device=device,
+    # handed over, not kept: train_loop lets go of the samples before the calibration's
+    handover = [samples]
+    del samples
+    res = train_loop(model, cfg, tc.model_kind, tok, handover.pop(), oc, out, device=device,
                      resume=resume, stop_after=stop_after, log=log, extra_meta=meta,
-                     calibration=cal, threshold_objective=tc.threshold_objective,
+                     calibration=calibration_samples if tc.val_dir or tc.val_cases else None,
+                     threshold_objective=tc.threshold_objective,
                      min_call_auroc=tc.min_call_auroc)
     return {"out": str(out), "data_seconds": round(t_data, 2),
             "train_seconds": round(res["seconds"], 2),

@@ -165,14 +165,18 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
                samples: Sequence[Mapping[str, Any]], oc: OptimConfig, out: str | Path, *,
                device: str = "cpu", resume: bool = False, stop_after: int | None = None,
                log: Callable[[str], None] | None = None, extra_meta: Mapping[str, Any] = {},
-               calibration: Sequence[Mapping[str, Any]] | None = None,
+               calibration: (Sequence[Mapping[str, Any]]
+                             | Callable[[], Sequence[Mapping[str, Any]]] | None) = None,
                threshold_objective: str = "label_f1", min_call_auroc: float = 0.0
                ) -> dict[str, Any]:
     """Train; checkpoints go to ``out`` (latest only).  ``stop_after`` stops early (tests).
     With ``calibration`` samples, the presence temperature is fitted on them once training is
     complete and the final checkpoint is written again with it (thresholds by
     ``threshold_objective``, :func:`fit_thresholds`; labels below ``min_call_auroc`` never
-    called, :func:`fit_temperature`).
+    called, :func:`fit_temperature`).  ``calibration`` may be a function that returns them:
+    it is called only then, on rank 0, after this function has let go of ``samples``, so
+    the training and the calibration samples are never held together (where the caller
+    keeps no reference to ``samples`` either).
 
     In a joined process group (torchrun, :mod:`multimodal.distributed`) every rank trains a
     DistributedDataParallel copy on its share of each step's global batch; rank 0 alone logs,
@@ -238,9 +242,20 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
     res: dict[str, Any] = {"history": history, "seconds": dt,
                            "cases_per_s": n_seen * world.size / dt if dt > 0 else 0.0}
     done = stop_after is None or stop_after >= oc.steps
-    if calibration and done:
+    fit_on: Sequence[Mapping[str, Any]] | None = None
+    go = False
+    if done and calibration is not None:
+        if callable(calibration):
+            del samples  # the training samples go before the calibration's are built
+            fit_on = calibration() if world.is_main else None
+            go = bool(fit_on)
+            if world.distributed:  # whether rank 0 has any, on every rank
+                go = bool(from_rank0(model, go))
+        else:
+            fit_on, go = calibration, bool(calibration)
+    if go:
         # rank 0 fits on the raw module (no collectives); the others take its buffers
-        cal = (fit_temperature(model, calibration, threshold_objective=threshold_objective,
+        cal = (fit_temperature(model, fit_on or [], threshold_objective=threshold_objective,
                                min_call_auroc=min_call_auroc)
                if world.is_main else {})
         if world.distributed:

@@ -75,6 +75,50 @@ def test_resume_is_identical(tmp_path: Path) -> None:
     assert not all(torch.equal(init[k], wa[k]) for k in wa if k in init)
 
 
+def test_calibration_samples_built_after_the_training_samples_are_let_go(
+        tiny_cfg: ModelConfig, tiny_records: list[Any], tmp_path: Path) -> None:
+    """``calibration`` as a function: called once, after the last step, when train_loop no
+    longer holds the training samples (the caller kept none), and the run is the same as
+    with the samples given up front: the same weights and calibration."""
+    import gc
+    import weakref
+
+    from safetensors.torch import load_file
+
+    class Samples(list):  # type: ignore[type-arg]  # a list that can be weakly referenced
+        pass
+
+    tok = build_tokenizer(tiny_records, tiny_cfg.emr.vocab_size)
+    oc = OptimConfig(seed=0, steps=4, batch_size=4, lr=3e-3, warmup_steps=1,
+                     checkpoint_every=100)
+    cal = [record_sample(r, tiny_cfg, tok, 256, with_report=False) for r in tiny_records]
+    runs = {}
+    for how in ("list", "function"):
+        torch.manual_seed(0)
+        model = FusionModel(tiny_cfg)
+        train = Samples(record_sample(r, tiny_cfg, tok, 256) for r in tiny_records)
+        alive = weakref.ref(train)
+        seen: list[bool] = []
+
+        def built(alive: Any = alive, seen: list[bool] = seen) -> list[dict[str, Any]]:
+            gc.collect()
+            seen.append(alive() is None)
+            return cal
+
+        handover = [train]
+        del train
+        res = train_loop(model, tiny_cfg, "fusion", tok, handover.pop(), oc,
+                         tmp_path / how, calibration=cal if how == "list" else built,
+                         threshold_objective="micro_f1")
+        assert seen == ([] if how == "list" else [True])
+        runs[how] = res["calibration"], load_file(str(tmp_path / how / WEIGHTS))
+    (cal_a, wa), (cal_b, wb) = runs["list"], runs["function"]
+    assert cal_a == cal_b and cal_a
+    # exactly equal, NaN where NaN (a label without positives has no validation AUROC)
+    assert wa.keys() == wb.keys() and all(
+        torch.allclose(wa[k], wb[k], rtol=0.0, atol=0.0, equal_nan=True) for k in wa)
+
+
 def test_checkpoint_roundtrip_and_cli_train(tmp_path: Path, tiny_records: list[Any]) -> None:
     cfg_path = tmp_path / "train.yaml"
     out = tmp_path / "ck"
