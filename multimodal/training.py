@@ -247,6 +247,7 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
     if done and calibration is not None:
         if callable(calibration):
             del samples  # the training samples go before the calibration's are built
+            release_freed_memory()
             fit_on = calibration() if world.is_main else None
             go = bool(fit_on)
             if world.distributed:  # whether rank 0 has any, on every rank
@@ -269,6 +270,25 @@ def train_loop(model: nn.Module, cfg: ModelConfig, kind: str, tok: WordTokenizer
         res.update(dist_meta, cases_this_rank=n_seen,
                    rank_digests=rank_digests(model))
     return res
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand the heap's freed pages back to the system (glibc's
+    ``malloc_trim``; a no-op elsewhere). Arrays of a few MB come from the heap once larger
+    ones have raised glibc's mmap threshold, and their pages stay with the process when
+    freed: without this the training samples' memory was not there for the calibration's."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 #: threshold objectives of :func:`fit_thresholds`
