@@ -29,6 +29,7 @@ from medassist.errors import (
     NotFoundError,
     ReportValidationError,
 )
+from medassist.review import BLOCK, undecided
 from medassist.storage.models import (
     Patient,
     Report,
@@ -306,6 +307,19 @@ def reject_report(session: Session, report_id: int, actor: Actor, reason: str,
     return report
 
 
+def require_decisions(report: Report) -> None:
+    """Raise :class:`ReportValidationError` while the report's text records no decision on
+    some of its AI findings: the signed exports state each finding as the signer decided it,
+    and one nobody decided would be stated as the model drafted it under the signer's name."""
+    left = undecided(ReportDraft.from_json(report.draft_json), report.text)
+    if left:
+        raise ReportValidationError(
+            f"report {report.id} not signed: {len(left)} AI finding(s) have no decision "
+            f"({', '.join(left)}); accept, edit or reject each (one line per finding under "
+            f"'{BLOCK}' in FINDINGS, as the review app's finding editor writes them) and save "
+            "before signing")
+
+
 def _manifest(sig: Signature, version_number: int) -> str:
     return sha256_text(canonical_json({
         "report_id": sig.report_id, "report_version_id": sig.report_version_id,
@@ -316,7 +330,8 @@ def _manifest(sig: Signature, version_number: int) -> str:
 
 def sign_report(session: Session, report_id: int, actor: Actor, password: str,
                 expected_version: int, meaning: str = SIGNATURE_MEANING) -> Signature:
-    """IN_REVIEW → SIGNED after re-entering the password (21 CFR 11.200); audited."""
+    """IN_REVIEW → SIGNED after re-entering the password (21 CFR 11.200); audited. Every AI
+    finding must have the reviewer's decision in the text (:func:`require_decisions`)."""
     require_role(session, actor, [Role.CLINICIAN], "sign reports", ObjectType.REPORT,
                  report_id)
     report = get_report(session, report_id)
@@ -331,6 +346,7 @@ def sign_report(session: Session, report_id: int, actor: Actor, password: str,
         raise ReportValidationError("a signature needs its meaning (e.g. 'reviewed and "
                                     "approved')")
     _check_version(report, expected_version)
+    require_decisions(report)
     version = session.scalar(select(ReportVersion).where(ReportVersion.report_id == report.id)
                              .order_by(ReportVersion.number.desc()).limit(1))
     if version is None or version.text != report.text:

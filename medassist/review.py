@@ -10,7 +10,8 @@ The UI writes the block (``ui/report_text.py``); the text is versioned, diffed, 
 the audit trail and covered by the signature, so these lines are what the signer stands by.
 :func:`reviewed_findings` applies them to the draft's findings for the structured exports
 (DICOM SR, FHIR): a rejected finding is left out, a side or size the reviewer stated replaces
-the model's, and a finding no one decided stays as the model drafted it.
+the model's, and a finding no one decided stays as the model drafted it (a report is signed
+only once every AI finding is decided: :func:`undecided`).
 """
 
 from __future__ import annotations
@@ -174,6 +175,15 @@ def reviewed_findings(draft: ReportDraft, text: str
     return tuple(out)
 
 
+def undecided(draft: ReportDraft, text: str) -> tuple[str, ...]:
+    """The labels of the draft's AI findings, present or absent, on which the report ``text``
+    records no decision (in the draft's order): what the exports would otherwise state as the
+    model drafted it, under the signer's name (:func:`medassist.reports.sign_report` refuses
+    to sign while any is left)."""
+    _, decided = split_findings(split_text(text)["findings"])
+    return tuple(f.label for f in draft.findings if f.label not in decided)
+
+
 __all__ = ["BLOCK", "DECISIONS", "HEADERS", "REVIEWER_SIDE", "REVIEWER_SIZE", "SECTIONS",
            "SIDES", "Decision", "decision_line", "mask_decisions", "reviewed_finding",
-           "reviewed_findings", "split_findings", "split_text"]
+           "reviewed_findings", "split_findings", "split_text", "undecided"]

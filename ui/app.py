@@ -192,6 +192,8 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
                         f_size = gr.Number(None, label="Size (mm)", elem_id="f-size")
                         f_text = gr.Textbox(label="Finding text", elem_id="f-text", max_lines=3)
                         f_apply = gr.Button("Apply to finding", elem_id="f-apply")
+                        f_accept = gr.Button("Accept the undecided findings",
+                                             elem_id="f-accept-rest")
                     sec_ind = gr.Textbox(label="Indication", elem_id="sec-indication", lines=2)
                     sec_tech = gr.Textbox(label="Technique", elem_id="sec-technique", lines=2)
                     sec_find = gr.Textbox(label="Findings (narrative)", elem_id="sec-findings",
@@ -295,8 +297,8 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
 
         study_outputs = [rid, version, reviews, ai_text, header, slider, image, weights, emr_msg,
                          emr, f_table, sec_ind, sec_tech, sec_find, sec_imp, diff, signature,
-                         sign_row, reject_row, amend_btn, save_btn, f_apply, conflict_box,
-                         save_msg, tabs, ww_in, wl_in, overlay_in]
+                         sign_row, reject_row, amend_btn, save_btn, f_apply, f_accept,
+                         conflict_box, save_msg, tabs, ww_in, wl_in, overlay_in]
 
         def _study(v: StudyView, tok: str | None, ww: float, wl: float, ov: bool,
                    msg: str = "") -> tuple[Any, ...]:
@@ -322,7 +324,7 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
                     gr.update(value=v.sections["impression"], interactive=not ro),
                     diff_segments(v.ai_text, v.text), sig, gr.update(visible=not ro),
                     gr.update(visible=not ro), gr.update(visible=v.status == "SIGNED"),
-                    ed, ed, gr.update(visible=False, value=""), msg,
+                    ed, ed, ed, gr.update(visible=False, value=""), msg,
                     gr.Tabs(selected="study"), ww, wl, ov)
 
         @_guard
@@ -405,6 +407,20 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
                                  ai_text, sec_ind, sec_tech, sec_find, sec_imp],
                       [reviews, f_table, diff, save_msg], api_name="apply_finding",
                       **EV)
+
+        @_guard
+        def do_accept_rest(tok: str | None, revs: list[FindingReview], ai: str, ind: str,
+                           tech: str, find: str, imp: str) -> Any:
+            new = h.accept_undecided(tok, revs)
+            n = sum(a.decision != b.decision for a, b in zip(revs, new, strict=True))
+            cur = compose({"indication": ind, "technique": tech, "findings": find,
+                           "impression": imp}, new)
+            return new, finding_rows(new), diff_segments(ai, cur), \
+                f"{n} finding(s) accepted as drafted (not saved yet: press Save draft)."
+
+        f_accept.click(do_accept_rest, [token, reviews, ai_text, sec_ind, sec_tech, sec_find,
+                                        sec_imp], [reviews, f_table, diff, save_msg],
+                       api_name="accept_undecided", **EV)
 
         @_guard
         def do_save(tok: str | None, report_id: int | None, ver: int | None,

@@ -616,6 +616,15 @@ class Handlers:
                              text=text or out[index].text)
         return out
 
+    def accept_undecided(self, token: str | None, reviews: Sequence[FindingReview]
+                         ) -> list[FindingReview]:
+        """Accept, as drafted, every finding still pending (saved with :meth:`save`): the
+        reviewer's one step for the findings they read and agree with, since a report is
+        signed only once each AI finding is decided."""
+        self._session(token, CLINICIAN, "edit findings")
+        return [replace(r, decision="accepted") if r.decision == "pending" else r
+                for r in reviews]
+
     def save(self, token: str | None, report_id: int, expected_version: int,
              sections: dict[str, str], reviews: Sequence[FindingReview]) -> SaveResult:
         """Save the edited sections and finding decisions as a new version; if someone else
@@ -666,6 +675,7 @@ class Handlers:
             if not split_text(rep.text)["impression"].strip():
                 raise ReportValidationError("not signed: the report has no IMPRESSION; write "
                                             "one and save the draft before signing")
+            reports.require_decisions(rep)
             if rep.status == ReportStatus.DRAFT.value:
                 user = s.get(User, us.user_id)
                 if user is None or not user.active or not check_password(user, password or ""):

@@ -9,6 +9,8 @@ from sqlalchemy.orm import Session
 
 from medassist.audit import SYSTEM, Actor
 from medassist.auth import Argon2Params, actor_of, create_user
+from medassist.draft import ReportDraft
+from medassist.review import BLOCK, decision_line, undecided
 from medassist.storage import Role
 
 FAST = Argon2Params(time_cost=1, memory_cost_kib=1024, parallelism=1)
@@ -49,6 +51,26 @@ DRAFT: dict[str, Any] = {
     "model": {"name": "medassist-fusion", "version": "0.1.0", "checkpoint_sha256": "c" * 64},
     "inputs": {"series_uid": SERIES_UID, "dicom_sha256": "d" * 64, "emr_sha256": "e" * 64},
 }
+
+
+def decided(text: str, draft: ReportDraft | dict[str, Any] = DRAFT, *lines: str) -> str:
+    """``text`` with the reviewer's ``lines`` added to its decision block under FINDINGS and
+    every AI finding of ``draft`` still undecided accepted as drafted (its side, size and
+    sentence, as the review app's "Accept the undecided findings" writes it): what a report
+    needs before it is signed."""
+    d = draft if isinstance(draft, ReportDraft) else ReportDraft.from_dict(draft)
+    mine = {ln.split()[1] for ln in lines}
+    add = [*lines, *(decision_line(f.label, "accepted", f.laterality or "", f.size_mm,
+                                   f.sentence)
+                     for f in d.findings if f.label in undecided(d, text) and
+                     f.label not in mine)]
+    if not add:
+        return text
+    block = ("" if BLOCK in text else BLOCK + "\n") + "\n".join(add) + "\n"
+    at = text.find("IMPRESSION:")
+    if at < 0:
+        return text.rstrip("\n") + "\n\n" + block
+    return text[:at] + block + "\n" + text[at:]
 
 
 def draft_dict(**changes: Any) -> dict[str, Any]:

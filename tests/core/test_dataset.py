@@ -283,6 +283,7 @@ def test_signed_reports_become_cases(hospital: dict[str, Path], tmp_path: Path,
     from medassist import reports
     from medassist.batch_cli import run_batch
     from medassist.cli import main
+    from medassist.review import decision_line
     from medassist.storage import (
         AuditEvent,
         Report,
@@ -291,7 +292,7 @@ def test_signed_reports_become_cases(hospital: dict[str, Path], tmp_path: Path,
         unit_of_work,
     )
     from medassist.storage.models import Role
-    from tests.core.factories import PASSWORD, add_user
+    from tests.core.factories import PASSWORD, add_user, decided
     from tests.tiny_model import train_tiny_checkpoint
 
     synth = hospital["base"] / "synth"
@@ -305,8 +306,11 @@ def test_signed_reports_become_cases(hospital: dict[str, Path], tmp_path: Path,
         add_user(s, "root", role=Role.ADMIN)
         first = s.scalars(select(Report).order_by(Report.id).limit(1)).one()
         rid, study_uid = first.id, first.study.study_uid
-        text = reports.read_report(s, rid, doc).text
-    signed_text = text.replace("IMPRESSION:", "Small left apical pneumothorax.\n\nIMPRESSION:")
+        view = reports.read_report(s, rid, doc)
+    # the clinician adds the pneumothorax (prose and finding) and accepts the other findings
+    signed_text = decided(view.text.replace(
+        "IMPRESSION:", "Small left apical pneumothorax.\n\nIMPRESSION:"), view.draft,
+        decision_line("pneumothorax", "edited", "left", None, "Small left apical pneumothorax."))
     with unit_of_work(factory) as s:
         reports.edit_report(s, rid, doc, signed_text, expected_version=1)
     with unit_of_work(factory) as s:

@@ -28,7 +28,15 @@ from medassist.storage import AuditEvent
 from tests.dicom_factory import axial_positions, write_series
 
 from .conftest import REPO_ROOT, Db
-from .factories import DRAFT, PASSWORD, SERIES_UID, STUDY_UID, add_user, draft_dict
+from .factories import (
+    DRAFT,
+    PASSWORD,
+    SERIES_UID,
+    STUDY_UID,
+    add_user,
+    decided,
+    draft_dict,
+)
 
 
 def _walk(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
@@ -53,9 +61,11 @@ def _stored(db: Db, signed: bool, draft: dict[str, Any] = DRAFT) -> tuple[int, A
         doc = add_user(s, "carol", display_name="Dr. Carol Chen")
         rid = reports.store_draft(s, ReportDraft.from_dict(draft), study_uid=STUDY_UID,
                                   patient_pseudo_id="PSEUDO-0002").id
-        if signed:
-            reports.submit_for_review(s, rid, doc, 1)
-            reports.sign_report(s, rid, doc, PASSWORD, 2)
+        if signed:  # every AI finding accepted as drafted, as signing needs
+            text = reports.get_report(s, rid).text
+            reports.edit_report(s, rid, doc, decided(text, draft), 1)
+            reports.submit_for_review(s, rid, doc, 2)
+            reports.sign_report(s, rid, doc, PASSWORD, 3)
     return rid, doc
 
 
@@ -360,7 +370,8 @@ def test_fhir_with_an_empty_impression(db: Db, tmp_path: Path, signed: bool) -> 
                                   patient_pseudo_id="PSEUDO-0002").id
         if signed:
             text = reports.get_report(s, rid).text
-            reports.edit_report(s, rid, doc, text.split("IMPRESSION:")[0] + "IMPRESSION:\n", 1)
+            reports.edit_report(s, rid, doc, decided(text.split("IMPRESSION:")[0] +
+                                                     "IMPRESSION:\n", draft), 1)
             reports.submit_for_review(s, rid, doc, 2)
             reports.sign_report(s, rid, doc, PASSWORD, 3)
     out = tmp_path / "r.json"
@@ -447,10 +458,13 @@ def test_the_exports_state_the_reviewers_decisions(db: Db, tmp_path: Path,
     """The SR and FHIR state the findings as the report's text decided them, signed or not:
     a rejected finding is left out (the others keep the draft's numbering), a side and size
     the reviewer set are theirs (the size without the model's method or algorithm), their
-    text is the Observation's note; a finding no one decided stays as drafted."""
+    text is the Observation's note; a finding no one decided (a draft) or accepted stays as
+    drafted."""
     text = _reviewed(DRAFT, [
         decision_line("lung_nodule", "edited", "left", 11.0, "An 11 mm nodule, left upper."),
         decision_line("pleural_effusion", "rejected", "left", 14.0, "")])
+    if signed:  # signing needs every finding decided: the pneumothorax accepted as drafted
+        text = decided(text)
     text = text.replace("2. Small left pleural effusion.", "2. No pleural effusion.")
     with db.factory.begin() as s:
         doc = add_user(s, "carol", display_name="Dr. Carol Chen")
@@ -482,7 +496,7 @@ def test_the_exports_state_the_reviewers_decisions(db: Db, tmp_path: Path,
     probs = [m for m in groups[0].get_measurements() if m.name.value == "MA-PROB"]
     assert algorithms(probs[0]) == ["medassist-fusion"]  # the probability stays the model's
     absent = groups[1].get_qualitative_evaluations()[0]
-    assert absent.value.value == "2667000"  # the pneumothorax, undecided: as drafted
+    assert absent.value.value == "2667000"  # the pneumothorax, undecided/accepted: as drafted
     data = json.loads(fhir_out.read_text())
     DiagnosticReport.model_validate(data)
     obs = {c["id"]: c for c in data["contained"] if c["resourceType"] == "Observation"}

@@ -20,10 +20,10 @@ from medassist.errors import (
     PermissionDeniedError,
     ReportValidationError,
 )
-from medassist.storage import AuditEvent, Report, ReportStatus, Role, unit_of_work
+from medassist.storage import AuditEvent, Report, ReportStatus, Role, Signature, unit_of_work
 
 from .conftest import Db
-from .factories import DRAFT, PASSWORD, STUDY_UID, add_user
+from .factories import DRAFT, PASSWORD, STUDY_UID, add_user, decided
 
 
 def _setup(db: Db) -> tuple[int, Actor]:
@@ -60,7 +60,7 @@ def test_happy_path_draft_edit_review_sign(db: Db) -> None:
     with db.factory.begin() as s:
         reports.submit_for_review(s, rid, doc, expected_version=2)
     with db.factory.begin() as s:
-        reports.edit_report(s, rid, doc, "FINDINGS:\nNodule.\n", expected_version=3)
+        reports.edit_report(s, rid, doc, decided("FINDINGS:\nNodule.\n"), expected_version=3)
     with db.factory.begin() as s:
         sig = reports.sign_report(s, rid, doc, PASSWORD, expected_version=4)
         assert sig.signer_name == "Dr. Alice" and sig.meaning == "reviewed and approved"
@@ -94,10 +94,14 @@ def _bring_to(db: Db, rid: int, doc: Actor, state: str) -> None:
     with db.factory.begin() as s:
         if state == "DRAFT":
             return
+        if state == "SIGNED":  # every AI finding decided first (accepted as drafted)
+            text = reports.get_report(s, rid).text
+            reports.edit_report(s, rid, doc, decided(text), 1)
+            reports.submit_for_review(s, rid, doc, 2)
+            reports.sign_report(s, rid, doc, PASSWORD, 3)
+            return
         reports.submit_for_review(s, rid, doc, 1)
-        if state == "SIGNED":
-            reports.sign_report(s, rid, doc, PASSWORD, 2)
-        elif state == "REJECTED":
+        if state == "REJECTED":
             reports.reject_report(s, rid, doc, "wrong patient history", 2)
 
 
@@ -165,6 +169,30 @@ def test_signing_requires_password(db: Db) -> None:
     with pytest.raises(AuthenticationError), \
             unit_of_work(db.factory) as s:
         reports.sign_report(s, rid, doc, PASSWORD, 2)
+
+
+def test_signing_needs_a_decision_on_every_ai_finding(db: Db) -> None:
+    """A report whose text records no decision on some AI findings is not signed: the
+    signed SR and FHIR would state those as the model drafted them, under the signer's name.
+    The refusal names them and changes nothing; once each is decided the report signs."""
+    rid, doc = _setup(db)
+    _bring_to(db, rid, doc, "IN_REVIEW")
+    part = "FINDINGS:\nNodule.\n\nReviewed AI findings:\n- pneumothorax [rejected]\n"
+    with db.factory.begin() as s:
+        reports.edit_report(s, rid, doc, part, 2)
+    with pytest.raises(ReportValidationError, match=r"2 AI finding\(s\) have no decision "
+                       r"\(lung_nodule, pleural_effusion\); accept, edit or reject each"), \
+            unit_of_work(db.factory) as s:
+        reports.sign_report(s, rid, doc, PASSWORD, 3)
+    with db.factory() as s:
+        assert reports.get_report(s, rid).status == "IN_REVIEW"
+        assert s.scalars(select(Signature)).all() == []
+    with db.factory.begin() as s:
+        reports.edit_report(s, rid, doc, decided(part), 3)
+    with db.factory.begin() as s:
+        reports.sign_report(s, rid, doc, PASSWORD, 4)
+    with db.factory() as s:
+        assert reports.get_report(s, rid).status == "SIGNED"
 
 
 def _drop_immutability_triggers(db: Db) -> None:
@@ -243,7 +271,7 @@ def test_amendment_links_versions_and_keeps_both(db: Db) -> None:
     rid, doc = _setup(db)
     _bring_to(db, rid, doc, "SIGNED")
     with db.factory.begin() as s:
-        new = reports.amend_report(s, rid, doc, "IMPRESSION:\nNodule is 11 mm.\n")
+        new = reports.amend_report(s, rid, doc, decided("IMPRESSION:\nNodule is 11 mm.\n"))
         new_id = new.id
         assert new.amends_report_id == rid and new.status == "IN_REVIEW"
     with db.factory.begin() as s:

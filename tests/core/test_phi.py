@@ -17,7 +17,7 @@ from medassist.export import export_report
 from medassist.storage import AuditEvent, unit_of_work
 
 from .conftest import Db
-from .factories import PASSWORD, STUDY_UID, add_user, draft_dict
+from .factories import PASSWORD, STUDY_UID, add_user, decided, draft_dict
 
 PHI = ["Zebulon Quixote", "99887766", "1951-02-03", "42 Wallaby Way"]
 
@@ -38,7 +38,8 @@ def test_no_phi_in_logs_or_audit(db: Db, tmp_path: Path,
     with db.factory.begin() as s:
         view = reports.read_report(s, rid, doc)
         assert PHI[0] in view.text
-        reports.edit_report(s, rid, doc, view.text + f"\nAddendum for {PHI[0]}.", 1)
+        reports.edit_report(s, rid, doc, decided(view.text + f"\nAddendum for {PHI[0]}.",
+                                                 view.draft), 1)
         reports.submit_for_review(s, rid, doc, 2)
         reports.sign_report(s, rid, doc, PASSWORD, 3)
         reports.submit_for_review(s, rid2, doc, 1)

@@ -18,9 +18,10 @@ from medassist.review import (
     reviewed_findings,
     split_findings,
     split_text,
+    undecided,
 )
 
-from .factories import draft_dict
+from .factories import decided, draft_dict
 
 
 def _draft(**finding0: object) -> ReportDraft:
@@ -107,3 +108,20 @@ def test_masking_keeps_the_kept_sentences_in_place() -> None:
     assert read.index("No pneumothorax.") == body.index("No pneumothorax.")
     assert sorted(decided) == ["consolidation", "pneumothorax"]
     assert mask_decisions("No block.") == ("No block.", {})
+
+
+def test_undecided_findings_are_those_without_a_line() -> None:
+    """Every AI finding, present or absent, needs a line in the FINDINGS block; a rejected
+    one is decided; a label in the narrative or in another section decides nothing; the
+    labels come in the draft's order. ``factories.decided`` (what the signing tests use)
+    leaves none."""
+    d = _draft()
+    text = d.render_text()
+    assert undecided(d, text) == ("lung_nodule", "pleural_effusion", "pneumothorax")
+    some = text.replace("\n\nIMPRESSION:", "\n\n" + "\n".join(
+        [BLOCK, "- pneumothorax [rejected]", "lung_nodule [accepted]"]) + "\n\nIMPRESSION:\n"
+        "- pleural_effusion [accepted]")
+    assert undecided(d, some) == ("lung_nodule", "pleural_effusion")
+    assert undecided(d, decided(some, d)) == ()
+    assert split_findings(split_text(decided(some, d))["findings"])[1]["pneumothorax"] == \
+        Decision("rejected", "", None, "")

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from medassist import audit
 from medassist.auth import actor_of, create_user
+from medassist.draft import ReportDraft
 from medassist.pacs import outbox, queue
 from medassist.pacs.dicomweb import PacsClient
 from medassist.pacs.models import IngestItem, OutboxItem
@@ -31,9 +32,10 @@ from medassist.pacs.sendback import (
 )
 from medassist.pacs.watch import Watcher, start_from_now
 from medassist.pipeline import PipelineProcessor
-from medassist.reports import get_report, submit_for_review, verify_signature
+from medassist.reports import edit_report, get_report, submit_for_review, verify_signature
 from medassist.storage.engine import unit_of_work
 from medassist.storage.models import Report
+from tests.core.factories import decided
 from tests.pacs.conftest import OrthancServer, c_store, case_dirs, read_series
 from tests.pacs.helpers import restamp
 from tests.tiny_model import train_tiny_checkpoint
@@ -56,6 +58,15 @@ def _upload(orthanc: OrthancServer, case: Path, emr_dir: Path) -> str:
     shutil.copyfile(case / "emr.txt", emr_dir / f"{uid}.txt")
     orthanc.wait_stable(uid)
     return uid
+
+
+def _decided_and_submitted(s: Session, rid: int, doc: audit.Actor) -> int:
+    """Every AI finding of the report accepted as drafted (signing needs a decision on each),
+    then the report submitted for review; its version."""
+    rep = get_report(s, rid)
+    edit_report(s, rid, doc, decided(rep.text, ReportDraft.from_json(rep.draft_json)),
+                rep.version_id)
+    return submit_for_review(s, rid, doc, get_report(s, rid).version_id).version_id
 
 
 def test_draft_sign_and_sr_back_in_orthanc(orthanc: OrthancServer, synth_case: Path,
@@ -84,8 +95,7 @@ def test_draft_sign_and_sr_back_in_orthanc(orthanc: OrthancServer, synth_case: P
                            password=PASSWORD, actor=audit.SYSTEM)
         doc = actor_of(user)
     with unit_of_work(factory) as s:
-        rep = submit_for_review(s, rid, doc, expected_version=get_report(s, rid).version_id)
-        version = rep.version_id
+        version = _decided_and_submitted(s, rid, doc)
     resolver = chain(local_sources, PacsSources(client))
     with unit_of_work(factory) as s:
         _sig, item = sign_and_queue(s, rid, doc, PASSWORD, version, resolver)
@@ -154,7 +164,7 @@ def test_sr_pending_while_the_pacs_is_down_is_sent_later(
         doc = actor_of(create_user(s, username="dr.down", display_name="Dr Down",
                                    role="clinician", password=PASSWORD, actor=audit.SYSTEM))
     with unit_of_work(factory) as s:
-        version = submit_for_review(s, rid, doc, get_report(s, rid).version_id).version_id
+        version = _decided_and_submitted(s, rid, doc)
     resolver = chain(local_sources, PacsSources(client))
     orthanc.stop()
     try:

@@ -275,7 +275,17 @@ def test_full_review(browser: Any, server: Server, seeded: Seeded) -> None:
     _wait_value(page, "save-msg", r"Saved \(version 2\)")
     assert "size=25 mm: Left upper lobe nodule, 25 mm." in _report(server, rid).text
     page.locator("#diff", has_text="Left upper lobe nodule, 25 mm.").wait_for(timeout=T)
-    # sign: a wrong password first, then the right one
+    # sign: refused while other AI findings have no decision; then the rest accepted
+    _field(page, "sign-password").fill(USERS["dr.alice"][2])
+    page.click("#sign-btn")
+    _toast(page, "have no decision")
+    assert _report(server, rid).status == "DRAFT"
+    page.click("#f-accept-rest")
+    _wait_value(page, "save-msg", r"finding\(s\) accepted as drafted")
+    page.click("#save-btn")
+    _wait_value(page, "save-msg", r"Saved \(version 3\)")
+    assert "[accepted]" in _report(server, rid).text
+    # a wrong password, then the right one
     _field(page, "sign-password").fill("not-the-password")
     page.click("#sign-btn")
     _toast(page, "password is wrong")

@@ -352,14 +352,31 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
         texts = [v.text for v in s.scalars(select(ReportVersion).where(
             ReportVersion.report_id == rid).order_by(ReportVersion.number))]
     assert texts[1:] == [r1.text, r3.text]
-    # signing: wrong password refused (audited), the report stays a draft
+    # signing: refused while some AI findings have no decision (named), nothing changed
+    undecided = [r.label for r in vb2.reviews if r.decision == "pending"]
+    assert undecided and len(undecided) == len(vb2.reviews) - 2
+    with pytest.raises(ReportValidationError, match=f"have no decision \\({undecided[0]}"):
+        h.sign(a, rid, r3.version, USERS["dr.alice"][2])
+    assert _report(h, rid).status == "DRAFT" and _report(h, rid).version_id == r3.version
+    # the rest accepted as drafted in one step; the reviewer's decisions kept
+    v4 = h.open_study(a, rid)
+    with pytest.raises(PermissionDeniedError):
+        h.accept_undecided(_login(h, "adm.adam"), v4.reviews)
+    revs4 = h.accept_undecided(a, v4.reviews)
+    assert [r.decision for r in revs4] == [
+        {i: "edited", j: "rejected"}.get(k, "accepted") for k in range(len(revs4))]
+    assert [(r.side, r.size_mm, r.text) for r in revs4] == \
+        [(r.side, r.size_mm, r.text) for r in v4.reviews]
+    r4 = h.save(a, rid, v4.version, v4.sections, revs4)
+    assert r4.saved and all(f"- {u} [accepted]" in r4.text for u in undecided)
+    # wrong password refused (audited), the report stays a draft
     with pytest.raises(AuthenticationError):
-        h.sign(a, rid, r3.version, "not-my-password")
+        h.sign(a, rid, r4.version, "not-my-password")
     assert _report(h, rid).status == "DRAFT"
     assert any(e.outcome == 4 for e in _events(h, "REPORT_SIGN", str(rid)))
     with pytest.raises(Exception, match="changed by someone else"):
         h.sign(a, rid, r1.version, USERS["dr.alice"][2])
-    sig = h.sign(a, rid, r3.version, USERS["dr.alice"][2])
+    sig = h.sign(a, rid, r4.version, USERS["dr.alice"][2])
     assert (sig.signer_name, sig.meaning) == ("Dr Alice Able", "reviewed and approved")
     assert sig.signed_at.endswith("Z")
     assert Path(sig.exports["fhir"]).is_file() and Path(sig.exports["sr"]).is_file()
@@ -454,7 +471,7 @@ def test_a_study_batched_from_a_zip_file(seeded: Seeded, tmp_path: Path) -> None
     assert [r.report_id for r in h.worklist(tok, "all", accession)] == [rid]
     # sign: FHIR and an SR whose sources are the archive's members
     r = h.save(tok, rid, v.version, dict(v.sections, impression="No acute findings."),
-               v.reviews)
+               h.accept_undecided(tok, v.reviews))
     sig = h.sign(tok, rid, r.version, USERS["dr.alice"][2])
     assert (sig.export_error, sig.export_note) == ("", "")
     assert sorted(sig.exports) == ["fhir", "sr"]
