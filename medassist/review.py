@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, cast
 
 from medassist.draft import Finding, Laterality, ReportDraft
+from medassist.labeler import label_text
 
 SECTIONS = ("indication", "technique", "findings", "impression")
 HEADERS = {s: s.upper() + ":" for s in SECTIONS}
@@ -184,6 +185,21 @@ def undecided(draft: ReportDraft, text: str) -> tuple[str, ...]:
     return tuple(f.label for f in draft.findings if f.label not in decided)
 
 
+def rejected_but_stated(text: str) -> tuple[tuple[str, str], ...]:
+    """(label, sentence) for each sentence of the report's prose, the FINDINGS narrative and
+    kept decision texts (:func:`mask_decisions`) and the IMPRESSION, that affirms a finding
+    the reviewer rejected (the project's labeler, with its negation rules): a signed text
+    that says so contradicts the exports, which leave the finding out. Rejecting a finding
+    in the block does not edit the model's prose, so the review app warns of these."""
+    parts = split_text(text)
+    body, decided = mask_decisions(parts["findings"])
+    rejected = {label for label, d in decided.items() if d.decision == "rejected"}
+    return tuple((label, s.text) for section in (body, parts["impression"])
+                 for s in label_text(section) for label, affirmed in s.labels.items()
+                 if affirmed and label in rejected)
+
+
 __all__ = ["BLOCK", "DECISIONS", "HEADERS", "REVIEWER_SIDE", "REVIEWER_SIZE", "SECTIONS",
-           "SIDES", "Decision", "decision_line", "mask_decisions", "reviewed_finding",
-           "reviewed_findings", "split_findings", "split_text", "undecided"]
+           "SIDES", "Decision", "decision_line", "mask_decisions", "rejected_but_stated",
+           "reviewed_finding", "reviewed_findings", "split_findings", "split_text",
+           "undecided"]

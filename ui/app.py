@@ -27,7 +27,7 @@ from ui.handlers import (
     findings_narrative,
 )
 from ui.imaging import PRESETS
-from ui.report_text import DECISIONS, SIDES, FindingReview, compose
+from ui.report_text import DECISIONS, SIDES, FindingReview, compose, rejected_note
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -401,7 +401,7 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
             cur = compose({"indication": ind, "technique": tech, "findings": find,
                            "impression": imp}, new)
             return new, finding_rows(new), diff_segments(ai, cur), "Finding updated (not "\
-                "saved yet: press Save draft)."
+                f"saved yet: press Save draft).{rejected_note(cur)}"
 
         f_apply.click(do_apply, [token, reviews, f_index, f_decision, f_side, f_size, f_text,
                                  ai_text, sec_ind, sec_tech, sec_find, sec_imp],

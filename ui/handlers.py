@@ -56,6 +56,7 @@ from ui.report_text import (
     SIDES,
     FindingReview,
     compose,
+    rejected_note,
     reviews_from_text,
     split_findings,
     split_text,
@@ -641,7 +642,8 @@ class Handlers:
                 reports.edit_report(s, int(report_id), self._actor(us), text,
                                     int(expected_version))
                 version = rep.version_id
-            return SaveResult(True, version, text, None, f"Saved (version {version}).")
+            return SaveResult(True, version, text, None,
+                              f"Saved (version {version}).{rejected_note(text)}")
         except ConflictError:
             conflict = self._conflict(int(report_id), int(expected_version), text)
             return SaveResult(False, int(expected_version), text, conflict, conflict.message)

@@ -18,12 +18,14 @@ from medassist.review import (
     SECTIONS,
     SIDES,
     decision_line,
+    rejected_but_stated,
     split_findings,
     split_text,
 )
 
 __all__ = ["BLOCK", "DECISIONS", "HEADERS", "SECTIONS", "SIDES", "FindingReview", "compose",
-           "finding_line", "from_draft", "reviews_from_text", "split_findings", "split_text"]
+           "finding_line", "from_draft", "rejected_note", "reviews_from_text", "split_findings",
+           "split_text"]
 
 
 @dataclass(frozen=True)
@@ -139,3 +141,15 @@ def compose(sections: dict[str, str], reviews: list[FindingReview]) -> str:
               for s in SECTIONS}
     # the layout of ReportDraft.render_text, so an untouched draft gives the same text
     return "\n\n".join(f"{HEADERS[s]}\n{bodies[s]}" for s in SECTIONS) + "\n"
+
+
+def rejected_note(text: str) -> str:
+    """A warning for the editor's status line (plain text) where the report's prose still
+    affirms a finding the reviewer rejected (:func:`medassist.review.rejected_but_stated`);
+    "" where it does not. Rejecting a finding does not edit the prose: the signer must."""
+    found = rejected_but_stated(text)
+    if not found:
+        return ""
+    quoted = "; ".join(f"{label}: \"{sentence}\"" for label, sentence in found)
+    return (f" Check: the text still states a finding you rejected ({quoted}); edit the "
+            "narrative or impression, or the decision, before signing.")

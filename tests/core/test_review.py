@@ -14,6 +14,7 @@ from medassist.review import (
     REVIEWER_SIZE,
     Decision,
     decision_line,
+    rejected_but_stated,
     reviewed_finding,
     reviewed_findings,
     split_findings,
@@ -125,3 +126,24 @@ def test_undecided_findings_are_those_without_a_line() -> None:
     assert undecided(d, decided(some, d)) == ()
     assert split_findings(split_text(decided(some, d))["findings"])[1]["pneumothorax"] == \
         Decision("rejected", "", None, "")
+
+
+def test_prose_that_still_states_a_rejected_finding() -> None:
+    """The narrative and the impression are read with the labeler's negation rules; the
+    block's lines are not prose (a rejected line states nothing, an accepted one its text);
+    a finding that was not rejected is no contradiction."""
+    text = ("FINDINGS:\nPatchy consolidation in the right lower lobe. Small left pleural "
+            "effusion.\n\n" + "\n".join([
+                BLOCK, "- consolidation [rejected]",
+                decision_line("pleural_effusion", "accepted", "left", None,
+                              "Small left pleural effusion."),
+                "- pneumothorax [rejected]"]) +
+            "\n\nIMPRESSION:\n1. Right lower lobe consolidation.\n2. No pneumothorax.")
+    assert rejected_but_stated(text) == (
+        ("consolidation", "Patchy consolidation in the right lower lobe."),
+        ("consolidation", "Right lower lobe consolidation."))
+    fixed = text.replace("Patchy consolidation in the right lower lobe.", "No consolidation."
+                         ).replace("1. Right lower lobe consolidation.", "1. Clear lungs.")
+    assert rejected_but_stated(fixed) == ()
+    assert rejected_but_stated(text.replace("- consolidation [rejected]",
+                                            "- consolidation [accepted]")) == ()

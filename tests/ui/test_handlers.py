@@ -402,6 +402,27 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
         h.sign(_login(h, "adm.adam"), new, nv.version, USERS["adm.adam"][2])
 
 
+def test_a_save_warns_of_prose_that_states_a_rejected_finding(h: Handlers) -> None:
+    """Rejecting a finding does not edit the prose: a save whose narrative still affirms it
+    is kept and its message says which sentence; once the narrative no longer does, none."""
+    from medassist.labeler import label_sentence
+
+    a = _login(h, "dr.alice")
+    rid = next(iter(h.worklist(a))).report_id
+    v = h.open_study(a, rid)
+    k = next(n for n, r in enumerate(v.reviews)
+             if label_sentence(r.label.replace("_", " ") + ".").get(r.label))
+    label = v.reviews[k].label
+    sentence = label.replace("_", " ").capitalize() + "."
+    revs = h.apply_finding(a, v.reviews, k, "rejected", "", None, "")
+    r = h.save(a, rid, v.version, dict(v.sections, findings=sentence), revs)
+    assert r.saved and r.message.startswith(f"Saved (version {r.version}). Check:")
+    assert f'({label}: "{sentence}")' in r.message
+    r2 = h.save(a, rid, r.version, dict(v.sections, findings="Lungs clear.",
+                                        impression="Normal study."), revs)
+    assert r2.saved and r2.message == f"Saved (version {r2.version})."
+
+
 def _sr_refs(path: Path) -> tuple[set[str], list[list[str]]]:
     """An SR's evidence (the SOPInstanceUIDs it lists) and each measurement group's source
     image references."""
