@@ -913,27 +913,45 @@ def test_cli_reports_model_errors_without_a_traceback(
     assert err.startswith("medassist: error: CheckpointError:") and "model.safetensors" in err
 
 
+_FREED_MEMORY = """
+import ctypes, ctypes.util, gc, json
+import numpy as np
+from multimodal.training import release_freed_memory
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: a few-MB array comes from the heap, as
+libc.mallopt(-1, 1 << 40)   # once a volume raised it; M_TRIM_THRESHOLD: no automatic trim
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+held, kept = [], []
+for i in range(160):  # 250 MB, each followed by something that stays (as in training)
+    held.append(np.full((12, 32, 64, 64), i % 255, np.uint8))
+    kept.append(np.zeros(50_000, np.uint8))
+before = rss()
+del held
+gc.collect()
+without = before - rss()
+release_freed_memory()
+print(json.dumps({"without": without, "with": before - rss(), "kept": len(kept)}))
+"""
+
+
 def test_freed_memory_goes_back_to_the_system() -> None:
-    """Arrays of the training samples' size, freed, leave their pages with the process
-    until :func:`release_freed_memory` hands them back (glibc)."""
-    import gc
+    """Arrays of the training samples' size, freed between arrays that stay, leave their
+    pages with the process until :func:`release_freed_memory` hands them back (glibc). Run in
+    a fresh interpreter with glibc's thresholds set, so the rest of the suite's allocations
+    (which move glibc's dynamic mmap threshold) do not decide where the arrays come from."""
+    import json
+    import subprocess
+    import sys
 
-    from multimodal.training import release_freed_memory
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-
-    big = [np.ones(4_200_000, np.float32) for _ in range(3)]  # as a volume raises the
-    del big  # mmap threshold, so the smaller arrays below come from the heap
-    held, kept = [], []
-    for i in range(160):  # 250 MB, each followed by something that stays (as in training)
-        held.append(np.full((12, 32, 64, 64), i % 255, np.uint8))
-        kept.append(np.zeros(50_000, np.uint8))
-    before = rss()
-    del held
-    gc.collect()
-    assert before - rss() < 50_000_000  # freed, but still the process's
-    release_freed_memory()
-    assert before - rss() > 200_000_000
-    assert len(kept) == 160
+    out = subprocess.run([sys.executable, "-c", _FREED_MEMORY], check=True,
+                         capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["kept"] == 160
+    assert got["without"] < 50_000_000  # freed, but still the process's
+    assert got["with"] > 200_000_000
