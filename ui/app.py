@@ -27,7 +27,14 @@ from ui.handlers import (
     findings_narrative,
 )
 from ui.imaging import PRESETS
-from ui.report_text import DECISIONS, SIDES, FindingReview, compose, rejected_note
+from ui.report_text import (
+    DECISIONS,
+    SIDES,
+    FindingReview,
+    compose,
+    pending_note,
+    rejected_note,
+)
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -315,6 +322,8 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
                     f"{v.coverage + ' | ' if v.coverage else ''}{v.disclaimer}")
             img = h.render(tok, v.report_id, v.start_slice, ww, wl, ov)
             ed = gr.update(interactive=not ro)
+            if not ro and not msg:
+                msg = pending_note(v.reviews)
             return (v.report_id, v.version, v.reviews, v.ai_text, head,
                     gr.update(minimum=0, maximum=max(1, v.n_slices - 1), value=v.start_slice),
                     img, v.weights, v.emr.message, v.emr.segments, finding_rows(v.reviews),

@@ -24,8 +24,8 @@ from medassist.review import (
 )
 
 __all__ = ["BLOCK", "DECISIONS", "HEADERS", "SECTIONS", "SIDES", "FindingReview", "compose",
-           "finding_line", "from_draft", "rejected_note", "reviews_from_text", "split_findings",
-           "split_text"]
+           "finding_line", "from_draft", "pending_note", "rejected_note", "reviews_from_text",
+           "split_findings", "split_text"]
 
 
 @dataclass(frozen=True)
@@ -153,3 +153,11 @@ def rejected_note(text: str) -> str:
     quoted = "; ".join(f"{label}: \"{sentence}\"" for label, sentence in found)
     return (f" Check: the text still states a finding you rejected ({quoted}); edit the "
             "narrative or impression, or the decision, before signing.")
+
+
+def pending_note(reviews: list[FindingReview]) -> str:
+    """The editor's status line on opening an unsigned report: how many AI findings still
+    need a decision before it can be signed ("" when none does)."""
+    n = sum(r.decision == "pending" for r in reviews)
+    return "" if n == 0 else (f"{n} of {len(reviews)} AI findings still need a decision "
+                              "before signing.")

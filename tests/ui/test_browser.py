@@ -247,6 +247,9 @@ def test_full_review(browser: Any, server: Server, seeded: Seeded) -> None:
         "#study-header input'); return el && el.value.startsWith('Report ' + rid + ' '); }",
         arg=str(rid), timeout=T)
     page.wait_for_selector("#ct-image img", timeout=T)
+    # the status line says how many AI findings still need a decision
+    _wait_value(page, "save-msg", r"^\d+ of \d+ AI findings still need a decision before "
+                "signing")
     # step through slices with the keyboard on the slider
     src = _img_src(page)
     slider = page.locator("#slice input[type=range]")

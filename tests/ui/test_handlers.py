@@ -36,7 +36,13 @@ from ui.config import UIConfig, load_config
 from ui.errors import LockedOutError, NotLoggedInError, SessionExpiredError, UIConfigError, UIError
 from ui.handlers import ClientInfo, EmrView, Handlers, emr_segments, make_services, priority
 from ui.imaging import PRESETS, StudyImages, window_volume
-from ui.report_text import compose, reviews_from_text, split_findings, split_text
+from ui.report_text import (
+    compose,
+    pending_note,
+    reviews_from_text,
+    split_findings,
+    split_text,
+)
 from ui.sessions import SessionStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -355,8 +361,9 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
     # signing: refused while some AI findings have no decision (named), nothing changed
     undecided = [r.label for r in vb2.reviews if r.decision == "pending"]
     assert undecided and len(undecided) == len(vb2.reviews) - 2
-    with pytest.raises(ReportValidationError, match=f"have no decision \\({undecided[0]}"):
+    with pytest.raises(ReportValidationError, match=f"have no decision \\({undecided[0]}") as e:
         h.sign(a, rid, r3.version, USERS["dr.alice"][2])
+    assert "press 'Accept the undecided findings'" in str(e.value)
     assert _report(h, rid).status == "DRAFT" and _report(h, rid).version_id == r3.version
     # the rest accepted as drafted in one step; the reviewer's decisions kept
     v4 = h.open_study(a, rid)
@@ -367,6 +374,9 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
         {i: "edited", j: "rejected"}.get(k, "accepted") for k in range(len(revs4))]
     assert [(r.side, r.size_mm, r.text) for r in revs4] == \
         [(r.side, r.size_mm, r.text) for r in v4.reviews]
+    assert pending_note(v4.reviews) == (f"{len(undecided)} of {len(v4.reviews)} AI findings "
+                                        "still need a decision before signing.")
+    assert pending_note(revs4) == ""
     r4 = h.save(a, rid, v4.version, v4.sections, revs4)
     assert r4.saved and all(f"- {u} [accepted]" in r4.text for u in undecided)
     # wrong password refused (audited), the report stays a draft
