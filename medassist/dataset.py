@@ -230,10 +230,16 @@ def report_findings(text: str, labels: Sequence[str]) -> list[dict[str, Any]]:
             if d.size_mm is not None and lab in SIZED:
                 size = d.size_mm
                 unstated = [u for u in unstated if u != "size"]
-        out.append({"index": len(out), "label_value": 0, "kind": lab, "attributes": attrs,
-                    "size_mm": size, "unstated": unstated,
-                    "uncertain": all(HEDGE.search(s.text) for s in aff),
-                    "evidence": [_span(text, body, offset, s.text, s.start) for s in aff]})
+        found = {"index": len(out), "label_value": 0, "kind": lab, "attributes": attrs,
+                 "size_mm": size, "unstated": unstated,
+                 "uncertain": all(HEDGE.search(s.text) for s in aff),
+                 "evidence": [_span(text, body, offset, s.text, s.start) for s in aff]}
+        if d is not None and d.decision == "rejected":
+            # the signed prose states it, the reviewer rejected the AI's finding (the review
+            # app warns of this, medassist.review.rejected_but_stated): the text's word is
+            # taken, and the disagreement kept for whoever curates the data
+            found["rejected_by_reviewer"] = True
+        out.append(found)
     return out
 
 

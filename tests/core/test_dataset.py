@@ -93,6 +93,14 @@ def test_a_signed_reports_decisions_are_read_as_the_reviewer_left_them() -> None
         ("Lung nodule.",) * 2]
     assert report_target_text(text) == ("findings: A right lower lobe nodule. impression: 1. "
                                          "Lung nodule.")
+    assert "rejected_by_reviewer" not in f["lung_nodule"]
+    # a finding rejected in the block that the prose still affirms: the prose's word is
+    # taken, and the disagreement is marked
+    clash = _by_kind(text.replace("A right lower lobe nodule.", "A right lower lobe nodule. "
+                                  "Patchy consolidation in the left lower lobe."))
+    assert set(clash) == {"lung_nodule", "consolidation"}
+    assert clash["consolidation"]["rejected_by_reviewer"] is True
+    assert clash["consolidation"]["attributes"] == {"side": "left", "lobe": "LLL"}
 
 
 def test_impression_codes_from_the_wording() -> None:
