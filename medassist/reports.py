@@ -307,17 +307,18 @@ def reject_report(session: Session, report_id: int, actor: Actor, reason: str,
     return report
 
 
-def require_decisions(report: Report) -> None:
+def require_decisions(report: Report, how: str = "") -> None:
     """Raise :class:`ReportValidationError` while the report's text records no decision on
     some of its AI findings: the signed exports state each finding as the signer decided it,
-    and one nobody decided would be stated as the model drafted it under the signer's name."""
+    and one nobody decided would be stated as the model drafted it under the signer's name.
+    ``how`` tells the caller's user how to decide them (default: the text's block)."""
     left = undecided(ReportDraft.from_json(report.draft_json), report.text)
     if left:
-        raise ReportValidationError(
-            f"report {report.id} not signed: {len(left)} AI finding(s) have no decision "
-            f"({', '.join(left)}); accept, edit or reject each (one line per finding under "
-            f"'{BLOCK}' in FINDINGS, as the review app's finding editor writes them) and save "
-            "before signing")
+        how = how or (f"accept, edit or reject each (one line per finding under '{BLOCK}' in "
+                      "FINDINGS, as the review app's finding editor writes them) and save "
+                      "before signing")
+        raise ReportValidationError(f"report {report.id} not signed: {len(left)} AI "
+                                    f"finding(s) have no decision ({', '.join(left)}); {how}")
 
 
 def _manifest(sig: Signature, version_number: int) -> str:

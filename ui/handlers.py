@@ -36,7 +36,6 @@ from medassist.errors import (
     NotFoundError,
     ReportValidationError,
 )
-from medassist.review import undecided
 from medassist.storage import unit_of_work
 from medassist.storage.models import (
     AuditEvent,
@@ -678,12 +677,10 @@ class Handlers:
             if not split_text(rep.text)["impression"].strip():
                 raise ReportValidationError("not signed: the report has no IMPRESSION; write "
                                             "one and save the draft before signing")
-            left = undecided(ReportDraft.from_json(rep.draft_json), rep.text)
-            if left:  # before the password: the core refuses it too (require_decisions)
-                raise ReportValidationError(
-                    f"not signed: {len(left)} AI finding(s) have no decision "
-                    f"({', '.join(left)}): accept, edit or reject each in the findings "
-                    "table, or press 'Accept the undecided findings', then Save draft")
+            # before the password is checked (sign_report checks it again after)
+            reports.require_decisions(rep, "accept, edit or reject each in the findings "
+                                           "table, or press 'Accept the undecided findings', "
+                                           "then Save draft")
             if rep.status == ReportStatus.DRAFT.value:
                 user = s.get(User, us.user_id)
                 if user is None or not user.active or not check_password(user, password or ""):
