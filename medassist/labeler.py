@@ -61,6 +61,8 @@ NEGATION_AFTER = re.compile(
 #: not report content, so not read for findings or negation
 ANNOTATION = re.compile(r"\[(?:UNVERIFIED|ADDED FROM THE FINDINGS LIST|SIZE MEASURED ON CT"
                         r"|RATIO MEASURED ON CT)[^\]]*\]")
+#: the guard's warnings among them: a sentence the draft does not vouch for
+UNVERIFIED = re.compile(r"\[UNVERIFIED: ?(?P<why>[^\]]*)\]")
 #: the mark in front of a finding's own sentence that the draft adds where the decoder left the
 #: finding out (:func:`complete`)
 ADDED_MARK = "[ADDED FROM THE FINDINGS LIST]"
@@ -201,7 +203,7 @@ def history_unstated_labels(text: str) -> set[str]:
             for lab, pos in s.labels.items() if pos}
 
 
-def _side_clash(sentence: str, side: str | None) -> bool:
+def side_clash(sentence: str, side: str | None) -> bool:
     """The sentence names only the other side than ``side`` (left / right)."""
     if side not in _SIDE_WORDS:
         return False
@@ -395,10 +397,10 @@ def guard(text: str, head: Mapping[str, bool],
     for s in label_text(text):
         clash = sorted(lab for lab, pos in s.labels.items() if lab in head and pos != head[lab])
         affirmed = [lab for lab, pos in s.labels.items() if pos]
-        side_clash = []
+        side_wrong = []
         if sides is not None and len(affirmed) == 1 and affirmed[0] not in clash \
-                and _side_clash(s.text, sides.get(affirmed[0])):
-            side_clash = affirmed
+                and side_clash(s.text, sides.get(affirmed[0])):
+            side_wrong = affirmed
         size_off = []
         if sizes is not None and len(affirmed) == 1 and affirmed[0] not in clash \
                 and size_clash(s.text, sizes.get(affirmed[0]),
@@ -406,7 +408,7 @@ def guard(text: str, head: Mapping[str, bool],
             size_off = affirmed
         lobe_clash = []
         if lobes is not None and len(affirmed) == 1 and affirmed[0] not in clash \
-                and not side_clash and _lobe_clash(s.text, lobes.get(affirmed[0])):
+                and not side_wrong and _lobe_clash(s.text, lobes.get(affirmed[0])):
             lobe_clash = affirmed
         weak = sorted(lab for lab in s.labels if lab in unreliable)
         small = sorted(lab for lab, pos in s.labels.items()
@@ -416,12 +418,12 @@ def guard(text: str, head: Mapping[str, bool],
         concluded = not has_emr and not history and HISTORY_CONCLUSION.search(plain) is not None
         unstated = unsupported(plain, note_history) \
             if has_emr and note_history is not None else []
-        if clash or side_clash or size_off or lobe_clash or weak or small or history \
+        if clash or side_wrong or size_off or lobe_clash or weak or small or history \
                 or concluded or unstated:
-            bad.update(clash + side_clash + size_off + lobe_clash)
+            bad.update(clash + side_wrong + size_off + lobe_clash)
             why = [f"contradicts the findings head ({', '.join(clash)})"] if clash else []
-            why += [f"names the other side than the findings head ({side_clash[0]})"] \
-                if side_clash else []
+            why += [f"names the other side than the findings head ({side_wrong[0]})"] \
+                if side_wrong else []
             if size_off and sizes:
                 whose = "the one measured on the CT" if size_off[0] in measured \
                     else "the findings head's"

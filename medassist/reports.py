@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from medassist.errors import (
     NotFoundError,
     ReportValidationError,
 )
-from medassist.review import BLOCK, undecided
+from medassist.review import BLOCK, ProseIssue, prose_issues, undecided
 from medassist.storage.models import (
     Patient,
     Report,
@@ -321,6 +322,34 @@ def require_decisions(report: Report, how: str = "") -> None:
                                     f"finding(s) have no decision ({', '.join(left)}); {how}")
 
 
+def require_resolved_prose(report: Report, confirmed: bool = False, how: str = ""
+                           ) -> tuple[ProseIssue, ...]:
+    """The sentences of the report's prose that contradict the reviewer's decisions or still
+    carry the draft's ``[UNVERIFIED: ...]`` mark (:func:`~medassist.review.prose_issues`):
+    raise :class:`ReportValidationError` naming them (section, number, finding and reason;
+    not their text) unless the signer ``confirmed`` the text as written, and return them.
+    The signed exports state the decisions, and an unresolved mark is the model's doubt
+    signed as fact; but the labeler can misread a sentence, so the signer may confirm.
+    ``how`` tells the caller's user how to resolve or confirm them."""
+    issues = prose_issues(report.text)
+    if issues and not confirmed:
+        how = how or ("edit those sentences (or delete a mark once you have checked its "
+                      "sentence) and save, or sign again confirming the text as written")
+        raise ReportValidationError(
+            f"report {report.id} not signed: {len({(i.section, i.number) for i in issues})} "
+            "sentence(s) of its text contradict the decisions on its AI findings or are "
+            "still marked unverified "
+            f"({'; '.join(i.describe() for i in issues)}); {how}")
+    return issues
+
+
+def _confirmed_detail(issues: tuple[ProseIssue, ...]) -> str:
+    """The audit's note of a text signed as written despite ``issues`` (labels, reasons)."""
+    kinds = Counter(f"{i.label or 'text'} {i.reason}" for i in issues)
+    return "; text confirmed as written despite " + ", ".join(
+        f"{k}" + (f" x{n}" if n > 1 else "") for k, n in sorted(kinds.items()))
+
+
 def _manifest(sig: Signature, version_number: int) -> str:
     return sha256_text(canonical_json({
         "report_id": sig.report_id, "report_version_id": sig.report_version_id,
@@ -330,9 +359,13 @@ def _manifest(sig: Signature, version_number: int) -> str:
 
 
 def sign_report(session: Session, report_id: int, actor: Actor, password: str,
-                expected_version: int, meaning: str = SIGNATURE_MEANING) -> Signature:
+                expected_version: int, meaning: str = SIGNATURE_MEANING, *,
+                confirm_text: bool = False) -> Signature:
     """IN_REVIEW → SIGNED after re-entering the password (21 CFR 11.200); audited. Every AI
-    finding must have the reviewer's decision in the text (:func:`require_decisions`)."""
+    finding must have the reviewer's decision in the text (:func:`require_decisions`), and
+    its prose must not contradict those decisions nor carry an unresolved ``[UNVERIFIED]``
+    mark unless the signer confirms the text as written (``confirm_text``, recorded in the
+    audit entry; :func:`require_resolved_prose`)."""
     require_role(session, actor, [Role.CLINICIAN], "sign reports", ObjectType.REPORT,
                  report_id)
     report = get_report(session, report_id)
@@ -348,6 +381,7 @@ def sign_report(session: Session, report_id: int, actor: Actor, password: str,
                                     "approved')")
     _check_version(report, expected_version)
     require_decisions(report)
+    issues = require_resolved_prose(report, confirm_text)
     version = session.scalar(select(ReportVersion).where(ReportVersion.report_id == report.id)
                              .order_by(ReportVersion.number.desc()).limit(1))
     if version is None or version.text != report.text:
@@ -365,7 +399,8 @@ def sign_report(session: Session, report_id: int, actor: Actor, password: str,
     session.add(sig)
     session.flush()
     audit.record(session, AuditAction.REPORT_SIGN, actor, ObjectType.REPORT, report.id,
-                 after_hash=sig.content_sha256, detail=f"meaning={sig.meaning}")
+                 after_hash=sig.content_sha256,
+                 detail=f"meaning={sig.meaning}" + (_confirmed_detail(issues) if issues else ""))
     return sig
 
 

@@ -21,7 +21,13 @@ from dataclasses import dataclass, replace
 from typing import Literal, cast
 
 from medassist.draft import Finding, Laterality, ReportDraft
-from medassist.labeler import label_text
+from medassist.labeler import (
+    MEASURED_SIZE_FACTOR,
+    UNVERIFIED,
+    label_text,
+    side_clash,
+    size_clash,
+)
 
 SECTIONS = ("indication", "technique", "findings", "impression")
 HEADERS = {s: s.upper() + ":" for s in SECTIONS}
@@ -190,16 +196,77 @@ def rejected_but_stated(text: str) -> tuple[tuple[str, str], ...]:
     kept decision texts (:func:`mask_decisions`) and the IMPRESSION, that affirms a finding
     the reviewer rejected (the project's labeler, with its negation rules): a signed text
     that says so contradicts the exports, which leave the finding out. Rejecting a finding
-    in the block does not edit the model's prose, so the review app warns of these."""
+    in the block does not edit the model's prose (:func:`prose_issues`, reason
+    ``rejected``)."""
+    return tuple((i.label, i.sentence) for i in prose_issues(text) if i.reason == "rejected")
+
+
+#: why a sentence of the prose stands against what the signer decided (:func:`prose_issues`)
+ISSUE_REASONS = {
+    "rejected": "affirms a finding you rejected",
+    "side": "states the other side than the one you decided",
+    "size": "states a size off the one you decided",
+    "unverified": "still carries the draft's [UNVERIFIED] mark",
+}
+
+
+@dataclass(frozen=True)
+class ProseIssue:
+    """A sentence of the report's prose that the signed exports would contradict, or that
+    the draft did not vouch for and nobody has resolved."""
+
+    #: "findings" or "impression"
+    section: str
+    #: the sentence's number within its section's prose (1-based)
+    number: int
+    #: the finding it concerns ("" for an unverified sentence that affirms none)
+    label: str
+    #: a key of :data:`ISSUE_REASONS`
+    reason: str
+    sentence: str
+
+    def describe(self) -> str:
+        """"IMPRESSION sentence 2 (lung_mass): affirms a finding you rejected" (no text)."""
+        about = f" ({self.label})" if self.label else ""
+        return (f"{self.section.upper()} sentence {self.number}{about}: "
+                f"{ISSUE_REASONS[self.reason]}")
+
+
+def prose_issues(text: str) -> tuple[ProseIssue, ...]:
+    """What the prose of a report (the FINDINGS narrative with the kept decision texts, and
+    the IMPRESSION; :func:`mask_decisions`) says against the reviewer's decisions, read with
+    the project's labeler: a sentence that affirms a rejected finding, one that affirms only
+    an edited finding and names only the other side than the decided one, or states a size
+    more than :data:`~medassist.labeler.MEASURED_SIZE_FACTOR` off the decided size; and every
+    sentence still marked ``[UNVERIFIED: ...]`` by the draft's guard. The signed exports state
+    the decisions, so a signed text that says otherwise contradicts them
+    (:func:`medassist.reports.sign_report` asks the signer to resolve or confirm these)."""
     parts = split_text(text)
     body, decided = mask_decisions(parts["findings"])
-    rejected = {label for label, d in decided.items() if d.decision == "rejected"}
-    return tuple((label, s.text) for section in (body, parts["impression"])
-                 for s in label_text(section) for label, affirmed in s.labels.items()
-                 if affirmed and label in rejected)
+    out: list[ProseIssue] = []
+    for section, prose in (("findings", body), ("impression", parts["impression"])):
+        # numbered as a reader counts them: a list item's "1." is no sentence
+        worded = [s for s in label_text(prose) if re.search(r"[A-Za-z]", s.text)]
+        for number, s in enumerate(worded, start=1):
+            affirmed = [lab for lab, pos in s.labels.items() if pos]
+            found: list[tuple[str, str]] = [(lab, "rejected") for lab in affirmed
+                                             if lab in decided
+                                             and decided[lab].decision == "rejected"]
+            d = decided.get(affirmed[0]) if len(affirmed) == 1 else None
+            if d is not None and d.decision == "edited":
+                if side_clash(s.text, d.side or None):
+                    found.append((affirmed[0], "side"))
+                if size_clash(s.text, d.size_mm, MEASURED_SIZE_FACTOR):
+                    found.append((affirmed[0], "size"))
+            if UNVERIFIED.search(s.text):
+                found.append((affirmed[0] if len(affirmed) == 1 else "", "unverified"))
+            out += [ProseIssue(section, number, label, reason, s.text.strip())
+                    for label, reason in found]
+    return tuple(out)
 
 
-__all__ = ["BLOCK", "DECISIONS", "HEADERS", "REVIEWER_SIDE", "REVIEWER_SIZE", "SECTIONS",
-           "SIDES", "Decision", "decision_line", "mask_decisions", "rejected_but_stated",
+__all__ = ["BLOCK", "DECISIONS", "HEADERS", "ISSUE_REASONS", "REVIEWER_SIDE", "REVIEWER_SIZE",
+           "SECTIONS", "SIDES", "Decision", "ProseIssue", "decision_line", "mask_decisions",
+           "prose_issues", "rejected_but_stated",
            "reviewed_finding", "reviewed_findings", "split_findings", "split_text",
            "undecided"]

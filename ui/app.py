@@ -33,7 +33,7 @@ from ui.report_text import (
     FindingReview,
     compose,
     pending_note,
-    rejected_note,
+    prose_note,
 )
 
 if TYPE_CHECKING:
@@ -221,6 +221,10 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
                         sign_pw = gr.Textbox(label="Re-enter your password to sign",
                                              type="password", elem_id="sign-password",
                                              max_lines=1)
+                        sign_confirm = gr.Checkbox(
+                            label="Sign the text as written (I have checked the sentences "
+                                  "flagged unverified or against my decisions)",
+                            value=False, elem_id="sign-confirm")
                         sign_btn = gr.Button(f"Sign ({SIGN_MEANING})", variant="primary",
                                              elem_id="sign-btn")
                     with gr.Row(elem_id="reject-row") as reject_row:
@@ -410,7 +414,7 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
             cur = compose({"indication": ind, "technique": tech, "findings": find,
                            "impression": imp}, new)
             return new, finding_rows(new), diff_segments(ai, cur), "Finding updated (not "\
-                f"saved yet: press Save draft).{rejected_note(cur)}"
+                f"saved yet: press Save draft).{prose_note(cur)}"
 
         f_apply.click(do_apply, [token, reviews, f_index, f_decision, f_side, f_size, f_text,
                                  ai_text, sec_ind, sec_tech, sec_find, sec_imp],
@@ -466,10 +470,10 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
 
         @_guard
         def do_sign(tok: str | None, report_id: int | None, ver: int | None, pw: str,
-                    ww: float, wl: float, ov: bool) -> Any:
+                    confirm: bool, ww: float, wl: float, ov: bool) -> Any:
             if report_id is None or ver is None:
                 raise MedAssistError("open a study first")
-            r = h.sign(tok, report_id, ver, pw)
+            r = h.sign(tok, report_id, ver, pw, confirm_text=bool(confirm))
             msg = ("Signed; exported: " + ", ".join(f"{k} {Path(v).name}" for k, v in
                                                     sorted(r.exports.items()))
                    + (f" ({r.export_note})" if r.export_note else "")
@@ -477,10 +481,11 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
                    f"Signed, but the export failed ({r.export_error}); export it again with "
                    "`medassist export`.")
             out = list(_study(h.open_study(tok, report_id), tok, ww, wl, ov, msg))
-            return (*out, "")
+            return (*out, "", False)
 
-        sign_btn.click(do_sign, [token, rid, version, sign_pw, ww_in, wl_in, overlay_in],
-                       [*study_outputs, sign_pw], api_name="sign", **EV)
+        sign_btn.click(do_sign, [token, rid, version, sign_pw, sign_confirm, ww_in, wl_in,
+                                 overlay_in],
+                       [*study_outputs, sign_pw, sign_confirm], api_name="sign", **EV)
 
         @_guard
         def do_reject(tok: str | None, report_id: int | None, ver: int | None, reason: str,

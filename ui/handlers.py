@@ -56,7 +56,7 @@ from ui.report_text import (
     SIDES,
     FindingReview,
     compose,
-    rejected_note,
+    prose_note,
     reviews_from_text,
     split_findings,
     split_text,
@@ -643,7 +643,7 @@ class Handlers:
                                     int(expected_version))
                 version = rep.version_id
             return SaveResult(True, version, text, None,
-                              f"Saved (version {version}).{rejected_note(text)}")
+                              f"Saved (version {version}).{prose_note(text)}")
         except ConflictError:
             conflict = self._conflict(int(report_id), int(expected_version), text)
             return SaveResult(False, int(expected_version), text, conflict, conflict.message)
@@ -666,10 +666,12 @@ class Handlers:
             return ConflictInfo(msg, rep.version_id, author, rep.text,
                                 unified(mine, rep.text, "your edit", f"{author} (saved)"))
 
-    def sign(self, token: str | None, report_id: int, expected_version: int, password: str
-             ) -> SignResult:
+    def sign(self, token: str | None, report_id: int, expected_version: int, password: str,
+             *, confirm_text: bool = False) -> SignResult:
         """Submit (if still a draft) and sign after re-entering the password, then export the
-        signed report as DICOM SR and FHIR."""
+        signed report as DICOM SR and FHIR. A text whose prose contradicts the finding
+        decisions or still carries the draft's [UNVERIFIED] marks is signed only with
+        ``confirm_text`` (the app's "Sign the text as written" box)."""
         us = self._session(token, CLINICIAN, "sign reports", ObjectType.REPORT, report_id)
         actor = self._actor(us)
         with unit_of_work(self.s.factory) as s:
@@ -681,6 +683,10 @@ class Handlers:
             reports.require_decisions(rep, "accept, edit or reject each in the findings "
                                            "table, or press 'Accept the undecided findings', "
                                            "then Save draft")
+            reports.require_resolved_prose(rep, confirm_text,
+                                           "edit those sentences (or delete a mark once you "
+                                           "have checked its sentence) and Save draft, or "
+                                           "tick 'Sign the text as written' and sign again")
             if rep.status == ReportStatus.DRAFT.value:
                 user = s.get(User, us.user_id)
                 if user is None or not user.active or not check_password(user, password or ""):
@@ -691,7 +697,8 @@ class Handlers:
                                               "your own password")
                 reports.submit_for_review(s, rep.id, actor, int(expected_version))
                 expected_version = rep.version_id
-            sig = reports.sign_report(s, rep.id, actor, password or "", int(expected_version))
+            sig = reports.sign_report(s, rep.id, actor, password or "", int(expected_version),
+                                      confirm_text=confirm_text)
             result = (sig.signer_name, sig.signed_at, sig.meaning, sig.content_sha256)
         try:
             ex = self.export(token, int(report_id))

@@ -18,13 +18,13 @@ from medassist.review import (
     SECTIONS,
     SIDES,
     decision_line,
-    rejected_but_stated,
+    prose_issues,
     split_findings,
     split_text,
 )
 
 __all__ = ["BLOCK", "DECISIONS", "HEADERS", "SECTIONS", "SIDES", "FindingReview", "compose",
-           "finding_line", "from_draft", "pending_note", "rejected_note", "reviews_from_text",
+           "finding_line", "from_draft", "pending_note", "prose_note", "reviews_from_text",
            "split_findings", "split_text"]
 
 
@@ -143,16 +143,25 @@ def compose(sections: dict[str, str], reviews: list[FindingReview]) -> str:
     return "\n\n".join(f"{HEADERS[s]}\n{bodies[s]}" for s in SECTIONS) + "\n"
 
 
-def rejected_note(text: str) -> str:
-    """A warning for the editor's status line (plain text) where the report's prose still
-    affirms a finding the reviewer rejected (:func:`medassist.review.rejected_but_stated`);
-    "" where it does not. Rejecting a finding does not edit the prose: the signer must."""
-    found = rejected_but_stated(text)
-    if not found:
+def prose_note(text: str) -> str:
+    """A warning for the editor's status line (plain text) where the report's prose
+    contradicts the reviewer's decisions (a rejected finding still affirmed, an edited side
+    or size stated otherwise) or still carries the draft's ``[UNVERIFIED]`` marks
+    (:func:`medassist.review.prose_issues`); "" where it does neither. A decision does not
+    edit the prose, and signing asks for these to be resolved or confirmed."""
+    issues = prose_issues(text)
+    if not issues:
         return ""
-    quoted = "; ".join(f"{label}: \"{sentence}\"" for label, sentence in found)
-    return (f" Check: the text still states a finding you rejected ({quoted}); edit the "
-            "narrative or impression, or the decision, before signing.")
+    said = [f"{i.describe()}: \"{i.sentence}\"" for i in issues if i.reason != "unverified"]
+    marked = sum(i.reason == "unverified" for i in issues)
+    parts = []
+    if said:
+        parts.append("the text says otherwise than your decisions (" + "; ".join(said) +
+                     "); edit the narrative or impression, or the decision")
+    if marked:
+        parts.append(f"{marked} sentence(s) still carry the draft's [UNVERIFIED] mark; check "
+                     "each and delete its mark, or edit or delete the sentence")
+    return " Check before signing: " + "; ".join(parts) + "."
 
 
 def pending_note(reviews: list[FindingReview]) -> str:

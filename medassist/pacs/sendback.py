@@ -125,11 +125,13 @@ def queue_sr(session: Session, report_id: int, resolver: SourceResolver, *,
 
 
 def sign_and_queue(session: Session, report_id: int, actor: Actor, password: str,
-                   expected_version: int, resolver: SourceResolver
-                   ) -> tuple[Signature, OutboxItem | None]:
-    """Sign, then queue the SR; an SR that cannot be built now is left to :func:`reconcile`
-    (the signature stands; the failure is audited)."""
-    sig = sign_report(session, report_id, actor, password, expected_version)
+                   expected_version: int, resolver: SourceResolver, *,
+                   confirm_text: bool = False) -> tuple[Signature, OutboxItem | None]:
+    """Sign (``confirm_text`` as :func:`medassist.reports.sign_report` takes it), then queue
+    the SR; an SR that cannot be built now is left to :func:`reconcile` (the signature
+    stands; the failure is audited)."""
+    sig = sign_report(session, report_id, actor, password, expected_version,
+                      confirm_text=confirm_text)
     try:
         with session.begin_nested():
             item = queue_sr(session, report_id, resolver, actor=actor)

@@ -471,9 +471,9 @@ def test_the_exports_state_the_reviewers_decisions(db: Db, tmp_path: Path,
         rid = reports.store_draft(s, ReportDraft.from_dict(DRAFT), study_uid=STUDY_UID,
                                   patient_pseudo_id="PSEUDO-0002").id
         reports.edit_report(s, rid, doc, text, 1)
-        if signed:
+        if signed:  # the narrative still states the draft's side, size and effusion
             reports.submit_for_review(s, rid, doc, 2)
-            reports.sign_report(s, rid, doc, PASSWORD, 3)
+            reports.sign_report(s, rid, doc, PASSWORD, 3, confirm_text=True)
     sr_out, fhir_out = tmp_path / "r.dcm", tmp_path / "r.json"
     with db.factory.begin() as s:
         export_report(s, rid, doc, "sr", sr_out, sources=[str(p) for p in ct_files])
@@ -570,7 +570,8 @@ def test_a_report_whose_every_finding_was_rejected_has_no_sr(
                                   patient_pseudo_id="PSEUDO-0002").id
         reports.edit_report(s, rid, doc, text, 1)
         reports.submit_for_review(s, rid, doc, 2)
-        reports.sign_report(s, rid, doc, PASSWORD, 3)
+        # the draft's prose still states them: signed as written
+        reports.sign_report(s, rid, doc, PASSWORD, 3, confirm_text=True)
     sr_out, fhir_out = tmp_path / "r.dcm", tmp_path / "r.json"
     with db.factory.begin() as s:
         export_report(s, rid, doc, "fhir", fhir_out)

@@ -20,6 +20,7 @@ from medassist.errors import (
     PermissionDeniedError,
     ReportValidationError,
 )
+from medassist.review import decision_line, prose_issues
 from medassist.storage import AuditEvent, Report, ReportStatus, Role, Signature, unit_of_work
 
 from .conftest import Db
@@ -193,6 +194,60 @@ def test_signing_needs_a_decision_on_every_ai_finding(db: Db) -> None:
         reports.sign_report(s, rid, doc, PASSWORD, 4)
     with db.factory() as s:
         assert reports.get_report(s, rid).status == "SIGNED"
+
+
+def test_signing_asks_to_resolve_prose_against_the_decisions(db: Db) -> None:
+    """The reviewer moved the nodule to the left and rejected the effusion, but the draft's
+    narrative and impression still say right and affirm the effusion, and one sentence keeps
+    the guard's mark: signing is refused, naming the sentences by section and number and why
+    (not their text), and nothing changes. Confirmed as written, the report signs and the
+    audit entry records the labels and reasons, no sentence. Once the prose is fixed it
+    signs without confirming."""
+    rid, doc = _setup(db)
+    _bring_to(db, rid, doc, "IN_REVIEW")
+    lines = [decision_line("lung_nodule", "edited", "left", 9.0, "A 9 mm nodule, left upper."),
+             decision_line("pleural_effusion", "rejected", "", None, "")]
+    text = decided(ReportDraft.from_dict(DRAFT).render_text(), DRAFT, *lines).replace(
+        "IMPRESSION:\n", "IMPRESSION:\n[UNVERIFIED: side uncertain on the CT] Consider "
+        "follow-up. ")
+    with db.factory.begin() as s:
+        reports.edit_report(s, rid, doc, text, 2)
+    with pytest.raises(ReportValidationError, match=(
+            r"5 sentence\(s\) .* \(FINDINGS sentence 1 \(lung_nodule\): states the other side "
+            r"than the one you decided; FINDINGS sentence 2 \(pleural_effusion\): affirms a "
+            r"finding you rejected; IMPRESSION sentence 1: still carries the draft's "
+            r"\[UNVERIFIED\] mark; IMPRESSION sentence 2 \(lung_nodule\): states the other "
+            r"side .*; IMPRESSION sentence 3 \(pleural_effusion\): affirms a finding you "
+            r"rejected\)")) as err, unit_of_work(db.factory) as s:
+        reports.sign_report(s, rid, doc, PASSWORD, 3)
+    assert "Small left pleural effusion" not in str(err.value)
+    with db.factory() as s:
+        assert reports.get_report(s, rid).status == "IN_REVIEW"
+        assert s.scalars(select(Signature)).all() == []
+    with db.factory.begin() as s:
+        reports.sign_report(s, rid, doc, PASSWORD, 3, confirm_text=True)
+    with db.factory() as s:
+        assert reports.get_report(s, rid).status == "SIGNED"
+        detail = s.scalars(select(AuditEvent.detail).where(
+            AuditEvent.event_type == audit.AuditAction.REPORT_SIGN.name,
+            AuditEvent.outcome == 0).order_by(AuditEvent.seq)).all()[-1]
+    assert detail == ("meaning=reviewed and approved; text confirmed as written despite "
+                      "lung_nodule side x2, pleural_effusion rejected x2, text unverified")
+
+    with db.factory.begin() as s:  # another study's draft, its prose fixed before signing
+        rid2 = reports.store_draft(s, ReportDraft.from_dict(DRAFT),
+                                   study_uid=STUDY_UID + ".2", patient_pseudo_id="PSEUDO-0001").id
+    doc2 = doc
+    _bring_to(db, rid2, doc2, "IN_REVIEW")
+    fixed = decided("FINDINGS:\nA 9 mm solid nodule in the left upper lobe.\n\nIMPRESSION:\n"
+                    "1. Left upper lobe nodule, 9 mm. No pleural effusion.\n", DRAFT, *lines)
+    assert prose_issues(fixed) == ()
+    with db.factory.begin() as s:
+        reports.edit_report(s, rid2, doc2, fixed, 2)
+    with db.factory.begin() as s:
+        reports.sign_report(s, rid2, doc2, PASSWORD, 3)
+    with db.factory() as s:
+        assert reports.get_report(s, rid2).status == "SIGNED"
 
 
 def _drop_immutability_triggers(db: Db) -> None:

@@ -13,7 +13,9 @@ from medassist.review import (
     REVIEWER_SIDE,
     REVIEWER_SIZE,
     Decision,
+    ProseIssue,
     decision_line,
+    prose_issues,
     rejected_but_stated,
     reviewed_finding,
     reviewed_findings,
@@ -147,3 +149,52 @@ def test_prose_that_still_states_a_rejected_finding() -> None:
     assert rejected_but_stated(fixed) == ()
     assert rejected_but_stated(text.replace("- consolidation [rejected]",
                                             "- consolidation [accepted]")) == ()
+
+
+def _text(findings: str, impression: str, *lines: str) -> str:
+    return (f"FINDINGS:\n{findings}\n\n" + "\n".join([BLOCK, *lines]) +
+            f"\n\nIMPRESSION:\n{impression}")
+
+
+def test_prose_issues_side_and_size_against_an_edited_finding() -> None:
+    """A sentence that affirms only an edited finding and names only the other side, or
+    states a size more than 1.2x off the decided one, is an issue; a sentence naming both
+    sides, one stating a size within 1.2x, a bilateral decision and an accepted line (the
+    draft's own side, which the guard already checked) are not. Sentences are numbered as a
+    reader counts them, a list item's "1." not being one."""
+    edited = decision_line("lung_mass", "edited", "left", 42.0, "Left upper lobe mass, 42 mm.")
+    text = _text("A 3.0 cm mass in the right upper lobe. Bilateral lower lobe changes, left "
+                 "and right.", "1. Right upper lobe mass, 4.5 cm.\n2. Left mass, 4.0 cm.",
+                 edited)
+    assert prose_issues(text) == (
+        ProseIssue("findings", 1, "lung_mass", "side",
+                   "A 3.0 cm mass in the right upper lobe."),
+        ProseIssue("findings", 1, "lung_mass", "size",
+                   "A 3.0 cm mass in the right upper lobe."),
+        ProseIssue("impression", 1, "lung_mass", "side", "Right upper lobe mass, 4.5 cm."))
+    assert prose_issues(text.replace("[edited]", "[accepted]")) == ()
+    assert prose_issues(text.replace("side=left", "side=bilateral")) == (
+        ProseIssue("findings", 1, "lung_mass", "size",
+                   "A 3.0 cm mass in the right upper lobe."),)
+    assert prose_issues(_text("Mass, 50 mm.", "Mass.", edited)) == ()  # 1.19x
+
+
+def test_prose_issues_read_the_reviewers_own_line_and_the_marks() -> None:
+    """The text the reviewer kept on an edited line is prose too: a side set to right over
+    a line that still says left is an issue. A sentence still carrying the guard's
+    [UNVERIFIED] mark is one, tied to the finding it alone affirms; the other marks (a size
+    restated from the CT) are not. ``describe`` names no sentence text."""
+    line = decision_line("pleural_effusion", "edited", "right", None,
+                         "Small left pleural effusion.")
+    mark = "[UNVERIFIED: side uncertain on the CT] Right pneumothorax."
+    text = _text(f"[SIZE MEASURED ON CT] A 4.2 cm mass. {mark}", "No acute change.", line)
+    issues = prose_issues(text)
+    assert issues == (
+        ProseIssue("findings", 2, "pneumothorax", "unverified", mark),
+        ProseIssue("findings", 3, "pleural_effusion", "side", "Small left pleural effusion."))
+    assert [i.describe() for i in issues] == [
+        "FINDINGS sentence 2 (pneumothorax): still carries the draft's [UNVERIFIED] mark",
+        "FINDINGS sentence 3 (pleural_effusion): states the other side than the one you "
+        "decided"]
+    assert prose_issues(text.replace(mark, "Right pneumothorax.").replace(
+        "Small left", "Small right")) == ()

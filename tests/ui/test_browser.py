@@ -273,9 +273,12 @@ def test_full_review(browser: Any, server: Server, seeded: Seeded) -> None:
     _field(page, "f-text").fill("Left upper lobe nodule, 25 mm.")
     page.click("#f-apply")
     page.locator("#findings", has_text="Left upper lobe nodule, 25 mm.").wait_for(timeout=T)
-    _field(page, "sec-impression").fill("Left upper lobe nodule; CT follow-up advised.")
+    # the impression keeps a mark of the draft's guard: the save says it is unresolved
+    _field(page, "sec-impression").fill("[UNVERIFIED: side uncertain on the CT] Left upper "
+                                        "lobe nodule; CT follow-up advised.")
     page.click("#save-btn")
-    _wait_value(page, "save-msg", r"Saved \(version 2\)")
+    _wait_value(page, "save-msg", r"Saved \(version 2\)\. Check before signing: 1 "
+                r"sentence\(s\) still carry the draft's \[UNVERIFIED\] mark")
     assert "size=25 mm: Left upper lobe nodule, 25 mm." in _report(server, rid).text
     page.locator("#diff", has_text="Left upper lobe nodule, 25 mm.").wait_for(timeout=T)
     # sign: refused while other AI findings have no decision; then the rest accepted
@@ -288,6 +291,12 @@ def test_full_review(browser: Any, server: Server, seeded: Seeded) -> None:
     page.click("#save-btn")
     _wait_value(page, "save-msg", r"Saved \(version 3\)")
     assert "[accepted]" in _report(server, rid).text
+    # the marked sentence: refused until the signer confirms the text as written
+    _field(page, "sign-password").fill(USERS["dr.alice"][2])
+    page.click("#sign-btn")
+    _toast(page, "tick 'Sign the text as written'")
+    assert _report(server, rid).status == "DRAFT"
+    page.locator("#sign-confirm input").check()
     # a wrong password, then the right one
     _field(page, "sign-password").fill("not-the-password")
     page.click("#sign-btn")
@@ -298,6 +307,7 @@ def test_full_review(browser: Any, server: Server, seeded: Seeded) -> None:
     sig = _wait_value(page, "signature", "Electronically signed by Dr Alice Able")
     assert re.search(r"Time \(UTC\): \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", sig)
     assert "Meaning: reviewed and approved" in sig
+    assert not page.locator("#sign-confirm").is_visible()
     # read-only afterwards, with an amend action
     assert _field(page, "sec-impression").is_disabled()
     assert not page.locator("#sign-btn").is_visible()

@@ -426,11 +426,45 @@ def test_a_save_warns_of_prose_that_states_a_rejected_finding(h: Handlers) -> No
     sentence = label.replace("_", " ").capitalize() + "."
     revs = h.apply_finding(a, v.reviews, k, "rejected", "", None, "")
     r = h.save(a, rid, v.version, dict(v.sections, findings=sentence), revs)
-    assert r.saved and r.message.startswith(f"Saved (version {r.version}). Check:")
-    assert f'({label}: "{sentence}")' in r.message
+    assert r.saved and r.message.startswith(f"Saved (version {r.version}). Check before "
+                                            "signing:")
+    assert f'({label}): affirms a finding you rejected: "{sentence}"' in r.message
     r2 = h.save(a, rid, r.version, dict(v.sections, findings="Lungs clear.",
                                         impression="Normal study."), revs)
     assert r2.saved and r2.message == f"Saved (version {r2.version})."
+
+
+def test_signing_a_text_against_its_decisions_needs_the_signers_confirmation(
+        h: Handlers) -> None:
+    """A saved text whose narrative affirms a rejected finding and whose impression keeps
+    the draft's [UNVERIFIED] mark: the save says so, and signing is refused before the
+    password is checked, naming the sentences and the box to tick; ticked ("Sign the text as
+    written"), it signs, and the audit entry records what was confirmed, by label."""
+    from medassist.labeler import label_sentence
+
+    a = _login(h, "dr.alice")
+    rid = next(iter(h.worklist(a))).report_id
+    v = h.open_study(a, rid)
+    k = next(n for n, r in enumerate(v.reviews)
+             if label_sentence(r.label.replace("_", " ") + ".").get(r.label))
+    label = v.reviews[k].label
+    revs = h.accept_undecided(a, h.apply_finding(a, v.reviews, k, "rejected", "", None, ""))
+    sections = dict(v.sections, findings=label.replace("_", " ").capitalize() + ".",
+                    impression="[UNVERIFIED: side uncertain on the CT] Findings as above.")
+    r = h.save(a, rid, v.version, sections, revs)
+    assert r.saved and "1 sentence(s) still carry the draft's [UNVERIFIED] mark" in r.message
+    with pytest.raises(ReportValidationError, match=(
+            f"2 sentence\\(s\\) .*FINDINGS sentence 1 \\({label}\\): affirms a finding you "
+            r"rejected; IMPRESSION sentence 1: still carries .*tick 'Sign the text as "
+            r"written'")):
+        h.sign(a, rid, r.version, "not-my-password")
+    assert _report(h, rid).status == "DRAFT"
+    assert not any(e.outcome == 4 for e in _events(h, "REPORT_SIGN", str(rid)))
+    sig = h.sign(a, rid, r.version, USERS["dr.alice"][2], confirm_text=True)
+    assert sig.signer_name == "Dr Alice Able" and _report(h, rid).status == "SIGNED"
+    assert _events(h, "REPORT_SIGN", str(rid))[-1].detail == (
+        f"meaning=reviewed and approved; text confirmed as written despite {label} rejected, "
+        "text unverified")
 
 
 def _sr_refs(path: Path) -> tuple[set[str], list[list[str]]]:
