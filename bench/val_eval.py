@@ -7,7 +7,8 @@ post-processing rules before the held-out test splits are scored.
                                       [--sides] [--sizes [--min-fit-fraction F]
                                       [--max-wall-share W] [--island-labels [L ...]]]
                                       [--evidence [--evidence-box patches|cells]
-                                       [--evidence-cell-prob P [P ...]]]
+                                       [--evidence-cell-prob P [P ...]]
+                                       [--fluid-box band|sac]]
 
 Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
 the side read off the image), ``per_finding`` (F1, TP / FP / FN, AUROC and the stated side
@@ -28,7 +29,9 @@ the whole CT where the head does not call them, ``multimodal.islands``; given al
 against their labelled voxels, as ``medassist eval`` reports it), once per
 ``--evidence-cell-prob`` (``heads.evidence_cell_prob``; default the checkpoint's) under
 ``evidence_by_cell_prob`` (how that setting is chosen on validation cases);
-``--evidence-box`` sets ``heads.evidence_box`` for the run.  The cases come from
+``--evidence-box`` sets ``heads.evidence_box`` for the run, ``--fluid-box``
+``heads.measure.fluid_box`` (the evidence box of a pericardial effusion found on the CT).
+The cases come from
 ``medassist.model_data.cached_synth_records`` (``--synth-config``, default
 configs/synth/small.yaml; seed 7, split val).
 """
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="heads.evidence_box for this run (with --evidence)")
     ap.add_argument("--evidence-cell-prob", type=float, nargs="+", default=None,
                     help="heads.evidence_cell_prob values to score (with --evidence)")
+    ap.add_argument("--fluid-box", choices=("band", "sac"), default=None,
+                    help="heads.measure.fluid_box for this run (with --evidence)")
     ap.add_argument("--synth-config", default=str(REPO / "configs/synth/small.yaml"),
                     help="generator config of the cached validation cases")
     a = ap.parse_args(argv)
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     over: dict[str, Any] = {k: v for k, v in (("min_fit_fraction", a.min_fit_fraction),
                               ("max_wall_share", a.max_wall_share),
                               ("island_labels", None if a.island_labels is None
-                               else tuple(a.island_labels))) if v is not None}
+                               else tuple(a.island_labels)),
+                              ("fluid_box", a.fluid_box)) if v is not None}
     if over:
         cfg = replace(cfg, heads=replace(cfg.heads, measure=replace(cfg.heads.measure,
                                                                     **over)))
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                         model, c, samples, records=recs, modes=(None,),
                         injection=False)["full"]["evidence_localisation"]
         res["evidence_box"] = cfg.heads.evidence_box
+        res["fluid_box"] = cfg.heads.measure.fluid_box
         res["evidence_by_cell_prob"] = by_prob
     print(json.dumps(res, indent=1))
     return 0

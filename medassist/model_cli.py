@@ -480,6 +480,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 cfg.heads.measure, island_labels=tuple(args.island_labels))))
         except ModelConfigError as exc:
             raise ModelCLIError(f"--island-labels: {exc}") from exc
+    if args.fluid_box is not None:
+        cfg = replace(cfg, heads=replace(cfg.heads, measure=replace(
+            cfg.heads.measure, fluid_box=args.fluid_box)))
     records = list(folder_records(args.data, cfg))
     samples = [record_sample(r, cfg, tok, with_report=False) for r in records]
     res = evaluate(model, cfg, samples, tok=tok, records=records)
@@ -491,6 +494,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res["noise_max_index"] = cfg.ct.noise_max_index
     res["image_pass"] = cfg.decoder.image_pass
     res["island_labels"] = list(cfg.heads.measure.island_labels)
+    res["fluid_box"] = cfg.heads.measure.fluid_box
     if args.json:
         print(json.dumps(res, indent=1, sort_keys=True))
     else:
@@ -644,6 +648,10 @@ def add_parser(sub: Any) -> None:
                         "call them (overrides the checkpoint's heads.measure.island_labels; "
                         "given alone: none; multimodal/islands.py), e.g. to score a "
                         "checkpoint trained without the setting like for like")
+    p.add_argument("--fluid-box", choices=("band", "sac"), default=None,
+                   help="the evidence box of a pericardial effusion found on the CT: the "
+                        "fluid band's samples or the whole sac (overrides the checkpoint's "
+                        "heads.measure.fluid_box; multimodal/pericardium.py)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("report", help="draft a report for one CT study (+ EMR)")

@@ -327,6 +327,10 @@ class MeasureConfig:
     #: gap between the 480 validation cases with an effusion, 0.932 or more, and those
     #: without, 0.466 or less: bench/pericardium.py --val 480)
     fluid_min_share: float = 0.7
+    #: the evidence box of a fluid call: "band" (around the band's samples, the anterior
+    #: half the rays score) or "sac" (around the heart's sections, grown by the thickest
+    #: band: the whole sac; :attr:`multimodal.pericardium.PericardialFluid.sac_box_voxels`)
+    fluid_box: str = "band"
     #: labels whose call is taken back where their evidence box holds air bronchograms and
     #: ``bronchogram_within`` is called (:mod:`multimodal.bronchogram`): a mass read in a
     #: consolidation; () = never
@@ -393,6 +397,9 @@ class MeasureConfig:
             raise ModelConfigError("heads.measure needs fluid_band_mm > 0 and 0 < "
                                    f"fluid_min_share <= 1, got {self.fluid_band_mm}, "
                                    f"{self.fluid_min_share}; fluid_labels must name labels")
+        if self.fluid_box not in ("band", "sac"):
+            raise ModelConfigError(f"heads.measure.fluid_box must be 'band' or 'sac', got "
+                                   f"{self.fluid_box!r}")
         if not all(self.bronchogram_labels) or not self.bronchogram_within \
                 or self.bronchogram_within in self.bronchogram_labels:
             raise ModelConfigError("heads.measure.bronchogram_labels must name labels and "

@@ -81,6 +81,11 @@ class PericardialFluid:
     #: [k0, i0, j0, k1, i1, j1] (inclusive) around the bands' samples, or the heart's sections
     #: where no ray has a band
     box_voxels: tuple[int, int, int, int, int, int]
+    #: the same around the whole sac: the heart's sections (the fluid, of soft-tissue density,
+    #: is part of them) on its slices and those beyond whose sections overlap theirs (the rays
+    #: score the anterior half only, and the fluid lies all round the heart); the band box
+    #: where no band was scored
+    sac_box_voxels: tuple[int, int, int, int, int, int] | None = None
 
 
 def _box_count(mask: npt.NDArray[np.bool_], r: int) -> npt.NDArray[np.int32]:
@@ -236,8 +241,26 @@ def pericardial_fluid(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
         _, ii, jj = np.nonzero(np.stack([sections[z] for z in run]))
         lo = np.array([run[0], ii.min(), jj.min()])
         hi = np.array([run[-1], ii.max(), jj.max()])
+    box = (int(lo[0]), int(lo[1]), int(lo[2]), int(hi[0]), int(hi[1]), int(hi[2]))
     return PericardialFluid(
         share=float((arr >= band_mm).mean()),
         thickness_mm=float(np.percentile(thick, _THICKNESS_PCT)) if thick.size else 0.0,
-        n_rays=int(arr.size), slices=(run[0], run[-1]),
-        box_voxels=(int(lo[0]), int(lo[1]), int(lo[2]), int(hi[0]), int(hi[1]), int(hi[2])))
+        n_rays=int(arr.size), slices=(run[0], run[-1]), box_voxels=box,
+        sac_box_voxels=_sac_box(sections, run) if pts else box)
+
+
+def _sac_box(sections: dict[int, npt.NDArray[np.bool_]], run: list[int]
+             ) -> tuple[int, int, int, int, int, int]:
+    """The box around the heart's sections on the ``run`` slices and on the slices beyond
+    it, up and down, whose section overlaps theirs (the apex and the base, smaller than the
+    run's half-area rule keeps): the fluid, of soft-tissue density, is part of them."""
+    ref = np.logical_or.reduce([sections[z] for z in run])
+    zs = list(run)
+    for step, end in ((-1, run[0]), (1, run[-1])):
+        z = end + step
+        while z in sections and bool((sections[z] & ref).any()):
+            zs.append(z)
+            z += step
+    zs.sort()
+    _, ii, jj = np.nonzero(np.stack([sections[z] for z in zs]))
+    return (zs[0], int(ii.min()), int(jj.min()), zs[-1], int(ii.max()), int(jj.max()))

@@ -121,6 +121,47 @@ def test_measure_findings_calls_the_effusion_the_ct_shows() -> None:
         assert measure_findings([_pred()], hu, SPACING, c)[0] == _pred()
 
 
+def _inside(box: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[box[0]:box[3] + 1, box[1]:box[4] + 1, box[2]:box[5] + 1] = True
+    return m
+
+
+def test_the_sac_box_holds_the_fluid_all_round_the_heart() -> None:
+    """The rays score the anterior half of each section, so the band box holds the fluid in
+    front of the heart only; the sac box (``fluid_box: sac``) holds nearly all of the shell,
+    behind the heart, at its apex and base too, and is no larger than the shell's own box by
+    more than a slice and two voxels a side. The call is the same either way; only its
+    evidence box differs."""
+    hu = chest_with_heart(12.0)
+    z, y, x = _mm()
+
+    def within(r: tuple[float, float, float]) -> np.ndarray:
+        d = ((z - HEART[0]) / r[0]) ** 2 + ((y - HEART[1]) / r[1]) ** 2 \
+            + ((x - HEART[2]) / r[2]) ** 2
+        return np.asarray(d < 1, dtype=bool)
+
+    shell = within(_grown(HEART_RADII, 12.0)) & ~within(HEART_RADII)
+    f = pericardial_fluid(hu, SPACING)
+    assert f is not None and f.sac_box_voxels is not None
+    band = float((shell & _inside(f.box_voxels, hu.shape)).sum() / shell.sum())
+    sac = float((shell & _inside(f.sac_box_voxels, hu.shape)).sum() / shell.sum())
+    assert band < 0.7 and sac > 0.9
+    k, i, j = np.nonzero(shell)
+    lo = np.array([k.min(), i.min(), j.min()]) - np.array([1, 2, 2])
+    hi = np.array([k.max(), i.max(), j.max()]) + np.array([1, 2, 2])
+    assert (np.array(f.sac_box_voxels[:3]) >= lo).all()
+    assert (np.array(f.sac_box_voxels[3:]) <= hi).all()
+    cfg = MeasureConfig()
+    p_band = measure_findings([_pred()], hu, SPACING, cfg)[0]
+    p_sac = measure_findings([_pred()], hu, SPACING,
+                             dataclasses.replace(cfg, fluid_box="sac"))[0]
+    assert p_band.box_voxels == f.box_voxels and p_sac.box_voxels == f.sac_box_voxels
+    assert p_sac.slices == (f.sac_box_voxels[0], f.sac_box_voxels[3])
+    assert dataclasses.replace(p_sac, box_voxels=None, slices=None) == \
+        dataclasses.replace(p_band, box_voxels=None, slices=None)
+
+
 def test_the_input_is_not_modified() -> None:
     hu = chest_with_heart(12.0)
     before = hu.copy()
@@ -132,7 +173,8 @@ def test_the_input_is_not_modified() -> None:
 @pytest.mark.parametrize("bad", [
     {"fluid_hu": (30.0, 10.0)}, {"fluid_hu": (-300.0, 10.0)}, {"fluid_band_mm": 0.0},
     {"fluid_min_share": 0.0}, {"fluid_min_share": 1.5}, {"fluid_labels": ("",)},
-    {"fluid_labels": ("cardiomegaly",)}, {"fluid_labels": ("lung_nodule",)}])
+    {"fluid_labels": ("cardiomegaly",)}, {"fluid_labels": ("lung_nodule",)},
+    {"fluid_box": "heart"}])
 def test_fluid_settings_are_checked(bad: dict[str, object]) -> None:
     with pytest.raises(ModelConfigError, match="fluid"):
         MeasureConfig(**bad)  # type: ignore[arg-type]

@@ -335,9 +335,11 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
     # noise matching (multimodal/noise.py) and the search for a missed mass (multimodal/
     # islands.py) off as the checkpoint has them, or set for the run; bad values refused
     assert ev["noise_max_index"] == 0.0 and ev["island_labels"] == []
+    assert ev["fluid_box"] == "band"
     for flag, value, key, echoed in (("--noise-max-index", "1", "noise_max_index", 1.0),
                                      ("--island-labels", "lung_mass", "island_labels",
-                                      ["lung_mass"])):
+                                      ["lung_mass"]),
+                                     ("--fluid-box", "sac", "fluid_box", "sac")):
         evo = eval_json(flag, value)
         assert evo[key] == echoed and evo["full"]["n_cases"] == full["n_cases"]
     for flag, value, key in (("--noise-max-index", "-1", "noise_max_index"),
