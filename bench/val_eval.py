@@ -27,8 +27,9 @@ cases), ``--island-labels`` ``heads.measure.island_labels`` (the labels also loo
 the whole CT where the head does not call them, ``multimodal.islands``; given alone: none).
 ``--evidence`` adds ``evidence_localisation`` (the evidence boxes of the true positives
 against their labelled voxels, as ``medassist eval`` reports it), once per
-``--evidence-cell-prob`` (``heads.evidence_cell_prob``; default the checkpoint's) under
-``evidence_by_cell_prob`` (how that setting is chosen on validation cases);
+``--evidence-cell-prob`` (``heads.evidence_cell_prob``, for every label: the checkpoint's
+per-label ``heads.evidence_cell_probs`` cleared; default the checkpoint's settings) under
+``evidence_by_cell_prob`` (how those settings are chosen on validation cases);
 ``--evidence-box`` sets ``heads.evidence_box`` for the run, ``--fluid-box``
 ``heads.measure.fluid_box`` (the evidence box of a pericardial effusion found on the CT).
 The cases come from
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                     **over)))
     if a.evidence_box is not None:
         cfg = replace(cfg, heads=replace(cfg.heads, evidence_box=a.evidence_box))
+    if a.evidence_cell_prob:  # one probability for every label, the per-label ones cleared
+        cfg = replace(cfg, heads=replace(cfg.heads, evidence_cell_probs=()))
     if a.data:
         recs = list(folder_records(a.data, cfg))
     else:
@@ -158,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         model, c, samples, records=recs, modes=(None,),
                         injection=False)["full"]["evidence_localisation"]
         res["evidence_box"] = cfg.heads.evidence_box
+        res["evidence_cell_probs"] = [list(p) for p in cfg.heads.evidence_cell_probs]
         res["fluid_box"] = cfg.heads.measure.fluid_box
         res["evidence_by_cell_prob"] = by_prob
     print(json.dumps(res, indent=1))

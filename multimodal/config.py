@@ -470,8 +470,16 @@ class HeadsConfig:
     evidence_box: str = "cells"
     #: the dense cells' probability that "cells" takes
     evidence_cell_prob: float = 0.5
+    #: [label, probability] pairs: the cells' probability "cells" takes for that label
+    #: instead of ``evidence_cell_prob`` (chosen per label on validation cases:
+    #: ``bench/val_eval.py --evidence``)
+    evidence_cell_probs: tuple[tuple[str, float], ...] = ()
     #: a called nodule's or mass's size measured on the image instead of the size head's
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+
+    def cell_prob(self, label: str) -> float:
+        """The dense cells' probability the "cells" evidence box of ``label`` takes."""
+        return dict(self.evidence_cell_probs).get(label, self.evidence_cell_prob)
 
     def __post_init__(self) -> None:
         if self.evidence_box not in ("patches", "cells"):
@@ -480,6 +488,12 @@ class HeadsConfig:
         if not 0 < self.evidence_cell_prob < 1:
             raise ModelConfigError(f"heads.evidence_cell_prob must be in (0, 1), got "
                                    f"{self.evidence_cell_prob}")
+        for i, pair in enumerate(self.evidence_cell_probs):
+            if len(pair) != 2 or pair[0] not in self.labels or not 0 < pair[1] < 1:
+                raise ModelConfigError(f"heads.evidence_cell_probs[{i}] must be [label, p] with "
+                                       f"a label of heads.labels and 0 < p < 1, got {pair}")
+        if len({pair[0] for pair in self.evidence_cell_probs}) != len(self.evidence_cell_probs):
+            raise ModelConfigError("heads.evidence_cell_probs lists a label twice")
         if not self.labels or len(set(self.labels)) != len(self.labels):
             raise ModelConfigError("heads.labels must be a non-empty list of unique labels")
         if len(self.locations) < 2 or self.locations[0] != "none":

@@ -359,7 +359,7 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 weights = m * sel
                 if heads.evidence_box == "cells" and out.dense_logits is not None:
                     focus = cells_box(out.dense_logits[b, f].detach().float().cpu(), sel,
-                                      ct.dense_block, heads.evidence_cell_prob)
+                                      ct.dense_block, heads.cell_prob(label))
             elif present and out.loc_logits is not None:
                 m = torch.softmax(out.loc_logits[b, f].detach().float(), -1).reshape(grid).cpu()
                 sel = m >= heads.rel_threshold * m.max()

@@ -249,3 +249,32 @@ def test_the_evidence_box_is_the_dense_cells_within_the_selected_patches(
         cells_box(dense[0, 0, :7], torch.ones(4, 4, 4, dtype=torch.bool), (2, 2, 2))
     with pytest.raises(ModelConfigError, match="evidence_box"):
         dataclasses.replace(cfg.heads, evidence_box="voxels")
+
+
+def test_a_label_of_its_own_cell_probability(
+        tiny_cfg: ModelConfig, make_batch: Callable[..., ModelInput]) -> None:
+    """``heads.evidence_cell_probs``: a label listed there takes its own cells' probability
+    for its box, the others ``evidence_cell_prob``; a pair of an unknown label, a probability
+    outside (0, 1) or a label listed twice is refused."""
+    from multimodal.heads import predict_findings
+
+    cfg = _dense_cfg(tiny_cfg)
+    torch.manual_seed(0)
+    out = FusionModel(cfg).eval()(make_batch(b=1))
+    assert out.patch_logits is not None and out.dense_logits is not None
+    patch = torch.full_like(out.patch_logits, -10.0)
+    patch[0, :2, 0] = 10.0  # findings 0 and 1: the first patch alone
+    dense = torch.full_like(out.dense_logits, -5.0)
+    dense[0, :2, 0, 1, 2] = 3.0  # p 0.95 for both findings
+    dense[0, :2, 1, 3, 3] = 1.0  # p 0.73
+    out = dataclasses.replace(out, patch_logits=patch, dense_logits=dense)
+    a, b = cfg.heads.labels[:2]
+    heads = dataclasses.replace(cfg.heads, evidence_box="cells", evidence_cell_prob=0.5,
+                                evidence_cell_probs=((a, 0.9),))
+    assert (heads.cell_prob(a), heads.cell_prob(b)) == (0.9, 0.5)
+    preds = predict_findings(out, heads, cfg.ct, threshold=0.0)[0]
+    assert preds[0].focus_box == (0, 2, 4, 1, 3, 5)  # the p 0.95 cell alone
+    assert preds[1].focus_box == (0, 2, 4, 3, 7, 7)  # both cells
+    for bad in (((a, 1.0),), (("no_such_label", 0.9),), ((a, 0.9), (a, 0.8))):
+        with pytest.raises(ModelConfigError, match="evidence_cell_probs"):
+            dataclasses.replace(cfg.heads, evidence_cell_probs=bad)
