@@ -34,9 +34,18 @@ from tests.dicom_factory import zip_folder
 from tests.ui.conftest import USERS, XSS, Seeded, copy_db
 from ui.config import UIConfig, load_config
 from ui.errors import LockedOutError, NotLoggedInError, SessionExpiredError, UIConfigError, UIError
-from ui.handlers import ClientInfo, EmrView, Handlers, emr_segments, make_services, priority
+from ui.handlers import (
+    ClientInfo,
+    EmrView,
+    Handlers,
+    StudyView,
+    emr_segments,
+    make_services,
+    priority,
+)
 from ui.imaging import PRESETS, StudyImages, window_volume
 from ui.report_text import (
+    FindingReview,
     compose,
     pending_note,
     reviews_from_text,
@@ -412,9 +421,10 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
         h.sign(_login(h, "adm.adam"), new, nv.version, USERS["adm.adam"][2])
 
 
-def test_a_save_warns_of_prose_that_states_a_rejected_finding(h: Handlers) -> None:
-    """Rejecting a finding does not edit the prose: a save whose narrative still affirms it
-    is kept and its message says which sentence; once the narrative no longer does, none."""
+def _a_finding_rejected(h: Handlers) -> tuple[str, int, StudyView, str,
+                                                list[FindingReview]]:
+    """Dr Alice opens the first worklist report and rejects a finding that a sentence naming
+    it alone affirms: (token, report id, the view opened, its label, the reviews)."""
     from medassist.labeler import label_sentence
 
     a = _login(h, "dr.alice")
@@ -422,9 +432,15 @@ def test_a_save_warns_of_prose_that_states_a_rejected_finding(h: Handlers) -> No
     v = h.open_study(a, rid)
     k = next(n for n, r in enumerate(v.reviews)
              if label_sentence(r.label.replace("_", " ") + ".").get(r.label))
-    label = v.reviews[k].label
+    return a, rid, v, v.reviews[k].label, h.apply_finding(a, v.reviews, k, "rejected", "",
+                                                          None, "")
+
+
+def test_a_save_warns_of_prose_that_states_a_rejected_finding(h: Handlers) -> None:
+    """Rejecting a finding does not edit the prose: a save whose narrative still affirms it
+    is kept and its message says which sentence; once the narrative no longer does, none."""
+    a, rid, v, label, revs = _a_finding_rejected(h)
     sentence = label.replace("_", " ").capitalize() + "."
-    revs = h.apply_finding(a, v.reviews, k, "rejected", "", None, "")
     r = h.save(a, rid, v.version, dict(v.sections, findings=sentence), revs)
     assert r.saved and r.message.startswith(f"Saved (version {r.version}). Check before "
                                             "signing:")
@@ -440,15 +456,8 @@ def test_signing_a_text_against_its_decisions_needs_the_signers_confirmation(
     the draft's [UNVERIFIED] mark: the save says so, and signing is refused before the
     password is checked, naming the sentences and the box to tick; ticked ("Sign the text as
     written"), it signs, and the audit entry records what was confirmed, by label."""
-    from medassist.labeler import label_sentence
-
-    a = _login(h, "dr.alice")
-    rid = next(iter(h.worklist(a))).report_id
-    v = h.open_study(a, rid)
-    k = next(n for n, r in enumerate(v.reviews)
-             if label_sentence(r.label.replace("_", " ") + ".").get(r.label))
-    label = v.reviews[k].label
-    revs = h.accept_undecided(a, h.apply_finding(a, v.reviews, k, "rejected", "", None, ""))
+    a, rid, v, label, rejected = _a_finding_rejected(h)
+    revs = h.accept_undecided(a, rejected)
     sections = dict(v.sections, findings=label.replace("_", " ").capitalize() + ".",
                     impression="[UNVERIFIED: side uncertain on the CT] Findings as above.")
     r = h.save(a, rid, v.version, sections, revs)
