@@ -201,8 +201,9 @@ def rejected_but_stated(text: str) -> tuple[tuple[str, str], ...]:
     return tuple((i.label, i.sentence) for i in prose_issues(text) if i.reason == "rejected")
 
 
+IssueReason = Literal["rejected", "side", "size", "unverified"]
 #: why a sentence of the prose stands against what the signer decided (:func:`prose_issues`)
-ISSUE_REASONS = {
+ISSUE_REASONS: dict[IssueReason, str] = {
     "rejected": "affirms a finding you rejected",
     "side": "states the other side than the one you decided",
     "size": "states a size off the one you decided",
@@ -222,7 +223,7 @@ class ProseIssue:
     #: the finding it concerns ("" for an unverified sentence that affirms none)
     label: str
     #: a key of :data:`ISSUE_REASONS`
-    reason: str
+    reason: IssueReason
     sentence: str
 
     def describe(self) -> str:
@@ -249,7 +250,7 @@ def prose_issues(text: str) -> tuple[ProseIssue, ...]:
         worded = [s for s in label_text(prose) if re.search(r"[A-Za-z]", s.text)]
         for number, s in enumerate(worded, start=1):
             affirmed = [lab for lab, pos in s.labels.items() if pos]
-            found: list[tuple[str, str]] = [(lab, "rejected") for lab in affirmed
+            found: list[tuple[str, IssueReason]] = [(lab, "rejected") for lab in affirmed
                                              if lab in decided
                                              and decided[lab].decision == "rejected"]
             d = decided.get(affirmed[0]) if len(affirmed) == 1 else None
@@ -266,7 +267,6 @@ def prose_issues(text: str) -> tuple[ProseIssue, ...]:
 
 
 __all__ = ["BLOCK", "DECISIONS", "HEADERS", "ISSUE_REASONS", "REVIEWER_SIDE", "REVIEWER_SIZE",
-           "SECTIONS", "SIDES", "Decision", "ProseIssue", "decision_line", "mask_decisions",
-           "prose_issues", "rejected_but_stated",
-           "reviewed_finding", "reviewed_findings", "split_findings", "split_text",
-           "undecided"]
+           "SECTIONS", "SIDES", "Decision", "IssueReason", "ProseIssue", "decision_line",
+           "mask_decisions", "prose_issues", "rejected_but_stated", "reviewed_finding",
+           "reviewed_findings", "split_findings", "split_text", "undecided"]

@@ -421,7 +421,7 @@ def _fluid_call(p: FindingPrediction, hu: npt.NDArray[np.floating],
         return p
     if f.share < cfg.fluid_min_share or f.thickness_mm <= 0:
         return p if p.present else dataclasses.replace(p, present_source="image")
-    box = f.sac_box_voxels if cfg.fluid_box == "sac" and f.sac_box_voxels else f.box_voxels
+    box = f.sac_box_voxels if cfg.fluid_box == "sac" else f.box_voxels
     return dataclasses.replace(
         p, present=True, size_mm=round(f.thickness_mm, 1), size_source="image",
         slices=(box[0], box[3]), box_voxels=box, laterality="none", location="pericardium",

@@ -85,7 +85,7 @@ class PericardialFluid:
     #: is part of them) on its slices and those beyond whose sections overlap theirs (the rays
     #: score the anterior half only, and the fluid lies all round the heart); the band box
     #: where no band was scored
-    sac_box_voxels: tuple[int, int, int, int, int, int] | None = None
+    sac_box_voxels: tuple[int, int, int, int, int, int]
 
 
 def _box_count(mask: npt.NDArray[np.bool_], r: int) -> npt.NDArray[np.int32]:
