@@ -327,7 +327,7 @@ def build_app(services: Services | Handlers) -> "gr.Blocks":
             img = h.render(tok, v.report_id, v.start_slice, ww, wl, ov)
             ed = gr.update(interactive=not ro)
             if not ro and not msg:
-                msg = pending_note(v.reviews)
+                msg = pending_note(v.reviews, compose(v.sections, v.reviews))
             return (v.report_id, v.version, v.reviews, v.ai_text, head,
                     gr.update(minimum=0, maximum=max(1, v.n_slices - 1), value=v.start_slice),
                     img, v.weights, v.emr.message, v.emr.segments, finding_rows(v.reviews),

@@ -164,9 +164,11 @@ def prose_note(text: str) -> str:
     return " Check before signing: " + "; ".join(parts) + "."
 
 
-def pending_note(reviews: list[FindingReview]) -> str:
+def pending_note(reviews: list[FindingReview], text: str = "") -> str:
     """The editor's status line on opening an unsigned report: how many AI findings still
-    need a decision before it can be signed ("" when none does)."""
+    need a decision before it can be signed, and what its ``text`` (where given) says
+    against the decisions or still marks unverified (:func:`prose_note`); "" when neither."""
     n = sum(r.decision == "pending" for r in reviews)
-    return "" if n == 0 else (f"{n} of {len(reviews)} AI findings still need a decision "
+    head = "" if n == 0 else (f"{n} of {len(reviews)} AI findings still need a decision "
                               "before signing.")
+    return (head + (prose_note(text) if text else "")).strip()

@@ -386,6 +386,15 @@ def test_apply_save_conflict_sign_export_amend(h: Handlers, seeded: Seeded) -> N
     assert pending_note(v4.reviews) == (f"{len(undecided)} of {len(v4.reviews)} AI findings "
                                         "still need a decision before signing.")
     assert pending_note(revs4) == ""
+    # with the text: what it still marks unverified too (the draft's guard)
+    marked = compose(dict(v4.sections, impression="[UNVERIFIED: side uncertain on the CT] "
+                          "Right effusion."), revs4)
+    assert pending_note(revs4, marked) == (
+        "Check before signing: 1 sentence(s) still carry the draft's [UNVERIFIED] mark; check "
+        "each and delete its mark, or edit or delete the sentence.")
+    assert pending_note(v4.reviews, marked).startswith(
+        f"{len(undecided)} of {len(v4.reviews)} AI findings still need a decision before "
+        "signing. Check before signing: 1 sentence(s)")
     r4 = h.save(a, rid, v4.version, v4.sections, revs4)
     assert r4.saved and all(f"- {u} [accepted]" in r4.text for u in undecided)
     # wrong password refused (audited), the report stays a draft
