@@ -328,8 +328,9 @@ class MeasureConfig:
     #: without, 0.466 or less: bench/pericardium.py --val 480)
     fluid_min_share: float = 0.7
     #: the evidence box of a fluid call: "band" (around the band's samples, the anterior
-    #: half the rays score) or "sac" (around the heart's sections, grown by the thickest
-    #: band: the whole sac; :attr:`multimodal.pericardium.PericardialFluid.sac_box_voxels`)
+    #: half the rays score) or "sac" (around the heart's sections, which hold the fluid, on
+    #: its slices and the overlapping ones beyond: the whole sac;
+    #: :attr:`multimodal.pericardium.PericardialFluid.sac_box_voxels`)
     fluid_box: str = "band"
     #: labels whose call is taken back where their evidence box holds air bronchograms and
     #: ``bronchogram_within`` is called (:mod:`multimodal.bronchogram`): a mass read in a
