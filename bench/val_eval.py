@@ -8,6 +8,7 @@ post-processing rules before the held-out test splits are scored.
                                       [--max-wall-share W] [--island-labels [L ...]]]
                                       [--evidence [--evidence-box patches|cells]
                                        [--evidence-cell-prob P [P ...]]
+                                       [--evidence-min-peak Q [Q ...]]
                                        [--fluid-box band|sac]]
 
 Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
@@ -29,9 +30,12 @@ the whole CT where the head does not call them, ``multimodal.islands``; given al
 against their labelled voxels, as ``medassist eval`` reports it), once per
 ``--evidence-cell-prob`` (``heads.evidence_cell_prob``, for every label: the checkpoint's
 per-label ``heads.evidence_cell_probs`` cleared; default the checkpoint's settings) under
-``evidence_by_cell_prob`` (how those settings are chosen on validation cases);
-``--evidence-box`` sets ``heads.evidence_box`` for the run, ``--fluid-box``
-``heads.measure.fluid_box`` (the evidence box of a pericardial effusion found on the CT).
+``evidence_by_cell_prob`` (how those settings are chosen on validation cases), and once
+per ``--evidence-min-peak`` (``heads.evidence_min_peak``, for every label: the per-label
+``heads.evidence_min_peaks`` cleared; the cells' probabilities the checkpoint's) under
+``evidence_by_min_peak``; ``--evidence-box`` sets ``heads.evidence_box`` for the run,
+``--fluid-box`` ``heads.measure.fluid_box`` (the evidence box of a pericardial effusion
+found on the CT).
 The cases come from
 ``medassist.model_data.cached_synth_records`` (``--synth-config``, default
 configs/synth/small.yaml; seed 7, split val).
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="heads.evidence_box for this run (with --evidence)")
     ap.add_argument("--evidence-cell-prob", type=float, nargs="+", default=None,
                     help="heads.evidence_cell_prob values to score (with --evidence)")
+    ap.add_argument("--evidence-min-peak", type=float, nargs="+", default=None,
+                    help="heads.evidence_min_peak values to score (with --evidence)")
     ap.add_argument("--fluid-box", choices=("band", "sac"), default=None,
                     help="heads.measure.fluid_box for this run (with --evidence)")
     ap.add_argument("--synth-config", default=str(REPO / "configs/synth/small.yaml"),
@@ -160,8 +166,19 @@ def main(argv: list[str] | None = None) -> int:
                     if prob == cfg.heads.evidence_cell_prob else evaluate(
                         model, c, samples, records=recs, modes=(None,),
                         injection=False)["full"]["evidence_localisation"]
+        if a.evidence_min_peak:  # one peak for every label, the per-label ones cleared
+            by_peak = {}
+            for peak in a.evidence_min_peak:
+                c = replace(cfg, heads=replace(cfg.heads, evidence_min_peak=peak,
+                                               evidence_min_peaks=()))
+                with torch.no_grad():
+                    by_peak[str(peak)] = evaluate(model, c, samples, records=recs, modes=(None,),
+                                                  injection=False)["full"]["evidence_localisation"]
+            res["evidence_by_min_peak"] = by_peak
         res["evidence_box"] = cfg.heads.evidence_box
         res["evidence_cell_probs"] = [list(p) for p in cfg.heads.evidence_cell_probs]
+        res["evidence_min_peak"] = cfg.heads.evidence_min_peak
+        res["evidence_min_peaks"] = [list(p) for p in cfg.heads.evidence_min_peaks]
         res["fluid_box"] = cfg.heads.measure.fluid_box
         res["evidence_by_cell_prob"] = by_prob
     print(json.dumps(res, indent=1))

@@ -475,12 +475,25 @@ class HeadsConfig:
     #: instead of ``evidence_cell_prob`` (chosen per label on validation cases:
     #: ``bench/val_eval.py --evidence``)
     evidence_cell_probs: tuple[tuple[str, float], ...] = ()
+    #: "cells" boxes only the clusters of those cells (26-connected) whose most probable cell
+    #: reaches this, or every cluster where none does (:func:`multimodal.heads.cells_box`): a
+    #: weak cluster apart from the finding's confident ones does not stretch its box; 0 boxes
+    #: every cluster
+    evidence_min_peak: float = 0.0
+    #: [label, probability] pairs: the peak "cells" takes for that label instead of
+    #: ``evidence_min_peak`` (chosen per label on validation cases: ``bench/val_eval.py
+    #: --evidence --evidence-min-peak``)
+    evidence_min_peaks: tuple[tuple[str, float], ...] = ()
     #: a called nodule's or mass's size measured on the image instead of the size head's
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
     def cell_prob(self, label: str) -> float:
         """The dense cells' probability the "cells" evidence box of ``label`` takes."""
         return dict(self.evidence_cell_probs).get(label, self.evidence_cell_prob)
+
+    def min_peak(self, label: str) -> float:
+        """The peak a cluster of cells needs for the "cells" evidence box of ``label``."""
+        return dict(self.evidence_min_peaks).get(label, self.evidence_min_peak)
 
     def __post_init__(self) -> None:
         if self.evidence_box not in ("patches", "cells"):
@@ -495,6 +508,15 @@ class HeadsConfig:
                                        f"a label of heads.labels and 0 < p < 1, got {pair}")
         if len({pair[0] for pair in self.evidence_cell_probs}) != len(self.evidence_cell_probs):
             raise ModelConfigError("heads.evidence_cell_probs lists a label twice")
+        if not 0 <= self.evidence_min_peak < 1:
+            raise ModelConfigError(f"heads.evidence_min_peak must be in [0, 1), got "
+                                   f"{self.evidence_min_peak}")
+        for i, pair in enumerate(self.evidence_min_peaks):
+            if len(pair) != 2 or pair[0] not in self.labels or not 0 <= pair[1] < 1:
+                raise ModelConfigError(f"heads.evidence_min_peaks[{i}] must be [label, p] with "
+                                       f"a label of heads.labels and 0 <= p < 1, got {pair}")
+        if len({pair[0] for pair in self.evidence_min_peaks}) != len(self.evidence_min_peaks):
+            raise ModelConfigError("heads.evidence_min_peaks lists a label twice")
         if not self.labels or len(set(self.labels)) != len(self.labels):
             raise ModelConfigError("heads.labels must be a non-empty list of unique labels")
         if len(self.locations) < 2 or self.locations[0] != "none":

@@ -146,20 +146,54 @@ def _box(mask: Tensor, patch: tuple[int, int, int]) -> tuple[int, int, int, int,
             (hi[0] + 1) * patch[0] - 1, (hi[1] + 1) * patch[1] - 1, (hi[2] + 1) * patch[2] - 1)
 
 
+def cell_clusters(sel: Tensor) -> Tensor:
+    """(z, y, x) bool cells -> (z, y, x) int64: 0 outside, each 26-connected cluster of True
+    cells one number (the largest of its cells' flat indices + 1: label propagation by 3x3x3
+    maximum until nothing changes)."""
+    if sel.dim() != 3:
+        raise ShapeError(f"cells must be (z, y, x), got shape {tuple(sel.shape)}")
+    m = sel.bool()
+    # float64 holds every flat index exactly
+    lab = torch.where(m, torch.arange(1, m.numel() + 1, dtype=torch.float64).reshape(m.shape),
+                      torch.zeros((), dtype=torch.float64))
+    while True:
+        grown = torch.nn.functional.max_pool3d(lab[None, None], 3, 1, 1)[0, 0]
+        new = torch.where(m, grown, lab)
+        if torch.equal(new, lab):
+            return lab.long()
+        lab = new
+
+
 def cells_box(dense: Tensor, patches: Tensor, block: tuple[int, int, int],
-              min_prob: float = 0.5) -> tuple[int, int, int, int, int, int] | None:
+              min_prob: float = 0.5, min_peak: float = 0.0
+              ) -> tuple[int, int, int, int, int, int] | None:
     """One finding's dense cell logits (z, y, x) and its selected patches, a (gz, gy, gx) bool
     mask -> the bounding box (inclusive model-grid voxels; ``block``: voxels per cell) of the
     cells inside those patches with probability ``min_prob`` or more; None where there is
-    none."""
+    none.  With ``min_peak`` > 0 only the clusters of those cells (26-connected,
+    :func:`cell_clusters`) whose most probable cell reaches ``min_peak`` are boxed: a weak
+    cluster apart from the finding's confident ones does not stretch the box; where no
+    cluster reaches it, every cluster is."""
     rep = [c // g for c, g in zip(dense.shape, patches.shape, strict=True)]
     if any(r < 1 or r * g != c for r, g, c in zip(rep, patches.shape, dense.shape, strict=True)):
         raise ShapeError(f"dense cells {tuple(dense.shape)} do not tile the patch grid "
                          f"{tuple(patches.shape)}")
+    if not 0 <= min_peak < 1:
+        raise ValueError(f"min_peak must be in [0, 1), got {min_peak}")
     inside = patches.repeat_interleave(rep[0], 0).repeat_interleave(rep[1], 1) \
         .repeat_interleave(rep[2], 2)  # (z, y, x)
     sel = (dense >= math.log(min_prob / (1 - min_prob))) & inside
-    return _box(sel, block) if bool(sel.any()) else None
+    if not bool(sel.any()):
+        return None
+    if min_peak > 0:
+        lab = cell_clusters(sel)  # (z, y, x)
+        ids = lab[sel]
+        peak = torch.full((lab.numel() + 1,), -math.inf, dtype=dense.dtype)
+        peak = peak.scatter_reduce(0, ids, dense[sel], reduce="amax")
+        strong = peak >= math.log(min_peak / (1 - min_peak))  # per cluster number
+        if bool(strong.any()):
+            sel = strong[lab] & sel
+    return _box(sel, block)
 
 
 def top_spans(attr: Tensor, n: int) -> tuple[tuple[int, int], ...]:
@@ -359,7 +393,8 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 weights = m * sel
                 if heads.evidence_box == "cells" and out.dense_logits is not None:
                     focus = cells_box(out.dense_logits[b, f].detach().float().cpu(), sel,
-                                      ct.dense_block, heads.cell_prob(label))
+                                      ct.dense_block, heads.cell_prob(label),
+                                      heads.min_peak(label))
             elif present and out.loc_logits is not None:
                 m = torch.softmax(out.loc_logits[b, f].detach().float(), -1).reshape(grid).cpu()
                 sel = m >= heads.rel_threshold * m.max()

@@ -278,3 +278,54 @@ def test_a_label_of_its_own_cell_probability(
     for bad in (((a, 1.0),), (("no_such_label", 0.9),), ((a, 0.9), (a, 0.8))):
         with pytest.raises(ModelConfigError, match="evidence_cell_probs"):
             dataclasses.replace(cfg.heads, evidence_cell_probs=bad)
+
+
+def test_a_weak_cluster_apart_does_not_stretch_the_evidence_box(
+        tiny_cfg: ModelConfig, make_batch: Callable[..., ModelInput]) -> None:
+    """``heads.evidence_min_peak``: the "cells" box holds only the 26-connected clusters of
+    cells whose most probable cell reaches it (a diagonal neighbour belongs to its cluster),
+    and every cluster where none does; per label ``evidence_min_peaks``; out-of-range values,
+    unknown labels and a label listed twice are refused."""
+    from multimodal.heads import cell_clusters, cells_box, predict_findings
+
+    dense = torch.full((4, 8, 8), -5.0)
+    dense[0, 0, 0] = 7.0  # p 0.999: the confident cluster ...
+    dense[1, 1, 1] = 3.5  # ... and its diagonal neighbour (p 0.97)
+    dense[3, 7, 7] = 3.5  # a weak cluster apart (p 0.97)
+    everywhere = torch.ones(2, 4, 4, dtype=torch.bool)
+    assert cells_box(dense, everywhere, (2, 2, 2), 0.95) == (0, 0, 0, 7, 15, 15)
+    assert cells_box(dense, everywhere, (2, 2, 2), 0.95, 0.995) == (0, 0, 0, 3, 3, 3)
+    weak = dense.clamp(max=3.5)  # no cluster reaches 0.995: every one is boxed
+    assert cells_box(weak, everywhere, (2, 2, 2), 0.95, 0.995) == (0, 0, 0, 7, 15, 15)
+    lab = cell_clusters(dense > 0)
+    assert lab[0, 0, 0] == lab[1, 1, 1] != lab[3, 7, 7] and int((lab > 0).sum()) == 3
+    with pytest.raises(ShapeError):
+        cell_clusters(torch.ones(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="min_peak"):
+        cells_box(dense, everywhere, (2, 2, 2), 0.95, 1.0)
+
+    cfg = _dense_cfg(tiny_cfg)
+    torch.manual_seed(0)
+    out = FusionModel(cfg).eval()(make_batch(b=1))
+    assert out.patch_logits is not None and out.dense_logits is not None
+    patch = torch.full_like(out.patch_logits, -10.0)
+    patch[0, :2] = 10.0  # findings 0 and 1: every patch
+    d = torch.full_like(out.dense_logits, -5.0)
+    d[0, :2, 0, 0, 0] = 7.0
+    d[0, :2, 3, 7, 7] = 3.5
+    out = dataclasses.replace(out, patch_logits=patch, dense_logits=d)
+    a, b = cfg.heads.labels[:2]
+    heads = dataclasses.replace(cfg.heads, evidence_box="cells", evidence_cell_prob=0.95,
+                                evidence_min_peaks=((a, 0.995),))
+    assert (heads.min_peak(a), heads.min_peak(b)) == (0.995, 0.0)
+    preds = predict_findings(out, heads, cfg.ct, threshold=0.0)[0]
+    block = cfg.ct.dense_block
+    assert preds[0].focus_box == (0, 0, 0, block[0] - 1, block[1] - 1, block[2] - 1)
+    assert preds[1].focus_box == (0, 0, 0, 4 * block[0] - 1, 8 * block[1] - 1,
+                                  8 * block[2] - 1)
+    for peak in (1.0, -0.1):
+        with pytest.raises(ModelConfigError, match="evidence_min_peak"):
+            dataclasses.replace(cfg.heads, evidence_min_peak=peak)
+    for bad in (((a, 1.0),), (("no_such_label", 0.9),), ((a, 0.9), (a, 0.8))):
+        with pytest.raises(ModelConfigError, match="evidence_min_peaks"):
+            dataclasses.replace(cfg.heads, evidence_min_peaks=bad)
