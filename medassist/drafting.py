@@ -239,14 +239,14 @@ def _first_upper(s: str) -> str:
 
 def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
               size: float | None, *, ratio: bool = False, measured: bool = False,
-              lesion: bool = False, axes: tuple[float, float, float] | None = None,
-              fluid: bool = False) -> str:
+              axes: tuple[float, float, float] | None = None, fluid: bool = False) -> str:
     """The structured sentence of one finding.  A ``ratio`` label's size is the
     cardiothoracic ratio, not a length: stated only where ``measured`` on the CT (the size
-    head's is too coarse), never in millimetres.  A ``lesion`` label's size (one the CT
-    measurement tries: nodule, mass) says whether it was ``measured`` or is the size head's
-    estimate; a measured one's ``axes`` (axial long, short, craniocaudal) follow, as a reader
-    states them.  A ``fluid`` label's measured size is the band's thickness."""
+    head's is too coarse), never in millimetres.  Any other size says whether it was
+    ``measured`` on the CT or is the size head's estimate (a consolidation's extent, an
+    effusion's depth: nothing on the CT measures those); a measured nodule's or mass's
+    ``axes`` (axial long, short, craniocaudal) follow, as a reader states them.  A ``fluid``
+    label's measured size is the band's thickness."""
     words = label.replace("_", " ")
     if not present:
         return f"No {words}."
@@ -258,14 +258,13 @@ def _sentence(label: str, present: bool, lat: str | None, loc: str | None,
                        if measured and size is not None else ".")
     if fluid and measured and size is not None:
         return f"{words.capitalize()}, {size:.0f} mm thick, measured on the CT."
-    if lesion and size is not None:
-        dims = "" if axes is None or not measured else (
-            f" (axial {axes[0]:.0f} x {axes[1]:.0f} mm, craniocaudal {axes[2]:.0f} mm)")
-        return _first_upper(f"{side}{words}{where}") + (
-            f", {size:.0f} mm measured on the CT{dims}." if measured
-            else f", about {size:.0f} mm (estimated, not measured on the CT).")
-    size_s = f", about {size:.0f} mm" if size is not None else ""
-    return _first_upper(f"{side}{words}{where}{size_s}.")
+    if size is None:
+        return _first_upper(f"{side}{words}{where}.")
+    dims = "" if axes is None or not measured else (
+        f" (axial {axes[0]:.0f} x {axes[1]:.0f} mm, craniocaudal {axes[2]:.0f} mm)")
+    return _first_upper(f"{side}{words}{where}") + (
+        f", {size:.0f} mm measured on the CT{dims}." if measured
+        else f", about {size:.0f} mm (estimated, not measured on the CT).")
 
 
 def _air_bronchograms(label: str, loc: str | None, within: str) -> str:
@@ -464,8 +463,6 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     min_mm = {lab: float(mm) for lab, mm in lm.cfg.presence_min_mm}
     # labels whose size is the cardiothoracic ratio (not a length)
     ratio_labels = frozenset(lm.cfg.heads.measure.ratio_labels)
-    # labels whose size the CT measurement tries (nodule, mass)
-    lesion_labels = frozenset(les[0] for les in lm.cfg.heads.measure.lesions)
     # labels found as a fluid band around the heart, the size its thickness
     fluid_labels = frozenset(lm.cfg.heads.measure.fluid_labels)
     small_unassessed = {p.label for p in preds
@@ -480,8 +477,7 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
                  else _none_from(p.label, min_mm[p.label]) if p.label in small_unassessed
                  else _sentence(p.label, p.present, p.laterality, p.location, p.size_mm,
                                 ratio=p.label in ratio_labels,
-                                measured=p.size_source == "image",
-                                lesion=p.label in lesion_labels, axes=p.size_axes_mm,
+                                measured=p.size_source == "image", axes=p.size_axes_mm,
                                 fluid=p.label in fluid_labels)
                  for p in preds}
     # a present finding the decoder left out is stated from the findings list, marked; then
@@ -506,9 +502,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     findings_text, restated = restate_sizes(findings_text, measured)
     impression, restated_imp = restate_sizes(impression, measured)
     restated |= restated_imp
-    # a called nodule's or mass's size the CT did not give: the decoder's number, marked
-    unmeasured = {p.label for p in preds if p.present and p.label in lesion_labels
-                  and p.size_source != "image"}
+    # a called finding's size the CT did not give (a nodule or mass it could not measure, a
+    # consolidation's extent, an effusion's depth): the decoder's number, marked
+    unmeasured = {p.label for p in preds if p.present and p.size_mm is not None
+                  and p.label not in ratio_labels and p.size_source != "image"}
     findings_text, size_unmeasured = mark_unmeasured_sizes(findings_text, unmeasured)
     impression, s_imp = mark_unmeasured_sizes(impression, unmeasured)
     size_unmeasured |= s_imp

@@ -247,23 +247,24 @@ def test_a_ratio_is_never_stated_in_millimetres() -> None:
     assert _sentence("cardiomegaly", True, "midline", "heart", 0.62, ratio=True,
                      measured=True) == ("Cardiomegaly (heart), cardiothoracic ratio 0.62 "
                                         "measured on the CT.")
-    assert _sentence("lung_mass", True, "left", None, 41.6) == "Left lung mass, about 42 mm."
+    assert _sentence("lung_mass", True, "left", None, 41.6) == (
+        "Left lung mass, about 42 mm (estimated, not measured on the CT).")
 
 
 def test_a_lesion_sentence_says_where_its_size_comes_from() -> None:
     from medassist.drafting import _sentence
 
     # a nodule's or mass's size: measured on the CT, or the size head's estimate
-    assert _sentence("lung_mass", True, "left", "LUL", 55.3, lesion=True,
+    assert _sentence("lung_mass", True, "left", "LUL", 55.3,
                      measured=True) == "Left lung mass (LUL), 55 mm measured on the CT."
-    est = _sentence("lung_mass", True, "left", "LUL", 45.2, lesion=True)
+    est = _sentence("lung_mass", True, "left", "LUL", 45.2)
     assert est == "Left lung mass (LUL), about 45 mm (estimated, not measured on the CT)."
     # read back as the mass, affirmed: "not measured" negates nothing; one sentence
     assert label_sentence(est) == {"lung_mass": True} and len(label_text(est)) == 1
     assert guard(est, {"lung_mass": True}, sizes={"lung_mass": 45.2})[1] == set()
     # a measured one states its axes as a reader does; the largest size it states is the
     # measured diameter, so the guard holds it to that
-    dims = _sentence("lung_mass", True, "left", "LUL", 55.3, lesion=True, measured=True,
+    dims = _sentence("lung_mass", True, "left", "LUL", 55.3, measured=True,
                      axes=(52.1, 41.0, 48.2))
     assert dims == ("Left lung mass (LUL), 55 mm measured on the CT (axial 52 x 41 mm, "
                     "craniocaudal 48 mm).")
@@ -271,8 +272,26 @@ def test_a_lesion_sentence_says_where_its_size_comes_from() -> None:
     assert stated_size_mm(dims) == 55.0
     assert guard(dims, {"lung_mass": True}, sizes={"lung_mass": 55.3})[1] == set()
     # the size head's estimate has no axes to state
-    assert _sentence("lung_mass", True, "left", "LUL", 45.2, lesion=True,
+    assert _sentence("lung_mass", True, "left", "LUL", 45.2,
                      axes=(52.1, 41.0, 48.2)) == est
+
+
+def test_a_size_nothing_on_the_ct_measures_is_stated_as_an_estimate() -> None:
+    """A consolidation's extent, an effusion's depth: the size head's number, said so in the
+    finding's own sentence (which still reads as that finding, affirmed, one sentence)."""
+    from medassist.drafting import _sentence
+
+    for label, lat, loc, size, want in (
+            ("consolidation", "left", "LLL", 61.7,
+             "Left consolidation (LLL), about 62 mm (estimated, not measured on the CT)."),
+            ("pleural_effusion", "right", None, 18.4,
+             "Right pleural effusion, about 18 mm (estimated, not measured on the CT)."),
+            ("emphysema", "none", None, 7.0,
+             "Emphysema, about 7 mm (estimated, not measured on the CT).")):
+        got = _sentence(label, True, lat, loc, size)
+        assert got == want
+        assert label_sentence(got) == {label: True} and len(label_text(got)) == 1
+    assert _sentence("pneumothorax", True, "left", None, None) == "Left pneumothorax."
 
 
 def _marks_the_first_sentence_only(mark_fn: Callable[[str, Collection[str]],
@@ -365,7 +384,8 @@ def test_complete_adds_each_present_finding_the_text_leaves_out() -> None:
     sentences = {lab: _sentence(lab, head[lab], "left", None, 50.0) for lab in head}
     out, added = complete(text, head, sentences)
     assert added == {"lung_mass"}
-    assert out == (text + " [ADDED FROM THE FINDINGS LIST] Left lung mass, about 50 mm.")
+    assert out == (text + " [ADDED FROM THE FINDINGS LIST] Left lung mass, about 50 mm "
+                   "(estimated, not measured on the CT).")
     # nothing left out: the text is unchanged
     assert complete(out, head, sentences) == (out, set())
     # a finding the text negates although the head calls it present is added too (the

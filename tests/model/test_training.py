@@ -797,9 +797,11 @@ def _check_contract(rep: dict[str, Any]) -> None:
         if "text_omitted_finding" in f["flags"]:
             assert f["present"] and ("[ADDED FROM THE FINDINGS LIST] " + f["sentence"]
                                      in rep["sections"]["findings"])
-        # a called nodule's or mass's size: measured on the CT, or an estimate, and said so;
-        # the text's number for it, where the CT gave none, is marked
-        if f["present"] and f["label"] in ("lung_nodule", "lung_mass") and f["size_mm"]:
+        # a called finding's size (but the cardiothoracic ratio, a pericardial band's
+        # thickness): measured on the CT, or an estimate, and said so; the text's number for
+        # it, where the CT gave none, is marked
+        if f["present"] and f["size_mm"] and f["label"] != "cardiomegaly" and not (
+                f["label"] == "pericardial_effusion" and "size_measured" in f["flags"]):
             measured = "size_measured" in f["flags"]
             dims = "" if "size_axes_mm" not in f else (
                 " (axial {:.0f} x {:.0f} mm, craniocaudal {:.0f} mm)".format(
