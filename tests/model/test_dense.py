@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -16,13 +16,32 @@ from multimodal.dense import balanced_bce, dense_targets
 from multimodal.errors import ModelConfigError, ShapeError
 from multimodal.losses import Targets, compute_losses
 from multimodal.model import FusionModel
-from multimodal.outputs import ModelInput
+from multimodal.outputs import ModelInput, ModelOutput
 from multimodal.stems import CTStem
 
 
 def _dense_cfg(tiny: ModelConfig, hidden: int = 4) -> ModelConfig:
     ct = dataclasses.replace(tiny.ct, conv_stem=(8, 8), dense_hidden=hidden)
     return dataclasses.replace(tiny, ct=ct, heads=dataclasses.replace(tiny.heads, mil=True))
+
+
+def _two_findings_cells(tiny_cfg: ModelConfig, make_batch: Callable[..., ModelInput],
+                        patches: int | slice,
+                        cells: Sequence[tuple[tuple[int, int, int], float]]
+                        ) -> tuple[ModelConfig, ModelOutput]:
+    """The tiny dense model's output on one case, findings 0 and 1 selecting ``patches``
+    (patch logit 10, the others -10) with dense cell logits -5 but ``cells`` ((z, y, x),
+    logit) on the 8 x 16 x 16 map."""
+    cfg = _dense_cfg(tiny_cfg)
+    torch.manual_seed(0)
+    out = FusionModel(cfg).eval()(make_batch(b=1))
+    assert out.patch_logits is not None and out.dense_logits is not None
+    patch = torch.full_like(out.patch_logits, -10.0)
+    patch[0, :2, patches] = 10.0
+    dense = torch.full_like(out.dense_logits, -5.0)
+    for (z, y, x), logit in cells:
+        dense[0, :2, z, y, x] = logit
+    return cfg, dataclasses.replace(out, patch_logits=patch, dense_logits=dense)
 
 
 def _dense_only_targets(b: int, n_f: int, cell: tuple[int, int, int, int, int]) -> Targets:
@@ -258,16 +277,8 @@ def test_a_label_of_its_own_cell_probability(
     outside (0, 1) or a label listed twice is refused."""
     from multimodal.heads import predict_findings
 
-    cfg = _dense_cfg(tiny_cfg)
-    torch.manual_seed(0)
-    out = FusionModel(cfg).eval()(make_batch(b=1))
-    assert out.patch_logits is not None and out.dense_logits is not None
-    patch = torch.full_like(out.patch_logits, -10.0)
-    patch[0, :2, 0] = 10.0  # findings 0 and 1: the first patch alone
-    dense = torch.full_like(out.dense_logits, -5.0)
-    dense[0, :2, 0, 1, 2] = 3.0  # p 0.95 for both findings
-    dense[0, :2, 1, 3, 3] = 1.0  # p 0.73
-    out = dataclasses.replace(out, patch_logits=patch, dense_logits=dense)
+    # findings 0 and 1: the first patch alone; a cell of p 0.95 and one of p 0.73
+    cfg, out = _two_findings_cells(tiny_cfg, make_batch, 0, (((0, 1, 2), 3.0), ((1, 3, 3), 1.0)))
     a, b = cfg.heads.labels[:2]
     heads = dataclasses.replace(cfg.heads, evidence_box="cells", evidence_cell_prob=0.5,
                                 evidence_cell_probs=((a, 0.9),))
@@ -304,16 +315,9 @@ def test_a_weak_cluster_apart_does_not_stretch_the_evidence_box(
     with pytest.raises(ValueError, match="min_peak"):
         cells_box(dense, everywhere, (2, 2, 2), 0.95, 1.0)
 
-    cfg = _dense_cfg(tiny_cfg)
-    torch.manual_seed(0)
-    out = FusionModel(cfg).eval()(make_batch(b=1))
-    assert out.patch_logits is not None and out.dense_logits is not None
-    patch = torch.full_like(out.patch_logits, -10.0)
-    patch[0, :2] = 10.0  # findings 0 and 1: every patch
-    d = torch.full_like(out.dense_logits, -5.0)
-    d[0, :2, 0, 0, 0] = 7.0
-    d[0, :2, 3, 7, 7] = 3.5
-    out = dataclasses.replace(out, patch_logits=patch, dense_logits=d)
+    # findings 0 and 1: every patch; a confident cell and a weak one apart
+    cfg, out = _two_findings_cells(tiny_cfg, make_batch, slice(None),
+                                   (((0, 0, 0), 7.0), ((3, 7, 7), 3.5)))
     a, b = cfg.heads.labels[:2]
     heads = dataclasses.replace(cfg.heads, evidence_box="cells", evidence_cell_prob=0.95,
                                 evidence_min_peaks=((a, 0.995),))
