@@ -9,7 +9,8 @@ post-processing rules before the held-out test splits are scored.
                                       [--evidence [--evidence-box patches|cells]
                                        [--evidence-cell-prob P [P ...]]
                                        [--evidence-min-peak Q [Q ...]]
-                                       [--fluid-box band|sac]]
+                                       [--fluid-box band|sac]
+                                       [--fluid-sac-depth D [D ...]]]
 
 Prints micro-F1, laterality on true positives (the stated side, the laterality head's, and
 the side read off the image), ``per_finding`` (F1, TP / FP / FN, AUROC and the stated side
@@ -35,7 +36,8 @@ per ``--evidence-min-peak`` (``heads.evidence_min_peak``, for every label: the p
 ``heads.evidence_min_peaks`` cleared; the cells' probabilities the checkpoint's) under
 ``evidence_by_min_peak``; ``--evidence-box`` sets ``heads.evidence_box`` for the run,
 ``--fluid-box`` ``heads.measure.fluid_box`` (the evidence box of a pericardial effusion
-found on the CT).
+found on the CT), and ``--fluid-sac-depth`` scores each ``heads.measure.fluid_sac_depth``
+(how far back the sac box reaches) under ``evidence_by_fluid_sac_depth``.
 The cases come from
 ``medassist.model_data.cached_synth_records`` (``--synth-config``, default
 configs/synth/small.yaml; seed 7, split val).
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="heads.evidence_min_peak values to score (with --evidence)")
     ap.add_argument("--fluid-box", choices=("band", "sac"), default=None,
                     help="heads.measure.fluid_box for this run (with --evidence)")
+    ap.add_argument("--fluid-sac-depth", type=float, nargs="+", default=None,
+                    help="heads.measure.fluid_sac_depth values to score (with --evidence)")
     ap.add_argument("--synth-config", default=str(REPO / "configs/synth/small.yaml"),
                     help="generator config of the cached validation cases")
     a = ap.parse_args(argv)
@@ -175,11 +179,22 @@ def main(argv: list[str] | None = None) -> int:
                     by_peak[str(peak)] = evaluate(model, c, samples, records=recs, modes=(None,),
                                                   injection=False)["full"]["evidence_localisation"]
             res["evidence_by_min_peak"] = by_peak
+        if a.fluid_sac_depth:
+            by_depth = {}
+            for depth in a.fluid_sac_depth:
+                c = replace(cfg, heads=replace(cfg.heads, measure=replace(
+                    cfg.heads.measure, fluid_sac_depth=depth)))
+                with torch.no_grad():
+                    by_depth[str(depth)] = evaluate(
+                        model, c, samples, records=recs, modes=(None,),
+                        injection=False)["full"]["evidence_localisation"]
+            res["evidence_by_fluid_sac_depth"] = by_depth
         res["evidence_box"] = cfg.heads.evidence_box
         res["evidence_cell_probs"] = [list(p) for p in cfg.heads.evidence_cell_probs]
         res["evidence_min_peak"] = cfg.heads.evidence_min_peak
         res["evidence_min_peaks"] = [list(p) for p in cfg.heads.evidence_min_peaks]
         res["fluid_box"] = cfg.heads.measure.fluid_box
+        res["fluid_sac_depth"] = cfg.heads.measure.fluid_sac_depth
         res["evidence_by_cell_prob"] = by_prob
     print(json.dumps(res, indent=1))
     return 0

@@ -332,6 +332,11 @@ class MeasureConfig:
     #: its slices and the overlapping ones beyond: the whole sac;
     #: :attr:`multimodal.pericardium.PericardialFluid.sac_box_voxels`)
     fluid_box: str = "band"
+    #: the sac box reaches back to the heart's sections cut at this share of the lungs'
+    #: front-to-back extent, on the heart's own slices (the sections the rays use stop at
+    #: 0.6, before the back of the heart: :func:`multimodal.pericardium.pericardial_fluid`);
+    #: 0.6 = those sections alone
+    fluid_sac_depth: float = 0.6
     #: labels whose call is taken back where their evidence box holds air bronchograms and
     #: ``bronchogram_within`` is called (:mod:`multimodal.bronchogram`): a mass read in a
     #: consolidation; () = never
@@ -398,6 +403,9 @@ class MeasureConfig:
             raise ModelConfigError("heads.measure needs fluid_band_mm > 0 and 0 < "
                                    f"fluid_min_share <= 1, got {self.fluid_band_mm}, "
                                    f"{self.fluid_min_share}; fluid_labels must name labels")
+        if not 0.6 <= self.fluid_sac_depth <= 1:
+            raise ModelConfigError(f"heads.measure.fluid_sac_depth must be in [0.6, 1], got "
+                                   f"{self.fluid_sac_depth}")
         if self.fluid_box not in ("band", "sac"):
             raise ModelConfigError(f"heads.measure.fluid_box must be 'band' or 'sac', got "
                                    f"{self.fluid_box!r}")

@@ -416,7 +416,8 @@ def _fluid_call(p: FindingPrediction, hu: npt.NDArray[np.floating],
     where the heart is found without a band, unless the head calls it (then the head's call
     stands); where no heart is found, the head's decision stands."""
     f = pericardial_fluid(np.asarray(hu), spacing_mm, fluid_hu=cfg.fluid_hu,
-                          band_mm=cfg.fluid_band_mm)
+                          band_mm=cfg.fluid_band_mm, sac_depth=cfg.fluid_sac_depth,
+                          sac_min_share=cfg.fluid_min_share)
     if f is None:
         return p
     if f.share < cfg.fluid_min_share or f.thickness_mm <= 0:

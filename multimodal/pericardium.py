@@ -83,8 +83,9 @@ class PericardialFluid:
     box_voxels: tuple[int, int, int, int, int, int]
     #: the same around the whole sac: the heart's sections (the fluid, of soft-tissue density,
     #: is part of them) on its slices and those beyond whose sections overlap theirs (the rays
-    #: score the anterior half only, and the fluid lies all round the heart); the band box
-    #: where no band was scored
+    #: score the anterior half only, and the fluid lies all round the heart), reaching back to
+    #: the sections cut at ``sac_depth`` on the heart's slices; the band box where no band was
+    #: scored
     sac_box_voxels: tuple[int, int, int, int, int, int]
 
 
@@ -105,9 +106,10 @@ def _open(mask: npt.NDArray[np.bool_], r: int) -> npt.NDArray[np.bool_]:
 
 
 def _sections(hu: npt.NDArray[np.floating], lung: npt.NDArray[np.bool_],
-              spacing: tuple[float, float, float], air_hu: float
-              ) -> dict[int, npt.NDArray[np.bool_]]:
-    """z -> the heart's (Y, X) section on the slices where one is found (step 2)."""
+              spacing: tuple[float, float, float], air_hu: float,
+              anterior: float = _ANTERIOR) -> dict[int, npt.NDArray[np.bool_]]:
+    """z -> the heart's (Y, X) section on the slices where one is found (step 2; the soft
+    tissue in the ``anterior`` share of the lungs' extent)."""
     x_end = hu.shape[2]
     mid = body_midline(hu, air_hu)
     zs = chest_slices(lung, round(mid))
@@ -121,7 +123,7 @@ def _sections(hu: npt.NDArray[np.floating], lung: npt.NDArray[np.bool_],
     ys = np.arange(rows.shape[1])
     for i in range(zs.size):  # the anterior share of the slice's lung extent
         yl = ys[rows[i].any(1)]
-        cand[i, int(yl[0] + _ANTERIOR * (yl[-1] - yl[0] + 1)):] = False
+        cand[i, int(yl[0] + anterior * (yl[-1] - yl[0] + 1)):] = False
     lab = components(_open(cand, max(1, round(_OPEN_MM / spacing[2]))))
     n = int(lab.max())
     size = np.bincount(lab.ravel(), minlength=n + 1)
@@ -198,10 +200,18 @@ def _bands(hu2: npt.NDArray[np.floating], section: npt.NDArray[np.bool_], sx: fl
 
 def pericardial_fluid(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
                       fluid_hu: tuple[float, float] = (-15.0, 28.0), band_mm: float = 4.0,
-                      air_hu: float = -400.0) -> PericardialFluid | None:
+                      air_hu: float = -400.0, sac_depth: float = _ANTERIOR,
+                      sac_min_share: float = 0.0) -> PericardialFluid | None:
     """The fluid band around the heart of a (Z, Y, X) HU volume with ``spacing_mm`` (z, y,
     x), or None where no heart is found or the grid's in-plane spacing is coarser than
-    ``band_mm``."""
+    ``band_mm``.  ``sac_depth`` (more than the sections' 0.6): the sac box reaches back to
+    the heart's sections cut at that share of the lungs' extent instead, on the heart's own
+    slices (the sections behind the 0.6 line hold the back of the heart and its fluid, which
+    the rays leave out; those of the slices beyond could hold the liver's dome), where the
+    share of rays with a band reaches ``sac_min_share`` (the finding is called: its box is
+    shown; elsewhere the second look is skipped)."""
+    if not _ANTERIOR <= sac_depth <= 1:
+        raise ValueError(f"sac_depth must be in [{_ANTERIOR}, 1], got {sac_depth}")
     if hu.ndim != 3:
         raise ShapeError(f"hu must be (Z, Y, X), got shape {hu.shape}")
     if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
@@ -242,11 +252,19 @@ def pericardial_fluid(hu: npt.NDArray[np.floating], spacing_mm: Sequence[float],
         lo = np.array([run[0], ii.min(), jj.min()])
         hi = np.array([run[-1], ii.max(), jj.max()])
     box = (int(lo[0]), int(lo[1]), int(lo[2]), int(hi[0]), int(hi[1]), int(hi[2]))
+    sac = box
+    share = float((arr >= band_mm).mean())
+    if pts:
+        sac = _sac_box(sections, run)
+        if sac_depth > _ANTERIOR and share >= sac_min_share:
+            deep = _sections(vol, lung, sp, air_hu, sac_depth)
+            back = [int(np.nonzero(deep[z].any(1))[0].max()) for z in run if z in deep]
+            sac = (*sac[:4], max([sac[4], *back]), sac[5])
     return PericardialFluid(
-        share=float((arr >= band_mm).mean()),
+        share=share,
         thickness_mm=float(np.percentile(thick, _THICKNESS_PCT)) if thick.size else 0.0,
         n_rays=int(arr.size), slices=(run[0], run[-1]), box_voxels=box,
-        sac_box_voxels=_sac_box(sections, run) if pts else box)
+        sac_box_voxels=sac)
 
 
 def _sac_box(sections: dict[int, npt.NDArray[np.bool_]], run: list[int]

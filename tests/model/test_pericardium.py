@@ -12,7 +12,7 @@ from multimodal.config import MeasureConfig
 from multimodal.errors import ModelConfigError, ShapeError
 from multimodal.measure import measure_findings
 from multimodal.outputs import FindingPrediction
-from multimodal.pericardium import pericardial_fluid
+from multimodal.pericardium import PericardialFluid, pericardial_fluid
 from tests.model.test_measure import SPACING, _mm, add_ellipsoid
 
 HEART = (160.0, 136.0, 186.0)  # z, y, x mm: anterior, 10 mm left of the midline (x = 176)
@@ -25,11 +25,12 @@ def _grown(radii: tuple[float, float, float], by: float) -> tuple[float, float, 
     return rz + by, ry + by, rx + by
 
 
-def chest_with_heart(effusion_mm: float, seed: int = 0) -> np.ndarray:
+def chest_with_heart(effusion_mm: float, seed: int = 0,
+                     heart: tuple[float, float, float] = HEART) -> np.ndarray:
     """A body (40 HU) with two lungs (-850 HU) either side of a 14 mm mediastinum and a heart
-    (45 HU) wrapped in 5 mm of fat (-100 HU); with ``effusion_mm`` > 0 a shell of fluid
-    (10 HU) that thick around the heart, over the fat (as the case generator draws it);
-    scanner noise of 8 HU."""
+    (45 HU, centred at ``heart``) wrapped in 5 mm of fat (-100 HU); with ``effusion_mm`` > 0
+    a shell of fluid (10 HU) that thick around the heart, over the fat (as the case generator
+    draws it); scanner noise of 8 HU."""
     z, y, x = _mm()
     cy, cx = 176.0, 176.0
     body = ((y - cy) / 150) ** 2 + ((x - cx) / 170) ** 2 < 1
@@ -37,10 +38,10 @@ def chest_with_heart(effusion_mm: float, seed: int = 0) -> np.ndarray:
         & (z > 20) & (z < 300)
     hu = np.where(body, np.float32(40.0), np.float32(-1000.0))
     hu = np.where(lungs, np.float32(-850.0), hu).astype(np.float32)
-    hu = add_ellipsoid(hu, HEART, _grown(HEART_RADII, 5.0), -100.0)
+    hu = add_ellipsoid(hu, heart, _grown(HEART_RADII, 5.0), -100.0)
     if effusion_mm > 0:
-        hu = add_ellipsoid(hu, HEART, _grown(HEART_RADII, effusion_mm), 10.0)
-    hu = add_ellipsoid(hu, HEART, HEART_RADII, 45.0)
+        hu = add_ellipsoid(hu, heart, _grown(HEART_RADII, effusion_mm), 10.0)
+    hu = add_ellipsoid(hu, heart, HEART_RADII, 45.0)
     noise = np.random.default_rng(seed).normal(0.0, 8.0, hu.shape).astype(np.float32)
     return (hu + np.where(body, noise, np.float32(0.0))).astype(np.float32)
 
@@ -211,3 +212,42 @@ def test_the_eval_scores_the_call_and_the_injection_check_measures_too() -> None
     assert ev["full"]["size_measured"]["pericardial_effusion"]["tp_measured"] == 1
     assert ev["full"]["injection_identical"] == {"labels": 1.0, "cases": 1.0}
     assert ev["ct_removed"]["n_predicted_present"] == 0
+
+
+def test_the_sac_box_reaches_the_back_of_a_heart_behind_the_sections() -> None:
+    """A heart lying 30 mm further back than the sections' cut at 0.6 of the lungs' depth:
+    the sac box cut there misses the fluid behind it; ``sac_depth`` 0.75
+    (``heads.measure.fluid_sac_depth``) reaches the shell's back, no further, and changes
+    nothing else; the deeper look is skipped where the share of banded rays is below
+    ``sac_min_share`` (the finding is not called), and a depth outside [0.6, 1] is refused."""
+    heart = (HEART[0], HEART[1] + 30.0, HEART[2])
+    hu = chest_with_heart(12.0, heart=heart)
+    z, y, x = _mm()
+
+    def within(r: tuple[float, float, float]) -> np.ndarray:
+        d = ((z - heart[0]) / r[0]) ** 2 + ((y - heart[1]) / r[1]) ** 2 \
+            + ((x - heart[2]) / r[2]) ** 2
+        return np.asarray(d < 1, dtype=bool)
+
+    shell = within(_grown(HEART_RADII, 12.0)) & ~within(HEART_RADII)
+    cut = pericardial_fluid(hu, SPACING)
+    deep = pericardial_fluid(hu, SPACING, sac_depth=0.75)
+    assert cut is not None and deep is not None
+
+    def held(f: PericardialFluid) -> float:
+        return float((shell & _inside(f.sac_box_voxels, hu.shape)).sum() / shell.sum())
+
+    assert held(cut) < 0.85 and held(deep) > 0.95
+    assert deep.sac_box_voxels[4] <= int(np.nonzero(shell)[1].max())
+    assert deep.sac_box_voxels[:4] == cut.sac_box_voxels[:4]
+    assert deep.sac_box_voxels[5] == cut.sac_box_voxels[5]
+    assert dataclasses.replace(deep, sac_box_voxels=cut.sac_box_voxels) == cut
+    skipped = pericardial_fluid(hu, SPACING, sac_depth=0.75, sac_min_share=1.0)
+    assert skipped == cut
+    cfg = MeasureConfig(fluid_box="sac", fluid_sac_depth=0.75)
+    assert measure_findings([_pred()], hu, SPACING, cfg)[0].box_voxels == deep.sac_box_voxels
+    for bad in (0.5, 1.1):
+        with pytest.raises(ValueError, match="sac_depth"):
+            pericardial_fluid(hu, SPACING, sac_depth=bad)
+        with pytest.raises(ModelConfigError, match="fluid_sac_depth"):
+            MeasureConfig(fluid_sac_depth=bad)
