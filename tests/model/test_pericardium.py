@@ -46,6 +46,20 @@ def chest_with_heart(effusion_mm: float, seed: int = 0,
     return (hu + np.where(body, noise, np.float32(0.0))).astype(np.float32)
 
 
+def _fluid_shell(heart: tuple[float, float, float], effusion_mm: float) -> np.ndarray:
+    """The voxels of :func:`chest_with_heart`'s fluid shell (the heart grown by
+    ``effusion_mm``, less the heart), on the test grid."""
+    z, y, x = _mm()
+
+    def within(r: tuple[float, float, float]) -> np.ndarray:
+        d = ((z - heart[0]) / r[0]) ** 2 + ((y - heart[1]) / r[1]) ** 2 \
+            + ((x - heart[2]) / r[2]) ** 2
+        return np.asarray(d < 1, dtype=bool)
+
+    shell: np.ndarray = within(_grown(HEART_RADII, effusion_mm)) & ~within(HEART_RADII)
+    return shell
+
+
 def _pred(label: str = "pericardial_effusion", present: bool = False) -> FindingPrediction:
     return FindingPrediction(label=label, present=present, probability=0.05,
                              laterality="none" if present else None, location=None,
@@ -135,14 +149,7 @@ def test_the_sac_box_holds_the_fluid_all_round_the_heart() -> None:
     more than a slice and two voxels a side. The call is the same either way; only its
     evidence box differs."""
     hu = chest_with_heart(12.0)
-    z, y, x = _mm()
-
-    def within(r: tuple[float, float, float]) -> np.ndarray:
-        d = ((z - HEART[0]) / r[0]) ** 2 + ((y - HEART[1]) / r[1]) ** 2 \
-            + ((x - HEART[2]) / r[2]) ** 2
-        return np.asarray(d < 1, dtype=bool)
-
-    shell = within(_grown(HEART_RADII, 12.0)) & ~within(HEART_RADII)
+    shell = _fluid_shell(HEART, 12.0)
     f = pericardial_fluid(hu, SPACING)
     assert f is not None
     band = float((shell & _inside(f.box_voxels, hu.shape)).sum() / shell.sum())
@@ -222,14 +229,7 @@ def test_the_sac_box_reaches_the_back_of_a_heart_behind_the_sections() -> None:
     ``sac_min_share`` (the finding is not called), and a depth outside [0.6, 1] is refused."""
     heart = (HEART[0], HEART[1] + 30.0, HEART[2])
     hu = chest_with_heart(12.0, heart=heart)
-    z, y, x = _mm()
-
-    def within(r: tuple[float, float, float]) -> np.ndarray:
-        d = ((z - heart[0]) / r[0]) ** 2 + ((y - heart[1]) / r[1]) ** 2 \
-            + ((x - heart[2]) / r[2]) ** 2
-        return np.asarray(d < 1, dtype=bool)
-
-    shell = within(_grown(HEART_RADII, 12.0)) & ~within(HEART_RADII)
+    shell = _fluid_shell(heart, 12.0)
     cut = pericardial_fluid(hu, SPACING)
     deep = pericardial_fluid(hu, SPACING, sac_depth=0.75)
     assert cut is not None and deep is not None
