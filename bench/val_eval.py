@@ -162,33 +162,29 @@ def main(argv: list[str] | None = None) -> int:
     if a.sides:
         res["side_confusion"] = side_confusion(model, cfg, samples)
     if a.evidence:
-        by_prob = {}
-        for prob in a.evidence_cell_prob or [cfg.heads.evidence_cell_prob]:
-            c = replace(cfg, heads=replace(cfg.heads, evidence_cell_prob=prob))
+        def localisation(heads: Any) -> dict[str, Any]:
+            """``evidence_localisation`` of the cases with ``heads`` in the checkpoint's
+            config."""
             with torch.no_grad():
-                by_prob[str(prob)] = full["evidence_localisation"] \
-                    if prob == cfg.heads.evidence_cell_prob else evaluate(
-                        model, c, samples, records=recs, modes=(None,),
-                        injection=False)["full"]["evidence_localisation"]
+                out = evaluate(model, replace(cfg, heads=heads), samples, records=recs,
+                               modes=(None,), injection=False)
+            loc: dict[str, Any] = out["full"]["evidence_localisation"]
+            return loc
+
+        by_prob = {str(prob): full["evidence_localisation"]
+                   if prob == cfg.heads.evidence_cell_prob
+                   else localisation(replace(cfg.heads, evidence_cell_prob=prob))
+                   for prob in a.evidence_cell_prob or [cfg.heads.evidence_cell_prob]}
         if a.evidence_min_peak:  # one peak for every label, the per-label ones cleared
-            by_peak = {}
-            for peak in a.evidence_min_peak:
-                c = replace(cfg, heads=replace(cfg.heads, evidence_min_peak=peak,
-                                               evidence_min_peaks=()))
-                with torch.no_grad():
-                    by_peak[str(peak)] = evaluate(model, c, samples, records=recs, modes=(None,),
-                                                  injection=False)["full"]["evidence_localisation"]
-            res["evidence_by_min_peak"] = by_peak
+            res["evidence_by_min_peak"] = {
+                str(peak): localisation(replace(cfg.heads, evidence_min_peak=peak,
+                                                evidence_min_peaks=()))
+                for peak in a.evidence_min_peak}
         if a.fluid_sac_depth:
-            by_depth = {}
-            for depth in a.fluid_sac_depth:
-                c = replace(cfg, heads=replace(cfg.heads, measure=replace(
+            res["evidence_by_fluid_sac_depth"] = {
+                str(depth): localisation(replace(cfg.heads, measure=replace(
                     cfg.heads.measure, fluid_sac_depth=depth)))
-                with torch.no_grad():
-                    by_depth[str(depth)] = evaluate(
-                        model, c, samples, records=recs, modes=(None,),
-                        injection=False)["full"]["evidence_localisation"]
-            res["evidence_by_fluid_sac_depth"] = by_depth
+                for depth in a.fluid_sac_depth}
         res["evidence_box"] = cfg.heads.evidence_box
         res["evidence_cell_probs"] = [list(p) for p in cfg.heads.evidence_cell_probs]
         res["evidence_min_peak"] = cfg.heads.evidence_min_peak
