@@ -448,9 +448,11 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
         history_unstated_labels,
         mark_uncertain_sides,
         mark_unmeasured_sizes,
+        restate_estimates,
         restate_ratios,
         restate_sizes,
     )
+    from medassist.textcase import present_text
     from multimodal.measure import measured_ratios, measured_sizes
 
     study, emr = prep.study, prep.emr
@@ -506,6 +508,13 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
     # consolidation's extent, an effusion's depth): the decoder's number, marked
     unmeasured = {p.label for p in preds if p.present and p.size_mm is not None
                   and p.label not in ratio_labels and p.size_source != "image"}
+    # ... written as the findings list's estimate, so the draft states one size for it (the
+    # decoder's own numbers were further off: docs/model.md "Thirty-ninth round")
+    estimates = {p.label: float(p.size_mm) for p in preds if p.label in unmeasured
+                 and p.size_mm is not None}
+    findings_text, estimated = restate_estimates(findings_text, estimates)
+    impression, est_imp = restate_estimates(impression, estimates)
+    estimated |= est_imp
     findings_text, size_unmeasured = mark_unmeasured_sizes(findings_text, unmeasured)
     impression, s_imp = mark_unmeasured_sizes(impression, unmeasured)
     size_unmeasured |= s_imp
@@ -607,6 +616,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
         if p.label in size_unmeasured:
             # a sentence states a size the CT did not give: marked [UNVERIFIED: ...]
             flags.append("text_size_unmeasured")
+        if p.label in estimated:
+            # a sentence's size (the decoder's) was replaced by the findings list's estimate
+            flags.append("text_size_estimated")
         if p.label in ratio_restated:
             # a sentence's ratio was replaced by the measured one ([RATIO MEASURED ON CT])
             flags.append("text_ratio_restated")
@@ -654,7 +666,10 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
                          coverage_text(study.placement, study.grid_shape,
                                        study.grid_spacing),
                          noise_text(study.noise_index, lm.cfg.ct.noise_max_index)) if t),
-                     "findings": findings_text, "impression": impression},
+                     # sentence case, acronyms, a heading or list item per line: the
+                     # decoder writes lower case (medassist.textcase)
+                     "findings": present_text(findings_text),
+                     "impression": present_text(impression, headings=False)},
         "findings": items,
         "modality_weights": {"ct": round(float(w[0]), 4), "emr": round(float(w[1]), 4)},
         "model": {"name": lm.name, "version": MODEL_VERSION,

@@ -180,6 +180,9 @@ def evaluate(model: Any, cfg: Any, samples: Sequence[Mapping[str, Any]],
             m["text_size_vs_measured"] = text_size_agreement(
                 preds, texts, cfg.heads.measure.ratio_labels)
             m["lobe_agreement"] = lobe_agreement(preds, texts, records)
+            m["text_size_vs_estimate"] = text_size_vs_estimate(
+                cfg.heads.labels, preds, texts, truth, size_true,
+                cfg.heads.measure.ratio_labels)
             # references in the model's own word-level normal form (lower case, spacing),
             # encoded as the decoder's targets are (an unknown decimal in parts, not [UNK])
             refs = [tok.decode(tok.encode(report_target_text(r.report_text),
@@ -255,6 +258,44 @@ def text_size_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str],
                 agree += int(not size_clash(sent.text, measured[affirmed[0]],
                                             MEASURED_SIZE_FACTOR))
     return {"sentences": n, "within_factor": agree}
+
+
+def text_size_vs_estimate(labels: Sequence[str], preds: Sequence[Sequence[Any]],
+                          texts: Sequence[str], truth: npt.NDArray[np.bool_],
+                          size_true: npt.NDArray[np.floating],
+                          ratio_labels: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per label, on its true positives whose size the CT did not give (a ratio label left
+    out): the sentences of the generated Findings and Impression that affirm exactly that
+    finding and state exactly one size (``sentences``: those the draft restates,
+    :func:`medassist.labeler.restate_estimates`), the mean absolute error against the
+    reference of their sizes (``text_mae_mm``: the decoder's own numbers) and of the findings
+    list's estimate for the same sentences (``estimate_mae_mm``: what the draft writes
+    instead), and in how many sentences the estimate is the nearer (``estimate_nearer``) and
+    the decoder's (``text_nearer``).  Labels with no such sentence are left out."""
+    from medassist.labeler import label_text, stated_sizes_mm
+
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for b, (case, text) in enumerate(zip(preds, texts, strict=True)):
+        findings, impression = split_sections(text)
+        sents = [*label_text(findings), *label_text(impression)]
+        for f, p in enumerate(case):
+            lab = labels[f]
+            if not (p.present and truth[b, f]) or lab in ratio_labels \
+                    or p.size_source == "image" or p.size_mm is None \
+                    or not np.isfinite(size_true[b, f]):
+                continue
+            for s in sents:
+                said = stated_sizes_mm(s.text)
+                if [k for k, pos in s.labels.items() if pos] == [lab] and len(said) == 1:
+                    ref = float(size_true[b, f])
+                    pairs.setdefault(lab, []).append((abs(said[0] - ref),
+                                                      abs(float(p.size_mm) - ref)))
+    return {lab: {"sentences": len(v),
+                  "text_mae_mm": round(float(np.mean([t for t, _ in v])), 2),
+                  "estimate_mae_mm": round(float(np.mean([e for _, e in v])), 2),
+                  "estimate_nearer": sum(e < t for t, e in v),
+                  "text_nearer": sum(t < e for t, e in v)}
+            for lab, v in sorted(pairs.items())}
 
 
 def lobe_agreement(preds: Sequence[Sequence[Any]], texts: Sequence[str],

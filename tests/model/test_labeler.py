@@ -148,11 +148,11 @@ def test_guard_marks_negations_below_a_detectors_size_limit() -> None:
             "A 12 mm nodule in the left lower lobe.")
     head = {"lung_nodule": False, "pleural_effusion": False}
     out, bad = guard(text, head, min_mm={"lung_nodule": 10.0})
-    assert out.startswith("[UNVERIFIED: the model does not assess lung_nodule below 10 mm] "
+    assert out.startswith("[UNVERIFIED: the model does not assess lung nodule below 10 mm] "
                           "No suspicious")
     assert "] No pleural" not in out
     # the affirmed nodule contradicts the head (absent), not the size limit
-    assert "[UNVERIFIED: contradicts the findings head (lung_nodule)] A 12 mm" in out
+    assert "[UNVERIFIED: contradicts the findings head (lung nodule)] A 12 mm" in out
     assert out.count("below 10 mm") == 1 and bad == {"lung_nodule"}
     assert guard(text, head)[0].count("UNVERIFIED") == 1  # without the limit
     # an unreliable detector's reason is given once, not the size limit as well
@@ -168,8 +168,8 @@ def test_guard_marks_sentences_on_unreliable_detectors() -> None:
     assert bad == {"pleural_effusion"}  # only contradictions count as contradicted
     assert out.startswith("[UNVERIFIED: the model does not detect pneumothorax reliably] "
                           "No pneumothorax.")
-    assert "[UNVERIFIED: contradicts the findings head (pleural_effusion)] No pleural" in out
-    assert "[UNVERIFIED: the model does not detect lung_nodule reliably] A 5 mm" in out
+    assert "[UNVERIFIED: contradicts the findings head (pleural effusion)] No pleural" in out
+    assert "[UNVERIFIED: the model does not detect lung nodule reliably] A 5 mm" in out
     assert out.count("UNVERIFIED") == 3
     assert guard(text, head)[0].count("UNVERIFIED") == 1  # none unreliable: as before
     # the annotations are not read as content: the marked text says what the unmarked says
@@ -177,8 +177,8 @@ def test_guard_marks_sentences_on_unreliable_detectors() -> None:
     assert text_findings(out, labels) == text_findings(text, labels)
     assert [t.labels for t in label_text(out)] == [t.labels for t in label_text(text)]
     both, _ = guard("No pleural effusion.", head, unreliable={"pleural_effusion"})
-    assert both.startswith("[UNVERIFIED: contradicts the findings head (pleural_effusion) / "
-                           "the model does not detect pleural_effusion reliably] No pleural")
+    assert both.startswith("[UNVERIFIED: contradicts the findings head (pleural effusion) / "
+                           "the model does not detect pleural effusion reliably] No pleural")
     assert label_text(both)[0].labels == {"pleural_effusion": False}
 
 
@@ -201,7 +201,7 @@ def test_guard_flags_a_size_far_from_the_size_head() -> None:
     out, bad = guard(text, head, sizes=sizes)
     assert bad == {"lung_nodule"}
     assert out.startswith("[UNVERIFIED: states a size far from the findings head's "
-                          "(lung_nodule: 10 mm)] There is a smooth")
+                          "(lung nodule: 10 mm)] There is a smooth")
     assert out.count("UNVERIFIED") == 1  # 66 mm against 69 mm is consistent
     assert guard(text, head)[0] == text  # without sizes: as before
     assert stated_size_mm("a 7 mm nodule, previously 0.5 cm") == 7.0
@@ -218,7 +218,7 @@ def test_guard_holds_a_size_measured_on_the_ct_to_a_tighter_factor() -> None:
     assert guard(text, head, sizes=sizes)[1] == set()
     out, bad = guard(text, head, sizes=sizes, measured={"lung_mass"})
     assert bad == {"lung_mass"} and out.startswith(
-        "[UNVERIFIED: states a size far from the one measured on the CT (lung_mass: 58 mm)]")
+        "[UNVERIFIED: states a size far from the one measured on the CT (lung mass: 58 mm)]")
     assert guard(text, head, sizes={"lung_mass": 50.0}, measured={"lung_mass"})[1] == set()
 
 
@@ -458,7 +458,7 @@ def test_guard_flags_another_lobe_than_the_location_head() -> None:
     out, bad = guard(text, head, lobes=lobes)
     assert bad == {"lung_mass"}  # consolidation names RML among others; the nodule no lobe
     assert out.startswith("[UNVERIFIED: names another lobe than the findings head "
-                          "(lung_mass: LUL)] A 3.4 cm mass")
+                          "(lung mass: LUL)] A 3.4 cm mass")
     assert out.count("UNVERIFIED") == 1
     assert guard(text, head)[1] == set()  # without lobes: as before
     # a location that is not a lobe (or none) checks nothing
@@ -555,6 +555,76 @@ def test_restate_sizes_puts_the_measured_size_into_the_text() -> None:
     assert restate_sizes(flagged, {"lung_mass": 55.3})[0] == (
         f"{MEASURED_MARK} [UNVERIFIED: reason (lung_mass: 55 mm)] there is a 5.5 cm mass in "
         "the lul.")
+
+
+def test_restate_estimates_writes_the_findings_lists_size_then_it_is_marked() -> None:
+    """A0001's draft stated one mass at 3.4 cm (Findings), 4.4 cm (Impression) and 45 mm
+    (its own sentence), none measured: the text now states the list's 4.5 cm, marked."""
+    from medassist.labeler import (
+        ADDED_MARK,
+        SIZE_UNMEASURED,
+        mark_unmeasured_sizes,
+        restate_estimates,
+    )
+
+    text = ("lungs and airways: there is airspace consolidation in the left lower lobe "
+            "measuring about 4.7 cm. there is a 3.4 cm lobulated mass in the left upper lobe.")
+    est = {"lung_mass": 45.2, "consolidation": 61.7}
+    out, done = restate_estimates(text, est)
+    assert done == {"lung_mass", "consolidation"}
+    assert out == ("lungs and airways: there is airspace consolidation in the left lower lobe "
+                   "measuring about 6.2 cm. there is a 4.5 cm lobulated mass in the left upper "
+                   "lobe.")
+    # the findings read the same, and the marking that follows marks both sentences
+    head = {"lung_mass": True, "consolidation": True}
+    assert text_findings(out, head) == text_findings(text, head)
+    marked, labs = mark_unmeasured_sizes(out, set(est))
+    assert labs == set(est) and marked.count(SIZE_UNMEASURED) == 2
+    # an effusion's depth in millimetres stays in millimetres; the same size, two sizes, two
+    # findings, a finding with no estimate or the draft's own added sentence: left alone
+    assert restate_estimates("right pleural effusion, 25 mm deep.", {"pleural_effusion":
+                                                                     18.4})[0] == (
+        "right pleural effusion, 18 mm deep.")
+    for t in ("there is a 4.5 cm mass.", "a 4.5 cm mass, previously 3.1 cm.",
+              "a 4.5 cm mass and a 6.6 cm consolidation.", "a 12 mm nodule in the rul.",
+              f"{ADDED_MARK} Left lung mass (LUL), about 30 mm (estimated, not measured on the "
+              "CT)."):
+        assert restate_estimates(t, {"lung_mass": 45.2, "consolidation": 61.7}) == (t, set())
+
+
+def test_text_size_vs_estimate_scores_the_decoders_numbers_and_the_estimate() -> None:
+    import numpy as np
+
+    from medassist.model_eval import text_size_vs_estimate
+    from multimodal.outputs import FindingPrediction
+
+    def pred(label: str, size: float, source: str = "head",
+             present: bool = True) -> FindingPrediction:
+        return FindingPrediction(label=label, present=present, probability=0.9,
+                                 laterality="left", location="LUL", size_mm=size, slices=None,
+                                 box_voxels=None, emr_token_spans=(), size_source=source)
+
+    labels = ["lung_mass", "consolidation", "cardiomegaly"]
+    texts = ["FINDINGS: There is a 3.4 cm mass in the left upper lobe. Consolidation in the "
+             "left lower lobe measuring about 4.7 cm. Cardiomegaly, ratio 0.61. "
+             "IMPRESSION: 1. 4.4 cm mass.",
+             "FINDINGS: There is a 5.2 cm mass in the left upper lobe. IMPRESSION: 1. Mass.",
+             "FINDINGS: There is a 5.2 cm mass and a 3 cm consolidation. IMPRESSION: None."]
+    preds = [[pred("lung_mass", 45.0), pred("consolidation", 60.0), pred("cardiomegaly", 0.6)],
+             [pred("lung_mass", 55.0, "image"), pred("consolidation", 50.0, present=False),
+              pred("cardiomegaly", 0.5, present=False)],
+             [pred("lung_mass", 40.0), pred("consolidation", 30.0),
+              pred("cardiomegaly", 0.5, present=False)]]
+    truth = np.array([[True, True, True], [True, False, False], [False, True, False]])
+    size = np.array([[50.0, 70.0, 0.62], [52.0, np.nan, np.nan], [np.nan, 30.0, np.nan]])
+    # case 1: the mass's two sentences (34 and 44 mm against 50; the estimate 45), the
+    # consolidation's (47 against 70; 60); the ratio label is left out.  Case 2: measured.
+    # Case 3: the mass is a false call, the sentence states two findings
+    assert text_size_vs_estimate(labels, preds, texts, truth, size, ("cardiomegaly",)) == {
+        "consolidation": {"sentences": 1, "text_mae_mm": 23.0, "estimate_mae_mm": 10.0,
+                          "estimate_nearer": 1, "text_nearer": 0},
+        "lung_mass": {"sentences": 2, "text_mae_mm": 11.0, "estimate_mae_mm": 5.0,
+                      "estimate_nearer": 2, "text_nearer": 0}}
 
 
 def test_looping_texts_counts_sentences_that_repeat_themselves() -> None:

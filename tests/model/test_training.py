@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, cast
@@ -488,9 +489,9 @@ def test_unreliable_detector_flag(synth_folder: Path, tiny_checkpoint: Path) -> 
     d = _draft(lm, prep, sample, text, preds, out.modality_weights[0],
                frozenset({"lung_nodule"}))
     assert d["sections"]["impression"] == (
-        "1. [UNVERIFIED: the model does not detect lung_nodule reliably] pulmonary nodule in "
-        "the right lower lobe. 2. [UNVERIFIED: contradicts the findings head "
-        "(pleural_effusion)] no pleural effusion.")
+        "1. [UNVERIFIED: the model does not detect lung nodule reliably] Pulmonary nodule in "
+        "the right lower lobe.\n2. [UNVERIFIED: contradicts the findings head "
+        "(pleural effusion)] No pleural effusion.")
     flags = {f["label"]: f["flags"] for f in d["findings"]}
     assert "text_contradicts_head" in flags["pleural_effusion"]
     assert "unreliable_detector" in flags["lung_nodule"]
@@ -763,6 +764,16 @@ def _check_contract(rep: dict[str, Any]) -> None:
     assert set(cov["scan_cuts_lung"]) <= {"inferior", "superior"}
     assert set(rep["sections"]) == {"indication", "technique", "findings", "impression"}
     assert all(isinstance(v, str) for v in rep["sections"].values())
+    # the decoder writes lower case; the draft reads as a report (medassist.textcase): each
+    # line of the Findings and the Impression begins, past its marks and list number, with a
+    # capital, and no text outside the marks is the tokenizer's "ct"
+    from medassist.labeler import ANNOTATION
+
+    for sec in ("findings", "impression"):
+        for line in rep["sections"][sec].splitlines():
+            plain = re.sub(r"^(?:\d+\.|-)?\s*", "", ANNOTATION.sub("", line).strip())
+            assert not plain or not plain[0].isalpha() or plain[0].isupper(), line
+        assert not re.search(r"\bct\b", ANNOTATION.sub("", rep["sections"][sec]))
     assert set(rep["model"]) == {"name", "version", "checkpoint_sha256"}
     assert len(rep["model"]["checkpoint_sha256"]) == 64
     assert set(rep["inputs"]) == {"series_uid", "dicom_sha256", "emr_sha256"}
@@ -812,6 +823,19 @@ def _check_contract(rep: dict[str, Any]) -> None:
             assert f["present"] and "size_measured" not in f["flags"]
             assert "[UNVERIFIED: size not measured on the CT]" in " ".join(
                 rep["sections"].values())
+        # a size the CT did not give: the text states the list's estimate (and marks it)
+        if f["present"] and f["size_mm"] and "size_measured" not in f["flags"] \
+                and f["label"] != "cardiomegaly":
+            from medassist.labeler import label_text, stated_sizes_mm
+
+            for sec in ("findings", "impression"):
+                for s in label_text(rep["sections"][sec]):
+                    stated = stated_sizes_mm(s.text)
+                    if [k for k, pos in s.labels.items() if pos] == [f["label"]] \
+                            and len(stated) == 1 and "[ADDED FROM THE FINDINGS LIST]" not in s.text:
+                        assert abs(stated[0] - f["size_mm"]) <= 0.5 or (
+                            round(stated[0] / 10, 1) == round(f["size_mm"] / 10, 1)), s.text
+                        assert "text_size_unmeasured" in f["flags"]
     json.dumps(rep)
 
 

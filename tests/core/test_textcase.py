@@ -1,0 +1,90 @@
+"""The decoder's lower-case text presented as a report writes it (medassist.textcase)."""
+
+from __future__ import annotations
+
+import pytest
+
+from medassist.labeler import label_text
+from medassist.textcase import CASED_WORDS, present_text
+
+#: what the demo decoder wrote for the shared A0001 CT, with the draft's marks
+A0001_FINDINGS = (
+    "[UNVERIFIED: size not measured on the CT] [UNVERIFIED: side uncertain on the CT] lungs "
+    "and airways: there is airspace consolidation in the left lower lobe measuring about 4.7 "
+    "cm. [UNVERIFIED: size not measured on the CT] there is a 3.4 cm lobulated mass in the "
+    "left upper lobe. pleura: no pleural effusion. no pneumothorax. [UNVERIFIED: the model "
+    "does not detect mediastinal lymphadenopathy reliably] mediastinum and heart: no enlarged "
+    "mediastinal lymph nodes. the heart is normal in size. bones: no acute osseous "
+    "abnormality.")
+A0001_IMPRESSION = (
+    "1. [UNVERIFIED: size not measured on the CT] 4.4 cm mass in the left upper lobe, "
+    "suspicious for primary lung malignancy; recommend pet/ct and tissue sampling. 2. "
+    "consolidation in the left lower lobe, nonspecific; clinical correlation recommended.")
+
+
+def test_findings_read_as_a_report_one_heading_a_line() -> None:
+    assert present_text(A0001_FINDINGS).splitlines() == [
+        "Lungs and airways: [UNVERIFIED: size not measured on the CT] [UNVERIFIED: side "
+        "uncertain on the CT] There is airspace consolidation in the left lower lobe "
+        "measuring about 4.7 cm. [UNVERIFIED: size not measured on the CT] There is a 3.4 cm "
+        "lobulated mass in the left upper lobe.",
+        "Pleura: No pleural effusion. No pneumothorax.",
+        "Mediastinum and heart: [UNVERIFIED: the model does not detect "
+        "mediastinal lymphadenopathy reliably] No enlarged mediastinal lymph nodes. The heart "
+        "is normal in size.",
+        "Bones: No acute osseous abnormality."]
+
+
+def test_impression_items_one_a_line_and_acronyms() -> None:
+    assert present_text(A0001_IMPRESSION, headings=False).splitlines() == [
+        "1. [UNVERIFIED: size not measured on the CT] 4.4 cm mass in the left upper lobe, "
+        "suspicious for primary lung malignancy; recommend PET/CT and tissue sampling.",
+        "2. Consolidation in the left lower lobe, nonspecific; clinical correlation "
+        "recommended."]
+    bullets = present_text("impression: - cardiomegaly. - moderate right pleural effusion.")
+    assert bullets.splitlines() == ["Impression:", "- Cardiomegaly.",
+                                    "- Moderate right pleural effusion."]
+
+
+@pytest.mark.parametrize("text", [A0001_FINDINGS, A0001_IMPRESSION])
+def test_only_case_and_line_breaks_change_and_every_sentence_reads_the_same(text: str) -> None:
+    """Each sentence states the same findings, affirmed or negated, after the change, and
+    the words are the same but for case (the marks before a heading move behind it)."""
+    out = present_text(text)
+
+    def read(t: str) -> list[dict[str, bool]]:
+        return [s.labels for s in label_text(t) if s.labels]
+    assert read(out) == read(text)
+    assert sorted(out.lower().split()) == sorted(text.lower().split())
+    # the marks are kept as written, none recased ("[UNVERIFIED: size ...]", not "Size")
+    assert out.count("[UNVERIFIED: size not measured on the CT]") == text.count(
+        "[UNVERIFIED: size not measured on the CT]")
+
+
+def test_stations_decimals_and_words_it_does_not_know() -> None:
+    assert present_text("enlarged lymph node at station 4 r, 14 mm short axis.") == (
+        "Enlarged lymph node at station 4R, 14 mm short axis.")
+    assert present_text("nodes at stations 2 r and 10 l, the largest 12 mm.") == (
+        "Nodes at stations 2R and 10L, the largest 12 mm.")
+    # a decimal's point ends no sentence; a list number's does
+    assert present_text("ratio of about 0.58 on ct. 2. effusion 1.5 cm deep.") == (
+        "Ratio of about 0.58 on CT.\n2. Effusion 1.5 cm deep.")
+    # an acronym outside the table stays as written; a table of one's own is used instead
+    assert present_text("egfr mutation known; 120 kvp.") == "Egfr mutation known; 120 kVp."
+    assert present_text("egfr mutation; 120 kvp.", table={"egfr": "EGFR"}) == (
+        "EGFR mutation; 120 kvp.")
+    assert CASED_WORDS["mas"] == "mAs" and CASED_WORDS["lul"] == "LUL"
+    # "ct-guided" and a word inside a longer one
+    assert present_text("ct-guided biopsy; the pet scan, not peteous.") == (
+        "CT-guided biopsy; the PET scan, not peteous.")
+
+
+def test_without_headings_a_colon_inside_a_sentence_stays() -> None:
+    text = "cardiomegaly: ratio 0.61. no effusion."
+    assert present_text(text, headings=False) == "Cardiomegaly: ratio 0.61. No effusion."
+    assert present_text("") == ""
+    # a sentence already cased, or text after its marks, is left as it is
+    assert present_text("[ADDED FROM THE FINDINGS LIST] Left consolidation (LLL), about 62 "
+                        "mm (estimated, not measured on the CT).") == (
+        "[ADDED FROM THE FINDINGS LIST] Left consolidation (LLL), about 62 mm (estimated, "
+        "not measured on the CT).")
