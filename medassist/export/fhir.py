@@ -92,7 +92,37 @@ def _observation(i: int, f: Finding, codes_: FindingCodes, status: str,
     site = site or fc.site
     if site is not None:
         obs["bodySite"] = _concept(site)
+    obs["component"] += _evidence(f)
+    if f.evidence.slices or f.evidence.box_mm is not None or f.evidence.z_mm is not None:
+        # seen on the contained ImagingStudy's series
+        obs["derivedFrom"] = [{"reference": "#study"}]
     return {k: v for k, v in obs.items() if v is not None}
+
+
+def _range(low: float, high: float, unit: str) -> dict[str, Any]:
+    def q(v: float) -> dict[str, Any]:
+        return {"value": v, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
+    return {"low": q(low), "high": q(high)}
+
+
+def _evidence(f: Finding) -> list[dict[str, Any]]:
+    """Where on the CT the finding is seen, as components: R4 (and R4B) has no resource for
+    an image region (R5's ImagingSelection), so the evidence box is three ranges in the
+    patient's DICOM coordinates (LPS, mm: x towards the patient's left, y posterior, z
+    superior), and its slices a range of indices in the series' slice order, as the draft
+    states them (the SR draws the box on each slice)."""
+    ev, out = f.evidence, []
+    if ev.slices:
+        out.append({"code": {"text": "Evidence slices (index in the series' slice order)"},
+                    "valueRange": _range(float(min(ev.slices)), float(max(ev.slices)), "1")})
+    if ev.box_mm is not None:
+        for axis, name in enumerate(("x", "y", "z")):
+            out.append({"code": {"text": f"Evidence box, {name} (DICOM patient LPS, mm)"},
+                        "valueRange": _range(ev.box_mm[axis], ev.box_mm[axis + 3], "mm")})
+    elif ev.z_mm is not None:
+        out.append({"code": {"text": "Evidence box, z (DICOM patient LPS, mm)"},
+                    "valueRange": _range(min(ev.z_mm), max(ev.z_mm), "mm")})
+    return out
 
 
 def build_fhir(view: ReportView, *, codes_: FindingCodes | None = None) -> DiagnosticReport:
@@ -106,7 +136,11 @@ def build_fhir(view: ReportView, *, codes_: FindingCodes | None = None) -> Diagn
                     for i, f in reviewed_findings(view.draft, view.text)]
     study = {"resourceType": "ImagingStudy", "id": "study", "status": "available",
              "subject": subject,
-             "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{view.study_uid}"}]}
+             "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{view.study_uid}"}],
+             # the series the draft was made from (the findings' evidence is on it)
+             "series": [{"uid": view.draft.inputs.series_uid,
+                         "modality": {"system": "http://dicom.nema.org/resources/ontology/DCM",
+                                      "code": "CT", "display": "Computed Tomography"}}]}
     data: dict[str, Any] = {
         "resourceType": "DiagnosticReport", "id": f"medassist-report-{view.report_id}",
         "contained": [study, *observations], "status": status,

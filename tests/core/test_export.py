@@ -352,6 +352,27 @@ def test_fhir(db: Db, tmp_path: Path, signed: bool) -> None:
     text = base64.b64decode(data["presentedForm"][0]["data"]).decode()
     assert "IMPRESSION:" in text
     assert dr.subject is not None and dr.subject.identifier.value == "PSEUDO-0002"
+    # where the model saw each finding: the series it was drafted from, and the evidence
+    # box as ranges in patient LPS mm, the slices as a range of indices (R4 has no image
+    # region resource); a finding with no evidence has neither
+    series = contained["study"].series or []
+    assert [(x.uid, x.modality.code) for x in series] == [(SERIES_UID, "CT")]
+    ranges = {c.code.text: (c.valueRange.low.value, c.valueRange.high.value,
+                            c.valueRange.low.unit)
+              for c in obs.component or [] if c.valueRange is not None}
+    assert ranges == {
+        "Evidence slices (index in the series' slice order)": (40, 42, "1"),
+        "Evidence box, x (DICOM patient LPS, mm)": (40.0, 49.0, "mm"),
+        "Evidence box, y (DICOM patient LPS, mm)": (-30.0, -21.0, "mm"),
+        "Evidence box, z (DICOM patient LPS, mm)": (-120.5, -117.0, "mm")}
+    assert [r.reference for r in obs.derivedFrom or []] == ["#study"]
+    effusion = contained["finding-2"]  # one evidence slice, no box
+    assert [(c.code.text, c.valueRange.low.value) for c in effusion.component or []
+            if c.valueRange is not None] == [
+        ("Evidence slices (index in the series' slice order)", 60)]
+    absent = contained["finding-3"]
+    assert absent.derivedFrom is None
+    assert not [c for c in absent.component or [] if c.valueRange is not None]
     if signed:
         assert dr.resultsInterpreter[0].display == "Dr. Carol Chen"
 
