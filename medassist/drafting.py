@@ -388,6 +388,7 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
     """Draft reports for a batch of prepared studies (one forward pass, batched decoding)."""
     import torch
 
+    from multimodal.attribution import note_spans
     from multimodal.batching import collate
     from multimodal.context import with_context
     from multimodal.heads import predict_findings
@@ -410,9 +411,13 @@ def infer(lm: LoadedModel, batch: Sequence[Prepared], threshold: float | None = 
         # decoder.image_pass: the text, and the locations and sizes it states, from the
         # same weights without the note (out itself where that would not differ)
         img = image_pass(lm.model, cfg, x, out)
-        all_preds = with_context(out, cfg.context,
-                                 predict_findings(out, cfg.heads, cfg.ct, threshold),
-                                 cfg.heads.n_emr_spans)
+    # the note's tokens a called finding's presence rests on (gradient x input), where the
+    # note raises it against the pass without the note (img, where that was run)
+    preds = note_spans(lm.model, cfg.heads, x, out,
+                       predict_findings(out, cfg.heads, cfg.ct, threshold),
+                       None if img is out else img)
+    with torch.no_grad():
+        all_preds = with_context(out, cfg.context, preds, cfg.heads.n_emr_spans)
         if cfg.decoder.image_pass:
             all_preds = image_geometry(all_preds, img, cfg.heads)
         # a called nodule's or mass's size measured on the CT where that succeeds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -447,7 +448,13 @@ class HeadsConfig:
     labels: tuple[str, ...] = ()
     locations: tuple[str, ...] = ("none", "other")
     size_max_mm: float = 200.0
+    #: a called finding's EMR evidence: at most this many of the note's tokens, ranked by
+    #: gradient x input (multimodal.attribution.note_spans) ...
     n_emr_spans: int = 3
+    #: ... taken only where the note raises the finding's presence logit by this much or
+    #: more against the same pass without it (a finding that does not rest on the note has
+    #: no note evidence)
+    emr_evidence_min_logit: float = 0.1
     #: localisation: patches with map >= rel_threshold * max form the evidence box
     rel_threshold: float = 0.5
     #: multiple-instance presence: per-patch logits (trained on the label map), pooled by
@@ -532,6 +539,10 @@ class HeadsConfig:
         _pos("heads.size_max_mm", self.size_max_mm)
         if self.n_emr_spans < 0 or not 0 < self.rel_threshold <= 1:
             raise ModelConfigError("heads.n_emr_spans >= 0 and rel_threshold in (0, 1]")
+        if not (math.isfinite(self.emr_evidence_min_logit)
+                and self.emr_evidence_min_logit >= 0):
+            raise ModelConfigError("heads.emr_evidence_min_logit must be a logit gain >= 0, "
+                                   f"got {self.emr_evidence_min_logit}")
         unknown = sorted(set(self.evidence_side_labels) - set(self.labels))
         if unknown:
             raise ModelConfigError(f"heads.evidence_side_labels {unknown} are not in "

@@ -200,7 +200,9 @@ def top_spans(attr: Tensor, n: int) -> tuple[tuple[int, int], ...]:
     """Top-n tokens by attribution, merged into contiguous [t0, t1) spans."""
     if n == 0 or attr.numel() == 0 or float(attr.sum()) <= 0:
         return ()
-    top = sorted(attr.topk(min(n, attr.numel())).indices.tolist())
+    # tokens of no attribution are no evidence (gradient x input is 0 below the positive)
+    top = sorted(t for t in attr.topk(min(n, attr.numel())).indices.tolist()
+                 if float(attr[t]) > 0)
     spans: list[list[int]] = []
     for t in top:
         if spans and t == spans[-1][1]:
@@ -403,16 +405,15 @@ def predict_findings(out: ModelOutput, heads: HeadsConfig, ct: CTStemConfig,
                 weights = m * sel
             if use_ev and sides is None and weights is not None:
                 side = side_from_map(weights, mid, ct.patch[2])
-            spans: tuple[tuple[int, int], ...] = ()
-            if present and out.emr_attr is not None and bool(out.emr_used[b]):
-                spans = top_spans(out.emr_attr[b, f].detach().cpu(), heads.n_emr_spans)
             case.append(FindingPrediction(
                 label=label, present=present, probability=p,
                 laterality=side if present else None,
                 location=location_on_side(loc_all[b, f], heads.locations, side)
                 if present else None,
                 size_mm=round(float(size[b, f]), 1) if present else None,
-                slices=slices, box_voxels=box, emr_token_spans=spans, side_evidence=side_ev,
+                # the note's evidence: multimodal.attribution.note_spans (out.emr_attr, the
+                # head's own EMR attention, has no loss and ranks no evidence)
+                slices=slices, box_voxels=box, emr_token_spans=(), side_evidence=side_ev,
                 side_uncertain=side_ev is not None and side_is_uncertain(
                     side, *side_ev, heads.min_side_odds_ratio),
                 focus_box=focus,

@@ -531,8 +531,11 @@ class Handlers:
                                   "highlighted spans would be wrong, so it is not shown.", [])
         spans = [(sp, f.label) for f in draft.findings for sp in f.evidence.emr_spans]
         n = len({sp for sp, _ in spans})
-        return EmrView(True, f"{n} span(s) the model relied on are highlighted.",
-                       emr_segments(text, spans))
+        # a finding's spans: the passages its impression's context rests on, and the note's
+        # tokens its presence rests on where the note raised it (multimodal.attribution)
+        said = (f"{n} span(s) the model relied on are highlighted." if n else
+                "No finding rests on a passage of this note: nothing is highlighted.")
+        return EmrView(True, said, emr_segments(text, spans))
 
     def open_study(self, token: str | None, report_id: int) -> StudyView:
         us = self._session(token, CLINICIAN, "open studies", ObjectType.REPORT, report_id)
