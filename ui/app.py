@@ -97,15 +97,39 @@ def _size_cell(r: FindingReview) -> str:
     return "-"
 
 
+#: a draft flag (docs/model.md, the draft's JSON) as the findings table's marks state it; a
+#: flag not listed reads as itself
+FLAG_TEXT: dict[str, str] = {
+    "no_emr": "no EMR note",
+    "text_contradicts_head": "text contradicts the AI call",
+    "text_omitted_finding": "text left it out (sentence added)",
+    "text_history_unstated": "text rests on history the note does not state",
+    "unreliable_detector": "unreliable detector",
+    "not_assessed": "not assessed by the model",
+    "small_not_assessed": "small ones not assessed",
+    "context_from_note": "impression context from the note's history",
+    "found_on_ct": "found on the CT",
+    "air_bronchograms": "air bronchograms: read as the consolidation",
+    "text_size_restated": "text size replaced by the measured one",
+    "text_size_unmeasured": "text size not measured on the CT",
+    "text_size_estimated": "text size is the estimate",
+    "text_ratio_restated": "text ratio replaced by the measured one",
+    "text_ratio_unmeasured": "text ratio not measured on the CT",
+    "side_uncertain": "side uncertain on the CT",
+    "reviewer_side": "side set by the reviewer",
+    "reviewer_size": "size set by the reviewer",
+}
+
+
 def finding_rows(reviews: list[FindingReview]) -> list[list[Any]]:
     rows = []
     for r in reviews:
         marks = []
         if r.low_confidence:
-            marks.append("LOW CONFIDENCE")
-        marks += [f"FLAG {f}" for f in r.consistency_flags]
+            marks.append("low confidence")
+        marks += [FLAG_TEXT.get(f, f) for f in r.consistency_flags]
         sl = f"{r.slices[0]}-{r.slices[-1]}" if r.slices else "-"
-        rows.append([r.index, r.label, r.status,
+        rows.append([r.index, r.label.replace("_", " "), r.status,
                      f"{r.probability:.2f}", "; ".join(marks) or "-", r.decision,
                      f"{r.side} (uncertain on CT)" if r.side_uncertain else r.side or "-",
                      _size_cell(r),

@@ -730,12 +730,15 @@ def test_finding_rows_say_not_assessed_for_a_label_the_model_never_calls_and_fou
                                     "absent (small ones not assessed)",
                                     "present (found on the CT)",
                                     "absent (air bronchograms: the consolidation)"]
-    assert "FLAG air_bronchograms" in rows[5][4]
+    assert "air bronchograms: read as the consolidation" in rows[5][4]
     # a call made by the CT measurement (a pericardial effusion) says so beside the head's
     # probability, which did not make it
-    assert rows[4][4] == "FLAG found_on_ct"
-    assert "FLAG not_assessed" in rows[0][4] and rows[1][4] == "-"
-    assert rows[3][4] == "FLAG small_not_assessed"
+    assert rows[4][4] == "found on the CT"
+    assert rows[0][4] == "low confidence; not assessed by the model" and rows[1][4] == "-"
+    assert rows[3][4] == "small ones not assessed"
+    # the finding as a reader names it; a flag the table does not know reads as itself
+    assert rows[0][1] == "lung nodule"
+    assert finding_rows([review(True, ("some_new_flag",))])[0][4] == "some_new_flag"
 
 
 def test_finding_rows_say_a_side_resting_on_near_equal_evidence_is_uncertain() -> None:
@@ -752,7 +755,7 @@ def test_finding_rows_say_a_side_resting_on_near_equal_evidence_is_uncertain() -
                          review("left", "left", ()),
                          review("right", "left", ("side_uncertain",))])  # reviewer's side
     assert [r[6] for r in rows] == ["left (uncertain on CT)", "left", "right"]
-    assert rows[0][4] == "FLAG side_uncertain"
+    assert rows[0][4] == "side uncertain on the CT"
 
 
 def test_coverage_note() -> None:
