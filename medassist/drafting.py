@@ -457,10 +457,13 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
         restate_ratios,
         restate_sizes,
     )
-    from medassist.textcase import present_text
+    from medassist.textcase import CASED_WORDS, present_text
     from multimodal.measure import measured_ratios, measured_sizes
 
     study, emr = prep.study, prep.emr
+    # how the training reports write their words (the checkpoint's vocabulary, since stop 49)
+    # over the built-in acronyms
+    cased = {**CASED_WORDS, **lm.tok.cased}
     # a label the fitted threshold never calls is assessed where the CT decided it
     # (multimodal.pericardium: the heart found, with or without a fluid band around it)
     never = never - {p.label for p in preds if p.present_source == "image"}
@@ -673,8 +676,9 @@ def _draft(lm: LoadedModel, prep: Prepared, sample: Mapping[str, Any], text: str
                          noise_text(study.noise_index, lm.cfg.ct.noise_max_index)) if t),
                      # sentence case, acronyms, a heading or list item per line: the
                      # decoder writes lower case (medassist.textcase)
-                     "findings": present_text(findings_text),
-                     "impression": present_text(impression, headings=False)},
+                     "findings": present_text(findings_text, table=cased),
+                     "impression": present_text(impression, headings=False,
+                                                table=cased)},
         "findings": items,
         "modality_weights": {"ct": round(float(w[0]), 4), "emr": round(float(w[1]), 4)},
         "model": {"name": lm.name, "version": MODEL_VERSION,

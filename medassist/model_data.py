@@ -165,9 +165,10 @@ def folder_records(data: str | Path, model_cfg: Any, images: bool = True
 def build_tokenizer(records: Sequence[CaseRecord], max_size: int) -> Any:
     from multimodal.tokenizer import WordTokenizer
 
-    corpus = [r.emr or "" for r in records] + [report_target_text(r.report_text)
-                                               for r in records]
-    return WordTokenizer.build(corpus, max_size=max_size)
+    reports = [report_target_text(r.report_text) for r in records]
+    corpus = [r.emr or "" for r in records] + reports
+    # the reports' own case of their words: the draft writes the decoder's text with it
+    return WordTokenizer.build(corpus, max_size=max_size, cased_from=reports)
 
 
 def context_targets(impression: Sequence[Mapping[str, Any]], context: Any

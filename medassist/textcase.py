@@ -16,10 +16,11 @@ they ended (a line break is put only where a sentence already ended).  The draft
 bracketed marks (``[UNVERIFIED: ...]``) are kept as written; one in front of a heading moves
 behind it, onto the sentence it marks.
 
-What it knows is :data:`CASED_WORDS` (the acronyms and units of the generator's reports and
-common radiology ones), a station's side ("station 4 r" -> "station 4R") and where sentences,
-headings and list items begin.  A word it does not know stays as the decoder wrote it:
-an acronym of a hospital's own reports that is not in the table reads in lower case.
+What it knows is a table of words (:data:`CASED_WORDS`, the acronyms and units of the
+generator's reports and common radiology ones; the draft adds the checkpoint's own,
+``WordTokenizer.cased``: how the reports its vocabulary was built from write their words,
+since stop 49), a station's side ("station 4 r" -> "station 4R") and where sentences,
+headings and list items begin.  A word neither knows stays as the decoder wrote it.
 """
 
 from __future__ import annotations

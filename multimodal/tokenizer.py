@@ -16,7 +16,7 @@ import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from multimodal.errors import TokenizerError
@@ -42,10 +42,40 @@ def _enumerator(text: str) -> bool:
     return not (before[-1:].isdigit() and _enumerator(before))
 
 
-class WordTokenizer:
-    """Maps text to token ids (and character spans) and back."""
+#: a word as written (letters only), and where a sentence, heading or list item begins (its
+#: first word's case says nothing of the word)
+_CASED_WORD = re.compile(r"(?<![A-Za-z])[A-Za-z]+(?![A-Za-z])")
+_INITIAL = re.compile(r"(?:^|[.!?:]\s+|\n\s*|-\s+|\d+\.\s+)$")
 
-    def __init__(self, vocab: Sequence[str]) -> None:
+
+def cased_forms(texts: Iterable[str], min_count: int = 2) -> dict[str, str]:
+    """Lower-case word -> how ``texts`` write it where case is the word's own (not the first
+    word of a sentence, heading or list item): its most frequent form there, kept where it is
+    not the lower-case one, makes up more than half of those uses and is seen ``min_count``
+    times or more ("ct" -> "CT", "kvp" -> "kVp"; "the" stays out; a single letter, as the
+    "R" of a station's "4R" that the tokenizer splits off, is left out too)."""
+    seen: dict[str, Counter[str]] = {}
+    for text in texts:
+        for m in _CASED_WORD.finditer(text):
+            if _INITIAL.search(text[max(0, m.start() - 8): m.start()]):
+                continue
+            w = m.group(0)
+            seen.setdefault(w.lower(), Counter())[w] += 1
+    out = {}
+    for low, forms in seen.items():
+        form, n = forms.most_common(1)[0]
+        if len(low) > 1 and form != low and n >= min_count and 2 * n > sum(forms.values()):
+            out[low] = form
+    return dict(sorted(out.items()))
+
+
+class WordTokenizer:
+    """Maps text to token ids (and character spans) and back.  ``cased``: how the corpus
+    the vocabulary was built from writes its words whose case is not lower (:func:`cased_forms`
+    of the report texts: the decoder writes lower case, and the draft restores these;
+    :mod:`medassist.textcase`)."""
+
+    def __init__(self, vocab: Sequence[str], cased: Mapping[str, str] | None = None) -> None:
         vocab = list(vocab)
         if tuple(vocab[: len(SPECIALS)]) != SPECIALS:
             raise TokenizerError(f"vocabulary must start with {SPECIALS}")
@@ -53,6 +83,17 @@ class WordTokenizer:
             raise TokenizerError("vocabulary has duplicate tokens")
         self._itos = vocab
         self._stoi = {t: i for i, t in enumerate(vocab)}
+        cased = dict(cased or {})
+        bad = sorted(k for k, v in cased.items() if k not in self._stoi or v.lower() != k)
+        if bad:
+            raise TokenizerError(f"cased forms must be of vocabulary words and differ only in "
+                                 f"case: {bad[:5]}")
+        self._cased = cased
+
+    @property
+    def cased(self) -> Mapping[str, str]:
+        """Lower-case word -> how the reports it was built from write it (may be empty)."""
+        return dict(self._cased)
 
     def __len__(self) -> int:
         return len(self._itos)
@@ -68,7 +109,10 @@ class WordTokenizer:
         return [(m.group(0), m.start(), m.end()) for m in _TOKEN.finditer(low)]
 
     @classmethod
-    def build(cls, corpus: Iterable[str], max_size: int, min_freq: int = 1) -> WordTokenizer:
+    def build(cls, corpus: Iterable[str], max_size: int, min_freq: int = 1,
+              cased_from: Iterable[str] = ()) -> WordTokenizer:
+        """The vocabulary of ``corpus``; with ``cased_from`` (the report texts), the case of
+        their words (:func:`cased_forms`), kept for the words in the vocabulary."""
         if max_size < len(SPECIALS) + 201:
             raise TokenizerError(f"max_size must be >= {len(SPECIALS) + 201}")
         base = list(SPECIALS) + [str(i) for i in range(201)]
@@ -78,7 +122,9 @@ class WordTokenizer:
         known = set(base)
         ranked = sorted((t for t, c in counts.items() if c >= min_freq and t not in known),
                         key=lambda t: (-counts[t], t))
-        return cls(base + ranked[: max_size - len(base)])
+        vocab = base + ranked[: max_size - len(base)]
+        words = set(vocab)
+        return cls(vocab, {k: v for k, v in cased_forms(cased_from).items() if k in words})
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False,
                max_tokens: int | None = None, split_decimals: bool = False,
@@ -147,8 +193,11 @@ class WordTokenizer:
         return out.strip()
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"format": FORMAT, "vocab": self._itos},
-                                         ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        data: dict[str, object] = {"format": FORMAT, "vocab": self._itos}
+        if self._cased:  # a vocabulary without them is written as before
+            data["cased"] = self._cased
+        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=0) + "\n",
+                              encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> WordTokenizer:
@@ -161,4 +210,11 @@ class WordTokenizer:
         vocab = raw.get("vocab")
         if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
             raise TokenizerError(f"{path}: 'vocab' must be a list of strings")
-        return cls(vocab)
+        cased = raw.get("cased", {})  # optional: vocabularies before stop 49 have none
+        if not isinstance(cased, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in cased.items()):
+            raise TokenizerError(f"{path}: 'cased' must map words to strings")
+        try:
+            return cls(vocab, cased)
+        except TokenizerError as exc:
+            raise TokenizerError(f"{path}: {exc}") from exc

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from medassist.labeler import label_text
 from medassist.textcase import CASED_WORDS, present_text
+from multimodal.errors import TokenizerError
+from multimodal.tokenizer import WordTokenizer
 
 #: what the demo decoder wrote for the shared A0001 CT, with the draft's marks
 A0001_FINDINGS = (
@@ -88,3 +93,38 @@ def test_without_headings_a_colon_inside_a_sentence_stays() -> None:
                         "mm (estimated, not measured on the CT).") == (
         "[ADDED FROM THE FINDINGS LIST] Left consolidation (LLL), about 62 mm (estimated, "
         "not measured on the CT).")
+
+
+def test_the_reports_own_case_is_learned_with_the_vocabulary(tmp_path: Path) -> None:
+    """A hospital's reports write "EGFR" and "CTA": the vocabulary built from them keeps
+    that case (not a sentence's, heading's or item's first word, nor a single letter), saves
+    and loads it, and the draft's text uses it over the built-in table; a vocabulary saved
+    before stop 49 has none and loads as before."""
+    from medassist.model_data import CaseRecord, build_tokenizer
+
+    reports = [
+        "FINDINGS:\nLungs: Spiculated mass, EGFR mutant per history. No CTA findings.\n"
+        "Nodes: Station 4R node.\nIMPRESSION:\n1. Mass. Recommend CTA and EGFR testing.",
+        "FINDINGS:\nLungs: The mass is smaller. CTA not performed; EGFR known.\nIMPRESSION:\n"
+        "- Egfr-mutant mass, smaller.\n- The effusion resolved."]
+    recs = [CaseRecord(case_id=str(i), hu=None, label_map=None, findings=[], emr=None,
+                       report_text=t) for i, t in enumerate(reports)]
+    tok = build_tokenizer(recs, max_size=400)
+    assert tok.cased == {"cta": "CTA", "egfr": "EGFR"}  # "The", "Mass", "R" left out
+    tok.save(tmp_path / "vocab.json")
+    back = WordTokenizer.load(tmp_path / "vocab.json")
+    assert back.cased == tok.cased and back.vocab == tok.vocab
+    text = "lungs: egfr-mutant mass; cta not performed. 1. recommend pet/ct."
+    assert present_text(text, table={**CASED_WORDS, **back.cased}) == (
+        "Lungs: EGFR-mutant mass; CTA not performed.\n1. Recommend PET/CT.")
+    # a vocabulary without the key (before stop 49) loads with none
+    raw = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    del raw["cased"]
+    (tmp_path / "old.json").write_text(json.dumps(raw), encoding="utf-8")
+    assert WordTokenizer.load(tmp_path / "old.json").cased == {}
+    # a cased form of a word outside the vocabulary, or another word, is refused
+    for bad in ({"zzz": "ZZZ"}, {"cta": "CTX"}):
+        raw["cased"] = bad
+        (tmp_path / "bad.json").write_text(json.dumps(raw), encoding="utf-8")
+        with pytest.raises(TokenizerError, match=r"bad\.json: cased forms"):
+            WordTokenizer.load(tmp_path / "bad.json")
