@@ -9,8 +9,9 @@ instead::
     Lungs and airways: There is a 3.4 cm lobulated mass in the left upper lobe.
     Pleura: No pleural effusion.
 
-:func:`present_text` changes letter case and whitespace only, and the words it recases do
-not change what a sentence states: every reader of the text in medassist (the labeler, the
+:func:`present_text` changes letter case and white space only (a line break where a sentence
+ended, the space inside a station's "4 r"), and the words it recases do not change what a
+sentence states: every reader of the text in medassist (the labeler, the
 history rules, the review's decision block) reads it case-blind, and its sentences end where
 they ended (a line break is put only where a sentence already ended).  The draft's own
 bracketed marks (``[UNVERIFIED: ...]``) are kept as written; one in front of a heading moves
@@ -49,11 +50,16 @@ _START = re.compile(r"(?:^|(?<=[.!?])[ \t]+|\n[ \t]*)")
 _START_COLON = re.compile(r"(?:^|(?<=[.!?:])[ \t]+|\n[ \t]*)")
 #: what may stand before a sentence's first word: marks, a list item's bullet, "("
 _LEAD = re.compile(r"(?:\[[^\]]*\]\s*|-\s+|\(\s*)*")
-#: a heading at a sentence's start (after a full stop or at the text's start), marks before it
-_HEADING = re.compile(r"(?:^|(?<=[.!?])[ \t]+)((?:\[[^\]]*\][ \t]*)*)"
+#: a heading at a sentence's start (after a full stop or at the text's start), marks before it;
+#: a line break goes only after a full stop, where the labeler's sentences end already
+#: (:data:`medassist.history.SENTENCE`: not after "?", "!" or a colon, where a break would end
+#: a sentence, and with it a negation's reach)
+_HEADING = re.compile(r"(?:^|(?<=\.)[ \t]+)((?:\[[^\]]*\][ \t]*)*)"
                       r"([A-Za-z]+(?: [A-Za-z]+){0,4}):[ \t]+")
-#: a numbered list item ("2. ...") or a bullet ("- ...") after a full stop or a colon
-_ITEM = re.compile(r"(?<=[.!?:])[ \t]+(?=(?:\d{1,2}\.|-)[ \t]+\S)")
+#: a numbered list item ("2. ...") or a bullet ("- ...") after a full stop
+_ITEM = re.compile(r"(?<=\.)[ \t]+(?=(?:\d{1,2}\.|-)[ \t]+\S)")
+#: a word written in mixed case ("kVp", "mAs"): its first letter is not changed
+_MIXED = re.compile(r"[A-Za-z][a-z]*[A-Z]")
 
 
 def _recase_words(part: str, table: Mapping[str, str]) -> str:
@@ -88,7 +94,7 @@ def _sentence_case(text: str, colon: bool) -> str:
             continue  # a colon inside a mark ("[UNVERIFIED: size ...]")
         lead = _LEAD.match(text, m.end())
         at = lead.end() if lead else m.end()
-        if at < len(chars) and chars[at].isalpha():
+        if at < len(chars) and chars[at].isalpha() and not _MIXED.match(text, at):
             chars[at] = chars[at].upper()
     return "".join(chars)
 
@@ -110,8 +116,7 @@ def present_text(text: str, *, headings: bool = True,
     :data:`CASED_WORDS`) and a station's side in capitals, each sentence, heading and list
     item begun with a capital, and each numbered or bulleted item on its own line; with
     ``headings`` (a Findings section), each heading on its own line too, and what follows
-    it (and any colon) begun with a capital.  Only letter case and the white space between
-    sentences change."""
+    it (and any colon) begun with a capital.  Only letter case and white space change."""
     text = _outside_marks(text.strip(), table)
     if headings:
         text = _headings(text)
