@@ -504,8 +504,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 size = "" if r.get("size_mae_mm_nodule_mass") is None else (
                     f" size MAE {r['size_mae_mm_nodule_mass']:.1f} mm (size head "
                     f"{r['size_mae_mm_nodule_mass_head']:.1f})")
-                print(f"{k}: micro-F1 {r['micro_f1']:.3f} macro-F1 {r['macro_f1']:.3f}"
-                      f" ECE {r['ece']:.3f}{size}")
+                ci = r.get("ci95", {}).get("micro_f1")
+                span = "" if ci is None else f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})"
+                print(f"{k}: micro-F1 {r['micro_f1']:.3f}{span} macro-F1 "
+                      f"{r['macro_f1']:.3f} ECE {r['ece']:.3f}{size}")
                 if k == "full":
                     for line in per_finding_lines(r["per_finding"]):
                         print(f"  {line}")
@@ -516,11 +518,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def per_finding_lines(per: dict[str, Any]) -> list[str]:
-    """One line per finding of an eval's ``per_finding``: F1, TP / FP / FN and, where it has
-    false calls, the findings their cases have (``false_calls_with``)."""
+    """One line per finding of an eval's ``per_finding``: F1 (with its 95 % interval where
+    the eval has it), TP / FP / FN, the recall's 95 % interval and, where it has false calls,
+    the findings their cases have (``false_calls_with``)."""
     out = []
     for lab, v in per.items():
-        line = f"{lab}: F1 {v['f1']:.2f} (TP {v['tp']}, FP {v['fp']}, FN {v['fn']})"
+        ci = v.get("f1_ci95")
+        line = f"{lab}: F1 {v['f1']:.2f}" + ("" if ci is None else
+                                              f" (95 % CI {ci[0]:.2f}-{ci[1]:.2f})")
+        line += f" (TP {v['tp']}, FP {v['fp']}, FN {v['fn']})"
+        rci = v.get("recall_ci95")
+        if rci is not None:
+            line += f"; recall {v['tp']} of {v['tp'] + v['fn']} ({rci[0]:.2f}-{rci[1]:.2f})"
         with_ = v.get("false_calls_with") or {}
         if with_:
             line += "; false calls in cases with " + ", ".join(

@@ -1,4 +1,5 @@
-"""Findings metrics: per-label and micro/macro F1, laterality accuracy, size MAE, ECE."""
+"""Findings metrics: per-label and micro/macro F1, laterality accuracy, size MAE, ECE, and
+their 95 % intervals (a case bootstrap; Wilson's interval for a share of independent cases)."""
 
 from __future__ import annotations
 
@@ -54,10 +55,130 @@ def auroc(prob: Arr, truth: Arr) -> float | None:
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """Wilson's score interval [lo, hi] for ``k`` successes in ``n`` independent trials (95 %
+    at z = 1.96); None for n = 0.  Unlike the normal approximation it stays inside [0, 1]
+    and is not empty at k = 0 or k = n: 1 of 4 is [0.046, 0.699]."""
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return None
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [round(float(max(0.0, mid - half)), 4), round(float(min(1.0, mid + half)), 4)]
+
+
+#: Case resamples of :func:`bootstrap_cases` (and so of every bootstrap interval here).
+BOOTSTRAP_REPS = 2000
+
+
+def bootstrap_cases(n: int, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> npt.NDArray[np.int64]:
+    """(reps, n) case indices drawn with replacement, seeded: the same ``n`` gives the same
+    draws, so two metrics (or two runs) over the same cases are resampled alike."""
+    if n <= 0 or reps <= 0:
+        raise ValueError(f"need n > 0 cases and reps > 0, got {n}, {reps}")
+    return np.random.default_rng(seed).integers(0, n, size=(reps, n))
+
+
+def _pct(values: Arr) -> list[float] | None:
+    """The 2.5th and 97.5th percentiles of the finite ``values`` (None if there are none)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    lo, hi = np.percentile(v, [2.5, 97.5])
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
+def _f1s(tp: Arr, fp: Arr, fn: Arr) -> npt.NDArray[np.float64]:
+    """Elementwise :func:`f1` of count arrays."""
+    tp, fp, fn = (np.asarray(a, np.float64) for a in (tp, fp, fn))
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+
+
+def ece_bins(prob: Arr, truth: Arr, bins: int = 10) -> tuple[npt.NDArray[np.float64], ...]:
+    """Per case (row), per :func:`ece` bin: the count, the sum of probabilities and the sum of
+    outcomes, each (N, bins); :func:`ece` is sum_b |sum p - sum y| / count over all rows."""
+    p = np.asarray(prob, np.float64).reshape(len(prob), -1)
+    y = np.asarray(truth, np.float64).reshape(len(truth), -1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    one = np.eye(bins)[idx]  # (N, F, bins)
+    return one.sum(1), (one * p[..., None]).sum(1), (one * y[..., None]).sum(1)
+
+
+def intervals(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr, lat_hit: Arr,
+              lat_known: Arr, size_err: Arr, size_sel: Arr, reps: int = BOOTSTRAP_REPS,
+              seed: int = 0) -> dict[str, Any]:
+    """95 % intervals of :func:`findings_metrics`' summary figures: micro- and macro-F1, the
+    size MAE, the ECE and (``per_finding_f1``, in ``labels``' order) each label's F1 as
+    percentiles over ``reps`` case resamples (:func:`bootstrap_cases`: the cases are what is
+    sampled, so a case's findings move together); the laterality on true positives as
+    Wilson's interval (:func:`wilson`).  Arrays (N, F); ``lat_hit`` / ``lat_known`` the stated
+    side's agreement and where the reference states one, ``size_err`` / ``size_sel`` the
+    absolute size error and where it is scored.  A resample in which a figure is undefined
+    (no true positive to score) is left out of that figure's interval."""
+    y = np.asarray(truth, bool)
+    yp = np.asarray(pred, bool)
+    n, nf = y.shape
+    if yp.shape != (n, nf) or nf != len(labels):
+        raise ValueError(f"pred and truth must both be (N, {len(labels)}); got {yp.shape}, "
+                         f"{y.shape}")
+    idx = bootstrap_cases(n, reps, seed)
+    tp, fp, fn = (yp & y), (yp & ~y), (~yp & y)  # (N, F)
+    rtp, rfp, rfn = (a.astype(np.int64)[idx].sum(1) for a in (tp, fp, fn))  # (R, F)
+    micro = _f1s(rtp.sum(1), rfp.sum(1), rfn.sum(1))
+    supported = y.astype(np.int64)[idx].sum(1) > 0  # (R, F)
+    per = _f1s(rtp, rfp, rfn)
+    macro = np.where(supported.any(1), (per * supported).sum(1) / np.maximum(
+        supported.sum(1), 1), 1.0)
+    # the side: one trial per sided true positive, Wilson's interval (a bootstrap of 34 hits
+    # in 34 is [1, 1], which claims a certainty 34 trials do not give)
+    scored = tp & np.asarray(lat_known, bool)
+    lat = wilson(int((scored & np.asarray(lat_hit, bool)).sum()), int(scored.sum()))
+    sel = np.asarray(size_sel, bool)
+    err = np.where(sel, np.nan_to_num(np.asarray(size_err, np.float64)), 0.0)
+    e_sum, e_n = err.sum(1)[idx].sum(1), sel.sum(1)[idx].sum(1)
+    mae = np.where(e_n > 0, e_sum / np.maximum(e_n, 1), np.nan)
+    cnt, sp, sy = (a[idx].sum(1) for a in ece_bins(prob, truth))  # (R, bins)
+    ece_r = np.abs(sp - sy).sum(1) / np.maximum(cnt.sum(1), 1)
+    return {"micro_f1": _pct(micro), "macro_f1": _pct(macro), "laterality_acc_tp": lat,
+            "per_finding_f1": [_pct(per[:, f]) for f in range(nf)],
+            "size_mae_mm_nodule_mass": _pct(mae), "ece": _pct(ece_r)}
+
+
+def micro_f1_difference(pred_a: Arr, pred_b: Arr, truth: Arr, reps: int = BOOTSTRAP_REPS,
+                        seed: int = 0) -> dict[str, Any]:
+    """Micro-F1 of ``pred_a`` minus that of ``pred_b`` on the same cases (N, F), and its 95 %
+    paired interval: both are scored on the same case resamples, so what the cases share
+    cancels out (e.g. the drop when the note is removed)."""
+    a, b, y = (np.asarray(v, bool) for v in (pred_a, pred_b, truth))
+    if a.shape != y.shape or b.shape != y.shape or y.ndim != 2:
+        raise ValueError(f"pred_a, pred_b and truth must be the same (N, F); got {a.shape}, "
+                         f"{b.shape}, {y.shape}")
+    idx = bootstrap_cases(y.shape[0], reps, seed)
+
+    def micro(p: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+        c = [v.sum(1)[idx].sum(1) for v in (p & y, p & ~y, ~p & y)]
+        return _f1s(*c)
+
+    def point(p: npt.NDArray[np.bool_]) -> float:
+        return f1(int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum()))
+
+    return {"difference": round(point(a) - point(b), 6), "ci95": _pct(micro(a) - micro(b))}
+
+
 def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
                      lat_pred: Arr, lat_true: Arr, size_pred: Arr, size_true: Arr,
-                     size_labels: Sequence[str] = ("lung_nodule", "lung_mass")) -> dict[str, Any]:
-    """All arrays (N, F).  lat_true < 0 / size_true NaN where absent."""
+                     size_labels: Sequence[str] = ("lung_nodule", "lung_mass"),
+                     ci: bool = False) -> dict[str, Any]:
+    """All arrays (N, F).  lat_true < 0 / size_true NaN where absent.  With ``ci`` the result
+    has ``ci95``, the summary figures' 95 % intervals (:func:`intervals`), and each label of
+    ``per_finding`` its F1's (``f1_ci95``) and Wilson's intervals of its recall and precision
+    (``recall_ci95``, ``precision_ci95``: one trial per positive case, per call)."""
     pred = np.asarray(pred, bool)
     truth = np.asarray(truth, bool)
     per: dict[str, dict[str, Any]] = {}
@@ -77,6 +198,9 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
         # laterality comes from tells a side rule from a detector whose hits are chance)
         per[lab] = {"f1": f1(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn,
                     "support": int(truth[:, f].sum()),
+                    # sensitivity and precision (None where undefined)
+                    "recall": tp / (tp + fn) if tp + fn else None,
+                    "precision": tp / (tp + fp) if tp + fp else None,
                     "auroc": auroc(np.asarray(prob)[:, f], truth[:, f]),
                     "laterality_acc_tp": float(lat_hit[tp_mask[:, f] & lat_known[:, f], f]
                                                .mean())
@@ -101,7 +225,7 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
             sel[:, f] = tp_mask[:, f]
     size_err = err[sel & ~np.isnan(st)]
     all_err = err[tp_mask & ~np.isnan(st)]
-    return {
+    out: dict[str, Any] = {
         "micro_f1": f1(tps, fps, fns),
         "macro_f1": float(np.mean(supported)) if supported else 1.0,
         "macro_auroc": float(np.mean(aucs)) if aucs else None,
@@ -115,6 +239,15 @@ def findings_metrics(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr,
         "n_cases": int(truth.shape[0]),
         "n_predicted_present": int(pred.sum()),
     }
+    if ci:
+        out["ci95"] = intervals(labels, prob, pred, truth, lat_hit, lat_known, err,
+                                sel & ~np.isnan(st))
+        for lab, f1_ci in zip(labels, out["ci95"].pop("per_finding_f1"), strict=True):
+            v = per[lab]
+            v["f1_ci95"] = f1_ci
+            v["recall_ci95"] = wilson(v["tp"], v["tp"] + v["fn"])
+            v["precision_ci95"] = wilson(v["tp"], v["tp"] + v["fp"])
+    return out
 
 
 def false_calls_with(labels: Sequence[str], f: int, pred: Arr, truth: Arr) -> dict[str, int]:

@@ -217,7 +217,8 @@ def test_the_eval_scores_the_call_and_the_injection_check_measures_too() -> None
     pe = ev["full"]["per_finding"]["pericardial_effusion"]
     assert (pe["tp"], pe["fp"], pe["fn"]) == (1, 0, 0)
     assert ev["full"]["size_measured"]["pericardial_effusion"]["tp_measured"] == 1
-    assert ev["full"]["injection_identical"] == {"labels": 1.0, "cases": 1.0}
+    assert ev["full"]["injection_identical"] == {"labels": 1.0, "cases": 1.0,
+                                                 "cases_ci95": [0.3424, 1.0]}
     assert ev["ct_removed"]["n_predicted_present"] == 0
 
 

@@ -186,6 +186,12 @@ def test_eval_summary_lines_state_what_false_calls_stand_for() -> None:
         "lung_mass: F1 0.40 (TP 5, FP 10, FN 5); false calls in cases with consolidation 10, "
         "none 1",
         "pleural_effusion: F1 1.00 (TP 12, FP 0, FN 0)"]
+    # with the intervals (medassist eval since stop 50)
+    per["pneumothorax"] = {"f1": 1.0, "tp": 3, "fp": 0, "fn": 0, "false_calls_with": {},
+                           "f1_ci95": [1.0, 1.0], "recall_ci95": [0.4385, 1.0]}
+    assert per_finding_lines(per)[-1] == (
+        "pneumothorax: F1 1.00 (95 % CI 1.00-1.00) (TP 3, FP 0, FN 0); recall 3 of 3 "
+        "(0.44-1.00)")
     from medassist.model_cli import evidence_line
 
     assert evidence_line({"tp": 62, "hit": 61, "coverage": 0.9948, "box_iou": 0.5076,

@@ -22,6 +22,7 @@ from multimodal.checkpoint import WEIGHTS, load_checkpoint
 from multimodal.config import ModelConfig
 from multimodal.errors import ModelConfigError
 from multimodal.heads import FindingsHead
+from multimodal.metrics import wilson
 from multimodal.model import FusionModel
 from multimodal.training import OptimConfig, predict, train_loop
 
@@ -323,6 +324,23 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
         assert 0 <= n["tp_found_on_ct"] <= n["found_on_ct"] <= n["called"]
     assert 0.0 <= full["injection_identical"]["cases"] <= full["injection_identical"][
         "labels"] <= 1.0
+    # 95 % intervals (since stop 50): each holds its figure; the note's removal paired
+    for k in ("micro_f1", "macro_f1", "ece"):
+        lo, hi = full["ci95"][k]
+        assert 0.0 <= lo <= full[k] <= hi <= 1.0, k
+    lo, hi = full["text_micro_f1_ci95"]
+    assert lo <= full["text_micro_f1"] <= hi
+    for v in full["per_finding"].values():
+        assert v["f1_ci95"][0] <= v["f1"] <= v["f1_ci95"][1]
+        assert (v["recall_ci95"] is None) == (v["support"] == 0)
+    n_id = round(full["injection_identical"]["cases"] * full["n_cases"])
+    assert full["injection_identical"]["cases_ci95"] == wilson(n_id, full["n_cases"])
+    drop = ev["emr_removed"]["micro_f1_drop"]
+    assert drop["difference"] == pytest.approx(full["micro_f1"] - ev["emr_removed"][
+        "micro_f1"], abs=1e-6)
+    assert drop["ci95"][0] <= drop["difference"] <= drop["ci95"][1]
+    n_dep = full["n_emr_dependent"]
+    assert (full["impression_acc_emr_dependent_ci95"] is None) == (n_dep == 0)
     lobes = full["lobe_agreement"]
     assert 0 <= lobes["head_right"] <= lobes["head_tp"]
     assert 0 <= lobes["text_right"] <= lobes["text_sentences"]
