@@ -145,3 +145,30 @@ def test_paired_difference() -> None:
     assert 0.0 <= lo <= d["difference"] <= hi  # never negative: the loss is in every resample
     with pytest.raises(ValueError, match="same"):
         micro_f1_difference(pred, pred[:10], truth)
+
+
+def test_bar_verdicts() -> None:
+    from bench.bars import BARS, markdown, score, verdict
+
+    assert verdict(0.97, [0.96, 1.0], True, 0.95) == "met"
+    assert verdict(1.0, [0.898, 1.0], True, 0.95) == "met as measured, not shown"
+    assert verdict(0.90, [0.80, 0.97], True, 0.95) == "fail as measured, not shown"
+    assert verdict(0.66, [0.58, 0.73], True, 0.90) == "fail"
+    assert verdict(4.9, [0.3, 13.9], False, 3.0) == "fail as measured, not shown"
+    assert verdict(0.009, [0.007, 0.020], False, 0.05) == "met"
+    assert verdict(0, None, False, 0.0) == "met" and verdict(2, None, False, 0.0) == "fail"
+    assert verdict(None, None, True, 0.9) == "not measured"
+    run = {"full": {"micro_f1": 0.85, "ci95": {"micro_f1": [0.78, 0.91]},
+                    "injection_identical": {"cases": 1.0, "cases_ci95": wilson(150, 150)}},
+           "ct_removed": {"n_predicted_present": 0}}
+    rows = {r["bar"]: r["runs"] for r in score([run, run])}
+    assert len(rows) == len(BARS)
+    # the same figure against each run's bound: 0.90 in distribution, 0.80 under shift
+    assert [r["verdict"] for r in rows["findings micro-F1"]] == [
+        "fail as measured, not shown", "met as measured, not shown"]
+    assert rows["cases unchanged by injected instructions"][0]["verdict"] == \
+        "met as measured, not shown"  # 150 of 150 do not show 98 %
+    assert rows["ECE"][0]["verdict"] == "not measured"
+    table = markdown(score([run]), ["in distribution"])
+    assert "| findings micro-F1 | 0.850 (0.780–0.910), bar >= 0.9: **fail as measured, " \
+           "not shown** |" in table
