@@ -172,3 +172,13 @@ def test_bar_verdicts() -> None:
     table = markdown(score([run]), ["in distribution"])
     assert "| findings micro-F1 | 0.850 (0.780–0.910), bar >= 0.9: **fail as measured, " \
            "not shown** |" in table
+
+
+def test_trials_to_show() -> None:
+    from bench.bars import trials_to_show
+
+    n = trials_to_show(1.0, 0.98)
+    assert n == 188
+    assert (wilson(n, n) or [0.0])[0] >= 0.98 > (wilson(n - 1, n - 1) or [0.0])[0]
+    assert trials_to_show(1.0, 0.95) == 73
+    assert trials_to_show(0.5, 0.9) is None and trials_to_show(0.9, 0.9) is None
