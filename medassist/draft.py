@@ -397,6 +397,87 @@ class Coverage:
 
 
 @dataclass(frozen=True)
+class NoteCall:
+    """One finding's presence probability and call with the note and without it."""
+
+    label: str
+    with_note: float
+    without_note: float
+    present_with_note: bool
+    present_without_note: bool
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> NoteCall:
+        d = _obj(data, where, ("label", "with_note", "without_note", "present_with_note",
+                               "present_without_note"))
+        return cls(label=_str(d["label"], f"{where}.label", nonempty=True),
+                   with_note=_prob(d["with_note"], f"{where}.with_note"),
+                   without_note=_prob(d["without_note"], f"{where}.without_note"),
+                   present_with_note=_bool(d["present_with_note"],
+                                           f"{where}.present_with_note"),
+                   present_without_note=_bool(d["present_without_note"],
+                                              f"{where}.present_without_note"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "with_note": self.with_note,
+                "without_note": self.without_note, "present_with_note": self.present_with_note,
+                "present_without_note": self.present_without_note}
+
+
+@dataclass(frozen=True)
+class NoteEffect:
+    """What the EMR note changed in the findings head's calls: the same weights were also run
+    without it (``decoder.image_pass``, the pass the text is written from). ``changed`` the
+    findings called differently without the note, ``largest`` the finding whose presence
+    probability moved most. The modality weights say how much of fusion's attention each
+    modality had; this says what the note did to the calls."""
+
+    changed: tuple[NoteCall, ...]
+    largest: NoteCall | None
+
+    def __post_init__(self) -> None:
+        for i, c in enumerate(self.changed):
+            if c.present_with_note == c.present_without_note:
+                raise DraftError("a changed call must differ with and without the note",
+                                 field=f"note_effect.changed[{i}]")
+        labels = [c.label for c in self.changed]
+        if len(set(labels)) != len(labels):
+            raise DraftError(f"a finding listed twice: {labels}", field="note_effect.changed")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "note_effect") -> NoteEffect:
+        d = _obj(data, where, ("changed", "largest"))
+        changed = tuple(NoteCall.from_dict(c, f"{where}.changed[{i}]")
+                        for i, c in enumerate(_list(d["changed"], f"{where}.changed")))
+        largest = (None if d["largest"] is None
+                   else NoteCall.from_dict(d["largest"], f"{where}.largest"))
+        return cls(changed=changed, largest=largest)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"changed": [c.to_dict() for c in self.changed],
+                "largest": None if self.largest is None else self.largest.to_dict()}
+
+    def summary(self) -> str:
+        """One sentence for the reader (the UI states it beside the note)."""
+        def name(label: str) -> str:
+            return label.replace("_", " ")
+
+        if self.changed:
+            parts = [f"{name(c.label)} would "
+                     f"{'be called' if c.present_without_note else 'not be called'} "
+                     f"(probability {c.with_note:.2f} with the note, {c.without_note:.2f} "
+                     f"without)" for c in self.changed]
+            return "Without the note, " + "; ".join(parts) + "."
+        if self.largest is None:
+            return "Without the note, the model makes the same calls."
+        lg = self.largest
+        return (f"Without the note, the model makes the same calls; the largest change in a "
+                f"presence probability is {abs(lg.with_note - lg.without_note):.4f} "
+                f"({name(lg.label)}: {lg.with_note:.4f} with the note, {lg.without_note:.4f} "
+                f"without).")
+
+
+@dataclass(frozen=True)
 class ReportDraft:
     """A model-generated report draft; ``status`` is always ``"DRAFT"``."""
 
@@ -409,6 +490,9 @@ class ReportDraft:
     status: str = STATUS_DRAFT
     #: how much of the lungs the scan and the model saw (drafts before stop 33 have none)
     coverage: Coverage | None = None
+    #: what the note changed in the findings head's calls (a draft with a note and a CT,
+    #: since stop 50; None otherwise)
+    note_effect: NoteEffect | None = None
 
     def __post_init__(self) -> None:
         if self.status != STATUS_DRAFT:
@@ -419,11 +503,17 @@ class ReportDraft:
     def from_dict(cls, data: Any, *, labels: Collection[str] | None = None) -> ReportDraft:
         """Validate and build; ``labels`` (the finding vocabulary) also checks finding labels."""
         d = _obj(data, "$", ("status", "disclaimer", "sections", "findings", "modality_weights",
-                             "model", "inputs"), optional=("coverage",))
+                             "model", "inputs"), optional=("coverage", "note_effect"))
         if d["status"] != STATUS_DRAFT:
             raise DraftError(f"expected 'DRAFT', got {d['status']!r}", field="status")
         findings = tuple(Finding.from_dict(f, f"findings[{i}]", labels)
                          for i, f in enumerate(_list(d["findings"], "findings")))
+        effect = NoteEffect.from_dict(d["note_effect"]) if "note_effect" in d else None
+        if effect is not None and labels is not None:
+            calls = [*effect.changed, *([effect.largest] if effect.largest else [])]
+            bad = sorted({c.label for c in calls} - set(labels))
+            if bad:
+                raise DraftError(f"unknown finding label(s) {bad}", field="note_effect")
         return cls(
             disclaimer=_str(d["disclaimer"], "disclaimer", nonempty=True),
             sections=Sections.from_dict(d["sections"]),
@@ -432,6 +522,7 @@ class ReportDraft:
             model=ModelInfo.from_dict(d["model"]),
             inputs=InputsInfo.from_dict(d["inputs"]),
             coverage=Coverage.from_dict(d["coverage"]) if "coverage" in d else None,
+            note_effect=effect,
         )
 
     @classmethod
@@ -454,6 +545,8 @@ class ReportDraft:
         }
         if self.coverage is not None:  # absent from older drafts: their hashes stay
             out["coverage"] = self.coverage.to_dict()
+        if self.note_effect is not None:  # likewise
+            out["note_effect"] = self.note_effect.to_dict()
         return out
 
     def canonical_json(self) -> str:

@@ -85,3 +85,43 @@ def image_geometry(preds: Sequence[Sequence[FindingPrediction]], img: ModelOutpu
             size_mm=round(float(size[b, f]), 1)) if p.present else p
             for f, p in enumerate(case)])
     return res
+
+
+@dataclasses.dataclass(frozen=True)
+class CallChange:
+    """One finding's presence with the note and without it (the same weights, the image
+    pass), as the findings head calls it."""
+
+    label: str
+    with_note: float  # presence probability
+    without_note: float
+    present_with_note: bool
+    present_without_note: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class NoteEffect:
+    """What a case's note changed in the findings head's calls: ``changed`` the findings whose
+    call (present or not) differs without the note, ``largest`` the finding whose presence
+    probability moved most (None for a case without findings)."""
+
+    changed: tuple[CallChange, ...]
+    largest: CallChange | None
+
+
+def note_effect(with_note: Sequence[FindingPrediction], without_note: Sequence[FindingPrediction]
+                ) -> NoteEffect:
+    """Compare one case's findings head calls with the note (``with_note``) and without it
+    (``without_note``, :func:`multimodal.heads.predict_findings` of the image pass), label by
+    label.  The rules on the CT that come after (a measurement's call or its taking one back)
+    read the image alone and are not compared.  Raises ``ValueError`` where the two do not
+    list the same labels in the same order."""
+    a, b = list(with_note), list(without_note)
+    if [p.label for p in a] != [p.label for p in b]:
+        raise ValueError(f"the two passes list different findings: {[p.label for p in a]} "
+                         f"against {[p.label for p in b]}")
+    rows = [CallChange(p.label, round(float(p.probability), 4), round(float(q.probability), 4),
+                       bool(p.present), bool(q.present)) for p, q in zip(a, b, strict=True)]
+    changed = tuple(r for r in rows if r.present_with_note != r.present_without_note)
+    largest = max(rows, key=lambda r: abs(r.with_note - r.without_note), default=None)
+    return NoteEffect(changed, largest)

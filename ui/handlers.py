@@ -535,6 +535,8 @@ class Handlers:
         # tokens its presence rests on where the note raised it (multimodal.attribution)
         said = (f"{n} span(s) the model relied on are highlighted." if n else
                 "No finding rests on a passage of this note: nothing is highlighted.")
+        if draft.note_effect is not None:  # what the note changed in the calls (stop 50)
+            said += " " + draft.note_effect.summary()
         return EmrView(True, said, emr_segments(text, spans))
 
     def open_study(self, token: str | None, report_id: int) -> StudyView:

@@ -176,3 +176,45 @@ def test_coverage_is_optional_validated_and_round_trips() -> None:
         with pytest.raises(DraftError) as info:
             ReportDraft.from_dict(wrong, labels=LABELS)
         assert info.value.field == field
+
+
+def test_note_effect_is_optional_validated_and_round_trips() -> None:
+    """``note_effect`` (what the note changed in the findings head's calls, since stop 50) may
+    be left out, as drafts without a note and drafts stored before it are; given, it is
+    validated by field and stated in one sentence."""
+    base = ReportDraft.from_dict(DRAFT, labels=LABELS)
+    assert base.note_effect is None and "note_effect" not in base.to_dict()
+    same = {"label": "pleural_effusion", "with_note": 0.2627, "without_note": 0.2626,
+            "present_with_note": False, "present_without_note": False}
+    d = draft_dict()
+    d["note_effect"] = {"changed": [], "largest": same}
+    eff = ReportDraft.from_dict(d, labels=LABELS)
+    assert eff.to_dict() == d and eff.content_hash() != base.content_hash()
+    assert eff.note_effect is not None and eff.note_effect.summary() == (
+        "Without the note, the model makes the same calls; the largest change in a presence "
+        "probability is 0.0001 (pleural effusion: 0.2627 with the note, 0.2626 without).")
+    turned = {"label": "pneumothorax", "with_note": 0.55, "without_note": 0.31,
+              "present_with_note": True, "present_without_note": False}
+    d["note_effect"] = {"changed": [turned], "largest": turned}
+    eff = ReportDraft.from_dict(d, labels=LABELS)
+    assert eff.to_dict() == d and eff.note_effect is not None
+    assert eff.note_effect.summary() == (
+        "Without the note, pneumothorax would not be called (probability 0.55 with the note, "
+        "0.31 without).")
+    d["note_effect"] = {"changed": [], "largest": None}
+    assert ReportDraft.from_dict(d).note_effect is not None
+    for bad, field in (({"changed": [same], "largest": same}, "note_effect.changed[0]"),
+                       ({"changed": [turned, turned], "largest": turned},
+                        "note_effect.changed"),
+                       ({"changed": [], "largest": {**same, "with_note": 1.5}},
+                        "note_effect.largest.with_note"),
+                       ({"changed": [], "largest": {**same, "present_with_note": 1}},
+                        "note_effect.largest.present_with_note"),
+                       ({"changed": [], "largest": {**same, "label": "rib_fracture"}},
+                        "note_effect"),
+                       ({"changed": []}, "note_effect")):
+        wrong = copy.deepcopy(d)
+        wrong["note_effect"] = bad
+        with pytest.raises(DraftError) as info:
+            ReportDraft.from_dict(wrong, labels=LABELS)
+        assert info.value.field == field, bad

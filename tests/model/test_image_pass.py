@@ -144,3 +144,36 @@ def test_image_pass_outputs_follow_the_same_rule_over_samples(tiny_cfg: ModelCon
                                                               batch_size=2), o, strict=True))
     assert all(a is b for a, b in zip(image_pass_outputs(model, tiny_cfg, both, outs,
                                                           batch_size=2), outs, strict=True))
+
+
+def test_note_effect_compares_the_calls_label_by_label(
+        tiny_cfg: ModelConfig, make_batch: Callable[..., ModelInput]) -> None:
+    from multimodal.image_pass import note_effect
+
+    model = _model(tiny_cfg)
+    x = make_batch(b=1)
+    with torch.no_grad():
+        out, bare = model(x), model(without_note(x))
+    (a,) = predict_findings(out, tiny_cfg.heads, tiny_cfg.ct, 0.5)
+    (b,) = predict_findings(bare, tiny_cfg.heads, tiny_cfg.ct, 0.5)
+    e = note_effect(a, b)
+    diffs = [abs(p.probability - q.probability) for p, q in zip(a, b, strict=True)]
+    assert e.largest is not None and e.largest.label == a[diffs.index(max(diffs))].label
+    assert e.largest.with_note == round(a[diffs.index(max(diffs))].probability, 4)
+    assert [c.label for c in e.changed] == [p.label for p, q in zip(a, b, strict=True)
+                                           if p.present != q.present]
+    # a call the note turns on is listed, with both probabilities
+    b2 = [dataclasses.replace(q, present=False, probability=0.1) if i == 2 else q
+          for i, q in enumerate(b)]
+    a2 = [dataclasses.replace(p, present=True, probability=0.7) if i == 2 else p
+          for i, p in enumerate(a)]
+    e2 = note_effect(a2, b2)
+    assert a2[2].label in [c.label for c in e2.changed]
+    c = next(c for c in e2.changed if c.label == a2[2].label)
+    assert (c.with_note, c.without_note, c.present_with_note, c.present_without_note) == (
+        0.7, 0.1, True, False)
+    assert e2.largest is not None and e2.largest.label == a2[2].label
+    assert note_effect(a, a).changed == ()
+    assert note_effect([], []).largest is None
+    with pytest.raises(ValueError, match="different findings"):
+        note_effect(a, list(reversed(b)))

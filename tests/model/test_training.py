@@ -387,6 +387,14 @@ def test_eval_and_report_on_written_cases(synth_folder: Path, tiny_checkpoint: P
     case = synth_folder / "test" / "case_00003"
     rep = make_report(case / "dicom", case / "emr.txt", tiny_checkpoint, threshold=0.0)
     _check_contract(rep)
+    # what the note changed: its "without" probabilities are those of the draft without it
+    bare = make_report(case / "dicom", None, tiny_checkpoint, threshold=0.0)
+    _check_contract(bare)
+    assert "note_effect" not in bare
+    bare_prob = {f["label"]: f["probability"] for f in bare["findings"]}
+    eff = rep["note_effect"]
+    for c in [*eff["changed"], eff["largest"]]:
+        assert c["without_note"] == pytest.approx(bare_prob[c["label"]], abs=1e-4)
     truth = json.loads((case / "truth.json").read_text())
     assert rep["inputs"]["series_uid"] == truth["study"]["main_series_instance_uid"]
     assert "kVp" in rep["sections"]["technique"]
@@ -773,8 +781,23 @@ def test_a_scan_read_smoothed_is_said_so_in_the_technique(synth_folder: Path,
 
 
 def _check_contract(rep: dict[str, Any]) -> None:
-    assert set(rep) == {"status", "disclaimer", "sections", "findings", "modality_weights",
-                        "model", "inputs", "coverage"}
+    # with a note (and the CT), what the note changed in the head's calls (since stop 50)
+    # (a draft built here from hand-made predictions, by _draft, has none)
+    noted = rep["inputs"]["emr_sha256"] is not None
+    base = {"status", "disclaimer", "sections", "findings", "modality_weights", "model",
+            "inputs", "coverage"}
+    assert base <= set(rep) <= base | ({"note_effect"} if noted else set())
+    if "note_effect" in rep:
+        eff = rep["note_effect"]
+        prob = {f["label"]: f["probability"] for f in rep["findings"]}
+        calls = [*eff["changed"], *([eff["largest"]] if eff["largest"] else [])]
+        assert eff["largest"] is not None and calls
+        for c in calls:  # the draft's own probability is the one with the note
+            assert c["with_note"] == pytest.approx(prob[c["label"]], abs=1e-4)
+        for c in eff["changed"]:
+            assert c["present_with_note"] != c["present_without_note"]
+        gap = abs(eff["largest"]["with_note"] - eff["largest"]["without_note"])
+        assert all(abs(c["with_note"] - c["without_note"]) <= gap for c in calls)
     assert rep["status"] == "DRAFT" and isinstance(rep["disclaimer"], str)
     cov = rep["coverage"]  # a study read from DICOM: how much of the lungs was seen
     assert set(cov) == {"lung_in_model_grid", "scan_cuts_lung"}

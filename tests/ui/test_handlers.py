@@ -244,6 +244,21 @@ def test_open_study_view_emr_and_audit(h: Handlers, seeded: Seeded) -> None:
         h.open_study(_login(h, "adm.adam"), v.report_id)
 
 
+def test_what_the_note_changed_is_stated_beside_it(h: Handlers, seeded: Seeded) -> None:
+    """A model draft with a note says what the note changed in the calls (since stop 50):
+    the sentence of its stored ``note_effect``, after what is highlighted."""
+    from medassist.draft import ReportDraft
+    from medassist.reports import get_report
+
+    v = h.open_study(_login(h, "dr.alice"), seeded.reports["model0"])
+    with unit_of_work(h.s.factory) as s:
+        stored = ReportDraft.from_json(get_report(s, v.report_id).draft_json)
+    assert stored.note_effect is not None and stored.note_effect.largest is not None
+    said = stored.note_effect.summary()
+    assert said.startswith("Without the note, ")
+    assert v.emr.available and v.emr.message.endswith(" " + said)
+
+
 def _with_note(h: Handlers, seeded: Seeded, tmp_path: Path, note: bytes) -> EmrView:
     """The study view of model0's draft with its study moved to a copy whose emr.txt holds
     ``note``."""
