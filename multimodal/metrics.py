@@ -135,8 +135,8 @@ def intervals(labels: Sequence[str], prob: Arr, pred: Arr, truth: Arr, lat_hit: 
     per = _f1s(rtp, rfp, rfn)
     macro = np.where(supported.any(1), (per * supported).sum(1) / np.maximum(
         supported.sum(1), 1), 1.0)
-    # the side: one trial per sided true positive, Wilson's interval (a bootstrap of 34 hits
-    # in 34 is [1, 1], which claims a certainty 34 trials do not give)
+    # the side: one trial per true positive whose reference states one, Wilson's interval
+    # (a bootstrap of n hits in n is [1, 1], a certainty n trials do not give)
     scored = tp & np.asarray(lat_known, bool)
     lat = wilson(int((scored & np.asarray(lat_hit, bool)).sum()), int(scored.sum()))
     sel = np.asarray(size_sel, bool)
