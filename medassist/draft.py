@@ -427,7 +427,8 @@ class NoteCall:
 @dataclass(frozen=True)
 class NoteEffect:
     """What the EMR note changed in the findings head's calls: the same weights were also run
-    without it (``decoder.image_pass``, the pass the text is written from). ``changed`` the
+    without it (the pass the text is written from, ``decoder.image_pass``, or one more pass
+    where that is off). ``changed`` the
     findings called differently without the note, ``largest`` the finding whose presence
     probability moved most. The modality weights say how much of fusion's attention each
     modality had; this says what the note did to the calls."""
