@@ -15,10 +15,12 @@ prints the figure of each run (in distribution, under shift), its interval
 For a share of independent cases met as measured but not shown, ``trials_to_show`` is how
 many cases at the same share would show it (Wilson's interval wholly past the bar).
 
-    .venv/bin/python bench/bars.py EVAL_ID.json EVAL_SHIFT.json [--markdown]
+    .venv/bin/python bench/bars.py EVAL_ID.json EVAL_SHIFT.json [--markdown] [--per-finding]
 
 The first run is scored against the in-distribution bars, the second (optional) against the
-shift's where they differ (micro-F1 0.80).  Prints JSON, or with ``--markdown`` a table.
+shift's where they differ (micro-F1 0.80).  Prints JSON, or with ``--markdown`` a table;
+``--per-finding`` gives instead each finding's recall (k of n) and precision with Wilson's
+intervals and its F1 with the bootstrap's (how sure a "0 of 34" or a "3 of 3" is).
 """
 
 from __future__ import annotations
@@ -155,18 +157,65 @@ def markdown(rows: list[dict[str, Any]], names: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def per_finding_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per finding of the runs' full mode: recall (k of n) and precision with Wilson's
+    intervals and the F1 with its bootstrap interval, per run (None where a run lacks it)."""
+    labels: list[str] = []
+    for run in runs:
+        labels += [lab for lab in _get(run, ("full", "per_finding")) or {} if lab not in labels]
+    rows = []
+    for lab in labels:
+        row: dict[str, Any] = {"label": lab, "runs": []}
+        for run in runs:
+            v = _get(run, ("full", "per_finding", lab))
+            row["runs"].append(None if v is None else {
+                "tp": v["tp"], "fp": v["fp"], "fn": v["fn"], "recall_ci95": v.get("recall_ci95"),
+                "precision_ci95": v.get("precision_ci95"), "f1": v["f1"],
+                "f1_ci95": v.get("f1_ci95")})
+        rows.append(row)
+    return rows
+
+
+def _finding_cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "not measured"
+
+    def span(ci: Sequence[float] | None) -> str:
+        return "" if ci is None else f" ({ci[0]:.2f}–{ci[1]:.2f})"
+
+    pos, calls = r["tp"] + r["fn"], r["tp"] + r["fp"]
+    recall = f"{r['tp']} of {pos}{span(r['recall_ci95'])}" if pos else "no case"
+    precision = f"{r['tp']} of {calls}{span(r['precision_ci95'])}" if calls else "no call"
+    return f"{recall}; {precision}; {r['f1']:.2f}{span(r['f1_ci95'])}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="medassist eval --json outputs (in distribution, "
                                             "then shift)")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--per-finding", action="store_true",
+                    help="per finding instead: recall and precision (Wilson) and F1 "
+                         "(bootstrap), each with its 95 %% interval")
     a = ap.parse_args(argv)
     if len(a.runs) > 2:
         ap.error("at most two runs: in distribution, then shift")
     runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in a.runs]
+    names = ["in distribution", "shift"][:len(runs)]
+    if a.per_finding:
+        found = per_finding_rows(runs)
+        if a.markdown:
+            print("| finding: recall; precision; F1 | " + " | ".join(names) + " |")
+            print("|---|" + "---|" * len(names))
+            for row in found:
+                print(f"| {row['label'].replace('_', ' ')} | "
+                      + " | ".join(_finding_cell(r) for r in row["runs"]) + " |")
+        else:
+            print(json.dumps(found, indent=1))
+        return 0
     rows = score(runs)
     if a.markdown:
-        print(markdown(rows, ["in distribution", "shift"][:len(runs)]))
+        print(markdown(rows, names))
     else:
         print(json.dumps(rows, indent=1))
     return 0

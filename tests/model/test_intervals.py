@@ -182,3 +182,22 @@ def test_trials_to_show() -> None:
     assert (wilson(n, n) or [0.0])[0] >= 0.98 > (wilson(n - 1, n - 1) or [0.0])[0]
     assert trials_to_show(1.0, 0.95) == 73
     assert trials_to_show(0.5, 0.9) is None and trials_to_show(0.9, 0.9) is None
+
+
+def test_per_finding_table() -> None:
+    from bench.bars import _finding_cell, per_finding_rows
+
+    v = {"tp": 3, "fp": 0, "fn": 0, "f1": 1.0, "f1_ci95": [1.0, 1.0],
+         "recall_ci95": wilson(3, 3), "precision_ci95": wilson(3, 3)}
+    none = {"tp": 0, "fp": 0, "fn": 34, "f1": 0.0, "f1_ci95": [0.0, 0.0],
+            "recall_ci95": wilson(0, 34), "precision_ci95": None}
+    a = {"full": {"per_finding": {"pneumothorax": v, "lung_nodule": none}}}
+    b = {"full": {"per_finding": {"lung_nodule": none}}}
+    rows = per_finding_rows([a, b])
+    assert [r["label"] for r in rows] == ["pneumothorax", "lung_nodule"]
+    assert rows[0]["runs"][1] is None  # a label one run lacks
+    assert _finding_cell(rows[0]["runs"][0]) == \
+        "3 of 3 (0.44–1.00); 3 of 3 (0.44–1.00); 1.00 (1.00–1.00)"
+    assert _finding_cell(rows[1]["runs"][1]) == \
+        "0 of 34 (0.00–0.10); no call; 0.00 (0.00–0.00)"
+    assert _finding_cell(None) == "not measured"
