@@ -14,8 +14,10 @@ the CT, the noise matching, the text written from the image pass), as ``medassis
 * ``emr_first_<N>``: the note cut to its first N words (a note stopped short, or only its
   header pasted);
 * ``emr_other_patient``: each case given the next case's note (a note filed to the wrong
-  study; the pipeline's identity check refuses a note whose MRN or accession differs, and
-  this is what a note without them would do);
+  study): what the model does with it, and ``identity_refused``: how many of those notes
+  the pipeline's identity check refuses before the model sees them
+  (:func:`medassist.pipeline.identity_mismatches` against the case's DICOM header), as
+  written and with their ``MRN:`` field removed (then on the date of birth and sex alone);
 * ``emr_removed``: no note.
 
 Per condition: the mean modality weights, findings micro-F1 (with its 95 % case-bootstrap
@@ -36,6 +38,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,35 @@ def conditions(recs: list[CaseRecord], noise: list[float], n_words: int
     return out
 
 
+def identity_refused(folder: Path, recs: Sequence[CaseRecord], notes: Sequence[str | None]
+                     ) -> dict[str, Any]:
+    """How many of ``notes`` (one per case of ``recs``, in order) the identity check refuses
+    against each case's DICOM header (``folder/<case_id>/dicom``), by what differs; the same
+    with each note's ``MRN:`` field removed.  Cases without a note or DICOM folder are not
+    counted."""
+    import re
+    from collections import Counter
+
+    from dicom_io.header import read_header
+    from medassist.pipeline import identity_mismatches
+
+    out: dict[str, Any] = {"checked": 0, "refused": 0, "refused_without_mrn": 0,
+                           "by_reason": Counter(), "by_reason_without_mrn": Counter()}
+    for r, note in zip(recs, notes, strict=True):
+        files = sorted(p for p in (folder / r.case_id / "dicom").rglob("*") if p.is_file())
+        if note is None or not files:
+            continue
+        h = read_header(files[0])
+        out["checked"] += 1
+        for key, text in (("", note), ("_without_mrn", re.sub(r"\bMRN\s*[:#]\s*\S+", "", note))):
+            bad = identity_mismatches([h], text)
+            out[f"refused{key}"] += bool(bad)
+            out[f"by_reason{key}"][", ".join(bad) or "none"] += 1
+    out["by_reason"] = dict(out["by_reason"])
+    out["by_reason_without_mrn"] = dict(out["by_reason_without_mrn"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="a `medassist synth` split folder")
@@ -121,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         row["true_calls"] = sum(v["tp"] for v in full["per_finding"].values())
         row["false_calls"] = sum(v["fp"] for v in full["per_finding"].values())
         row["seconds"] = round(time.perf_counter() - t0, 1)
+        if name == "emr_other_patient":
+            row["identity_refused"] = identity_refused(Path(a.data), recs,
+                                                       [r.emr for r in rs])
         out["conditions"][name] = row
         print(f"{name}: micro-F1 {row['micro_f1']:.3f}, impressions "
               f"{row['impression_acc_emr_dependent']}, weights "

@@ -59,6 +59,8 @@ _WANTED: dict[int, tuple[str, str]] = {
     0x00080070: ("Manufacturer", "LO"),
     0x0008103E: ("SeriesDescription", "LO"),
     0x00100020: ("PatientID", "LO"),
+    0x00100030: ("PatientBirthDate", "DA"),
+    0x00100040: ("PatientSex", "CS"),
     0x00180050: ("SliceThickness", "DS"),
     0x00180060: ("KVP", "DS"),
     0x00180088: ("SpacingBetweenSlices", "DS"),
@@ -97,7 +99,8 @@ _STRUCT_EXPLICIT = struct.Struct("<HH2sH")
 class Header:
     """The attributes of one DICOM file that dicom_io uses, plus where its pixels are.
 
-    ``patient_id`` and ``accession_number`` are identifiers: keep them out of logs.
+    ``patient_id``, ``accession_number`` and ``patient_birth_date`` are identifiers (and
+    ``patient_sex`` is PHI beside them): keep them out of logs.
     """
 
     path: str
@@ -140,6 +143,10 @@ class Header:
     pixel_offset: int | None = None
     #: Length of the PixelData value (None when encapsulated, i.e. undefined length).
     pixel_length: int | None = None
+    #: PatientBirthDate as stored (YYYYMMDD; "" where absent, e.g. de-identified)
+    patient_birth_date: str = field(default="", repr=False)
+    #: PatientSex upper-cased ("M", "F", "O"; "" where absent)
+    patient_sex: str = field(default="", repr=False)
 
     @property
     def is_dicomdir(self) -> bool:
@@ -451,6 +458,8 @@ def _build(found: dict[str, Any], path: str, member: str | None,
         accession_number=s("AccessionNumber"),
         pixel_offset=pixel_offset,
         pixel_length=pixel_length,
+        patient_birth_date=s("PatientBirthDate"),
+        patient_sex=s("PatientSex").upper(),
     )
 
 

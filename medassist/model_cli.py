@@ -555,6 +555,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise ModelCLIError("--min-lung-ml drafts a scan without lungs for review on the "
                                 "command line only; drop --db")
         return _report_to_db(args)
+    if args.emr:
+        check_note_identity(Path(args.study), Path(args.emr))
     rep = make_report(args.study, args.emr, args.checkpoint, int8=args.int8,
                       device=args.device, min_lung_ml=args.min_lung_ml)
     if args.json:
@@ -565,6 +567,22 @@ def cmd_report(args: argparse.Namespace) -> int:
               f"TECHNIQUE: {s['technique']}\n\nFINDINGS:\n{s['findings']}\n\n"
               f"IMPRESSION:\n{s['impression']}")
     return 0
+
+
+def check_note_identity(study: Path, emr: Path) -> None:
+    """Refuse to draft ``study`` with a note whose MRN, accession, date of birth or sex
+    contradicts its selected series' DICOM header (:func:`medassist.pipeline.
+    identity_mismatches`; the stored route, ``--db``, refuses and audits in the pipeline).
+    Names what differs, never a value."""
+    from medassist.emr import read_note
+    from medassist.errors import IdentityMismatchError
+    from medassist.pipeline import identity_mismatches, identity_reason, select_series
+
+    bad = identity_mismatches(select_series(study).instances, read_note(emr))
+    if bad:
+        raise IdentityMismatchError(
+            f"{identity_reason(bad)}: the note {emr} does not describe the patient of the "
+            f"study {study}; refusing to draft. Give this study's own note, or none")
 
 
 def _report_to_db(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_io.errors import DicomIOError, NoDiagnosticSeriesError
+from dicom_io.header import Header
 from dicom_io.index import SeriesIndex
 from dicom_io.volume import Volume
 from medassist import audit
@@ -69,6 +70,17 @@ EMR_DIR_ENV = "MEDASSIST_EMR_DIR"
 _MRN_RE = re.compile(r"\bMRN\s*[:#]\s*([A-Za-z0-9][A-Za-z0-9\-]*)")
 _ACC_RE = re.compile(r"\b(?:Accession(?:\s*(?:No\.?|Number|#))?|Acc\.?\s*(?:No\.?|#)?)\s*:\s*"
                      r"([A-Za-z0-9][A-Za-z0-9\-]*)", re.I)
+# The date of birth the note states: "DOB: 04/02/1968", "Date of birth: 1968-04-02",
+# "D.O.B. 02.04.1968"; first occurrence.
+_DOB_RE = re.compile(r"\b(?:DOB|D\.O\.B\.?|Date\s+of\s+birth|Birth\s*date)\s*[:#]?\s*"
+                     r"(\d{1,2}[/.\-]\d{1,2}[/.\-]\d{4}|\d{4}-\d{1,2}-\d{1,2}|\d{8})\b", re.I)
+# The patient's sex: a "Sex: F" / "Gender: male" field, else the first "54 yo F" /
+# "54-year-old man" (the HPI's opening; a relative named later is not read).
+_SEX_FIELD_RE = re.compile(r"\b(?:Sex|Gender)\s*[:#]\s*(female|male|woman|man|F|M)\b", re.I)
+_SEX_AGE_RE = re.compile(r"\b\d{1,3}\s*(?:yo|y/o|y\.o\.|-?\s*years?[- ]old)\s+"
+                         r"(female|male|woman|man|gentleman|lady|F|M)\b", re.I)
+_SEX_WORDS = {"f": "F", "female": "F", "woman": "F", "lady": "F",
+              "m": "M", "male": "M", "man": "M", "gentleman": "M"}
 
 
 # --------------------------------------------------------------------------- stages
@@ -164,50 +176,102 @@ def hash_inputs(files: Sequence[str | Path], emr_text: str | None,
     return h.hexdigest()
 
 
-def _norm_hash(value: str) -> str:
-    return hashlib.sha256(value.strip().upper().encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True)
 class EmrIdentity:
-    """What the EMR states about whom it describes (None = not stated)."""
+    """What the EMR states about whom it describes (None = not stated).
+
+    ``birth_dates``: the DICOM dates (YYYYMMDD) the note's date of birth can stand for: a
+    day and month both 12 or less ("04/02/1968") are read both ways, as a note does not say
+    which order it writes.  ``sex``: "F" or "M"."""
 
     mrn: str | None
     accession: str | None
+    birth_dates: frozenset[str] | None = None
+    sex: str | None = None
+
+
+def _dicom_dates(text: str) -> frozenset[str] | None:
+    """The valid YYYYMMDD dates a written date can mean (None: none is a valid date)."""
+    import datetime
+
+    parts = [int(v) for v in re.split(r"[/.\-]", text)] if not text.isdigit() else \
+        [int(text[:4]), int(text[4:6]), int(text[6:])]
+    if len(parts) != 3:
+        return None
+    if parts[0] > 31:  # year first: YYYY-MM-DD (and YYYYMMDD)
+        orders = [(parts[0], parts[1], parts[2])]
+    else:  # MM/DD/YYYY or DD/MM/YYYY
+        orders = [(parts[2], parts[0], parts[1]), (parts[2], parts[1], parts[0])]
+    out = set()
+    for y, mo, d in orders:
+        try:
+            out.add(datetime.date(y, mo, d).strftime("%Y%m%d"))
+        except ValueError:
+            continue
+    return frozenset(out) or None
 
 
 def emr_identity(emr_text: str) -> EmrIdentity:
-    """The patient MRN (``MRN: ...``, first occurrence) and accession the note states."""
+    """The patient MRN (``MRN: ...``, first occurrence), accession, date of birth and sex the
+    note states."""
     m = _MRN_RE.search(emr_text)
     a = _ACC_RE.search(emr_text)
-    return EmrIdentity(mrn=m.group(1) if m else None, accession=a.group(1) if a else None)
+    b = _DOB_RE.search(emr_text)
+    x = _SEX_FIELD_RE.search(emr_text) or _SEX_AGE_RE.search(emr_text)
+    return EmrIdentity(mrn=m.group(1) if m else None, accession=a.group(1) if a else None,
+                       birth_dates=_dicom_dates(b.group(1)) if b else None,
+                       sex=_SEX_WORDS[x.group(1).lower()] if x else None)
+
+
+def identity_mismatches(instances: Sequence[Header], emr_text: str) -> list[str]:
+    """What the note states about its patient that the series' DICOM contradicts, in the
+    order MRN, accession, date of birth, sex (empty: nothing does).  An item the note does
+    not state, or the DICOM does not carry (e.g. de-identified; a PatientSex of "O"), is
+    not compared.  Returns names only ("date of birth"), never a value."""
+    ident = emr_identity(emr_text)
+    out = []
+    for what, stated, dicom_values in (
+            ("patient ID (MRN)", ident.mrn, {h.patient_id for h in instances}),
+            ("accession number", ident.accession, {h.accession_number for h in instances})):
+        if stated is None:
+            continue
+        dicom_norm = {v.strip().upper() for v in dicom_values if v and v.strip()}
+        if dicom_norm and dicom_norm != {stated.strip().upper()}:
+            out.append(what)
+    dobs = {h.patient_birth_date.strip() for h in instances if h.patient_birth_date.strip()}
+    if ident.birth_dates is not None and dobs and not dobs <= ident.birth_dates:
+        out.append("date of birth")
+    sexes = {h.patient_sex for h in instances if h.patient_sex in ("F", "M")}
+    if ident.sex is not None and sexes and sexes != {ident.sex}:
+        out.append("sex")
+    return out
+
+
+def identity_reason(bad: Sequence[str]) -> str:
+    """The refusal's reason for :func:`identity_mismatches`' non-empty result (names only)."""
+    if not bad:
+        raise ValueError("identity_reason needs at least one mismatch")
+    reason = f"EMR {bad[0]} does not match the DICOM {bad[0]}"
+    return reason + (f" (also different: {', '.join(bad[1:])})" if len(bad) > 1 else "")
 
 
 def cross_check_identity(session: Session, series: SeriesIndex, emr_text: str | None, *,
                          study_uid: str, actor: Actor = audit.SYSTEM) -> None:
-    """Refuse (audited) when the EMR's MRN / accession differs from the DICOM PatientID /
-    AccessionNumber.  Only SHA-256 hashes of normalised values are compared; neither the
-    values nor their hashes reach the message, the log or the audit row."""
+    """Refuse (audited) when the EMR's MRN, accession, date of birth or sex differs from the
+    DICOM PatientID, AccessionNumber, PatientBirthDate or PatientSex
+    (:func:`identity_mismatches`).  Only what differs is named: no value reaches the
+    message, the log or the audit row."""
     from medassist.auth import refuse
 
     if emr_text is None:
         return
-    ident = emr_identity(emr_text)
-    checks = (("patient ID (MRN)", ident.mrn, {h.patient_id for h in series.instances}),
-              ("accession number", ident.accession,
-               {h.accession_number for h in series.instances}))
-    for what, stated, dicom_values in checks:
-        if stated is None:
-            continue
-        dicom_hashes = {_norm_hash(v) for v in dicom_values if v and v.strip()}
-        if not dicom_hashes:
-            continue  # the DICOM does not carry it (e.g. de-identified): nothing to compare
-        if dicom_hashes != {_norm_hash(stated)}:
-            reason = f"EMR {what} does not match the DICOM {what}"
-            log.warning("study %s: identity cross-check failed (%s)", study_uid, what)
-            raise refuse(session, actor, ObjectType.STUDY, study_uid, reason,
-                         IdentityMismatchError,
-                         message=f"{reason}; refusing to draft (audited)")
+    bad = identity_mismatches(series.instances, emr_text)
+    if bad:
+        reason = identity_reason(bad)
+        log.warning("study %s: identity cross-check failed (%s)", study_uid, ", ".join(bad))
+        raise refuse(session, actor, ObjectType.STUDY, study_uid, reason,
+                     IdentityMismatchError,
+                     message=f"{reason}; refusing to draft (audited)")
 
 
 def patient_pseudonym(patient_id: str, key: bytes | None = None) -> str:

@@ -30,6 +30,7 @@ from medassist.pipeline import (
     PipelineProcessor,
     emr_identity,
     hash_inputs,
+    identity_mismatches,
     select_series,
     series_files,
 )
@@ -223,6 +224,83 @@ def test_identity_mismatch_refused_and_audited(tmp_path: Path, corpus: dict[str,
     with unit_of_work(factory) as s:
         assert len(s.scalars(select(AuditEvent).where(
             AuditEvent.event_type == "REFUSAL")).all()) == 2
+
+
+def test_identity_mismatches_reads_date_of_birth_and_sex(corpus: dict[str, Path]) -> None:
+    """A note that states no MRN is still checked against the DICOM's PatientBirthDate and
+    PatientSex: a wrong patient's note is named, the patient's own in another date order is
+    not, and what the DICOM does not carry is not compared."""
+    import dataclasses
+    import re
+
+    case = next(iter(sorted(corpus["good"].iterdir())))
+    h = select_series(case / "dicom").first
+    assert len(h.patient_birth_date) == 8 and h.patient_sex in ("F", "M")
+    note = re.sub(r"MRN:\s*\S+", "", (case / "emr.txt").read_text(encoding="utf-8"))
+    assert emr_identity(note).mrn is None
+    assert identity_mismatches([h], note) == []
+    y, mo, d = h.patient_birth_date[:4], h.patient_birth_date[4:6], h.patient_birth_date[6:]
+    stated = re.search(r"DOB:\s*(\S+)", note)
+    assert stated is not None
+    for form in (f"{y}-{mo}-{d}", f"{d}.{mo}.{y}", f"{mo}/{d}/{y}"):
+        assert identity_mismatches([h], note.replace(stated.group(1), form)) == [], form
+    other_year = f"{mo}/{d}/{int(y) - 1}"
+    assert identity_mismatches([h], note.replace(stated.group(1), other_year)) \
+        == ["date of birth"]
+    other_sex = "M" if h.patient_sex == "F" else "F"
+    flipped = re.sub(r"(\d+ yo) [FM]\b", rf"\1 {other_sex}", note)
+    assert flipped != note
+    assert identity_mismatches([h], flipped) == ["sex"]
+    # a relative named after the patient is not read as the patient
+    assert identity_mismatches([h], note + f"\nFHx: sibling 50 yo {other_sex}.") == []
+    assert identity_mismatches([h], f"Sex: {'female' if other_sex == 'F' else 'male'}") \
+        == ["sex"]
+    # not carried by the DICOM (de-identified; "O"): not compared
+    bare = dataclasses.replace(h, patient_birth_date="", patient_sex="O")
+    assert identity_mismatches([bare], flipped.replace(stated.group(1), other_year)) == []
+    # not a date: not compared
+    assert identity_mismatches([h], note.replace(stated.group(1), "31/02/1968")) == []
+
+
+def test_wrong_patients_note_without_mrn_refused(tmp_path: Path, corpus: dict[str, Path],
+                                                  checkpoint: Path,
+                                                  caplog: pytest.LogCaptureFixture,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Another patient's note with its MRN line gone is refused on the date of birth (and
+    sex), audited, and no value reaches the message, the log or the audit row; `medassist
+    report --emr` refuses it too (exit 3), and drafts with the study's own note."""
+    import re
+
+    from medassist.cli import main
+
+    _url, factory = _db(tmp_path)
+    a, b = sorted(corpus["good"].iterdir())[:2]
+    ha, hb = select_series(a / "dicom").first, select_series(b / "dicom").first
+    assert ha.patient_birth_date != hb.patient_birth_date
+    case = tmp_path / "swapped"
+    shutil.copytree(a, case)
+    note = re.sub(r"MRN:\s*\S+", "", (b / "emr.txt").read_text(encoding="utf-8"))
+    (case / "emr.txt").write_text(note, encoding="utf-8")
+    series = select_series(case / "dicom")
+    caplog.set_level("DEBUG")
+    with pytest.raises(IdentityMismatchError) as ei, unit_of_work(factory) as s:
+        PipelineProcessor(checkpoint)(case / "dicom", series.study_uid, s)
+    assert "date of birth does not match" in str(ei.value)
+    stated = re.search(r"DOB:\s*(\S+)", note)
+    assert stated is not None
+    with unit_of_work(factory) as s:
+        (ev,) = s.scalars(select(AuditEvent).where(AuditEvent.event_type == "REFUSAL")).all()
+        row_text = " ".join(str(getattr(ev, c.key)) for c in AuditEvent.__table__.columns)
+        assert s.scalar(select(func.count()).select_from(Report)) == 0
+    argv = ["report", str(case / "dicom"), "--checkpoint", str(checkpoint), "--json"]
+    assert main([*argv, "--emr", str(case / "emr.txt")]) == 3
+    err = capsys.readouterr().err
+    assert "date of birth does not match" in err and "refusing to draft" in err
+    for text in (str(ei.value), caplog.text, row_text, err):
+        for phi in (stated.group(1), ha.patient_birth_date, hb.patient_birth_date):
+            assert phi not in text
+    assert main([*argv, "--emr", str(a / "emr.txt")]) == 0
+    assert '"status": "DRAFT"' in capsys.readouterr().out
 
 
 def test_sigkill_mid_batch_then_resume(tmp_path: Path, corpus: dict[str, Path],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -45,3 +48,23 @@ def test_conditions() -> None:
     assert all(r.emr is None for r in c["emr_removed"])
     assert all(r.case_id == s.case_id for cond in c.values() for r, s in zip(cond, recs,
                                                                            strict=True))
+
+
+def test_identity_refused_counts_the_wrong_notes(tmp_path: Path) -> None:
+    """Each generated case's own note passes the identity check; the next case's is refused,
+    and still refused on the date of birth with its MRN field removed."""
+    from bench.weak_modality import identity_refused
+    from tests.core.test_pipeline import _write_cases
+
+    cases = _write_cases(tmp_path, [0, 1, 2])
+    notes = [(c / "emr.txt").read_text(encoding="utf-8") for c in cases]
+    recs = [_rec(i, n) for i, n in enumerate(notes)]
+    recs = [dataclasses.replace(r, case_id=c.name) for r, c in zip(recs, cases, strict=True)]
+    own = identity_refused(tmp_path, recs, list(notes))
+    assert (own["checked"], own["refused"], own["refused_without_mrn"]) == (3, 0, 0)
+    other = identity_refused(tmp_path, recs, notes[1:] + notes[:1])
+    assert (other["checked"], other["refused"], other["refused_without_mrn"]) == (3, 3, 3)
+    assert all(k.startswith("patient ID (MRN)") for k in other["by_reason"])
+    assert all(k.startswith("date of birth") for k in other["by_reason_without_mrn"])
+    none = identity_refused(tmp_path, recs, [None, None, None])
+    assert none["checked"] == 0
