@@ -27,6 +27,10 @@ accuracy, and the true and false calls.
 
     .venv/bin/python bench/weak_modality.py --data /tmp/runs/test_id_body/test
         [--checkpoint models/demo] [--limit N] [--noise 20 40] [--first-words 32]
+        [--identity-only]
+
+``--identity-only`` runs no model: the identity check on each case's own note and on the
+next case's (``identity_refused`` for both), in seconds.
 
 Prints one JSON object.
 """
@@ -131,7 +135,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="the first N cases (0: all)")
     ap.add_argument("--noise", type=float, nargs="*", default=[20.0, 40.0], metavar="SD")
     ap.add_argument("--first-words", type=int, default=32)
+    ap.add_argument("--identity-only", action="store_true",
+                    help="only the identity check on each case's own note and the next "
+                         "case's (no model run, seconds)")
     a = ap.parse_args(argv)
+    if a.identity_only:
+        folder = Path(a.data)
+        recs0 = [CaseRecord(d.name, None, None, [], (d / "emr.txt").read_text("utf-8"), "")
+                 for d in sorted(folder.glob("case_*")) if (d / "emr.txt").is_file()]
+        if a.limit:
+            recs0 = recs0[:a.limit]
+        notes = [r.emr for r in recs0]
+        print(json.dumps({"data": a.data, "cases": len(recs0),
+                          "own_note": identity_refused(folder, recs0, notes),
+                          "next_case_note": identity_refused(folder, recs0,
+                                                             notes[1:] + notes[:1])},
+                         indent=1))
+        return 0
     import torch
 
     model, cfg, _kind, tok, _meta = load_checkpoint(a.checkpoint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,8 @@ def test_conditions() -> None:
                                                                            strict=True))
 
 
-def test_identity_refused_counts_the_wrong_notes(tmp_path: Path) -> None:
+def test_identity_refused_counts_the_wrong_notes(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Each generated case's own note passes the identity check; the next case's is refused,
     and still refused on the date of birth with its MRN field removed."""
     from bench.weak_modality import identity_refused
@@ -68,3 +70,9 @@ def test_identity_refused_counts_the_wrong_notes(tmp_path: Path) -> None:
     assert all(k.startswith("date of birth") for k in other["by_reason_without_mrn"])
     none = identity_refused(tmp_path, recs, [None, None, None])
     assert none["checked"] == 0
+    from bench.weak_modality import main
+
+    assert main(["--data", str(tmp_path), "--identity-only"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cases"] == 3
+    assert (out["own_note"]["refused"], out["next_case_note"]["refused_without_mrn"]) == (0, 3)
