@@ -4,7 +4,7 @@ post-processing rules before the held-out test splits are scored.
 
     .venv/bin/python bench/val_eval.py CHECKPOINT [--val 192] [--cache runs/cache] [--text]
                                       [--data DIR] [--synth-config configs/synth/small.yaml]
-                                      [--sides] [--sizes [--min-fit-fraction F]
+                                      [--sides [--side-probs]] [--sizes [--min-fit-fraction F]
                                       [--max-wall-share W] [--island-labels [L ...]]]
                                       [--evidence [--evidence-box patches|cells]
                                        [--evidence-cell-prob P [P ...]]
@@ -20,19 +20,22 @@ EMR-dependent impression accuracy and the EMR context head's accuracy are added.
 ``--data DIR`` scores the cases of a ``medassist synth`` folder instead (e.g. a test split,
 once the choice is made).  ``--sides`` adds ``side_confusion``: per label whose side is read
 off the image (``heads.evidence_side_labels``), the true positives counted by reference side
-and stated side ("right -> bilateral": 3).  ``--sizes`` adds the nodule / mass sizes the draft
-states (measured on the CT where that succeeds, ``multimodal.measure``): their MAE on the
-true positives, the size head's alone, the (reference, stated) pairs and how many calls were
-measured; ``--min-fit-fraction`` and ``--max-wall-share`` set ``heads.measure.min_fit_fraction`` and
-``max_wall_share`` for the run (how the measurement's settings are chosen on validation
-cases), ``--island-labels`` ``heads.measure.island_labels`` (the labels also looked for on
-the whole CT where the head does not call them, ``multimodal.islands``; given alone: none).
-``--evidence`` adds ``evidence_localisation`` (the evidence boxes of the true positives
-against their labelled voxels, as ``medassist eval`` reports it), once per
-``--evidence-cell-prob`` (``heads.evidence_cell_prob``, for every label: the checkpoint's
-per-label ``heads.evidence_cell_probs`` cleared; default the checkpoint's settings) under
-``evidence_by_cell_prob`` (how those settings are chosen on validation cases), and once
-per ``--evidence-min-peak`` (``heads.evidence_min_peak``, for every label: the per-label
+and stated side ("right -> bilateral": 3); with ``--side-probs`` also ``side_probs_tp``: each
+of those true positives' case, reference and stated side, and the per-side presence the side
+rule reads (left, right; bilateral where both reach the label's fitted cut-off).
+``--sizes`` adds the nodule / mass sizes the draft states (measured on the CT where that
+succeeds, ``multimodal.measure``): their MAE on the true positives, the size head's alone,
+the (reference, stated) pairs and how many calls were measured; ``--min-fit-fraction`` and
+``--max-wall-share`` set ``heads.measure.min_fit_fraction`` and ``max_wall_share`` for the
+run (how the measurement's settings are chosen on validation cases), ``--island-labels``
+``heads.measure.island_labels`` (the labels also looked for on the whole CT where the head
+does not call them, ``multimodal.islands``; given alone: none). ``--evidence`` adds
+``evidence_localisation`` (the evidence boxes of the true positives against their labelled
+voxels, as ``medassist eval`` reports it), once per ``--evidence-cell-prob``
+(``heads.evidence_cell_prob``, for every label: the checkpoint's per-label
+``heads.evidence_cell_probs`` cleared; default the checkpoint's settings) under
+``evidence_by_cell_prob`` (how those settings are chosen on validation cases), and once per
+``--evidence-min-peak`` (``heads.evidence_min_peak``, for every label: the per-label
 ``heads.evidence_min_peaks`` cleared; the cells' probabilities the checkpoint's) under
 ``evidence_by_min_peak``; ``--evidence-box`` sets ``heads.evidence_box`` for the run,
 ``--fluid-box`` ``heads.measure.fluid_box`` (the evidence box of a pericardial effusion
@@ -67,25 +70,44 @@ from medassist.model_eval import evaluate  # noqa: E402
 from multimodal.checkpoint import load_checkpoint  # noqa: E402
 
 
-def side_confusion(model: Any, cfg: Any, samples: list[dict[str, Any]]
-                   ) -> dict[str, dict[str, int]]:
-    """Reference side -> stated side on the true positives of the image-sided labels."""
+def side_confusion(model: Any, cfg: Any, samples: list[dict[str, Any]],
+                   case_ids: list[str] | None = None
+                   ) -> tuple[dict[str, dict[str, int]], dict[str, list[list[Any]]]]:
+    """Reference side -> stated side on the true positives of the image-sided labels, and
+    (with ``case_ids``, one per sample) each such true positive's [case, reference side,
+    stated side, left, right]: the per-side presence the side rule reads
+    (:func:`multimodal.heads.side_probs`; bilateral where both reach the label's cut-off)."""
     from multimodal.config import LATERALITY
-    from multimodal.heads import predict_findings
+    from multimodal.heads import predict_findings, side_probs
     from multimodal.training import predict
 
     out: dict[str, Counter[str]] = {}
+    rows: dict[str, list[list[Any]]] = {}
     batch = 8  # predict's batches: output k holds samples[k * batch: (k + 1) * batch]
     for i, o in zip(range(0, len(samples), batch), predict(model, samples, batch),
                     strict=True):
         for b, case in enumerate(predict_findings(o, cfg.heads, cfg.ct, None)):
             s = samples[i + b]
+            sides = None
             for f, p in enumerate(case):
                 if p.present and s["present"][f] > 0.5 \
                         and p.label in cfg.heads.evidence_side_labels:
                     truth = LATERALITY[int(s["laterality"][f])]
                     out.setdefault(p.label, Counter())[f"{truth} -> {p.laterality}"] += 1
-    return {lab: dict(sorted(c.items())) for lab, c in sorted(out.items())}
+                    if case_ids is None or o.patch_logits is None or o.mil_affine is None:
+                        continue
+                    if sides is None:
+                        mid = float(o.ct_midline[b]) if o.ct_midline is not None else \
+                            (cfg.ct.grid_shape[2] - 1) / 2
+                        sides = side_probs(
+                            o.patch_logits[b].detach().float().reshape(-1, *cfg.ct.patch_grid),
+                            o.mil_affine[0].detach().float(), o.mil_affine[1].detach().float(), mid,
+                            cfg.ct.patch[2])
+                    rows.setdefault(p.label, []).append(
+                        [case_ids[i + b], truth, p.laterality, round(float(sides[0][f]), 3),
+                         round(float(sides[1][f]), 3)])
+    return ({lab: dict(sorted(c.items())) for lab, c in sorted(out.items())},
+            dict(sorted(rows.items())))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=str(REPO / "runs" / "cache"))
     ap.add_argument("--text", action="store_true")
     ap.add_argument("--sides", action="store_true", help="add side_confusion")
+    ap.add_argument("--side-probs", action="store_true",
+                    help="with --sides: each true positive's per-side presence "
+                         "(side_probs_tp)")
     ap.add_argument("--data", default="", help="score a `medassist synth` folder instead")
     ap.add_argument("--sizes", action="store_true",
                     help="add the sizes the draft states (measured on the CT)")
@@ -160,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                                    for lab in ("lung_nodule", "lung_mass")
                                    if lab in full["per_finding"]}
     if a.sides:
-        res["side_confusion"] = side_confusion(model, cfg, samples)
+        res["side_confusion"], per_case = side_confusion(
+            model, cfg, samples, [r.case_id for r in recs] if a.side_probs else None)
+        if a.side_probs:
+            res["side_probs_tp"] = per_case
     if a.evidence:
         def localisation(heads: Any) -> dict[str, Any]:
             """``evidence_localisation`` of the cases with ``heads`` in the checkpoint's

@@ -49,6 +49,24 @@ def test_fit_bilateral_separates_bilateral_from_a_weak_other_side() -> None:
         fit_bilateral([0.1], [0.2], ["none"], default=0.5)
 
 
+def test_fit_bilateral_resolves_saturated_sides() -> None:
+    """Large findings saturate both sides' probabilities: bilateral ones read 0.98 or more
+    on each side, a one-sided one 0.93-0.965 on its other side (as on the validation
+    effusions, stop 51).  The fitted cut-off lies between them, above 0.95, and states every
+    side right; the grid's old top, 0.95, states one of the one-sided ones bilateral."""
+    left = [1.0, 1.0, 0.963, 0.94, 0.999, 0.984, 1.0, 0.991]
+    right = [0.569, 0.93, 1.0, 1.0, 1.0, 1.0, 0.983, 0.999]
+    truth = ["left", "left", "right", "right", "bilateral", "bilateral", "bilateral",
+             "bilateral"]
+    c = fit_bilateral(left, right, truth, default=0.5)
+    assert c is not None and 0.965 < c <= 0.983
+    assert all(side_from_probs(a, b, c) == t for a, b, t in zip(left, right, truth,
+                                                                  strict=True))
+    assert sum(side_from_probs(a, b, 0.95) != t for a, b, t in zip(left, right, truth,
+                                                                     strict=True)) == 1
+    assert max(BILATERAL_GRID) < 1.0 and list(BILATERAL_GRID) == sorted(BILATERAL_GRID)
+
+
 def _sided_cfg(tiny_cfg: ModelConfig) -> ModelConfig:
     heads = dataclasses.replace(tiny_cfg.heads, mil=True, side_from_evidence=True,
                                 evidence_side_labels=tiny_cfg.heads.labels[:2])
